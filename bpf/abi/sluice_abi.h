@@ -1,0 +1,83 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * The datapath ABI: every struct and constant shared by the BPF programs and the agent.
+ * This header is the single source of truth; the Rust side (crate sluice-abi) is generated from
+ * it by bindgen, and bindgen's layout tests check sizes and offsets.
+ *
+ * Rules: fixed-width types only, explicit padding (so user space zero-initialises every byte
+ * of a map key), no pointers.
+ */
+#ifndef SLUICE_ABI_H
+#define SLUICE_ABI_H
+
+#include <linux/types.h>
+
+/* Address families in keys (same numbers as AF_INET / AF_INET6). */
+#define SLUICE_AF_INET 2
+#define SLUICE_AF_INET6 10
+
+/* Host routing modes, set at load time in the CONFIG_HOST_ROUTING global. */
+#define SLUICE_HOST_ROUTING_LEGACY 0 /* the node's stack routes pod traffic */
+#define SLUICE_HOST_ROUTING_BPF 1    /* redirect_peer / fib_lookup + redirect_neigh */
+
+/* The pod's gateway: link-local addresses answered by the datapath on every pod interface. */
+#define SLUICE_GATEWAY_IPV4 0xA9FE0101 /* 169.254.1.1, host byte order */
+
+/* Capacity of the endpoint maps. */
+#define SLUICE_MAX_ENDPOINTS 65536
+
+/* Endpoint flags. */
+#define SLUICE_EP_HAS_IPV4 (1 << 0)
+#define SLUICE_EP_HAS_IPV6 (1 << 1)
+
+/*
+ * Why the datapath dropped a packet. Numbers are stable: tools and metrics name them through
+ * sluice-abi's drop_reason_name(). Keep this list and that function in step (a test checks).
+ */
+enum sluice_drop_reason {
+	SLUICE_DROP_NONE = 0,
+	SLUICE_DROP_INVALID_SOURCE_MAC = 1,  /* pod sent a frame whose source MAC is not its own */
+	SLUICE_DROP_INVALID_SOURCE_IP = 2,   /* pod sent a packet whose source IP is not its own */
+	SLUICE_DROP_UNKNOWN_ENDPOINT = 3,    /* packet on a pod interface the agent does not know */
+	SLUICE_DROP_UNSUPPORTED_L3 = 4,      /* neither IPv4, IPv6 nor ARP */
+	SLUICE_DROP_MALFORMED = 5,           /* headers truncated or inconsistent */
+	SLUICE_DROP_ARP_SPOOFED = 6,         /* ARP with a sender address that is not the pod's */
+	SLUICE_DROP_REASON_MAX = 7,
+};
+
+/* What the datapath did with a packet it did not drop; index of the forward counters. */
+enum sluice_forward_kind {
+	SLUICE_FWD_LOCAL_ENDPOINT = 0, /* redirect_peer to a pod on this node */
+	SLUICE_FWD_FIB = 1,            /* fib_lookup + redirect_neigh */
+	SLUICE_FWD_STACK = 2,          /* handed to the node's stack */
+	SLUICE_FWD_ARP_REPLY = 3,      /* ARP for the gateway answered */
+	SLUICE_FWD_ND_REPLY = 4,       /* neighbour solicitation for the gateway answered */
+	SLUICE_FWD_KIND_MAX = 5,
+};
+
+/* Key of the `endpoints` map: a pod address. IPv4 in the first 4 bytes of addr, rest zero. */
+struct endpoint_key {
+	__u8 addr[16];
+	__u8 family; /* SLUICE_AF_INET or SLUICE_AF_INET6 */
+	__u8 pad[3];
+};
+
+/* Value of the `endpoints` (by address) and `endpoint_ifaces` (by host ifindex) maps. */
+struct endpoint_info {
+	__u32 ifindex;     /* host-side veth; bpf_redirect_peer target */
+	__u32 identity;    /* security identity of the pod's label set */
+	__u32 flags;       /* SLUICE_EP_* */
+	__u32 endpoint_id; /* the agent's endpoint number */
+	__u8 ipv4[4];      /* network byte order */
+	__u8 ipv6[16];
+	__u8 mac[6];      /* the pod interface's MAC */
+	__u8 node_mac[6]; /* host-side MAC: the pod's gateway */
+};
+
+/* A packet and byte counter; values of the per-CPU counter arrays. */
+struct traffic_counter {
+	__u64 packets;
+	__u64 bytes;
+};
+
+#endif /* SLUICE_ABI_H */

@@ -1,0 +1,29 @@
+//! Generates the Rust view of `bpf/abi/sluice_abi.h` with bindgen. Only the ABI's own items are
+//! allowed through, so kernel uapi types the header includes do not leak into the crate.
+
+use std::env;
+use std::path::PathBuf;
+
+fn main() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../bpf");
+    let header = root.join("abi/sluice_abi.h");
+    println!("cargo:rerun-if-changed={}", header.display());
+    let out = PathBuf::from(env::var("OUT_DIR").unwrap_or_else(|_| ".".into())).join("abi.rs");
+    let bindings = bindgen::Builder::default()
+        .header(header.display().to_string())
+        .allowlist_type("endpoint_key|endpoint_info|traffic_counter|sluice_drop_reason|sluice_forward_kind")
+        .allowlist_var("SLUICE_.*")
+        .rustified_enum("sluice_drop_reason|sluice_forward_kind")
+        .derive_default(true)
+        .derive_eq(true)
+        .layout_tests(true)
+        .generate();
+    match bindings {
+        Ok(b) => {
+            if let Err(e) = b.write_to_file(&out) {
+                panic!("writing {}: {e}", out.display());
+            }
+        }
+        Err(e) => panic!("bindgen could not read {}: {e} (is libclang-dev installed?)", header.display()),
+    }
+}

@@ -1,0 +1,100 @@
+//! Client of the agent API: one HTTP/1.1 connection per call over the unix socket. Calls are few
+//! and small (a CNI ADD, a CLI query), so connection reuse is not worth its state.
+
+use std::path::{Path, PathBuf};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::ApiError;
+
+/// Why a call to the agent failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The socket could not be reached: the agent is not running or not ready.
+    #[error("agent unreachable at {path}: {source}")]
+    Unreachable {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The connection broke mid-call.
+    #[error("agent connection failed: {0}")]
+    Http(#[from] hyper::Error),
+    /// The agent answered with an error.
+    #[error("agent refused ({status}): {}", .error.message)]
+    Api { status: StatusCode, error: ApiError },
+    /// The agent's answer was not the JSON this client expects.
+    #[error("agent answer could not be decoded: {0}")]
+    Decode(#[from] serde_json::Error),
+}
+
+/// A handle on one agent's socket.
+#[derive(Debug, Clone)]
+pub struct Client {
+    socket: PathBuf,
+}
+
+// === impl Client ===
+
+impl Client {
+    pub fn new(socket: impl AsRef<Path>) -> Self {
+        Self { socket: socket.as_ref().to_path_buf() }
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.call(Method::GET, path, Bytes::new()).await
+    }
+
+    pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
+        let body = Bytes::from(serde_json::to_vec(body)?);
+        self.call(Method::POST, path, body).await
+    }
+
+    async fn call<T: DeserializeOwned>(&self, method: Method, path: &str, body: Bytes) -> Result<T, ClientError> {
+        let stream = tokio::net::UnixStream::connect(&self.socket)
+            .await
+            .map_err(|source| ClientError::Unreachable { path: self.socket.clone(), source })?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        let driver = tokio::spawn(conn);
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "sluice-agent")
+            .header("content-type", "application/json")
+            .body(Full::new(body));
+        // A request built from a constant method, a path and two static headers cannot be invalid
+        // unless the path is; report that as an API error rather than panic.
+        let request = match request {
+            Ok(r) => r,
+            Err(e) => {
+                return Err(ClientError::Api {
+                    status: StatusCode::BAD_REQUEST,
+                    error: ApiError { code: 7, message: format!("invalid request path {path:?}: {e}"), details: String::new() },
+                })
+            }
+        };
+        let response = sender.send_request(request).await?;
+        let status = response.status();
+        let bytes = response.into_body().collect().await?.to_bytes();
+        driver.abort();
+        if status.is_success() {
+            Ok(serde_json::from_slice(&bytes)?)
+        } else {
+            let error = serde_json::from_slice(&bytes).unwrap_or_else(|_| ApiError {
+                code: 999,
+                message: String::from_utf8_lossy(&bytes).into_owned(),
+                details: String::new(),
+            });
+            Err(ClientError::Api { status, error })
+        }
+    }
+}

@@ -1,0 +1,37 @@
+//! The Sluice agent API: request and response types, and a client that speaks HTTP/1.1 with
+//! JSON bodies over the agent's unix socket.
+//!
+//! The agent, the CNI plugin and the CLI all use this crate, so there is one definition of every
+//! message. Routes are listed in [`paths`].
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), sluice_api::ClientError> {
+//! let client = sluice_api::Client::new("/run/sluice/agent.sock");
+//! let status: sluice_api::Status = client.get(sluice_api::paths::STATUS).await?;
+//! println!("host routing: {}", status.host_routing.mode);
+//! # Ok(()) }
+//! ```
+
+mod client;
+mod types;
+
+pub use client::{Client, ClientError};
+pub use types::*;
+
+/// The HTTP paths the agent serves.
+pub mod paths {
+    /// `GET` → [`crate::Status`].
+    pub const STATUS: &str = "/v1/status";
+    /// `GET` → `Vec<`[`crate::Endpoint`]`>`.
+    pub const ENDPOINTS: &str = "/v1/endpoints";
+    /// `POST` [`crate::CniRequest`] → [`crate::CniAddResult`].
+    pub const CNI_ADD: &str = "/v1/cni/add";
+    /// `POST` [`crate::CniRequest`] → `{}`; succeeds when the attachment is already gone.
+    pub const CNI_DEL: &str = "/v1/cni/del";
+    /// `POST` [`crate::CniRequest`] → `{}` when the attachment is as the agent programmed it.
+    pub const CNI_CHECK: &str = "/v1/cni/check";
+    /// `POST` [`crate::CniGcRequest`] → [`crate::CniGcResult`].
+    pub const CNI_GC: &str = "/v1/cni/gc";
+    /// `GET` → `{}` when the agent can add pods.
+    pub const CNI_STATUS: &str = "/v1/cni/status";
+}

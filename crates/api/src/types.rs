@@ -1,0 +1,172 @@
+//! Messages of the agent API. Field names are camelCase on the wire, like Kubernetes objects.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+/// One attachment, as the container runtime names it in a CNI call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CniRequest {
+    /// CNI_CONTAINERID.
+    pub container_id: String,
+    /// CNI_IFNAME: the interface name inside the pod.
+    pub ifname: String,
+    /// CNI_NETNS: path of the pod's network namespace; may be empty on DEL.
+    #[serde(default)]
+    pub netns: String,
+    /// Pod namespace from CNI_ARGS (K8S_POD_NAMESPACE), when the runtime gives it.
+    #[serde(default)]
+    pub pod_namespace: Option<String>,
+    /// Pod name from CNI_ARGS (K8S_POD_NAME), when the runtime gives it.
+    #[serde(default)]
+    pub pod_name: Option<String>,
+    /// MTU asked for by the network configuration; the agent's default when absent.
+    #[serde(default)]
+    pub mtu: Option<u32>,
+}
+
+/// What ADD programmed: the CNI result before version-specific encoding.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CniAddResult {
+    /// Host side first, then the pod side (with `sandbox`).
+    pub interfaces: Vec<CniInterface>,
+    pub ips: Vec<CniIpConfig>,
+    pub routes: Vec<CniRoute>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CniInterface {
+    pub name: String,
+    pub mac: String,
+    pub mtu: u32,
+    /// The netns path for interfaces inside the pod; absent for host-side interfaces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CniIpConfig {
+    /// Address with the prefix length the pod sees.
+    pub address: IpNet,
+    pub gateway: IpAddr,
+    /// Index into `interfaces`.
+    pub interface: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CniRoute {
+    pub dst: IpNet,
+    pub gw: IpAddr,
+}
+
+/// CNI GC: every attachment not listed is released.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CniGcRequest {
+    pub valid_attachments: Vec<CniAttachment>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CniAttachment {
+    pub container_id: String,
+    pub ifname: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CniGcResult {
+    /// Attachments the agent released.
+    pub released: Vec<CniAttachment>,
+}
+
+/// Error body of every non-2xx answer. `code` follows the CNI specification's error codes so the
+/// plugin can pass it through (3 unknown container, 7 invalid config, 11 try again later, ...).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiError {
+    pub code: u32,
+    pub message: String,
+    #[serde(default)]
+    pub details: String,
+}
+
+/// Agent health and datapath summary (`sluice status`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    pub node_name: String,
+    pub healthy: bool,
+    pub version: String,
+    pub host_routing: HostRoutingStatus,
+    pub endpoint_count: usize,
+    pub pod_cidrs: Vec<IpNet>,
+    pub programs: Vec<AttachedProgram>,
+    /// Packets dropped by the datapath, by drop reason name.
+    pub drops: Vec<DropCount>,
+    /// Seconds since the agent started.
+    pub uptime_seconds: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HostRoutingStatus {
+    /// `bpf` or `legacy`: what is in force.
+    pub mode: String,
+    /// What the configuration asked for: `auto`, `bpf` or `legacy`.
+    pub requested: String,
+    /// Why the mode in force was chosen.
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AttachedProgram {
+    /// Program name in the datapath object (`from_pod`, `from_netdev`).
+    pub program: String,
+    pub interface: String,
+    /// `tcx/ingress`, ...
+    pub attach: String,
+    /// How many interfaces carry it.
+    pub count: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DropCount {
+    pub reason: String,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// One pod attachment as the agent knows it (`sluice endpoint list`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Endpoint {
+    /// Small per-node number, stable for the endpoint's life.
+    pub id: u32,
+    pub container_id: String,
+    pub ifname: String,
+    pub netns: String,
+    pub pod_namespace: Option<String>,
+    pub pod_name: Option<String>,
+    pub ipv4: Option<std::net::Ipv4Addr>,
+    pub ipv6: Option<std::net::Ipv6Addr>,
+    /// The pod interface's MAC.
+    pub mac: String,
+    /// Host-side interface name and index.
+    pub host_ifname: String,
+    pub host_ifindex: u32,
+    /// Host-side MAC: the pod's gateway MAC.
+    pub host_mac: String,
+    /// Security identity of the pod's label set.
+    pub identity: u32,
+    /// Labels the identity was derived from (pod labels plus namespace labels).
+    pub labels: std::collections::BTreeMap<String, String>,
+}

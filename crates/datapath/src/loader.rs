@@ -1,0 +1,317 @@
+//! Loads the embedded datapath objects against the node's pinned maps and attaches them with
+//! pinned tcx links. A restarted agent loads fresh programs, attaches each before removing the
+//! old link, and finds the maps (and so every endpoint) where it left them.
+
+use std::fs;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use aya::maps::{HashMap, MapData, PerCpuArray};
+use aya::programs::links::{FdLink, LinkOrder, PinnedLink};
+use aya::programs::tc::{SchedClassifier, TcAttachOptions, TcAttachType};
+use aya::{Ebpf, EbpfLoader};
+
+use crate::endpoint::key_addr;
+use crate::tables::{CounterValue, DatapathTables};
+use crate::{DatapathError, EndpointEntry};
+
+/// The compiled objects, embedded at build time.
+pub struct Objects;
+
+impl Objects {
+    pub const FROM_POD: &'static [u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/from_pod.o"));
+    pub const FROM_NETDEV: &'static [u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/from_netdev.o"));
+    pub const PROBE: &'static [u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/probe.o"));
+}
+
+/// How pod traffic is routed on the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostRouting {
+    /// The node's IP stack routes pod traffic (iptables, conntrack and all).
+    Legacy,
+    /// The datapath delivers with bpf_redirect_peer and bpf_fib_lookup + bpf_redirect_neigh.
+    Bpf,
+}
+
+impl HostRouting {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HostRouting::Legacy => "legacy",
+            HostRouting::Bpf => "bpf",
+        }
+    }
+
+    fn abi_value(self) -> u32 {
+        match self {
+            HostRouting::Legacy => sluice_abi::SLUICE_HOST_ROUTING_LEGACY,
+            HostRouting::Bpf => sluice_abi::SLUICE_HOST_ROUTING_BPF,
+        }
+    }
+}
+
+#[repr(transparent)]
+#[derive(Clone, Copy)]
+struct Key(sluice_abi::endpoint_key);
+// SAFETY: a plain C struct of byte arrays with explicit padding; every bit pattern is valid.
+unsafe impl aya::Pod for Key {}
+
+#[repr(transparent)]
+#[derive(Clone, Copy)]
+struct Info(sluice_abi::endpoint_info);
+// SAFETY: a plain C struct of integers and byte arrays with no implicit padding.
+unsafe impl aya::Pod for Info {}
+
+#[repr(transparent)]
+#[derive(Clone, Copy)]
+struct Counter(sluice_abi::traffic_counter);
+// SAFETY: two u64s.
+unsafe impl aya::Pod for Counter {}
+
+const FROM_POD: &str = "from_pod";
+const FROM_NETDEV: &str = "from_netdev";
+
+/// The loaded datapath of one node.
+pub struct BpfDatapath {
+    pin_dir: PathBuf,
+    mode: HostRouting,
+    from_pod: Ebpf,
+    from_netdev: Ebpf,
+    endpoints: HashMap<MapData, Key, Info>,
+    endpoint_ifaces: HashMap<MapData, u32, Info>,
+    drop_counters: PerCpuArray<MapData, Counter>,
+    fwd_counters: PerCpuArray<MapData, Counter>,
+}
+
+// === impl BpfDatapath ===
+
+impl BpfDatapath {
+    /// Loads both entry objects with `mode` baked into their read-only configuration. Maps are
+    /// created and pinned under `pin_dir` the first time, reused after that. `pin_dir` must be on
+    /// a bpffs (see [`crate::ensure_bpffs`]).
+    pub fn load(pin_dir: &Path, mode: HostRouting) -> Result<Self, DatapathError> {
+        let links = pin_dir.join("links");
+        fs::create_dir_all(&links).map_err(|e| DatapathError::os(format!("creating {}", links.display()), e))?;
+        let mut from_pod = load_object(FROM_POD, Objects::FROM_POD, pin_dir, mode)?;
+        let from_netdev = load_object(FROM_NETDEV, Objects::FROM_NETDEV, pin_dir, mode)?;
+        let endpoints = take_map(&mut from_pod, "endpoints", |m| HashMap::try_from(m))?;
+        let endpoint_ifaces = take_map(&mut from_pod, "endpoint_ifaces", |m| HashMap::try_from(m))?;
+        let drop_counters = take_map(&mut from_pod, "drop_counters", |m| PerCpuArray::try_from(m))?;
+        let fwd_counters = take_map(&mut from_pod, "fwd_counters", |m| PerCpuArray::try_from(m))?;
+        Ok(Self { pin_dir: pin_dir.to_path_buf(), mode, from_pod, from_netdev, endpoints, endpoint_ifaces, drop_counters, fwd_counters })
+    }
+
+    pub fn mode(&self) -> HostRouting {
+        self.mode
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// Attaches from-netdev to a node device (the uplink), replacing an older attachment.
+    pub fn attach_netdev(&mut self, ifname: &str) -> Result<(), DatapathError> {
+        let path = self.link_pin(FROM_NETDEV, ifname);
+        attach(&mut self.from_netdev, FROM_NETDEV, ifname, &path)
+    }
+
+    pub fn detach_netdev(&mut self, ifname: &str) -> Result<(), DatapathError> {
+        unpin_link(&self.link_pin(FROM_NETDEV, ifname))
+    }
+
+    /// Interfaces carrying program `program` according to the link pins.
+    pub fn attached(&self, program: &str) -> Result<Vec<String>, DatapathError> {
+        let dir = self.pin_dir.join("links");
+        let entries = fs::read_dir(&dir).map_err(|e| DatapathError::os(format!("reading {}", dir.display()), e))?;
+        let prefix = format!("{program}.");
+        let mut out: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_prefix(&prefix)).map(str::to_owned))
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// Drops per reason, indexed by `sluice_drop_reason`.
+    pub fn drop_counters(&self) -> Result<Vec<CounterValue>, DatapathError> {
+        sum_counters(&self.drop_counters, "drop_counters")
+    }
+
+    /// Forwarding decisions, indexed by `sluice_forward_kind`.
+    pub fn forward_counters(&self) -> Result<Vec<CounterValue>, DatapathError> {
+        sum_counters(&self.fwd_counters, "fwd_counters")
+    }
+
+    /// The loaded from-pod program, for BPF_PROG_RUN tests.
+    pub fn from_pod_program(&self) -> Result<&SchedClassifier, DatapathError> {
+        program(&self.from_pod, FROM_POD)
+    }
+
+    pub fn from_netdev_program(&self) -> Result<&SchedClassifier, DatapathError> {
+        program(&self.from_netdev, FROM_NETDEV)
+    }
+
+    fn link_pin(&self, program: &str, ifname: &str) -> PathBuf {
+        self.pin_dir.join("links").join(format!("{program}.{ifname}"))
+    }
+}
+
+impl DatapathTables for BpfDatapath {
+    fn upsert_endpoint(&mut self, entry: &EndpointEntry) -> Result<(), DatapathError> {
+        let info = Info(entry.info());
+        // The by-address entries first: once the interface entry exists the pod may send, and
+        // replies must already find it.
+        for key in entry.keys() {
+            self.endpoints.insert(Key(key), info, 0).map_err(|source| DatapathError::Map { map: "endpoints", source })?;
+        }
+        self.endpoint_ifaces
+            .insert(entry.host_ifindex, info, 0)
+            .map_err(|source| DatapathError::Map { map: "endpoint_ifaces", source })
+    }
+
+    fn remove_endpoint(&mut self, entry: &EndpointEntry) -> Result<(), DatapathError> {
+        self.remove_ifindex(entry.host_ifindex)?;
+        for key in entry.keys() {
+            if let Some(addr) = key_addr(&key) {
+                self.remove_address(addr)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn programmed_ifindexes(&self) -> Result<Vec<(u32, u32)>, DatapathError> {
+        self.endpoint_ifaces
+            .iter()
+            .map(|r| r.map(|(k, v)| (k, v.0.endpoint_id)).map_err(|source| DatapathError::Map { map: "endpoint_ifaces", source }))
+            .collect()
+    }
+
+    fn programmed_addresses(&self) -> Result<Vec<(IpAddr, u32)>, DatapathError> {
+        let mut out = Vec::new();
+        for r in self.endpoints.iter() {
+            let (k, v) = r.map_err(|source| DatapathError::Map { map: "endpoints", source })?;
+            if let Some(addr) = key_addr(&k.0) {
+                out.push((addr, v.0.ifindex));
+            }
+        }
+        Ok(out)
+    }
+
+    fn remove_address(&mut self, addr: IpAddr) -> Result<(), DatapathError> {
+        let key = match addr {
+            IpAddr::V4(a) => crate::endpoint::key_v4(a),
+            IpAddr::V6(a) => crate::endpoint::key_v6(a),
+        };
+        ignore_missing(self.endpoints.remove(&Key(key)), "endpoints")
+    }
+
+    fn remove_ifindex(&mut self, ifindex: u32) -> Result<(), DatapathError> {
+        ignore_missing(self.endpoint_ifaces.remove(&ifindex), "endpoint_ifaces")
+    }
+
+    fn attach_endpoint(&mut self, host_ifname: &str) -> Result<(), DatapathError> {
+        let path = self.link_pin(FROM_POD, host_ifname);
+        attach(&mut self.from_pod, FROM_POD, host_ifname, &path)
+    }
+
+    fn detach_endpoint(&mut self, host_ifname: &str) -> Result<(), DatapathError> {
+        unpin_link(&self.link_pin(FROM_POD, host_ifname))
+    }
+
+    fn attached_endpoints(&self) -> Result<Vec<String>, DatapathError> {
+        self.attached(FROM_POD)
+    }
+}
+
+fn load_object(name: &'static str, bytes: &[u8], pin_dir: &Path, mode: HostRouting) -> Result<Ebpf, DatapathError> {
+    let value = mode.abi_value();
+    let mut ebpf = EbpfLoader::new()
+        .map_pin_path(pin_dir)
+        .set_global("CONFIG_HOST_ROUTING", &value, true)
+        .load(bytes)
+        .map_err(|source| DatapathError::Load { object: name, source })?;
+    let prog = program_mut(&mut ebpf, name)?;
+    prog.load().map_err(|source| DatapathError::Program { program: name, action: "verifying".into(), source })?;
+    Ok(ebpf)
+}
+
+fn program<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a SchedClassifier, DatapathError> {
+    let prog = ebpf.program(name).ok_or_else(|| missing_program(name))?;
+    prog.try_into().map_err(|source| DatapathError::Program { program: name, action: "expecting a classifier".into(), source })
+}
+
+fn program_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut SchedClassifier, DatapathError> {
+    let prog = ebpf.program_mut(name).ok_or_else(|| missing_program(name))?;
+    prog.try_into().map_err(|source| DatapathError::Program { program: name, action: "expecting a classifier".into(), source })
+}
+
+fn missing_program(name: &'static str) -> DatapathError {
+    DatapathError::Program {
+        program: name,
+        action: "finding it in its object".into(),
+        source: aya::programs::ProgramError::UnexpectedProgramType,
+    }
+}
+
+fn take_map<T>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    convert: impl FnOnce(aya::maps::Map) -> Result<T, aya::maps::MapError>,
+) -> Result<T, DatapathError> {
+    let map = ebpf
+        .take_map(name)
+        .ok_or(DatapathError::Map { map: name, source: aya::maps::MapError::InvalidName { name: name.into() } })?;
+    convert(map).map_err(|source| DatapathError::Map { map: name, source })
+}
+
+/// Attaches the program at the end of the interface's tcx ingress chain, then swaps the link
+/// pin: the old program (if any) keeps running until the new one is in place.
+fn attach(ebpf: &mut Ebpf, name: &'static str, ifname: &str, pin: &Path) -> Result<(), DatapathError> {
+    let prog = program_mut(ebpf, name)?;
+    let err = |action: String| move |source| DatapathError::Program { program: name, action, source };
+    let id = prog
+        .attach_with_options(ifname, TcAttachType::Ingress, TcAttachOptions::TcxOrder(LinkOrder::default()))
+        .map_err(err(format!("attaching to {ifname} (tcx ingress)")))?;
+    let link = prog.take_link(id).map_err(err(format!("taking the link on {ifname}")))?;
+    let link = FdLink::try_from(link)
+        .map_err(|e| DatapathError::LinkPin { path: pin.to_path_buf(), message: format!("not an fd link: {e}") })?;
+    unpin_link(pin)?;
+    link.pin(pin).map_err(|e| DatapathError::LinkPin { path: pin.to_path_buf(), message: e.to_string() })?;
+    Ok(())
+}
+
+/// Removes a link pin; the link (and its attachment) goes with its last reference.
+fn unpin_link(pin: &Path) -> Result<(), DatapathError> {
+    if !pin.exists() {
+        return Ok(());
+    }
+    match PinnedLink::from_pin(pin) {
+        Ok(link) => {
+            link.unpin().map_err(|e| DatapathError::LinkPin { path: pin.to_path_buf(), message: e.to_string() })?;
+            Ok(())
+        }
+        // A pin that no longer opens as a link is stale; removing the file is all there is to do.
+        Err(_) => fs::remove_file(pin).map_err(|e| DatapathError::os(format!("removing {}", pin.display()), e)),
+    }
+}
+
+fn ignore_missing(r: Result<(), aya::maps::MapError>, map: &'static str) -> Result<(), DatapathError> {
+    match r {
+        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        Err(source) => Err(DatapathError::Map { map, source }),
+    }
+}
+
+fn sum_counters(map: &PerCpuArray<MapData, Counter>, name: &'static str) -> Result<Vec<CounterValue>, DatapathError> {
+    let mut out = Vec::new();
+    for values in map.iter() {
+        let values = values.map_err(|source| DatapathError::Map { map: name, source })?;
+        let mut total = CounterValue::default();
+        for v in values.iter() {
+            total.packets += v.0.packets;
+            total.bytes += v.0.bytes;
+        }
+        out.push(total);
+    }
+    Ok(out)
+}

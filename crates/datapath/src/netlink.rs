@@ -1,0 +1,216 @@
+//! rtnetlink in the words the agent and the lab need: links, addresses, routes and neighbours,
+//! in the current network namespace or in another one.
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use futures::TryStreamExt;
+use ipnet::IpNet;
+use netlink_packet_route::address::{AddressAttribute, AddressFlag};
+use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+use netlink_packet_route::neighbour::NeighbourState;
+use netlink_packet_route::route::RouteScope;
+use rtnetlink::Handle;
+
+use crate::netns::NetnsGuard;
+use crate::{DatapathError, Mac};
+
+/// What the agent needs to know of a link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkInfo {
+    pub index: u32,
+    pub name: String,
+    pub mac: Mac,
+    pub mtu: u32,
+}
+
+/// A netlink connection bound to one network namespace.
+#[derive(Clone)]
+pub struct Netlink {
+    handle: Handle,
+}
+
+// === impl Netlink ===
+
+impl Netlink {
+    /// A connection in the calling thread's namespace. Needs a tokio runtime.
+    pub fn current() -> Result<Self, DatapathError> {
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| DatapathError::os("opening netlink socket", e))?;
+        tokio::spawn(conn);
+        Ok(Self { handle })
+    }
+
+    /// A connection in the namespace at `path`: the socket is opened inside it and stays bound
+    /// to it. Needs a tokio runtime.
+    pub fn in_netns(path: &Path) -> Result<Self, DatapathError> {
+        let guard = NetnsGuard::enter(path)?;
+        let made = rtnetlink::new_connection();
+        drop(guard);
+        let (conn, handle, _) = made.map_err(|e| DatapathError::os(format!("opening netlink socket in {}", path.display()), e))?;
+        tokio::spawn(conn);
+        Ok(Self { handle })
+    }
+
+    pub async fn link_by_name(&self, name: &str) -> Result<Option<LinkInfo>, DatapathError> {
+        let mut links = self.handle.link().get().match_name(name.to_owned()).execute();
+        match links.try_next().await {
+            Ok(Some(msg)) => Ok(Some(link_info(&msg))),
+            Ok(None) => Ok(None),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
+            Err(e) => Err(DatapathError::netlink(format!("getting link {name}"), e)),
+        }
+    }
+
+    pub async fn link(&self, name: &str) -> Result<LinkInfo, DatapathError> {
+        self.link_by_name(name).await?.ok_or_else(|| DatapathError::NoSuchInterface(name.to_owned()))
+    }
+
+    pub async fn create_veth(&self, name: &str, peer: &str) -> Result<(), DatapathError> {
+        self.handle
+            .link()
+            .add()
+            .veth(name.to_owned(), peer.to_owned())
+            .execute()
+            .await
+            .map_err(|e| DatapathError::netlink(format!("creating veth {name}/{peer}"), e))
+    }
+
+    pub async fn create_bridge(&self, name: &str) -> Result<(), DatapathError> {
+        self.handle
+            .link()
+            .add()
+            .bridge(name.to_owned())
+            .execute()
+            .await
+            .map_err(|e| DatapathError::netlink(format!("creating bridge {name}"), e))
+    }
+
+    pub async fn delete_link(&self, name: &str) -> Result<bool, DatapathError> {
+        let Some(link) = self.link_by_name(name).await? else { return Ok(false) };
+        let mut link_handle = self.handle.link();
+        match link_handle.del(link.index).execute().await {
+            Ok(()) => Ok(true),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(false),
+            Err(e) => Err(DatapathError::netlink(format!("deleting link {name}"), e)),
+        }
+    }
+
+    pub async fn set_up(&self, index: u32) -> Result<(), DatapathError> {
+        self.handle.link().set(index).up().execute().await.map_err(|e| DatapathError::netlink(format!("setting link {index} up"), e))
+    }
+
+    pub async fn set_mtu(&self, index: u32, mtu: u32) -> Result<(), DatapathError> {
+        self.handle.link().set(index).mtu(mtu).execute().await.map_err(|e| DatapathError::netlink(format!("setting MTU of link {index}"), e))
+    }
+
+    pub async fn set_name(&self, index: u32, name: &str) -> Result<(), DatapathError> {
+        self.handle
+            .link()
+            .set(index)
+            .name(name.to_owned())
+            .execute()
+            .await
+            .map_err(|e| DatapathError::netlink(format!("renaming link {index} to {name}"), e))
+    }
+
+    pub async fn set_master(&self, index: u32, master: u32) -> Result<(), DatapathError> {
+        self.handle
+            .link()
+            .set(index)
+            .controller(master)
+            .execute()
+            .await
+            .map_err(|e| DatapathError::netlink(format!("attaching link {index} to {master}"), e))
+    }
+
+    /// Moves a link into the namespace at `netns`.
+    pub async fn move_to_netns(&self, index: u32, netns: &Path) -> Result<(), DatapathError> {
+        use std::os::fd::AsRawFd;
+        let file = std::fs::File::open(netns).map_err(|e| DatapathError::os(format!("opening netns {}", netns.display()), e))?;
+        self.handle
+            .link()
+            .set(index)
+            .setns_by_fd(file.as_raw_fd())
+            .execute()
+            .await
+            .map_err(|e| DatapathError::netlink(format!("moving link {index} to {}", netns.display()), e))
+    }
+
+    /// Adds an address; `nodad` skips IPv6 duplicate address detection (the agent's IPAM
+    /// already guarantees uniqueness, and a tentative address would delay the pod's start).
+    pub async fn add_address(&self, index: u32, addr: IpNet, nodad: bool) -> Result<(), DatapathError> {
+        let mut req = self.handle.address().add(index, addr.addr(), addr.prefix_len());
+        if nodad && addr.addr().is_ipv6() {
+            req.message_mut().attributes.push(AddressAttribute::Flags(vec![AddressFlag::Nodad]));
+        }
+        req.execute().await.map_err(|e| DatapathError::netlink(format!("adding address {addr} to link {index}"), e))
+    }
+
+    /// Adds (or replaces) a route to `dst` out of `oif`, via `gateway` or directly on the link.
+    pub async fn add_route(&self, dst: IpNet, gateway: Option<IpAddr>, oif: u32) -> Result<(), DatapathError> {
+        let action = format!("adding route {dst} via {gateway:?} dev {oif}");
+        let base = self.handle.route().add().output_interface(oif).replace();
+        let base = if gateway.is_none() { base.scope(RouteScope::Link) } else { base };
+        let result = match (dst, gateway) {
+            (IpNet::V4(d), gw) => {
+                let mut r = base.v4().destination_prefix(d.addr(), d.prefix_len());
+                if let Some(IpAddr::V4(g)) = gw {
+                    r = r.gateway(g);
+                }
+                r.execute().await
+            }
+            (IpNet::V6(d), gw) => {
+                let mut r = base.v6().destination_prefix(d.addr(), d.prefix_len());
+                if let Some(IpAddr::V6(g)) = gw {
+                    r = r.gateway(g);
+                }
+                r.execute().await
+            }
+        };
+        result.map_err(|e| DatapathError::netlink(action, e))
+    }
+
+    /// A permanent neighbour entry: the node knows the pod's MAC without asking.
+    pub async fn add_neighbour(&self, index: u32, ip: IpAddr, mac: Mac) -> Result<(), DatapathError> {
+        self.handle
+            .neighbours()
+            .add(index, ip)
+            .link_local_address(&mac.0)
+            .state(NeighbourState::Permanent)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| DatapathError::netlink(format!("adding neighbour {ip} on link {index}"), e))
+    }
+
+    /// Addresses on a link.
+    pub async fn addresses(&self, index: u32) -> Result<Vec<IpAddr>, DatapathError> {
+        let mut out = Vec::new();
+        let mut stream = self.handle.address().get().set_link_index_filter(index).execute();
+        while let Some(msg) = stream.try_next().await.map_err(|e| DatapathError::netlink(format!("listing addresses of link {index}"), e))? {
+            for attr in msg.attributes {
+                if let AddressAttribute::Address(a) = attr {
+                    out.push(a);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn link_info(msg: &LinkMessage) -> LinkInfo {
+    let mut info = LinkInfo { index: msg.header.index, name: String::new(), mac: Mac::default(), mtu: 0 };
+    for attr in &msg.attributes {
+        match attr {
+            LinkAttribute::IfName(n) => info.name = n.clone(),
+            LinkAttribute::Mtu(m) => info.mtu = *m,
+            LinkAttribute::Address(a) if a.len() == 6 => {
+                let mut m = [0u8; 6];
+                m.copy_from_slice(a);
+                info.mac = Mac(m);
+            }
+            _ => {}
+        }
+    }
+    info
+}

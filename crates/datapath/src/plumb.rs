@@ -1,0 +1,118 @@
+//! Pod interface plumbing: the veth pair, the pod side's addresses and its routes via the
+//! link-local gateway, and the node side's routes to the pod. Programs and maps are the
+//! reconciler's business, not this module's.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::PathBuf;
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+
+use crate::netlink::Netlink;
+use crate::netns::{write_sysctl, NetnsGuard};
+use crate::{DatapathError, Mac};
+
+/// The pod's IPv4 gateway (answered by the datapath).
+pub const GATEWAY_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+/// The pod's IPv6 gateway (answered by the datapath).
+pub const GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+
+#[derive(Debug, Clone)]
+pub struct PlumbRequest {
+    pub netns: PathBuf,
+    /// Interface name inside the pod.
+    pub ifname: String,
+    /// Host-side interface name (at most 15 bytes, unique on the node).
+    pub host_ifname: String,
+    pub ipv4: Option<Ipv4Addr>,
+    pub ipv6: Option<Ipv6Addr>,
+    pub mtu: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plumbed {
+    pub host_ifindex: u32,
+    pub host_mac: Mac,
+    pub pod_mac: Mac,
+}
+
+/// Creates (or re-creates) the pod's interface. Idempotent: a repeated call first removes what
+/// an earlier one left.
+pub async fn plumb_endpoint(req: &PlumbRequest) -> Result<Plumbed, DatapathError> {
+    let node = Netlink::current()?;
+    node.delete_link(&req.host_ifname).await?;
+    // A temporary peer name unique on the node; renamed to ifname inside the pod.
+    let tmp = format!("tmp{}", req.host_ifname.trim_start_matches("lxc"));
+    node.delete_link(&tmp).await?;
+    node.create_veth(&req.host_ifname, &tmp).await?;
+    let result = configure(&node, req, &tmp).await;
+    if result.is_err() {
+        let _ = node.delete_link(&req.host_ifname).await;
+    }
+    result
+}
+
+async fn configure(node: &Netlink, req: &PlumbRequest, tmp: &str) -> Result<Plumbed, DatapathError> {
+    let host = node.link(&req.host_ifname).await?;
+    let peer = node.link(tmp).await?;
+    node.set_mtu(host.index, req.mtu).await?;
+    node.set_mtu(peer.index, req.mtu).await?;
+    node.move_to_netns(peer.index, &req.netns).await?;
+
+    let pod = Netlink::in_netns(&req.netns)?;
+    let peer = pod.link(tmp).await?;
+    pod.set_name(peer.index, &req.ifname).await?;
+    {
+        // Duplicate address detection would hold the link-local address tentative for a
+        // second, and with it the first neighbour solicitation for the gateway.
+        let _ns = NetnsGuard::enter(&req.netns)?;
+        if req.ipv6.is_some() {
+            write_sysctl(&format!("net/ipv6/conf/{}/accept_dad", req.ifname), "0")?;
+        }
+    }
+    pod.set_up(peer.index).await?;
+    if let Some(lo) = pod.link_by_name("lo").await? {
+        pod.set_up(lo.index).await?;
+    }
+    if let Some(v4) = req.ipv4 {
+        pod.add_address(peer.index, IpNet::V4(Ipv4Net::from(v4)), false).await?;
+        pod.add_route(IpNet::V4(Ipv4Net::from(GATEWAY_V4)), None, peer.index).await?;
+        pod.add_route(IpNet::V4(Ipv4Net::default()), Some(IpAddr::V4(GATEWAY_V4)), peer.index).await?;
+    }
+    if let Some(v6) = req.ipv6 {
+        pod.add_address(peer.index, IpNet::V6(Ipv6Net::from(v6)), true).await?;
+        pod.add_route(IpNet::V6(Ipv6Net::default()), Some(IpAddr::V6(GATEWAY_V6)), peer.index).await?;
+    }
+    let pod_mac = pod.link(&req.ifname).await?.mac;
+
+    node.set_up(host.index).await?;
+    for addr in [req.ipv4.map(IpAddr::V4), req.ipv6.map(IpAddr::V6)].into_iter().flatten() {
+        node.add_route(IpNet::from(addr), None, host.index).await?;
+        node.add_neighbour(host.index, addr, pod_mac).await?;
+    }
+    Ok(Plumbed { host_ifindex: host.index, host_mac: host.mac, pod_mac })
+}
+
+/// Removes the pod's interface pair from the node side (routes and neighbours go with it).
+/// Returns whether there was anything to remove.
+pub async fn unplumb_endpoint(host_ifname: &str) -> Result<bool, DatapathError> {
+    Netlink::current()?.delete_link(host_ifname).await
+}
+
+/// Checks that the pod side still carries its addresses: for CNI CHECK.
+pub async fn check_endpoint(req: &PlumbRequest) -> Result<(), String> {
+    let node = Netlink::current().map_err(|e| e.to_string())?;
+    match node.link_by_name(&req.host_ifname).await {
+        Ok(Some(_)) => {}
+        Ok(None) => return Err(format!("host interface {} is missing", req.host_ifname)),
+        Err(e) => return Err(e.to_string()),
+    }
+    let pod = Netlink::in_netns(&req.netns).map_err(|e| e.to_string())?;
+    let link = pod.link(&req.ifname).await.map_err(|e| e.to_string())?;
+    let addrs = pod.addresses(link.index).await.map_err(|e| e.to_string())?;
+    for want in [req.ipv4.map(IpAddr::V4), req.ipv6.map(IpAddr::V6)].into_iter().flatten() {
+        if !addrs.contains(&want) {
+            return Err(format!("address {want} is missing from {} in the pod", req.ifname));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,34 @@
+//! The interface the agent's reconciler programs: endpoint entries in the maps and the
+//! from-pod program on each pod interface. [`crate::BpfDatapath`] implements it on the kernel,
+//! [`crate::fake::FakeDatapath`] in memory for tests without root.
+
+use crate::{DatapathError, EndpointEntry};
+
+/// Summed per-CPU counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CounterValue {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+pub trait DatapathTables: Send {
+    /// Writes the endpoint under all its keys; replaces what was there.
+    fn upsert_endpoint(&mut self, entry: &EndpointEntry) -> Result<(), DatapathError>;
+    /// Removes every map entry that points at host ifindex `ifindex` or carries one of `entry`'s
+    /// addresses; a missing entry is not an error.
+    fn remove_endpoint(&mut self, entry: &EndpointEntry) -> Result<(), DatapathError>;
+    /// Host ifindexes that have an `endpoint_ifaces` entry, with the endpoint id stored there.
+    fn programmed_ifindexes(&self) -> Result<Vec<(u32, u32)>, DatapathError>;
+    /// Addresses in the `endpoints` map with the host ifindex they point to.
+    fn programmed_addresses(&self) -> Result<Vec<(std::net::IpAddr, u32)>, DatapathError>;
+    /// Removes one `endpoints` entry by address.
+    fn remove_address(&mut self, addr: std::net::IpAddr) -> Result<(), DatapathError>;
+    /// Removes one `endpoint_ifaces` entry.
+    fn remove_ifindex(&mut self, ifindex: u32) -> Result<(), DatapathError>;
+    /// Attaches (or re-attaches, replacing an older program) from-pod on a host interface.
+    fn attach_endpoint(&mut self, host_ifname: &str) -> Result<(), DatapathError>;
+    /// Detaches from-pod from a host interface; no-op when nothing is attached.
+    fn detach_endpoint(&mut self, host_ifname: &str) -> Result<(), DatapathError>;
+    /// Host interfaces that carry a pinned from-pod link.
+    fn attached_endpoints(&self) -> Result<Vec<String>, DatapathError>;
+}
