@@ -1,0 +1,10 @@
+//! Label rules and label sets. Validation mirrors what the Kubernetes API server accepts for
+//! names and labels; [`LabelSet`] is the canonical label form security identities derive from.
+
+mod set;
+mod validate;
+
+pub use set::{LabelSet, NAMESPACE_LABEL, NAMESPACE_LABELS_PREFIX};
+pub use validate::{
+    validate_dns1123_label, validate_dns1123_subdomain, validate_label_key, validate_label_value,
+};

@@ -1,0 +1,163 @@
+//! The local store: a JSON file of objects, read whole and replaced whole (write to a temporary
+//! file, then rename) under an exclusive lock, so readers never see half a write and two
+//! writers never interleave.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+
+/// Why the store could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The file or its lock could not be opened, read or written.
+    #[error("state store {path}: {action}: {source}")]
+    Io {
+        path: PathBuf,
+        action: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not a store this version understands.
+    #[error("state store {path} is corrupt: {source}")]
+    Corrupt {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// An update was refused by its caller; nothing was written.
+    #[error("{0}")]
+    Rejected(String),
+}
+
+/// Every object, keyed for lookup: namespaces by name, pods by `namespace/name`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Store {
+    #[serde(default)]
+    pub namespaces: BTreeMap<String, Namespace>,
+    #[serde(default)]
+    pub pods: BTreeMap<String, Pod>,
+}
+
+impl Store {
+    pub fn pod_key(namespace: &str, name: &str) -> String {
+        format!("{namespace}/{name}")
+    }
+}
+
+/// A store file and its lock file beside it.
+#[derive(Debug, Clone)]
+pub struct LocalStore {
+    path: PathBuf,
+}
+
+// === impl LocalStore ===
+
+impl LocalStore {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into() }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The current objects; an absent file is an empty store.
+    pub fn load(&self) -> Result<Store, StoreError> {
+        match std::fs::read(&self.path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| StoreError::Corrupt { path: self.path.clone(), source }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Store::default()),
+            Err(source) => Err(self.io("reading", source)),
+        }
+    }
+
+    /// Runs `f` on the current objects under the lock and writes the result if `f` succeeds.
+    /// When `f` fails nothing is written: the previous state stays.
+    pub fn update<T>(&self, f: impl FnOnce(&mut Store) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let _lock = self.lock()?;
+        let mut store = self.load()?;
+        let out = f(&mut store)?;
+        self.write(&store)?;
+        Ok(out)
+    }
+
+    fn lock(&self) -> Result<Flock<File>, StoreError> {
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| self.io("creating its directory", e))?;
+        }
+        let lock_path = self.path.with_extension("lock");
+        let file = OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(|e| self.io("opening the lock", e))?;
+        Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| self.io("locking", e.into()))
+    }
+
+    fn write(&self, store: &Store) -> Result<(), StoreError> {
+        let tmp = self.path.with_extension("tmp");
+        let bytes = serde_json::to_vec_pretty(store).map_err(|source| StoreError::Corrupt { path: self.path.clone(), source })?;
+        let mut file = File::create(&tmp).map_err(|e| self.io("creating a temporary file", e))?;
+        file.write_all(&bytes).and_then(|_| file.sync_all()).map_err(|e| self.io("writing", e))?;
+        std::fs::rename(&tmp, &self.path).map_err(|e| self.io("replacing", e))
+    }
+
+    fn io(&self, action: &'static str, source: std::io::Error) -> StoreError {
+        StoreError::Io { path: self.path.clone(), action, source }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::StateSource;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    fn labels(pairs: &[(&str, &str)]) -> Option<BTreeMap<String, String>> {
+        Some(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+    }
+
+    #[test]
+    fn update_persists_and_failed_update_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path().join("s.json"));
+        store
+            .update(|s| {
+                s.namespaces.insert("x".into(), Namespace { metadata: ObjectMeta { name: Some("x".into()), ..Default::default() }, ..Default::default() });
+                Ok(())
+            })
+            .unwrap();
+        let err = store.update(|s| {
+            s.namespaces.clear();
+            Err::<(), _>(StoreError::Rejected("no".into()))
+        });
+        assert!(err.is_err(), "a refused update must report the refusal");
+        assert_eq!(store.load().unwrap().namespaces.len(), 1, "a refused update must not write");
+    }
+
+    #[test]
+    fn pod_label_set_includes_namespace_labels() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path().join("s.json"));
+        store
+            .update(|s| {
+                s.namespaces.insert("x".into(), Namespace { metadata: ObjectMeta { name: Some("x".into()), labels: labels(&[("team", "a")]), ..Default::default() }, ..Default::default() });
+                s.pods.insert(Store::pod_key("x", "p"), Pod { metadata: ObjectMeta { name: Some("p".into()), namespace: Some("x".into()), labels: labels(&[("app", "web")]), ..Default::default() }, ..Default::default() });
+                Ok(())
+            })
+            .unwrap();
+        let set = store.pod_label_set("x", "p").unwrap().expect("pod is known");
+        assert_eq!(set.get("app"), Some("web"));
+        assert!(set.canonical_string().contains("team"), "namespace labels must be part of the set: {set}");
+        assert!(store.pod_label_set("x", "missing").unwrap().is_none());
+    }
+
+    #[test]
+    fn corrupt_file_is_reported_with_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.json");
+        std::fs::write(&path, b"{not json").unwrap();
+        let err = LocalStore::new(&path).load().unwrap_err().to_string();
+        assert!(err.contains("s.json") && err.contains("corrupt"), "{err}");
+    }
+}
