@@ -1,1 +1,26 @@
-//! placeholder
+//! The Sluice node agent: one per node. It owns the node's IPAM, endpoints and identities,
+//! programs the datapath through a level-triggered reconciler, and serves the API on a
+//! root-only unix socket for the CNI plugin and the CLI.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), sluice_agent::AgentError> {
+//! let config = sluice_agent::AgentConfig::load(std::path::Path::new("/etc/sluice/agent.yaml"))?;
+//! sluice_agent::run(config).await
+//! # }
+//! ```
+
+pub mod agent;
+pub mod api;
+pub mod config;
+pub mod daemon;
+pub mod db;
+pub mod endpoints;
+pub mod error;
+pub mod identity;
+pub mod ipam;
+pub mod plumber;
+pub mod reconciler;
+
+pub use config::AgentConfig;
+pub use daemon::run;
+pub use error::AgentError;

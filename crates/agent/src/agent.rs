@@ -1,0 +1,379 @@
+//! The agent's core: the endpoint lifecycle behind the CNI calls (ADD, DEL, CHECK, GC), the
+//! resync that heals the datapath, and the status it reports. Each CNI call is all or nothing:
+//! a failure part way undoes what was done, so no address, interface or identity leaks.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use ipnet::IpNet;
+use sha2::{Digest, Sha256};
+use sluice_api::{CniAddResult, CniAttachment, CniGcRequest, CniGcResult, CniInterface, CniIpConfig, CniRequest, CniRoute};
+use sluice_datapath::plumb::{PlumbRequest, GATEWAY_V4, GATEWAY_V6};
+use sluice_datapath::DatapathTables;
+use sluice_state::StateSource;
+
+use crate::config::AgentConfig;
+use crate::endpoints::{record_key, EndpointRecord, EndpointStore};
+use crate::error::AgentError;
+use crate::identity::Identities;
+use crate::ipam::{Ipam, Owner};
+use crate::plumber::Plumber;
+use crate::reconciler::{reconcile, ReconcileReport};
+
+/// Host routing in force and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostRoutingDecision {
+    pub mode: sluice_datapath::HostRouting,
+    pub reason: String,
+}
+
+pub struct Agent {
+    config: AgentConfig,
+    ipam: Ipam,
+    identities: Identities,
+    endpoints: EndpointStore,
+    datapath: Mutex<Box<dyn DatapathTables>>,
+    plumber: Box<dyn Plumber>,
+    state: Option<Arc<dyn StateSource>>,
+    host_routing: HostRoutingDecision,
+    netdevs: Vec<String>,
+    started: Instant,
+    /// CNI calls are serialised: they are rare, and one at a time keeps rollback simple.
+    cni_lock: tokio::sync::Mutex<()>,
+}
+
+/// Everything [`Agent::new`] needs.
+pub struct AgentParts {
+    pub config: AgentConfig,
+    pub db: Arc<crate::db::AgentDb>,
+    pub datapath: Box<dyn DatapathTables>,
+    pub plumber: Box<dyn Plumber>,
+    pub state: Option<Arc<dyn StateSource>>,
+    pub host_routing: HostRoutingDecision,
+    pub netdevs: Vec<String>,
+    pub started: Instant,
+}
+
+/// The host-side interface name of an attachment: "lxc" and 11 hex digits of a hash of the
+/// attachment, unique on the node and stable across retries.
+pub fn host_ifname(owner: &Owner) -> String {
+    let digest = Sha256::digest(record_key(owner).as_bytes());
+    format!("lxc{}", &hex::encode(digest)[..11])
+}
+
+// === impl Agent ===
+
+impl Agent {
+    pub fn new(parts: AgentParts) -> Result<Self, AgentError> {
+        let ipam = Ipam::new(parts.db.clone(), parts.config.ipv4_cidr(), parts.config.ipv6_cidr())?;
+        let identities = Identities::new(parts.db.clone())?;
+        let endpoints = EndpointStore::new(parts.db)?;
+        Ok(Self {
+            config: parts.config,
+            ipam,
+            identities,
+            endpoints,
+            datapath: Mutex::new(parts.datapath),
+            plumber: parts.plumber,
+            state: parts.state,
+            host_routing: parts.host_routing,
+            netdevs: parts.netdevs,
+            started: parts.started,
+            cni_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub fn config(&self) -> &AgentConfig {
+        &self.config
+    }
+
+    fn with_datapath<T>(&self, f: impl FnOnce(&mut dyn DatapathTables) -> Result<T, sluice_datapath::DatapathError>) -> Result<T, AgentError> {
+        let mut guard = self.datapath.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        Ok(f(guard.as_mut())?)
+    }
+
+    // --- CNI ---
+
+    pub async fn cni_add(&self, req: CniRequest) -> Result<CniAddResult, AgentError> {
+        validate_attachment(&req, true)?;
+        let _one = self.cni_lock.lock().await;
+        let owner = Owner::new(req.container_id.clone(), req.ifname.clone());
+        let previous = self.endpoints.get(&owner)?;
+        if let Some(old) = &previous {
+            // ADD retried: rebuild the interface, keep the addresses and the endpoint number.
+            self.with_datapath(|dp| {
+                dp.detach_endpoint(&old.host_ifname)?;
+                dp.remove_endpoint(&old.entry())
+            })?;
+            self.plumber.unplumb(&old.host_ifname).await?;
+        }
+        let labels = self.label_set(&req)?;
+        let alloc = self.ipam.allocate(&owner)?;
+        let plumb = PlumbRequest {
+            netns: req.netns.clone().into(),
+            ifname: req.ifname.clone(),
+            host_ifname: host_ifname(&owner),
+            ipv4: alloc.ipv4,
+            ipv6: alloc.ipv6,
+            mtu: req.mtu.unwrap_or(self.config.mtu),
+        };
+        let plumbed = match self.plumber.plumb(&plumb).await {
+            Ok(p) => p,
+            Err(e) => {
+                self.release_addresses(&owner);
+                return Err(e.into());
+            }
+        };
+        let id = match &previous {
+            Some(old) => old.id,
+            None => self.endpoints.next_id()?,
+        };
+        let record = EndpointRecord {
+            id,
+            container_id: req.container_id.clone(),
+            ifname: req.ifname.clone(),
+            netns: req.netns.clone(),
+            pod_namespace: req.pod_namespace.clone(),
+            pod_name: req.pod_name.clone(),
+            ipv4: alloc.ipv4,
+            ipv6: alloc.ipv6,
+            mac: plumbed.pod_mac,
+            host_ifname: plumb.host_ifname.clone(),
+            host_ifindex: plumbed.host_ifindex,
+            host_mac: plumbed.host_mac,
+            identity: 0,
+            labels,
+            mtu: plumb.mtu,
+        };
+        match self.program(record).await {
+            Ok(record) => Ok(add_result(&record)),
+            Err(e) => {
+                tracing::warn!(attachment = %record_key(&owner), "ADD failed, rolling back: {e}");
+                let _ = self.plumber.unplumb(&plumb.host_ifname).await;
+                let _ = self.identities.release(&record_key(&owner));
+                let _ = self.endpoints.delete(&owner);
+                self.release_addresses(&owner);
+                Err(e)
+            }
+        }
+    }
+
+    /// Identity, record, then the datapath: the pod can send once its interface entry exists.
+    async fn program(&self, mut record: EndpointRecord) -> Result<EndpointRecord, AgentError> {
+        record.identity = self.identities.acquire(&record.labels, &record.key())?;
+        self.endpoints.put(&record)?;
+        let entry = record.entry();
+        self.with_datapath(|dp| {
+            dp.upsert_endpoint(&entry)?;
+            dp.attach_endpoint(&entry.host_ifname)
+        })?;
+        Ok(record)
+    }
+
+    pub async fn cni_del(&self, req: CniRequest) -> Result<(), AgentError> {
+        validate_attachment(&req, false)?;
+        let _one = self.cni_lock.lock().await;
+        let owner = Owner::new(req.container_id.clone(), req.ifname.clone());
+        match self.endpoints.get(&owner)? {
+            Some(record) => self.destroy(&record).await,
+            None => {
+                // Nothing recorded; make sure nothing is held either (idempotent DEL).
+                self.identities.release(&record_key(&owner))?;
+                self.ipam.release(&owner)?;
+                Ok(())
+            }
+        }
+    }
+
+    pub async fn cni_check(&self, req: CniRequest) -> Result<(), AgentError> {
+        validate_attachment(&req, true)?;
+        let owner = Owner::new(req.container_id.clone(), req.ifname.clone());
+        let record = self.endpoints.get(&owner)?.ok_or_else(|| AgentError::UnknownAttachment(record_key(&owner)))?;
+        let plumb = PlumbRequest {
+            netns: req.netns.clone().into(),
+            ifname: record.ifname.clone(),
+            host_ifname: record.host_ifname.clone(),
+            ipv4: record.ipv4,
+            ipv6: record.ipv6,
+            mtu: record.mtu,
+        };
+        self.plumber.check(&plumb).await.map_err(|reason| AgentError::CheckFailed { key: record.key(), reason })?;
+        let programmed = self.with_datapath(|dp| dp.programmed_ifindexes())?;
+        if !programmed.iter().any(|(i, info)| *i == record.host_ifindex && *info == record.entry().info()) {
+            return Err(AgentError::CheckFailed { key: record.key(), reason: "datapath entry missing or stale".into() });
+        }
+        Ok(())
+    }
+
+    pub async fn cni_gc(&self, req: CniGcRequest) -> Result<CniGcResult, AgentError> {
+        let _one = self.cni_lock.lock().await;
+        let valid: BTreeSet<Owner> = req.valid_attachments.iter().map(|a| Owner::new(a.container_id.clone(), a.ifname.clone())).collect();
+        let mut released = Vec::new();
+        for record in self.endpoints.list()? {
+            if !valid.contains(&record.owner()) {
+                self.destroy(&record).await?;
+                released.push(CniAttachment { container_id: record.container_id.clone(), ifname: record.ifname.clone() });
+            }
+        }
+        for owner in self.ipam.release_all_except(&valid)? {
+            let _ = self.identities.release(&record_key(&owner));
+            released.push(CniAttachment { container_id: owner.container_id, ifname: owner.ifname });
+        }
+        self.identities.gc()?;
+        Ok(CniGcResult { released })
+    }
+
+    /// Removes an endpoint: program and entries first (nothing forwards to it any more), then
+    /// the interface, and the address last so it cannot be handed out while still in use.
+    async fn destroy(&self, record: &EndpointRecord) -> Result<(), AgentError> {
+        let entry = record.entry();
+        self.with_datapath(|dp| {
+            dp.detach_endpoint(&entry.host_ifname)?;
+            dp.remove_endpoint(&entry)
+        })?;
+        self.plumber.unplumb(&record.host_ifname).await?;
+        self.identities.release(&record.key())?;
+        self.endpoints.delete(&record.owner())?;
+        self.ipam.release(&record.owner())?;
+        Ok(())
+    }
+
+    fn release_addresses(&self, owner: &Owner) {
+        if let Err(e) = self.ipam.release(owner) {
+            tracing::error!(attachment = %record_key(owner), "releasing addresses failed: {e}");
+        }
+    }
+
+    fn label_set(&self, req: &CniRequest) -> Result<BTreeMap<String, String>, AgentError> {
+        let (Some(ns), Some(name)) = (&req.pod_namespace, &req.pod_name) else { return Ok(BTreeMap::new()) };
+        let known = match &self.state {
+            Some(state) => state.pod_label_set(ns, name)?,
+            None => None,
+        };
+        let set = known.unwrap_or_else(|| sluice_model::LabelSet::for_pod(&BTreeMap::new(), ns, &BTreeMap::new()));
+        Ok(set.as_map().clone())
+    }
+
+    // --- resync ---
+
+    /// Heals the datapath from the records: endpoints whose interface vanished are released,
+    /// addresses no record holds are freed, and the maps and attachments are reconciled.
+    pub async fn resync(&self, reattach_all: bool) -> Result<ReconcileReport, AgentError> {
+        let _one = self.cni_lock.lock().await;
+        let mut desired = Vec::new();
+        for mut record in self.endpoints.list()? {
+            match self.plumber.host_ifindex(&record.host_ifname).await? {
+                None => {
+                    tracing::info!(endpoint = record.id, "interface {} is gone, releasing the endpoint", record.host_ifname);
+                    self.destroy(&record).await?;
+                    continue;
+                }
+                Some(index) if index != record.host_ifindex => {
+                    record.host_ifindex = index;
+                    self.endpoints.put(&record)?;
+                }
+                Some(_) => {}
+            }
+            desired.push(record);
+        }
+        let held: BTreeSet<Owner> = desired.iter().map(|r| r.owner()).collect();
+        for leaked in self.ipam.release_all_except(&held)? {
+            tracing::info!(attachment = %record_key(&leaked), "released addresses no endpoint holds");
+        }
+        let entries: Vec<_> = desired.iter().map(|r| r.entry()).collect();
+        let report = self.with_datapath(|dp| reconcile(&entries, dp, reattach_all))?;
+        if report.changed() {
+            tracing::info!(?report, "datapath reconciled");
+        }
+        Ok(report)
+    }
+
+    // --- status ---
+
+    pub fn endpoints(&self) -> Result<Vec<sluice_api::Endpoint>, AgentError> {
+        Ok(self.endpoints.list()?.iter().map(EndpointRecord::to_api).collect())
+    }
+
+    pub fn status(&self) -> Result<sluice_api::Status, AgentError> {
+        let endpoint_count = self.endpoints.list()?.len();
+        let (attached, counters) = self.with_datapath(|dp| Ok((dp.attached_endpoints()?, dp.drop_counters()?)))?;
+        let mut programs = vec![sluice_api::AttachedProgram {
+            program: "from_pod".into(),
+            interface: "pod veths (host side)".into(),
+            attach: "tcx/ingress".into(),
+            count: attached.len(),
+        }];
+        for dev in &self.netdevs {
+            programs.push(sluice_api::AttachedProgram { program: "from_netdev".into(), interface: dev.clone(), attach: "tcx/ingress".into(), count: 1 });
+        }
+        let drops = sluice_abi::DROP_REASONS
+            .iter()
+            .map(|r| {
+                let c = counters.get(*r as usize).copied().unwrap_or_default();
+                sluice_api::DropCount { reason: sluice_abi::drop_reason_name(*r).into(), packets: c.packets, bytes: c.bytes }
+            })
+            .collect();
+        Ok(sluice_api::Status {
+            node_name: self.config.node_name.clone(),
+            healthy: true,
+            version: env!("CARGO_PKG_VERSION").into(),
+            host_routing: sluice_api::HostRoutingStatus {
+                mode: self.host_routing.mode.as_str().into(),
+                requested: self.config.host_routing.as_str().into(),
+                reason: self.host_routing.reason.clone(),
+            },
+            endpoint_count,
+            pod_cidrs: self.config.pod_cidrs.clone(),
+            programs,
+            drops,
+            uptime_seconds: self.started.elapsed().as_secs(),
+        })
+    }
+}
+
+/// The CNI specification's rules for container IDs and interface names, checked again here
+/// because the API is not only for the plugin.
+fn validate_attachment(req: &CniRequest, need_netns: bool) -> Result<(), AgentError> {
+    let bad = |code, message: String| Err(AgentError::InvalidRequest { code, message });
+    let cid = &req.container_id;
+    if cid.is_empty() || !cid.chars().next().is_some_and(|c| c.is_ascii_alphanumeric()) || !cid.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)) {
+        return bad(4, format!("invalid container ID {cid:?}"));
+    }
+    let ifname = &req.ifname;
+    if ifname.is_empty() || ifname.len() > 15 || ifname == "." || ifname == ".." || ifname.chars().any(|c| c == '/' || c == ':' || c.is_whitespace()) {
+        return bad(4, format!("invalid interface name {ifname:?}"));
+    }
+    if need_netns {
+        if req.netns.is_empty() {
+            return bad(4, "CNI_NETNS is required".into());
+        }
+        if !Path::new(&req.netns).exists() {
+            return bad(4, format!("network namespace {} does not exist", req.netns));
+        }
+    }
+    Ok(())
+}
+
+fn add_result(record: &EndpointRecord) -> CniAddResult {
+    let mut ips = Vec::new();
+    let mut routes = Vec::new();
+    if let Some(v4) = record.ipv4 {
+        ips.push(CniIpConfig { address: IpNet::from(IpAddr::V4(v4)), gateway: IpAddr::V4(GATEWAY_V4), interface: 1 });
+        routes.push(CniRoute { dst: IpNet::V4(ipnet::Ipv4Net::default()), gw: IpAddr::V4(GATEWAY_V4) });
+    }
+    if let Some(v6) = record.ipv6 {
+        ips.push(CniIpConfig { address: IpNet::from(IpAddr::V6(v6)), gateway: IpAddr::V6(GATEWAY_V6), interface: 1 });
+        routes.push(CniRoute { dst: IpNet::V6(ipnet::Ipv6Net::default()), gw: IpAddr::V6(GATEWAY_V6) });
+    }
+    CniAddResult {
+        interfaces: vec![
+            CniInterface { name: record.host_ifname.clone(), mac: record.host_mac.to_string(), mtu: record.mtu, sandbox: None },
+            CniInterface { name: record.ifname.clone(), mac: record.mac.to_string(), mtu: record.mtu, sandbox: Some(record.netns.clone()) },
+        ],
+        ips,
+        routes,
+    }
+}

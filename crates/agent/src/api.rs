@@ -1,0 +1,66 @@
+//! The agent's API: HTTP/1.1 with JSON bodies on a unix socket that only root may open. The
+//! CNI plugin and the CLI are its clients (crate sluice-api holds the types and paths).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use sluice_api::{paths, CniGcRequest, CniRequest};
+
+use crate::agent::Agent;
+use crate::error::AgentError;
+
+impl IntoResponse for AgentError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            AgentError::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
+            AgentError::UnknownAttachment(_) => StatusCode::NOT_FOUND,
+            AgentError::CheckFailed { .. } => StatusCode::CONFLICT,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        (status, Json(self.to_api())).into_response()
+    }
+}
+
+type Shared = State<Arc<Agent>>;
+
+pub fn router(agent: Arc<Agent>) -> Router {
+    Router::new()
+        .route(paths::STATUS, get(|State(a): Shared| async move { a.status().map(Json) }))
+        .route(paths::ENDPOINTS, get(|State(a): Shared| async move { a.endpoints().map(Json) }))
+        .route(paths::CNI_ADD, post(|State(a): Shared, Json(r): Json<CniRequest>| async move { a.cni_add(r).await.map(Json) }))
+        .route(
+            paths::CNI_DEL,
+            post(|State(a): Shared, Json(r): Json<CniRequest>| async move { a.cni_del(r).await.map(|()| Json(serde_json::json!({}))) }),
+        )
+        .route(
+            paths::CNI_CHECK,
+            post(|State(a): Shared, Json(r): Json<CniRequest>| async move { a.cni_check(r).await.map(|()| Json(serde_json::json!({}))) }),
+        )
+        .route(paths::CNI_GC, post(|State(a): Shared, Json(r): Json<CniGcRequest>| async move { a.cni_gc(r).await.map(Json) }))
+        .route(paths::CNI_STATUS, get(|| async { Json(serde_json::json!({})) }))
+        .with_state(agent)
+}
+
+/// Binds the socket: its directory and the socket itself are root-only (0700 / 0600). A stale
+/// socket file from an earlier run is replaced.
+pub fn bind(socket: &Path) -> Result<tokio::net::UnixListener, AgentError> {
+    let startup = |action: String| move |source| AgentError::Startup { action, source };
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).map_err(startup(format!("creating {}", dir.display())))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(startup(format!("restricting {}", dir.display())))?;
+    }
+    match std::fs::remove_file(socket) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(AgentError::Startup { action: format!("removing stale {}", socket.display()), source: e }),
+    }
+    let listener = tokio::net::UnixListener::bind(socket).map_err(startup(format!("binding {}", socket.display())))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600)).map_err(startup(format!("restricting {}", socket.display())))?;
+    Ok(listener)
+}

@@ -1,0 +1,228 @@
+//! The agent's configuration file (YAML, camelCase keys like Kubernetes objects). Every field is
+//! checked at start; an error names the file and the field and the agent does not start.
+
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+/// What the operator asks for; the agent decides what is in force (see `HostRoutingStatus`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HostRoutingRequest {
+    /// `bpf` when the kernel has the helpers, `legacy` otherwise.
+    #[default]
+    Auto,
+    /// `bpf`, or refuse to start when the kernel lacks the helpers.
+    Bpf,
+    /// The node's stack routes pod traffic.
+    Legacy,
+}
+
+impl HostRoutingRequest {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HostRoutingRequest::Auto => "auto",
+            HostRoutingRequest::Bpf => "bpf",
+            HostRoutingRequest::Legacy => "legacy",
+        }
+    }
+}
+
+/// Where the agent reads pods' and namespaces' labels from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StateConfig {
+    /// `local` (the only source so far).
+    #[serde(default = "default_source")]
+    pub source: String,
+    /// Path of the local store file.
+    pub path: Option<PathBuf>,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self { source: default_source(), path: None }
+    }
+}
+
+fn default_source() -> String {
+    "local".into()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AgentConfig {
+    /// This node's name (a DNS-1123 label).
+    pub node_name: String,
+    /// Directory of the agent's database.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// The API socket (mode 0600: root only).
+    #[serde(default = "default_socket")]
+    pub socket: PathBuf,
+    /// Pin directory for maps and links; a private bpffs is mounted there unless it already
+    /// lies on one.
+    #[serde(default = "default_bpffs")]
+    pub bpffs: PathBuf,
+    /// Pod CIDRs of this node: at most one IPv4 and one IPv6.
+    #[serde(rename = "podCIDRs")]
+    pub pod_cidrs: Vec<IpNet>,
+    #[serde(default)]
+    pub host_routing: HostRoutingRequest,
+    /// Node devices that receive traffic for pods (the uplink); from-netdev is attached there.
+    #[serde(default)]
+    pub devices: Vec<String>,
+    /// MTU of pod interfaces unless the CNI configuration says otherwise.
+    #[serde(default = "default_mtu")]
+    pub mtu: u32,
+    #[serde(default)]
+    pub state: StateConfig,
+    /// Seconds between full reconciles of the datapath against the database.
+    #[serde(default = "default_resync")]
+    pub resync_seconds: u64,
+}
+
+fn default_state_dir() -> PathBuf {
+    "/var/lib/sluice".into()
+}
+fn default_socket() -> PathBuf {
+    "/run/sluice/agent.sock".into()
+}
+fn default_bpffs() -> PathBuf {
+    "/sys/fs/bpf/sluice".into()
+}
+fn default_mtu() -> u32 {
+    1500
+}
+fn default_resync() -> u64 {
+    30
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The YAML does not parse or a field has the wrong type.
+    #[error("{path}: {field}: {message}")]
+    Parse { path: PathBuf, field: String, message: String },
+    /// A field has a value the agent cannot use.
+    #[error("{path}: {field}: {message}")]
+    Invalid { path: PathBuf, field: &'static str, message: String },
+}
+
+// === impl AgentConfig ===
+
+impl AgentConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        Self::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let de = serde_yaml_ng::Deserializer::from_str(text);
+        let config: AgentConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let field = e.path().to_string();
+            ConfigError::Parse { path: path.into(), field: if field == "." { "(document)".into() } else { field }, message: e.into_inner().to_string() }
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |field, message: String| Err(ConfigError::Invalid { path: path.into(), field, message });
+        if let Err(e) = sluice_model::labels::validate_dns1123_label(&self.node_name) {
+            return invalid("nodeName", e);
+        }
+        if self.pod_cidrs.is_empty() {
+            return invalid("podCIDRs", "at least one pod CIDR is required".into());
+        }
+        let v4 = self.pod_cidrs.iter().filter(|c| matches!(c, IpNet::V4(_))).count();
+        let v6 = self.pod_cidrs.len() - v4;
+        if v4 > 1 || v6 > 1 {
+            return invalid("podCIDRs", "at most one IPv4 and one IPv6 CIDR".into());
+        }
+        for c in &self.pod_cidrs {
+            if c.trunc() != *c {
+                return invalid("podCIDRs", format!("{c} has host bits set; did you mean {}?", c.trunc()));
+            }
+        }
+        if !(1280..=65535).contains(&self.mtu) {
+            return invalid("mtu", format!("{} is outside 1280..=65535 (IPv6 needs at least 1280)", self.mtu));
+        }
+        for (field, p) in [("stateDir", &self.state_dir), ("socket", &self.socket), ("bpffs", &self.bpffs)] {
+            if !p.is_absolute() {
+                return invalid(field, format!("{} must be an absolute path", p.display()));
+            }
+        }
+        if self.state.source != "local" {
+            return invalid("state.source", format!("{:?} is not supported (supported: local)", self.state.source));
+        }
+        if self.resync_seconds == 0 {
+            return invalid("resyncSeconds", "must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    pub fn ipv4_cidr(&self) -> Option<ipnet::Ipv4Net> {
+        self.pod_cidrs.iter().find_map(|c| match c {
+            IpNet::V4(n) => Some(*n),
+            IpNet::V6(_) => None,
+        })
+    }
+
+    pub fn ipv6_cidr(&self) -> Option<ipnet::Ipv6Net> {
+        self.pod_cidrs.iter().find_map(|c| match c {
+            IpNet::V6(n) => Some(*n),
+            IpNet::V4(_) => None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<AgentConfig, ConfigError> {
+        AgentConfig::parse(Path::new("agent.yaml"), text)
+    }
+
+    const GOOD: &str = "nodeName: node0\npodCIDRs: [198.19.0.0/24, \"2001:2::/64\"]\n";
+
+    #[test]
+    fn minimal_config_gets_safe_defaults() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.host_routing, HostRoutingRequest::Auto);
+        assert_eq!(c.socket, PathBuf::from("/run/sluice/agent.sock"));
+        assert_eq!(c.mtu, 1500);
+        assert_eq!(c.ipv4_cidr().unwrap().to_string(), "198.19.0.0/24");
+        assert_eq!(c.ipv6_cidr().unwrap().to_string(), "2001:2::/64");
+    }
+
+    #[test]
+    fn errors_name_the_file_and_the_field() {
+        let cases = [
+            ("nodeName: Node_0\npodCIDRs: [198.19.0.0/24]\n", "nodeName"),
+            ("nodeName: n\npodCIDRs: []\n", "podCIDRs"),
+            ("nodeName: n\npodCIDRs: [198.19.0.0/24, 198.20.0.0/24]\n", "podCIDRs"),
+            ("nodeName: n\npodCIDRs: [198.19.0.1/24]\n", "podCIDRs"),
+            ("nodeName: n\npodCIDRs: [not-a-cidr]\n", "podCIDRs"),
+            ("nodeName: n\npodCIDRs: [198.19.0.0/24]\nmtu: 100\n", "mtu"),
+            ("nodeName: n\npodCIDRs: [198.19.0.0/24]\nhostRouting: fast\n", "hostRouting"),
+            ("nodeName: n\npodCIDRs: [198.19.0.0/24]\nsocket: rel/agent.sock\n", "socket"),
+            ("nodeName: n\npodCIDRs: [198.19.0.0/24]\nbogus: 1\n", "bogus"),
+            ("nodeName: n\npodCIDRs: [198.19.0.0/24]\nstate: {source: etcd}\n", "state.source"),
+        ];
+        for (text, field) in cases {
+            let err = parse(text).expect_err(text).to_string();
+            assert!(err.starts_with("agent.yaml:"), "error must name the file: {err}");
+            assert!(err.contains(field), "error for {text:?} must name {field}: {err}");
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! `sluice agent`: start-up in order (database, pin directory, host routing decision, programs,
+//! restore and reconcile, then the API), the periodic resync, and a clean stop that leaves the
+//! datapath running.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sluice_datapath::{BpfDatapath, HostRouting};
+
+use crate::agent::{Agent, AgentParts, HostRoutingDecision};
+use crate::config::{AgentConfig, HostRoutingRequest};
+use crate::db::AgentDb;
+use crate::error::AgentError;
+use crate::plumber::NetlinkPlumber;
+
+/// Runs the agent until SIGTERM or SIGINT.
+pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
+    let started = Instant::now();
+    let db = Arc::new(AgentDb::open(&config.state_dir)?);
+    sluice_datapath::ensure_bpffs(&config.bpffs)?;
+    let host_routing = decide_host_routing(config.host_routing)?;
+    enable_forwarding()?;
+    let mut datapath = BpfDatapath::load(&config.bpffs, host_routing.mode)?;
+    for dev in &config.devices {
+        datapath.attach_netdev(dev)?;
+    }
+    let state: Option<Arc<dyn sluice_state::StateSource>> =
+        config.state.path.as_ref().map(|p| Arc::new(sluice_state::LocalStore::new(p)) as Arc<dyn sluice_state::StateSource>);
+    let agent = Arc::new(Agent::new(AgentParts {
+        netdevs: config.devices.clone(),
+        config: config.clone(),
+        db,
+        datapath: Box::new(datapath),
+        plumber: Box::new(NetlinkPlumber),
+        state,
+        host_routing: host_routing.clone(),
+        started,
+    })?);
+    let report = agent.resync(true).await?;
+    let listener = crate::api::bind(&config.socket)?;
+    tracing::info!(
+        node = %config.node_name,
+        host_routing = host_routing.mode.as_str(),
+        reason = %host_routing.reason,
+        restored = report.attached,
+        "agent ready in {} ms",
+        started.elapsed().as_millis()
+    );
+
+    let resync = tokio::spawn(resync_loop(agent.clone(), Duration::from_secs(config.resync_seconds)));
+    let served = axum::serve(listener, crate::api::router(agent)).with_graceful_shutdown(shutdown_signal()).await;
+    resync.abort();
+    let _ = std::fs::remove_file(&config.socket);
+    tracing::info!("agent stopped; the datapath keeps forwarding");
+    served.map_err(|source| AgentError::Startup { action: "serving the API".into(), source })
+}
+
+async fn resync_loop(agent: Arc<Agent>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        if let Err(e) = agent.resync(false).await {
+            tracing::warn!("periodic resync failed: {e}");
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        // Without signal handlers the agent can still be killed; run until then.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+}
+
+/// `auto` takes `bpf` when the probe passes; `bpf` insists; `legacy` is taken as asked.
+pub fn decide_host_routing(requested: HostRoutingRequest) -> Result<HostRoutingDecision, AgentError> {
+    if requested == HostRoutingRequest::Legacy {
+        return Ok(HostRoutingDecision { mode: HostRouting::Legacy, reason: "legacy requested by configuration".into() });
+    }
+    let probe = sluice_datapath::probe_host_routing();
+    match (requested, probe.supported) {
+        (_, true) => Ok(HostRoutingDecision { mode: HostRouting::Bpf, reason: probe.reason }),
+        (HostRoutingRequest::Bpf, false) => Err(AgentError::HostRoutingUnavailable(probe.reason)),
+        _ => Ok(HostRoutingDecision { mode: HostRouting::Legacy, reason: format!("bpf unavailable, fell back: {}", probe.reason) }),
+    }
+}
+
+/// bpf_fib_lookup only forwards when the ingress device forwards, and legacy routing needs it
+/// anyway.
+fn enable_forwarding() -> Result<(), AgentError> {
+    sluice_datapath::netns::write_sysctl("net/ipv4/ip_forward", "1")?;
+    sluice_datapath::netns::write_sysctl("net/ipv6/conf/all/forwarding", "1")?;
+    Ok(())
+}

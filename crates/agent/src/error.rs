@@ -1,0 +1,69 @@
+//! The agent's errors and the CNI error code each one maps to on the API.
+
+use crate::db::DbError;
+use crate::endpoints::EndpointStoreError;
+use crate::identity::IdentityError;
+use crate::ipam::IpamError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The request itself is wrong (CNI code 7, "invalid network config"; 4 for variables).
+    #[error("{message}")]
+    InvalidRequest { code: u32, message: String },
+    /// The attachment is not known to this agent (CNI code 3).
+    #[error("unknown attachment {0}")]
+    UnknownAttachment(String),
+    /// The attachment exists but is not as the agent programmed it (CHECK).
+    #[error("attachment {key} is not as programmed: {reason}")]
+    CheckFailed { key: String, reason: String },
+    #[error("IPAM: {0}")]
+    Ipam(#[from] IpamError),
+    #[error("identity allocation: {0}")]
+    Identity(#[from] IdentityError),
+    #[error("endpoint store: {0}")]
+    Endpoints(#[from] EndpointStoreError),
+    #[error("database: {0}")]
+    Db(#[from] DbError),
+    #[error("datapath: {0}")]
+    Datapath(#[from] sluice_datapath::DatapathError),
+    #[error("state source: {0}")]
+    State(#[from] sluice_state::StoreError),
+    #[error("configuration: {0}")]
+    Config(#[from] crate::config::ConfigError),
+    /// Start-up could not complete.
+    #[error("{action}: {source}")]
+    Startup {
+        action: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// `hostRouting: bpf` was asked for and the kernel cannot do it.
+    #[error("host routing bpf was requested but is unavailable: {0}")]
+    HostRoutingUnavailable(String),
+}
+
+impl AgentError {
+    /// The CNI specification's error code for this error.
+    pub fn cni_code(&self) -> u32 {
+        match self {
+            AgentError::InvalidRequest { code, .. } => *code,
+            AgentError::UnknownAttachment(_) => 3,
+            AgentError::Ipam(IpamError::Exhausted { .. }) => 11,
+            AgentError::State(_) => 11,
+            _ => 999,
+        }
+    }
+
+    pub fn to_api(&self) -> sluice_api::ApiError {
+        let mut details = String::new();
+        let mut source = std::error::Error::source(self);
+        while let Some(s) = source {
+            if !details.is_empty() {
+                details.push_str(": ");
+            }
+            details.push_str(&s.to_string());
+            source = s.source();
+        }
+        sluice_api::ApiError { code: self.cni_code(), message: self.to_string(), details }
+    }
+}

@@ -1,0 +1,45 @@
+//! The seam between endpoint management and interface plumbing: the agent asks a [`Plumber`]
+//! for veths, the real one does it with netlink, tests use an in-memory one.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use sluice_datapath::plumb::{PlumbRequest, Plumbed};
+use sluice_datapath::DatapathError;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+pub trait Plumber: Send + Sync {
+    /// Creates the pod's interface pair, addresses and routes.
+    fn plumb<'a>(&'a self, req: &'a PlumbRequest) -> BoxFuture<'a, Result<Plumbed, DatapathError>>;
+    /// Removes the pair; `false` when it was already gone.
+    fn unplumb<'a>(&'a self, host_ifname: &'a str) -> BoxFuture<'a, Result<bool, DatapathError>>;
+    /// Checks the pod side (CNI CHECK).
+    fn check<'a>(&'a self, req: &'a PlumbRequest) -> BoxFuture<'a, Result<(), String>>;
+    /// The ifindex of a host interface, `None` when it no longer exists.
+    fn host_ifindex<'a>(&'a self, host_ifname: &'a str) -> BoxFuture<'a, Result<Option<u32>, DatapathError>>;
+}
+
+/// Plumbing with rtnetlink in the agent's network namespace.
+pub struct NetlinkPlumber;
+
+impl Plumber for NetlinkPlumber {
+    fn plumb<'a>(&'a self, req: &'a PlumbRequest) -> BoxFuture<'a, Result<Plumbed, DatapathError>> {
+        Box::pin(sluice_datapath::plumb::plumb_endpoint(req))
+    }
+
+    fn unplumb<'a>(&'a self, host_ifname: &'a str) -> BoxFuture<'a, Result<bool, DatapathError>> {
+        Box::pin(sluice_datapath::plumb::unplumb_endpoint(host_ifname))
+    }
+
+    fn check<'a>(&'a self, req: &'a PlumbRequest) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(sluice_datapath::plumb::check_endpoint(req))
+    }
+
+    fn host_ifindex<'a>(&'a self, host_ifname: &'a str) -> BoxFuture<'a, Result<Option<u32>, DatapathError>> {
+        Box::pin(async move {
+            let nl = sluice_datapath::netlink::Netlink::current()?;
+            Ok(nl.link_by_name(host_ifname).await?.map(|l| l.index))
+        })
+    }
+}
