@@ -15,6 +15,7 @@ fn main() {
         .allowlist_var("SLUICE_.*")
         .rustified_enum("sluice_drop_reason|sluice_forward_kind")
         .derive_default(true)
+        .derive_partialeq(true)
         .derive_eq(true)
         .layout_tests(true)
         .generate();

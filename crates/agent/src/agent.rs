@@ -101,37 +101,46 @@ impl Agent {
         validate_attachment(&req, true)?;
         let _one = self.cni_lock.lock().await;
         let owner = Owner::new(req.container_id.clone(), req.ifname.clone());
-        let previous = self.endpoints.get(&owner)?;
+        let mut undo = Undo::default();
+        match self.add_locked(&req, &owner, &mut undo).await {
+            Ok(record) => Ok(add_result(&record)),
+            Err(e) => {
+                tracing::warn!(attachment = %record_key(&owner), "ADD failed, rolling back: {e}");
+                self.roll_back(&owner, &undo).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn add_locked(&self, req: &CniRequest, owner: &Owner, undo: &mut Undo) -> Result<EndpointRecord, AgentError> {
+        let host_ifname = host_ifname(owner);
+        undo.host_ifname = Some(host_ifname.clone());
+        let previous = self.endpoints.get(owner)?;
         if let Some(old) = &previous {
             // ADD retried: rebuild the interface, keep the addresses and the endpoint number.
+            undo.entry = Some(old.entry());
             self.with_datapath(|dp| {
                 dp.detach_endpoint(&old.host_ifname)?;
                 dp.remove_endpoint(&old.entry())
             })?;
             self.plumber.unplumb(&old.host_ifname).await?;
         }
-        let labels = self.label_set(&req)?;
-        let alloc = self.ipam.allocate(&owner)?;
+        let labels = self.label_set(req)?;
+        let alloc = self.ipam.allocate(owner)?;
         let plumb = PlumbRequest {
             netns: req.netns.clone().into(),
             ifname: req.ifname.clone(),
-            host_ifname: host_ifname(&owner),
+            host_ifname,
             ipv4: alloc.ipv4,
             ipv6: alloc.ipv6,
             mtu: req.mtu.unwrap_or(self.config.mtu),
         };
-        let plumbed = match self.plumber.plumb(&plumb).await {
-            Ok(p) => p,
-            Err(e) => {
-                self.release_addresses(&owner);
-                return Err(e.into());
-            }
-        };
+        let plumbed = self.plumber.plumb(&plumb).await?;
         let id = match &previous {
             Some(old) => old.id,
             None => self.endpoints.next_id()?,
         };
-        let record = EndpointRecord {
+        let mut record = EndpointRecord {
             id,
             container_id: req.container_id.clone(),
             ifname: req.ifname.clone(),
@@ -148,29 +157,46 @@ impl Agent {
             labels,
             mtu: plumb.mtu,
         };
-        match self.program(record).await {
-            Ok(record) => Ok(add_result(&record)),
-            Err(e) => {
-                tracing::warn!(attachment = %record_key(&owner), "ADD failed, rolling back: {e}");
-                let _ = self.plumber.unplumb(&plumb.host_ifname).await;
-                let _ = self.identities.release(&record_key(&owner));
-                let _ = self.endpoints.delete(&owner);
-                self.release_addresses(&owner);
-                Err(e)
-            }
-        }
-    }
-
-    /// Identity, record, then the datapath: the pod can send once its interface entry exists.
-    async fn program(&self, mut record: EndpointRecord) -> Result<EndpointRecord, AgentError> {
+        // Identity, record, then the datapath: the pod can send once its interface entry
+        // exists, and by then everything it needs is in place.
         record.identity = self.identities.acquire(&record.labels, &record.key())?;
         self.endpoints.put(&record)?;
         let entry = record.entry();
+        undo.entry = Some(entry.clone());
         self.with_datapath(|dp| {
             dp.upsert_endpoint(&entry)?;
             dp.attach_endpoint(&entry.host_ifname)
         })?;
         Ok(record)
+    }
+
+    /// Undoes a failed ADD completely, whatever step it reached: the attachment ends up with
+    /// no record, interface, map entry, identity or address, as after DEL.
+    async fn roll_back(&self, owner: &Owner, undo: &Undo) {
+        let key = record_key(owner);
+        if let Some(entry) = &undo.entry {
+            if let Err(e) = self.with_datapath(|dp| {
+                dp.detach_endpoint(&entry.host_ifname)?;
+                dp.remove_endpoint(entry)
+            }) {
+                tracing::error!(attachment = %key, "rollback: removing datapath entries failed: {e}");
+            }
+        }
+        if let Some(ifname) = &undo.host_ifname {
+            if let Err(e) = self.with_datapath(|dp| dp.detach_endpoint(ifname)) {
+                tracing::error!(attachment = %key, "rollback: detaching from {ifname} failed: {e}");
+            }
+            if let Err(e) = self.plumber.unplumb(ifname).await {
+                tracing::error!(attachment = %key, "rollback: removing interface {ifname} failed: {e}");
+            }
+        }
+        if let Err(e) = self.identities.release(&key) {
+            tracing::error!(attachment = %key, "rollback: releasing identity failed: {e}");
+        }
+        if let Err(e) = self.endpoints.delete(owner) {
+            tracing::error!(attachment = %key, "rollback: deleting record failed: {e}");
+        }
+        self.release_addresses(owner);
     }
 
     pub async fn cni_del(&self, req: CniRequest) -> Result<(), AgentError> {
@@ -190,6 +216,7 @@ impl Agent {
 
     pub async fn cni_check(&self, req: CniRequest) -> Result<(), AgentError> {
         validate_attachment(&req, true)?;
+        let _one = self.cni_lock.lock().await;
         let owner = Owner::new(req.container_id.clone(), req.ifname.clone());
         let record = self.endpoints.get(&owner)?.ok_or_else(|| AgentError::UnknownAttachment(record_key(&owner)))?;
         let plumb = PlumbRequest {
@@ -214,7 +241,10 @@ impl Agent {
         let mut released = Vec::new();
         for record in self.endpoints.list()? {
             if !valid.contains(&record.owner()) {
-                self.destroy(&record).await?;
+                if let Err(e) = self.destroy(&record).await {
+                    tracing::warn!(endpoint = record.id, "GC could not release the endpoint: {e}");
+                    continue;
+                }
                 released.push(CniAttachment { container_id: record.container_id.clone(), ifname: record.ifname.clone() });
             }
         }
@@ -268,7 +298,9 @@ impl Agent {
             match self.plumber.host_ifindex(&record.host_ifname).await? {
                 None => {
                     tracing::info!(endpoint = record.id, "interface {} is gone, releasing the endpoint", record.host_ifname);
-                    self.destroy(&record).await?;
+                    if let Err(e) = self.destroy(&record).await {
+                        tracing::warn!(endpoint = record.id, "releasing the endpoint failed, will retry: {e}");
+                    }
                     continue;
                 }
                 Some(index) if index != record.host_ifindex => {
@@ -332,6 +364,13 @@ impl Agent {
             uptime_seconds: self.started.elapsed().as_secs(),
         })
     }
+}
+
+/// What a failed ADD must undo.
+#[derive(Default)]
+struct Undo {
+    host_ifname: Option<String>,
+    entry: Option<sluice_datapath::EndpointEntry>,
 }
 
 /// The CNI specification's rules for container IDs and interface names, checked again here

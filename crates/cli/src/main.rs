@@ -1,1 +1,66 @@
-fn main() {}
+//! `sluice`: run the node agent, inspect a node, and drive the local lab.
+
+mod args;
+mod lab_cmds;
+mod node_cmds;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use args::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {}", chain(&*e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Command::LabShim { status, argv } = &cli.command {
+        // The shim must not start a runtime or logging: it only waits for its child.
+        let code = sluice_lab::shim::run(status, argv);
+        return Ok(ExitCode::from(code.clamp(0, 255) as u8));
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let target = cli.target();
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Agent { config } => node_cmds::agent(&config).await,
+            Command::Status { node, output } => node_cmds::status(&target, node.as_deref(), output).await,
+            Command::Endpoint { command: args::EndpointCommand::List { node, output } } => {
+                node_cmds::endpoint_list(&target, node.as_deref(), output).await
+            }
+            Command::Up { nodes, host_routing } => lab_cmds::up(&cli.lab, nodes, host_routing).await,
+            Command::Down => lab_cmds::down(&cli.lab).await,
+            Command::Apply { file, timeout } => lab_cmds::apply(&cli.lab, &file, timeout).await,
+            Command::Get { resource, name, namespace, all_namespaces, output } => {
+                lab_cmds::get(&cli.lab, &resource, name.as_deref(), &namespace, all_namespaces, output)
+            }
+            Command::Delete { file, resource, namespace } => lab_cmds::delete(&cli.lab, file.as_deref(), &resource, &namespace).await,
+            Command::Exec { pod, namespace, argv } => lab_cmds::exec(&cli.lab, &pod, &namespace, &argv),
+            Command::LabShim { .. } => Ok(ExitCode::SUCCESS),
+        }
+    })
+}
+
+/// "what failed: why: root cause".
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}

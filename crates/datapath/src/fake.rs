@@ -4,14 +4,16 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use crate::{DatapathError, DatapathTables, EndpointEntry};
+use sluice_abi::endpoint_info;
+
+use crate::{CounterValue, DatapathError, DatapathTables, EndpointEntry};
 
 #[derive(Debug, Default, Clone)]
 pub struct FakeDatapath {
-    /// `endpoints`: address → host ifindex.
-    pub addresses: BTreeMap<IpAddr, u32>,
-    /// `endpoint_ifaces`: host ifindex → endpoint id.
-    pub ifindexes: BTreeMap<u32, u32>,
+    /// `endpoints`: address → value.
+    pub addresses: BTreeMap<IpAddr, endpoint_info>,
+    /// `endpoint_ifaces`: host ifindex → value.
+    pub ifindexes: BTreeMap<u32, endpoint_info>,
     /// Interfaces with from-pod attached.
     pub attached: BTreeSet<String>,
     /// Count of write calls, to check that a converged reconcile writes nothing.
@@ -21,10 +23,11 @@ pub struct FakeDatapath {
 impl DatapathTables for FakeDatapath {
     fn upsert_endpoint(&mut self, entry: &EndpointEntry) -> Result<(), DatapathError> {
         self.writes += 1;
+        let info = entry.info();
         for addr in [entry.ipv4.map(IpAddr::from), entry.ipv6.map(IpAddr::from)].into_iter().flatten() {
-            self.addresses.insert(addr, entry.host_ifindex);
+            self.addresses.insert(addr, info);
         }
-        self.ifindexes.insert(entry.host_ifindex, entry.endpoint_id);
+        self.ifindexes.insert(entry.host_ifindex, info);
         Ok(())
     }
 
@@ -37,11 +40,11 @@ impl DatapathTables for FakeDatapath {
         Ok(())
     }
 
-    fn programmed_ifindexes(&self) -> Result<Vec<(u32, u32)>, DatapathError> {
+    fn programmed_ifindexes(&self) -> Result<Vec<(u32, endpoint_info)>, DatapathError> {
         Ok(self.ifindexes.iter().map(|(k, v)| (*k, *v)).collect())
     }
 
-    fn programmed_addresses(&self) -> Result<Vec<(IpAddr, u32)>, DatapathError> {
+    fn programmed_addresses(&self) -> Result<Vec<(IpAddr, endpoint_info)>, DatapathError> {
         Ok(self.addresses.iter().map(|(k, v)| (*k, *v)).collect())
     }
 
@@ -71,5 +74,9 @@ impl DatapathTables for FakeDatapath {
 
     fn attached_endpoints(&self) -> Result<Vec<String>, DatapathError> {
         Ok(self.attached.iter().cloned().collect())
+    }
+
+    fn drop_counters(&self) -> Result<Vec<CounterValue>, DatapathError> {
+        Ok(vec![CounterValue::default(); sluice_abi::sluice_drop_reason::SLUICE_DROP_REASON_MAX as usize])
     }
 }

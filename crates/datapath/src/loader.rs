@@ -10,6 +10,7 @@ use aya::maps::{HashMap, MapData, PerCpuArray};
 use aya::programs::links::{FdLink, LinkOrder, PinnedLink};
 use aya::programs::tc::{SchedClassifier, TcAttachOptions, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
+use sluice_abi::endpoint_info;
 
 use crate::endpoint::key_addr;
 use crate::tables::{CounterValue, DatapathTables};
@@ -122,10 +123,10 @@ impl BpfDatapath {
     pub fn attached(&self, program: &str) -> Result<Vec<String>, DatapathError> {
         let dir = self.pin_dir.join("links");
         let entries = fs::read_dir(&dir).map_err(|e| DatapathError::os(format!("reading {}", dir.display()), e))?;
-        let prefix = format!("{program}.");
+        let prefix = format!("{program}@");
         let mut out: Vec<String> = entries
             .filter_map(|e| e.ok())
-            .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_prefix(&prefix)).map(str::to_owned))
+            .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_prefix(&prefix)).map(|n| n.replace(':', ".")))
             .collect();
         out.sort();
         Ok(out)
@@ -150,8 +151,10 @@ impl BpfDatapath {
         program(&self.from_netdev, FROM_NETDEV)
     }
 
+    /// `links/<program>@<ifname>`. bpffs refuses '.' in names and interface names may hold
+    /// one (eth0.100) but never ':', so '.' is written as ':'.
     fn link_pin(&self, program: &str, ifname: &str) -> PathBuf {
-        self.pin_dir.join("links").join(format!("{program}.{ifname}"))
+        self.pin_dir.join("links").join(format!("{program}@{}", ifname.replace('.', ":")))
     }
 }
 
@@ -178,19 +181,19 @@ impl DatapathTables for BpfDatapath {
         Ok(())
     }
 
-    fn programmed_ifindexes(&self) -> Result<Vec<(u32, u32)>, DatapathError> {
+    fn programmed_ifindexes(&self) -> Result<Vec<(u32, endpoint_info)>, DatapathError> {
         self.endpoint_ifaces
             .iter()
-            .map(|r| r.map(|(k, v)| (k, v.0.endpoint_id)).map_err(|source| DatapathError::Map { map: "endpoint_ifaces", source }))
+            .map(|r| r.map(|(k, v)| (k, v.0)).map_err(|source| DatapathError::Map { map: "endpoint_ifaces", source }))
             .collect()
     }
 
-    fn programmed_addresses(&self) -> Result<Vec<(IpAddr, u32)>, DatapathError> {
+    fn programmed_addresses(&self) -> Result<Vec<(IpAddr, endpoint_info)>, DatapathError> {
         let mut out = Vec::new();
         for r in self.endpoints.iter() {
             let (k, v) = r.map_err(|source| DatapathError::Map { map: "endpoints", source })?;
             if let Some(addr) = key_addr(&k.0) {
-                out.push((addr, v.0.ifindex));
+                out.push((addr, v.0));
             }
         }
         Ok(out)
@@ -219,6 +222,10 @@ impl DatapathTables for BpfDatapath {
 
     fn attached_endpoints(&self) -> Result<Vec<String>, DatapathError> {
         self.attached(FROM_POD)
+    }
+
+    fn drop_counters(&self) -> Result<Vec<CounterValue>, DatapathError> {
+        BpfDatapath::drop_counters(self)
     }
 }
 
@@ -275,7 +282,7 @@ fn attach(ebpf: &mut Ebpf, name: &'static str, ifname: &str, pin: &Path) -> Resu
     let link = FdLink::try_from(link)
         .map_err(|e| DatapathError::LinkPin { path: pin.to_path_buf(), message: format!("not an fd link: {e}") })?;
     unpin_link(pin)?;
-    link.pin(pin).map_err(|e| DatapathError::LinkPin { path: pin.to_path_buf(), message: e.to_string() })?;
+    link.pin(pin).map_err(|e| DatapathError::LinkPin { path: pin.to_path_buf(), message: with_sources(&e) })?;
     Ok(())
 }
 
@@ -292,6 +299,18 @@ fn unpin_link(pin: &Path) -> Result<(), DatapathError> {
         // A pin that no longer opens as a link is stale; removing the file is all there is to do.
         Err(_) => fs::remove_file(pin).map_err(|e| DatapathError::os(format!("removing {}", pin.display()), e)),
     }
+}
+
+/// An error and its sources on one line: aya's syscall errors keep the errno in their source.
+fn with_sources(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }
 
 fn ignore_missing(r: Result<(), aya::maps::MapError>, map: &'static str) -> Result<(), DatapathError> {

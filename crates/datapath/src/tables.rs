@@ -2,6 +2,8 @@
 //! from-pod program on each pod interface. [`crate::BpfDatapath`] implements it on the kernel,
 //! [`crate::fake::FakeDatapath`] in memory for tests without root.
 
+use sluice_abi::endpoint_info;
+
 use crate::{DatapathError, EndpointEntry};
 
 /// Summed per-CPU counter.
@@ -17,10 +19,10 @@ pub trait DatapathTables: Send {
     /// Removes every map entry that points at host ifindex `ifindex` or carries one of `entry`'s
     /// addresses; a missing entry is not an error.
     fn remove_endpoint(&mut self, entry: &EndpointEntry) -> Result<(), DatapathError>;
-    /// Host ifindexes that have an `endpoint_ifaces` entry, with the endpoint id stored there.
-    fn programmed_ifindexes(&self) -> Result<Vec<(u32, u32)>, DatapathError>;
-    /// Addresses in the `endpoints` map with the host ifindex they point to.
-    fn programmed_addresses(&self) -> Result<Vec<(std::net::IpAddr, u32)>, DatapathError>;
+    /// The `endpoint_ifaces` map: host ifindex and the value stored there.
+    fn programmed_ifindexes(&self) -> Result<Vec<(u32, endpoint_info)>, DatapathError>;
+    /// The `endpoints` map: pod address and the value stored there.
+    fn programmed_addresses(&self) -> Result<Vec<(std::net::IpAddr, endpoint_info)>, DatapathError>;
     /// Removes one `endpoints` entry by address.
     fn remove_address(&mut self, addr: std::net::IpAddr) -> Result<(), DatapathError>;
     /// Removes one `endpoint_ifaces` entry.
@@ -31,4 +33,6 @@ pub trait DatapathTables: Send {
     fn detach_endpoint(&mut self, host_ifname: &str) -> Result<(), DatapathError>;
     /// Host interfaces that carry a pinned from-pod link.
     fn attached_endpoints(&self) -> Result<Vec<String>, DatapathError>;
+    /// Drops per reason, indexed by `sluice_drop_reason`.
+    fn drop_counters(&self) -> Result<Vec<CounterValue>, DatapathError>;
 }

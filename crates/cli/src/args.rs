@@ -1,0 +1,162 @@
+//! Command-line arguments, kubectl-shaped where the lab mirrors Kubernetes.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, about = "Sluice: eBPF pod networking for Kubernetes, and its local lab")]
+pub struct Cli {
+    /// The local lab to act on.
+    #[arg(long, global = true, env = "SLUICE_LAB", default_value = "default")]
+    pub lab: String,
+    /// Talk to the agent on this socket instead of a lab node's.
+    #[arg(long, global = true, env = "SLUICE_SOCKET")]
+    pub socket: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Which agent a node command talks to.
+pub enum Target {
+    Socket(PathBuf),
+    Lab(String),
+}
+
+impl Cli {
+    pub fn target(&self) -> Target {
+        match &self.socket {
+            Some(s) => Target::Socket(s.clone()),
+            None => Target::Lab(self.lab.clone()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Wide,
+    Json,
+    Yaml,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the node agent.
+    Agent {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Agent health, host routing mode and why, endpoints and attached programs.
+    Status {
+        /// Lab node to ask (default: the first).
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(short, long)]
+        output: Option<Output>,
+    },
+    /// Endpoints (pod attachments) of a node.
+    Endpoint {
+        #[command(subcommand)]
+        command: EndpointCommand,
+    },
+    /// Start a local lab.
+    Up {
+        #[arg(long, default_value_t = 1)]
+        nodes: usize,
+        /// auto, bpf or legacy.
+        #[arg(long, default_value = "auto")]
+        host_routing: String,
+    },
+    /// Remove the lab and everything it made.
+    Down,
+    /// Create or update objects from a manifest (Namespace, Pod).
+    Apply {
+        #[arg(short = 'f', long)]
+        file: PathBuf,
+        /// How long to wait for pods to run, e.g. 60s or 2m.
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// List objects: pods, namespaces.
+    Get {
+        resource: String,
+        name: Option<String>,
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+        #[arg(short, long)]
+        output: Option<Output>,
+    },
+    /// Delete objects from a manifest, or by kind and name (`delete pod web`).
+    Delete {
+        #[arg(short = 'f', long)]
+        file: Option<PathBuf>,
+        /// Kind and name, e.g. `pod web`.
+        resource: Vec<String>,
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+    },
+    /// Run a command in a pod's network namespace and cgroup.
+    Exec {
+        pod: String,
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+        #[arg(last = true, required = true)]
+        argv: Vec<String>,
+    },
+    /// The pod shim (started by the lab runtime, not by hand).
+    #[command(hide = true)]
+    LabShim {
+        #[arg(long)]
+        status: PathBuf,
+        #[arg(last = true, required = true)]
+        argv: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EndpointCommand {
+    /// List endpoints: pod, IPs, identity, host interface.
+    List {
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(short, long)]
+        output: Option<Output>,
+    },
+}
+
+/// "500ms", "30s", "2m" or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.find(|c: char| !c.is_ascii_digit()).map(|i| s.split_at(i)).unwrap_or((s, "s"));
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration (e.g. 30s, 2m, 500ms)"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("{s:?} is not a duration (e.g. 30s, 2m, 500ms)")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("5").unwrap(), Duration::from_secs(5));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5h").is_err());
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

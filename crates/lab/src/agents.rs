@@ -1,0 +1,87 @@
+//! The node agents of a lab: each runs `sluice agent` inside its node's namespace and cgroup,
+//! with its own state directory, socket and bpffs, and outlives the command that started it.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::names::{self, LabNames};
+use crate::process::{alive, enter_on_exec, stop_group};
+use crate::state::NodeState;
+use crate::LabError;
+
+/// The agent configuration of a lab node.
+pub fn agent_config(node: &NodeState, lab_dir: &Path, host_routing: &str) -> String {
+    format!(
+        "# Written by `sluice up`.\n\
+         nodeName: {name}\n\
+         stateDir: {dir}/state\n\
+         socket: {socket}\n\
+         bpffs: {bpffs}\n\
+         podCIDRs: [\"{v4}\", \"{v6}\"]\n\
+         hostRouting: {host_routing}\n\
+         devices: [eth0]\n\
+         mtu: 1500\n\
+         state:\n  source: local\n  path: {store}\n",
+        name = node.name,
+        dir = node.dir.display(),
+        socket = node.socket.display(),
+        bpffs = node.bpffs.display(),
+        v4 = names::pod_cidr_v4(node.index),
+        v6 = names::pod_cidr_v6(node.index),
+        store = lab_dir.join("store.json").display(),
+    )
+}
+
+/// The CNI network configuration a runtime on this node hands the plugin.
+pub fn cni_config(node: &NodeState) -> String {
+    serde_json::json!({
+        "cniVersion": "1.1.0",
+        "name": "sluice",
+        "type": "sluice-cni",
+        "agentSocket": node.socket,
+        "mtu": 1500,
+    })
+    .to_string()
+}
+
+/// Starts the agent of `node` from binary `sluice` and returns its pid.
+pub fn start_agent(sluice: &Path, node: &NodeState, names: &LabNames) -> Result<i32, LabError> {
+    let config = node.dir.join("agent.yaml");
+    let log = std::fs::File::create(node.dir.join("agent.log")).map_err(|e| LabError::io("creating agent.log", e))?;
+    let log2 = log.try_clone().map_err(|e| LabError::io("opening agent.log", e))?;
+    let agent_cgroup = node.cgroup.join("agent");
+    crate::cgroup::create(&agent_cgroup)?;
+    let mut cmd = Command::new(sluice);
+    cmd.arg("agent").arg("--config").arg(&config).stdin(Stdio::null()).stdout(log).stderr(log2);
+    cmd.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
+    enter_on_exec(&mut cmd, &sluice_datapath::netns::named_netns_path(&names.node_netns(&node.name)), Some(&agent_cgroup), true)?;
+    let child = cmd.spawn().map_err(|e| LabError::io(format!("starting {}", sluice.display()), e))?;
+    Ok(child.id() as i32)
+}
+
+/// Waits until the agent answers on its socket.
+pub async fn wait_ready(node: &NodeState, pid: i32, timeout: Duration) -> Result<sluice_api::Status, LabError> {
+    let client = sluice_api::Client::new(&node.socket);
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(status) = client.get::<sluice_api::Status>(sluice_api::paths::STATUS).await {
+            return Ok(status);
+        }
+        if !alive(pid) || Instant::now() > deadline {
+            let log = node.dir.join("agent.log");
+            let tail = std::fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<&str> = tail.lines().rev().take(5).collect();
+            return Err(LabError::AgentNotReady {
+                node: node.name.clone(),
+                seconds: timeout.as_secs(),
+                log: format!("{}; last lines: {}", log.display(), tail.into_iter().rev().collect::<Vec<_>>().join(" | ")),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub fn stop_agent(pid: i32) {
+    stop_group(pid, Duration::from_secs(5));
+}

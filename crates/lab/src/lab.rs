@@ -1,0 +1,524 @@
+//! A lab and what a user does with it: up, apply, get, exec, delete, down. Mutating operations
+//! hold the lab's lock, so two commands never interleave their changes.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Namespace, Pod, PodIP, PodStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use nix::fcntl::{Flock, FlockArg};
+use sluice_model::Object;
+use sluice_state::{LocalStore, Store, StoreError};
+
+use crate::names::{validate_lab_name, LabNames};
+use crate::runtime::{self, Binaries, PodSpec};
+use crate::state::{LabState, NodeState};
+use crate::{agents, cgroup, topology, LabError};
+
+/// What `sluice up` asks for.
+#[derive(Debug, Clone)]
+pub struct UpOptions {
+    pub name: String,
+    pub nodes: usize,
+    /// `auto`, `bpf` or `legacy`, passed to every agent.
+    pub host_routing: String,
+    /// The `sluice` binary (agents and shims run it); `sluice-cni` must be beside it.
+    pub sluice: PathBuf,
+    pub agent_timeout: Duration,
+}
+
+impl UpOptions {
+    pub fn new(name: &str, sluice: PathBuf) -> Self {
+        Self { name: name.into(), nodes: 1, host_routing: "auto".into(), sluice, agent_timeout: Duration::from_secs(20) }
+    }
+}
+
+/// One line of `apply`'s report: `pod/web created`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppliedObject {
+    pub kind: String,
+    pub namespace: Option<String>,
+    pub name: String,
+    pub action: &'static str,
+}
+
+impl std::fmt::Display for AppliedObject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.namespace {
+            Some(ns) => write!(f, "{}/{} {} (namespace {ns})", self.kind.to_lowercase(), self.name, self.action),
+            None => write!(f, "{}/{} {}", self.kind.to_lowercase(), self.name, self.action),
+        }
+    }
+}
+
+pub struct Lab {
+    names: LabNames,
+    state: LabState,
+    store: LocalStore,
+    bins: Binaries,
+    _lock: Option<Flock<File>>,
+}
+
+// === impl Lab ===
+
+impl Lab {
+    /// Opens a running lab for reading.
+    pub fn open(name: &str, sluice: PathBuf) -> Result<Self, LabError> {
+        validate_lab_name(name).map_err(LabError::Invalid)?;
+        let names = LabNames::new(name);
+        let state = LabState::load(&names.dir())?.ok_or_else(|| LabError::NotUp(name.into()))?;
+        let store = LocalStore::new(names.dir().join("store.json"));
+        Ok(Self { bins: binaries(sluice), names, state, store, _lock: None })
+    }
+
+    /// Opens a running lab for changes, waiting for the lab's lock.
+    pub fn open_locked(name: &str, sluice: PathBuf) -> Result<Self, LabError> {
+        validate_lab_name(name).map_err(LabError::Invalid)?;
+        let names = LabNames::new(name);
+        let lock = lock(&names.dir())?;
+        let mut lab = Self::open(name, sluice)?;
+        lab._lock = Some(lock);
+        Ok(lab)
+    }
+
+    pub fn state(&self) -> &LabState {
+        &self.state
+    }
+
+    pub fn store(&self) -> &LocalStore {
+        &self.store
+    }
+
+    pub fn names(&self) -> &LabNames {
+        &self.names
+    }
+
+    /// Builds a lab: bridge, nodes, agents; waits for every agent to be ready. A failure part
+    /// way removes what was made.
+    pub async fn up(opts: UpOptions, progress: &mut dyn FnMut(&str)) -> Result<Self, LabError> {
+        validate_lab_name(&opts.name).map_err(LabError::Invalid)?;
+        if !(1..=8).contains(&opts.nodes) {
+            return Err(LabError::Invalid(format!("--nodes {} is outside 1..=8", opts.nodes)));
+        }
+        if !["auto", "bpf", "legacy"].contains(&opts.host_routing.as_str()) {
+            return Err(LabError::Invalid(format!("host routing {:?} is not one of auto, bpf, legacy", opts.host_routing)));
+        }
+        let names = LabNames::new(&opts.name);
+        let dir = names.dir();
+        let lock = lock(&dir)?;
+        if LabState::load(&dir)?.is_some() {
+            return Err(LabError::AlreadyUp(opts.name.clone()));
+        }
+        let mut lab = Self {
+            bins: binaries(opts.sluice.clone()),
+            store: LocalStore::new(dir.join("store.json")),
+            state: LabState { name: opts.name.clone(), host_routing: opts.host_routing.clone(), ..Default::default() },
+            names,
+            _lock: Some(lock),
+        };
+        if !lab.bins.cni_plugin.exists() {
+            return Err(LabError::Invalid(format!("CNI plugin not found at {}", lab.bins.cni_plugin.display())));
+        }
+        lab.save()?;
+        match lab.build(&opts, progress).await {
+            Ok(()) => Ok(lab),
+            Err(e) => {
+                progress("start failed; removing what was made");
+                let _ = lab.teardown(&mut |_| {}).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn build(&mut self, opts: &UpOptions, progress: &mut dyn FnMut(&str)) -> Result<(), LabError> {
+        let cg = cgroup::lab_cgroup(&cgroup::cgroup2_root()?, &self.state.name);
+        cgroup::create(&cg)?;
+        self.state.cgroup = Some(cg.clone());
+        self.state.bridge = Some(topology::create_bridge(&self.names).await?);
+        self.save()?;
+        progress(&format!("underlay bridge {} up", self.names.bridge()));
+        for index in 0..opts.nodes {
+            let name = LabNames::node_name(index);
+            let dir = self.names.node_dir(&name);
+            std::fs::create_dir_all(&dir).map_err(|e| LabError::io(format!("creating {}", dir.display()), e))?;
+            let node = NodeState {
+                index,
+                netns: self.names.node_netns(&name),
+                uplink_root_side: self.names.uplink_root_side(index),
+                socket: dir.join("agent.sock"),
+                bpffs: dir.join("bpf"),
+                cgroup: cg.join(&name),
+                dir,
+                name,
+                agent_pid: None,
+            };
+            self.state.nodes.push(node.clone());
+            self.save()?;
+            topology::create_node(&self.names, index, opts.nodes, &node.netns).await?;
+            cgroup::create(&node.cgroup)?;
+            let config = agents::agent_config(&node, &self.names.dir(), &opts.host_routing);
+            std::fs::write(node.dir.join("agent.yaml"), config).map_err(|e| LabError::io("writing agent.yaml", e))?;
+            let pid = agents::start_agent(&self.bins.sluice, &node, &self.names)?;
+            self.state.nodes[index].agent_pid = Some(pid);
+            self.save()?;
+            let status = agents::wait_ready(&node, pid, opts.agent_timeout).await?;
+            progress(&format!(
+                "{}: agent ready, host routing {} ({})",
+                node.name, status.host_routing.mode, status.host_routing.reason
+            ));
+        }
+        self.store.update(|s| {
+            s.namespaces.entry("default".into()).or_insert_with(|| namespace_object("default", BTreeMap::new()));
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    /// Removes a lab entirely: pods, agents, pins, namespaces, links, cgroups, files. What is
+    /// already gone is skipped, so `down` also cleans up after a crash.
+    pub async fn down(name: &str, progress: &mut dyn FnMut(&str)) -> Result<(), LabError> {
+        validate_lab_name(name).map_err(LabError::Invalid)?;
+        let names = LabNames::new(name);
+        let lock = lock(&names.dir())?;
+        let state = LabState::load(&names.dir())?.ok_or_else(|| LabError::NotUp(name.into()))?;
+        let sluice = std::env::current_exe().map_err(|e| LabError::io("finding the sluice binary", e))?;
+        let mut lab = Self { bins: binaries(sluice), store: LocalStore::new(names.dir().join("store.json")), names, state, _lock: Some(lock) };
+        lab.teardown(progress).await
+    }
+
+    async fn teardown(&mut self, progress: &mut dyn FnMut(&str)) -> Result<(), LabError> {
+        let mut first_error: Option<LabError> = None;
+        let mut keep = |r: Result<(), LabError>| {
+            if let Err(e) = r {
+                first_error.get_or_insert(e);
+            }
+        };
+        for (key, pod) in std::mem::take(&mut self.state.pods) {
+            let (ns, name) = key.split_once('/').unwrap_or(("default", key.as_str()));
+            if let Some(node) = self.state.node(&pod.node).cloned() {
+                keep(runtime::stop_pod(&self.names, &node, &self.bins, &pod, ns, name).await);
+            }
+            progress(&format!("pod {key} removed"));
+        }
+        for node in self.state.nodes.clone() {
+            if let Some(pid) = node.agent_pid {
+                agents::stop_agent(pid);
+            }
+            keep(sluice_datapath::unmount_bpffs(&node.bpffs).map_err(LabError::from));
+            keep(topology::delete_node(&node.uplink_root_side, &node.netns).await);
+            progress(&format!("{} removed", node.name));
+        }
+        if let Some(bridge) = &self.state.bridge {
+            keep(topology::delete_bridge(bridge).await);
+        }
+        if let Some(cg) = &self.state.cgroup {
+            keep(cgroup::remove_tree(cg));
+            if let Some(parent) = cg.parent() {
+                let _ = std::fs::remove_dir(parent); // the shared "sluice" level, if now empty
+            }
+        }
+        match first_error {
+            Some(e) => {
+                self.save()?;
+                Err(e)
+            }
+            None => {
+                std::fs::remove_dir_all(self.names.dir()).map_err(|e| LabError::io(format!("removing {}", self.names.dir().display()), e))?;
+                progress("lab removed");
+                Ok(())
+            }
+        }
+    }
+
+    /// Applies a manifest: validated whole first (nothing changes when any document is
+    /// invalid), then stored, then new pods are started. Returns when every new pod runs
+    /// with addresses, or with the first failure.
+    pub async fn apply(&mut self, file: &str, text: &str, timeout: Duration, progress: &mut dyn FnMut(&str)) -> Result<Vec<AppliedObject>, LabError> {
+        let objects = sluice_model::parse_manifests(file, text)?;
+        let nodes: Vec<String> = self.state.nodes.iter().map(|n| n.name.clone()).collect();
+        let mut applied = Vec::new();
+        let mut to_start: Vec<String> = Vec::new();
+        self.store.update(|store| {
+            let new_namespaces: Vec<&str> =
+                objects.iter().filter_map(|o| matches!(o, Object::Namespace(_)).then(|| o.name())).collect();
+            for (i, object) in objects.iter().enumerate() {
+                let where_ = format!("{file}: document {} ({} {:?})", i + 1, object.kind(), object.name());
+                match object {
+                    Object::Namespace(ns) => applied.push(apply_namespace(store, ns)),
+                    Object::Pod(pod) => {
+                        let ns = object.namespace().unwrap_or("default");
+                        if !store.namespaces.contains_key(ns) && !new_namespaces.contains(&ns) {
+                            return Err(StoreError::Rejected(format!("{where_}: metadata.namespace: namespace {ns:?} does not exist")));
+                        }
+                        let (result, start) = apply_pod(store, pod, ns, &nodes).map_err(|m| StoreError::Rejected(format!("{where_}: {m}")))?;
+                        if start {
+                            to_start.push(Store::pod_key(ns, object.name()));
+                        }
+                        applied.push(result);
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        for key in to_start {
+            self.start_pod(&key, timeout, progress).await?;
+        }
+        Ok(applied)
+    }
+
+    async fn start_pod(&mut self, key: &str, timeout: Duration, progress: &mut dyn FnMut(&str)) -> Result<(), LabError> {
+        let pod = self.store.load()?.pods.get(key).cloned().ok_or_else(|| LabError::Invalid(format!("pod {key} vanished")))?;
+        let (ns, name) = key.split_once('/').unwrap_or(("default", key));
+        let node_name = pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
+        let node = self.state.node(&node_name).cloned().ok_or_else(|| LabError::Invalid(format!("pod {key}: node {node_name} not in the lab")))?;
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let spec = PodSpec { namespace: ns, name, uid: &uid, argv: pod_argv(&pod) };
+        let started = runtime::start_pod(&self.names, &node, &self.bins, &spec, timeout).await;
+        match started {
+            Ok((rt, addrs)) => {
+                self.state.pods.insert(key.to_owned(), rt.clone());
+                self.save()?;
+                let (phase, _) = runtime::phase(&rt);
+                self.store.update(|s| {
+                    if let Some(p) = s.pods.get_mut(key) {
+                        let ips: Vec<String> = addrs.ips.iter().map(|i| i.to_string()).collect();
+                        p.status = Some(PodStatus {
+                            phase: Some(phase.into()),
+                            pod_ip: ips.first().cloned(),
+                            pod_ips: Some(ips.iter().map(|ip| PodIP { ip: ip.clone() }).collect()),
+                            host_ip: Some(crate::names::node_ipv4(node.index).to_string()),
+                            start_time: Some(Time(now())),
+                            ..Default::default()
+                        });
+                    }
+                    Ok(())
+                })?;
+                progress(&format!("pod {key} running on {} with {}", node.name, addrs.ips.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", ")));
+                Ok(())
+            }
+            Err(e) => {
+                let message = e.to_string();
+                self.store.update(|s| {
+                    if let Some(p) = s.pods.get_mut(key) {
+                        p.status = Some(PodStatus { phase: Some("Failed".into()), message: Some(message.clone()), ..Default::default() });
+                    }
+                    Ok(())
+                })?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Deletes what a manifest names (pods, and namespaces with their pods).
+    pub async fn delete_manifest(&mut self, file: &str, text: &str, progress: &mut dyn FnMut(&str)) -> Result<(), LabError> {
+        let objects = sluice_model::parse_manifests(file, text)?;
+        for object in objects.iter().filter(|o| matches!(o, Object::Pod(_))) {
+            self.delete_pod(object.namespace().unwrap_or("default"), object.name(), true, progress).await?;
+        }
+        for object in objects.iter().filter(|o| matches!(o, Object::Namespace(_))) {
+            self.delete_namespace(object.name(), progress).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn delete_namespace(&mut self, name: &str, progress: &mut dyn FnMut(&str)) -> Result<(), LabError> {
+        let pods: Vec<String> = self.store.load()?.pods.keys().filter(|k| k.starts_with(&format!("{name}/"))).cloned().collect();
+        for key in pods {
+            let (ns, pod) = key.split_once('/').unwrap_or((name, key.as_str()));
+            self.delete_pod(ns, pod, true, progress).await?;
+        }
+        let existed = self.store.update(|s| Ok(s.namespaces.remove(name).is_some()))?;
+        if existed {
+            progress(&format!("namespace/{name} deleted"));
+        } else {
+            progress(&format!("namespace/{name} not found"));
+        }
+        Ok(())
+    }
+
+    /// Deletes a pod: stops it, releases its network, removes it from the store.
+    pub async fn delete_pod(&mut self, namespace: &str, name: &str, missing_ok: bool, progress: &mut dyn FnMut(&str)) -> Result<(), LabError> {
+        let key = Store::pod_key(namespace, name);
+        let known = self.store.load()?.pods.contains_key(&key);
+        if !known && !self.state.pods.contains_key(&key) {
+            if missing_ok {
+                progress(&format!("pod/{name} not found (namespace {namespace})"));
+                return Ok(());
+            }
+            return Err(LabError::PodNotFound { namespace: namespace.into(), name: name.into() });
+        }
+        if let Some(rt) = self.state.pods.get(&key).cloned() {
+            if let Some(node) = self.state.node(&rt.node).cloned() {
+                runtime::stop_pod(&self.names, &node, &self.bins, &rt, namespace, name).await?;
+            }
+            self.state.pods.remove(&key);
+            self.save()?;
+        }
+        self.store.update(|s| Ok(s.pods.remove(&key)))?;
+        progress(&format!("pod/{name} deleted (namespace {namespace})"));
+        Ok(())
+    }
+
+    /// Pods with their phase as the shims report it now; `namespace` None means all.
+    pub fn pods(&self, namespace: Option<&str>) -> Result<Vec<Pod>, LabError> {
+        let store = self.store.load()?;
+        let mut out = Vec::new();
+        for (key, pod) in store.pods {
+            if namespace.is_some_and(|ns| !key.starts_with(&format!("{ns}/"))) {
+                continue;
+            }
+            let mut pod = pod;
+            if let Some(rt) = self.state.pods.get(&key) {
+                let (phase, message) = runtime::phase(rt);
+                let status = pod.status.get_or_insert_with(Default::default);
+                status.phase = Some(phase.into());
+                if message.is_some() {
+                    status.message = message;
+                }
+            }
+            out.push(pod);
+        }
+        Ok(out)
+    }
+
+    pub fn namespaces(&self) -> Result<Vec<Namespace>, LabError> {
+        Ok(self.store.load()?.namespaces.into_values().collect())
+    }
+
+    /// Runs a command in a pod; returns its exit code.
+    pub fn exec(&self, namespace: &str, name: &str, argv: &[String]) -> Result<i32, LabError> {
+        let key = Store::pod_key(namespace, name);
+        let rt = self.state.pods.get(&key).ok_or_else(|| LabError::PodNotFound { namespace: namespace.into(), name: name.into() })?;
+        runtime::exec(rt, argv)
+    }
+
+    /// The agent socket of a node (the first node when `node` is None).
+    pub fn node_socket(&self, node: Option<&str>) -> Result<PathBuf, LabError> {
+        let found = match node {
+            Some(n) => self.state.node(n),
+            None => self.state.nodes.first(),
+        };
+        found.map(|n| n.socket.clone()).ok_or_else(|| LabError::Invalid(format!("no node {:?} in lab {}", node.unwrap_or("node0"), self.state.name)))
+    }
+
+    fn save(&self) -> Result<(), LabError> {
+        self.state.save(&self.names.dir())
+    }
+}
+
+fn binaries(sluice: PathBuf) -> Binaries {
+    let cni_plugin = sluice.parent().unwrap_or(Path::new("/")).join("sluice-cni");
+    Binaries { sluice, cni_plugin }
+}
+
+fn lock(dir: &Path) -> Result<Flock<File>, LabError> {
+    std::fs::create_dir_all(dir).map_err(|e| LabError::io(format!("creating {}", dir.display()), e))?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("lab.lock"))
+        .map_err(|e| LabError::io("opening the lab lock", e))?;
+    Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| LabError::io("locking the lab", e))
+}
+
+fn now() -> chrono::DateTime<chrono::Utc> {
+    chrono::Utc::now()
+}
+
+fn namespace_object(name: &str, mut labels: BTreeMap<String, String>) -> Namespace {
+    // As the API server does: every namespace carries its own name as a label.
+    labels.insert("kubernetes.io/metadata.name".into(), name.into());
+    Namespace {
+        metadata: ObjectMeta { name: Some(name.into()), labels: Some(labels), creation_timestamp: Some(Time(now())), ..Default::default() },
+        ..Default::default()
+    }
+}
+
+fn apply_namespace(store: &mut Store, ns: &Namespace) -> AppliedObject {
+    let name = ns.metadata.name.clone().unwrap_or_default();
+    let wanted = namespace_object(&name, ns.metadata.labels.clone().unwrap_or_default());
+    let action = match store.namespaces.get_mut(&name) {
+        Some(existing) if existing.metadata.labels == wanted.metadata.labels => "unchanged",
+        Some(existing) => {
+            existing.metadata.labels = wanted.metadata.labels;
+            "configured"
+        }
+        None => {
+            store.namespaces.insert(name.clone(), wanted);
+            "created"
+        }
+    };
+    AppliedObject { kind: "Namespace".into(), namespace: None, name, action }
+}
+
+/// Stores a pod; returns whether it must be started. A pod's spec is immutable once created
+/// (as in Kubernetes); its labels may change.
+fn apply_pod(store: &mut Store, pod: &Pod, ns: &str, nodes: &[String]) -> Result<(AppliedObject, bool), String> {
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let key = Store::pod_key(ns, &name);
+    let requested_node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
+    if let Some(node) = &requested_node {
+        if !nodes.contains(node) {
+            return Err(format!("spec.nodeName: node {node:?} is not in the lab (nodes: {})", nodes.join(", ")));
+        }
+    }
+    let applied = |action| AppliedObject { kind: "Pod".into(), namespace: Some(ns.into()), name: name.clone(), action };
+    if let Some(existing) = store.pods.get_mut(&key) {
+        let same_containers = existing.spec.as_ref().map(|s| &s.containers) == pod.spec.as_ref().map(|s| &s.containers);
+        let same_node = requested_node.is_none() || existing.spec.as_ref().and_then(|s| s.node_name.as_ref()) == requested_node.as_ref();
+        if !same_containers || !same_node {
+            return Err("spec: a pod's spec cannot change once created; delete the pod and apply again".into());
+        }
+        if existing.metadata.labels == pod.metadata.labels {
+            return Ok((applied("unchanged"), false));
+        }
+        existing.metadata.labels = pod.metadata.labels.clone();
+        return Ok((applied("configured"), false));
+    }
+    let node = match requested_node {
+        Some(n) => n,
+        None => least_loaded(store, nodes),
+    };
+    let mut stored = pod.clone();
+    stored.metadata.namespace = Some(ns.into());
+    stored.metadata.uid = Some(new_uid());
+    stored.metadata.creation_timestamp = Some(Time(now()));
+    stored.spec.get_or_insert_with(Default::default).node_name = Some(node);
+    stored.status = Some(PodStatus { phase: Some("Pending".into()), ..Default::default() });
+    store.pods.insert(key, stored);
+    Ok((applied("created"), true))
+}
+
+fn least_loaded(store: &Store, nodes: &[String]) -> String {
+    nodes
+        .iter()
+        .min_by_key(|n| store.pods.values().filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_ref()) == Some(n)).count())
+        .cloned()
+        .unwrap_or_else(|| "node0".into())
+}
+
+/// The pod's process: command + args of its first container, or a pause-like sleep.
+fn pod_argv(pod: &Pod) -> Vec<String> {
+    let container = pod.spec.as_ref().and_then(|s| s.containers.first());
+    let mut argv: Vec<String> = container.and_then(|c| c.command.clone()).unwrap_or_default();
+    argv.extend(container.and_then(|c| c.args.clone()).unwrap_or_default());
+    if argv.is_empty() {
+        argv = vec!["sleep".into(), "infinity".into()];
+    }
+    argv
+}
+
+/// A UUID v4 from the kernel's random source.
+fn new_uid() -> String {
+    let mut b = [0u8; 16];
+    if let Ok(mut f) = File::open("/dev/urandom") {
+        let _ = std::io::Read::read_exact(&mut f, &mut b);
+    }
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = hex::encode(b);
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+}

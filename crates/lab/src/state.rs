@@ -1,0 +1,83 @@
+//! The lab's own records (what it created, so `down` can remove exactly that) and the pods'
+//! runtime records (netns, shim process, cgroup). Kubernetes-shaped objects live in the local
+//! store beside them; these files hold only what a container runtime would know.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::LabError;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LabState {
+    pub name: String,
+    pub host_routing: String,
+    pub bridge: Option<String>,
+    pub cgroup: Option<PathBuf>,
+    pub nodes: Vec<NodeState>,
+    /// Pods by `namespace/name`.
+    #[serde(default)]
+    pub pods: BTreeMap<String, PodRuntime>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeState {
+    pub name: String,
+    pub index: usize,
+    pub netns: String,
+    pub uplink_root_side: String,
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    pub bpffs: PathBuf,
+    pub cgroup: PathBuf,
+    pub agent_pid: Option<i32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodRuntime {
+    pub uid: String,
+    pub container_id: String,
+    pub node: String,
+    pub netns: String,
+    pub netns_path: PathBuf,
+    pub cgroup: PathBuf,
+    pub shim_pid: Option<i32>,
+    pub dir: PathBuf,
+}
+
+// === impl LabState ===
+
+impl LabState {
+    pub fn path(lab_dir: &Path) -> PathBuf {
+        lab_dir.join("lab.json")
+    }
+
+    pub fn load(lab_dir: &Path) -> Result<Option<Self>, LabError> {
+        match std::fs::read(Self::path(lab_dir)) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| LabError::io(format!("reading {}", Self::path(lab_dir).display()), e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(LabError::io(format!("reading {}", Self::path(lab_dir).display()), e)),
+        }
+    }
+
+    /// Written after every step of `up` and every pod change, so a failure part way leaves a
+    /// record of what exists for `down` to remove.
+    pub fn save(&self, lab_dir: &Path) -> Result<(), LabError> {
+        std::fs::create_dir_all(lab_dir).map_err(|e| LabError::io(format!("creating {}", lab_dir.display()), e))?;
+        let path = Self::path(lab_dir);
+        let tmp = path.with_extension("tmp");
+        let bytes = serde_json::to_vec_pretty(self).map_err(|e| LabError::io("encoding lab state", e))?;
+        std::fs::write(&tmp, bytes).map_err(|e| LabError::io(format!("writing {}", tmp.display()), e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| LabError::io(format!("writing {}", path.display()), e))
+    }
+
+    pub fn node(&self, name: &str) -> Option<&NodeState> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+}

@@ -1,0 +1,75 @@
+//! The lab's network: a bridge in the root namespace as the underlay (no address there, so the
+//! machine itself is not on it), and one namespace per node with an uplink veth on the bridge.
+//! Nodes route each other's pod CIDRs over the underlay; nothing routes anywhere else.
+
+use std::net::IpAddr;
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use sluice_datapath::netlink::Netlink;
+use sluice_datapath::netns::{self, NetnsGuard};
+
+use crate::names::{self, LabNames};
+use crate::LabError;
+
+/// Creates the bridge; IPv6 is disabled on it so the root namespace gets no link-local address
+/// on the lab's wire.
+pub async fn create_bridge(names: &LabNames) -> Result<String, LabError> {
+    let root = Netlink::current()?;
+    let bridge = names.bridge();
+    root.delete_link(&bridge).await?;
+    root.create_bridge(&bridge).await?;
+    let _ = netns::write_sysctl(&format!("net/ipv6/conf/{bridge}/disable_ipv6"), "1");
+    let link = root.link(&bridge).await?;
+    root.set_up(link.index).await?;
+    Ok(bridge)
+}
+
+/// Creates node `index`: its namespace, uplink (eth0) with underlay addresses, and routes to the
+/// pod CIDRs of the other `nodes - 1` nodes via their uplink addresses.
+pub async fn create_node(names: &LabNames, index: usize, nodes: usize, netns_name: &str) -> Result<(), LabError> {
+    let root = Netlink::current()?;
+    let path = netns::create_named_netns(netns_name)?;
+    let outer = names.uplink_root_side(index);
+    let tmp = format!("{outer}p");
+    root.delete_link(&outer).await?;
+    root.create_veth(&outer, &tmp).await?;
+    let bridge = root.link(&names.bridge()).await?;
+    let outer_link = root.link(&outer).await?;
+    root.set_master(outer_link.index, bridge.index).await?;
+    root.set_up(outer_link.index).await?;
+    let inner = root.link(&tmp).await?;
+    root.move_to_netns(inner.index, &path).await?;
+
+    let node = Netlink::in_netns(&path)?;
+    let uplink = node.link(&tmp).await?;
+    node.set_name(uplink.index, "eth0").await?;
+    {
+        let _ns = NetnsGuard::enter(&path)?;
+        netns::write_sysctl("net/ipv6/conf/eth0/accept_dad", "0")?;
+    }
+    node.set_up(uplink.index).await?;
+    if let Some(lo) = node.link_by_name("lo").await? {
+        node.set_up(lo.index).await?;
+    }
+    let v4 = IpNet::V4(Ipv4Net::new(names::node_ipv4(index), names::UNDERLAY_V4_PREFIX).map_err(|e| LabError::Invalid(e.to_string()))?);
+    let v6 = IpNet::V6(Ipv6Net::new(names::node_ipv6(index), names::UNDERLAY_V6_PREFIX).map_err(|e| LabError::Invalid(e.to_string()))?);
+    node.add_address(uplink.index, v4, false).await?;
+    node.add_address(uplink.index, v6, true).await?;
+    for other in (0..nodes).filter(|o| *o != index) {
+        node.add_route(IpNet::V4(names::pod_cidr_v4(other)), Some(IpAddr::V4(names::node_ipv4(other))), uplink.index).await?;
+        node.add_route(IpNet::V6(names::pod_cidr_v6(other)), Some(IpAddr::V6(names::node_ipv6(other))), uplink.index).await?;
+    }
+    Ok(())
+}
+
+/// Removes a node's uplink and namespace; what is already gone is skipped.
+pub async fn delete_node(uplink_root_side: &str, netns_name: &str) -> Result<(), LabError> {
+    Netlink::current()?.delete_link(uplink_root_side).await?;
+    netns::delete_named_netns(netns_name)?;
+    Ok(())
+}
+
+pub async fn delete_bridge(bridge: &str) -> Result<(), LabError> {
+    Netlink::current()?.delete_link(bridge).await?;
+    Ok(())
+}
