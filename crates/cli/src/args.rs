@@ -70,6 +70,11 @@ pub enum Command {
     },
     /// Remove the lab and everything it made.
     Down,
+    /// Restart a lab node's agent; pods keep their connections.
+    RestartAgent {
+        #[arg(long, default_value = "node0")]
+        node: String,
+    },
     /// Create or update objects from a manifest (Namespace, Pod).
     Apply {
         #[arg(short = 'f', long)]

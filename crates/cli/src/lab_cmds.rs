@@ -34,6 +34,19 @@ pub async fn down(lab: &str) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+pub async fn restart_agent(lab: &str, node: &str) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let mut lab = Lab::open_locked(lab, sluice_binary()?)?;
+    let status = lab.restart_agent(node, Duration::from_secs(20)).await?;
+    eprintln!(
+        "{node}: agent restarted in {:.2} s, {} endpoint(s) restored, host routing {}",
+        started.elapsed().as_secs_f64(),
+        status.endpoint_count,
+        status.host_routing.mode
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 fn read_manifest(file: &Path) -> anyhow::Result<(String, String)> {
     let text = if file == Path::new("-") {
         std::io::read_to_string(std::io::stdin()).context("reading the manifest from stdin")?

@@ -39,6 +39,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Command::Up { nodes, host_routing } => lab_cmds::up(&cli.lab, nodes, host_routing).await,
             Command::Down => lab_cmds::down(&cli.lab).await,
+            Command::RestartAgent { node } => lab_cmds::restart_agent(&cli.lab, &node).await,
             Command::Apply { file, timeout } => lab_cmds::apply(&cli.lab, &file, timeout).await,
             Command::Get { resource, name, namespace, all_namespaces, output } => {
                 lab_cmds::get(&cli.lab, &resource, name.as_deref(), &namespace, all_namespaces, output)
