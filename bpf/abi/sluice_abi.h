@@ -22,6 +22,9 @@
 
 /* The pod's gateway: link-local addresses answered by the datapath on every pod interface. */
 #define SLUICE_GATEWAY_IPV4 0xA9FE0101 /* 169.254.1.1, host byte order */
+/* fe80::1 as four 32-bit words, host byte order (words 1 and 2 are zero). */
+#define SLUICE_GATEWAY_IPV6_WORD0 0xFE800000
+#define SLUICE_GATEWAY_IPV6_WORD3 0x00000001
 
 /* Capacity of the endpoint maps. */
 #define SLUICE_MAX_ENDPOINTS 65536

@@ -18,15 +18,16 @@
  * configuration, which some clang versions describe with invalid BTF. */
 static __always_inline int ip6_is_gateway(const __u32 *a)
 {
-	return a[0] == bpf_htonl(0xfe800000) && a[1] == 0 && a[2] == 0 && a[3] == bpf_htonl(1);
+	return a[0] == bpf_htonl(SLUICE_GATEWAY_IPV6_WORD0) && a[1] == 0 && a[2] == 0 &&
+	       a[3] == bpf_htonl(SLUICE_GATEWAY_IPV6_WORD3);
 }
 
 static __always_inline void ip6_set_gateway(__u32 *a)
 {
-	a[0] = bpf_htonl(0xfe800000);
+	a[0] = bpf_htonl(SLUICE_GATEWAY_IPV6_WORD0);
 	a[1] = 0;
 	a[2] = 0;
-	a[3] = bpf_htonl(1);
+	a[3] = bpf_htonl(SLUICE_GATEWAY_IPV6_WORD3);
 }
 
 /* ARP for Ethernet and IPv4, the only kind a pod sends. */

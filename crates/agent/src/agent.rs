@@ -331,7 +331,7 @@ impl Agent {
 
     pub fn status(&self) -> Result<sluice_api::Status, AgentError> {
         let endpoint_count = self.endpoints.list()?.len();
-        let (attached, counters) = self.with_datapath(|dp| Ok((dp.attached_endpoints()?, dp.drop_counters()?)))?;
+        let (attached, counters, fwd) = self.with_datapath(|dp| Ok((dp.attached_endpoints()?, dp.drop_counters()?, dp.forward_counters()?)))?;
         let mut programs = vec![sluice_api::AttachedProgram {
             program: "from_pod".into(),
             interface: "pod veths (host side)".into(),
@@ -348,6 +348,13 @@ impl Agent {
                 sluice_api::DropCount { reason: sluice_abi::drop_reason_name(*r).into(), packets: c.packets, bytes: c.bytes }
             })
             .collect();
+        let forwards = sluice_abi::FORWARD_KINDS
+            .iter()
+            .map(|k| {
+                let c = fwd.get(*k as usize).copied().unwrap_or_default();
+                sluice_api::DropCount { reason: sluice_abi::forward_kind_name(*k).into(), packets: c.packets, bytes: c.bytes }
+            })
+            .collect();
         Ok(sluice_api::Status {
             node_name: self.config.node_name.clone(),
             healthy: true,
@@ -361,6 +368,7 @@ impl Agent {
             pod_cidrs: self.config.pod_cidrs.clone(),
             programs,
             drops,
+            forwards,
             uptime_seconds: self.started.elapsed().as_secs(),
         })
     }
@@ -384,6 +392,11 @@ fn validate_attachment(req: &CniRequest, need_netns: bool) -> Result<(), AgentEr
     let ifname = &req.ifname;
     if ifname.is_empty() || ifname.len() > 15 || ifname == "." || ifname == ".." || ifname.chars().any(|c| c == '/' || c == ':' || c.is_whitespace()) {
         return bad(4, format!("invalid interface name {ifname:?}"));
+    }
+    if let Some(mtu) = req.mtu {
+        if !(1280..=65535).contains(&mtu) {
+            return bad(7, format!("MTU {mtu} is outside 1280..=65535 (IPv6 needs at least 1280)"));
+        }
     }
     if need_netns {
         if req.netns.is_empty() {

@@ -1,7 +1,8 @@
 //! The reconciler: makes the datapath's tables equal to the endpoint records, whatever woke it.
 //! Level-triggered — it computes the difference between what should be and what is, writes
 //! only that difference, and removes what no record claims (leaks from a crash, a pod deleted
-//! while the agent was away). It runs at start, after each CNI change, and periodically.
+//! while the agent was away). It runs at start and every `resyncSeconds`; CNI calls program
+//! their own endpoint directly and the next pass verifies it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;

@@ -106,6 +106,10 @@ impl DatapathTables for SharedFake {
     fn drop_counters(&self) -> Result<Vec<CounterValue>, DatapathError> {
         self.lock().tables.drop_counters()
     }
+
+    fn forward_counters(&self) -> Result<Vec<CounterValue>, DatapathError> {
+        self.lock().tables.forward_counters()
+    }
 }
 
 /// A pod's interface pair as the fake plumber made it.

@@ -110,6 +110,10 @@ pub struct Status {
     pub programs: Vec<AttachedProgram>,
     /// Packets dropped by the datapath, by drop reason name.
     pub drops: Vec<DropCount>,
+    /// Packets the from-pod program forwarded, by decision (local endpoint, fib redirect, to
+    /// stack, ARP reply, ND reply).
+    #[serde(default)]
+    pub forwards: Vec<DropCount>,
     /// Seconds since the agent started.
     pub uptime_seconds: u64,
 }
@@ -137,6 +141,7 @@ pub struct AttachedProgram {
     pub count: usize,
 }
 
+/// A named packet and byte counter (a drop reason or a forwarding decision).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DropCount {

@@ -111,6 +111,11 @@ pub enum Command {
         #[arg(last = true, required = true)]
         argv: Vec<String>,
     },
+    /// Benchmarks (each builds its own lab).
+    Bench {
+        #[command(subcommand)]
+        bench: BenchCommand,
+    },
     /// The pod shim (started by the lab runtime, not by hand).
     #[command(hide = true)]
     LabShim {
@@ -118,6 +123,20 @@ pub enum Command {
         status: PathBuf,
         #[arg(last = true, required = true)]
         argv: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// CNI ADD latency over many pods, agent start-to-ready, agent memory.
+    ControlPlane {
+        #[arg(long, default_value_t = 100)]
+        pods: usize,
+        #[arg(long, default_value_t = 5)]
+        restarts: usize,
+        /// Directory for results.json and results.md.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 

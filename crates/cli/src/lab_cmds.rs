@@ -37,10 +37,11 @@ pub async fn down(lab: &str) -> anyhow::Result<ExitCode> {
 pub async fn restart_agent(lab: &str, node: &str) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let mut lab = Lab::open_locked(lab, sluice_binary()?)?;
-    let status = lab.restart_agent(node, Duration::from_secs(20)).await?;
+    let (status, ready) = lab.restart_agent(node, Duration::from_secs(20)).await?;
     eprintln!(
-        "{node}: agent restarted in {:.2} s, {} endpoint(s) restored, host routing {}",
+        "{node}: agent restarted in {:.2} s (ready {:.0} ms after start), {} endpoint(s) restored, host routing {}",
         started.elapsed().as_secs_f64(),
+        ready.as_secs_f64() * 1000.0,
         status.endpoint_count,
         status.host_routing.mode
     );

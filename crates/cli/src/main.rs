@@ -1,6 +1,7 @@
 //! `sluice`: run the node agent, inspect a node, and drive the local lab.
 
 mod args;
+mod bench_cmds;
 mod lab_cmds;
 mod node_cmds;
 mod output;
@@ -46,6 +47,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Command::Delete { file, resource, namespace } => lab_cmds::delete(&cli.lab, file.as_deref(), &resource, &namespace).await,
             Command::Exec { pod, namespace, argv } => lab_cmds::exec(&cli.lab, &pod, &namespace, &argv),
+            Command::Bench { bench: args::BenchCommand::ControlPlane { pods, restarts, out } } => {
+                bench_cmds::control_plane(pods, restarts, out.as_deref()).await
+            }
             Command::LabShim { .. } => Ok(ExitCode::SUCCESS),
         }
     })

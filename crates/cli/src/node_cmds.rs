@@ -45,6 +45,10 @@ pub async fn status(target: &Target, node: Option<&str>, output: Option<Output>)
     for p in &status.programs {
         println!("  {:<12} {:<8} on {} ({} attached)", p.program, p.attach, p.interface, p.count);
     }
+    println!("Forwarded (from pods):");
+    for f in &status.forwards {
+        println!("  {:<24} {} packets, {} bytes", f.reason, f.packets, f.bytes);
+    }
     let drops: Vec<_> = status.drops.iter().filter(|d| d.packets > 0).collect();
     if drops.is_empty() {
         println!("Drops:         none");

@@ -49,6 +49,11 @@ fn traffic(lab: &TestLab) {
     }
 }
 
+fn forwards(lab: &TestLab, kind: &str) -> u64 {
+    let status = lab.json(&["status", "-o", "json"]);
+    status["forwards"].as_array().expect("forwards").iter().find(|d| d["reason"] == kind).and_then(|d| d["packets"].as_u64()).expect("kind listed")
+}
+
 fn bypass_deltas(mode: &str) -> (u64, u64, u64) {
     let lab = TestLab::up(&format!("by{}", &mode[..1]), &["--host-routing", mode]);
     lab.apply_ok(TWO_PODS);
@@ -56,8 +61,15 @@ fn bypass_deltas(mode: &str) -> (u64, u64, u64) {
     assert_eq!(status["hostRouting"]["mode"], mode, "lab runs in {mode} mode: {status}");
     add_counting_rules(&lab);
     let before = node_counters(&lab);
+    let redirected = forwards(&lab, "local endpoint");
     traffic(&lab);
     let after = node_counters(&lab);
+    let redirected = forwards(&lab, "local endpoint") - redirected;
+    if mode == "bpf" {
+        assert!(redirected > 1000, "bpf: the datapath redirected the traffic itself ({redirected} packets)");
+    } else {
+        assert_eq!(redirected, 0, "legacy: the datapath leaves delivery to the stack");
+    }
     (after.0 - before.0, after.1 - before.1, after.2 - before.2)
 }
 

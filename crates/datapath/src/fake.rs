@@ -79,4 +79,8 @@ impl DatapathTables for FakeDatapath {
     fn drop_counters(&self) -> Result<Vec<CounterValue>, DatapathError> {
         Ok(vec![CounterValue::default(); sluice_abi::sluice_drop_reason::SLUICE_DROP_REASON_MAX as usize])
     }
+
+    fn forward_counters(&self) -> Result<Vec<CounterValue>, DatapathError> {
+        Ok(vec![CounterValue::default(); sluice_abi::sluice_forward_kind::SLUICE_FWD_KIND_MAX as usize])
+    }
 }

@@ -227,6 +227,10 @@ impl DatapathTables for BpfDatapath {
     fn drop_counters(&self) -> Result<Vec<CounterValue>, DatapathError> {
         BpfDatapath::drop_counters(self)
     }
+
+    fn forward_counters(&self) -> Result<Vec<CounterValue>, DatapathError> {
+        BpfDatapath::forward_counters(self)
+    }
 }
 
 fn load_object(name: &'static str, bytes: &[u8], pin_dir: &Path, mode: HostRouting) -> Result<Ebpf, DatapathError> {

@@ -11,10 +11,12 @@ use crate::netlink::Netlink;
 use crate::netns::{write_sysctl, NetnsGuard};
 use crate::{DatapathError, Mac};
 
-/// The pod's IPv4 gateway (answered by the datapath).
-pub const GATEWAY_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
-/// The pod's IPv6 gateway (answered by the datapath).
-pub const GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+/// The pod's IPv4 gateway (answered by the datapath), from the ABI header.
+pub const GATEWAY_V4: Ipv4Addr = Ipv4Addr::from_bits(sluice_abi::SLUICE_GATEWAY_IPV4);
+/// The pod's IPv6 gateway (answered by the datapath), from the ABI header.
+pub const GATEWAY_V6: Ipv6Addr = Ipv6Addr::from_bits(
+    ((sluice_abi::SLUICE_GATEWAY_IPV6_WORD0 as u128) << 96) | sluice_abi::SLUICE_GATEWAY_IPV6_WORD3 as u128,
+);
 
 #[derive(Debug, Clone)]
 pub struct PlumbRequest {

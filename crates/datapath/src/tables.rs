@@ -35,4 +35,6 @@ pub trait DatapathTables: Send {
     fn attached_endpoints(&self) -> Result<Vec<String>, DatapathError>;
     /// Drops per reason, indexed by `sluice_drop_reason`.
     fn drop_counters(&self) -> Result<Vec<CounterValue>, DatapathError>;
+    /// Forwarding decisions per kind, indexed by `sluice_forward_kind`.
+    fn forward_counters(&self) -> Result<Vec<CounterValue>, DatapathError>;
 }

@@ -78,7 +78,7 @@ pub async fn wait_ready(node: &NodeState, pid: i32, timeout: Duration) -> Result
                 log: format!("{}; last lines: {}", log.display(), tail.into_iter().rev().collect::<Vec<_>>().join(" | ")),
             });
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
 

@@ -364,16 +364,18 @@ impl Lab {
     /// Stops a node's agent and starts it again (as an upgrade or a crash and restart would);
     /// returns when the new agent is ready. Pod traffic keeps flowing meanwhile: programs and
     /// maps stay pinned.
-    pub async fn restart_agent(&mut self, node: &str, timeout: Duration) -> Result<sluice_api::Status, LabError> {
+    pub async fn restart_agent(&mut self, node: &str, timeout: Duration) -> Result<(sluice_api::Status, Duration), LabError> {
         let index = self.state.nodes.iter().position(|n| n.name == node).ok_or_else(|| LabError::Invalid(format!("no node {node:?} in lab {}", self.state.name)))?;
         if let Some(pid) = self.state.nodes[index].agent_pid {
             agents::stop_agent(pid);
         }
         let node_state = self.state.nodes[index].clone();
+        let started = std::time::Instant::now();
         let pid = agents::start_agent(&self.bins.sluice, &node_state, &self.names)?;
         self.state.nodes[index].agent_pid = Some(pid);
         self.save()?;
-        agents::wait_ready(&node_state, pid, timeout).await
+        let status = agents::wait_ready(&node_state, pid, timeout).await?;
+        Ok((status, started.elapsed()))
     }
 
     /// Pods with their phase as the shims report it now; `namespace` None means all.

@@ -57,6 +57,7 @@ pub async fn start_pod(
         cgroup: node.cgroup.join("pods").join(spec.uid),
         shim_pid: None,
         dir,
+        cni_add_micros: None,
     };
     match start(names, node, bins, spec, runtime.clone(), timeout).await {
         Ok(ok) => Ok(ok),
@@ -83,7 +84,9 @@ async fn start(
     netns::create_named_netns(&runtime.netns)?;
     crate::cgroup::create(&runtime.cgroup)?;
 
+    let add_started = Instant::now();
     let result = cni(names, node, bins, &runtime, spec.namespace, spec.name, "ADD", timeout).await?;
+    runtime.cni_add_micros = Some(add_started.elapsed().as_micros() as u64);
     let ips = result["ips"]
         .as_array()
         .map(|ips| ips.iter().filter_map(|ip| ip["address"].as_str()?.split('/').next()?.parse().ok()).collect())

@@ -47,6 +47,9 @@ pub struct PodRuntime {
     pub cgroup: PathBuf,
     pub shim_pid: Option<i32>,
     pub dir: PathBuf,
+    /// How long CNI ADD took, plugin start to result, as the runtime saw it.
+    #[serde(default)]
+    pub cni_add_micros: Option<u64>,
 }
 
 // === impl LabState ===
