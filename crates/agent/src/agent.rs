@@ -35,7 +35,9 @@ pub struct Agent {
     ipam: Ipam,
     identities: Identities,
     endpoints: EndpointStore,
-    datapath: Mutex<Box<dyn DatapathTables>>,
+    /// Shared with blocking tasks: attaching a program waits for an RCU grace period, which
+    /// ADD overlaps with configuring the interface.
+    datapath: Arc<Mutex<Box<dyn DatapathTables>>>,
     plumber: Box<dyn Plumber>,
     state: Option<Arc<dyn StateSource>>,
     host_routing: HostRoutingDecision,
@@ -76,7 +78,7 @@ impl Agent {
             ipam,
             identities,
             endpoints,
-            datapath: Mutex::new(parts.datapath),
+            datapath: Arc::new(Mutex::new(parts.datapath)),
             plumber: parts.plumber,
             state: parts.state,
             host_routing: parts.host_routing,
@@ -91,8 +93,7 @@ impl Agent {
     }
 
     fn with_datapath<T>(&self, f: impl FnOnce(&mut dyn DatapathTables) -> Result<T, sluice_datapath::DatapathError>) -> Result<T, AgentError> {
-        let mut guard = self.datapath.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        Ok(f(guard.as_mut())?)
+        with_tables(&self.datapath, f)
     }
 
     // --- CNI ---
@@ -125,8 +126,10 @@ impl Agent {
             })?;
             self.plumber.unplumb(&old.host_ifname).await?;
         }
+        let t = Instant::now();
         let labels = self.label_set(req)?;
         let alloc = self.ipam.allocate(owner)?;
+        tracing::debug!(ms = t.elapsed().as_secs_f64() * 1000.0, "ADD: labels and addresses");
         let plumb = PlumbRequest {
             netns: req.netns.clone().into(),
             ifname: req.ifname.clone(),
@@ -135,7 +138,9 @@ impl Agent {
             ipv6: alloc.ipv6,
             mtu: req.mtu.unwrap_or(self.config.mtu),
         };
-        let plumbed = self.plumber.plumb(&plumb).await?;
+        let t = Instant::now();
+        let plumbed = self.plumber.create_pair(&plumb).await?;
+        tracing::debug!(ms = t.elapsed().as_secs_f64() * 1000.0, "ADD: pair created");
         let id = match &previous {
             Some(old) => old.id,
             None => self.endpoints.next_id()?,
@@ -157,16 +162,23 @@ impl Agent {
             labels,
             mtu: plumb.mtu,
         };
-        // Identity, record, then the datapath: the pod can send once its interface entry
-        // exists, and by then everything it needs is in place.
+        // Identity, record and map entries first, so the program finds the endpoint from its
+        // first packet; then the program is attached while the interface is configured (the
+        // attach waits for an RCU grace period; doing both at once hides it).
         record.identity = self.identities.acquire(&record.labels, &record.key())?;
         self.endpoints.put(&record)?;
         let entry = record.entry();
         undo.entry = Some(entry.clone());
-        self.with_datapath(|dp| {
-            dp.upsert_endpoint(&entry)?;
-            dp.attach_endpoint(&entry.host_ifname)
-        })?;
+        self.with_datapath(|dp| dp.upsert_endpoint(&entry))?;
+        let t = Instant::now();
+        let tables = self.datapath.clone();
+        let ifname = entry.host_ifname.clone();
+        let attach = tokio::task::spawn_blocking(move || with_tables(&tables, |dp| dp.attach_endpoint(&ifname)));
+        let configured = self.plumber.configure_pair(&plumb).await;
+        let attached = attach.await.map_err(|source| AgentError::TaskFailed { task: "attaching from-pod", source })?;
+        configured?;
+        attached?;
+        tracing::debug!(ms = t.elapsed().as_secs_f64() * 1000.0, "ADD: configured and attached");
         Ok(record)
     }
 
@@ -293,6 +305,7 @@ impl Agent {
     /// addresses no record holds are freed, and the maps and attachments are reconciled.
     pub async fn resync(&self, reattach_all: bool) -> Result<ReconcileReport, AgentError> {
         let _one = self.cni_lock.lock().await;
+        let started = Instant::now();
         let mut desired = Vec::new();
         for mut record in self.endpoints.list()? {
             match self.plumber.host_ifindex(&record.host_ifname).await? {
@@ -315,8 +328,15 @@ impl Agent {
         for leaked in self.ipam.release_all_except(&held)? {
             tracing::info!(attachment = %record_key(&leaked), "released addresses no endpoint holds");
         }
+        let checked = started.elapsed();
         let entries: Vec<_> = desired.iter().map(|r| r.entry()).collect();
         let report = self.with_datapath(|dp| reconcile(&entries, dp, reattach_all))?;
+        tracing::debug!(
+            checked_ms = checked.as_secs_f64() * 1000.0,
+            total_ms = started.elapsed().as_secs_f64() * 1000.0,
+            endpoints = entries.len(),
+            "resync"
+        );
         if report.changed() {
             tracing::info!(?report, "datapath reconciled");
         }
@@ -372,6 +392,14 @@ impl Agent {
             uptime_seconds: self.started.elapsed().as_secs(),
         })
     }
+}
+
+fn with_tables<T>(
+    tables: &Mutex<Box<dyn DatapathTables>>,
+    f: impl FnOnce(&mut dyn DatapathTables) -> Result<T, sluice_datapath::DatapathError>,
+) -> Result<T, AgentError> {
+    let mut guard = tables.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    Ok(f(guard.as_mut())?)
 }
 
 /// What a failed ADD must undo.

@@ -37,6 +37,13 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
+    /// A blocking task of the agent panicked.
+    #[error("{task} did not complete: {source}")]
+    TaskFailed {
+        task: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
+    },
     /// `hostRouting: bpf` was asked for and the kernel cannot do it.
     #[error("host routing bpf was requested but is unavailable: {0}")]
     HostRoutingUnavailable(String),

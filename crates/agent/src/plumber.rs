@@ -10,8 +10,10 @@ use sluice_datapath::DatapathError;
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 pub trait Plumber: Send + Sync {
-    /// Creates the pod's interface pair, addresses and routes.
-    fn plumb<'a>(&'a self, req: &'a PlumbRequest) -> BoxFuture<'a, Result<Plumbed, DatapathError>>;
+    /// Creates the pod's interface pair (nothing up yet); returns its ifindex and MACs.
+    fn create_pair<'a>(&'a self, req: &'a PlumbRequest) -> BoxFuture<'a, Result<Plumbed, DatapathError>>;
+    /// Addresses and routes on both sides, both ends up.
+    fn configure_pair<'a>(&'a self, req: &'a PlumbRequest) -> BoxFuture<'a, Result<(), DatapathError>>;
     /// Removes the pair; `false` when it was already gone.
     fn unplumb<'a>(&'a self, host_ifname: &'a str) -> BoxFuture<'a, Result<bool, DatapathError>>;
     /// Checks the pod side (CNI CHECK).
@@ -24,8 +26,12 @@ pub trait Plumber: Send + Sync {
 pub struct NetlinkPlumber;
 
 impl Plumber for NetlinkPlumber {
-    fn plumb<'a>(&'a self, req: &'a PlumbRequest) -> BoxFuture<'a, Result<Plumbed, DatapathError>> {
-        Box::pin(sluice_datapath::plumb::plumb_endpoint(req))
+    fn create_pair<'a>(&'a self, req: &'a PlumbRequest) -> BoxFuture<'a, Result<Plumbed, DatapathError>> {
+        Box::pin(sluice_datapath::plumb::create_pair(req))
+    }
+
+    fn configure_pair<'a>(&'a self, req: &'a PlumbRequest) -> BoxFuture<'a, Result<(), DatapathError>> {
+        Box::pin(sluice_datapath::plumb::configure_pair(req))
     }
 
     fn unplumb<'a>(&'a self, host_ifname: &'a str) -> BoxFuture<'a, Result<bool, DatapathError>> {

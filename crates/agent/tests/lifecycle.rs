@@ -192,7 +192,11 @@ impl FakePlumber {
 }
 
 impl Plumber for FakePlumber {
-    fn plumb<'a>(&'a self, req: &'a PlumbRequest) -> BoxFuture<'a, Result<Plumbed, DatapathError>> {
+    fn configure_pair<'a>(&'a self, _req: &'a PlumbRequest) -> BoxFuture<'a, Result<(), DatapathError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn create_pair<'a>(&'a self, req: &'a PlumbRequest) -> BoxFuture<'a, Result<Plumbed, DatapathError>> {
         let mut state = self.lock();
         if std::mem::take(&mut state.fail_next_plumb) {
             return Box::pin(async { Err(injected("creating the veth pair")) });

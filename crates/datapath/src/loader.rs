@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use aya::maps::{HashMap, MapData, PerCpuArray};
 use aya::programs::links::{FdLink, LinkOrder, PinnedLink};
-use aya::programs::tc::{SchedClassifier, TcAttachOptions, TcAttachType};
+use aya::programs::tc::{SchedClassifier, SchedClassifierLink, TcAttachOptions, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
 use sluice_abi::endpoint_info;
 
@@ -235,7 +235,10 @@ impl DatapathTables for BpfDatapath {
 
 fn load_object(name: &'static str, bytes: &[u8], pin_dir: &Path, mode: HostRouting) -> Result<Ebpf, DatapathError> {
     let value = mode.abi_value();
+    // No kernel BTF: the programs use no CO-RE relocations, and parsing the kernel's BTF would
+    // cost start-up time and several MiB of the agent's memory for nothing.
     let mut ebpf = EbpfLoader::new()
+        .btf(None)
         .map_pin_path(pin_dir)
         .set_global("CONFIG_HOST_ROUTING", &value, true)
         .load(bytes)
@@ -274,10 +277,23 @@ fn take_map<T>(
     convert(map).map_err(|source| DatapathError::Map { map: name, source })
 }
 
-/// Attaches the program at the end of the interface's tcx ingress chain, then swaps the link
-/// pin: the old program (if any) keeps running until the new one is in place.
+/// Attaches the program to the interface's tcx ingress. When a pinned link from an earlier
+/// agent exists, the link is updated in place to run the new program (BPF_LINK_UPDATE): one
+/// atomic swap, no moment without a program, and no link teardown (which waits for an RCU grace
+/// period per interface). Otherwise a new link is made and pinned.
 fn attach(ebpf: &mut Ebpf, name: &'static str, ifname: &str, pin: &Path) -> Result<(), DatapathError> {
     let prog = program_mut(ebpf, name)?;
+    if pin.exists() {
+        let updated = PinnedLink::from_pin(pin)
+            .map_err(|e| e.to_string())
+            .and_then(|p| SchedClassifierLink::try_from(FdLink::from(p)).map_err(|e| e.to_string()))
+            .and_then(|link| prog.attach_to_link(link).map_err(|e| with_sources(&e)));
+        match updated {
+            Ok(_) => return Ok(()),
+            Err(e) => tracing::debug!(pin = %pin.display(), "pinned link not reusable ({e}); attaching anew"),
+        }
+        unpin_link(pin)?;
+    }
     let err = |action: String| move |source| DatapathError::Program { program: name, action, source };
     let id = prog
         .attach_with_options(ifname, TcAttachType::Ingress, TcAttachOptions::TcxOrder(LinkOrder::default()))
@@ -285,7 +301,6 @@ fn attach(ebpf: &mut Ebpf, name: &'static str, ifname: &str, pin: &Path) -> Resu
     let link = prog.take_link(id).map_err(err(format!("taking the link on {ifname}")))?;
     let link = FdLink::try_from(link)
         .map_err(|e| DatapathError::LinkPin { path: pin.to_path_buf(), message: format!("not an fd link: {e}") })?;
-    unpin_link(pin)?;
     link.pin(pin).map_err(|e| DatapathError::LinkPin { path: pin.to_path_buf(), message: with_sources(&e) })?;
     Ok(())
 }

@@ -7,7 +7,7 @@ use std::path::Path;
 use futures::TryStreamExt;
 use ipnet::IpNet;
 use netlink_packet_route::address::{AddressAttribute, AddressFlag};
-use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+use netlink_packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkInfo as NlLinkInfo, LinkMessage};
 use netlink_packet_route::neighbour::NeighbourState;
 use netlink_packet_route::route::RouteScope;
 use rtnetlink::Handle;
@@ -73,6 +73,33 @@ impl Netlink {
             .execute()
             .await
             .map_err(|e| DatapathError::netlink(format!("creating veth {name}/{peer}"), e))
+    }
+
+    /// Creates a veth pair whose `pod` end is made directly inside the namespace at `netns`
+    /// (as `ip link add HOST type veth peer name POD netns NS`), both ends with `mtu`, both
+    /// down. Making the end in place avoids moving a device between namespaces, which waits
+    /// for an RCU grace period.
+    pub async fn create_veth_into(&self, host: &str, pod: &str, netns: &Path, mtu: u32) -> Result<(), DatapathError> {
+        use std::os::fd::AsRawFd;
+        let file = std::fs::File::open(netns).map_err(|e| DatapathError::os(format!("opening netns {}", netns.display()), e))?;
+        // rtnetlink's veth(a, b) names the request's own link b and the peer a: here the request
+        // makes the pod end (with the namespace attribute) and its peer is the host end.
+        let mut req = self.handle.link().add().veth(host.to_owned(), pod.to_owned());
+        let msg = req.message_mut();
+        msg.header.flags.clear();
+        msg.header.change_mask.clear();
+        msg.attributes.push(LinkAttribute::NetNsFd(file.as_raw_fd()));
+        msg.attributes.push(LinkAttribute::Mtu(mtu));
+        for attr in msg.attributes.iter_mut() {
+            if let LinkAttribute::LinkInfo(infos) = attr {
+                for info in infos.iter_mut() {
+                    if let NlLinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))) = info {
+                        peer.attributes.push(LinkAttribute::Mtu(mtu));
+                    }
+                }
+            }
+        }
+        req.execute().await.map_err(|e| DatapathError::netlink(format!("creating veth {host} with {pod} in {}", netns.display()), e))
     }
 
     pub async fn create_bridge(&self, name: &str) -> Result<(), DatapathError> {

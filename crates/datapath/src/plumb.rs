@@ -37,32 +37,51 @@ pub struct Plumbed {
     pub pod_mac: Mac,
 }
 
-/// Creates (or re-creates) the pod's interface. Idempotent: a repeated call first removes what
-/// an earlier one left.
+/// Creates (or re-creates) the pod's interface pair and configures both sides. Idempotent: a
+/// repeated call first removes what an earlier one left. Same as [`create_pair`] then
+/// [`configure_pair`].
 pub async fn plumb_endpoint(req: &PlumbRequest) -> Result<Plumbed, DatapathError> {
+    let plumbed = create_pair(req).await?;
+    configure_pair(req).await?;
+    Ok(plumbed)
+}
+
+/// Step one: the veth pair, the pod end made directly in the pod's namespace. After this the
+/// host end exists (programs can be attached to it, its ifindex and both MACs are known) but
+/// nothing is up.
+pub async fn create_pair(req: &PlumbRequest) -> Result<Plumbed, DatapathError> {
     let node = Netlink::current()?;
     node.delete_link(&req.host_ifname).await?;
-    // A temporary peer name unique on the node; renamed to ifname inside the pod.
-    let tmp = format!("tmp{}", req.host_ifname.trim_start_matches("lxc"));
-    node.delete_link(&tmp).await?;
-    node.create_veth(&req.host_ifname, &tmp).await?;
-    let result = configure(&node, req, &tmp).await;
+    node.create_veth_into(&req.host_ifname, &req.ifname, &req.netns, req.mtu).await?;
+    let found = async {
+        let host = node.link(&req.host_ifname).await?;
+        let pod = Netlink::in_netns(&req.netns)?.link(&req.ifname).await?;
+        Ok::<_, DatapathError>(Plumbed { host_ifindex: host.index, host_mac: host.mac, pod_mac: pod.mac })
+    };
+    match found.await {
+        Ok(p) => Ok(p),
+        Err(e) => {
+            let _ = node.delete_link(&req.host_ifname).await;
+            Err(e)
+        }
+    }
+}
+
+/// Step two: addresses and routes in the pod, routes and neighbours to the pod on the node,
+/// both ends up. Removes the pair when it fails.
+pub async fn configure_pair(req: &PlumbRequest) -> Result<(), DatapathError> {
+    let node = Netlink::current()?;
+    let result = configure(&node, req).await;
     if result.is_err() {
         let _ = node.delete_link(&req.host_ifname).await;
     }
     result
 }
 
-async fn configure(node: &Netlink, req: &PlumbRequest, tmp: &str) -> Result<Plumbed, DatapathError> {
+async fn configure(node: &Netlink, req: &PlumbRequest) -> Result<(), DatapathError> {
     let host = node.link(&req.host_ifname).await?;
-    let peer = node.link(tmp).await?;
-    node.set_mtu(host.index, req.mtu).await?;
-    node.set_mtu(peer.index, req.mtu).await?;
-    node.move_to_netns(peer.index, &req.netns).await?;
-
     let pod = Netlink::in_netns(&req.netns)?;
-    let peer = pod.link(tmp).await?;
-    pod.set_name(peer.index, &req.ifname).await?;
+    let peer = pod.link(&req.ifname).await?;
     {
         // Duplicate address detection would hold the link-local address tentative for a
         // second, and with it the first neighbour solicitation for the gateway.
@@ -84,14 +103,13 @@ async fn configure(node: &Netlink, req: &PlumbRequest, tmp: &str) -> Result<Plum
         pod.add_address(peer.index, IpNet::V6(Ipv6Net::from(v6)), true).await?;
         pod.add_route(IpNet::V6(Ipv6Net::default()), Some(IpAddr::V6(GATEWAY_V6)), peer.index).await?;
     }
-    let pod_mac = pod.link(&req.ifname).await?.mac;
 
     node.set_up(host.index).await?;
     for addr in [req.ipv4.map(IpAddr::V4), req.ipv6.map(IpAddr::V6)].into_iter().flatten() {
         node.add_route(IpNet::from(addr), None, host.index).await?;
-        node.add_neighbour(host.index, addr, pod_mac).await?;
+        node.add_neighbour(host.index, addr, peer.mac).await?;
     }
-    Ok(Plumbed { host_ifindex: host.index, host_mac: host.mac, pod_mac })
+    Ok(())
 }
 
 /// Removes the pod's interface pair from the node side (routes and neighbours go with it).

@@ -2,7 +2,6 @@
 //! helper exists, so the agent asks the verifier rather than guessing from a version number.
 
 use aya::programs::tc::SchedClassifier;
-use aya::Ebpf;
 
 use crate::loader::Objects;
 
@@ -15,7 +14,7 @@ pub struct HostRoutingProbe {
 
 /// Whether this kernel has bpf_redirect_peer and bpf_redirect_neigh.
 pub fn probe_host_routing() -> HostRoutingProbe {
-    let mut ebpf = match Ebpf::load(Objects::PROBE) {
+    let mut ebpf = match aya::EbpfLoader::new().btf(None).load(Objects::PROBE) {
         Ok(e) => e,
         Err(e) => return HostRoutingProbe { supported: false, reason: format!("probe object did not load: {e}") },
     };

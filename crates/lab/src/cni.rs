@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::process::enter_on_exec;
 
@@ -51,20 +51,20 @@ pub fn invoke(call: &CniCall<'_>) -> Result<serde_json::Value, String> {
     if let Some(mut stdin) = child.stdin.take() {
         let _ = stdin.write_all(call.config.as_bytes());
     }
-    let deadline = Instant::now() + call.timeout;
-    loop {
-        match child.try_wait() {
-            Ok(Some(_)) => break,
-            Ok(None) if Instant::now() > deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("timed out after {} s", call.timeout.as_secs()));
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-            Err(e) => return Err(format!("waiting for the plugin: {e}")),
+    // Wait in a thread so the result is seen the moment the plugin exits (a polling loop
+    // would add its period to every measured CNI call).
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let out = match rx.recv_timeout(call.timeout) {
+        Ok(out) => out.map_err(|e| format!("reading the plugin's output: {e}"))?,
+        Err(_) => {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+            return Err(format!("timed out after {} s", call.timeout.as_secs()));
         }
-    }
-    let out = child.wait_with_output().map_err(|e| format!("reading the plugin's output: {e}"))?;
+    };
     let stdout = String::from_utf8_lossy(&out.stdout);
     if out.status.success() {
         if stdout.trim().is_empty() {
