@@ -25,7 +25,9 @@ static __always_inline int fib_forward_ip4(struct __sk_buff *skb, struct iphdr *
 	params.family = AF_INET;
 	params.tos = ip->tos;
 	params.l4_protocol = ip->protocol;
-	params.tot_len = bpf_ntohs(ip->tot_len);
+	/* tot_len 0: the helper checks the MTU against the skb itself, which understands GSO
+	 * super-packets; a header length would send every TSO segment to the stack. */
+	params.tot_len = 0;
 	params.ipv4_src = ip->saddr;
 	params.ipv4_dst = ip->daddr;
 	params.ifindex = skb->ifindex;
@@ -47,7 +49,7 @@ static __always_inline int fib_forward_ip6(struct __sk_buff *skb, struct ipv6hdr
 	params.family = AF_INET6;
 	params.flowinfo = *(__be32 *)ip6 & bpf_htonl(0x0FFFFFFF);
 	params.l4_protocol = ip6->nexthdr;
-	params.tot_len = bpf_ntohs(ip6->payload_len) + sizeof(struct ipv6hdr);
+	params.tot_len = 0; /* as for IPv4: let the helper check GSO packets against the MTU */
 	__builtin_memcpy(params.ipv6_src, &ip6->saddr, 16);
 	__builtin_memcpy(params.ipv6_dst, &ip6->daddr, 16);
 	params.ifindex = skb->ifindex;

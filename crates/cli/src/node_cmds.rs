@@ -45,7 +45,7 @@ pub async fn status(target: &Target, node: Option<&str>, output: Option<Output>)
     for p in &status.programs {
         println!("  {:<12} {:<8} on {} ({} attached)", p.program, p.attach, p.interface, p.count);
     }
-    println!("Forwarded (from pods):");
+    println!("Forwarded:");
     for f in &status.forwards {
         println!("  {:<24} {} packets, {} bytes", f.reason, f.packets, f.bytes);
     }

@@ -164,3 +164,47 @@ impl OutputAsync for std::process::Command {
         std::thread::spawn(move || self.output().expect("run"))
     }
 }
+
+fn node_forwarded(lab: &TestLab, node: &str) -> (u64, u64) {
+    let snmp = String::from_utf8_lossy(&lab.in_node(node, &["cat", "/proc/net/snmp"]).stdout).to_string();
+    let mut ip = snmp.lines().filter(|l| l.starts_with("Ip:"));
+    let (names, values) = (ip.next().unwrap_or(""), ip.next().unwrap_or(""));
+    let idx = names.split_whitespace().position(|n| n == "ForwDatagrams").expect("ForwDatagrams column");
+    let fwd4 = values.split_whitespace().nth(idx).and_then(|v| v.parse().ok()).expect("ForwDatagrams value");
+    let snmp6 = String::from_utf8_lossy(&lab.in_node(node, &["cat", "/proc/net/snmp6"]).stdout).to_string();
+    let fwd6 = snmp6.lines().find_map(|l| l.strip_prefix("Ip6OutForwDatagrams").map(|v| v.trim().parse().unwrap_or(0))).expect("Ip6OutForwDatagrams");
+    (fwd4, fwd6)
+}
+
+fn node_forwards(lab: &TestLab, node: &str, kind: &str) -> u64 {
+    let status = lab.json(&["status", "--node", node, "-o", "json"]);
+    status["forwards"].as_array().expect("forwards").iter().find(|d| d["reason"] == kind).and_then(|d| d["packets"].as_u64()).expect("kind listed")
+}
+
+#[test]
+fn pods_on_two_nodes_talk_through_fib_redirect_and_skip_both_stacks() {
+    if !privileged("pods_on_two_nodes_talk_through_fib_redirect_and_skip_both_stacks") {
+        return;
+    }
+    let lab = TestLab::up("xn", &["--nodes", "2"]);
+    lab.apply_ok(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec:\n  nodeName: node0\n  containers: [{name: c, command: [iperf3, -s]}]\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {name: b}\nspec:\n  nodeName: node1\n  containers: [{name: c, command: [sleep, infinity]}]\n",
+    );
+    let (v4, v6) = lab.pod_ips("default", "a");
+    assert!(v4.starts_with("198.19.0."), "pod a is in node0's CIDR: {v4}");
+    let (b4, _) = lab.pod_ips("default", "b");
+    assert!(b4.starts_with("198.19.1."), "pod b is in node1's CIDR: {b4}");
+    let before = (node_forwarded(&lab, "node0"), node_forwarded(&lab, "node1"));
+    let fib_before = node_forwards(&lab, "node1", "fib redirect");
+    for target in [&v4, &v6] {
+        let out = lab.exec_until_ok("default", "b", &["iperf3", "-c", target, "-t", "1"], Duration::from_secs(10));
+        assert!(out.status.success(), "iperf3 across nodes to {target}: {}", text(&out));
+        let ping = lab.exec("default", "b", &["ping", "-c", "1", "-W", "1", target]);
+        assert!(ping.status.success(), "ping across nodes to {target}: {}", text(&ping));
+    }
+    let after = (node_forwarded(&lab, "node0"), node_forwarded(&lab, "node1"));
+    assert_eq!(before, after, "neither node's stack forwarded pod traffic (IPv4, IPv6 per node)");
+    let fib = node_forwards(&lab, "node1", "fib redirect") - fib_before;
+    assert!(fib > 1000, "node1 sent the stream with fib_lookup + redirect_neigh ({fib} packets)");
+}

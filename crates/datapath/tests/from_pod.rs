@@ -285,3 +285,42 @@ fn packet_on_an_unknown_interface_is_dropped() {
     assert_eq!(from_pod(&lab, &udp4(POD_A_MAC, A4, B4)).verdict, TC_ACT_SHOT);
     assert_eq!(drops(&lab, Reason::SLUICE_DROP_UNKNOWN_ENDPOINT), 1);
 }
+
+// === from-netdev ===
+
+fn from_netdev(lab: &Lab, packet: &[u8]) -> TestRun {
+    run(lab.dp.from_netdev_program().expect("program"), packet).expect("BPF_PROG_TEST_RUN")
+}
+
+/// A frame as it arrives on the uplink: addressed to the device (the test skb's device is
+/// loopback, whose address is all zeros, so the kernel marks it PACKET_HOST).
+fn from_uplink(mut packet: Vec<u8>) -> Vec<u8> {
+    packet[0..6].copy_from_slice(&[0; 6]);
+    packet
+}
+
+#[test]
+fn uplink_traffic_for_a_local_pod_is_redirected_to_its_peer_v4_and_v6() {
+    privileged!();
+    let lab = lab(HostRouting::Bpf);
+    let remote4 = Ipv4Addr::new(198, 19, 1, 2);
+    let out = from_netdev(&lab, &from_uplink(udp4(Mac([2, 9, 9, 9, 9, 9]), remote4, B4)));
+    assert_eq!(out.verdict, TC_ACT_REDIRECT, "IPv4 for pod B must go straight to its interface");
+    assert_eq!(&out.packet[0..6], &POD_B_MAC.0);
+    assert_eq!(&out.packet[6..12], &NODE_B_MAC.0);
+    assert_eq!(csum(&out.packet[14..34], 0), 0, "IPv4 header checksum must still verify");
+    let out = from_netdev(&lab, &from_uplink(udp6(Mac([2, 9, 9, 9, 9, 9]), "2001:2:0:1::2".parse().unwrap(), B6)));
+    assert_eq!(out.verdict, TC_ACT_REDIRECT, "IPv6 for pod B must go straight to its interface");
+    assert_eq!(&out.packet[0..6], &POD_B_MAC.0);
+}
+
+#[test]
+fn uplink_traffic_for_anything_else_goes_to_the_stack() {
+    privileged!();
+    let lab = lab(HostRouting::Bpf);
+    let out = from_netdev(&lab, &from_uplink(udp4(Mac([2, 9, 9, 9, 9, 9]), Ipv4Addr::new(198, 18, 0, 11), Ipv4Addr::new(198, 18, 0, 10))));
+    assert_eq!(out.verdict, TC_ACT_OK, "traffic for the node itself goes to the stack");
+    let legacy = self::lab(HostRouting::Legacy);
+    let out = from_netdev(&legacy, &from_uplink(udp4(Mac([2, 9, 9, 9, 9, 9]), Ipv4Addr::new(198, 19, 1, 2), B4)));
+    assert_eq!(out.verdict, TC_ACT_OK, "legacy: the stack delivers, even to local pods");
+}
