@@ -21,7 +21,8 @@ pub struct ControlPlaneOptions {
 
 impl ControlPlaneOptions {
     pub fn new(sluice: PathBuf) -> Self {
-        Self { sluice, lab: "bench-cp".into(), pods: 100, restarts: 5 }
+        // A lab of its own per run: never touch a lab someone else is using.
+        Self { sluice, lab: format!("bench-cp-{}", std::process::id()), pods: 100, restarts: 5 }
     }
 }
 
@@ -39,9 +40,6 @@ pub struct ControlPlaneResult {
 }
 
 pub async fn control_plane(opts: &ControlPlaneOptions, progress: &mut dyn FnMut(&str)) -> Result<ControlPlaneResult, BenchError> {
-    if std::path::Path::new(&format!("{}/{}", sluice_lab::names::LABS_DIR, opts.lab)).exists() {
-        Lab::down(&opts.lab, &mut |_| {}).await?;
-    }
     let mut lab = Lab::up(UpOptions::new(&opts.lab, opts.sluice.clone()), &mut |_| {}).await?;
     let result = measure(&mut lab, opts, progress).await;
     drop(lab);
