@@ -74,6 +74,10 @@ fn get_pods_json_is_a_pod_list_with_dual_stack_addresses() {
     assert!(server["hostIfname"].as_str().unwrap_or("").starts_with("lxc"));
     let status = lab.json(&["status", "-o", "json"]);
     assert_eq!(status["endpointCount"], 2);
+    use std::os::unix::fs::PermissionsExt;
+    let socket = lab.lab_dir().join("nodes/node0/agent.sock");
+    let mode = std::fs::metadata(&socket).expect("agent socket").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the agent socket is root-only");
     assert_eq!(status["hostRouting"]["mode"], "bpf");
     let from_pod = status["programs"].as_array().expect("programs").iter().find(|p| p["program"] == "from_pod").cloned().expect("from_pod");
     assert_eq!(from_pod["count"], 2, "from_pod attached on both pods");
