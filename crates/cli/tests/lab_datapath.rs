@@ -3,6 +3,8 @@
 //! goes through it; spoofing pods are dropped and counted; an agent restart does not break a
 //! live TCP stream.
 
+#![allow(clippy::expect_used, clippy::unwrap_used)] // a test fails loudly on what it did not expect
+
 mod common;
 
 use std::time::Duration;

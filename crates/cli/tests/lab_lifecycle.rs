@@ -1,6 +1,8 @@
 //! Privileged lab tests of the lab's own contract: invalid manifests are rejected whole with
 //! errors that name the file, document and field; `sluice down` leaves nothing behind.
 
+#![allow(clippy::expect_used, clippy::unwrap_used)] // a test fails loudly on what it did not expect
+
 mod common;
 
 use std::path::Path;

@@ -10,7 +10,7 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// Whether `dir` is on a bpffs.
 pub fn is_bpffs(dir: &Path) -> bool {
-    nix::sys::statfs::statfs(dir).map(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC).unwrap_or(false)
+    nix::sys::statfs::statfs(dir).map(|s| s.filesystem_type().0 == BPF_FS_MAGIC).unwrap_or(false)
 }
 
 /// Makes `dir` a usable pin directory: creates it and, unless it already lies on a bpffs (as a

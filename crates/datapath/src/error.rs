@@ -1,4 +1,5 @@
 //! Errors of the datapath crate. Syscall failures keep their source and say what was being done.
+//! Library errors are boxed: aya's are large, and every Result of this crate would carry them.
 
 use std::path::PathBuf;
 
@@ -9,7 +10,7 @@ pub enum DatapathError {
     Load {
         object: &'static str,
         #[source]
-        source: aya::EbpfError,
+        source: Box<aya::EbpfError>,
     },
     /// A program was rejected by the verifier or could not be attached.
     #[error("program {program}: {action}: {source}")]
@@ -17,14 +18,14 @@ pub enum DatapathError {
         program: &'static str,
         action: String,
         #[source]
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
     },
     /// A map is missing from an object or has another shape than the ABI says.
     #[error("map {map}: {source}")]
     Map {
         map: &'static str,
         #[source]
-        source: aya::maps::MapError,
+        source: Box<aya::maps::MapError>,
     },
     /// A link pin could not be created, opened or removed.
     #[error("link pin {path}: {message}")]
@@ -34,7 +35,7 @@ pub enum DatapathError {
     Netlink {
         action: String,
         #[source]
-        source: rtnetlink::Error,
+        source: Box<rtnetlink::Error>,
     },
     /// A named interface does not exist.
     #[error("interface {0} not found")]
@@ -54,6 +55,6 @@ impl DatapathError {
     }
 
     pub(crate) fn netlink(action: impl Into<String>, source: rtnetlink::Error) -> Self {
-        Self::Netlink { action: action.into(), source }
+        Self::Netlink { action: action.into(), source: Box::new(source) }
     }
 }

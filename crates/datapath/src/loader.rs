@@ -94,10 +94,10 @@ impl BpfDatapath {
         fs::create_dir_all(&links).map_err(|e| DatapathError::os(format!("creating {}", links.display()), e))?;
         let mut from_pod = load_object(FROM_POD, Objects::FROM_POD, pin_dir, mode)?;
         let from_netdev = load_object(FROM_NETDEV, Objects::FROM_NETDEV, pin_dir, mode)?;
-        let endpoints = take_map(&mut from_pod, "endpoints", |m| HashMap::try_from(m))?;
-        let endpoint_ifaces = take_map(&mut from_pod, "endpoint_ifaces", |m| HashMap::try_from(m))?;
-        let drop_counters = take_map(&mut from_pod, "drop_counters", |m| PerCpuArray::try_from(m))?;
-        let fwd_counters = take_map(&mut from_pod, "fwd_counters", |m| PerCpuArray::try_from(m))?;
+        let endpoints = take_map(&mut from_pod, "endpoints", HashMap::try_from)?;
+        let endpoint_ifaces = take_map(&mut from_pod, "endpoint_ifaces", HashMap::try_from)?;
+        let drop_counters = take_map(&mut from_pod, "drop_counters", PerCpuArray::try_from)?;
+        let fwd_counters = take_map(&mut from_pod, "fwd_counters", PerCpuArray::try_from)?;
         Ok(Self { pin_dir: pin_dir.to_path_buf(), mode, from_pod, from_netdev, endpoints, endpoint_ifaces, drop_counters, fwd_counters })
     }
 
@@ -164,11 +164,11 @@ impl DatapathTables for BpfDatapath {
         // The by-address entries first: once the interface entry exists the pod may send, and
         // replies must already find it.
         for key in entry.keys() {
-            self.endpoints.insert(Key(key), info, 0).map_err(|source| DatapathError::Map { map: "endpoints", source })?;
+            self.endpoints.insert(Key(key), info, 0).map_err(|source| DatapathError::Map { map: "endpoints", source: Box::new(source) })?;
         }
         self.endpoint_ifaces
             .insert(entry.host_ifindex, info, 0)
-            .map_err(|source| DatapathError::Map { map: "endpoint_ifaces", source })
+            .map_err(|source| DatapathError::Map { map: "endpoint_ifaces", source: Box::new(source) })
     }
 
     fn remove_endpoint(&mut self, entry: &EndpointEntry) -> Result<(), DatapathError> {
@@ -184,14 +184,14 @@ impl DatapathTables for BpfDatapath {
     fn programmed_ifindexes(&self) -> Result<Vec<(u32, endpoint_info)>, DatapathError> {
         self.endpoint_ifaces
             .iter()
-            .map(|r| r.map(|(k, v)| (k, v.0)).map_err(|source| DatapathError::Map { map: "endpoint_ifaces", source }))
+            .map(|r| r.map(|(k, v)| (k, v.0)).map_err(|source| DatapathError::Map { map: "endpoint_ifaces", source: Box::new(source) }))
             .collect()
     }
 
     fn programmed_addresses(&self) -> Result<Vec<(IpAddr, endpoint_info)>, DatapathError> {
         let mut out = Vec::new();
         for r in self.endpoints.iter() {
-            let (k, v) = r.map_err(|source| DatapathError::Map { map: "endpoints", source })?;
+            let (k, v) = r.map_err(|source| DatapathError::Map { map: "endpoints", source: Box::new(source) })?;
             if let Some(addr) = key_addr(&k.0) {
                 out.push((addr, v.0));
             }
@@ -242,27 +242,27 @@ fn load_object(name: &'static str, bytes: &[u8], pin_dir: &Path, mode: HostRouti
         .map_pin_path(pin_dir)
         .set_global("CONFIG_HOST_ROUTING", &value, true)
         .load(bytes)
-        .map_err(|source| DatapathError::Load { object: name, source })?;
+        .map_err(|source| DatapathError::Load { object: name, source: Box::new(source) })?;
     let prog = program_mut(&mut ebpf, name)?;
-    prog.load().map_err(|source| DatapathError::Program { program: name, action: "verifying".into(), source })?;
+    prog.load().map_err(|source| DatapathError::Program { program: name, action: "verifying".into(), source: Box::new(source) })?;
     Ok(ebpf)
 }
 
 fn program<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a SchedClassifier, DatapathError> {
     let prog = ebpf.program(name).ok_or_else(|| missing_program(name))?;
-    prog.try_into().map_err(|source| DatapathError::Program { program: name, action: "expecting a classifier".into(), source })
+    prog.try_into().map_err(|source| DatapathError::Program { program: name, action: "expecting a classifier".into(), source: Box::new(source) })
 }
 
 fn program_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut SchedClassifier, DatapathError> {
     let prog = ebpf.program_mut(name).ok_or_else(|| missing_program(name))?;
-    prog.try_into().map_err(|source| DatapathError::Program { program: name, action: "expecting a classifier".into(), source })
+    prog.try_into().map_err(|source| DatapathError::Program { program: name, action: "expecting a classifier".into(), source: Box::new(source) })
 }
 
 fn missing_program(name: &'static str) -> DatapathError {
     DatapathError::Program {
         program: name,
         action: "finding it in its object".into(),
-        source: aya::programs::ProgramError::UnexpectedProgramType,
+        source: Box::new(aya::programs::ProgramError::UnexpectedProgramType),
     }
 }
 
@@ -273,8 +273,8 @@ fn take_map<T>(
 ) -> Result<T, DatapathError> {
     let map = ebpf
         .take_map(name)
-        .ok_or(DatapathError::Map { map: name, source: aya::maps::MapError::InvalidName { name: name.into() } })?;
-    convert(map).map_err(|source| DatapathError::Map { map: name, source })
+        .ok_or(DatapathError::Map { map: name, source: Box::new(aya::maps::MapError::InvalidName { name: name.into() }) })?;
+    convert(map).map_err(|source| DatapathError::Map { map: name, source: Box::new(source) })
 }
 
 /// Attaches the program to the interface's tcx ingress. When a pinned link from an earlier
@@ -294,7 +294,7 @@ fn attach(ebpf: &mut Ebpf, name: &'static str, ifname: &str, pin: &Path) -> Resu
         }
         unpin_link(pin)?;
     }
-    let err = |action: String| move |source| DatapathError::Program { program: name, action, source };
+    let err = |action: String| move |source| DatapathError::Program { program: name, action, source: Box::new(source) };
     let id = prog
         .attach_with_options(ifname, TcAttachType::Ingress, TcAttachOptions::TcxOrder(LinkOrder::default()))
         .map_err(err(format!("attaching to {ifname} (tcx ingress)")))?;
@@ -336,14 +336,14 @@ fn ignore_missing(r: Result<(), aya::maps::MapError>, map: &'static str) -> Resu
     match r {
         Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
         Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-        Err(source) => Err(DatapathError::Map { map, source }),
+        Err(source) => Err(DatapathError::Map { map, source: Box::new(source) }),
     }
 }
 
 fn sum_counters(map: &PerCpuArray<MapData, Counter>, name: &'static str) -> Result<Vec<CounterValue>, DatapathError> {
     let mut out = Vec::new();
     for values in map.iter() {
-        let values = values.map_err(|source| DatapathError::Map { map: name, source })?;
+        let values = values.map_err(|source| DatapathError::Map { map: name, source: Box::new(source) })?;
         let mut total = CounterValue::default();
         for v in values.iter() {
             total.packets += v.0.packets;

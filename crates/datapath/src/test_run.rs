@@ -45,7 +45,7 @@ const BPF_PROG_TEST_RUN: libc::c_long = 10;
 pub fn run(prog: &SchedClassifier, packet: &[u8]) -> Result<TestRun, DatapathError> {
     let fd = prog
         .fd()
-        .map_err(|source| DatapathError::Program { program: "test run", action: "getting its fd".into(), source })?;
+        .map_err(|source| DatapathError::Program { program: "test run", action: "getting its fd".into(), source: Box::new(source) })?;
     let mut out = vec![0u8; packet.len() + 256];
     let mut attr = TestAttr {
         prog_fd: fd.as_fd().as_raw_fd() as u32,

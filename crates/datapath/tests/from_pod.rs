@@ -2,6 +2,8 @@
 //! Each case runs the real entry point against real (pinned, private) maps, on a thread in a
 //! fresh network namespace so that the FIB lookups see no routes.
 
+#![allow(clippy::expect_used, clippy::unwrap_used)] // a test fails loudly on what it did not expect
+
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use sluice_abi::{sluice_drop_reason as Reason, sluice_forward_kind as Fwd};

@@ -242,7 +242,7 @@ impl Lab {
         let mut to_start: Vec<String> = Vec::new();
         self.store.update(|store| {
             let new_namespaces: Vec<&str> =
-                objects.iter().filter_map(|o| matches!(o, Object::Namespace(_)).then(|| o.name())).collect();
+                objects.iter().filter(|&o| matches!(o, Object::Namespace(_))).map(|o| o.name()).collect();
             for (i, object) in objects.iter().enumerate() {
                 let where_ = format!("{file}: document {} ({} {:?})", i + 1, object.kind(), object.name());
                 match object {

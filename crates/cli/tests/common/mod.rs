@@ -1,6 +1,8 @@
 //! Support for the privileged lab tests: each test builds its own uniquely named lab through
 //! the real `sluice` binary and removes it when dropped, even when the test fails.
 
+#![allow(clippy::expect_used, clippy::unwrap_used)] // a test fails loudly on what it did not expect
+
 #![allow(dead_code)]
 
 use std::io::Write;
