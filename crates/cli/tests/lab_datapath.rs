@@ -13,16 +13,7 @@ use common::{privileged, text, TestLab, TWO_PODS};
 
 /// (IPv4 forwarded datagrams, IPv6 forwarded datagrams, FORWARD rule packets) of node0.
 fn node_counters(lab: &TestLab) -> (u64, u64, u64) {
-    let snmp = String::from_utf8_lossy(&lab.in_node("node0", &["cat", "/proc/net/snmp"]).stdout).to_string();
-    let mut ip = snmp.lines().filter(|l| l.starts_with("Ip:"));
-    let (names, values) = (ip.next().unwrap_or(""), ip.next().unwrap_or(""));
-    let idx = names.split_whitespace().position(|n| n == "ForwDatagrams").expect("ForwDatagrams column");
-    let fwd4: u64 = values.split_whitespace().nth(idx).and_then(|v| v.parse().ok()).expect("ForwDatagrams value");
-    let snmp6 = String::from_utf8_lossy(&lab.in_node("node0", &["cat", "/proc/net/snmp6"]).stdout).to_string();
-    let fwd6: u64 = snmp6
-        .lines()
-        .find_map(|l| l.strip_prefix("Ip6OutForwDatagrams").map(|v| v.trim().parse().unwrap_or(0)))
-        .expect("Ip6OutForwDatagrams");
+    let (fwd4, fwd6) = node_forwarded(lab, "node0");
     let mut rule = 0;
     for tool in ["iptables", "ip6tables"] {
         let out = lab.in_node("node0", &[tool, "-w", "-L", "FORWARD", "-v", "-x", "-n"]);
@@ -51,11 +42,6 @@ fn traffic(lab: &TestLab) {
     }
 }
 
-fn forwards(lab: &TestLab, kind: &str) -> u64 {
-    let status = lab.json(&["status", "-o", "json"]);
-    status["forwards"].as_array().expect("forwards").iter().find(|d| d["reason"] == kind).and_then(|d| d["packets"].as_u64()).expect("kind listed")
-}
-
 fn bypass_deltas(mode: &str) -> (u64, u64, u64) {
     let lab = TestLab::up(&format!("by{}", &mode[..1]), &["--host-routing", mode]);
     lab.apply_ok(TWO_PODS);
@@ -63,10 +49,10 @@ fn bypass_deltas(mode: &str) -> (u64, u64, u64) {
     assert_eq!(status["hostRouting"]["mode"], mode, "lab runs in {mode} mode: {status}");
     add_counting_rules(&lab);
     let before = node_counters(&lab);
-    let redirected = forwards(&lab, "local endpoint");
+    let redirected = node_forwards(&lab, "node0", "local endpoint");
     traffic(&lab);
     let after = node_counters(&lab);
-    let redirected = forwards(&lab, "local endpoint") - redirected;
+    let redirected = node_forwards(&lab, "node0", "local endpoint") - redirected;
     if mode == "bpf" {
         assert!(redirected > 1000, "bpf: the datapath redirected the traffic itself ({redirected} packets)");
     } else {

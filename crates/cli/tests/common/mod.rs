@@ -17,14 +17,7 @@ pub fn sluice_bin() -> PathBuf {
 
 /// Whether this privileged test may run; fails under CI when it cannot.
 pub fn privileged(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    if std::env::var("CI").map(|v| v == "true" || v == "1").unwrap_or(false) {
-        panic!("{test} needs root and CI=true is set: run the suite as root");
-    }
-    eprintln!("SKIPPED {test}: needs root (under CI=true this fails)");
-    false
+    sluice_datapath::testing::require_root(test)
 }
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
