@@ -2,6 +2,7 @@
 /* Entry point on the node's uplink (tcx ingress): packets for a pod on this node are handed
  * straight to the pod's interface with bpf_redirect_peer; everything else goes to the stack.
  * In legacy host routing this program passes everything. */
+#define SLUICE_POINT SLUICE_POINT_FROM_NETDEV
 #include "lib/common.h"
 #include "lib/counters.h"
 #include "lib/endpoints.h"

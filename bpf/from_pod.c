@@ -3,6 +3,7 @@
  * Order: who sent it (anti-spoofing), the pod's gateway (ARP/ND), then delivery — to a pod on
  * this node with bpf_redirect_peer, elsewhere with fib_lookup + redirect_neigh, or to the
  * node's stack in legacy host routing and for whatever the datapath does not forward itself. */
+#define SLUICE_POINT SLUICE_POINT_FROM_POD
 #include "lib/common.h"
 #include "lib/counters.h"
 #include "lib/endpoints.h"

@@ -77,6 +77,74 @@ struct endpoint_info {
 	__u8 node_mac[6]; /* host-side MAC: the pod's gateway */
 };
 
+/* Which program observed a packet: the direction of counters and events. */
+enum sluice_obs_point {
+	SLUICE_POINT_FROM_POD = 0,    /* from_pod: what a pod sends */
+	SLUICE_POINT_FROM_NETDEV = 1, /* from_netdev: what arrives on the node's uplink */
+	SLUICE_POINT_MAX = 2,
+};
+
+/* Monitor aggregation (CONFIG_MONITOR_AGGREGATION): which forwarded packets make events. Drop
+ * events are made at every level, rate-limited per CPU. */
+#define SLUICE_MONITOR_OFF 0    /* drops only */
+#define SLUICE_MONITOR_MEDIUM 1 /* + the first packet of each flow and each new TCP flag */
+#define SLUICE_MONITOR_ALL 2    /* + every forwarded packet */
+
+/* Bytes of each packet copied into its event (headers, bounded). */
+#define SLUICE_EVENT_CAPTURE 128
+/* Entries of the flow table that decides which packets are "first" (LRU). */
+#define SLUICE_TRACE_FLOWS 16384
+
+enum sluice_event_type {
+	SLUICE_EVENT_DROP = 1,  /* code: enum sluice_drop_reason */
+	SLUICE_EVENT_TRACE = 2, /* code: enum sluice_forward_kind */
+};
+
+/* Why an event was not delivered: index of the event_lost counters. */
+enum sluice_event_loss {
+	SLUICE_LOSS_RATE_LIMITED = 0, /* more drop events than CONFIG_DROP_EVENT_RATE per CPU-second */
+	SLUICE_LOSS_RING_FULL = 1,    /* the ring buffer had no room: the agent is behind */
+	SLUICE_LOSS_MAX = 2,
+};
+
+/* One record of the `events` ring buffer. */
+struct datapath_event {
+	__u64 timestamp_ns; /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
+	__u32 ifindex;      /* the device the packet arrived on */
+	__u32 orig_len;     /* packet length */
+	__u8 type;          /* enum sluice_event_type */
+	__u8 code;          /* drop reason or forward kind */
+	__u8 point;         /* enum sluice_obs_point */
+	__u8 pad0;
+	__u16 cap_len;      /* bytes valid in data */
+	__u16 pad1;
+	__u8 data[SLUICE_EVENT_CAPTURE]; /* the packet from its Ethernet header on */
+};
+
+/* Key of the trace flow table: a flow in one direction. */
+struct flow_key {
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 family;
+	__u8 pad[2];
+};
+
+/* Value of the trace flow table: TCP flags already reported for the flow. */
+struct flow_state {
+	__u64 first_ns;
+	__u8 tcp_flags;
+	__u8 pad[7];
+};
+
+/* Per-CPU token bucket of drop events. */
+struct event_budget {
+	__u64 window_start_ns;
+	__u64 tokens;
+};
+
 /* A packet and byte counter; values of the per-CPU counter arrays. */
 struct traffic_counter {
 	__u64 packets;

@@ -17,8 +17,16 @@
 
 #include "abi/sluice_abi.h"
 
-/* Set by the agent at load time (read-only global); the objects are never recompiled. */
+/* Set by the agent at load time (read-only globals); the objects are never recompiled. */
 volatile const __u32 CONFIG_HOST_ROUTING = SLUICE_HOST_ROUTING_BPF;
+volatile const __u32 CONFIG_MONITOR_AGGREGATION = SLUICE_MONITOR_MEDIUM;
+volatile const __u32 CONFIG_DROP_EVENT_RATE = 1000; /* drop events per CPU-second */
+
+/* Each entry object defines SLUICE_POINT (enum sluice_obs_point) before including the
+ * library; counters and events carry it. */
+#ifndef SLUICE_POINT
+#error "define SLUICE_POINT before including the datapath library"
+#endif
 
 static __always_inline int host_routing_bpf(void)
 {

@@ -11,9 +11,9 @@ fn main() {
     let out = PathBuf::from(env::var("OUT_DIR").unwrap_or_else(|_| ".".into())).join("abi.rs");
     let bindings = bindgen::Builder::default()
         .header(header.display().to_string())
-        .allowlist_type("endpoint_key|endpoint_info|traffic_counter|sluice_drop_reason|sluice_forward_kind")
+        .allowlist_type("endpoint_key|endpoint_info|traffic_counter|datapath_event|flow_key|flow_state|event_budget|sluice_.*")
         .allowlist_var("SLUICE_.*")
-        .rustified_enum("sluice_drop_reason|sluice_forward_kind")
+        .rustified_enum("sluice_.*")
         .derive_default(true)
         .derive_partialeq(true)
         .derive_eq(true)

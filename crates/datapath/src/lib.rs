@@ -29,6 +29,6 @@ pub mod testing;
 pub use bpffs::{ensure_bpffs, is_bpffs, unmount_bpffs};
 pub use endpoint::{EndpointEntry, Mac};
 pub use error::DatapathError;
-pub use loader::{BpfDatapath, HostRouting, Objects};
+pub use loader::{BpfDatapath, HostRouting, LoadOptions, MapPressure, MonitorAggregation, Objects};
 pub use probe::{probe_host_routing, HostRoutingProbe};
 pub use tables::{CounterValue, DatapathTables};

@@ -50,6 +50,52 @@ impl HostRouting {
     }
 }
 
+/// Which forwarded packets make trace events (drop events are always made, rate-limited).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MonitorAggregation {
+    /// Drop events only.
+    Off,
+    /// Also the first packet of each flow and each new TCP SYN, FIN or RST.
+    Medium,
+    /// Also every forwarded packet.
+    All,
+}
+
+impl MonitorAggregation {
+    fn abi_value(self) -> u32 {
+        match self {
+            MonitorAggregation::Off => sluice_abi::SLUICE_MONITOR_OFF,
+            MonitorAggregation::Medium => sluice_abi::SLUICE_MONITOR_MEDIUM,
+            MonitorAggregation::All => sluice_abi::SLUICE_MONITOR_ALL,
+        }
+    }
+}
+
+/// Load-time configuration of the datapath objects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadOptions {
+    pub host_routing: HostRouting,
+    pub monitor: MonitorAggregation,
+    /// Drop events each CPU may report per second; the rest are counted as lost.
+    pub drop_events_per_second: u32,
+    /// Size of the events ring buffer: a power of two, at least one page.
+    pub events_buffer_bytes: u32,
+}
+
+impl LoadOptions {
+    pub fn new(host_routing: HostRouting) -> Self {
+        Self { host_routing, monitor: MonitorAggregation::Medium, drop_events_per_second: 1000, events_buffer_bytes: 1 << 20 }
+    }
+}
+
+/// Entries in use and capacity of one map.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MapPressure {
+    pub map: &'static str,
+    pub entries: usize,
+    pub capacity: usize,
+}
+
 #[repr(transparent)]
 #[derive(Clone, Copy)]
 struct Key(sluice_abi::endpoint_key);
@@ -68,6 +114,18 @@ struct Counter(sluice_abi::traffic_counter);
 // SAFETY: two u64s.
 unsafe impl aya::Pod for Counter {}
 
+#[repr(transparent)]
+#[derive(Clone, Copy)]
+struct FlowKey(sluice_abi::flow_key);
+// SAFETY: a plain C struct of byte arrays and integers with explicit padding.
+unsafe impl aya::Pod for FlowKey {}
+
+#[repr(transparent)]
+#[derive(Clone, Copy)]
+struct FlowState(sluice_abi::flow_state);
+// SAFETY: a u64 and bytes with explicit padding.
+unsafe impl aya::Pod for FlowState {}
+
 const FROM_POD: &str = "from_pod";
 const FROM_NETDEV: &str = "from_netdev";
 
@@ -81,6 +139,9 @@ pub struct BpfDatapath {
     endpoint_ifaces: HashMap<MapData, u32, Info>,
     drop_counters: PerCpuArray<MapData, Counter>,
     fwd_counters: PerCpuArray<MapData, Counter>,
+    event_lost: PerCpuArray<MapData, u64>,
+    trace_flows: HashMap<MapData, FlowKey, FlowState>, // an LRU hash; aya reads both kinds the same way
+    events: Option<aya::maps::RingBuf<MapData>>,
 }
 
 // === impl BpfDatapath ===
@@ -90,15 +151,36 @@ impl BpfDatapath {
     /// created and pinned under `pin_dir` the first time, reused after that. `pin_dir` must be on
     /// a bpffs (see [`crate::ensure_bpffs`]).
     pub fn load(pin_dir: &Path, mode: HostRouting) -> Result<Self, DatapathError> {
+        Self::load_with(pin_dir, &LoadOptions::new(mode))
+    }
+
+    /// As [`BpfDatapath::load`], with every load-time option.
+    pub fn load_with(pin_dir: &Path, opts: &LoadOptions) -> Result<Self, DatapathError> {
+        let mode = opts.host_routing;
         let links = pin_dir.join("links");
         fs::create_dir_all(&links).map_err(|e| DatapathError::os(format!("creating {}", links.display()), e))?;
-        let mut from_pod = load_object(FROM_POD, Objects::FROM_POD, pin_dir, mode)?;
-        let from_netdev = load_object(FROM_NETDEV, Objects::FROM_NETDEV, pin_dir, mode)?;
+        let mut from_pod = load_object(FROM_POD, Objects::FROM_POD, pin_dir, opts)?;
+        let from_netdev = load_object(FROM_NETDEV, Objects::FROM_NETDEV, pin_dir, opts)?;
         let endpoints = take_map(&mut from_pod, "endpoints", HashMap::try_from)?;
         let endpoint_ifaces = take_map(&mut from_pod, "endpoint_ifaces", HashMap::try_from)?;
         let drop_counters = take_map(&mut from_pod, "drop_counters", PerCpuArray::try_from)?;
         let fwd_counters = take_map(&mut from_pod, "fwd_counters", PerCpuArray::try_from)?;
-        Ok(Self { pin_dir: pin_dir.to_path_buf(), mode, from_pod, from_netdev, endpoints, endpoint_ifaces, drop_counters, fwd_counters })
+        let event_lost = take_map(&mut from_pod, "event_lost", PerCpuArray::try_from)?;
+        let trace_flows = take_map(&mut from_pod, "trace_flows", HashMap::try_from)?;
+        let events = Some(take_map(&mut from_pod, "events", aya::maps::RingBuf::try_from)?);
+        Ok(Self {
+            pin_dir: pin_dir.to_path_buf(),
+            mode,
+            from_pod,
+            from_netdev,
+            endpoints,
+            endpoint_ifaces,
+            drop_counters,
+            fwd_counters,
+            event_lost,
+            trace_flows,
+            events,
+        })
     }
 
     pub fn mode(&self) -> HostRouting {
@@ -132,12 +214,37 @@ impl BpfDatapath {
         Ok(out)
     }
 
-    /// Drops per reason, indexed by `sluice_drop_reason`.
+    /// The events ring buffer, for the flow observer (once: the observer owns it).
+    pub fn take_events(&mut self) -> Option<aya::maps::RingBuf<MapData>> {
+        self.events.take()
+    }
+
+    /// Events not delivered, indexed by `sluice_event_loss`, summed over CPUs.
+    pub fn event_losses(&self) -> Result<Vec<u64>, DatapathError> {
+        let mut out = Vec::new();
+        for values in self.event_lost.iter() {
+            let values = values.map_err(|source| DatapathError::Map { map: "event_lost", source: Box::new(source) })?;
+            out.push(values.iter().sum());
+        }
+        Ok(out)
+    }
+
+    /// Entries in use and capacity of the hash maps.
+    pub fn map_pressure(&self) -> Vec<MapPressure> {
+        let max = sluice_abi::SLUICE_MAX_ENDPOINTS as usize;
+        vec![
+            MapPressure { map: "endpoints", entries: self.endpoints.keys().count(), capacity: max },
+            MapPressure { map: "endpoint_ifaces", entries: self.endpoint_ifaces.keys().count(), capacity: max },
+            MapPressure { map: "trace_flows", entries: self.trace_flows.keys().count(), capacity: sluice_abi::SLUICE_TRACE_FLOWS as usize },
+        ]
+    }
+
+    /// Drops, indexed by `point * SLUICE_DROP_REASON_MAX + sluice_drop_reason`.
     pub fn drop_counters(&self) -> Result<Vec<CounterValue>, DatapathError> {
         sum_counters(&self.drop_counters, "drop_counters")
     }
 
-    /// Forwarding decisions, indexed by `sluice_forward_kind`.
+    /// Forwarding decisions, indexed by `point * SLUICE_FWD_KIND_MAX + sluice_forward_kind`.
     pub fn forward_counters(&self) -> Result<Vec<CounterValue>, DatapathError> {
         sum_counters(&self.fwd_counters, "fwd_counters")
     }
@@ -233,14 +340,19 @@ impl DatapathTables for BpfDatapath {
     }
 }
 
-fn load_object(name: &'static str, bytes: &[u8], pin_dir: &Path, mode: HostRouting) -> Result<Ebpf, DatapathError> {
-    let value = mode.abi_value();
+fn load_object(name: &'static str, bytes: &[u8], pin_dir: &Path, opts: &LoadOptions) -> Result<Ebpf, DatapathError> {
+    let mode = opts.host_routing.abi_value();
+    let monitor = opts.monitor.abi_value();
+    let rate = opts.drop_events_per_second;
     // No kernel BTF: the programs use no CO-RE relocations, and parsing the kernel's BTF would
     // cost start-up time and several MiB of the agent's memory for nothing.
     let mut ebpf = EbpfLoader::new()
         .btf(None)
         .map_pin_path(pin_dir)
-        .set_global("CONFIG_HOST_ROUTING", &value, true)
+        .set_max_entries("events", opts.events_buffer_bytes)
+        .set_global("CONFIG_HOST_ROUTING", &mode, true)
+        .set_global("CONFIG_MONITOR_AGGREGATION", &monitor, true)
+        .set_global("CONFIG_DROP_EVENT_RATE", &rate, true)
         .load(bytes)
         .map_err(|source| DatapathError::Load { object: name, source: Box::new(source) })?;
     let prog = program_mut(&mut ebpf, name)?;

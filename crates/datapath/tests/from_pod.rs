@@ -9,6 +9,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use sluice_abi::{sluice_drop_reason as Reason, sluice_forward_kind as Fwd};
 use sluice_datapath::test_run::{run, TestRun};
 use sluice_datapath::{BpfDatapath, DatapathTables, EndpointEntry, HostRouting, Mac};
+// aya is a dependency of the datapath crate; its ring buffer type is what take_events returns.
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
@@ -325,4 +326,65 @@ fn uplink_traffic_for_anything_else_goes_to_the_stack() {
     let legacy = self::lab(HostRouting::Legacy);
     let out = from_netdev(&legacy, &from_uplink(udp4(Mac([2, 9, 9, 9, 9, 9]), Ipv4Addr::new(198, 19, 1, 2), B4)));
     assert_eq!(out.verdict, TC_ACT_OK, "legacy: the stack delivers, even to local pods");
+}
+
+// === events ===
+
+/// (type, code, captured bytes) of every event waiting in the ring buffer.
+fn drain_events(ring: &mut aya::maps::RingBuf<aya::maps::MapData>) -> Vec<(u8, u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    while let Some(item) = ring.next() {
+        let bytes: &[u8] = &item;
+        assert!(bytes.len() >= std::mem::size_of::<sluice_abi::datapath_event>(), "an event is a whole datapath_event");
+        // SAFETY: the ring buffer holds datapath_event records written by the program; the
+        // length was checked and read_unaligned copes with any alignment.
+        let ev: sluice_abi::datapath_event = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+        out.push((ev.type_, ev.code, ev.data[..ev.cap_len as usize].to_vec()));
+    }
+    out
+}
+
+#[test]
+fn drops_make_events_with_reason_and_headers() {
+    privileged!();
+    let mut lab = lab(HostRouting::Bpf);
+    let mut ring = lab.dp.take_events().expect("events ring buffer");
+    drain_events(&mut ring);
+    let spoofed = udp4(POD_A_MAC, Ipv4Addr::new(198, 19, 0, 99), B4);
+    assert_eq!(from_pod(&lab, &spoofed).verdict, TC_ACT_SHOT);
+    let events = drain_events(&mut ring);
+    assert_eq!(events.len(), 1, "one event for one drop");
+    let (kind, code, data) = &events[0];
+    assert_eq!(*kind, sluice_abi::sluice_event_type::SLUICE_EVENT_DROP as u8);
+    assert_eq!(*code, Reason::SLUICE_DROP_INVALID_SOURCE_IP as u8);
+    assert_eq!(data.as_slice(), spoofed.as_slice(), "a short packet is captured whole");
+}
+
+#[test]
+fn medium_aggregation_traces_the_first_packet_and_new_tcp_flags_only() {
+    privileged!();
+    let mut lab = lab(HostRouting::Bpf);
+    let mut ring = lab.dp.take_events().expect("events ring buffer");
+    drain_events(&mut ring);
+    let packet = udp4(POD_A_MAC, A4, B4);
+    from_pod(&lab, &packet);
+    from_pod(&lab, &packet);
+    let events = drain_events(&mut ring);
+    assert_eq!(events.len(), 1, "the second packet of a flow is not traced: {events:?}");
+    assert_eq!(events[0].0, sluice_abi::sluice_event_type::SLUICE_EVENT_TRACE as u8);
+    assert_eq!(events[0].1, Fwd::SLUICE_FWD_LOCAL_ENDPOINT as u8);
+
+    let mut syn = udp4(POD_A_MAC, A4, B4);
+    syn[23] = 6; // TCP
+    syn.extend_from_slice(&[0; 20]);
+    syn[14 + 20 + 13] = 0x02; // SYN
+    let mut ack = syn.clone();
+    ack[14 + 20 + 13] = 0x10; // ACK only
+    let mut fin = syn.clone();
+    fin[14 + 20 + 13] = 0x11; // FIN+ACK
+    for p in [&syn, &ack, &ack, &fin] {
+        from_pod(&lab, p);
+    }
+    let events = drain_events(&mut ring);
+    assert_eq!(events.len(), 2, "SYN and FIN traced, plain ACKs not: {events:?}");
 }
