@@ -20,6 +20,8 @@ use crate::endpoints::{record_key, EndpointRecord, EndpointStore};
 use crate::error::AgentError;
 use crate::identity::Identities;
 use crate::ipam::{Ipam, Owner};
+use crate::metrics::{Metrics, Snapshot};
+use crate::observer::{Enrichment, Observer};
 use crate::plumber::Plumber;
 use crate::reconciler::{reconcile, ReconcileReport};
 
@@ -43,6 +45,8 @@ pub struct Agent {
     host_routing: HostRoutingDecision,
     netdevs: Vec<String>,
     started: Instant,
+    observer: Arc<Observer>,
+    metrics: Metrics,
     /// CNI calls are serialised: they are rare, and one at a time keeps rollback simple.
     cni_lock: tokio::sync::Mutex<()>,
 }
@@ -57,6 +61,7 @@ pub struct AgentParts {
     pub host_routing: HostRoutingDecision,
     pub netdevs: Vec<String>,
     pub started: Instant,
+    pub observer: Arc<Observer>,
 }
 
 /// The host-side interface name of an attachment: "lxc" and 11 hex digits of a hash of the
@@ -84,6 +89,8 @@ impl Agent {
             host_routing: parts.host_routing,
             netdevs: parts.netdevs,
             started: parts.started,
+            observer: parts.observer,
+            metrics: Metrics::default(),
             cni_lock: tokio::sync::Mutex::new(()),
         })
     }
@@ -99,18 +106,22 @@ impl Agent {
     // --- CNI ---
 
     pub async fn cni_add(&self, req: CniRequest) -> Result<CniAddResult, AgentError> {
+        let started = Instant::now();
         validate_attachment(&req, true)?;
         let _one = self.cni_lock.lock().await;
         let owner = Owner::new(req.container_id.clone(), req.ifname.clone());
         let mut undo = Undo::default();
-        match self.add_locked(&req, &owner, &mut undo).await {
+        let result = match self.add_locked(&req, &owner, &mut undo).await {
             Ok(record) => Ok(add_result(&record)),
             Err(e) => {
                 tracing::warn!(attachment = %record_key(&owner), "ADD failed, rolling back: {e}");
                 self.roll_back(&owner, &undo).await;
                 Err(e)
             }
-        }
+        };
+        self.refresh_enrichment();
+        self.metrics.cni_add_seconds.observe(started.elapsed().as_secs_f64());
+        result
     }
 
     async fn add_locked(&self, req: &CniRequest, owner: &Owner, undo: &mut Undo) -> Result<EndpointRecord, AgentError> {
@@ -212,6 +223,14 @@ impl Agent {
     }
 
     pub async fn cni_del(&self, req: CniRequest) -> Result<(), AgentError> {
+        let started = Instant::now();
+        let result = self.del(req).await;
+        self.refresh_enrichment();
+        self.metrics.cni_del_seconds.observe(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn del(&self, req: CniRequest) -> Result<(), AgentError> {
         validate_attachment(&req, false)?;
         let _one = self.cni_lock.lock().await;
         let owner = Owner::new(req.container_id.clone(), req.ifname.clone());
@@ -304,6 +323,17 @@ impl Agent {
     /// Heals the datapath from the records: endpoints whose interface vanished are released,
     /// addresses no record holds are freed, and the maps and attachments are reconciled.
     pub async fn resync(&self, reattach_all: bool) -> Result<ReconcileReport, AgentError> {
+        let started = Instant::now();
+        let result = self.resync_locked(reattach_all).await;
+        self.refresh_enrichment();
+        self.metrics.reconcile_seconds.observe(started.elapsed().as_secs_f64());
+        if result.is_err() {
+            self.metrics.reconcile_errors.inc();
+        }
+        result
+    }
+
+    async fn resync_locked(&self, reattach_all: bool) -> Result<ReconcileReport, AgentError> {
         let _one = self.cni_lock.lock().await;
         let started = Instant::now();
         let mut desired = Vec::new();
@@ -343,6 +373,64 @@ impl Agent {
         Ok(report)
     }
 
+    // --- observability ---
+
+    /// Tells the observer the names of the node's endpoints.
+    fn refresh_enrichment(&self) {
+        let Ok(records) = self.endpoints.list() else { return };
+        let mut e = Enrichment::default();
+        for r in &records {
+            let (ns, pod) = (r.pod_namespace.as_deref().unwrap_or(""), r.pod_name.as_deref().unwrap_or(&r.container_id));
+            for ip in [r.ipv4.map(IpAddr::from), r.ipv6.map(IpAddr::from)].into_iter().flatten() {
+                e.insert(ip, r.host_ifindex, ns, pod, r.identity);
+            }
+        }
+        self.observer.set_enrichment(e);
+    }
+
+    pub fn observer(&self) -> &Arc<Observer> {
+        &self.observer
+    }
+
+    /// Datapath losses by reason, named as the API names them.
+    fn datapath_losses(&self) -> Result<Vec<sluice_api::LostEvents>, AgentError> {
+        let losses = self.with_datapath(|dp| dp.event_losses())?;
+        Ok(["rate-limited", "ring-full"]
+            .iter()
+            .enumerate()
+            .map(|(i, reason)| sluice_api::LostEvents { count: losses.get(i).copied().unwrap_or(0), reason: (*reason).into() })
+            .collect())
+    }
+
+    pub fn flows(&self, filter: &sluice_api::FlowFilter) -> Result<sluice_api::FlowsResponse, AgentError> {
+        Ok(sluice_api::FlowsResponse { flows: self.observer.recent(filter), lost: self.datapath_losses()? })
+    }
+
+    pub fn metrics_text(&self) -> Result<String, AgentError> {
+        let (drops, fwd, maps) = self.with_datapath(|dp| Ok((dp.drop_counters()?, dp.forward_counters()?, dp.map_pressure())))?;
+        let directions = ["from-pod", "from-netdev"];
+        let reasons = sluice_abi::sluice_drop_reason::SLUICE_DROP_REASON_MAX as usize;
+        let kinds = sluice_abi::sluice_forward_kind::SLUICE_FWD_KIND_MAX as usize;
+        let mut snapshot = Snapshot::default();
+        for (p, direction) in directions.iter().enumerate() {
+            for r in sluice_abi::DROP_REASONS {
+                let c = drops.get(p * reasons + r as usize).copied().unwrap_or_default();
+                snapshot.drops.push((sluice_abi::drop_reason_name(r).into(), (*direction).into(), c.packets, c.bytes));
+            }
+            for k in sluice_abi::FORWARD_KINDS {
+                let c = fwd.get(p * kinds + k as usize).copied().unwrap_or_default();
+                snapshot.forwarded.push((sluice_abi::forward_kind_name(k).into(), (*direction).into(), c.packets, c.bytes));
+            }
+        }
+        snapshot.maps = maps.into_iter().map(|m| (m.map.to_owned(), m.entries as u64, m.capacity as u64)).collect();
+        snapshot.events_lost = self.datapath_losses()?.into_iter().map(|l| (l.reason, l.count)).collect();
+        snapshot.flows_observed = self.observer.decoded();
+        let records = self.endpoints.list()?;
+        snapshot.endpoints = records.len() as u64;
+        snapshot.identities = records.iter().map(|r| r.identity).collect::<BTreeSet<_>>().len() as u64;
+        crate::metrics::render(&self.metrics, snapshot).map_err(|_| AgentError::InvalidRequest { code: 999, message: "metrics could not be encoded".into() })
+    }
+
     // --- status ---
 
     pub fn endpoints(&self) -> Result<Vec<sluice_api::Endpoint>, AgentError> {
@@ -361,17 +449,29 @@ impl Agent {
         for dev in &self.netdevs {
             programs.push(sluice_api::AttachedProgram { program: "from_netdev".into(), interface: dev.clone(), attach: "tcx/ingress".into(), count: 1 });
         }
+        // Totals over both observation points.
+        let total = |v: &[sluice_datapath::CounterValue], stride: usize, i: usize| {
+            let mut t = sluice_datapath::CounterValue::default();
+            for p in 0..sluice_abi::sluice_obs_point::SLUICE_POINT_MAX as usize {
+                let c = v.get(p * stride + i).copied().unwrap_or_default();
+                t.packets += c.packets;
+                t.bytes += c.bytes;
+            }
+            t
+        };
+        let reasons = sluice_abi::sluice_drop_reason::SLUICE_DROP_REASON_MAX as usize;
+        let kinds = sluice_abi::sluice_forward_kind::SLUICE_FWD_KIND_MAX as usize;
         let drops = sluice_abi::DROP_REASONS
             .iter()
             .map(|r| {
-                let c = counters.get(*r as usize).copied().unwrap_or_default();
+                let c = total(&counters, reasons, *r as usize);
                 sluice_api::DropCount { reason: sluice_abi::drop_reason_name(*r).into(), packets: c.packets, bytes: c.bytes }
             })
             .collect();
         let forwards = sluice_abi::FORWARD_KINDS
             .iter()
             .map(|k| {
-                let c = fwd.get(*k as usize).copied().unwrap_or_default();
+                let c = total(&fwd, kinds, *k as usize);
                 sluice_api::DropCount { reason: sluice_abi::forward_kind_name(*k).into(), packets: c.packets, bytes: c.bytes }
             })
             .collect();

@@ -5,12 +5,13 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use sluice_api::{paths, CniGcRequest, CniRequest};
+use sluice_api::{paths, CniGcRequest, CniRequest, FlowFilter, FlowMessage, LostEvents};
+use tokio::sync::broadcast;
 
 use crate::agent::Agent;
 use crate::error::AgentError;
@@ -44,7 +45,46 @@ pub fn router(agent: Arc<Agent>) -> Router {
         )
         .route(paths::CNI_GC, post(|State(a): Shared, Json(r): Json<CniGcRequest>| async move { a.cni_gc(r).await.map(Json) }))
         .route(paths::CNI_STATUS, get(|| async { Json(serde_json::json!({})) }))
+        .route(paths::FLOWS, get(|State(a): Shared, Query(f): Query<FlowFilter>| async move { a.flows(&f).map(Json) }))
+        .route(paths::FLOWS_FOLLOW, get(follow))
+        .route(paths::METRICS, get(|State(a): Shared| async move { a.metrics_text() }))
         .with_state(agent)
+}
+
+/// A followed flow stream: one JSON message a line, flows as they come, and a `lost` message
+/// whenever this client fell behind and missed some.
+async fn follow(State(agent): Shared, Query(filter): Query<FlowFilter>) -> Response {
+    let rx = agent.observer().subscribe();
+    let lines = futures::stream::unfold((rx, filter), |(mut rx, filter)| async move {
+        loop {
+            let message = match rx.recv().await {
+                Ok(flow) if filter.matches(&flow) => FlowMessage::Flow(Box::new(flow)),
+                Ok(_) => continue,
+                Err(broadcast::error::RecvError::Lagged(n)) => FlowMessage::Lost(LostEvents { count: n, reason: "client-lag".into() }),
+                Err(broadcast::error::RecvError::Closed) => return None,
+            };
+            let mut line = serde_json::to_vec(&message).unwrap_or_default();
+            line.push(b'\n');
+            return Some((Ok::<_, std::io::Error>(line), (rx, filter)));
+        }
+    });
+    Response::builder()
+        .header("content-type", "application/x-ndjson")
+        .body(axum::body::Body::from_stream(lines))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// The Prometheus endpoint (`GET /metrics`) on a TCP address of the agent's namespace.
+pub async fn serve_metrics(addr: std::net::SocketAddr, agent: Arc<Agent>) -> Result<tokio::task::JoinHandle<()>, AgentError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| AgentError::Startup { action: format!("binding the metrics address {addr}"), source })?;
+    let app = Router::new().route("/metrics", get(|State(a): Shared| async move { a.metrics_text() })).with_state(agent);
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!("metrics endpoint stopped: {e}");
+        }
+    }))
 }
 
 /// Binds the socket: its directory and the socket itself are root-only (0700 / 0600). A stale

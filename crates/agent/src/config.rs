@@ -81,6 +81,42 @@ pub struct AgentConfig {
     /// Seconds between full reconciles of the datapath against the database.
     #[serde(default = "default_resync")]
     pub resync_seconds: u64,
+    /// Which forwarded packets make flow events: `off` (drops only), `medium` (first packet of
+    /// each flow and TCP flag changes) or `all`.
+    #[serde(default)]
+    pub monitor_aggregation: MonitorLevel,
+    /// Drop events each CPU may report per second; beyond, they are counted as lost.
+    #[serde(default = "default_drop_events")]
+    pub drop_events_per_second: u32,
+    /// Size of the events ring buffer in bytes (a power of two, at least 4096).
+    #[serde(default = "default_events_buffer")]
+    pub events_buffer_bytes: u32,
+    /// Recent flows kept for `sluice observe`.
+    #[serde(default = "default_flow_buffer")]
+    pub flow_buffer: usize,
+    /// Address of the Prometheus endpoint (`GET /metrics`), e.g. `127.0.0.1:9962`; none when
+    /// unset.
+    #[serde(default)]
+    pub metrics_address: Option<std::net::SocketAddr>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MonitorLevel {
+    Off,
+    #[default]
+    Medium,
+    All,
+}
+
+fn default_drop_events() -> u32 {
+    1000
+}
+fn default_events_buffer() -> u32 {
+    1 << 20
+}
+fn default_flow_buffer() -> usize {
+    4096
 }
 
 fn default_state_dir() -> PathBuf {
@@ -163,6 +199,12 @@ impl AgentConfig {
         }
         if self.state.source != "local" {
             return invalid("state.source", format!("{:?} is not supported (supported: local)", self.state.source));
+        }
+        if self.events_buffer_bytes < 4096 || !self.events_buffer_bytes.is_power_of_two() {
+            return invalid("eventsBufferBytes", format!("{} must be a power of two of at least 4096", self.events_buffer_bytes));
+        }
+        if self.flow_buffer == 0 || self.flow_buffer > 1_000_000 {
+            return invalid("flowBuffer", format!("{} is outside 1..=1000000", self.flow_buffer));
         }
         if self.resync_seconds == 0 {
             return invalid("resyncSeconds", "must be at least 1".into());

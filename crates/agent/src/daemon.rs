@@ -5,10 +5,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sluice_datapath::{BpfDatapath, HostRouting};
+use sluice_datapath::{BpfDatapath, HostRouting, LoadOptions, MonitorAggregation};
 
 use crate::agent::{Agent, AgentParts, HostRoutingDecision};
-use crate::config::{AgentConfig, HostRoutingRequest};
+use crate::config::{AgentConfig, HostRoutingRequest, MonitorLevel};
+use crate::observer::Observer;
 use crate::db::AgentDb;
 use crate::error::AgentError;
 use crate::plumber::NetlinkPlumber;
@@ -20,10 +21,22 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     sluice_datapath::ensure_bpffs(&config.bpffs)?;
     let host_routing = decide_host_routing(config.host_routing)?;
     enable_forwarding()?;
-    let mut datapath = BpfDatapath::load(&config.bpffs, host_routing.mode)?;
+    let opts = LoadOptions {
+        host_routing: host_routing.mode,
+        monitor: match config.monitor_aggregation {
+            MonitorLevel::Off => MonitorAggregation::Off,
+            MonitorLevel::Medium => MonitorAggregation::Medium,
+            MonitorLevel::All => MonitorAggregation::All,
+        },
+        drop_events_per_second: config.drop_events_per_second,
+        events_buffer_bytes: config.events_buffer_bytes,
+    };
+    let mut datapath = BpfDatapath::load_with(&config.bpffs, &opts)?;
     for dev in &config.devices {
         datapath.attach_netdev(dev)?;
     }
+    let observer = Arc::new(Observer::new(&config.node_name, config.flow_buffer));
+    let reader = datapath.take_events().map(|ring| tokio::spawn(crate::observer::read_events(observer.clone(), ring)));
     let state: Option<Arc<dyn sluice_state::StateSource>> =
         config.state.path.as_ref().map(|p| Arc::new(sluice_state::LocalStore::new(p)) as Arc<dyn sluice_state::StateSource>);
     let agent = Arc::new(Agent::new(AgentParts {
@@ -35,6 +48,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         state,
         host_routing: host_routing.clone(),
         started,
+        observer,
     })?);
     let report = agent.resync(true).await?;
     let listener = crate::api::bind(&config.socket)?;
@@ -48,8 +62,18 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     );
 
     let resync = tokio::spawn(resync_loop(agent.clone(), Duration::from_secs(config.resync_seconds)));
+    let metrics_server = match config.metrics_address {
+        Some(addr) => Some(crate::api::serve_metrics(addr, agent.clone()).await?),
+        None => None,
+    };
     let served = axum::serve(listener, crate::api::router(agent)).with_graceful_shutdown(shutdown_signal()).await;
     resync.abort();
+    if let Some(task) = reader {
+        task.abort();
+    }
+    if let Some(task) = metrics_server {
+        task.abort();
+    }
     let _ = std::fs::remove_file(&config.socket);
     tracing::info!("agent stopped; the datapath keeps forwarding");
     served.map_err(|source| AgentError::Startup { action: "serving the API".into(), source })

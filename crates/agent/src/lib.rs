@@ -18,6 +18,8 @@ pub mod endpoints;
 pub mod error;
 pub mod identity;
 pub mod ipam;
+pub mod metrics;
+pub mod observer;
 pub mod plumber;
 pub mod reconciler;
 

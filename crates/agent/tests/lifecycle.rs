@@ -110,6 +110,14 @@ impl DatapathTables for SharedFake {
     fn forward_counters(&self) -> Result<Vec<CounterValue>, DatapathError> {
         self.lock().tables.forward_counters()
     }
+
+    fn event_losses(&self) -> Result<Vec<u64>, DatapathError> {
+        self.lock().tables.event_losses()
+    }
+
+    fn map_pressure(&self) -> Vec<sluice_datapath::MapPressure> {
+        self.lock().tables.map_pressure()
+    }
 }
 
 /// A pod's interface pair as the fake plumber made it.
@@ -413,6 +421,7 @@ fn start(config: &AgentConfig, db: &Arc<AgentDb>, datapath: &SharedFake, plumber
         host_routing: HostRoutingDecision { mode: HostRouting::Bpf, reason: "test".into() },
         netdevs: vec![],
         started: Instant::now(),
+        observer: Arc::new(sluice_agent::observer::Observer::new("n0", 16)),
     })
     .expect("the agent starts on a fresh or reopened database")
 }

@@ -59,7 +59,59 @@ impl Client {
         self.call(Method::POST, path, body).await
     }
 
+    /// A `GET` whose answer is text (the metrics).
+    pub async fn get_text(&self, path: &str) -> Result<String, ClientError> {
+        let (status, bytes) = self.exchange(Method::GET, path, Bytes::new()).await?;
+        if status.is_success() {
+            Ok(String::from_utf8_lossy(&bytes).into_owned())
+        } else {
+            Err(api_error(status, &bytes))
+        }
+    }
+
+    /// A `GET` whose answer is a stream of lines (a followed flow stream): `on_line` gets each
+    /// line as it arrives and returns false to stop.
+    pub async fn follow_lines(&self, path: &str, mut on_line: impl FnMut(&str) -> bool) -> Result<(), ClientError> {
+        let response = self.send(Method::GET, path, Bytes::new()).await?;
+        let status = response.status();
+        let mut body = response.into_body();
+        if !status.is_success() {
+            let bytes = body.collect().await?.to_bytes();
+            return Err(api_error(status, &bytes));
+        }
+        let mut pending: Vec<u8> = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame?;
+            let Some(data) = frame.data_ref() else { continue };
+            pending.extend_from_slice(data);
+            while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                let text = String::from_utf8_lossy(&line[..line.len() - 1]);
+                if !text.trim().is_empty() && !on_line(&text) {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn call<T: DeserializeOwned>(&self, method: Method, path: &str, body: Bytes) -> Result<T, ClientError> {
+        let (status, bytes) = self.exchange(method, path, body).await?;
+        if status.is_success() {
+            Ok(serde_json::from_slice(&bytes)?)
+        } else {
+            Err(api_error(status, &bytes))
+        }
+    }
+
+    async fn exchange(&self, method: Method, path: &str, body: Bytes) -> Result<(StatusCode, Bytes), ClientError> {
+        let response = self.send(method, path, body).await?;
+        let status = response.status();
+        let bytes = response.into_body().collect().await?.to_bytes();
+        Ok((status, bytes))
+    }
+
+    async fn send(&self, method: Method, path: &str, body: Bytes) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
         let stream = tokio::net::UnixStream::connect(&self.socket)
             .await
             .map_err(|source| ClientError::Unreachable { path: self.socket.clone(), source })?;
@@ -82,19 +134,17 @@ impl Client {
                 })
             }
         };
-        let response = sender.send_request(request).await?;
-        let status = response.status();
-        let bytes = response.into_body().collect().await?.to_bytes();
-        driver.abort();
-        if status.is_success() {
-            Ok(serde_json::from_slice(&bytes)?)
-        } else {
-            let error = serde_json::from_slice(&bytes).unwrap_or_else(|_| ApiError {
-                code: 999,
-                message: String::from_utf8_lossy(&bytes).into_owned(),
-                details: String::new(),
-            });
-            Err(ClientError::Api { status, error })
-        }
+        // The connection task ends by itself when the response body is done or dropped.
+        drop(driver);
+        Ok(sender.send_request(request).await?)
     }
+}
+
+fn api_error(status: StatusCode, bytes: &[u8]) -> ClientError {
+    let error = serde_json::from_slice(bytes).unwrap_or_else(|_| ApiError {
+        code: 999,
+        message: String::from_utf8_lossy(bytes).into_owned(),
+        details: String::new(),
+    });
+    ClientError::Api { status, error }
 }

@@ -13,9 +13,11 @@
 //! ```
 
 mod client;
+mod flows;
 mod types;
 
 pub use client::{Client, ClientError};
+pub use flows::{Flow, FlowFilter, FlowMessage, FlowPeer, FlowsResponse, LostEvents};
 pub use types::*;
 
 /// The HTTP paths the agent serves.
@@ -34,4 +36,11 @@ pub mod paths {
     pub const CNI_GC: &str = "/v1/cni/gc";
     /// `GET` → `{}` when the agent can add pods.
     pub const CNI_STATUS: &str = "/v1/cni/status";
+    /// `GET` with a [`crate::FlowFilter`] query → [`crate::FlowsResponse`] (recent flows).
+    pub const FLOWS: &str = "/v1/flows";
+    /// `GET` with a [`crate::FlowFilter`] query → newline-delimited [`crate::FlowMessage`]s as
+    /// flows happen, until the client goes away.
+    pub const FLOWS_FOLLOW: &str = "/v1/flows/follow";
+    /// `GET` → the node's metrics in Prometheus text format.
+    pub const METRICS: &str = "/v1/metrics";
 }

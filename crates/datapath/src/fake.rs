@@ -77,10 +77,24 @@ impl DatapathTables for FakeDatapath {
     }
 
     fn drop_counters(&self) -> Result<Vec<CounterValue>, DatapathError> {
-        Ok(vec![CounterValue::default(); sluice_abi::sluice_drop_reason::SLUICE_DROP_REASON_MAX as usize])
+        let n = sluice_abi::sluice_drop_reason::SLUICE_DROP_REASON_MAX as usize * sluice_abi::sluice_obs_point::SLUICE_POINT_MAX as usize;
+        Ok(vec![CounterValue::default(); n])
     }
 
     fn forward_counters(&self) -> Result<Vec<CounterValue>, DatapathError> {
-        Ok(vec![CounterValue::default(); sluice_abi::sluice_forward_kind::SLUICE_FWD_KIND_MAX as usize])
+        let n = sluice_abi::sluice_forward_kind::SLUICE_FWD_KIND_MAX as usize * sluice_abi::sluice_obs_point::SLUICE_POINT_MAX as usize;
+        Ok(vec![CounterValue::default(); n])
+    }
+
+    fn event_losses(&self) -> Result<Vec<u64>, DatapathError> {
+        Ok(vec![0; sluice_abi::sluice_event_loss::SLUICE_LOSS_MAX as usize])
+    }
+
+    fn map_pressure(&self) -> Vec<crate::MapPressure> {
+        let max = sluice_abi::SLUICE_MAX_ENDPOINTS as usize;
+        vec![
+            crate::MapPressure { map: "endpoints", entries: self.addresses.len(), capacity: max },
+            crate::MapPressure { map: "endpoint_ifaces", entries: self.ifindexes.len(), capacity: max },
+        ]
     }
 }

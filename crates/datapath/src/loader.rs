@@ -338,6 +338,14 @@ impl DatapathTables for BpfDatapath {
     fn forward_counters(&self) -> Result<Vec<CounterValue>, DatapathError> {
         BpfDatapath::forward_counters(self)
     }
+
+    fn event_losses(&self) -> Result<Vec<u64>, DatapathError> {
+        BpfDatapath::event_losses(self)
+    }
+
+    fn map_pressure(&self) -> Vec<MapPressure> {
+        BpfDatapath::map_pressure(self)
+    }
 }
 
 fn load_object(name: &'static str, bytes: &[u8], pin_dir: &Path, opts: &LoadOptions) -> Result<Ebpf, DatapathError> {

@@ -33,8 +33,12 @@ pub trait DatapathTables: Send {
     fn detach_endpoint(&mut self, host_ifname: &str) -> Result<(), DatapathError>;
     /// Host interfaces that carry a pinned from-pod link.
     fn attached_endpoints(&self) -> Result<Vec<String>, DatapathError>;
-    /// Drops per reason, indexed by `sluice_drop_reason`.
+    /// Drops, indexed by `point * SLUICE_DROP_REASON_MAX + sluice_drop_reason`.
     fn drop_counters(&self) -> Result<Vec<CounterValue>, DatapathError>;
-    /// Forwarding decisions per kind, indexed by `sluice_forward_kind`.
+    /// Forwarding decisions, indexed by `point * SLUICE_FWD_KIND_MAX + sluice_forward_kind`.
     fn forward_counters(&self) -> Result<Vec<CounterValue>, DatapathError>;
+    /// Events the datapath could not deliver, indexed by `sluice_event_loss`.
+    fn event_losses(&self) -> Result<Vec<u64>, DatapathError>;
+    /// Entries in use and capacity of the hash maps.
+    fn map_pressure(&self) -> Vec<crate::MapPressure>;
 }

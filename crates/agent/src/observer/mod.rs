@@ -1,0 +1,212 @@
+//! The flow observer: reads datapath events from the ring buffer, decodes them, names their
+//! pods, keeps a bounded ring of recent flows and fans new ones out to followers. Memory is
+//! bounded everywhere: the kernel ring, the recent ring and each follower's queue; what does not
+//! fit is counted as lost and the client is told.
+
+pub mod decode;
+mod enrich;
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
+
+use sluice_api::{Flow, FlowFilter};
+use tokio::sync::broadcast;
+
+pub use enrich::Enrichment;
+
+/// Flows a follower may fall behind by before it loses some.
+const FOLLOW_QUEUE: usize = 1024;
+
+pub struct Observer {
+    node: String,
+    capacity: usize,
+    clock_offset: i128,
+    recent: Mutex<VecDeque<Flow>>,
+    tx: broadcast::Sender<Flow>,
+    enrichment: RwLock<Enrichment>,
+    decoded: AtomicU64,
+    undecodable: AtomicU64,
+}
+
+// === impl Observer ===
+
+impl Observer {
+    /// `capacity`: how many recent flows to keep.
+    pub fn new(node: &str, capacity: usize) -> Self {
+        let (tx, _) = broadcast::channel(FOLLOW_QUEUE);
+        Self {
+            node: node.to_owned(),
+            capacity: capacity.max(1),
+            clock_offset: clock_offset(),
+            recent: Mutex::new(VecDeque::with_capacity(capacity.min(65536))),
+            tx,
+            enrichment: RwLock::new(Enrichment::default()),
+            decoded: AtomicU64::new(0),
+            undecodable: AtomicU64::new(0),
+        }
+    }
+
+    /// Replaces what the observer knows about local endpoints (after every change).
+    pub fn set_enrichment(&self, enrichment: Enrichment) {
+        *self.enrichment.write().unwrap_or_else(|p| p.into_inner()) = enrichment;
+    }
+
+    /// Takes one ring-buffer record.
+    pub fn ingest(&self, bytes: &[u8]) {
+        let flow = decode::read_event(bytes).and_then(|ev| decode::decode(&ev, &self.node, self.clock_offset));
+        let mut flow = match flow {
+            Ok(f) => f,
+            Err(e) => {
+                self.undecodable.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!("undecodable event: {e}");
+                return;
+            }
+        };
+        self.enrichment.read().unwrap_or_else(|p| p.into_inner()).apply(&mut flow);
+        self.decoded.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+            if recent.len() == self.capacity {
+                recent.pop_front();
+            }
+            recent.push_back(flow.clone());
+        }
+        // No follower is not an error.
+        let _ = self.tx.send(flow);
+    }
+
+    /// The last flows matching `filter` (all of the ring when `filter.last` is unset).
+    pub fn recent(&self, filter: &FlowFilter) -> Vec<Flow> {
+        let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<Flow> = recent.iter().filter(|f| filter.matches(f)).cloned().collect();
+        if let Some(n) = filter.last {
+            let skip = out.len().saturating_sub(n);
+            out.drain(..skip);
+        }
+        out
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Flow> {
+        self.tx.subscribe()
+    }
+
+    /// Events decoded since start.
+    pub fn decoded(&self) -> u64 {
+        self.decoded.load(Ordering::Relaxed)
+    }
+
+    pub fn undecodable(&self) -> u64 {
+        self.undecodable.load(Ordering::Relaxed)
+    }
+
+    /// Flows held in the recent ring.
+    pub fn held(&self) -> usize {
+        self.recent.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+/// Reads the ring buffer as events arrive and hands them to the observer, until the task is
+/// dropped.
+pub async fn read_events(observer: std::sync::Arc<Observer>, ring: aya::maps::RingBuf<aya::maps::MapData>) {
+    // SAFETY: the ring buffer owns its descriptor and is moved into the AsyncFd, which keeps it
+    // open for as long as it is registered.
+    let mut fd = match unsafe { tokio::io::unix::AsyncFd::register(ring) } {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::error!("cannot watch the events ring buffer, no flows will be observed: {e}");
+            return;
+        }
+    };
+    loop {
+        let mut guard = match fd.readable_mut().await {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::error!("events ring buffer: {e}");
+                return;
+            }
+        };
+        let ring = guard.get_inner_mut();
+        while let Some(item) = ring.next() {
+            observer.ingest(&item);
+        }
+        guard.clear_ready();
+    }
+}
+
+/// Unix time minus monotonic time, in nanoseconds: turns bpf_ktime_get_ns() into wall time.
+fn clock_offset() -> i128 {
+    use nix::time::{clock_gettime, ClockId};
+    let ns = |t: nix::sys::time::TimeSpec| t.tv_sec() as i128 * 1_000_000_000 + t.tv_nsec() as i128;
+    match (clock_gettime(ClockId::CLOCK_REALTIME), clock_gettime(ClockId::CLOCK_MONOTONIC)) {
+        (Ok(real), Ok(mono)) => ns(real) - ns(mono),
+        _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(i: u8) -> Vec<u8> {
+        let mut ev = sluice_abi::datapath_event {
+            type_: sluice_abi::sluice_event_type::SLUICE_EVENT_DROP as u8,
+            code: 2,
+            ifindex: 3,
+            cap_len: 34,
+            ..Default::default()
+        };
+        let hdr = [2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 0x08, 0x00, 0x45, 0, 0, 20, 0, 0, 0, 0, 64, 17, 0, 0, 198, 19, 0, i, 198, 19, 0, 2];
+        ev.data[..34].copy_from_slice(&hdr);
+        // SAFETY: viewing a plain C struct as bytes.
+        unsafe { std::slice::from_raw_parts((&ev as *const sluice_abi::datapath_event).cast::<u8>(), std::mem::size_of_val(&ev)) }.to_vec()
+    }
+
+    #[test]
+    fn recent_ring_is_bounded_and_keeps_the_newest() {
+        let obs = Observer::new("n", 3);
+        for i in 0..10 {
+            obs.ingest(&record(i));
+        }
+        assert_eq!(obs.held(), 3, "never more than capacity");
+        let ips: Vec<String> = obs.recent(&FlowFilter::default()).iter().map(|f| f.source.ip.unwrap().to_string()).collect();
+        assert_eq!(ips, ["198.19.0.7", "198.19.0.8", "198.19.0.9"]);
+        assert_eq!(obs.decoded(), 10);
+    }
+
+    #[test]
+    fn last_and_filters_apply_on_the_server() {
+        let obs = Observer::new("n", 100);
+        for i in 0..10 {
+            obs.ingest(&record(i));
+        }
+        let f = FlowFilter { last: Some(2), ..Default::default() };
+        assert_eq!(obs.recent(&f).len(), 2);
+        let f = FlowFilter { ip: Some("198.19.0.4".parse().unwrap()), ..Default::default() };
+        assert_eq!(obs.recent(&f).len(), 1);
+    }
+
+    #[test]
+    fn followers_get_new_flows_and_short_records_are_counted() {
+        let obs = Observer::new("n", 10);
+        let mut rx = obs.subscribe();
+        obs.ingest(&record(1));
+        assert_eq!(rx.try_recv().unwrap().source.ip, Some("198.19.0.1".parse().unwrap()));
+        obs.ingest(&[0; 10]);
+        assert_eq!(obs.undecodable(), 1);
+    }
+
+    #[test]
+    fn enrichment_names_local_pods() {
+        let obs = Observer::new("n", 10);
+        let mut e = Enrichment::default();
+        e.insert("198.19.0.5".parse().unwrap(), 3, "demo", "client", 257);
+        obs.set_enrichment(e);
+        obs.ingest(&record(5));
+        let f = &obs.recent(&FlowFilter::default())[0];
+        assert_eq!(f.source.pod.as_deref(), Some("client"));
+        assert_eq!(f.source.namespace.as_deref(), Some("demo"));
+        assert_eq!(f.source.identity, Some(257));
+        assert_eq!(f.destination.pod, None, "198.19.0.2 is not known here");
+    }
+}
