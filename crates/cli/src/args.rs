@@ -60,6 +60,13 @@ pub enum Command {
         #[command(subcommand)]
         command: EndpointCommand,
     },
+    /// Flows as the datapath sees them: forwarded and dropped packets, named.
+    Observe(ObserveArgs),
+    /// The node's metrics (Prometheus text format).
+    Metrics {
+        #[arg(long)]
+        node: Option<String>,
+    },
     /// Start a local lab.
     Up {
         #[arg(long, default_value_t = 1)]
@@ -138,6 +145,48 @@ pub enum BenchCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ObserveArgs {
+    /// Only this lab node (default: every node, merged in time order).
+    #[arg(long)]
+    pub node: Option<String>,
+    /// Either side is this pod (`NAME` or `NAMESPACE/NAME`).
+    #[arg(long)]
+    pub pod: Option<String>,
+    #[arg(long)]
+    pub from_pod: Option<String>,
+    #[arg(long)]
+    pub to_pod: Option<String>,
+    /// Either side is in this namespace.
+    #[arg(short, long)]
+    pub namespace: Option<String>,
+    #[arg(long)]
+    pub ip: Option<std::net::IpAddr>,
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// tcp, udp, icmp, icmpv4, icmpv6, arp.
+    #[arg(long)]
+    pub protocol: Option<String>,
+    /// FORWARDED, DROPPED, ...
+    #[arg(long)]
+    pub verdict: Option<String>,
+    /// drop, trace, policy-verdict, translation.
+    #[arg(long = "type")]
+    pub event_type: Option<String>,
+    /// Only flows of the last DURATION (e.g. 30s, 5m).
+    #[arg(long, value_parser = parse_duration)]
+    pub since: Option<Duration>,
+    /// Only the last N flows.
+    #[arg(long)]
+    pub last: Option<usize>,
+    /// Keep printing flows as they happen.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// json: one JSON object a line.
+    #[arg(short, long)]
+    pub output: Option<Output>,
 }
 
 #[derive(Debug, Subcommand)]

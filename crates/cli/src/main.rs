@@ -4,6 +4,7 @@ mod args;
 mod bench_cmds;
 mod lab_cmds;
 mod node_cmds;
+mod observe_cmds;
 mod output;
 
 use std::process::ExitCode;
@@ -38,6 +39,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Endpoint { command: args::EndpointCommand::List { node, output } } => {
                 node_cmds::endpoint_list(&target, node.as_deref(), output).await
             }
+            Command::Observe(args) => observe_cmds::observe(&target, args).await,
+            Command::Metrics { node } => observe_cmds::metrics(&target, node.as_deref()).await,
             Command::Up { nodes, host_routing } => lab_cmds::up(&cli.lab, nodes, host_routing).await,
             Command::Down => lab_cmds::down(&cli.lab).await,
             Command::RestartAgent { node } => lab_cmds::restart_agent(&cli.lab, &node).await,

@@ -21,6 +21,7 @@ pub fn agent_config(node: &NodeState, lab_dir: &Path, host_routing: &str) -> Str
          podCIDRs: [\"{v4}\", \"{v6}\"]\n\
          hostRouting: {host_routing}\n\
          devices: [eth0]\n\
+         metricsAddress: \"127.0.0.1:9962\"\n\
          mtu: 1500\n\
          state:\n  source: local\n  path: {store}\n",
         name = node.name,
