@@ -21,6 +21,7 @@ use crate::error::AgentError;
 use crate::identity::Identities;
 use crate::ipam::{Ipam, Owner};
 use crate::metrics::{Metrics, Snapshot};
+use crate::events::Events;
 use crate::observer::{Enrichment, Observer};
 use crate::plumber::Plumber;
 use crate::reconciler::{reconcile, ReconcileReport};
@@ -46,6 +47,7 @@ pub struct Agent {
     netdevs: Vec<String>,
     started: Instant,
     observer: Arc<Observer>,
+    events: Arc<Events>,
     metrics: Metrics,
     /// CNI calls are serialised: they are rare, and one at a time keeps rollback simple.
     cni_lock: tokio::sync::Mutex<()>,
@@ -62,6 +64,7 @@ pub struct AgentParts {
     pub netdevs: Vec<String>,
     pub started: Instant,
     pub observer: Arc<Observer>,
+    pub events: Arc<Events>,
 }
 
 /// The host-side interface name of an attachment: "lxc" and 11 hex digits of a hash of the
@@ -90,6 +93,7 @@ impl Agent {
             netdevs: parts.netdevs,
             started: parts.started,
             observer: parts.observer,
+            events: parts.events,
             metrics: Metrics::default(),
             cni_lock: tokio::sync::Mutex::new(()),
         })
@@ -390,6 +394,24 @@ impl Agent {
 
     pub fn observer(&self) -> &Arc<Observer> {
         &self.observer
+    }
+
+    pub fn events(&self) -> &Arc<Events> {
+        &self.events
+    }
+
+    /// The host firewall audit, now, in the agent's namespace (`sluice preflight`).
+    pub fn preflight(&self) -> serde_json::Value {
+        let ctx = crate::firewall::AuditContext { pod_cidrs: self.config.pod_cidrs.clone(), devices: self.config.devices.clone() };
+        let audit = crate::firewall::audit(&ctx, None);
+        serde_json::json!({
+            "node": self.config.node_name,
+            "hostRouting": self.host_routing.mode.as_str(),
+            "report": audit.report,
+            "table": audit.report.render_table(false),
+            "sourcesRead": audit.sources_read,
+            "problems": audit.problems.iter().map(|p| serde_json::json!({"source": p.source, "problem": p.problem})).collect::<Vec<_>>(),
+        })
     }
 
     /// Datapath losses by reason, named as the API names them.

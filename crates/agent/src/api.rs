@@ -48,6 +48,9 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route(paths::FLOWS, get(|State(a): Shared, Query(f): Query<FlowFilter>| async move { a.flows(&f).map(Json) }))
         .route(paths::FLOWS_FOLLOW, get(follow))
         .route(paths::METRICS, get(|State(a): Shared| async move { a.metrics_text() }))
+        .route(paths::EVENTS, get(|State(a): Shared| async move { a.events().list().map(Json).map_err(AgentError::from) }))
+        .route(paths::EVENTS_FOLLOW, get(follow_events))
+        .route(paths::PREFLIGHT, get(|State(a): Shared| async move { Json(a.preflight()) }))
         .with_state(agent)
 }
 
@@ -66,6 +69,28 @@ async fn follow(State(agent): Shared, Query(filter): Query<FlowFilter>) -> Respo
             let mut line = serde_json::to_vec(&message).unwrap_or_default();
             line.push(b'\n');
             return Some((Ok::<_, std::io::Error>(line), (rx, filter)));
+        }
+    });
+    Response::builder()
+        .header("content-type", "application/x-ndjson")
+        .body(axum::body::Body::from_stream(lines))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// A followed event stream: one Kubernetes Event (JSON) a line, as they are recorded.
+async fn follow_events(State(agent): Shared) -> Response {
+    let rx = agent.events().subscribe();
+    let lines = futures::stream::unfold(rx, |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(event) => {
+                    let mut line = serde_json::to_vec(&event).unwrap_or_default();
+                    line.push(b'\n');
+                    return Some((Ok::<_, std::io::Error>(line), rx));
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
         }
     });
     Response::builder()

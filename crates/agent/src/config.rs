@@ -13,8 +13,13 @@ pub enum HostRoutingRequest {
     /// `bpf` when the kernel has the helpers, `legacy` otherwise.
     #[default]
     Auto,
-    /// `bpf`, or refuse to start when the kernel lacks the helpers.
+    /// `bpf` when the kernel has the helpers and the host firewall audit is clean; `legacy`
+    /// otherwise, with the reason in status and in an event.
     Bpf,
+    /// `bpf` even when the audit finds rules pod traffic would skip (they are named in a
+    /// warning event).
+    #[serde(rename = "bpf-force")]
+    BpfForce,
     /// The node's stack routes pod traffic.
     Legacy,
 }
@@ -24,6 +29,7 @@ impl HostRoutingRequest {
         match self {
             HostRoutingRequest::Auto => "auto",
             HostRoutingRequest::Bpf => "bpf",
+            HostRoutingRequest::BpfForce => "bpf-force",
             HostRoutingRequest::Legacy => "legacy",
         }
     }
@@ -98,6 +104,31 @@ pub struct AgentConfig {
     /// unset.
     #[serde(default)]
     pub metrics_address: Option<std::net::SocketAddr>,
+    /// After bpf host routing is active: `off`, `detect` (an event for every new rule pod
+    /// traffic would skip, within 2 s) or `enforce` (also refuse iptables-legacy rule installs
+    /// from the guarded cgroup).
+    #[serde(default)]
+    pub guard: GuardMode,
+    /// The cgroup v2 directory whose processes the guard refuses rule installs to; default: the
+    /// parent of the agent's own cgroup.
+    #[serde(default)]
+    pub guard_cgroup: Option<PathBuf>,
+    /// Node events kept (oldest dropped first).
+    #[serde(default = "default_event_history")]
+    pub event_history: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GuardMode {
+    Off,
+    #[default]
+    Detect,
+    Enforce,
+}
+
+fn default_event_history() -> usize {
+    1000
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

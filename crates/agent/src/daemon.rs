@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use sluice_datapath::{BpfDatapath, HostRouting, LoadOptions, MonitorAggregation};
 
 use crate::agent::{Agent, AgentParts, HostRoutingDecision};
-use crate::config::{AgentConfig, HostRoutingRequest, MonitorLevel};
+use crate::config::{AgentConfig, GuardMode, HostRoutingRequest, MonitorLevel};
+use crate::events::{Events, Reason};
+use crate::firewall;
 use crate::observer::Observer;
 use crate::db::AgentDb;
 use crate::error::AgentError;
@@ -18,8 +20,11 @@ use crate::plumber::NetlinkPlumber;
 pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     let started = Instant::now();
     let db = Arc::new(AgentDb::open(&config.state_dir)?);
+    let events = Arc::new(Events::new(db.clone(), &config.node_name, config.event_history)?);
+    events.record(Reason::AgentStarted, format!("sluice agent {} started", env!("CARGO_PKG_VERSION")))?;
     sluice_datapath::ensure_bpffs(&config.bpffs)?;
-    let host_routing = decide_host_routing(config.host_routing)?;
+    let audit_ctx = firewall::AuditContext { pod_cidrs: config.pod_cidrs.clone(), devices: config.devices.clone() };
+    let host_routing = decide_host_routing(config.host_routing, || firewall::audit(&audit_ctx, None), &events)?;
     enable_forwarding()?;
     let opts = LoadOptions {
         host_routing: host_routing.mode,
@@ -35,6 +40,13 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     for dev in &config.devices {
         datapath.attach_netdev(dev)?;
     }
+    events.record(
+        Reason::DatapathLoaded,
+        format!("datapath loaded: host routing {}, monitor aggregation {:?}", host_routing.mode.as_str(), config.monitor_aggregation),
+    )?;
+    if host_routing.mode == HostRouting::Bpf && config.guard != GuardMode::Off {
+        firewall::watch::spawn_guard(audit_ctx.clone(), events.clone());
+    }
     let observer = Arc::new(Observer::new(&config.node_name, config.flow_buffer));
     let reader = datapath.take_events().map(|ring| tokio::spawn(crate::observer::read_events(observer.clone(), ring)));
     let state: Option<Arc<dyn sluice_state::StateSource>> =
@@ -49,6 +61,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         host_routing: host_routing.clone(),
         started,
         observer,
+        events: events.clone(),
     })?);
     let report = agent.resync(true).await?;
     let listener = crate::api::bind(&config.socket)?;
@@ -102,17 +115,43 @@ async fn shutdown_signal() {
     }
 }
 
-/// `auto` takes `bpf` when the probe passes; `bpf` insists; `legacy` is taken as asked.
-pub fn decide_host_routing(requested: HostRoutingRequest) -> Result<HostRoutingDecision, AgentError> {
+/// `legacy` is taken as asked. Otherwise `bpf` needs the kernel's helpers (probed) and, unless
+/// `bpf-force`, a clean host firewall audit: a rule pod traffic would silently skip keeps the
+/// node in `legacy`, and the decision is recorded as an event naming the rules.
+pub fn decide_host_routing(
+    requested: HostRoutingRequest,
+    audit: impl FnOnce() -> firewall::Audit,
+    events: &Events,
+) -> Result<HostRoutingDecision, AgentError> {
+    let decision = |mode, reason: String| HostRoutingDecision { mode, reason };
     if requested == HostRoutingRequest::Legacy {
-        return Ok(HostRoutingDecision { mode: HostRouting::Legacy, reason: "legacy requested by configuration".into() });
+        return Ok(decision(HostRouting::Legacy, "legacy requested by configuration".into()));
     }
     let probe = sluice_datapath::probe_host_routing();
-    match (requested, probe.supported) {
-        (_, true) => Ok(HostRoutingDecision { mode: HostRouting::Bpf, reason: probe.reason }),
-        (HostRoutingRequest::Bpf, false) => Err(AgentError::HostRoutingUnavailable(probe.reason)),
-        _ => Ok(HostRoutingDecision { mode: HostRouting::Legacy, reason: format!("bpf unavailable, fell back: {}", probe.reason) }),
+    if !probe.supported {
+        let reason = format!("bpf unavailable, fell back to legacy: {}", probe.reason);
+        events.record(Reason::HostRoutingFallback, reason.clone())?;
+        return Ok(decision(HostRouting::Legacy, reason));
     }
+    let audit = audit();
+    for p in &audit.problems {
+        tracing::warn!(source = %p.source, "host firewall audit could not read a source: {}", p.problem);
+    }
+    let bypassed: Vec<String> = audit.report.bypassed().map(firewall::describe).collect();
+    if bypassed.is_empty() {
+        let reason = format!("{}; host firewall audit clean ({} rules read from {})", probe.reason, audit.report.verdicts.len(), audit.sources_read.join(", "));
+        events.record(Reason::HostRoutingEnabled, reason.clone())?;
+        return Ok(decision(HostRouting::Bpf, reason));
+    }
+    let list = bypassed.join("; ");
+    if requested == HostRoutingRequest::BpfForce {
+        let reason = format!("bpf forced although {} rule(s) would be bypassed for pod traffic: {list}", bypassed.len());
+        events.record(Reason::HostRoutingForced, reason.clone())?;
+        return Ok(decision(HostRouting::Bpf, reason));
+    }
+    let reason = format!("bpf refused, staying legacy: {} rule(s) would be bypassed for pod traffic: {list}", bypassed.len());
+    events.record(Reason::HostRoutingRefused, reason.clone())?;
+    Ok(decision(HostRouting::Legacy, reason))
 }
 
 /// bpf_fib_lookup only forwards when the ingress device forwards, and legacy routing needs it

@@ -24,6 +24,8 @@ pub enum AgentError {
     Endpoints(#[from] EndpointStoreError),
     #[error("database: {0}")]
     Db(#[from] DbError),
+    #[error("events: {0}")]
+    Events(#[from] crate::events::EventError),
     #[error("datapath: {0}")]
     Datapath(#[from] sluice_datapath::DatapathError),
     #[error("state source: {0}")]

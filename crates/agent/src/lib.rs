@@ -16,6 +16,8 @@ pub mod daemon;
 pub mod db;
 pub mod endpoints;
 pub mod error;
+pub mod events;
+pub mod firewall;
 pub mod identity;
 pub mod ipam;
 pub mod metrics;

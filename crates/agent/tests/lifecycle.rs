@@ -422,6 +422,7 @@ fn start(config: &AgentConfig, db: &Arc<AgentDb>, datapath: &SharedFake, plumber
         netdevs: vec![],
         started: Instant::now(),
         observer: Arc::new(sluice_agent::observer::Observer::new("n0", 16)),
+        events: Arc::new(sluice_agent::events::Events::new(db.clone(), "n0", 16).expect("event log")),
     })
     .expect("the agent starts on a fresh or reopened database")
 }

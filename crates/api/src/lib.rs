@@ -43,4 +43,10 @@ pub mod paths {
     pub const FLOWS_FOLLOW: &str = "/v1/flows/follow";
     /// `GET` → the node's metrics in Prometheus text format.
     pub const METRICS: &str = "/v1/metrics";
+    /// `GET` → the node's events (Kubernetes Event objects), oldest first.
+    pub const EVENTS: &str = "/v1/events";
+    /// `GET` → newline-delimited Kubernetes Events as they are recorded.
+    pub const EVENTS_FOLLOW: &str = "/v1/events/follow";
+    /// `GET` → the host firewall audit of the agent's namespace, now.
+    pub const PREFLIGHT: &str = "/v1/preflight";
 }

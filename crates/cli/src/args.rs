@@ -71,9 +71,36 @@ pub enum Command {
     Up {
         #[arg(long, default_value_t = 1)]
         nodes: usize,
-        /// auto, bpf or legacy.
+        /// auto, bpf, bpf-force or legacy.
         #[arg(long, default_value = "auto")]
         host_routing: String,
+        /// The agents' firewall guard: off, detect or enforce.
+        #[arg(long, default_value = "detect")]
+        guard: String,
+        /// The agents' monitor aggregation: off, medium or all.
+        #[arg(long, default_value = "medium")]
+        monitor: String,
+    },
+    /// Audit the node's netfilter rules: which would pod traffic skip under eBPF host routing?
+    /// Exit code 0 when clean, 1 when a rule would be bypassed.
+    Preflight {
+        #[arg(long)]
+        node: Option<String>,
+        /// Show harmless rules too.
+        #[arg(long)]
+        all: bool,
+        #[arg(short, long)]
+        output: Option<Output>,
+    },
+    /// The node's events (Kubernetes Event objects): host routing decisions, detected rules,
+    /// guard blocks, restarts.
+    Events {
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(short, long)]
+        follow: bool,
+        #[arg(short, long)]
+        output: Option<Output>,
     },
     /// Remove the lab and everything it made.
     Down,

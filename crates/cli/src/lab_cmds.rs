@@ -19,10 +19,10 @@ fn step(line: &str) {
     eprintln!("  {line}");
 }
 
-pub async fn up(lab: &str, nodes: usize, host_routing: String) -> anyhow::Result<ExitCode> {
+pub async fn up(lab: &str, nodes: usize, host_routing: String, guard: String, monitor: String) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     eprintln!("Starting lab {lab:?} with {nodes} node(s)...");
-    let opts = UpOptions { nodes, host_routing, ..UpOptions::new(lab, sluice_binary()?) };
+    let opts = UpOptions { nodes, host_routing, guard, monitor, ..UpOptions::new(lab, sluice_binary()?) };
     Lab::up(opts, &mut |s| step(s)).await?;
     eprintln!("Lab {lab:?} is up in {:.1} s. Next: sluice apply -f <manifest>", started.elapsed().as_secs_f64());
     Ok(ExitCode::SUCCESS)

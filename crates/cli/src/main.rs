@@ -14,6 +14,11 @@ use clap::Parser;
 use args::{Cli, Command};
 
 fn main() -> ExitCode {
+    // Die quietly on a closed pipe (`sluice observe | head`), as Unix tools do.
+    // SAFETY: setting a signal's disposition to its default before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
@@ -41,7 +46,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Command::Observe(args) => observe_cmds::observe(&target, args).await,
             Command::Metrics { node } => observe_cmds::metrics(&target, node.as_deref()).await,
-            Command::Up { nodes, host_routing } => lab_cmds::up(&cli.lab, nodes, host_routing).await,
+            Command::Up { nodes, host_routing, guard, monitor } => lab_cmds::up(&cli.lab, nodes, host_routing, guard, monitor).await,
+            Command::Preflight { node, all, output } => node_cmds::preflight(&target, node.as_deref(), all, output).await,
+            Command::Events { node, follow, output } => node_cmds::events(&target, node.as_deref(), follow, output).await,
             Command::Down => lab_cmds::down(&cli.lab).await,
             Command::RestartAgent { node } => lab_cmds::restart_agent(&cli.lab, &node).await,
             Command::Apply { file, timeout } => lab_cmds::apply(&cli.lab, &file, timeout).await,

@@ -87,3 +87,68 @@ pub async fn endpoint_list(target: &Target, node: Option<&str>, output: Option<O
     table.print();
     Ok(ExitCode::SUCCESS)
 }
+
+pub async fn preflight(target: &Target, node: Option<&str>, all: bool, output: Option<Output>) -> anyhow::Result<ExitCode> {
+    let socket = socket(target, node)?;
+    let answer: serde_json::Value =
+        Client::new(&socket).get(paths::PREFLIGHT).await.with_context(|| format!("asking the agent at {}", socket.display()))?;
+    let clean = answer["report"]["clean"].as_bool().unwrap_or(false);
+    match output {
+        Some(o @ (Output::Json | Output::Yaml)) => print_structured(&answer, o)?,
+        _ => {
+            println!("Node {} (host routing {}), rules read from: {}", answer["node"].as_str().unwrap_or("?"), answer["hostRouting"].as_str().unwrap_or("?"), join(&answer["sourcesRead"]));
+            if all {
+                // The agent's table leaves harmless rules out; list them here.
+                for v in answer["report"]["verdicts"].as_array().into_iter().flatten() {
+                    if v["class"] == "harmless" {
+                        println!("  harmless  {} {}  {}", v["rule"]["table"].as_str().unwrap_or(""), v["rule"]["chain"].as_str().unwrap_or(""), v["rule"]["text"].as_str().unwrap_or(""));
+                    }
+                }
+            }
+            print!("{}", answer["table"].as_str().unwrap_or(""));
+            for p in answer["problems"].as_array().into_iter().flatten() {
+                eprintln!("warning: {} could not be read: {}", p["source"].as_str().unwrap_or("?"), p["problem"].as_str().unwrap_or("?"));
+            }
+        }
+    }
+    Ok(if clean { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn join(v: &serde_json::Value) -> String {
+    v.as_array().map(|a| a.iter().filter_map(|s| s.as_str()).collect::<Vec<_>>().join(", ")).unwrap_or_default()
+}
+
+pub async fn events(target: &Target, node: Option<&str>, follow: bool, output: Option<Output>) -> anyhow::Result<ExitCode> {
+    let socket = socket(target, node)?;
+    let client = Client::new(&socket);
+    let json = output == Some(Output::Json);
+    let print = |e: &serde_json::Value| {
+        if json {
+            println!("{e}");
+        } else {
+            println!(
+                "{}  {:<8} {:<22} {}",
+                e["lastTimestamp"].as_str().unwrap_or(""),
+                e["type"].as_str().unwrap_or(""),
+                e["reason"].as_str().unwrap_or(""),
+                e["message"].as_str().unwrap_or("")
+            );
+        }
+    };
+    let history: Vec<serde_json::Value> = client.get(paths::EVENTS).await.with_context(|| format!("asking the agent at {}", socket.display()))?;
+    if !json && !history.is_empty() {
+        println!("{:<20}  {:<8} {:<22} MESSAGE", "LAST SEEN", "TYPE", "REASON");
+    }
+    history.iter().for_each(print);
+    if follow {
+        client
+            .follow_lines(paths::EVENTS_FOLLOW, |line| {
+                if let Ok(e) = serde_json::from_str::<serde_json::Value>(line) {
+                    print(&e);
+                }
+                true
+            })
+            .await?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

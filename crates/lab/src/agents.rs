@@ -11,7 +11,7 @@ use crate::state::NodeState;
 use crate::LabError;
 
 /// The agent configuration of a lab node.
-pub fn agent_config(node: &NodeState, lab_dir: &Path, host_routing: &str) -> String {
+pub fn agent_config(node: &NodeState, lab_dir: &Path, opts: &crate::UpOptions) -> String {
     format!(
         "# Written by `sluice up`.\n\
          nodeName: {name}\n\
@@ -20,6 +20,9 @@ pub fn agent_config(node: &NodeState, lab_dir: &Path, host_routing: &str) -> Str
          bpffs: {bpffs}\n\
          podCIDRs: [\"{v4}\", \"{v6}\"]\n\
          hostRouting: {host_routing}\n\
+         guard: {guard}\n\
+         guardCgroup: {cgroup}\n\
+         monitorAggregation: {monitor}\n\
          devices: [eth0]\n\
          metricsAddress: \"127.0.0.1:9962\"\n\
          mtu: 1500\n\
@@ -31,6 +34,10 @@ pub fn agent_config(node: &NodeState, lab_dir: &Path, host_routing: &str) -> Str
         v4 = names::pod_cidr_v4(node.index),
         v6 = names::pod_cidr_v6(node.index),
         store = lab_dir.join("store.json").display(),
+        host_routing = opts.host_routing,
+        guard = opts.guard,
+        cgroup = node.cgroup.display(),
+        monitor = opts.monitor,
     )
 }
 

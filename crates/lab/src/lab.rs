@@ -22,8 +22,12 @@ use crate::{agents, cgroup, topology, LabError};
 pub struct UpOptions {
     pub name: String,
     pub nodes: usize,
-    /// `auto`, `bpf` or `legacy`, passed to every agent.
+    /// `auto`, `bpf`, `bpf-force` or `legacy`, passed to every agent.
     pub host_routing: String,
+    /// `off`, `detect` or `enforce`: the agents' firewall guard.
+    pub guard: String,
+    /// `off`, `medium` or `all`: the agents' monitor aggregation.
+    pub monitor: String,
     /// The `sluice` binary (agents and shims run it); `sluice-cni` must be beside it.
     pub sluice: PathBuf,
     pub agent_timeout: Duration,
@@ -31,7 +35,15 @@ pub struct UpOptions {
 
 impl UpOptions {
     pub fn new(name: &str, sluice: PathBuf) -> Self {
-        Self { name: name.into(), nodes: 1, host_routing: "auto".into(), sluice, agent_timeout: Duration::from_secs(20) }
+        Self {
+            name: name.into(),
+            nodes: 1,
+            host_routing: "auto".into(),
+            guard: "detect".into(),
+            monitor: "medium".into(),
+            sluice,
+            agent_timeout: Duration::from_secs(20),
+        }
     }
 }
 
@@ -102,8 +114,14 @@ impl Lab {
         if !(1..=8).contains(&opts.nodes) {
             return Err(LabError::Invalid(format!("--nodes {} is outside 1..=8", opts.nodes)));
         }
-        if !["auto", "bpf", "legacy"].contains(&opts.host_routing.as_str()) {
-            return Err(LabError::Invalid(format!("host routing {:?} is not one of auto, bpf, legacy", opts.host_routing)));
+        if !["auto", "bpf", "bpf-force", "legacy"].contains(&opts.host_routing.as_str()) {
+            return Err(LabError::Invalid(format!("host routing {:?} is not one of auto, bpf, bpf-force, legacy", opts.host_routing)));
+        }
+        if !["off", "detect", "enforce"].contains(&opts.guard.as_str()) {
+            return Err(LabError::Invalid(format!("guard {:?} is not one of off, detect, enforce", opts.guard)));
+        }
+        if !["off", "medium", "all"].contains(&opts.monitor.as_str()) {
+            return Err(LabError::Invalid(format!("monitor {:?} is not one of off, medium, all", opts.monitor)));
         }
         let names = LabNames::new(&opts.name);
         let dir = names.dir();
@@ -158,7 +176,7 @@ impl Lab {
             self.save()?;
             topology::create_node(&self.names, index, opts.nodes, &node.netns).await?;
             cgroup::create(&node.cgroup)?;
-            let config = agents::agent_config(&node, &self.names.dir(), &opts.host_routing);
+            let config = agents::agent_config(&node, &self.names.dir(), opts);
             std::fs::write(node.dir.join("agent.yaml"), config).map_err(|e| LabError::io("writing agent.yaml", e))?;
             let pid = agents::start_agent(&self.bins.sluice, &node, &self.names)?;
             self.state.nodes[index].agent_pid = Some(pid);
