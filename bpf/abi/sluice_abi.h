@@ -151,4 +151,32 @@ struct traffic_counter {
 	__u64 bytes;
 };
 
+/*
+ * The netfilter guard (guard.c): a cgroup setsockopt program that refuses iptables-legacy rule
+ * installs from processes in the agent's cgroup, because pod traffic routed by the datapath
+ * skips the rules those installs would add.
+ */
+#define SLUICE_SOL_IP 0             /* SOL_IP */
+#define SLUICE_SOL_IPV6 41          /* SOL_IPV6 */
+#define SLUICE_IPT_SO_SET_REPLACE 64 /* IPT_SO_SET_REPLACE and IP6T_SO_SET_REPLACE: a table install */
+/* Size of the guard_events ring buffer. */
+#define SLUICE_GUARD_EVENTS_BYTES (64 * 1024)
+
+/* Index of the guard_counters per-CPU array. */
+enum sluice_guard_counter {
+	SLUICE_GUARD_BLOCKED = 0,     /* setsockopt calls refused */
+	SLUICE_GUARD_EVENTS_LOST = 1, /* refusals not reported: guard_events was full */
+	SLUICE_GUARD_COUNTER_MAX = 2,
+};
+
+/* One record of the guard_events ring buffer: a refused table install (40 bytes). */
+struct guard_event {
+	__u64 timestamp_ns; /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
+	__u32 pid;          /* thread group id (the process id) of the caller */
+	__u32 level;        /* SLUICE_SOL_IP or SLUICE_SOL_IPV6 */
+	__u32 optname;      /* SLUICE_IPT_SO_SET_REPLACE */
+	__u8 comm[16];      /* the caller's command name, NUL-terminated (TASK_COMM_LEN) */
+	__u32 pad;
+};
+
 #endif /* SLUICE_ABI_H */
