@@ -47,6 +47,22 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     if host_routing.mode == HostRouting::Bpf && config.guard != GuardMode::Off {
         firewall::watch::spawn_guard(audit_ctx.clone(), events.clone());
     }
+    // Held until the agent stops: dropping it detaches the guard program.
+    let _guard = match (host_routing.mode, config.guard) {
+        (HostRouting::Bpf, GuardMode::Enforce) => {
+            let scope = config.guard_cgroup.clone().or_else(firewall::watch::default_guard_cgroup).ok_or_else(|| AgentError::Startup {
+                action: "finding the cgroup to guard (set guardCgroup)".into(),
+                source: std::io::Error::other("the agent's own cgroup has no parent on the cgroup2 mount"),
+            })?;
+            let guard = firewall::watch::enforce(&scope, events.clone())?;
+            events.record(
+                Reason::GuardEnabled,
+                format!("guard enforcing in cgroup {}: iptables-legacy rule installs are refused there; nftables and iptables-nft changes are detected, not refused (no BPF LSM)", scope.display()),
+            )?;
+            Some(guard)
+        }
+        _ => None,
+    };
     let observer = Arc::new(Observer::new(&config.node_name, config.flow_buffer));
     let reader = datapath.take_events().map(|ring| tokio::spawn(crate::observer::read_events(observer.clone(), ring)));
     let state: Option<Arc<dyn sluice_state::StateSource>> =

@@ -129,3 +129,49 @@ pub fn spawn_guard(ctx: super::AuditContext, events: std::sync::Arc<crate::event
         tracing::error!("cannot start the firewall guard: {e}");
     }
 }
+
+/// `guard: enforce`: attaches the guard program to `cgroup` (refusing iptables-legacy rule
+/// installs from its processes) and turns each refusal into a `GuardBlocked` event. The guard
+/// lives as long as the returned handle: it is not pinned, so enforcement ends with the agent.
+pub fn enforce(cgroup: &std::path::Path, events: std::sync::Arc<crate::events::Events>) -> Result<sluice_datapath::Guard, sluice_datapath::DatapathError> {
+    use crate::events::Reason;
+    let mut guard = sluice_datapath::Guard::attach(cgroup)?;
+    if let Some(ring) = guard.take_events() {
+        let cgroup_name = cgroup.display().to_string();
+        tokio::spawn(async move {
+            // SAFETY: the ring buffer owns its descriptor and moves into the AsyncFd, which keeps
+            // it open while registered.
+            let mut fd = match unsafe { tokio::io::unix::AsyncFd::register(ring) } {
+                Ok(fd) => fd,
+                Err(e) => {
+                    tracing::error!("cannot watch the guard's events: {e}");
+                    return;
+                }
+            };
+            loop {
+                let Ok(mut ready) = fd.readable_mut().await else { return };
+                let ring = ready.get_inner_mut();
+                while let Some(item) = ring.next() {
+                    if let Some(ev) = sluice_datapath::decode_guard_event(&item) {
+                        let family = if ev.level == sluice_abi::SLUICE_SOL_IPV6 { "ip6tables" } else { "iptables" };
+                        let _ = events.record(
+                            Reason::GuardBlocked,
+                            format!("refused an {family}-legacy rule install by {} (pid {}) in cgroup {cgroup_name}: pod traffic would skip it under eBPF host routing", ev.comm, ev.pid),
+                        );
+                    }
+                }
+                ready.clear_ready();
+            }
+        });
+    }
+    Ok(guard)
+}
+
+/// The default guarded scope: the parent of the agent's own cgroup (the node's subtree).
+pub fn default_guard_cgroup() -> Option<std::path::PathBuf> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let rel = own.lines().find_map(|l| l.strip_prefix("0::"))?.trim().to_owned();
+    let root = sluice_datapath::cgroup2_mount().ok()?;
+    let own_dir = root.join(rel.trim_start_matches('/'));
+    own_dir.parent().map(|p| p.to_path_buf()).filter(|p| p.starts_with(&root))
+}
