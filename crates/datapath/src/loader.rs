@@ -159,6 +159,14 @@ impl BpfDatapath {
         let mode = opts.host_routing;
         let links = pin_dir.join("links");
         fs::create_dir_all(&links).map_err(|e| DatapathError::os(format!("creating {}", links.display()), e))?;
+        // The events ring buffer is made anew by every agent: a reader opened on a ring that an
+        // earlier reader left part-consumed starts from a stale producer position (aya 0.13)
+        // and would read old records forever. Programs still attached keep the old ring until
+        // their links are updated; what they report meanwhile had no reader anyway.
+        let events_pin = pin_dir.join("events");
+        if events_pin.exists() {
+            fs::remove_file(&events_pin).map_err(|e| DatapathError::os(format!("removing {}", events_pin.display()), e))?;
+        }
         let mut from_pod = load_object(FROM_POD, Objects::FROM_POD, pin_dir, opts)?;
         let from_netdev = load_object(FROM_NETDEV, Objects::FROM_NETDEV, pin_dir, opts)?;
         let endpoints = take_map(&mut from_pod, "endpoints", HashMap::try_from)?;
