@@ -127,10 +127,20 @@ pub async fn read_events(observer: std::sync::Arc<Observer>, ring: aya::maps::Ri
             }
         };
         let ring = guard.get_inner_mut();
+        // A bounded batch per wake-up, then yield: a busy datapath must not starve the API.
+        let mut batch = 0;
         while let Some(item) = ring.next() {
             observer.ingest(&item);
+            batch += 1;
+            if batch == 4096 {
+                break;
+            }
         }
-        guard.clear_ready();
+        if batch < 4096 {
+            guard.clear_ready();
+        }
+        drop(guard);
+        tokio::task::yield_now().await;
     }
 }
 
