@@ -9,11 +9,11 @@ have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok
 
 # command -> Debian package
 for pair in clang:clang llvm-strip:llvm ip:iproute2 iperf3:iperf3 iptables:iptables ping:iputils-ping \
-            nc:netcat-openbsd ps:procps curl:curl prometheus:prometheus; do
+            nc:netcat-openbsd ps:procps curl:curl prometheus:prometheus sockperf:sockperf; do
   cmd=${pair%%:*}; pkg=${pair#*:}
   have_cmd "$cmd" || need+=("$pkg")
 done
-for pkg in libclang-dev libbpf-dev linux-libc-dev; do
+for pkg in libclang-dev libbpf-dev linux-libc-dev containernetworking-plugins fonts-dejavu-core; do
   have_pkg "$pkg" || need+=("$pkg")
 done
 

@@ -129,6 +129,14 @@ static __always_inline void trace_event(struct __sk_buff *skb, __u8 kind)
 	if (!flow_of(skb, &key, &flags))
 		return;
 	flags &= TCP_REPORTED_FLAGS;
+	/* TCP needs no flow table: a connection starts with a SYN and each change of state
+	 * carries SYN, FIN or RST, so the flags alone decide, and the packets in between (all of
+	 * a stream's data) cost no map lookup. */
+	if (key.proto == IPPROTO_TCP) {
+		if (flags)
+			emit_event(skb, SLUICE_EVENT_TRACE, kind);
+		return;
+	}
 	struct flow_state *seen = bpf_map_lookup_elem(&trace_flows, &key);
 	if (seen) {
 		if (!(flags & ~seen->tcp_flags))

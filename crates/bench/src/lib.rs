@@ -1,29 +1,28 @@
-//! Benchmarks of Sluice, run on real labs. Each benchmark builds its own lab, measures, removes
-//! the lab, and returns figures with the machine they were taken on; the CLI writes them as
-//! JSON and Markdown (`sluice bench`).
+//! Benchmarks of Sluice, run on real labs. Each benchmark builds what it measures, measures, tears
+//! it down (also on failure), and returns figures with the machine they were taken on; the CLI
+//! writes them as JSON, Markdown and, for the datapath comparison, a PNG chart (`sluice bench`).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), sluice_bench::BenchError> {
-//! let opts = sluice_bench::ControlPlaneOptions::new("/usr/local/bin/sluice".into());
-//! let result = sluice_bench::control_plane(&opts, &mut |line| eprintln!("{line}")).await?;
-//! println!("{}", result.markdown());
+//! let opts = sluice_bench::DatapathOptions::new("/usr/local/bin/sluice".into(), true);
+//! let report = sluice_bench::datapath(&opts, &mut |line| eprintln!("{line}")).await?;
+//! println!("{}", report.markdown());
 //! # Ok(()) }
 //! ```
 
+pub mod configurations;
 mod control_plane;
+mod datapath;
+mod error;
 mod machine;
+mod process;
+pub mod report;
 mod stats;
+pub mod workloads;
 
 pub use control_plane::{control_plane, ControlPlaneOptions, ControlPlaneResult};
+pub use datapath::{datapath, DatapathOptions};
+pub use error::BenchError;
 pub use machine::Machine;
+pub use report::Report;
 pub use stats::Summary;
-
-/// Why a benchmark could not complete.
-#[derive(Debug, thiserror::Error)]
-pub enum BenchError {
-    #[error("lab: {0}")]
-    Lab(#[from] sluice_lab::LabError),
-    /// The lab did not behave as the benchmark requires (a sanity check failed).
-    #[error("check failed: {0}")]
-    Check(String),
-}

@@ -145,10 +145,14 @@ pub enum Command {
         #[arg(last = true, required = true)]
         argv: Vec<String>,
     },
-    /// Benchmarks (each builds its own lab).
+    /// Benchmarks. Without a subcommand: the datapath comparison (limit, sluice-bpf,
+    /// sluice-legacy, classic; TCP_STREAM, TCP_RR, TCP_CRR). Each builds what it measures.
+    #[command(args_conflicts_with_subcommands = true)]
     Bench {
         #[command(subcommand)]
-        bench: BenchCommand,
+        bench: Option<BenchCommand>,
+        #[command(flatten)]
+        datapath: DatapathBenchArgs,
     },
     /// The pod shim (started by the lab runtime, not by hand).
     #[command(hide = true)]
@@ -172,6 +176,42 @@ pub enum BenchCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// The TCP_CRR server (started by the datapath benchmark in the server pod).
+    #[command(hide = true)]
+    CrrServer {
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+    },
+    /// The TCP_CRR client (started by the datapath benchmark in the client pod); prints a
+    /// JSON report.
+    #[command(hide = true)]
+    CrrClient {
+        #[arg(long)]
+        connect: std::net::SocketAddr,
+        #[arg(long)]
+        seconds: f64,
+    },
+}
+
+/// `sluice bench` without a subcommand: the datapath comparison.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DatapathBenchArgs {
+    /// One round of 1 s per workload: checks the harness end to end; not a measurement.
+    #[arg(long)]
+    pub quick: bool,
+    /// Only these configurations and/or workloads, comma-separated: limit, sluice-bpf,
+    /// sluice-legacy, classic; tcp-stream-1, tcp-stream-4, tcp-rr, tcp-crr.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// Directory for results.json, results.md and results.png.
+    #[arg(long, default_value = "results/datapath")]
+    pub out: PathBuf,
+    /// Rounds (default 5; 1 with --quick).
+    #[arg(long)]
+    pub rounds: Option<usize>,
+    /// Seconds per workload run (default 5; 1 with --quick).
+    #[arg(long)]
+    pub seconds: Option<u64>,
 }
 
 #[derive(Debug, Clone, clap::Args)]

@@ -1,9 +1,49 @@
-//! `sluice bench`: run a benchmark, print its table, write results.json and results.md.
+//! `sluice bench`: run a benchmark, print its table, write its results. Without a subcommand it
+//! runs the datapath comparison; `control-plane` measures the control plane; the hidden
+//! `crr-server` / `crr-client` are the TCP_CRR load generator the datapath comparison starts.
 
 use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
+
+use crate::args::{BenchCommand, DatapathBenchArgs};
+
+pub async fn bench(command: Option<BenchCommand>, datapath: DatapathBenchArgs) -> anyhow::Result<ExitCode> {
+    match command {
+        None => datapath_comparison(datapath).await,
+        Some(BenchCommand::ControlPlane { pods, restarts, out }) => control_plane(pods, restarts, out.as_deref()).await,
+        Some(BenchCommand::CrrServer { listen }) => {
+            sluice_bench::workloads::crr::serve(listen).with_context(|| format!("serving TCP_CRR on {listen}"))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(BenchCommand::CrrClient { connect, seconds }) => {
+            let report = sluice_bench::workloads::crr::drive(connect, seconds).with_context(|| format!("TCP_CRR to {connect}"))?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn datapath_comparison(args: DatapathBenchArgs) -> anyhow::Result<ExitCode> {
+    let sluice = std::env::current_exe().context("finding the sluice binary")?;
+    let mut opts = sluice_bench::DatapathOptions::new(sluice, args.quick);
+    opts.rounds = args.rounds.unwrap_or(opts.rounds);
+    opts.seconds = args.seconds.unwrap_or(opts.seconds);
+    opts.only = args.only;
+    opts.command = std::env::args().collect::<Vec<_>>().join(" ");
+    let mut print = |line: &str| eprintln!("{line}");
+    let run = sluice_bench::datapath(&opts, &mut print);
+    // Ctrl-C drops the run, and with it every configuration, which removes itself.
+    let report = tokio::select! {
+        report = run => report?,
+        _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted; everything the benchmark built has been removed"),
+    };
+    println!("{}", report.markdown());
+    report.write(&args.out).with_context(|| format!("writing results to {}", args.out.display()))?;
+    eprintln!("results written to {} (results.json, results.md, results.png)", args.out.display());
+    Ok(ExitCode::SUCCESS)
+}
 
 pub async fn control_plane(pods: usize, restarts: usize, out: Option<&Path>) -> anyhow::Result<ExitCode> {
     let sluice = std::env::current_exe().context("finding the sluice binary")?;

@@ -57,9 +57,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Command::Delete { file, resource, namespace } => lab_cmds::delete(&cli.lab, file.as_deref(), &resource, &namespace).await,
             Command::Exec { pod, namespace, argv } => lab_cmds::exec(&cli.lab, &pod, &namespace, &argv),
-            Command::Bench { bench: args::BenchCommand::ControlPlane { pods, restarts, out } } => {
-                bench_cmds::control_plane(pods, restarts, out.as_deref()).await
-            }
+            Command::Bench { bench, datapath } => bench_cmds::bench(bench, datapath).await,
             Command::LabShim { .. } => Ok(ExitCode::SUCCESS),
         }
     })

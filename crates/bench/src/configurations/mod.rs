@@ -1,0 +1,238 @@
+//! The configurations compared side by side, each built fresh with the same two pods (client
+//! and server) on one node, and each able to prove after a workload that it is what it claims:
+//! the direct veth pair (the limit), Sluice in both host routing modes, the classic bridge CNI.
+
+mod classic;
+mod counters;
+mod guard;
+mod kube_proxy;
+mod limit;
+mod sluice;
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+pub use classic::CNI_BIN_DIR;
+pub use kube_proxy::{Services, SERVICES};
+
+use crate::BenchError;
+use guard::Guard;
+
+/// The pods' interface, and the MTU of every pod link in every configuration.
+pub const POD_IFNAME: &str = "eth0";
+pub const MTU: u32 = 1500;
+
+/// A counter must move by at least this much to count as "moved" during a workload.
+const MOVED: u64 = 100;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum Configuration {
+    #[serde(rename = "limit")]
+    Limit,
+    #[serde(rename = "sluice-bpf")]
+    SluiceBpf,
+    #[serde(rename = "sluice-legacy")]
+    SluiceLegacy,
+    #[serde(rename = "classic")]
+    Classic,
+}
+
+/// What every configuration hands the workloads: the pods' namespaces and the server's address.
+#[derive(Debug, Clone)]
+pub struct Pods {
+    pub client: PathBuf,
+    pub server: PathBuf,
+    pub server_ip: Ipv4Addr,
+}
+
+/// Names and places a run's configurations share.
+#[derive(Debug, Clone)]
+pub struct BuildEnv {
+    /// Short and unique per run: part of every namespace and lab name.
+    pub run: String,
+    /// The `sluice` binary (labs run its agent; `sluice-cni` is beside it).
+    pub sluice: PathBuf,
+    /// The run's scratch directory (IPAM state, logs).
+    pub work_dir: PathBuf,
+}
+
+/// Counters read before and after each workload, by name.
+pub type Counters = BTreeMap<&'static str, u64>;
+
+const NODE_FORWARDED: &str = "node IpForwDatagrams";
+const SLUICE_REDIRECTS: &str = "Sluice local-endpoint redirects";
+const KUBE_FORWARD: &str = "iptables FORWARD -> KUBE-FORWARD packets";
+const KUBE_SERVICES: &str = "iptables nat PREROUTING -> KUBE-SERVICES packets";
+const AGENT_CPU_MS: &str = "agent CPU ms";
+const CLIENT_TX: &str = "client eth0 tx packets";
+const SERVER_RX: &str = "server eth0 rx packets";
+
+/// What a check found: the claim and how much each counter moved.
+#[derive(Debug, Clone, Serialize)]
+pub struct Evidence {
+    pub claim: &'static str,
+    pub deltas: BTreeMap<&'static str, u64>,
+}
+
+/// A configuration, built and running.
+pub struct Built {
+    pub configuration: Configuration,
+    pub pods: Pods,
+    node: Node,
+    guard: Guard,
+}
+
+/// What sits between the pods, as the checks see it.
+enum Node {
+    None,
+    Sluice(sluice::Node),
+    Classic(PathBuf),
+}
+
+// === impl Configuration ===
+
+impl Configuration {
+    pub const ALL: [Self; 4] = [Self::Limit, Self::SluiceBpf, Self::SluiceLegacy, Self::Classic];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Limit => "limit",
+            Self::SluiceBpf => "sluice-bpf",
+            Self::SluiceLegacy => "sluice-legacy",
+            Self::Classic => "classic",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.name() == name)
+    }
+
+    pub fn description(self) -> &'static str {
+        match self {
+            Self::Limit => "a direct veth pair between the client and server namespaces, no node hop: the physical limit",
+            Self::SluiceBpf => "a one-node Sluice lab, eBPF host routing (bpf_redirect_peer between the pods' veths)",
+            Self::SluiceLegacy => "a one-node Sluice lab, legacy host routing (the node's IP stack routes)",
+            Self::Classic => {
+                "Debian's containernetworking-plugins bridge + host-local on a node namespace (br_netfilter on), \
+                 with kube-proxy-style iptables rules for 10 dummy services of 3 backends"
+            }
+        }
+    }
+
+    /// What the per-workload check proves.
+    pub fn claim(self) -> &'static str {
+        match self {
+            Self::Limit => "every packet the client sends arrives at the server's end of the pair (nothing in between)",
+            Self::SluiceBpf => "the datapath redirects pod to pod; the node's IP stack forwards nothing",
+            Self::SluiceLegacy => "the node's IP stack forwards the traffic; the datapath redirects nothing",
+            Self::Classic => "bridged traffic walks the node's iptables FORWARD rules; new connections walk KUBE-SERVICES",
+        }
+    }
+}
+
+impl std::fmt::Display for Configuration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+// === impl BuildEnv ===
+
+impl BuildEnv {
+    /// A named network namespace of this run.
+    pub fn netns_name(&self, what: &str) -> String {
+        format!("sluice-bench-{}-{what}", self.run)
+    }
+
+    /// A lab name of this run (at most 20 characters).
+    pub fn lab_name(&self, mode: &str) -> String {
+        format!("bench-{}-{mode}", self.run)
+    }
+}
+
+// === impl Built ===
+
+impl Built {
+    /// Builds a configuration from nothing. A failure part way removes what was made.
+    pub async fn build(configuration: Configuration, env: &BuildEnv) -> Result<Self, BenchError> {
+        let (pods, node, guard) = match configuration {
+            Configuration::Limit => {
+                let (pods, guard) = limit::build(env).await?;
+                (pods, Node::None, guard)
+            }
+            Configuration::SluiceBpf | Configuration::SluiceLegacy => {
+                let mode = if configuration == Configuration::SluiceBpf { "bpf" } else { "legacy" };
+                let (pods, node, guard) = sluice::build(env, mode).await?;
+                (pods, Node::Sluice(node), guard)
+            }
+            Configuration::Classic => {
+                let (pods, node, guard) = classic::build(env).await?;
+                (pods, Node::Classic(node), guard)
+            }
+        };
+        Ok(Self { configuration, pods, node, guard })
+    }
+
+    /// The counters the check compares.
+    pub async fn counters(&self) -> Result<Counters, BenchError> {
+        let mut c = Counters::new();
+        match &self.node {
+            Node::None => {
+                c.insert(CLIENT_TX, counters::link_packets(&self.pods.client, POD_IFNAME).await?.1);
+                c.insert(SERVER_RX, counters::link_packets(&self.pods.server, POD_IFNAME).await?.0);
+            }
+            Node::Sluice(node) => {
+                c.insert(NODE_FORWARDED, counters::ip_forwarded(&node.netns).await?);
+                c.insert(SLUICE_REDIRECTS, counters::sluice_redirects(&node.socket).await?);
+                // Not part of the claim: what the agent itself costs while pods talk.
+                if let Some(pid) = node.agent_pid {
+                    c.insert(AGENT_CPU_MS, counters::process_cpu_ms(pid)?);
+                }
+            }
+            Node::Classic(node) => {
+                c.insert(NODE_FORWARDED, counters::ip_forwarded(node).await?);
+                c.insert(KUBE_FORWARD, kube_proxy::jump_packets(node, "filter", "FORWARD", "KUBE-FORWARD").await?);
+                c.insert(KUBE_SERVICES, kube_proxy::jump_packets(node, "nat", "PREROUTING", "KUBE-SERVICES").await?);
+            }
+        }
+        Ok(c)
+    }
+
+    /// Whether the counters moved as this configuration claims; the error says how not.
+    pub fn verify(&self, before: &Counters, after: &Counters) -> Result<Evidence, String> {
+        let deltas: BTreeMap<&'static str, u64> = after.iter().map(|(k, v)| (*k, v.saturating_sub(before.get(k).copied().unwrap_or(0)))).collect();
+        let d = |key: &str| deltas.get(key).copied().unwrap_or(0);
+        let evidence = Evidence { claim: self.configuration.claim(), deltas: deltas.clone() };
+        let failure = match self.configuration {
+            Configuration::Limit => {
+                let (tx, rx) = (d(CLIENT_TX), d(SERVER_RX));
+                // Counters are read one after the other; a trailing ACK may fall in between.
+                (tx < MOVED || tx.abs_diff(rx) > 10.max(tx / 100)).then(|| format!("client sent {tx} packets, server received {rx}"))
+            }
+            Configuration::SluiceBpf => match (d(NODE_FORWARDED), d(SLUICE_REDIRECTS)) {
+                (0, r) if r >= MOVED => None,
+                (f, r) => Some(format!("node IpForwDatagrams moved by {f} (must stay still), datapath redirects moved by {r} (must move)")),
+            },
+            Configuration::SluiceLegacy => match (d(NODE_FORWARDED), d(SLUICE_REDIRECTS)) {
+                (f, 0) if f >= MOVED => None,
+                (f, r) => Some(format!("node IpForwDatagrams moved by {f} (must move), datapath redirects moved by {r} (must stay still)")),
+            },
+            Configuration::Classic => match (d(KUBE_FORWARD), d(KUBE_SERVICES)) {
+                (f, s) if f >= MOVED && s >= 1 => None,
+                (f, s) => Some(format!("KUBE-FORWARD saw {f} packets (must move), KUBE-SERVICES {s} new connections (must move)")),
+            },
+        };
+        match failure {
+            None => Ok(evidence),
+            Some(why) => Err(format!("{} is not what it claims ({}): {why}", self.configuration, self.configuration.claim())),
+        }
+    }
+
+    /// Removes the configuration.
+    pub async fn teardown(self) -> Result<(), BenchError> {
+        self.guard.run().await
+    }
+}

@@ -1,0 +1,277 @@
+//! The datapath comparison: builds every configuration, runs the workloads in interleaved rounds
+//! (limit, sluice-bpf, sluice-legacy, classic, then again), checks after each measurement that
+//! the configuration is what it claims, and reports medians and ratios taken in the one run.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crate::configurations::{BuildEnv, Built, Configuration, CNI_BIN_DIR, SERVICES};
+use crate::process::{self, find_on_path, in_netns, Place};
+use crate::report::{markdown_number, CheckRecord, Method, Report, Sample};
+use crate::workloads::{Run, Workload};
+use crate::{BenchError, Machine};
+
+/// Where runs keep their scratch files (IPAM state, server logs); removed at the end.
+const WORK_ROOT: &str = "/run/sluice/bench";
+
+/// A pause between measurements, so one run's trailing work (TIME_WAIT, softirq backlog) does
+/// not fall into the next.
+const SETTLE: Duration = Duration::from_millis(300);
+
+#[derive(Debug, Clone)]
+pub struct DatapathOptions {
+    /// The `sluice` binary: labs run its agent, `sluice-cni` must be beside it, and it carries
+    /// the TCP_CRR load generator.
+    pub sluice: PathBuf,
+    pub quick: bool,
+    pub rounds: usize,
+    pub seconds: u64,
+    /// Configuration and workload names to run; none means all.
+    pub only: Vec<String>,
+    /// The command line, recorded with the results.
+    pub command: String,
+    /// Short and unique per run: part of every namespace and lab name.
+    pub run: String,
+}
+
+impl DatapathOptions {
+    /// Five rounds of 5 s per workload; with `quick`, one round of 1 s.
+    pub fn new(sluice: PathBuf, quick: bool) -> Self {
+        Self {
+            sluice,
+            quick,
+            rounds: if quick { 1 } else { 5 },
+            seconds: if quick { 1 } else { 5 },
+            only: Vec::new(),
+            command: String::new(),
+            run: (std::process::id() % 100_000).to_string(),
+        }
+    }
+}
+
+/// Runs the comparison; everything it built is removed before it returns, also on failure.
+pub async fn datapath(opts: &DatapathOptions, progress: &mut dyn FnMut(&str)) -> Result<Report, BenchError> {
+    let (configurations, workloads) = select(&opts.only)?;
+    preflight(&configurations, &workloads)?;
+    if opts.rounds == 0 || opts.seconds == 0 {
+        return Err(BenchError::Invalid("rounds and seconds must be at least 1".into()));
+    }
+    let (client_cpu, server_cpu) = process::cpu_pair()?;
+    let load_average_before = load_average();
+    progress(&format!(
+        "datapath benchmark: {} × {} over {} round(s) of {} s per workload; client on CPU {client_cpu}, server on CPU {server_cpu}; load average {load_average_before}",
+        list(&configurations),
+        list(&workloads),
+        opts.rounds,
+        opts.seconds
+    ));
+    let work = WorkDir::create(PathBuf::from(WORK_ROOT).join(&opts.run))?;
+    let env = BuildEnv { run: opts.run.clone(), sluice: opts.sluice.clone(), work_dir: work.0.clone() };
+
+    // Each configuration removes itself if dropped: an error here leaves nothing behind.
+    let mut built = Vec::new();
+    for &c in &configurations {
+        let started = Instant::now();
+        progress(&format!("building {c}: {}", c.description()));
+        let b = Built::build(c, &env).await?;
+        prepare_client(&b).await?;
+        progress(&format!("  {c} ready in {:.1} s, server at {}", started.elapsed().as_secs_f64(), b.pods.server_ip));
+        built.push(b);
+    }
+    let cpus = (client_cpu, server_cpu);
+    let measured = measure(&built, &workloads, opts, cpus, &env, progress).await;
+    let mut teardown_error = None;
+    for b in built {
+        let c = b.configuration;
+        match b.teardown().await {
+            Ok(()) => progress(&format!("{c} removed")),
+            Err(e) => {
+                progress(&format!("removing {c} failed: {e}"));
+                teardown_error.get_or_insert(e);
+            }
+        }
+    }
+    let (samples, checks) = measured?;
+    if let Some(e) = teardown_error {
+        return Err(e);
+    }
+    drop(work);
+    let method = Method {
+        command: opts.command.clone(),
+        quick: opts.quick,
+        rounds: opts.rounds,
+        seconds_per_run: opts.seconds,
+        client_cpu,
+        server_cpu,
+        load_average_before,
+        load_average_after: load_average(),
+        services_on_classic: SERVICES.count,
+        backends_per_service: SERVICES.backends,
+    };
+    Ok(Report::build(Machine::describe(), method, &configurations, &workloads, &samples, checks))
+}
+
+/// The rounds: every configuration runs every workload once per round, in the same order.
+async fn measure(
+    built: &[Built],
+    workloads: &[Workload],
+    opts: &DatapathOptions,
+    (client_cpu, server_cpu): (usize, usize),
+    env: &BuildEnv,
+    progress: &mut dyn FnMut(&str),
+) -> Result<(Vec<Sample>, Vec<CheckRecord>), BenchError> {
+    let mut samples = Vec::new();
+    let mut checks = Vec::new();
+    for round in 1..=opts.rounds {
+        for b in built {
+            let c = b.configuration;
+            for &w in workloads {
+                let run = Run {
+                    client: Place { netns: b.pods.client.clone(), cpu: Some(client_cpu) },
+                    server: Place { netns: b.pods.server.clone(), cpu: Some(server_cpu) },
+                    server_ip: b.pods.server_ip,
+                    seconds: opts.seconds,
+                    sluice: opts.sluice.clone(),
+                    log_dir: env.work_dir.clone(),
+                };
+                tokio::time::sleep(SETTLE).await;
+                let before = b.counters().await?;
+                let measurement = w.run(&run).await.map_err(|e| with_context(e, round, c, w))?;
+                let after = b.counters().await?;
+                let evidence = b.verify(&before, &after).map_err(|why| BenchError::Check(format!("round {round}, {w}: {why}")))?;
+                let figures: Vec<String> =
+                    measurement.iter().map(|(m, v)| format!("{} {} {}", m.label(), markdown_number(*m, *v), m.unit())).collect();
+                let moved: Vec<String> = evidence.deltas.iter().map(|(k, v)| format!("{k} +{v}")).collect();
+                progress(&format!("round {round}/{}  {c:<13} {w:<12} {}  [{}]", opts.rounds, figures.join(", "), moved.join(", ")));
+                checks.push(CheckRecord { round, configuration: c, workload: w, evidence });
+                samples.push(Sample { round, configuration: c, workload: w, measurement });
+            }
+        }
+    }
+    Ok((samples, checks))
+}
+
+fn with_context(e: BenchError, round: usize, c: Configuration, w: Workload) -> BenchError {
+    match e {
+        BenchError::Tool { tool, message } => BenchError::Tool { tool: format!("{tool} (round {round}, {c}, {w})"), message },
+        other => other,
+    }
+}
+
+/// The client opens tens of thousands of connections in TCP_CRR and closes first, so its side
+/// keeps TIME_WAIT: let it reuse those after a second and use the whole port range. The same in
+/// every configuration; both are per-namespace settings of the client pod only.
+async fn prepare_client(b: &Built) -> Result<(), BenchError> {
+    in_netns(&b.pods.client, || {
+        sluice_datapath::netns::write_sysctl("net/ipv4/tcp_tw_reuse", "1")?;
+        sluice_datapath::netns::write_sysctl("net/ipv4/ip_local_port_range", "1024 65535")?;
+        Ok(())
+    })
+    .await
+}
+
+/// Configurations and workloads named by `--only` (all of a kind when none of it is named).
+fn select(only: &[String]) -> Result<(Vec<Configuration>, Vec<Workload>), BenchError> {
+    let mut configurations = Vec::new();
+    let mut workloads = Vec::new();
+    for name in only.iter().map(|n| n.trim()).filter(|n| !n.is_empty()) {
+        if let Some(c) = Configuration::parse(name) {
+            configurations.push(c);
+        } else if let Some(w) = Workload::parse(name) {
+            workloads.push(w);
+        } else {
+            return Err(BenchError::Invalid(format!(
+                "--only {name}: not a configuration ({}) nor a workload ({})",
+                list(&Configuration::ALL),
+                list(&Workload::ALL)
+            )));
+        }
+    }
+    // Keep the canonical order whatever order they were named in.
+    let configurations = if configurations.is_empty() { Configuration::ALL.to_vec() } else { Configuration::ALL.into_iter().filter(|c| configurations.contains(c)).collect() };
+    let workloads = if workloads.is_empty() { Workload::ALL.to_vec() } else { Workload::ALL.into_iter().filter(|w| workloads.contains(w)).collect() };
+    Ok((configurations, workloads))
+}
+
+/// Fails before anything is built when a tool is missing.
+fn preflight(configurations: &[Configuration], workloads: &[Workload]) -> Result<(), BenchError> {
+    let mut tools: Vec<(&str, &'static str)> = Vec::new();
+    if workloads.iter().any(|w| matches!(w, Workload::TcpStream1 | Workload::TcpStream4)) {
+        tools.push(("iperf3", "iperf3"));
+    }
+    if workloads.contains(&Workload::TcpRr) {
+        tools.push(("sockperf", "sockperf"));
+    }
+    if configurations.contains(&Configuration::Classic) {
+        tools.push(("iptables", "iptables"));
+        tools.push(("iptables-restore", "iptables"));
+        for plugin in ["bridge", "host-local"] {
+            let path = PathBuf::from(CNI_BIN_DIR).join(plugin);
+            if !path.is_file() {
+                return Err(BenchError::MissingTool { tool: path.display().to_string(), package: "containernetworking-plugins" });
+            }
+        }
+    }
+    for (tool, package) in tools {
+        if find_on_path(tool).is_none() {
+            return Err(BenchError::MissingTool { tool: tool.into(), package });
+        }
+    }
+    Ok(())
+}
+
+/// The three load averages of /proc/loadavg.
+fn load_average() -> String {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    text.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+}
+
+fn list<T: std::fmt::Display>(items: &[T]) -> String {
+    items.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", ")
+}
+
+/// The run's scratch directory, removed when dropped.
+struct WorkDir(PathBuf);
+
+impl WorkDir {
+    fn create(path: PathBuf) -> Result<Self, BenchError> {
+        std::fs::create_dir_all(&path).map_err(|e| BenchError::io(format!("creating {}", path.display()), e))?;
+        Ok(Self(path))
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+        if let Some(parent) = self.0.parent() {
+            let _ = std::fs::remove_dir(parent); // the shared level, if now empty
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_selects_configurations_and_workloads_in_canonical_order() {
+        let (c, w) = select(&["tcp-rr".into(), "classic".into(), "limit".into()]).unwrap();
+        assert_eq!(c, vec![Configuration::Limit, Configuration::Classic]);
+        assert_eq!(w, vec![Workload::TcpRr]);
+        let (c, w) = select(&["sluice-bpf".into()]).unwrap();
+        assert_eq!(c, vec![Configuration::SluiceBpf]);
+        assert_eq!(w, Workload::ALL.to_vec(), "no workload named: all of them");
+    }
+
+    #[test]
+    fn an_unknown_name_is_refused_with_the_known_ones() {
+        let err = select(&["tcp-maerts".into()]).unwrap_err().to_string();
+        assert!(err.contains("sluice-bpf") && err.contains("tcp-crr"), "{err}");
+    }
+
+    #[test]
+    fn run_names_fit_lab_names() {
+        let env = BuildEnv { run: "99999".into(), sluice: "/x".into(), work_dir: "/y".into() };
+        assert!(sluice_lab::names::validate_lab_name(&env.lab_name("legacy")).is_ok(), "{}", env.lab_name("legacy"));
+    }
+}

@@ -1,0 +1,59 @@
+//! TCP_STREAM with iperf3: a one-off server in the server pod, the client in the client pod
+//! with 1 or 4 parallel streams; throughput is what the server received, first second omitted
+//! (slow start).
+
+use std::time::Duration;
+
+use super::{Measurement, Metric, Run};
+use crate::process::{self, find_on_path, Server};
+use crate::BenchError;
+
+const PORT: u16 = 5201;
+
+pub async fn stream(run: &Run, streams: usize) -> Result<Measurement, BenchError> {
+    let iperf3 = find_on_path("iperf3").ok_or(BenchError::MissingTool { tool: "iperf3".into(), package: "iperf3" })?;
+    let ip = run.server_ip.to_string();
+    let server_args: Vec<String> = vec!["-s".into(), "-1".into(), "-p".into(), PORT.to_string(), "-B".into(), ip.clone()];
+    let mut server = Server::start(process::command(&iperf3, &server_args, &run.server)?, "iperf3 server", run.log_dir.join("iperf3-server.log"))?;
+    server.wait_listening(PORT, Duration::from_secs(10)).await?;
+    let client_args: Vec<String> = [
+        "-c", &ip, "-p", &PORT.to_string(), "-t", &run.seconds.to_string(), "-O", "1", "-P", &streams.to_string(), "-J",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let client = process::command(&iperf3, &client_args, &run.client)?;
+    let result = process::output(client, "iperf3", None, Duration::from_secs(run.seconds + 30)).await;
+    server.stop().await;
+    let gbps = received_gbps(&result?)?;
+    Ok(vec![(Metric::Throughput, gbps)])
+}
+
+/// Gbit/s the server received, from iperf3's JSON report.
+fn received_gbps(json: &str) -> Result<f64, BenchError> {
+    let report: serde_json::Value = serde_json::from_str(json).map_err(|e| BenchError::tool("iperf3", format!("invalid JSON report: {e}")))?;
+    if let Some(error) = report["error"].as_str() {
+        return Err(BenchError::tool("iperf3", error.to_owned()));
+    }
+    report["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .map(|bps| bps / 1e9)
+        .ok_or_else(|| BenchError::tool("iperf3", "no end.sum_received.bits_per_second in the report"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throughput_is_what_the_server_received() {
+        let json = r#"{"end": {"sum_sent": {"bits_per_second": 5.1e10}, "sum_received": {"bits_per_second": 4.5e10}}}"#;
+        assert_eq!(received_gbps(json).unwrap(), 45.0);
+    }
+
+    #[test]
+    fn an_iperf3_error_is_reported() {
+        let err = received_gbps(r#"{"error": "unable to connect to server"}"#).unwrap_err();
+        assert!(err.to_string().contains("unable to connect"), "{err}");
+    }
+}
