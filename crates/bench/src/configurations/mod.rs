@@ -34,6 +34,9 @@ pub enum Configuration {
     Limit,
     #[serde(rename = "sluice-bpf")]
     SluiceBpf,
+    /// eBPF host routing with the flow monitor off: what observability costs.
+    #[serde(rename = "sluice-bpf-nomon")]
+    SluiceBpfNoMonitor,
     #[serde(rename = "sluice-legacy")]
     SluiceLegacy,
     #[serde(rename = "classic")]
@@ -95,12 +98,13 @@ enum Node {
 // === impl Configuration ===
 
 impl Configuration {
-    pub const ALL: [Self; 4] = [Self::Limit, Self::SluiceBpf, Self::SluiceLegacy, Self::Classic];
+    pub const ALL: [Self; 5] = [Self::Limit, Self::SluiceBpf, Self::SluiceBpfNoMonitor, Self::SluiceLegacy, Self::Classic];
 
     pub fn name(self) -> &'static str {
         match self {
             Self::Limit => "limit",
             Self::SluiceBpf => "sluice-bpf",
+            Self::SluiceBpfNoMonitor => "sluice-bpf-nomon",
             Self::SluiceLegacy => "sluice-legacy",
             Self::Classic => "classic",
         }
@@ -114,6 +118,7 @@ impl Configuration {
         match self {
             Self::Limit => "a direct veth pair between the client and server namespaces, no node hop: the physical limit",
             Self::SluiceBpf => "a one-node Sluice lab, eBPF host routing (bpf_redirect_peer between the pods' veths)",
+            Self::SluiceBpfNoMonitor => "as sluice-bpf with monitorAggregation off (drop events only): the cost of flow observability",
             Self::SluiceLegacy => "a one-node Sluice lab, legacy host routing (the node's IP stack routes)",
             Self::Classic => {
                 "Debian's containernetworking-plugins bridge + host-local on a node namespace (br_netfilter on), \
@@ -126,7 +131,7 @@ impl Configuration {
     pub fn claim(self) -> &'static str {
         match self {
             Self::Limit => "every packet the client sends arrives at the server's end of the pair (nothing in between)",
-            Self::SluiceBpf => "the datapath redirects pod to pod; the node's IP stack forwards nothing",
+            Self::SluiceBpf | Self::SluiceBpfNoMonitor => "the datapath redirects pod to pod; the node's IP stack forwards nothing",
             Self::SluiceLegacy => "the node's IP stack forwards the traffic; the datapath redirects nothing",
             Self::Classic => "bridged traffic walks the node's iptables FORWARD rules; new connections walk KUBE-SERVICES",
         }
@@ -163,9 +168,10 @@ impl Built {
                 let (pods, guard) = limit::build(env).await?;
                 (pods, Node::None, guard)
             }
-            Configuration::SluiceBpf | Configuration::SluiceLegacy => {
-                let mode = if configuration == Configuration::SluiceBpf { "bpf" } else { "legacy" };
-                let (pods, node, guard) = sluice::build(env, mode).await?;
+            Configuration::SluiceBpf | Configuration::SluiceBpfNoMonitor | Configuration::SluiceLegacy => {
+                let mode = if configuration == Configuration::SluiceLegacy { "legacy" } else { "bpf" };
+                let monitor = if configuration == Configuration::SluiceBpfNoMonitor { "off" } else { "medium" };
+                let (pods, node, guard) = sluice::build(env, mode, monitor).await?;
                 (pods, Node::Sluice(node), guard)
             }
             Configuration::Classic => {
@@ -212,7 +218,7 @@ impl Built {
                 // Counters are read one after the other; a trailing ACK may fall in between.
                 (tx < MOVED || tx.abs_diff(rx) > 10.max(tx / 100)).then(|| format!("client sent {tx} packets, server received {rx}"))
             }
-            Configuration::SluiceBpf => match (d(NODE_FORWARDED), d(SLUICE_REDIRECTS)) {
+            Configuration::SluiceBpf | Configuration::SluiceBpfNoMonitor => match (d(NODE_FORWARDED), d(SLUICE_REDIRECTS)) {
                 (0, r) if r >= MOVED => None,
                 (f, r) => Some(format!("node IpForwDatagrams moved by {f} (must stay still), datapath redirects moved by {r} (must move)")),
             },

@@ -41,11 +41,12 @@ pub struct Node {
     pub agent_pid: Option<i32>,
 }
 
-/// Builds a lab whose agent runs host routing `mode` (`bpf` or `legacy`).
-pub async fn build(env: &BuildEnv, mode: &str) -> Result<(Pods, Node, Guard), BenchError> {
-    let name = env.lab_name(mode);
+/// Builds a lab whose agent runs host routing `mode` (`bpf` or `legacy`) with monitor
+/// aggregation `monitor` (`off`, `medium`, `all`).
+pub async fn build(env: &BuildEnv, mode: &str, monitor: &str) -> Result<(Pods, Node, Guard), BenchError> {
+    let name = env.lab_name(&if monitor == "medium" { mode.to_owned() } else { format!("{mode}-{monitor}") });
     let guard = Guard::new(Teardown::Lab(name.clone()));
-    let opts = UpOptions { host_routing: mode.into(), ..UpOptions::new(&name, env.sluice.clone()) };
+    let opts = UpOptions { host_routing: mode.into(), monitor: monitor.into(), ..UpOptions::new(&name, env.sluice.clone()) };
     let mut lab = Lab::up(opts, &mut |_| {}).await?;
     let socket = lab.node_socket(None)?;
     let status: sluice_api::Status = sluice_api::Client::new(&socket).get(sluice_api::paths::STATUS).await?;
