@@ -176,6 +176,17 @@ pub enum BenchCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// How many flow events per second the agent's observer decodes, and what it loses, while
+    /// one pod floods another with small packets (monitor aggregation `all`).
+    Observer {
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Directory for results.json and results.md.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// The TCP_CRR server (started by the datapath benchmark in the server pod).
     #[command(hide = true)]
     CrrServer {

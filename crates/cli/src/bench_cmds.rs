@@ -13,6 +13,7 @@ pub async fn bench(command: Option<BenchCommand>, datapath: DatapathBenchArgs) -
     match command {
         None => datapath_comparison(datapath).await,
         Some(BenchCommand::ControlPlane { pods, restarts, out }) => control_plane(pods, restarts, out.as_deref()).await,
+        Some(BenchCommand::Observer { runs, seconds, out }) => observer(runs, seconds, out.as_deref()).await,
         Some(BenchCommand::CrrServer { listen }) => {
             sluice_bench::workloads::crr::serve(listen).with_context(|| format!("serving TCP_CRR on {listen}"))?;
             Ok(ExitCode::SUCCESS)
@@ -57,6 +58,20 @@ pub async fn control_plane(pods: usize, restarts: usize, out: Option<&Path>) -> 
         std::fs::write(dir.join("results.json"), serde_json::to_vec_pretty(&result)?)?;
         std::fs::write(dir.join("results.md"), markdown)?;
         eprintln!("results written to {}", dir.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn observer(runs: usize, seconds: u64, out: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let sluice = std::env::current_exe().context("finding the sluice binary")?;
+    eprintln!("observer benchmark: {runs} runs of {seconds} s, every forwarded packet an event");
+    let result = sluice_bench::observer_rate(sluice, runs, seconds, &mut |line| eprintln!("  {line}")).await?;
+    let markdown = result.markdown();
+    println!("{markdown}");
+    if let Some(dir) = out {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::write(dir.join("results.json"), serde_json::to_vec_pretty(&result)?)?;
+        std::fs::write(dir.join("results.md"), markdown)?;
     }
     Ok(ExitCode::SUCCESS)
 }
