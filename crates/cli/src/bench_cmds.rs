@@ -51,11 +51,15 @@ pub async fn control_plane(pods: usize, restarts: usize, out: Option<&Path>) -> 
     let opts = sluice_bench::ControlPlaneOptions { pods, restarts, ..sluice_bench::ControlPlaneOptions::new(sluice) };
     eprintln!("control-plane benchmark: {pods} pods, {restarts} agent restarts per point");
     let result = sluice_bench::control_plane(&opts, &mut |line| eprintln!("  {line}")).await?;
-    let markdown = result.markdown();
+    write_results(out, &result, &result.markdown())
+}
+
+/// Prints the Markdown table and, when asked, writes results.json and results.md to `out`.
+fn write_results(out: Option<&Path>, result: &impl serde::Serialize, markdown: &str) -> anyhow::Result<ExitCode> {
     println!("{markdown}");
     if let Some(dir) = out {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        std::fs::write(dir.join("results.json"), serde_json::to_vec_pretty(&result)?)?;
+        std::fs::write(dir.join("results.json"), serde_json::to_vec_pretty(result)?)?;
         std::fs::write(dir.join("results.md"), markdown)?;
         eprintln!("results written to {}", dir.display());
     }
@@ -66,12 +70,5 @@ async fn observer(runs: usize, seconds: u64, out: Option<&Path>) -> anyhow::Resu
     let sluice = std::env::current_exe().context("finding the sluice binary")?;
     eprintln!("observer benchmark: {runs} runs of {seconds} s, every forwarded packet an event");
     let result = sluice_bench::observer_rate(sluice, runs, seconds, &mut |line| eprintln!("  {line}")).await?;
-    let markdown = result.markdown();
-    println!("{markdown}");
-    if let Some(dir) = out {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        std::fs::write(dir.join("results.json"), serde_json::to_vec_pretty(&result)?)?;
-        std::fs::write(dir.join("results.md"), markdown)?;
-    }
-    Ok(ExitCode::SUCCESS)
+    write_results(out, &result, &result.markdown())
 }

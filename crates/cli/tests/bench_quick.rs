@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::{privileged, sluice_bin, text};
 
-const CONFIGURATIONS: [&str; 4] = ["limit", "sluice-bpf", "sluice-legacy", "classic"];
+const CONFIGURATIONS: [&str; 5] = ["limit", "sluice-bpf", "sluice-bpf-nomon", "sluice-legacy", "classic"];
 const WORKLOADS: [&str; 4] = ["tcp-stream-1", "tcp-stream-4", "tcp-rr", "tcp-crr"];
 
 #[test]
@@ -63,7 +63,7 @@ fn quick_datapath_benchmark_measures_every_configuration_and_writes_its_results(
     assert!(targets.iter().all(|t| t["ratio"].as_f64().is_some()), "every target has a ratio: {targets:?}");
 
     let md = std::fs::read_to_string(out_dir.path().join("results.md")).expect("results.md written");
-    assert!(md.contains("| workload | metric | limit | sluice-bpf | sluice-legacy | classic |"), "results.md has the table: {md}");
+    assert!(md.contains("| workload | metric | limit | sluice-bpf | sluice-bpf-nomon | sluice-legacy | classic |"), "results.md has the table: {md}");
     let png = std::fs::read(out_dir.path().join("results.png")).expect("results.png written");
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "results.png is a PNG");
     assert!(png.len() > 10_000, "results.png has a chart in it ({} bytes)", png.len());

@@ -13,6 +13,7 @@ use aya::programs::{CgroupAttachMode, CgroupSockopt, ProgramError};
 use aya::{Ebpf, EbpfLoader};
 use sluice_abi::sluice_guard_counter as Counter;
 
+use crate::loader::take_map;
 use crate::DatapathError;
 
 const PROGRAM: &str = "guard_setsockopt";
@@ -183,16 +184,6 @@ fn open_cgroup2(dir: &Path) -> Result<File, DatapathError> {
     Ok(file)
 }
 
-fn take_map<T>(
-    ebpf: &mut Ebpf,
-    name: &'static str,
-    convert: impl FnOnce(aya::maps::Map) -> Result<T, aya::maps::MapError>,
-) -> Result<T, DatapathError> {
-    let map = ebpf
-        .take_map(name)
-        .ok_or(DatapathError::Map { map: name, source: Box::new(aya::maps::MapError::InvalidName { name: name.into() }) })?;
-    convert(map).map_err(|source| DatapathError::Map { map: name, source: Box::new(source) })
-}
 
 #[cfg(test)]
 mod tests {

@@ -394,7 +394,7 @@ fn missing_program(name: &'static str) -> DatapathError {
     }
 }
 
-fn take_map<T>(
+pub(crate) fn take_map<T>(
     ebpf: &mut Ebpf,
     name: &'static str,
     convert: impl FnOnce(aya::maps::Map) -> Result<T, aya::maps::MapError>,
