@@ -17,4 +17,4 @@ mod generated {
 pub use generated::*;
 
 mod names;
-pub use names::{drop_reason_name, forward_kind_name, DROP_REASONS, FORWARD_KINDS};
+pub use names::{drop_reason_name, event_loss_name, forward_kind_name, DROP_REASONS, EVENT_LOSSES, FORWARD_KINDS};

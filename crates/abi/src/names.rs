@@ -1,6 +1,6 @@
 //! Human names of the datapath's enumerations, shared by status, metrics and (later) flows.
 
-use crate::{sluice_drop_reason as D, sluice_forward_kind as F};
+use crate::{sluice_drop_reason as D, sluice_event_loss as L, sluice_forward_kind as F};
 
 /// Every drop reason the datapath can report, in number order.
 pub const DROP_REASONS: [D; 6] = [
@@ -46,6 +46,18 @@ pub fn forward_kind_name(kind: F) -> &'static str {
     }
 }
 
+/// Every reason an event can be lost in the datapath, in number order.
+pub const EVENT_LOSSES: [L; 2] = [L::SLUICE_LOSS_RATE_LIMITED, L::SLUICE_LOSS_RING_FULL];
+
+/// The name metrics and flows give a datapath event loss.
+pub fn event_loss_name(loss: L) -> &'static str {
+    match loss {
+        L::SLUICE_LOSS_RATE_LIMITED => "rate-limited",
+        L::SLUICE_LOSS_RING_FULL => "ring-full",
+        L::SLUICE_LOSS_MAX => "invalid",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -64,6 +76,14 @@ mod tests {
         assert_eq!(FORWARD_KINDS.len(), F::SLUICE_FWD_KIND_MAX as usize);
         for (i, k) in FORWARD_KINDS.iter().enumerate() {
             assert_eq!(*k as usize, i, "forward kind {} out of order", forward_kind_name(*k));
+        }
+    }
+
+    #[test]
+    fn every_event_loss_is_listed_once_in_order() {
+        assert_eq!(EVENT_LOSSES.len(), L::SLUICE_LOSS_MAX as usize);
+        for (i, l) in EVENT_LOSSES.iter().enumerate() {
+            assert_eq!(*l as usize, i, "event loss {} out of order", event_loss_name(*l));
         }
     }
 

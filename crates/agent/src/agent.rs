@@ -417,10 +417,12 @@ impl Agent {
     /// Datapath losses by reason, named as the API names them.
     fn datapath_losses(&self) -> Result<Vec<sluice_api::LostEvents>, AgentError> {
         let losses = self.with_datapath(|dp| dp.event_losses())?;
-        Ok(["rate-limited", "ring-full"]
+        Ok(sluice_abi::EVENT_LOSSES
             .iter()
-            .enumerate()
-            .map(|(i, reason)| sluice_api::LostEvents { count: losses.get(i).copied().unwrap_or(0), reason: (*reason).into() })
+            .map(|l| sluice_api::LostEvents {
+                count: losses.get(*l as usize).copied().unwrap_or(0),
+                reason: sluice_abi::event_loss_name(*l).into(),
+            })
             .collect())
     }
 

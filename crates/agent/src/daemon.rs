@@ -72,7 +72,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         config: config.clone(),
         db,
         datapath: Box::new(datapath),
-        plumber: Box::new(NetlinkPlumber),
+        plumber: Box::new(NetlinkPlumber::default()),
         state,
         host_routing: host_routing.clone(),
         started,

@@ -22,8 +22,12 @@ pub trait Plumber: Send + Sync {
     fn host_ifindex<'a>(&'a self, host_ifname: &'a str) -> BoxFuture<'a, Result<Option<u32>, DatapathError>>;
 }
 
-/// Plumbing with rtnetlink in the agent's network namespace.
-pub struct NetlinkPlumber;
+/// Plumbing with rtnetlink in the agent's network namespace. Lookups share one connection,
+/// opened on first use, so a resync pass does not open a socket per endpoint.
+#[derive(Default)]
+pub struct NetlinkPlumber {
+    lookups: std::sync::OnceLock<sluice_datapath::netlink::Netlink>,
+}
 
 impl Plumber for NetlinkPlumber {
     fn create_pair<'a>(&'a self, req: &'a PlumbRequest) -> BoxFuture<'a, Result<Plumbed, DatapathError>> {
@@ -44,7 +48,13 @@ impl Plumber for NetlinkPlumber {
 
     fn host_ifindex<'a>(&'a self, host_ifname: &'a str) -> BoxFuture<'a, Result<Option<u32>, DatapathError>> {
         Box::pin(async move {
-            let nl = sluice_datapath::netlink::Netlink::current()?;
+            let nl = match self.lookups.get() {
+                Some(nl) => nl.clone(),
+                None => {
+                    let nl = sluice_datapath::netlink::Netlink::current()?;
+                    self.lookups.get_or_init(|| nl).clone()
+                }
+            };
             Ok(nl.link_by_name(host_ifname).await?.map(|l| l.index))
         })
     }

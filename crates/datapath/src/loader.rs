@@ -205,10 +205,6 @@ impl BpfDatapath {
         attach(&mut self.from_netdev, FROM_NETDEV, ifname, &path)
     }
 
-    pub fn detach_netdev(&mut self, ifname: &str) -> Result<(), DatapathError> {
-        unpin_link(&self.link_pin(FROM_NETDEV, ifname))
-    }
-
     /// Interfaces carrying program `program` according to the link pins.
     pub fn attached(&self, program: &str) -> Result<Vec<String>, DatapathError> {
         let dir = self.pin_dir.join("links");

@@ -126,10 +126,6 @@ impl Netlink {
         self.handle.link().set(index).up().execute().await.map_err(|e| DatapathError::netlink(format!("setting link {index} up"), e))
     }
 
-    pub async fn set_mtu(&self, index: u32, mtu: u32) -> Result<(), DatapathError> {
-        self.handle.link().set(index).mtu(mtu).execute().await.map_err(|e| DatapathError::netlink(format!("setting MTU of link {index}"), e))
-    }
-
     pub async fn set_name(&self, index: u32, name: &str) -> Result<(), DatapathError> {
         self.handle
             .link()

@@ -95,9 +95,3 @@ pub fn write_sysctl(key: &str, value: &str) -> Result<(), DatapathError> {
     let path = Path::new("/proc/sys").join(key);
     std::fs::write(&path, value).map_err(|e| DatapathError::os(format!("writing {}", path.display()), e))
 }
-
-/// Reads a sysctl of the current thread's network namespace.
-pub fn read_sysctl(key: &str) -> Result<String, DatapathError> {
-    let path = Path::new("/proc/sys").join(key);
-    std::fs::read_to_string(&path).map(|s| s.trim().to_owned()).map_err(|e| DatapathError::os(format!("reading {}", path.display()), e))
-}

@@ -2,7 +2,7 @@
 //! whose command runs under a shim in the node's cgroup subtree. Start is all or nothing; stop
 //! removes everything start made, and tolerates what is already gone.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -212,8 +212,4 @@ pub fn exec(runtime: &PodRuntime, argv: &[String]) -> Result<i32, LabError> {
     enter_on_exec(&mut cmd, &runtime.netns_path, Some(&runtime.cgroup), false)?;
     let status = cmd.status().map_err(|e| LabError::io(format!("running {program} in the pod"), e))?;
     Ok(status.code().unwrap_or_else(|| 128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)))
-}
-
-pub fn pod_netns_path(runtime: &PodRuntime) -> &Path {
-    &runtime.netns_path
 }
