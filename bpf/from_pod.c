@@ -1,28 +1,29 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /* Entry point on the host side of every pod veth (tcx ingress): everything a pod sends.
- * Order: who sent it (anti-spoofing), the pod's gateway (ARP/ND), then delivery — to a pod on
- * this node with bpf_redirect_peer, elsewhere with fib_lookup + redirect_neigh, or to the
- * node's stack in legacy host routing and for whatever the datapath does not forward itself. */
+ * Order: who sent it (anti-spoofing), the pod's gateway (ARP/ND), service translation (replies
+ * of NodePort flows, ClusterIPs when socket LB is off), then delivery — to a pod on this node
+ * with bpf_redirect_peer, elsewhere with fib_lookup + redirect_neigh, or to the node's stack in
+ * legacy host routing and for whatever the datapath does not forward itself. */
 #define SLUICE_POINT SLUICE_POINT_FROM_POD
 #include "lib/common.h"
 #include "lib/counters.h"
 #include "lib/endpoints.h"
 #include "lib/fib.h"
 #include "lib/gateway.h"
+#include "lib/lb_packet.h"
 
-static __always_inline int from_pod_ip4(struct __sk_buff *skb, const struct endpoint_info *ep)
+/* Deliver an IPv4 packet by its (possibly translated) destination. `own_route`: the datapath
+ * must forward it even in legacy host routing (it carries a node or service address as its
+ * source, which the stack would refuse as martian). */
+static __always_inline int route_ip4(struct __sk_buff *skb, int own_route)
 {
-	void *data = (void *)(long)skb->data;
-	void *data_end = (void *)(long)skb->data_end;
+	void *data = skb_data(skb);
+	void *data_end = skb_data_end(skb);
 	struct ethhdr *eth = data;
 	struct iphdr *ip = (void *)(eth + 1);
-	if ((void *)(ip + 1) > data_end || ip->ihl < 5)
+	if ((void *)(ip + 1) > data_end)
 		return drop(skb, SLUICE_DROP_MALFORMED);
-	__be32 own;
-	__builtin_memcpy(&own, ep->ipv4, 4);
-	if (!(ep->flags & SLUICE_EP_HAS_IPV4) || ip->saddr != own)
-		return drop(skb, SLUICE_DROP_INVALID_SOURCE_IP);
-	if (!host_routing_bpf())
+	if (!host_routing_bpf() && !own_route)
 		return to_stack(skb);
 
 	struct endpoint_info *dst = lookup_ip4_endpoint(ip->daddr);
@@ -35,10 +36,51 @@ static __always_inline int from_pod_ip4(struct __sk_buff *skb, const struct endp
 	return fib_forward_ip4(skb, ip);
 }
 
+static __always_inline int from_pod_ip4(struct __sk_buff *skb, const struct endpoint_info *ep)
+{
+	void *data = skb_data(skb);
+	void *data_end = skb_data_end(skb);
+	struct ethhdr *eth = data;
+	struct iphdr *ip = (void *)(eth + 1);
+	if ((void *)(ip + 1) > data_end || ip->ihl < 5)
+		return drop(skb, SLUICE_DROP_MALFORMED);
+	__be32 own;
+	__builtin_memcpy(&own, ep->ipv4, 4);
+	if (!(ep->flags & SLUICE_EP_HAS_IPV4) || ip->saddr != own)
+		return drop(skb, SLUICE_DROP_INVALID_SOURCE_IP);
+
+	int verdict = TC_ACT_OK;
+	int lb = lb_packet(skb, 0, &verdict);
+	if (lb == LB_VERDICT)
+		return verdict;
+	return route_ip4(skb, lb == LB_NODE_SOURCE);
+}
+
 static __always_inline int is_link_scope(const struct in6_addr *a)
 {
 	__u8 b0 = a->in6_u.u6_addr8[0], b1 = a->in6_u.u6_addr8[1];
 	return b0 == 0xff || (b0 == 0xfe && (b1 & 0xc0) == 0x80);
+}
+
+static __always_inline int route_ip6(struct __sk_buff *skb, int own_route)
+{
+	void *data = skb_data(skb);
+	void *data_end = skb_data_end(skb);
+	struct ethhdr *eth = data;
+	struct ipv6hdr *ip6 = (void *)(eth + 1);
+	if ((void *)(ip6 + 1) > data_end)
+		return drop(skb, SLUICE_DROP_MALFORMED);
+	if (!host_routing_bpf() && !own_route)
+		return to_stack(skb);
+
+	struct endpoint_info *dst = lookup_ip6_endpoint(&ip6->daddr);
+	if (dst) {
+		if (ip6->hop_limit <= 1)
+			return to_stack(skb);
+		ip6->hop_limit--;
+		return redirect_to_endpoint(skb, eth, dst);
+	}
+	return fib_forward_ip6(skb, ip6);
 }
 
 static __always_inline int from_pod_ip6(struct __sk_buff *skb, const struct endpoint_info *ep)
@@ -47,8 +89,8 @@ static __always_inline int from_pod_ip6(struct __sk_buff *skb, const struct endp
 	if (verdict >= 0)
 		return verdict;
 
-	void *data = (void *)(long)skb->data;
-	void *data_end = (void *)(long)skb->data_end;
+	void *data = skb_data(skb);
+	void *data_end = skb_data_end(skb);
 	struct ethhdr *eth = data;
 	struct ipv6hdr *ip6 = (void *)(eth + 1);
 	if ((void *)(ip6 + 1) > data_end)
@@ -62,17 +104,14 @@ static __always_inline int from_pod_ip6(struct __sk_buff *skb, const struct endp
 			return to_stack(skb);
 		return drop(skb, SLUICE_DROP_INVALID_SOURCE_IP);
 	}
-	if (!host_routing_bpf())
-		return to_stack(skb);
+	if (is_link_scope(&ip6->daddr))
+		return route_ip6(skb, 0);
 
-	struct endpoint_info *dst = lookup_ip6_endpoint(&ip6->daddr);
-	if (dst) {
-		if (ip6->hop_limit <= 1)
-			return to_stack(skb);
-		ip6->hop_limit--;
-		return redirect_to_endpoint(skb, eth, dst);
-	}
-	return fib_forward_ip6(skb, ip6);
+	verdict = TC_ACT_OK;
+	int lb = lb_packet(skb, 0, &verdict);
+	if (lb == LB_VERDICT)
+		return verdict;
+	return route_ip6(skb, lb == LB_NODE_SOURCE);
 }
 
 SEC("classifier")
@@ -82,8 +121,8 @@ int from_pod(struct __sk_buff *skb)
 	if (!ep)
 		return drop(skb, SLUICE_DROP_UNKNOWN_ENDPOINT);
 
-	void *data = (void *)(long)skb->data;
-	void *data_end = (void *)(long)skb->data_end;
+	void *data = skb_data(skb);
+	void *data_end = skb_data_end(skb);
 	struct ethhdr *eth = data;
 	if ((void *)(eth + 1) > data_end)
 		return drop(skb, SLUICE_DROP_MALFORMED);

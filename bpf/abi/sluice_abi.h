@@ -45,7 +45,10 @@ enum sluice_drop_reason {
 	SLUICE_DROP_UNSUPPORTED_L3 = 4,      /* neither IPv4, IPv6 nor ARP */
 	SLUICE_DROP_MALFORMED = 5,           /* headers truncated or inconsistent */
 	SLUICE_DROP_ARP_SPOOFED = 6,         /* ARP with a sender address that is not the pod's */
-	SLUICE_DROP_REASON_MAX = 7,
+	SLUICE_DROP_NO_SERVICE_BACKEND = 7,  /* service without backends: answered with ICMP unreachable */
+	SLUICE_DROP_NAT_NO_PORT = 8,         /* no free SNAT port for a NodePort flow to another node */
+	SLUICE_DROP_CT_FULL = 9,             /* the service conntrack table refused a new entry */
+	SLUICE_DROP_REASON_MAX = 10,
 };
 
 /* What the datapath did with a packet it did not drop; index of the forward counters. */
@@ -55,7 +58,8 @@ enum sluice_forward_kind {
 	SLUICE_FWD_STACK = 2,          /* handed to the node's stack */
 	SLUICE_FWD_ARP_REPLY = 3,      /* ARP for the gateway answered */
 	SLUICE_FWD_ND_REPLY = 4,       /* neighbour solicitation for the gateway answered */
-	SLUICE_FWD_KIND_MAX = 5,
+	SLUICE_FWD_ICMP_REJECT = 5,    /* service without backends: ICMP unreachable sent back */
+	SLUICE_FWD_KIND_MAX = 6,
 };
 
 /* Key of the `endpoints` map: a pod address. IPv4 in the first 4 bytes of addr, rest zero. */
@@ -177,6 +181,159 @@ struct guard_event {
 	__u32 optname;      /* SLUICE_IPT_SO_SET_REPLACE */
 	__u8 comm[16];      /* the caller's command name, NUL-terminated (TASK_COMM_LEN) */
 	__u32 pad;
+};
+
+/*
+ * Services: frontends (service address, port, protocol) -> backend sets -> backends.
+ *
+ * A frontend's value names its backend set and which half ("revision") of the set's slots and
+ * Maglev table is live. The agent writes a new set into the other half, then flips every
+ * frontend of the set with one map update each, so a reader never sees a half-written set.
+ */
+#define SLUICE_MAX_FRONTENDS 65536
+#define SLUICE_MAX_BACKENDS 65536
+#define SLUICE_MAX_SLOTS 262144     /* backend slots, both revisions, every set */
+#define SLUICE_MAX_BACKENDS_PER_SET 65535
+#define SLUICE_MAGLEV_CHUNK 1024    /* backend ids per lb_maglev value */
+#define SLUICE_MAGLEV_DEFAULT_SIZE 16381
+#define SLUICE_MAX_MAGLEV_CHUNKS 65536
+#define SLUICE_CT_DEFAULT_ENTRIES 262144
+#define SLUICE_AFFINITY_ENTRIES 65536
+#define SLUICE_SOCK_REVNAT_ENTRIES 262144
+
+/* Where a frontend applies. The datapath looks up Internal first for traffic from the node's
+ * pods and processes, then External; traffic from the uplink uses External only. */
+#define SLUICE_LB_SCOPE_EXTERNAL 0
+#define SLUICE_LB_SCOPE_INTERNAL 1
+
+/* Frontend flags. */
+#define SLUICE_LB_F_NODEPORT (1 << 0)   /* a NodePort on one of this node's addresses */
+#define SLUICE_LB_F_EXTERNAL (1 << 1)   /* an external IP or load-balancer ingress address */
+#define SLUICE_LB_F_LOCAL_ONLY (1 << 2) /* externalTrafficPolicy Local: no SNAT, client kept */
+#define SLUICE_LB_F_AFFINITY (1 << 3)   /* sessionAffinity ClientIP */
+#define SLUICE_LB_F_MAGLEV (1 << 4)     /* per-packet selection by the set's Maglev table */
+
+/* Key of `lb_frontends`. */
+struct lb_frontend_key {
+	__u8 addr[16]; /* IPv4 in the first 4 bytes, rest zero */
+	__be16 port;
+	__u8 proto;  /* IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP */
+	__u8 family; /* SLUICE_AF_INET or SLUICE_AF_INET6 */
+	__u8 scope;  /* SLUICE_LB_SCOPE_* */
+	__u8 pad[3];
+};
+
+/* Value of `lb_frontends`: where its backends are. */
+struct lb_frontend {
+	__u32 set_id;             /* key of the set in lb_slots and lb_maglev */
+	__u16 count;              /* backends for new connections: slots 1..count */
+	__u16 flags;              /* SLUICE_LB_F_* */
+	__u32 affinity_timeout_s; /* sessionAffinity ClientIP timeout */
+	__u8 revision;            /* live half of the set's slots and Maglev table: 0 or 1 */
+	__u8 pad[3];
+};
+
+/* Key of `lb_slots`: slot 1..count of a set's live revision -> backend id. */
+struct lb_slot_key {
+	__u32 set_id;
+	__u16 slot;
+	__u8 revision;
+	__u8 pad;
+};
+
+/* Key of `lb_maglev`: one chunk of a set's Maglev table (CONFIG_MAGLEV_SIZE entries). */
+struct lb_maglev_key {
+	__u32 set_id;
+	__u16 chunk; /* entry / SLUICE_MAGLEV_CHUNK */
+	__u8 revision;
+	__u8 pad;
+};
+
+/* Value of `lb_maglev`: backend ids of SLUICE_MAGLEV_CHUNK consecutive table entries. */
+struct lb_maglev_chunk {
+	__u32 backend_ids[SLUICE_MAGLEV_CHUNK];
+};
+
+/* Backend flags. */
+#define SLUICE_LB_BE_LOCAL (1 << 0)       /* a pod on this node */
+#define SLUICE_LB_BE_TERMINATING (1 << 1) /* kept for established flows; no new connections */
+
+/* Value of `lb_backends` (key: __u32 backend id, never 0). */
+struct lb_backend {
+	__u8 addr[16];
+	__be16 port;
+	__u8 proto;
+	__u8 family;
+	__u8 flags; /* SLUICE_LB_BE_* */
+	__u8 pad[3];
+};
+
+/* Key of `lb_affinity`: a client of a set. Socket LB names the client by its network
+ * namespace cookie (family 0), per-packet LB by its address. */
+struct lb_affinity_key {
+	__u8 client[16];
+	__u32 set_id;
+	__u8 family;
+	__u8 pad[3];
+};
+
+/* Value of `lb_affinity`. */
+struct lb_affinity {
+	__u64 last_used_ns;
+	__u32 backend_id;
+	__u32 pad;
+};
+
+/* Key of `lb_sock_revnat`: a socket and the backend it was sent to, so that recvmsg and
+ * getpeername show the service address instead. */
+struct lb_sock_revnat_key {
+	__u64 cookie; /* bpf_get_socket_cookie() */
+	__u8 addr[16];
+	__be16 port;
+	__u8 family;
+	__u8 pad[5];
+};
+
+/* Value of `lb_sock_revnat`: the frontend the application asked for. */
+struct lb_sock_revnat {
+	__u8 addr[16];
+	__be16 port;
+	__u8 family;
+	__u8 pad[5];
+};
+
+/*
+ * Service conntrack (`lb_ct`): one entry per direction of a translated flow, keyed by the tuple
+ * as it arrives, saying how to rewrite it. Forward entries (client -> frontend) rewrite the
+ * destination to the backend and, for NodePort flows to another node, the source to this
+ * node; reply entries (backend -> client or node) undo that.
+ */
+struct ct_key {
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__be16 sport; /* ICMP echo: the identifier in both */
+	__be16 dport;
+	__u8 proto;
+	__u8 family;
+	__u8 pad[2];
+};
+
+#define SLUICE_CT_F_REPLY (1 << 0)     /* a reply entry */
+#define SLUICE_CT_F_NEW_SRC (1 << 1)   /* rewrite the source to new_saddr/new_sport */
+#define SLUICE_CT_F_NEW_DST (1 << 2)   /* rewrite the destination to new_daddr/new_dport */
+#define SLUICE_CT_F_SEEN_REPLY (1 << 3) /* the flow has carried a reply */
+#define SLUICE_CT_F_CLOSING (1 << 4)   /* TCP FIN or RST seen: short timeout */
+
+struct ct_entry {
+	__u64 last_seen_ns; /* bpf_ktime_get_ns(), refreshed at most once a second */
+	__u8 new_saddr[16];
+	__u8 new_daddr[16];
+	__be16 new_sport;
+	__be16 new_dport;
+	__u32 backend_id;
+	__u32 set_id;
+	__u8 flags; /* SLUICE_CT_F_* */
+	__u8 pad[3];
 };
 
 #endif /* SLUICE_ABI_H */

@@ -21,12 +21,36 @@
 volatile const __u32 CONFIG_HOST_ROUTING = SLUICE_HOST_ROUTING_BPF;
 volatile const __u32 CONFIG_MONITOR_AGGREGATION = SLUICE_MONITOR_MEDIUM;
 volatile const __u32 CONFIG_DROP_EVENT_RATE = 1000; /* drop events per CPU-second */
+volatile const __u32 CONFIG_MAGLEV_SIZE = SLUICE_MAGLEV_DEFAULT_SIZE; /* entries, prime */
+/* This node's addresses (network byte order): the source of NodePort flows it forwards to
+ * another node (SNAT). Zero when the node has no address of that family. */
+volatile const __u32 CONFIG_NODE_IPV4 = 0;
+volatile const __u32 CONFIG_NODE_IPV6_0 = 0;
+volatile const __u32 CONFIG_NODE_IPV6_1 = 0;
+volatile const __u32 CONFIG_NODE_IPV6_2 = 0;
+volatile const __u32 CONFIG_NODE_IPV6_3 = 0;
 
 /* Each entry object defines SLUICE_POINT (enum sluice_obs_point) before including the
  * library; counters and events carry it. */
 #ifndef SLUICE_POINT
 #error "define SLUICE_POINT before including the datapath library"
 #endif
+
+/* skb->data and skb->data_end, read so that the compiler cannot keep a pointer into the
+ * context (ctx + offset) across calls: the verifier refuses a modified context pointer. */
+static __always_inline void *skb_data(struct __sk_buff *skb)
+{
+	void *p;
+	asm volatile("%0 = *(u32 *)(%1 + %2)" : "=r"(p) : "r"(skb), "i"(__builtin_offsetof(struct __sk_buff, data)));
+	return p;
+}
+
+static __always_inline void *skb_data_end(struct __sk_buff *skb)
+{
+	void *p;
+	asm volatile("%0 = *(u32 *)(%1 + %2)" : "=r"(p) : "r"(skb), "i"(__builtin_offsetof(struct __sk_buff, data_end)));
+	return p;
+}
 
 static __always_inline int host_routing_bpf(void)
 {

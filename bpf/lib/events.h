@@ -72,8 +72,8 @@ static __always_inline void drop_event(struct __sk_buff *skb, __u8 reason)
 /* The flow of an IPv4/IPv6 packet and its TCP flags; 0 when the packet is not IP. */
 static __always_inline int flow_of(struct __sk_buff *skb, struct flow_key *key, __u8 *tcp_flags)
 {
-	void *data = (void *)(long)skb->data;
-	void *data_end = (void *)(long)skb->data_end;
+	void *data = skb_data(skb);
+	void *data_end = skb_data_end(skb);
 	struct ethhdr *eth = data;
 	if ((void *)(eth + 1) > data_end)
 		return 0;

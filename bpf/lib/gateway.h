@@ -47,8 +47,8 @@ struct arp_eth {
  * answered back out of the same interface; anything else goes to the stack. */
 static __always_inline int handle_arp(struct __sk_buff *skb, const struct endpoint_info *ep)
 {
-	void *data = (void *)(long)skb->data;
-	void *data_end = (void *)(long)skb->data_end;
+	void *data = skb_data(skb);
+	void *data_end = skb_data_end(skb);
 	struct ethhdr *eth = data;
 	struct arp_eth *arp = (void *)(eth + 1);
 	if ((void *)(arp + 1) > data_end)
@@ -111,8 +111,8 @@ static __always_inline __sum16 nd_checksum(const struct nd_advert *na)
 /* Answer a neighbour solicitation for the gateway. Returns -1 when `ip6` is not one. */
 static __always_inline int handle_nd_solicit(struct __sk_buff *skb, const struct endpoint_info *ep)
 {
-	void *data = (void *)(long)skb->data;
-	void *data_end = (void *)(long)skb->data_end;
+	void *data = skb_data(skb);
+	void *data_end = skb_data_end(skb);
 	struct ethhdr *eth = data;
 	struct ipv6hdr *ip6 = (void *)(eth + 1);
 	__u8 *icmp = (void *)(ip6 + 1);

@@ -3,22 +3,26 @@
 use crate::{sluice_drop_reason as D, sluice_event_loss as L, sluice_forward_kind as F};
 
 /// Every drop reason the datapath can report, in number order.
-pub const DROP_REASONS: [D; 6] = [
+pub const DROP_REASONS: [D; 9] = [
     D::SLUICE_DROP_INVALID_SOURCE_MAC,
     D::SLUICE_DROP_INVALID_SOURCE_IP,
     D::SLUICE_DROP_UNKNOWN_ENDPOINT,
     D::SLUICE_DROP_UNSUPPORTED_L3,
     D::SLUICE_DROP_MALFORMED,
     D::SLUICE_DROP_ARP_SPOOFED,
+    D::SLUICE_DROP_NO_SERVICE_BACKEND,
+    D::SLUICE_DROP_NAT_NO_PORT,
+    D::SLUICE_DROP_CT_FULL,
 ];
 
 /// Every forwarding decision the datapath counts, in number order.
-pub const FORWARD_KINDS: [F; 5] = [
+pub const FORWARD_KINDS: [F; 6] = [
     F::SLUICE_FWD_LOCAL_ENDPOINT,
     F::SLUICE_FWD_FIB,
     F::SLUICE_FWD_STACK,
     F::SLUICE_FWD_ARP_REPLY,
     F::SLUICE_FWD_ND_REPLY,
+    F::SLUICE_FWD_ICMP_REJECT,
 ];
 
 /// The documented name of a drop reason (docs/datapath.md lists them).
@@ -31,6 +35,9 @@ pub fn drop_reason_name(reason: D) -> &'static str {
         D::SLUICE_DROP_UNSUPPORTED_L3 => "unsupported L3 protocol",
         D::SLUICE_DROP_MALFORMED => "malformed packet",
         D::SLUICE_DROP_ARP_SPOOFED => "ARP spoofed",
+        D::SLUICE_DROP_NO_SERVICE_BACKEND => "service has no backend",
+        D::SLUICE_DROP_NAT_NO_PORT => "no SNAT port",
+        D::SLUICE_DROP_CT_FULL => "conntrack table full",
         D::SLUICE_DROP_REASON_MAX => "invalid",
     }
 }
@@ -42,6 +49,7 @@ pub fn forward_kind_name(kind: F) -> &'static str {
         F::SLUICE_FWD_STACK => "to stack",
         F::SLUICE_FWD_ARP_REPLY => "ARP reply",
         F::SLUICE_FWD_ND_REPLY => "ND reply",
+        F::SLUICE_FWD_ICMP_REJECT => "ICMP reject",
         F::SLUICE_FWD_KIND_MAX => "invalid",
     }
 }

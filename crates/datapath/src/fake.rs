@@ -4,9 +4,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use sluice_abi::endpoint_info;
+use sluice_abi::{ct_entry, ct_key, endpoint_info, lb_backend, lb_frontend, lb_frontend_key, lb_maglev_chunk, lb_maglev_key, lb_slot_key};
 
-use crate::{CounterValue, DatapathError, DatapathTables, EndpointEntry};
+use crate::{CounterValue, DatapathError, DatapathTables, EndpointEntry, ServiceTables};
 
 #[derive(Debug, Default, Clone)]
 pub struct FakeDatapath {
@@ -18,6 +18,84 @@ pub struct FakeDatapath {
     pub attached: BTreeSet<String>,
     /// Count of write calls, to check that a converged reconcile writes nothing.
     pub writes: usize,
+    /// The service maps, keyed by the key's bytes.
+    pub lb_frontends: BTreeMap<Vec<u8>, (lb_frontend_key, lb_frontend)>,
+    pub lb_backends: BTreeMap<u32, lb_backend>,
+    pub lb_slots: BTreeMap<Vec<u8>, (lb_slot_key, u32)>,
+    pub lb_maglev: BTreeMap<Vec<u8>, (lb_maglev_key, Box<lb_maglev_chunk>)>,
+    pub lb_ct: BTreeMap<Vec<u8>, (ct_key, ct_entry)>,
+}
+
+/// The bytes of an ABI struct (explicitly padded, so every byte is initialised).
+pub fn abi_bytes<T: Copy>(value: &T) -> Vec<u8> {
+    // SAFETY: T is one of the ABI's plain C structs: no implicit padding, no pointers; reading
+    // its size in bytes from a valid reference is sound.
+    unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), std::mem::size_of::<T>()) }.to_vec()
+}
+
+impl ServiceTables for FakeDatapath {
+    fn frontends(&self) -> Result<Vec<(lb_frontend_key, lb_frontend)>, DatapathError> {
+        Ok(self.lb_frontends.values().copied().collect())
+    }
+    fn upsert_frontend(&mut self, key: &lb_frontend_key, value: &lb_frontend) -> Result<(), DatapathError> {
+        self.writes += 1;
+        self.lb_frontends.insert(abi_bytes(key), (*key, *value));
+        Ok(())
+    }
+    fn remove_frontend(&mut self, key: &lb_frontend_key) -> Result<(), DatapathError> {
+        self.writes += 1;
+        self.lb_frontends.remove(&abi_bytes(key));
+        Ok(())
+    }
+    fn backends(&self) -> Result<Vec<(u32, lb_backend)>, DatapathError> {
+        Ok(self.lb_backends.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+    fn upsert_backend(&mut self, id: u32, value: &lb_backend) -> Result<(), DatapathError> {
+        self.writes += 1;
+        self.lb_backends.insert(id, *value);
+        Ok(())
+    }
+    fn remove_backend(&mut self, id: u32) -> Result<(), DatapathError> {
+        self.writes += 1;
+        self.lb_backends.remove(&id);
+        Ok(())
+    }
+    fn slots(&self) -> Result<Vec<(lb_slot_key, u32)>, DatapathError> {
+        Ok(self.lb_slots.values().copied().collect())
+    }
+    fn upsert_slot(&mut self, key: &lb_slot_key, backend_id: u32) -> Result<(), DatapathError> {
+        self.writes += 1;
+        self.lb_slots.insert(abi_bytes(key), (*key, backend_id));
+        Ok(())
+    }
+    fn remove_slot(&mut self, key: &lb_slot_key) -> Result<(), DatapathError> {
+        self.writes += 1;
+        self.lb_slots.remove(&abi_bytes(key));
+        Ok(())
+    }
+    fn maglev_keys(&self) -> Result<Vec<lb_maglev_key>, DatapathError> {
+        Ok(self.lb_maglev.values().map(|(k, _)| *k).collect())
+    }
+    fn upsert_maglev(&mut self, key: &lb_maglev_key, chunk: &lb_maglev_chunk) -> Result<(), DatapathError> {
+        self.writes += 1;
+        self.lb_maglev.insert(abi_bytes(key), (*key, Box::new(*chunk)));
+        Ok(())
+    }
+    fn remove_maglev(&mut self, key: &lb_maglev_key) -> Result<(), DatapathError> {
+        self.writes += 1;
+        self.lb_maglev.remove(&abi_bytes(key));
+        Ok(())
+    }
+    fn conntrack(&self) -> Result<Vec<(ct_key, ct_entry)>, DatapathError> {
+        Ok(self.lb_ct.values().copied().collect())
+    }
+    fn remove_conntrack(&mut self, key: &ct_key) -> Result<(), DatapathError> {
+        self.lb_ct.remove(&abi_bytes(key));
+        Ok(())
+    }
+    fn service_pressure(&self) -> Vec<crate::MapPressure> {
+        vec![crate::MapPressure { map: "lb_ct", entries: self.lb_ct.len(), capacity: sluice_abi::SLUICE_CT_DEFAULT_ENTRIES as usize }]
+    }
 }
 
 impl DatapathTables for FakeDatapath {

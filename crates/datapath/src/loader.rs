@@ -3,7 +3,7 @@
 //! old link, and finds the maps (and so every endpoint) where it left them.
 
 use std::fs;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use aya::maps::{HashMap, MapData, PerCpuArray};
@@ -13,6 +13,7 @@ use aya::{Ebpf, EbpfLoader};
 use sluice_abi::endpoint_info;
 
 use crate::endpoint::key_addr;
+use crate::services::{ServiceMaps, ServiceTables};
 use crate::tables::{CounterValue, DatapathTables};
 use crate::{DatapathError, EndpointEntry};
 
@@ -22,6 +23,7 @@ pub struct Objects;
 impl Objects {
     pub const FROM_POD: &'static [u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/from_pod.o"));
     pub const FROM_NETDEV: &'static [u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/from_netdev.o"));
+    pub const SOCK_LB: &'static [u8] = crate::SocketLb::OBJECT;
     pub const PROBE: &'static [u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/probe.o"));
 }
 
@@ -80,11 +82,27 @@ pub struct LoadOptions {
     pub drop_events_per_second: u32,
     /// Size of the events ring buffer: a power of two, at least one page.
     pub events_buffer_bytes: u32,
+    /// Entries of each set's Maglev table: a prime.
+    pub maglev_table_size: u32,
+    /// Capacity of the service conntrack table.
+    pub conntrack_entries: u32,
+    /// This node's addresses: the source of NodePort flows it forwards to other nodes.
+    pub node_ipv4: Option<Ipv4Addr>,
+    pub node_ipv6: Option<Ipv6Addr>,
 }
 
 impl LoadOptions {
     pub fn new(host_routing: HostRouting) -> Self {
-        Self { host_routing, monitor: MonitorAggregation::Medium, drop_events_per_second: 1000, events_buffer_bytes: 1 << 20 }
+        Self {
+            host_routing,
+            monitor: MonitorAggregation::Medium,
+            drop_events_per_second: 1000,
+            events_buffer_bytes: 1 << 20,
+            maglev_table_size: sluice_abi::SLUICE_MAGLEV_DEFAULT_SIZE,
+            conntrack_entries: sluice_abi::SLUICE_CT_DEFAULT_ENTRIES,
+            node_ipv4: None,
+            node_ipv6: None,
+        }
     }
 }
 
@@ -142,6 +160,7 @@ pub struct BpfDatapath {
     event_lost: PerCpuArray<MapData, u64>,
     trace_flows: HashMap<MapData, FlowKey, FlowState>, // an LRU hash; aya reads both kinds the same way
     events: Option<aya::maps::RingBuf<MapData>>,
+    services: ServiceMaps,
 }
 
 // === impl BpfDatapath ===
@@ -176,6 +195,7 @@ impl BpfDatapath {
         let event_lost = take_map(&mut from_pod, "event_lost", PerCpuArray::try_from)?;
         let trace_flows = take_map(&mut from_pod, "trace_flows", HashMap::try_from)?;
         let events = Some(take_map(&mut from_pod, "events", aya::maps::RingBuf::try_from)?);
+        let services = ServiceMaps::take(&mut from_pod, opts.conntrack_entries)?;
         Ok(Self {
             pin_dir: pin_dir.to_path_buf(),
             mode,
@@ -188,6 +208,7 @@ impl BpfDatapath {
             event_lost,
             trace_flows,
             events,
+            services,
         })
     }
 
@@ -352,10 +373,63 @@ impl DatapathTables for BpfDatapath {
     }
 }
 
+impl ServiceTables for BpfDatapath {
+    fn frontends(&self) -> Result<Vec<(sluice_abi::lb_frontend_key, sluice_abi::lb_frontend)>, DatapathError> {
+        self.services.frontends()
+    }
+    fn upsert_frontend(&mut self, key: &sluice_abi::lb_frontend_key, value: &sluice_abi::lb_frontend) -> Result<(), DatapathError> {
+        self.services.upsert_frontend(key, value)
+    }
+    fn remove_frontend(&mut self, key: &sluice_abi::lb_frontend_key) -> Result<(), DatapathError> {
+        self.services.remove_frontend(key)
+    }
+    fn backends(&self) -> Result<Vec<(u32, sluice_abi::lb_backend)>, DatapathError> {
+        self.services.backends()
+    }
+    fn upsert_backend(&mut self, id: u32, value: &sluice_abi::lb_backend) -> Result<(), DatapathError> {
+        self.services.upsert_backend(id, value)
+    }
+    fn remove_backend(&mut self, id: u32) -> Result<(), DatapathError> {
+        self.services.remove_backend(id)
+    }
+    fn slots(&self) -> Result<Vec<(sluice_abi::lb_slot_key, u32)>, DatapathError> {
+        self.services.slots()
+    }
+    fn upsert_slot(&mut self, key: &sluice_abi::lb_slot_key, backend_id: u32) -> Result<(), DatapathError> {
+        self.services.upsert_slot(key, backend_id)
+    }
+    fn remove_slot(&mut self, key: &sluice_abi::lb_slot_key) -> Result<(), DatapathError> {
+        self.services.remove_slot(key)
+    }
+    fn maglev_keys(&self) -> Result<Vec<sluice_abi::lb_maglev_key>, DatapathError> {
+        self.services.maglev_keys()
+    }
+    fn upsert_maglev(&mut self, key: &sluice_abi::lb_maglev_key, chunk: &sluice_abi::lb_maglev_chunk) -> Result<(), DatapathError> {
+        self.services.upsert_maglev(key, chunk)
+    }
+    fn remove_maglev(&mut self, key: &sluice_abi::lb_maglev_key) -> Result<(), DatapathError> {
+        self.services.remove_maglev(key)
+    }
+    fn conntrack(&self) -> Result<Vec<(sluice_abi::ct_key, sluice_abi::ct_entry)>, DatapathError> {
+        self.services.conntrack()
+    }
+    fn remove_conntrack(&mut self, key: &sluice_abi::ct_key) -> Result<(), DatapathError> {
+        self.services.remove_conntrack(key)
+    }
+    fn service_pressure(&self) -> Vec<MapPressure> {
+        self.services.service_pressure()
+    }
+}
+
 fn load_object(name: &'static str, bytes: &[u8], pin_dir: &Path, opts: &LoadOptions) -> Result<Ebpf, DatapathError> {
     let mode = opts.host_routing.abi_value();
     let monitor = opts.monitor.abi_value();
     let rate = opts.drop_events_per_second;
+    let maglev = opts.maglev_table_size;
+    let v4 = opts.node_ipv4.map(|a| u32::from_ne_bytes(a.octets())).unwrap_or(0);
+    let v6 = opts.node_ipv6.map(|a| a.octets()).unwrap_or_default();
+    let w = |i: usize| u32::from_ne_bytes([v6[i * 4], v6[i * 4 + 1], v6[i * 4 + 2], v6[i * 4 + 3]]);
+    let (w0, w1, w2, w3) = (w(0), w(1), w(2), w(3));
     // No kernel BTF: the programs use no CO-RE relocations, and parsing the kernel's BTF would
     // cost start-up time and several MiB of the agent's memory for nothing.
     let mut ebpf = EbpfLoader::new()
@@ -365,6 +439,13 @@ fn load_object(name: &'static str, bytes: &[u8], pin_dir: &Path, opts: &LoadOpti
         .set_global("CONFIG_HOST_ROUTING", &mode, true)
         .set_global("CONFIG_MONITOR_AGGREGATION", &monitor, true)
         .set_global("CONFIG_DROP_EVENT_RATE", &rate, true)
+        .set_global("CONFIG_MAGLEV_SIZE", &maglev, true)
+        .set_global("CONFIG_NODE_IPV4", &v4, true)
+        .set_global("CONFIG_NODE_IPV6_0", &w0, true)
+        .set_global("CONFIG_NODE_IPV6_1", &w1, true)
+        .set_global("CONFIG_NODE_IPV6_2", &w2, true)
+        .set_global("CONFIG_NODE_IPV6_3", &w3, true)
+        .set_max_entries("lb_ct", opts.conntrack_entries)
         .load(bytes)
         .map_err(|source| DatapathError::Load { object: name, source: Box::new(source) })?;
     let prog = program_mut(&mut ebpf, name)?;
