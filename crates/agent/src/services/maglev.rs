@@ -54,7 +54,10 @@ pub fn maglev_table(backends: &[&str], size: u32) -> Result<Vec<u32>, MaglevErro
         return Ok(Vec::new());
     }
     if backends.len() > size as usize {
-        return Err(MaglevError::SizeTooSmall { size, backends: backends.len() });
+        return Err(MaglevError::SizeTooSmall {
+            size,
+            backends: backends.len(),
+        });
     }
 
     // The rank order: by name, so that every node fills the table in the same order.
@@ -64,7 +67,9 @@ pub fn maglev_table(backends: &[&str], size: u32) -> Result<Vec<u32>, MaglevErro
     order.sort_by(|&a, &b| backends[a as usize].cmp(backends[b as usize]));
     for pair in order.windows(2) {
         if backends[pair[0] as usize].cmp(backends[pair[1] as usize]) == Ordering::Equal {
-            return Err(MaglevError::DuplicateBackend { name: backends[pair[0] as usize].to_string() });
+            return Err(MaglevError::DuplicateBackend {
+                name: backends[pair[0] as usize].to_string(),
+            });
         }
     }
 
@@ -150,7 +155,9 @@ mod tests {
     use super::*;
 
     fn names(n: usize) -> Vec<String> {
-        (0..n).map(|i| format!("10.0.{}.{}:8080/TCP", i / 250, i % 250 + 1)).collect()
+        (0..n)
+            .map(|i| format!("10.0.{}.{}:8080/TCP", i / 250, i % 250 + 1))
+            .collect()
     }
 
     fn refs(names: &[String]) -> Vec<&str> {
@@ -173,12 +180,19 @@ mod tests {
     #[test]
     fn primes() {
         let small: Vec<u32> = (0..40).filter(|&n| is_prime(n)).collect();
-        assert_eq!(small, [2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37], "primes below 40");
+        assert_eq!(
+            small,
+            [2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37],
+            "primes below 40"
+        );
         assert!(is_prime(DEFAULT_TABLE_SIZE), "the default size is prime");
         assert!(is_prime(65537), "65537 is prime");
         assert!(is_prime(4_294_967_291), "the largest u32 prime is prime");
         assert!(!is_prime(u32::MAX), "u32::MAX = 3 × 5 × 17 × 257 × 65537");
-        assert!(!is_prime(65537 * 65521), "a product of two large primes is not prime");
+        assert!(
+            !is_prime(65537 * 65521),
+            "a product of two large primes is not prime"
+        );
         assert!(!is_prime(1 << 20), "even numbers are not prime");
         assert!(!is_prime(16383), "16383 = 3 × 43 × 127");
     }
@@ -187,15 +201,32 @@ mod tests {
     fn non_prime_size_is_rejected_with_the_size() {
         let err = maglev_table(&["a"], 16383).unwrap_err();
         assert_eq!(err, MaglevError::SizeNotPrime { size: 16383 });
-        assert!(err.to_string().contains("16383"), "the message names the size: {err}");
-        assert_eq!(maglev_table(&[], 0), Err(MaglevError::SizeNotPrime { size: 0 }), "0 is not prime");
-        assert_eq!(maglev_table(&[], 1), Err(MaglevError::SizeNotPrime { size: 1 }), "1 is not prime");
+        assert!(
+            err.to_string().contains("16383"),
+            "the message names the size: {err}"
+        );
+        assert_eq!(
+            maglev_table(&[], 0),
+            Err(MaglevError::SizeNotPrime { size: 0 }),
+            "0 is not prime"
+        );
+        assert_eq!(
+            maglev_table(&[], 1),
+            Err(MaglevError::SizeNotPrime { size: 1 }),
+            "1 is not prime"
+        );
     }
 
     #[test]
     fn size_smaller_than_backends_is_rejected() {
         let err = maglev_table(&["a", "b", "c", "d"], 3).unwrap_err();
-        assert_eq!(err, MaglevError::SizeTooSmall { size: 3, backends: 4 });
+        assert_eq!(
+            err,
+            MaglevError::SizeTooSmall {
+                size: 3,
+                backends: 4
+            }
+        );
     }
 
     #[test]
@@ -219,7 +250,11 @@ mod tests {
     fn as_many_backends_as_entries_get_one_each() {
         let names = names(7);
         let table = maglev_table(&refs(&names), 7).unwrap();
-        assert_eq!(counts(&table, 7), vec![1; 7], "each of 7 backends owns one of 7 entries");
+        assert_eq!(
+            counts(&table, 7),
+            vec![1; 7],
+            "each of 7 backends owns one of 7 entries"
+        );
     }
 
     #[test]
@@ -227,14 +262,21 @@ mod tests {
         for n in [2, 3, 10, 100] {
             let names = names(n);
             let table = maglev_table(&refs(&names), DEFAULT_TABLE_SIZE).unwrap();
-            assert_eq!(table.len(), DEFAULT_TABLE_SIZE as usize, "N={n}: one entry per slot");
+            assert_eq!(
+                table.len(),
+                DEFAULT_TABLE_SIZE as usize,
+                "N={n}: one entry per slot"
+            );
             let counts = counts(&table, n);
             let (min, max) = (*counts.iter().min().unwrap(), *counts.iter().max().unwrap());
             assert!(min > 0, "N={n}: every backend owns entries");
             // Maglev fills round-robin, so shares differ by at most the last partial round
             // plus what the permutation collisions leave; the paper reports < 1.2 at N/M=1%.
             let ratio = max as f64 / min as f64;
-            assert!(ratio < 1.2, "N={n}: max/min share ratio {ratio:.3} should be below 1.2 ({min}..{max})");
+            assert!(
+                ratio < 1.2,
+                "N={n}: max/min share ratio {ratio:.3} should be below 1.2 ({min}..{max})"
+            );
         }
     }
 
@@ -246,10 +288,17 @@ mod tests {
         reversed.reverse();
         let mut rotated = forward.clone();
         rotated.rotate_left(3);
-        let expected = by_name(&forward, &maglev_table(&forward, DEFAULT_TABLE_SIZE).unwrap());
+        let expected = by_name(
+            &forward,
+            &maglev_table(&forward, DEFAULT_TABLE_SIZE).unwrap(),
+        );
         for other in [reversed, rotated] {
             let table = maglev_table(&other, DEFAULT_TABLE_SIZE).unwrap();
-            assert_eq!(by_name(&other, &table), expected, "same owners for permuted input {other:?}");
+            assert_eq!(
+                by_name(&other, &table),
+                expected,
+                "same owners for permuted input {other:?}"
+            );
         }
     }
 
@@ -257,7 +306,11 @@ mod tests {
     fn table_is_stable_across_processes() {
         // Pinned: every node must compute this. A change here is a change of the table's
         // definition, which breaks flows during a mixed-version rollout.
-        let table = maglev_table(&["10.0.0.1:80/TCP", "10.0.0.2:80/TCP", "10.0.0.3:80/TCP"], 13).unwrap();
+        let table = maglev_table(
+            &["10.0.0.1:80/TCP", "10.0.0.2:80/TCP", "10.0.0.3:80/TCP"],
+            13,
+        )
+        .unwrap();
         assert_eq!(table, PINNED_13, "the table of three backends in 13 slots");
     }
     const PINNED_13: [u32; 13] = [1, 2, 2, 0, 1, 0, 1, 2, 1, 2, 0, 0, 0];
@@ -268,8 +321,14 @@ mod tests {
         let old = by_name(before, &maglev_table(before, size).unwrap());
         let new = by_name(after, &maglev_table(after, size).unwrap());
         let changed: Vec<(&str, &str)> = old.into_iter().zip(new).filter(|(o, n)| o != n).collect();
-        let others = changed.iter().filter(|(o, n)| *o != moved && *n != moved).count();
-        (changed.len() as f64 / f64::from(size), others as f64 / f64::from(size))
+        let others = changed
+            .iter()
+            .filter(|(o, n)| *o != moved && *n != moved)
+            .count();
+        (
+            changed.len() as f64 / f64::from(size),
+            others as f64 / f64::from(size),
+        )
     }
 
     /// How much one backend change may disturb, as multiples of `1/N`: all of the moved

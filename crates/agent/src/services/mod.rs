@@ -2,4 +2,5 @@
 //! the frontends and backend sets this node programs into the datapath (`desired`), and the
 //! Maglev tables that spread External traffic over a set the same way on every node (`maglev`).
 
+pub mod desired;
 pub mod maglev;
