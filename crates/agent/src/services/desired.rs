@@ -8,7 +8,8 @@
 //! Each service port and family has at most two backend sets:
 //! - the External set, drawn by `externalTrafficPolicy`: all endpoints, or only this node's
 //!   when `Local` (then the node keeps the client source, `Frontend::local_only`);
-//! - the Internal set, only when some frontend must see other endpoints than the External set.
+//! - the Internal set, for frontends whose callers must see other endpoints than the External
+//!   set holds.
 //!
 //! Frontends:
 //! - ClusterIP: an External key only. Its set follows `internalTrafficPolicy` (all endpoints,

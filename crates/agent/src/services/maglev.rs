@@ -9,6 +9,10 @@ use std::cmp::Ordering;
 /// which keeps every backend's share within about 1% of the mean (paper, figure 11).
 pub const DEFAULT_TABLE_SIZE: u32 = 16381;
 
+/// The largest table size accepted (2^17 - 1, prime, as Cilium's largest): 512 KiB per set,
+/// room for a thousand backends at the paper's 100 entries per backend.
+pub const MAX_TABLE_SIZE: u32 = 131071;
+
 /// Why a Maglev table cannot be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MaglevError {
@@ -16,6 +20,12 @@ pub enum MaglevError {
     /// table when `skip` is coprime with the size, which a prime size guarantees.
     #[error("Maglev table size {size} is not prime")]
     SizeNotPrime {
+        /// The size asked for.
+        size: u32,
+    },
+    /// The size is above [`MAX_TABLE_SIZE`]: a misconfiguration that would cost gigabytes.
+    #[error("Maglev table size {size} is above the maximum {MAX_TABLE_SIZE}")]
+    SizeTooLarge {
         /// The size asked for.
         size: u32,
     },
@@ -41,12 +51,15 @@ pub enum MaglevError {
 /// `backends`: the names are ranked by sorting, and only the returned indices refer back to
 /// the caller's slice.
 ///
-/// `size` must be prime and at least the number of backends. An empty `backends` yields an
+/// `size` must be prime, at most [`MAX_TABLE_SIZE`] and at least the number of backends. An empty `backends` yields an
 /// empty table (the set has nobody to send to; the datapath rejects the connection).
 ///
 /// Cost: the permutations are generated lazily, one step at a time, as in the paper's
 /// pseudocode; building needs `O(size × ln size)` probes on average and `O(size + N)` memory.
 pub fn maglev_table(backends: &[&str], size: u32) -> Result<Vec<u32>, MaglevError> {
+    if size > MAX_TABLE_SIZE {
+        return Err(MaglevError::SizeTooLarge { size });
+    }
     if !is_prime(size) {
         return Err(MaglevError::SizeNotPrime { size });
     }
@@ -61,6 +74,8 @@ pub fn maglev_table(backends: &[&str], size: u32) -> Result<Vec<u32>, MaglevErro
     }
 
     // The rank order: by name, so that every node fills the table in the same order.
+    // Indices fit: there are at most `size` backends. u32::MAX marks free slots below, and
+    // no index reaches it.
     let mut order: Vec<u32> = (0..backends.len())
         .map(|i| u32::try_from(i).unwrap_or(u32::MAX))
         .collect();
@@ -214,6 +229,25 @@ mod tests {
             maglev_table(&[], 1),
             Err(MaglevError::SizeNotPrime { size: 1 }),
             "1 is not prime"
+        );
+    }
+
+    #[test]
+    fn size_above_the_maximum_is_rejected() {
+        let err = maglev_table(&["a"], 4_294_967_291).unwrap_err();
+        assert_eq!(
+            err,
+            MaglevError::SizeTooLarge {
+                size: 4_294_967_291
+            }
+        );
+        assert!(
+            is_prime(MAX_TABLE_SIZE),
+            "the maximum size is itself a valid size"
+        );
+        assert_eq!(
+            maglev_table(&["a"], MAX_TABLE_SIZE).map(|t| t.len()),
+            Ok(MAX_TABLE_SIZE as usize)
         );
     }
 
