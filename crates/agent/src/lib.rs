@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod observer;
 pub mod plumber;
 pub mod reconciler;
+pub mod services;
 
 pub use config::AgentConfig;
 pub use daemon::run;
