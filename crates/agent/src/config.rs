@@ -116,6 +116,78 @@ pub struct AgentConfig {
     /// Node events kept (oldest dropped first).
     #[serde(default = "default_event_history")]
     pub event_history: usize,
+    /// Service load balancing settings.
+    #[serde(default)]
+    pub services: ServicesConfig,
+}
+
+/// Service load balancing (`services:` in the agent configuration).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServicesConfig {
+    /// Translate service addresses at connect()/sendmsg() for the node's processes (socket LB);
+    /// when off, pod traffic to ClusterIPs is translated per packet in tc.
+    #[serde(default = "default_true", rename = "socketLB")]
+    pub socket_lb: bool,
+    /// The cgroup v2 directory the socket-LB hooks attach to; default: the parent of the
+    /// agent's own cgroup (the node's subtree).
+    #[serde(default)]
+    pub socket_lb_cgroup: Option<PathBuf>,
+    /// Entries of each Maglev table (a prime).
+    #[serde(default = "default_maglev")]
+    pub maglev_table_size: u32,
+    /// Capacity of the service conntrack table.
+    #[serde(default = "default_conntrack")]
+    pub conntrack_entries: u32,
+    /// Seconds an idle established TCP flow is kept.
+    #[serde(default = "default_ct_tcp")]
+    pub conntrack_tcp_timeout: u64,
+    /// Seconds a TCP flow is kept after its FIN or RST.
+    #[serde(default = "default_ct_closing")]
+    pub conntrack_tcp_closing_timeout: u64,
+    /// Seconds an idle UDP flow is kept.
+    #[serde(default = "default_ct_other")]
+    pub conntrack_other_timeout: u64,
+    /// Seconds between conntrack garbage collections.
+    #[serde(default = "default_ct_gc")]
+    pub conntrack_gc_seconds: u64,
+}
+
+impl Default for ServicesConfig {
+    fn default() -> Self {
+        Self {
+            socket_lb: true,
+            socket_lb_cgroup: None,
+            maglev_table_size: default_maglev(),
+            conntrack_entries: default_conntrack(),
+            conntrack_tcp_timeout: default_ct_tcp(),
+            conntrack_tcp_closing_timeout: default_ct_closing(),
+            conntrack_other_timeout: default_ct_other(),
+            conntrack_gc_seconds: default_ct_gc(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_maglev() -> u32 {
+    sluice_abi::SLUICE_MAGLEV_DEFAULT_SIZE
+}
+fn default_conntrack() -> u32 {
+    sluice_abi::SLUICE_CT_DEFAULT_ENTRIES
+}
+fn default_ct_tcp() -> u64 {
+    21600
+}
+fn default_ct_closing() -> u64 {
+    10
+}
+fn default_ct_other() -> u64 {
+    60
+}
+fn default_ct_gc() -> u64 {
+    10
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -239,6 +311,16 @@ impl AgentConfig {
         }
         if self.resync_seconds == 0 {
             return invalid("resyncSeconds", "must be at least 1".into());
+        }
+        let m = self.services.maglev_table_size;
+        if !crate::services::maglev::is_prime(m) || m > crate::services::maglev::MAX_TABLE_SIZE || m < 7 {
+            return invalid("services.maglevTableSize", format!("{m} must be a prime between 7 and {}", crate::services::maglev::MAX_TABLE_SIZE));
+        }
+        if self.services.conntrack_entries < 1024 {
+            return invalid("services.conntrackEntries", format!("{} is below the minimum 1024", self.services.conntrack_entries));
+        }
+        if self.services.conntrack_gc_seconds == 0 {
+            return invalid("services.conntrackGcSeconds", "must be at least 1".into());
         }
         Ok(())
     }
