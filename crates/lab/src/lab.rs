@@ -6,10 +6,12 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Namespace, Pod, PodIP, PodStatus};
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1::{Namespace, Pod, PodCondition, PodIP, PodStatus, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use nix::fcntl::{Flock, FlockArg};
-use sluice_model::Object;
+use sluice_model::{Allocator, Object, ServiceRanges};
 use sluice_state::{LocalStore, Store, StoreError};
 
 use crate::names::{validate_lab_name, LabNames};
@@ -31,6 +33,8 @@ pub struct UpOptions {
     /// The `sluice` binary (agents and shims run it); `sluice-cni` must be beside it.
     pub sluice: PathBuf,
     pub agent_timeout: Duration,
+    /// Where services get cluster IPs and node ports; must not overlap the lab's networks.
+    pub service_ranges: ServiceRanges,
 }
 
 impl UpOptions {
@@ -43,6 +47,7 @@ impl UpOptions {
             monitor: "medium".into(),
             sluice,
             agent_timeout: Duration::from_secs(20),
+            service_ranges: ServiceRanges::default(),
         }
     }
 }
@@ -123,6 +128,7 @@ impl Lab {
         if !["off", "medium", "all"].contains(&opts.monitor.as_str()) {
             return Err(LabError::Invalid(format!("monitor {:?} is not one of off, medium, all", opts.monitor)));
         }
+        check_service_ranges(&opts.service_ranges)?;
         let names = LabNames::new(&opts.name);
         let dir = names.dir();
         let lock = lock(&dir)?;
@@ -132,7 +138,13 @@ impl Lab {
         let mut lab = Self {
             bins: binaries(opts.sluice.clone()),
             store: LocalStore::new(dir.join("store.json")),
-            state: LabState { name: opts.name.clone(), host_routing: opts.host_routing.clone(), ..Default::default() },
+            state: LabState {
+                name: opts.name.clone(),
+                host_routing: opts.host_routing.clone(),
+                service_cidrs: opts.service_ranges.cidrs.clone(),
+                node_port_range: format!("{}-{}", opts.service_ranges.node_ports.start(), opts.service_ranges.node_ports.end()),
+                ..Default::default()
+            },
             names,
             _lock: Some(lock),
         };
@@ -250,36 +262,15 @@ impl Lab {
         }
     }
 
-    /// Applies a manifest: validated whole first (nothing changes when any document is
-    /// invalid), then stored, then new pods are started. Returns when every new pod runs
-    /// with addresses, or with the first failure.
+    /// Applies a manifest: validated whole first, services allocated, all inside one store
+    /// update (nothing changes when any document is invalid or any allocation fails), then
+    /// new pods are started. Returns when every new pod runs with addresses, or with the
+    /// first failure.
     pub async fn apply(&mut self, file: &str, text: &str, timeout: Duration, progress: &mut dyn FnMut(&str)) -> Result<Vec<AppliedObject>, LabError> {
         let objects = sluice_model::parse_manifests(file, text)?;
         let nodes: Vec<String> = self.state.nodes.iter().map(|n| n.name.clone()).collect();
-        let mut applied = Vec::new();
-        let mut to_start: Vec<String> = Vec::new();
-        self.store.update(|store| {
-            let new_namespaces: Vec<&str> =
-                objects.iter().filter(|&o| matches!(o, Object::Namespace(_))).map(|o| o.name()).collect();
-            for (i, object) in objects.iter().enumerate() {
-                let where_ = format!("{file}: document {} ({} {:?})", i + 1, object.kind(), object.name());
-                match object {
-                    Object::Namespace(ns) => applied.push(apply_namespace(store, ns)),
-                    Object::Pod(pod) => {
-                        let ns = object.namespace().unwrap_or("default");
-                        if !store.namespaces.contains_key(ns) && !new_namespaces.contains(&ns) {
-                            return Err(StoreError::Rejected(format!("{where_}: metadata.namespace: namespace {ns:?} does not exist")));
-                        }
-                        let (result, start) = apply_pod(store, pod, ns, &nodes).map_err(|m| StoreError::Rejected(format!("{where_}: {m}")))?;
-                        if start {
-                            to_start.push(Store::pod_key(ns, object.name()));
-                        }
-                        applied.push(result);
-                    }
-                }
-            }
-            Ok(())
-        })?;
+        let ranges = self.state.service_ranges()?;
+        let (applied, to_start) = self.store.update(|store| apply_objects(store, file, &objects, &nodes, &ranges))?;
         for key in to_start {
             self.start_pod(&key, timeout, progress).await?;
         }
@@ -308,6 +299,7 @@ impl Lab {
                             pod_ips: Some(ips.iter().map(|ip| PodIP { ip: ip.clone() }).collect()),
                             host_ip: Some(crate::names::node_ipv4(node.index).to_string()),
                             start_time: Some(Time(now())),
+                            conditions: Some(ready_conditions(phase == "Running")),
                             ..Default::default()
                         });
                     }
@@ -329,9 +321,18 @@ impl Lab {
         }
     }
 
-    /// Deletes what a manifest names (pods, and namespaces with their pods).
+    /// Deletes what a manifest names (services, endpoint slices, pods, and namespaces with
+    /// everything in them).
     pub async fn delete_manifest(&mut self, file: &str, text: &str, progress: &mut dyn FnMut(&str)) -> Result<(), LabError> {
         let objects = sluice_model::parse_manifests(file, text)?;
+        for object in &objects {
+            let ns = object.namespace().unwrap_or("default");
+            match object {
+                Object::Service(_) => self.delete_service(ns, object.name(), true, progress)?,
+                Object::EndpointSlice(_) => self.delete_endpoint_slice(ns, object.name(), true, progress)?,
+                Object::Pod(_) | Object::Namespace(_) => {}
+            }
+        }
         for object in objects.iter().filter(|o| matches!(o, Object::Pod(_))) {
             self.delete_pod(object.namespace().unwrap_or("default"), object.name(), true, progress).await?;
         }
@@ -347,13 +348,32 @@ impl Lab {
             let (ns, pod) = key.split_once('/').unwrap_or((name, key.as_str()));
             self.delete_pod(ns, pod, true, progress).await?;
         }
-        let existed = self.store.update(|s| Ok(s.namespaces.remove(name).is_some()))?;
+        let prefix = format!("{name}/");
+        let existed = self.store.update(|s| {
+            s.services.retain(|key, _| !key.starts_with(&prefix));
+            s.endpoint_slices.retain(|key, _| !key.starts_with(&prefix));
+            Ok(s.namespaces.remove(name).is_some())
+        })?;
         if existed {
             progress(&format!("namespace/{name} deleted"));
         } else {
             progress(&format!("namespace/{name} not found"));
         }
         Ok(())
+    }
+
+    /// Deletes a service; its cluster IPs and node ports are free again.
+    pub fn delete_service(&mut self, namespace: &str, name: &str, missing_ok: bool, progress: &mut dyn FnMut(&str)) -> Result<(), LabError> {
+        let key = Store::key(namespace, name);
+        let existed = self.store.update(|s| Ok(s.services.remove(&key).is_some()))?;
+        report_delete("service", namespace, name, existed, missing_ok, progress)
+    }
+
+    /// Deletes an endpoint slice applied by hand (derived slices go with their pods).
+    pub fn delete_endpoint_slice(&mut self, namespace: &str, name: &str, missing_ok: bool, progress: &mut dyn FnMut(&str)) -> Result<(), LabError> {
+        let key = Store::key(namespace, name);
+        let existed = self.store.update(|s| Ok(s.endpoint_slices.remove(&key).is_some()))?;
+        report_delete("endpointslice", namespace, name, existed, missing_ok, progress)
     }
 
     /// Deletes a pod: stops it, releases its network, removes it from the store.
@@ -408,6 +428,9 @@ impl Lab {
             if let Some(rt) = self.state.pods.get(&key) {
                 let (phase, message) = runtime::phase(rt);
                 let status = pod.status.get_or_insert_with(Default::default);
+                if status.phase.as_deref() != Some(phase) {
+                    status.conditions = Some(ready_conditions(phase == "Running"));
+                }
                 status.phase = Some(phase.into());
                 if message.is_some() {
                     status.message = message;
@@ -420,6 +443,25 @@ impl Lab {
 
     pub fn namespaces(&self) -> Result<Vec<Namespace>, LabError> {
         Ok(self.store.load()?.namespaces.into_values().collect())
+    }
+
+    /// Services as stored (allocated); `namespace` None means all.
+    pub fn services(&self, namespace: Option<&str>) -> Result<Vec<Service>, LabError> {
+        let store = self.store.load()?;
+        Ok(store.services.into_iter().filter(|(key, _)| in_namespace(key, namespace)).map(|(_, s)| s).collect())
+    }
+
+    /// Endpoint slices: those applied by hand, then those derived from the pods (with their
+    /// live phase) for every service with a selector. Derived slices carry the label
+    /// `endpointslice.kubernetes.io/managed-by: endpointslice-controller.sluice.io`.
+    pub fn endpoint_slices(&self, namespace: Option<&str>) -> Result<Vec<EndpointSlice>, LabError> {
+        let store = self.store.load()?;
+        let pods = self.pods(namespace)?;
+        let mut slices: Vec<EndpointSlice> = store.endpoint_slices.into_iter().filter(|(key, _)| in_namespace(key, namespace)).map(|(_, s)| s).collect();
+        for (_, service) in store.services.iter().filter(|(key, _)| in_namespace(key, namespace)) {
+            slices.extend(sluice_model::derive_endpoint_slices(service, &pods));
+        }
+        Ok(slices)
     }
 
     /// Runs a command in a pod; returns its exit code.
@@ -470,6 +512,40 @@ fn namespace_object(name: &str, mut labels: BTreeMap<String, String>) -> Namespa
         metadata: ObjectMeta { name: Some(name.into()), labels: Some(labels), creation_timestamp: Some(Time(now())), ..Default::default() },
         ..Default::default()
     }
+}
+
+/// Validates and stores a manifest's objects into `store`; returns the report and the keys of
+/// pods to start. Runs inside one store update: any error leaves the store as it was.
+fn apply_objects(store: &mut Store, file: &str, objects: &[Object], nodes: &[String], ranges: &ServiceRanges) -> Result<(Vec<AppliedObject>, Vec<String>), StoreError> {
+    let mut applied = Vec::new();
+    let mut to_start = Vec::new();
+    let new_namespaces: Vec<&str> = objects.iter().filter(|&o| matches!(o, Object::Namespace(_))).map(|o| o.name()).collect();
+    // Built on the first service only: a file of pods pays nothing for it.
+    let mut allocator: Option<Allocator> = None;
+    for (i, object) in objects.iter().enumerate() {
+        let where_ = format!("{file}: document {} ({} {:?})", i + 1, object.kind(), object.name());
+        let ns = object.namespace().unwrap_or("default");
+        if object.kind().is_namespaced() && !store.namespaces.contains_key(ns) && !new_namespaces.contains(&ns) {
+            return Err(StoreError::Rejected(format!("{where_}: metadata.namespace: namespace {ns:?} does not exist")));
+        }
+        match object {
+            Object::Namespace(namespace) => applied.push(apply_namespace(store, namespace)),
+            Object::Pod(pod) => {
+                let (result, start) = apply_pod(store, pod, ns, nodes).map_err(|m| StoreError::Rejected(format!("{where_}: {m}")))?;
+                if start {
+                    to_start.push(Store::pod_key(ns, object.name()));
+                }
+                applied.push(result);
+            }
+            Object::Service(service) => {
+                let allocator = allocator.get_or_insert_with(|| Allocator::new(ranges, store.services.values()));
+                let result = apply_service(store, allocator, service, ns).map_err(|m| StoreError::Rejected(format!("{where_}: {m}")))?;
+                applied.push(result);
+            }
+            Object::EndpointSlice(slice) => applied.push(apply_endpoint_slice(store, slice, ns)),
+        }
+    }
+    Ok((applied, to_start))
 }
 
 fn apply_namespace(store: &mut Store, ns: &Namespace) -> AppliedObject {
@@ -556,4 +632,175 @@ fn new_uid() -> String {
     b[8] = (b[8] & 0x3f) | 0x80;
     let h = hex::encode(b);
     format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+}
+
+fn in_namespace(key: &str, namespace: Option<&str>) -> bool {
+    namespace.is_none_or(|ns| key.split_once('/').is_some_and(|(k, _)| k == ns))
+}
+
+fn report_delete(kind: &str, namespace: &str, name: &str, existed: bool, missing_ok: bool, progress: &mut dyn FnMut(&str)) -> Result<(), LabError> {
+    if existed {
+        progress(&format!("{kind}/{name} deleted (namespace {namespace})"));
+    } else if missing_ok {
+        progress(&format!("{kind}/{name} not found (namespace {namespace})"));
+    } else {
+        return Err(LabError::Invalid(format!("{kind} {namespace}/{name} not found")));
+    }
+    Ok(())
+}
+
+/// The conditions kubelet reports for a pod whose containers run (or not). Lab pods have no
+/// probes, so running is ready; endpoint slices take readiness from `Ready`.
+fn ready_conditions(running: bool) -> Vec<PodCondition> {
+    let status = if running { "True" } else { "False" };
+    ["Initialized", "ContainersReady", "Ready"]
+        .into_iter()
+        .map(|type_| PodCondition {
+            type_: type_.into(),
+            status: if type_ == "Initialized" { "True".into() } else { status.into() },
+            last_transition_time: Some(Time(now())),
+            ..Default::default()
+        })
+        .collect()
+}
+
+/// Service ranges must not overlap the lab's underlay or pod networks: a cluster IP that is
+/// also a pod or node address would be ambiguous to the datapath.
+fn check_service_ranges(ranges: &ServiceRanges) -> Result<(), LabError> {
+    let underlay_v4 = IpNet::new(crate::names::node_ipv4(0).into(), crate::names::UNDERLAY_V4_PREFIX);
+    let underlay_v6 = IpNet::new(crate::names::node_ipv6(0).into(), crate::names::UNDERLAY_V6_PREFIX);
+    let mut taken: Vec<IpNet> = underlay_v4.into_iter().chain(underlay_v6).map(|n| n.trunc()).collect();
+    for index in 0..8 {
+        taken.push(crate::names::pod_cidr_v4(index).into());
+        taken.push(crate::names::pod_cidr_v6(index).into());
+    }
+    for cidr in &ranges.cidrs {
+        if let Some(other) = taken.iter().find(|t| t.contains(&cidr.network()) || cidr.contains(&t.network())) {
+            return Err(LabError::Invalid(format!("--service-cidr {cidr} overlaps the lab network {other}; pick a range outside it")));
+        }
+    }
+    Ok(())
+}
+
+/// Stores a service with its cluster IPs and node ports allocated. Re-applying keeps them
+/// (a cluster IP never changes once given, as in Kubernetes).
+fn apply_service(store: &mut Store, allocator: &mut Allocator, service: &Service, ns: &str) -> Result<AppliedObject, String> {
+    let name = service.metadata.name.clone().unwrap_or_default();
+    let key = Store::key(ns, &name);
+    let mut wanted = service.clone();
+    wanted.metadata.namespace = Some(ns.into());
+    allocator.allocate(&mut wanted).map_err(|e| e.to_string())?;
+    let applied = |action| AppliedObject { kind: "Service".into(), namespace: Some(ns.into()), name: name.clone(), action };
+    let action = match store.services.get(&key) {
+        Some(existing) => {
+            wanted.metadata.uid = existing.metadata.uid.clone();
+            wanted.metadata.creation_timestamp = existing.metadata.creation_timestamp.clone();
+            if *existing == wanted {
+                return Ok(applied("unchanged"));
+            }
+            "configured"
+        }
+        None => {
+            wanted.metadata.uid = Some(new_uid());
+            wanted.metadata.creation_timestamp = Some(Time(now()));
+            "created"
+        }
+    };
+    store.services.insert(key, wanted);
+    Ok(applied(action))
+}
+
+/// Stores an endpoint slice as given: it is how a service without a selector gets backends.
+fn apply_endpoint_slice(store: &mut Store, slice: &EndpointSlice, ns: &str) -> AppliedObject {
+    let name = slice.metadata.name.clone().unwrap_or_default();
+    let key = Store::key(ns, &name);
+    let mut wanted = slice.clone();
+    wanted.metadata.namespace = Some(ns.into());
+    let action = match store.endpoint_slices.get(&key) {
+        Some(existing) => {
+            wanted.metadata.uid = existing.metadata.uid.clone();
+            wanted.metadata.creation_timestamp = existing.metadata.creation_timestamp.clone();
+            if *existing == wanted { "unchanged" } else { "configured" }
+        }
+        None => {
+            wanted.metadata.uid = Some(new_uid());
+            wanted.metadata.creation_timestamp = Some(Time(now()));
+            "created"
+        }
+    };
+    if action != "unchanged" {
+        store.endpoint_slices.insert(key, wanted);
+    }
+    AppliedObject { kind: "EndpointSlice".into(), namespace: Some(ns.into()), name, action }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store_with_default_namespace() -> Store {
+        let mut store = Store::default();
+        store.namespaces.insert("default".into(), namespace_object("default", BTreeMap::new()));
+        store
+    }
+
+    fn apply_text(store: &mut Store, text: &str) -> Result<Vec<(String, &'static str)>, String> {
+        let objects = sluice_model::parse_manifests("m.yaml", text).map_err(|e| e.to_string())?;
+        let (applied, _) = apply_objects(store, "m.yaml", &objects, &["node0".into()], &ServiceRanges::default()).map_err(|e| e.to_string())?;
+        Ok(applied.into_iter().map(|a| (a.name, a.action)).collect())
+    }
+
+    const SERVICES: &str = "apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec: {type: NodePort, selector: {app: web}, ports: [{port: 80}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: ext, labels: {kubernetes.io/service-name: ext}}
+addressType: IPv4
+endpoints: [{addresses: [192.0.2.7]}]
+ports: [{port: 443}]
+";
+
+    #[test]
+    fn services_are_allocated_and_reapply_is_unchanged() {
+        let mut store = store_with_default_namespace();
+        let first = apply_text(&mut store, SERVICES);
+        assert_eq!(first, Ok(vec![("web".into(), "created"), ("ext".into(), "created")]), "first apply creates");
+        let spec = store.services.get("default/web").and_then(|s| s.spec.clone()).unwrap_or_default();
+        assert_eq!(spec.cluster_ip.as_deref(), Some("198.18.128.1"), "cluster IP allocated");
+        assert_eq!(spec.ports.unwrap_or_default()[0].node_port, Some(30000), "node port allocated");
+        let again = apply_text(&mut store, SERVICES);
+        assert_eq!(again, Ok(vec![("web".into(), "unchanged"), ("ext".into(), "unchanged")]), "re-apply keeps allocations");
+    }
+
+    #[test]
+    fn allocation_errors_name_the_document() {
+        let mut store = store_with_default_namespace();
+        let taken = "apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec: {clusterIP: 198.18.128.9, ports: [{port: 80}]}\n";
+        let conflict = format!("{taken}---\n{}", taken.replace("name: a", "name: b"));
+        let result = apply_text(&mut store, &conflict);
+        assert_eq!(
+            result,
+            Err("m.yaml: document 2 (Service \"b\"): spec.clusterIP: 198.18.128.9 is already allocated to service default/a".into()),
+            "the second service's request conflicts with the first"
+        );
+        let missing = apply_text(&mut store, &taken.replace("name: a}", "name: a, namespace: shop}"));
+        assert!(missing.is_err_and(|e| e.contains("namespace \"shop\" does not exist")), "services need their namespace");
+    }
+
+    #[test]
+    fn service_ranges_must_not_overlap_the_lab() {
+        let pods = ServiceRanges { cidrs: vec![ServiceRanges::parse_cidr("198.19.0.0/20").unwrap()], ..Default::default() };
+        assert!(check_service_ranges(&pods).is_err(), "overlaps the pod CIDRs");
+        assert!(check_service_ranges(&ServiceRanges::default()).is_ok(), "the defaults fit");
+    }
+
+    #[test]
+    fn running_pods_are_ready() {
+        let ready = |running| ready_conditions(running).into_iter().find(|c| c.type_ == "Ready").map(|c| c.status);
+        assert_eq!(ready(true), Some("True".into()), "running: Ready=True");
+        assert_eq!(ready(false), Some("False".into()), "not running: Ready=False");
+    }
 }

@@ -5,7 +5,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
+use sluice_model::ServiceRanges;
 
 use crate::LabError;
 
@@ -20,6 +22,22 @@ pub struct LabState {
     /// Pods by `namespace/name`.
     #[serde(default)]
     pub pods: BTreeMap<String, PodRuntime>,
+    /// Where services get cluster IPs: at most one CIDR per family, chosen at `up`. Labs
+    /// made before services existed get the defaults.
+    #[serde(default = "default_service_cidrs")]
+    pub service_cidrs: Vec<IpNet>,
+    /// Node ports of NodePort and LoadBalancer services, `FIRST-LAST`.
+    #[serde(default = "default_node_port_range")]
+    pub node_port_range: String,
+}
+
+fn default_service_cidrs() -> Vec<IpNet> {
+    ServiceRanges::default().cidrs
+}
+
+fn default_node_port_range() -> String {
+    let ports = ServiceRanges::default().node_ports;
+    format!("{}-{}", ports.start(), ports.end())
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -82,5 +100,24 @@ impl LabState {
 
     pub fn node(&self, name: &str) -> Option<&NodeState> {
         self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// The lab's service ranges, as `up` recorded them.
+    pub fn service_ranges(&self) -> Result<ServiceRanges, LabError> {
+        let invalid = |e: sluice_model::service::RangeError| LabError::Invalid(format!("lab.json: {e}"));
+        let node_ports = ServiceRanges::parse_node_ports(&self.node_port_range).map_err(invalid)?;
+        ServiceRanges::new(self.service_cidrs.clone(), node_ports).map_err(invalid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lab_files_without_service_ranges_get_the_defaults() {
+        let old = br#"{"name": "x", "hostRouting": "auto", "bridge": null, "cgroup": null, "nodes": []}"#;
+        let state: LabState = serde_json::from_slice(old).unwrap();
+        assert_eq!(state.service_ranges().unwrap(), ServiceRanges::default(), "defaults for an old lab.json");
     }
 }

@@ -31,7 +31,9 @@
 pub mod labels;
 pub mod manifest;
 pub mod object;
+pub mod service;
 
 pub use labels::LabelSet;
 pub use manifest::{parse_manifests, DocumentRef, ManifestError};
 pub use object::{Kind, Object};
+pub use service::{derive_endpoint_slices, Allocator, IpFamily, ServiceRanges};

@@ -4,7 +4,8 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::{ClusterResourceScope, Metadata, NamespaceResourceScope, Resource};
 use serde::{Serialize, Serializer};
@@ -114,6 +115,11 @@ kinds! {
     Namespace(Namespace),
     /// A pod (`v1`).
     Pod(Pod),
+    /// A service (`v1`): ClusterIP, NodePort or LoadBalancer.
+    Service(Service),
+    /// An endpoint slice (`discovery.k8s.io/v1`): a service's backends, given by hand or
+    /// derived from pods.
+    EndpointSlice(EndpointSlice),
 }
 
 // === impl Kind ===
@@ -160,6 +166,8 @@ mod tests {
         let cases = [
             (Kind::Namespace, "Namespace", "v1", false),
             (Kind::Pod, "Pod", "v1", true),
+            (Kind::Service, "Service", "v1", true),
+            (Kind::EndpointSlice, "EndpointSlice", "discovery.k8s.io/v1", true),
         ];
         for (kind, name, api_version, namespaced) in cases {
             assert_eq!(kind.as_str(), name, "{kind:?} name");
@@ -172,9 +180,9 @@ mod tests {
             );
         }
         assert_eq!(
-            Kind::from_name("Service"),
+            Kind::from_name("Ingress"),
             None,
-            "Service is not supported yet"
+            "Ingress is not supported"
         );
     }
 

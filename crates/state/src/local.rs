@@ -7,7 +7,8 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
@@ -34,17 +35,32 @@ pub enum StoreError {
     Rejected(String),
 }
 
-/// Every object, keyed for lookup: namespaces by name, pods by `namespace/name`.
+/// Every object, keyed for lookup: namespaces by name, the namespaced kinds by
+/// `namespace/name`. Each map defaults to empty, so store files written before a kind was
+/// added still load.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Store {
     #[serde(default)]
     pub namespaces: BTreeMap<String, Namespace>,
     #[serde(default)]
     pub pods: BTreeMap<String, Pod>,
+    /// Services as applied, with their cluster IPs, families and node ports allocated.
+    #[serde(default)]
+    pub services: BTreeMap<String, Service>,
+    /// Endpoint slices applied by hand (for services without a selector). Slices derived
+    /// from pods are not stored: they are computed from `pods` when read.
+    #[serde(default)]
+    pub endpoint_slices: BTreeMap<String, EndpointSlice>,
 }
 
 impl Store {
+    /// The key of a namespaced object (pod, service, endpoint slice): `namespace/name`.
     pub fn pod_key(namespace: &str, name: &str) -> String {
+        Self::key(namespace, name)
+    }
+
+    /// The key of a namespaced object: `namespace/name`.
+    pub fn key(namespace: &str, name: &str) -> String {
         format!("{namespace}/{name}")
     }
 }
@@ -150,6 +166,33 @@ mod tests {
         assert_eq!(set.get("app"), Some("web"));
         assert!(set.canonical_string().contains("team"), "namespace labels must be part of the set: {set}");
         assert!(store.pod_label_set("x", "missing").unwrap().is_none());
+    }
+
+    #[test]
+    fn store_files_without_services_still_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.json");
+        std::fs::write(&path, br#"{"namespaces": {}, "pods": {}}"#).unwrap();
+        let store = LocalStore::new(&path).load().unwrap();
+        assert!(store.services.is_empty(), "services default to empty");
+        assert!(store.endpoint_slices.is_empty(), "endpoint slices default to empty");
+    }
+
+    #[test]
+    fn services_and_slices_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path().join("s.json"));
+        let meta = |name: &str| ObjectMeta { name: Some(name.into()), namespace: Some("x".into()), ..Default::default() };
+        store
+            .update(|s| {
+                s.services.insert(Store::key("x", "web"), Service { metadata: meta("web"), ..Default::default() });
+                s.endpoint_slices.insert(Store::key("x", "web-1"), EndpointSlice { metadata: meta("web-1"), address_type: "IPv4".into(), endpoints: vec![], ports: None });
+                Ok(())
+            })
+            .unwrap();
+        let loaded = store.load().unwrap();
+        assert!(loaded.services.contains_key("x/web"), "service stored under namespace/name");
+        assert_eq!(loaded.endpoint_slices.get("x/web-1").map(|s| s.address_type.as_str()), Some("IPv4"), "slice stored");
     }
 
     #[test]

@@ -6,5 +6,6 @@ mod validate;
 
 pub use set::{LabelSet, NAMESPACE_LABEL, NAMESPACE_LABELS_PREFIX};
 pub use validate::{
-    validate_dns1123_label, validate_dns1123_subdomain, validate_label_key, validate_label_value,
+    validate_dns1035_label, validate_dns1123_label, validate_dns1123_subdomain,
+    validate_iana_svc_name, validate_label_key, validate_label_value,
 };

@@ -119,6 +119,41 @@ fn has_shape(value: &str, edge: impl Fn(char) -> bool, inner: impl Fn(char) -> b
     edge(first) && edge(last) && value.chars().all(inner)
 }
 
+const DNS1035_LABEL_MSG: &str = "a DNS-1035 label must consist of lower case alphanumeric \
+    characters or '-', start with an alphabetic character, and end with an alphanumeric \
+    character (e.g. 'my-name', or 'abc-123')";
+
+/// Checks a DNS-1035 label: a DNS-1123 label that starts with a letter. Service names follow
+/// this rule, so that they can be DNS names on their own.
+pub fn validate_dns1035_label(value: &str) -> Result<(), String> {
+    validate_dns1123_label(value).map_err(|_| DNS1035_LABEL_MSG.to_owned())?;
+    if !value.starts_with(|c: char| c.is_ascii_lowercase()) {
+        return Err(DNS1035_LABEL_MSG.to_owned());
+    }
+    Ok(())
+}
+
+/// Checks an IANA service name (RFC 6335), what a named port is: 1 to 15 characters of
+/// `[a-z0-9-]`, at least one letter, no `-` at either end and no `--`.
+pub fn validate_iana_svc_name(value: &str) -> Result<(), String> {
+    if value.is_empty() || value.len() > 15 {
+        return Err("must be no more than 15 characters".to_owned());
+    }
+    if !value.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') {
+        return Err("must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)".to_owned());
+    }
+    if value.contains("--") {
+        return Err("must not contain consecutive hyphens".to_owned());
+    }
+    if !value.chars().any(|c| c.is_ascii_lowercase()) {
+        return Err("must contain at least one letter (a-z)".to_owned());
+    }
+    if value.starts_with('-') || value.ends_with('-') {
+        return Err("must not begin or end with a hyphen".to_owned());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,9 +5,12 @@
 mod error;
 mod path;
 pub(crate) mod rules;
+mod service_rules;
 mod strict;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod service_tests;
 
 use std::collections::HashMap;
 
@@ -124,7 +127,11 @@ fn parse_document(
         });
     }
     apply_namespace_default(&mut object);
-    rules::check(&object).map_err(|error| match error {
+    let checked = rules::check(&object);
+    if let (Ok(()), Object::Service(service)) = (&checked, &mut object) {
+        crate::service::apply_defaults(service);
+    }
+    checked.map_err(|error| match error {
         FieldError::Missing(path) => ManifestError::MissingField {
             doc: doc.boxed(),
             path,

@@ -55,7 +55,7 @@ fn check_metadata(kind: Kind, meta: &ObjectMeta) -> Result<(), FieldError> {
 }
 
 /// Checks a label map at `path`; a bad key is reported on the map, a bad value on its key.
-fn check_labels(path: &str, labels: Option<&BTreeMap<String, String>>) -> Result<(), FieldError> {
+pub(super) fn check_labels(path: &str, labels: Option<&BTreeMap<String, String>>) -> Result<(), FieldError> {
     for (key, value) in labels.into_iter().flatten() {
         validate_label_key(key).map_err(|reason| FieldError::Invalid {
             path: path.to_owned(),
@@ -68,7 +68,7 @@ fn check_labels(path: &str, labels: Option<&BTreeMap<String, String>>) -> Result
 }
 
 /// `path: "value" is invalid: reason`
-fn invalid(path: &str, value: &str, reason: String) -> FieldError {
+pub(super) fn invalid(path: &str, value: &str, reason: String) -> FieldError {
     FieldError::Invalid {
         path: path.to_owned(),
         reason: format!("{value:?} is invalid: {reason}"),
