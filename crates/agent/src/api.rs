@@ -51,6 +51,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route(paths::EVENTS, get(|State(a): Shared| async move { a.events().list().map(Json).map_err(AgentError::from) }))
         .route(paths::EVENTS_FOLLOW, get(follow_events))
         .route(paths::PREFLIGHT, get(|State(a): Shared| async move { Json(a.preflight()) }))
+        .route(paths::SERVICES, get(|State(a): Shared| async move { Json(a.service_list()) }))
         .with_state(agent)
 }
 

@@ -26,6 +26,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     let audit_ctx = firewall::AuditContext { pod_cidrs: config.pod_cidrs.clone(), devices: config.devices.clone() };
     let host_routing = decide_host_routing(config.host_routing, || firewall::audit(&audit_ctx, None), &events)?;
     enable_forwarding()?;
+    let node_addresses = node_addresses(&config.devices).await?;
     let opts = LoadOptions {
         host_routing: host_routing.mode,
         monitor: match config.monitor_aggregation {
@@ -35,6 +36,16 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         },
         drop_events_per_second: config.drop_events_per_second,
         events_buffer_bytes: config.events_buffer_bytes,
+        maglev_table_size: config.services.maglev_table_size,
+        conntrack_entries: config.services.conntrack_entries,
+        node_ipv4: node_addresses.iter().find_map(|a| match a {
+            std::net::IpAddr::V4(v4) => Some(*v4),
+            _ => None,
+        }),
+        node_ipv6: node_addresses.iter().find_map(|a| match a {
+            std::net::IpAddr::V6(v6) if !v6.is_unicast_link_local() => Some(*v6),
+            _ => None,
+        }),
     };
     let mut datapath = BpfDatapath::load_with(&config.bpffs, &opts)?;
     for dev in &config.devices {
@@ -63,6 +74,23 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         }
         _ => None,
     };
+    // Held until the agent stops: dropping it detaches the socket-LB hooks (the tc path then
+    // translates the pods' service traffic per packet).
+    let (_socket_lb, socket_lb_status) = if config.services.socket_lb {
+        let scope = config.services.socket_lb_cgroup.clone().or_else(firewall::watch::default_guard_cgroup).ok_or_else(|| AgentError::Startup {
+            action: "finding the cgroup for socket LB (set services.socketLBCgroup)".into(),
+            source: std::io::Error::other("the agent's own cgroup has no parent on the cgroup2 mount"),
+        })?;
+        let lb = sluice_datapath::SocketLb::attach(&config.bpffs, &scope)?;
+        (Some(lb), format!("attached to cgroup {}", scope.display()))
+    } else {
+        (None, "off (services.socketLB: false): pod traffic is translated per packet".to_string())
+    };
+    let services = Arc::new(crate::services::sync::Services::new(
+        crate::services::desired::NodeInfo { name: config.node_name.clone(), addresses: node_addresses.iter().copied().filter(|a| !is_link_local(a)).collect() },
+        config.state.path.clone(),
+        config.services.clone(),
+    ));
     let observer = Arc::new(Observer::new(&config.node_name, config.flow_buffer));
     let reader = datapath.take_events().map(|ring| tokio::spawn(crate::observer::read_events(observer.clone(), ring)));
     let state: Option<Arc<dyn sluice_state::StateSource>> =
@@ -78,8 +106,13 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         started,
         observer,
         events: events.clone(),
+        services: Some(services),
+        socket_lb: socket_lb_status,
     })?);
     let report = agent.resync(true).await?;
+    if let Err(e) = agent.sync_services(true).await {
+        tracing::warn!("programming services at start: {e}");
+    }
     let listener = crate::api::bind(&config.socket)?;
     tracing::info!(
         node = %config.node_name,
@@ -91,12 +124,14 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     );
 
     let resync = tokio::spawn(resync_loop(agent.clone(), Duration::from_secs(config.resync_seconds)));
+    let service_loop = tokio::spawn(service_loop(agent.clone(), Duration::from_secs(config.resync_seconds), Duration::from_secs(config.services.conntrack_gc_seconds)));
     let metrics_server = match config.metrics_address {
         Some(addr) => Some(crate::api::serve_metrics(addr, agent.clone()).await?),
         None => None,
     };
     let served = axum::serve(listener, crate::api::router(agent)).with_graceful_shutdown(shutdown_signal()).await;
     resync.abort();
+    service_loop.abort();
     if let Some(task) = reader {
         task.abort();
     }
@@ -116,6 +151,49 @@ async fn resync_loop(agent: Arc<Agent>, every: Duration) {
         if let Err(e) = agent.resync(false).await {
             tracing::warn!("periodic resync failed: {e}");
         }
+    }
+}
+
+/// Programs services within a fifth of a second of a store change; a full round every
+/// `resync` heals what a missed change left; conntrack is collected every `gc`.
+async fn service_loop(agent: Arc<Agent>, resync: Duration, gc: Duration) {
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let (mut last_full, mut last_gc) = (Instant::now(), Instant::now());
+    loop {
+        tick.tick().await;
+        let force = last_full.elapsed() >= resync;
+        if force {
+            last_full = Instant::now();
+        }
+        if let Err(e) = agent.sync_services(force).await {
+            tracing::warn!("programming services: {e}");
+        }
+        if last_gc.elapsed() >= gc {
+            last_gc = Instant::now();
+            match agent.collect_conntrack() {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!("conntrack: {n} expired entries collected"),
+                Err(e) => tracing::warn!("conntrack garbage collection: {e}"),
+            }
+        }
+    }
+}
+
+/// The addresses of the node's devices: NodePort frontends and the SNAT source.
+async fn node_addresses(devices: &[String]) -> Result<Vec<std::net::IpAddr>, AgentError> {
+    let nl = sluice_datapath::netlink::Netlink::current()?;
+    let mut out = Vec::new();
+    for dev in devices {
+        let link = nl.link(dev).await?;
+        out.extend(nl.addresses(link.index).await?);
+    }
+    Ok(out)
+}
+
+fn is_link_local(a: &std::net::IpAddr) -> bool {
+    match a {
+        std::net::IpAddr::V4(v4) => v4.is_link_local(),
+        std::net::IpAddr::V6(v6) => v6.is_unicast_link_local(),
     }
 }
 

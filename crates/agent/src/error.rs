@@ -46,6 +46,9 @@ pub enum AgentError {
         #[source]
         source: tokio::task::JoinError,
     },
+    /// Services could not be programmed into the datapath.
+    #[error("programming services: {0}")]
+    Services(#[from] crate::services::program::ProgramError),
     /// `hostRouting: bpf` was asked for and the kernel cannot do it.
     #[error("host routing bpf was requested but is unavailable: {0}")]
     HostRoutingUnavailable(String),

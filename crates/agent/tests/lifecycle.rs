@@ -413,6 +413,8 @@ fn state_dir(dir: &TempDir) -> PathBuf {
 
 fn start(config: &AgentConfig, db: &Arc<AgentDb>, datapath: &SharedFake, plumber: &FakePlumber, state: &Option<Arc<dyn StateSource>>) -> Agent {
     Agent::new(AgentParts {
+        services: None,
+        socket_lb: "off".into(),
         config: config.clone(),
         db: db.clone(),
         datapath: Box::new(datapath.clone()),

@@ -49,4 +49,6 @@ pub mod paths {
     pub const EVENTS_FOLLOW: &str = "/v1/events/follow";
     /// `GET` → the host firewall audit of the agent's namespace, now.
     pub const PREFLIGHT: &str = "/v1/preflight";
+    /// `GET`: the service frontends as programmed in the datapath, with their backends.
+    pub const SERVICES: &str = "/v1/services";
 }

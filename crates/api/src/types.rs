@@ -116,6 +116,63 @@ pub struct Status {
     pub forwards: Vec<DropCount>,
     /// Seconds since the agent started.
     pub uptime_seconds: u64,
+    /// Entries in use against capacity of the datapath's maps (map pressure).
+    #[serde(default)]
+    pub maps: Vec<MapUsage>,
+    /// Service load balancing, when the agent programs services.
+    #[serde(default)]
+    pub services: Option<ServicesStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MapUsage {
+    pub map: String,
+    pub entries: usize,
+    pub capacity: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServicesStatus {
+    /// Socket-level load balancing attached (to this cgroup), or why not.
+    pub socket_lb: String,
+    pub frontends: usize,
+    /// Duration of the last programming round.
+    pub last_program_micros: u64,
+    pub last_error: Option<String>,
+    pub conntrack_collected: u64,
+    pub sockets_destroyed: u64,
+}
+
+/// One frontend as the datapath holds it (`sluice service list`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceFrontend {
+    /// `namespace/name`, when the agent knows which service the frontend belongs to.
+    pub service: Option<String>,
+    pub port_name: Option<String>,
+    pub address: std::net::IpAddr,
+    pub port: u16,
+    pub protocol: String,
+    /// `ClusterIP`, `NodePort`, `ExternalIP` (external IPs and load-balancer addresses).
+    pub kind: String,
+    /// `external` or `internal`.
+    pub scope: String,
+    /// Flags of the entry: `local-only`, `affinity`, `maglev`.
+    pub flags: Vec<String>,
+    pub backends: Vec<ServiceBackend>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceBackend {
+    pub address: std::net::IpAddr,
+    pub port: u16,
+    /// `active` (takes new connections) or `terminating` (established ones only).
+    pub state: String,
+    /// The backend is a pod on this node.
+    pub local: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

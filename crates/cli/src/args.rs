@@ -60,6 +60,11 @@ pub enum Command {
         #[command(subcommand)]
         command: EndpointCommand,
     },
+    /// Services as programmed in a node's datapath.
+    Service {
+        #[command(subcommand)]
+        command: ServiceCommand,
+    },
     /// Flows as the datapath sees them: forwarded and dropped packets, named.
     Observe(ObserveArgs),
     /// The node's metrics (Prometheus text format).
@@ -153,6 +158,24 @@ pub enum Command {
         bench: Option<BenchCommand>,
         #[command(flatten)]
         datapath: DatapathBenchArgs,
+    },
+    /// A server that answers with its name and the peer it sees (service tests and the demo).
+    #[command(hide = true)]
+    SvcServer {
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+    },
+    /// One exchange with a server: reply, peer address as the socket API shows it, or how it
+    /// failed, as JSON.
+    #[command(hide = true)]
+    SvcClient {
+        target: std::net::SocketAddr,
+        #[arg(long)]
+        udp: bool,
+        #[arg(long, default_value = "2s", value_parser = parse_duration)]
+        timeout: Duration,
     },
     /// The pod shim (started by the lab runtime, not by hand).
     #[command(hide = true)]
@@ -265,6 +288,17 @@ pub struct ObserveArgs {
     /// json: one JSON object a line.
     #[arg(short, long)]
     pub output: Option<Output>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServiceCommand {
+    /// List frontends (address, port, protocol) with their backends and their state.
+    List {
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(short, long)]
+        output: Option<Output>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -6,6 +6,7 @@ mod lab_cmds;
 mod node_cmds;
 mod observe_cmds;
 mod output;
+mod probe_cmds;
 
 use std::process::ExitCode;
 
@@ -30,6 +31,11 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match &cli.command {
+        Command::SvcServer { name, port } => return probe_cmds::server(name, *port),
+        Command::SvcClient { target, udp, timeout } => return probe_cmds::client(*target, *udp, *timeout),
+        _ => {}
+    }
     if let Command::LabShim { status, argv } = &cli.command {
         // The shim must not start a runtime or logging: it only waits for its child.
         let code = sluice_lab::shim::run(status, argv);
@@ -43,6 +49,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Status { node, output } => node_cmds::status(&target, node.as_deref(), output).await,
             Command::Endpoint { command: args::EndpointCommand::List { node, output } } => {
                 node_cmds::endpoint_list(&target, node.as_deref(), output).await
+            }
+            Command::Service { command: args::ServiceCommand::List { node, output } } => {
+                node_cmds::service_list(&target, node.as_deref(), output).await
             }
             Command::Observe(args) => observe_cmds::observe(&target, args).await,
             Command::Metrics { node } => observe_cmds::metrics(&target, node.as_deref()).await,
@@ -58,7 +67,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Delete { file, resource, namespace } => lab_cmds::delete(&cli.lab, file.as_deref(), &resource, &namespace).await,
             Command::Exec { pod, namespace, argv } => lab_cmds::exec(&cli.lab, &pod, &namespace, &argv),
             Command::Bench { bench, datapath } => bench_cmds::bench(bench, datapath).await,
-            Command::LabShim { .. } => Ok(ExitCode::SUCCESS),
+            Command::LabShim { .. } | Command::SvcServer { .. } | Command::SvcClient { .. } => Ok(ExitCode::SUCCESS),
         }
     })
 }

@@ -88,6 +88,45 @@ pub async fn endpoint_list(target: &Target, node: Option<&str>, output: Option<O
     Ok(ExitCode::SUCCESS)
 }
 
+pub async fn service_list(target: &Target, node: Option<&str>, output: Option<Output>) -> anyhow::Result<ExitCode> {
+    let socket = socket(target, node)?;
+    let frontends: Vec<sluice_api::ServiceFrontend> =
+        Client::new(&socket).get(paths::SERVICES).await.with_context(|| format!("asking the agent at {}", socket.display()))?;
+    if let Some(o @ (Output::Json | Output::Yaml)) = output {
+        print_structured(&frontends, o)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut table = Table::new(&["SERVICE", "FRONTEND", "KIND", "SCOPE", "FLAGS", "BACKENDS"]);
+    for f in &frontends {
+        let frontend = format!("{}/{}", std::net::SocketAddr::new(f.address, f.port), f.protocol);
+        let backends = if f.backends.is_empty() {
+            "(none: connections refused)".to_string()
+        } else {
+            f.backends
+                .iter()
+                .map(|b| {
+                    let mut s = std::net::SocketAddr::new(b.address, b.port).to_string();
+                    if b.state != "active" {
+                        s.push_str(&format!(" ({})", b.state));
+                    } else if b.local {
+                        s.push_str(" (local)");
+                    }
+                    s
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let service = match (&f.service, &f.port_name) {
+            (Some(s), Some(p)) => format!("{s}:{p}"),
+            (Some(s), None) => s.clone(),
+            _ => "-".into(),
+        };
+        table.row(vec![service, frontend, f.kind.clone(), f.scope.clone(), if f.flags.is_empty() { "-".into() } else { f.flags.join(",") }, backends]);
+    }
+    table.print();
+    Ok(ExitCode::SUCCESS)
+}
+
 pub async fn preflight(target: &Target, node: Option<&str>, all: bool, output: Option<Output>) -> anyhow::Result<ExitCode> {
     let socket = socket(target, node)?;
     let answer: serde_json::Value =

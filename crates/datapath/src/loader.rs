@@ -257,11 +257,13 @@ impl BpfDatapath {
     /// Entries in use and capacity of the hash maps.
     pub fn map_pressure(&self) -> Vec<MapPressure> {
         let max = sluice_abi::SLUICE_MAX_ENDPOINTS as usize;
-        vec![
+        let mut out = vec![
             MapPressure { map: "endpoints", entries: self.endpoints.keys().count(), capacity: max },
             MapPressure { map: "endpoint_ifaces", entries: self.endpoint_ifaces.keys().count(), capacity: max },
             MapPressure { map: "trace_flows", entries: self.trace_flows.keys().count(), capacity: sluice_abi::SLUICE_TRACE_FLOWS as usize },
-        ]
+        ];
+        out.extend(self.services.service_pressure());
+        out
     }
 
     /// Drops, indexed by `point * SLUICE_DROP_REASON_MAX + sluice_drop_reason`.

@@ -6,3 +6,4 @@
 pub mod desired;
 pub mod maglev;
 pub mod program;
+pub mod sync;

@@ -1,0 +1,86 @@
+//! Two small tools the service tests and the demo run inside lab pods (hidden commands): a
+//! server that answers with its name and the peer it sees, over TCP (then echoes) and UDP, and
+//! a client that reports the reply, the peer address the socket API shows (getpeername for TCP,
+//! the datagram's source for UDP) and how a failure happened. No Debian tool reports both.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+/// Serves `name` on TCP and UDP `port`, IPv4 and IPv6, until killed.
+pub fn server(name: &str, port: u16) -> anyhow::Result<ExitCode> {
+    let tcp = TcpListener::bind((Ipv6Addr::UNSPECIFIED, port))?; // dual stack: v4-mapped too
+    let udp = UdpSocket::bind((Ipv6Addr::UNSPECIFIED, port))?;
+    let udp_name = name.to_string();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1500];
+        while let Ok((_, peer)) = udp.recv_from(&mut buf) {
+            let _ = udp.send_to(format!("{udp_name} {}\n", unmap(peer)).as_bytes(), peer);
+        }
+    });
+    for conn in tcp.incoming() {
+        let Ok(mut conn) = conn else { continue };
+        let name = name.to_string();
+        std::thread::spawn(move || {
+            let peer = conn.peer_addr().map(|p| unmap(p).to_string()).unwrap_or_default();
+            if conn.write_all(format!("{name} {peer}\n").as_bytes()).is_err() {
+                return;
+            }
+            let _ = std::io::copy(&mut conn.try_clone().expect("clone"), &mut conn);
+        });
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn unmap(a: SocketAddr) -> SocketAddr {
+    match a {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
+            None => a,
+        },
+        a => a,
+    }
+}
+
+/// One exchange with `target`; prints `{"reply": "...", "peer": "...", "millis": N}` or
+/// `{"error": "refused|timeout|...", "millis": N}` (exit 1).
+pub fn client(target: SocketAddr, udp: bool, timeout: Duration) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let result = if udp { udp_exchange(target, timeout) } else { tcp_exchange(target, timeout) };
+    let millis = started.elapsed().as_millis() as u64;
+    match result {
+        Ok((reply, peer)) => {
+            println!("{}", serde_json::json!({"reply": reply.trim_end(), "peer": peer.to_string(), "millis": millis}));
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            let kind = match e.kind() {
+                std::io::ErrorKind::ConnectionRefused => "refused".to_string(),
+                std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => "timeout".to_string(),
+                _ => e.to_string(),
+            };
+            println!("{}", serde_json::json!({"error": kind, "millis": millis}));
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn tcp_exchange(target: SocketAddr, timeout: Duration) -> std::io::Result<(String, SocketAddr)> {
+    let conn = TcpStream::connect_timeout(&target, timeout)?;
+    conn.set_read_timeout(Some(timeout))?;
+    let peer = conn.peer_addr()?;
+    let mut line = String::new();
+    BufReader::new(&conn).read_line(&mut line)?;
+    Ok((line, peer))
+}
+
+fn udp_exchange(target: SocketAddr, timeout: Duration) -> std::io::Result<(String, SocketAddr)> {
+    let bind: SocketAddr = if target.is_ipv4() { "0.0.0.0:0".parse().expect("addr") } else { "[::]:0".parse().expect("addr") };
+    let sock = UdpSocket::bind(bind)?;
+    sock.set_read_timeout(Some(timeout))?;
+    sock.send_to(b"hello\n", target)?; // unconnected: sendmsg and recvmsg are translated
+    let mut buf = [0u8; 1500];
+    let (n, from) = sock.recv_from(&mut buf)?;
+    Ok((String::from_utf8_lossy(&buf[..n]).into_owned(), from))
+}
