@@ -24,6 +24,7 @@ pub mod netns;
 pub mod plumb;
 mod probe;
 pub mod services;
+pub mod sock_destroy;
 mod tables;
 pub mod test_run;
 pub mod testing;
