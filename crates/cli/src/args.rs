@@ -85,6 +85,14 @@ pub enum Command {
         /// The agents' monitor aggregation: off, medium or all.
         #[arg(long, default_value = "medium")]
         monitor: String,
+        /// Where services get cluster IPs: one CIDR per family, repeat for dual stack; the
+        /// first is the family of single-stack services (default 198.18.128.0/20 and
+        /// 2001:2:0:fe::/112).
+        #[arg(long = "service-cidr", value_name = "CIDR")]
+        service_cidrs: Vec<String>,
+        /// Node ports of NodePort and LoadBalancer services, FIRST-LAST.
+        #[arg(long, default_value = "30000-32767", value_name = "FIRST-LAST")]
+        node_port_range: String,
     },
     /// Audit the node's netfilter rules: which would pod traffic skip under eBPF host routing?
     /// Exit code 0 when clean, 1 when a rule would be bypassed.
@@ -114,7 +122,7 @@ pub enum Command {
         #[arg(long, default_value = "node0")]
         node: String,
     },
-    /// Create or update objects from a manifest (Namespace, Pod).
+    /// Create or update objects from a manifest (Namespace, Pod, Service, EndpointSlice).
     Apply {
         #[arg(short = 'f', long)]
         file: PathBuf,
@@ -122,7 +130,7 @@ pub enum Command {
         #[arg(long, default_value = "60s", value_parser = parse_duration)]
         timeout: Duration,
     },
-    /// List objects: pods, namespaces.
+    /// List objects: pods, namespaces, services, endpointslices.
     Get {
         resource: String,
         name: Option<String>,
@@ -133,7 +141,8 @@ pub enum Command {
         #[arg(short, long)]
         output: Option<Output>,
     },
-    /// Delete objects from a manifest, or by kind and name (`delete pod web`).
+    /// Delete objects from a manifest, or by kind and name (`delete pod web`,
+    /// `delete service web`).
     Delete {
         #[arg(short = 'f', long)]
         file: Option<PathBuf>,

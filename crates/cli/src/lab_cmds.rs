@@ -5,8 +5,11 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use sluice_lab::{Lab, UpOptions};
+use sluice_model::service::{MANAGED_BY_LABEL, SLUICE_CONTROLLER};
+use sluice_model::ServiceRanges;
 
 use crate::args::Output;
 use crate::output::{age, print_structured, Table};
@@ -19,13 +22,26 @@ fn step(line: &str) {
     eprintln!("  {line}");
 }
 
-pub async fn up(lab: &str, nodes: usize, host_routing: String, guard: String, monitor: String) -> anyhow::Result<ExitCode> {
+pub async fn up(lab: &str, nodes: usize, host_routing: String, guard: String, monitor: String, service_cidrs: &[String], node_port_range: &str) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
+    let service_ranges = service_ranges(service_cidrs, node_port_range)?;
     eprintln!("Starting lab {lab:?} with {nodes} node(s)...");
-    let opts = UpOptions { nodes, host_routing, guard, monitor, ..UpOptions::new(lab, sluice_binary()?) };
+    let opts = UpOptions { nodes, host_routing, guard, monitor, service_ranges, ..UpOptions::new(lab, sluice_binary()?) };
     Lab::up(opts, &mut |s| step(s)).await?;
     eprintln!("Lab {lab:?} is up in {:.1} s. Next: sluice apply -f <manifest>", started.elapsed().as_secs_f64());
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--service-cidr` (default: both default ranges) and `--node-port-range`, checked.
+fn service_ranges(cidrs: &[String], node_ports: &str) -> anyhow::Result<ServiceRanges> {
+    let defaults = ServiceRanges::default();
+    let cidrs = if cidrs.is_empty() {
+        defaults.cidrs
+    } else {
+        cidrs.iter().map(|c| ServiceRanges::parse_cidr(c)).collect::<Result<_, _>>().context("--service-cidr")?
+    };
+    let node_ports = ServiceRanges::parse_node_ports(node_ports).context("--node-port-range")?;
+    Ok(ServiceRanges::new(cidrs, node_ports).context("--service-cidr")?)
 }
 
 pub async fn down(lab: &str) -> anyhow::Result<ExitCode> {
@@ -72,7 +88,9 @@ pub fn get(lab: &str, resource: &str, name: Option<&str>, namespace: &str, all: 
     match resource {
         "pods" | "pod" | "po" => get_pods(&lab, name, if all { None } else { Some(namespace) }, output),
         "namespaces" | "namespace" | "ns" => get_namespaces(&lab, name, output),
-        other => bail!("unknown resource type {other:?} (supported: pods, namespaces)"),
+        "services" | "service" | "svc" => get_services(&lab, name, if all { None } else { Some(namespace) }, output),
+        "endpointslices" | "endpointslice" => get_endpoint_slices(&lab, name, if all { None } else { Some(namespace) }, output),
+        other => bail!("unknown resource type {other:?} (supported: pods, namespaces, services, endpointslices)"),
     }
 }
 
@@ -157,6 +175,145 @@ fn get_namespaces(lab: &Lab, name: Option<&str>, output: Option<Output>) -> anyh
     Ok(ExitCode::SUCCESS)
 }
 
+fn get_services(lab: &Lab, name: Option<&str>, namespace: Option<&str>, output: Option<Output>) -> anyhow::Result<ExitCode> {
+    let mut services = lab.services(namespace)?;
+    if let Some(n) = name {
+        services.retain(|s| s.metadata.name.as_deref() == Some(n));
+        if services.is_empty() {
+            bail!("service {n:?} not found in namespace {:?}", namespace.unwrap_or("(all)"));
+        }
+    }
+    match output {
+        Some(o @ (Output::Json | Output::Yaml)) => {
+            if let (Some(_), [service]) = (name, services.as_slice()) {
+                print_structured(service, o)?;
+            } else {
+                let list = k8s_openapi::List::<Service> { items: services, metadata: Default::default() };
+                print_structured(&list, o)?;
+            }
+        }
+        _ => {
+            let all = namespace.is_none();
+            let mut header = vec![];
+            if all {
+                header.push("NAMESPACE");
+            }
+            header.extend(["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"]);
+            let mut table = Table::new(&header);
+            for service in &services {
+                let mut row = vec![];
+                if all {
+                    row.push(service.metadata.namespace.clone().unwrap_or_default());
+                }
+                row.push(service.metadata.name.clone().unwrap_or_default());
+                row.extend(service_columns(service));
+                row.push(age(service.metadata.creation_timestamp.as_ref()));
+                table.row(row);
+            }
+            if services.is_empty() {
+                eprintln!("No services found in {}.", namespace.map(|n| format!("namespace {n}")).unwrap_or_else(|| "any namespace".into()));
+            } else {
+                table.print();
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// TYPE, CLUSTER-IP, EXTERNAL-IP and PORT(S) as kubectl shows them: `80:30080/TCP` for a
+/// port with a node port, `<pending>` for a load balancer without an ingress address yet.
+fn service_columns(service: &Service) -> [String; 4] {
+    let spec = service.spec.clone().unwrap_or_default();
+    let type_ = spec.type_.clone().unwrap_or_else(|| "ClusterIP".into());
+    let cluster_ips = spec.cluster_ips.clone().filter(|ips| !ips.is_empty()).map(|ips| ips.join(","));
+    let cluster_ip = cluster_ips.or(spec.cluster_ip.clone()).unwrap_or_else(|| "<none>".into());
+    let ingress: Vec<String> = service
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.ip.clone().or(i.hostname.clone()))
+        .collect();
+    let mut external: Vec<String> = spec.external_ips.clone().unwrap_or_default();
+    external.extend(ingress);
+    let external = match (external.is_empty(), type_.as_str()) {
+        (false, _) => external.join(","),
+        (true, "LoadBalancer") => "<pending>".into(),
+        (true, _) => "<none>".into(),
+    };
+    let ports: Vec<String> = spec
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| {
+            let protocol = p.protocol.as_deref().unwrap_or("TCP");
+            match p.node_port {
+                Some(node_port) => format!("{}:{node_port}/{protocol}", p.port),
+                None => format!("{}/{protocol}", p.port),
+            }
+        })
+        .collect();
+    let ports = if ports.is_empty() { "<none>".into() } else { ports.join(",") };
+    [type_, cluster_ip, external, ports]
+}
+
+fn get_endpoint_slices(lab: &Lab, name: Option<&str>, namespace: Option<&str>, output: Option<Output>) -> anyhow::Result<ExitCode> {
+    let mut slices = lab.endpoint_slices(namespace)?;
+    if let Some(n) = name {
+        slices.retain(|s| s.metadata.name.as_deref() == Some(n));
+        if slices.is_empty() {
+            bail!("endpointslice {n:?} not found in namespace {:?}", namespace.unwrap_or("(all)"));
+        }
+    }
+    match output {
+        Some(o @ (Output::Json | Output::Yaml)) => {
+            let list = k8s_openapi::List::<EndpointSlice> { items: slices, metadata: Default::default() };
+            print_structured(&list, o)?;
+        }
+        _ => {
+            let all = namespace.is_none();
+            let mut header = vec![];
+            if all {
+                header.push("NAMESPACE");
+            }
+            header.extend(["NAME", "ADDRESSTYPE", "PORTS", "ENDPOINTS", "SOURCE"]);
+            let mut table = Table::new(&header);
+            for slice in &slices {
+                let mut row = vec![];
+                if all {
+                    row.push(slice.metadata.namespace.clone().unwrap_or_default());
+                }
+                row.push(slice.metadata.name.clone().unwrap_or_default());
+                row.extend(slice_columns(slice));
+                table.row(row);
+            }
+            if slices.is_empty() {
+                eprintln!("No endpoint slices found in {}.", namespace.map(|n| format!("namespace {n}")).unwrap_or_else(|| "any namespace".into()));
+            } else {
+                table.print();
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// ADDRESSTYPE, PORTS, ENDPOINTS (the first three addresses and a count of the rest, as
+/// kubectl) and SOURCE: `derived` for slices Sluice computes from pods, `applied` otherwise.
+fn slice_columns(slice: &EndpointSlice) -> [String; 4] {
+    let ports: Vec<String> = slice.ports.iter().flatten().filter_map(|p| p.port).map(|p| p.to_string()).collect();
+    let ports = if ports.is_empty() { "<unset>".into() } else { ports.join(",") };
+    let addresses: Vec<&str> = slice.endpoints.iter().flat_map(|e| e.addresses.iter().map(String::as_str)).collect();
+    let endpoints = match addresses.len() {
+        0 => "<none>".into(),
+        n if n <= 3 => addresses.join(","),
+        n => format!("{} + {} more...", addresses[..3].join(","), n - 3),
+    };
+    let derived = slice.metadata.labels.as_ref().and_then(|l| l.get(MANAGED_BY_LABEL)).is_some_and(|v| v == SLUICE_CONTROLLER);
+    [slice.address_type.clone(), ports, endpoints, if derived { "derived" } else { "applied" }.into()]
+}
+
 pub async fn delete(lab: &str, file: Option<&Path>, resource: &[String], namespace: &str) -> anyhow::Result<ExitCode> {
     let mut lab = Lab::open_locked(lab, sluice_binary()?)?;
     let mut report = |s: &str| println!("{s}");
@@ -168,9 +325,11 @@ pub async fn delete(lab: &str, file: Option<&Path>, resource: &[String], namespa
         (None, [kind, name]) => match kind.as_str() {
             "pod" | "pods" | "po" => lab.delete_pod(namespace, name, false, &mut report).await?,
             "namespace" | "namespaces" | "ns" => lab.delete_namespace(name, &mut report).await?,
-            other => bail!("unknown resource type {other:?} (supported: pod, namespace)"),
+            "service" | "services" | "svc" => lab.delete_service(namespace, name, false, &mut report)?,
+            "endpointslice" | "endpointslices" => lab.delete_endpoint_slice(namespace, name, false, &mut report)?,
+            other => bail!("unknown resource type {other:?} (supported: pod, namespace, service, endpointslice)"),
         },
-        _ => bail!("usage: sluice delete -f FILE | sluice delete pod NAME [-n NS] | sluice delete namespace NAME"),
+        _ => bail!("usage: sluice delete -f FILE | sluice delete pod|service|endpointslice NAME [-n NS] | sluice delete namespace NAME"),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -179,4 +338,32 @@ pub fn exec(lab: &str, pod: &str, namespace: &str, argv: &[String]) -> anyhow::R
     let lab = Lab::open(lab, sluice_binary()?)?;
     let code = lab.exec(namespace, pod, argv)?;
     Ok(ExitCode::from(code.clamp(0, 255) as u8))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_columns_read_like_kubectl() {
+        let text = "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec: {type: LoadBalancer, clusterIP: 198.18.128.5, ports: [{port: 80, nodePort: 30080}, {name: dns, port: 53, protocol: UDP}]}\n";
+        let text = text.replace("[{port: 80,", "[{name: http, port: 80,");
+        let objects = sluice_model::parse_manifests("svc.yaml", &text).unwrap();
+        let sluice_model::Object::Service(service) = &objects[0] else { panic!("expected a service") };
+        assert_eq!(
+            service_columns(service),
+            ["LoadBalancer".to_owned(), "198.18.128.5".into(), "<pending>".into(), "80:30080/TCP,53/UDP".into()],
+            "type, cluster IP, pending external IP, ports"
+        );
+    }
+
+    #[test]
+    fn service_ranges_are_checked() {
+        assert!(service_ranges(&[], "30000-32767").is_ok(), "defaults");
+        assert!(service_ranges(&["10.96.0.0/16".into(), "fd00:96::/112".into()], "30000-30100").is_ok(), "dual stack");
+        let error = service_ranges(&["10.96.0.1/16".into()], "30000-32767").unwrap_err();
+        assert!(format!("{error:#}").contains("host bits are set"), "host bits: {error:#}");
+        let error = service_ranges(&[], "32767-30000").unwrap_err();
+        assert!(format!("{error:#}").contains("--node-port-range"), "bad range names the flag: {error:#}");
+    }
 }
