@@ -41,7 +41,7 @@ fn service_ranges(cidrs: &[String], node_ports: &str) -> anyhow::Result<ServiceR
         cidrs.iter().map(|c| ServiceRanges::parse_cidr(c)).collect::<Result<_, _>>().context("--service-cidr")?
     };
     let node_ports = ServiceRanges::parse_node_ports(node_ports).context("--node-port-range")?;
-    Ok(ServiceRanges::new(cidrs, node_ports).context("--service-cidr")?)
+    ServiceRanges::new(cidrs, node_ports).context("--service-cidr")
 }
 
 pub async fn down(lab: &str) -> anyhow::Result<ExitCode> {

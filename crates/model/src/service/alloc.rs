@@ -254,6 +254,13 @@ impl Allocator {
         let headless = requested.first().map(String::as_str) == Some(HEADLESS)
             || previous.as_ref().and_then(|p| p.cluster_ips.first()).map(String::as_str) == Some(HEADLESS);
         let families = self.families(&spec, &requested, previous.as_ref(), &policy)?;
+        // As in Kubernetes, a service's primary family is as fixed as its cluster IP.
+        let old_primary = previous.as_ref().and_then(|p| p.cluster_ips.first()).and_then(|ip| IpFamily::of_text(ip));
+        if let (Some(old), Some(new)) = (old_primary, families.first()) {
+            if old != *new {
+                return Err(AllocError::Immutable { field: "spec.ipFamilies[0]".into(), old: old.to_string(), new: new.to_string() });
+            }
+        }
         let cluster_ips = if headless { vec![HEADLESS.to_owned()] } else { self.cluster_ips(&key, &families, &requested, previous.as_ref())? };
         let node_ports = if needs_node_ports(service) { self.node_ports_of(&key, &spec, previous.as_ref())? } else { Vec::new() };
 
@@ -622,6 +629,8 @@ mod tests {
         assert_eq!(reapplied.ports, stored_spec.ports, "node ports kept");
         let changed = allocated(&mut again, with(manifest, |s| s.cluster_ip = Some("198.18.130.1".into())));
         assert!(matches!(&changed, Err(AllocError::Immutable { field, .. }) if field == "spec.clusterIP"), "clusterIP is immutable: {changed:?}");
+        let flipped = allocated(&mut again, with(service("a", "NodePort", &[(80, None)]), |s| s.ip_families = strings(&["IPv6"])));
+        assert!(matches!(&flipped, Err(AllocError::Immutable { field, .. }) if field == "spec.ipFamilies[0]"), "the primary family is immutable: {flipped:?}");
     }
 
     #[test]
