@@ -153,7 +153,13 @@ pub enum Command {
     },
     /// Run a command in a pod's network namespace and cgroup.
     Exec {
-        pod: String,
+        /// The pod; omit with --external.
+        #[arg(required_unless_present = "external")]
+        pod: Option<String>,
+        /// Run in the lab's external client (a machine on the nodes' network, outside the
+        /// cluster) instead of a pod.
+        #[arg(long, conflicts_with = "pod")]
+        external: bool,
         #[arg(short, long, default_value = "default")]
         namespace: String,
         #[arg(last = true, required = true)]

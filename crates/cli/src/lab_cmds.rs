@@ -334,9 +334,13 @@ pub async fn delete(lab: &str, file: Option<&Path>, resource: &[String], namespa
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn exec(lab: &str, pod: &str, namespace: &str, argv: &[String]) -> anyhow::Result<ExitCode> {
+/// Runs `argv` in a pod, or in the lab's external client when `pod` is `None`.
+pub fn exec(lab: &str, pod: Option<&str>, namespace: &str, argv: &[String]) -> anyhow::Result<ExitCode> {
     let lab = Lab::open(lab, sluice_binary()?)?;
-    let code = lab.exec(namespace, pod, argv)?;
+    let code = match pod {
+        Some(pod) => lab.exec(namespace, pod, argv)?,
+        None => lab.exec_external(argv)?,
+    };
     Ok(ExitCode::from(code.clamp(0, 255) as u8))
 }
 

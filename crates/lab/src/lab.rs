@@ -199,6 +199,11 @@ impl Lab {
                 node.name, status.host_routing.mode, status.host_routing.reason
             ));
         }
+        let ext = self.names.external_netns();
+        self.state.external_netns = Some(ext.clone());
+        self.save()?;
+        topology::create_external(&self.names, &ext).await?;
+        progress(&format!("external client {ext} on the underlay ({}, {})", crate::names::EXTERNAL_IPV4, crate::names::EXTERNAL_IPV6));
         self.store.update(|s| {
             s.namespaces.entry("default".into()).or_insert_with(|| namespace_object("default", BTreeMap::new()));
             Ok(())
@@ -239,6 +244,9 @@ impl Lab {
             keep(sluice_datapath::unmount_bpffs(&node.bpffs).map_err(LabError::from));
             keep(topology::delete_node(&node.uplink_root_side, &node.netns).await);
             progress(&format!("{} removed", node.name));
+        }
+        if let Some(ext) = self.state.external_netns.clone() {
+            keep(topology::delete_node(&self.names.external_root_side(), &ext).await);
         }
         if let Some(bridge) = &self.state.bridge {
             keep(topology::delete_bridge(bridge).await);
@@ -469,6 +477,17 @@ impl Lab {
         let key = Store::pod_key(namespace, name);
         let rt = self.state.pods.get(&key).ok_or_else(|| LabError::PodNotFound { namespace: namespace.into(), name: name.into() })?;
         runtime::exec(rt, argv)
+    }
+
+    /// Runs `argv` in the external client's namespace (outside every node, on the underlay).
+    pub fn exec_external(&self, argv: &[String]) -> Result<i32, LabError> {
+        let ns = self.state.external_netns.as_ref().ok_or_else(|| LabError::Invalid(format!("lab {} has no external client (made by a newer sluice up)", self.state.name)))?;
+        let Some((program, args)) = argv.split_first() else { return Err(LabError::Invalid("exec needs a command".into())) };
+        let mut cmd = std::process::Command::new(program);
+        cmd.args(args);
+        crate::process::enter_on_exec(&mut cmd, &sluice_datapath::netns::named_netns_path(ns), None, false)?;
+        let status = cmd.status().map_err(|e| LabError::io(format!("running {program} in the external client"), e))?;
+        Ok(status.code().unwrap_or_else(|| 128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)))
     }
 
     /// The agent socket of a node (the first node when `node` is None).

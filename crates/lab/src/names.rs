@@ -51,6 +51,17 @@ impl LabNames {
         format!("sln{}{}", &self.hash[..6], index)
     }
 
+    /// Root-side end of the external client's link.
+    pub fn external_root_side(&self) -> String {
+        format!("slx{}", &self.hash[..6])
+    }
+
+    /// The lab's external client: a namespace on the underlay outside every node, standing for
+    /// a machine on the nodes' network (NodePort, external IPs, load-balancer addresses).
+    pub fn external_netns(&self) -> String {
+        format!("sluice-{}-ext", self.lab)
+    }
+
     pub fn node_name(index: usize) -> String {
         format!("node{index}")
     }
@@ -80,6 +91,10 @@ pub fn node_ipv4(index: usize) -> Ipv4Addr {
 pub fn node_ipv6(index: usize) -> Ipv6Addr {
     Ipv6Addr::new(0x2001, 2, 0, 0xff, 0, 0, 0, 10 + index as u16)
 }
+
+/// The external client's underlay addresses.
+pub const EXTERNAL_IPV4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 250);
+pub const EXTERNAL_IPV6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0xff, 0, 0, 0, 0xfa);
 
 pub const UNDERLAY_V4_PREFIX: u8 = 24;
 pub const UNDERLAY_V6_PREFIX: u8 = 64;

@@ -19,6 +19,9 @@ pub struct LabState {
     pub bridge: Option<String>,
     pub cgroup: Option<PathBuf>,
     pub nodes: Vec<NodeState>,
+    /// The external client's namespace, once made.
+    #[serde(default)]
+    pub external_netns: Option<String>,
     /// Pods by `namespace/name`.
     #[serde(default)]
     pub pods: BTreeMap<String, PodRuntime>,

@@ -62,6 +62,43 @@ pub async fn create_node(names: &LabNames, index: usize, nodes: usize, netns_nam
     Ok(())
 }
 
+/// Creates the external client: a namespace with one link on the underlay and its default
+/// routes via node 0, so that service addresses outside the underlay (external IPs,
+/// load-balancer addresses) reach the cluster as they would from a router. The namespace has no
+/// other link: nothing it sends can leave the lab.
+pub async fn create_external(names: &LabNames, netns_name: &str) -> Result<(), LabError> {
+    let root = Netlink::current()?;
+    let path = netns::create_named_netns(netns_name)?;
+    let outer = names.external_root_side();
+    let tmp = format!("{outer}p");
+    root.delete_link(&outer).await?;
+    root.create_veth(&outer, &tmp).await?;
+    let bridge = root.link(&names.bridge()).await?;
+    let outer_link = root.link(&outer).await?;
+    root.set_master(outer_link.index, bridge.index).await?;
+    root.set_up(outer_link.index).await?;
+    let inner = root.link(&tmp).await?;
+    root.move_to_netns(inner.index, &path).await?;
+    let ext = Netlink::in_netns(&path)?;
+    let link = ext.link(&tmp).await?;
+    ext.set_name(link.index, "eth0").await?;
+    {
+        let _ns = NetnsGuard::enter(&path)?;
+        netns::write_sysctl("net/ipv6/conf/eth0/accept_dad", "0")?;
+    }
+    ext.set_up(link.index).await?;
+    if let Some(lo) = ext.link_by_name("lo").await? {
+        ext.set_up(lo.index).await?;
+    }
+    let v4 = IpNet::V4(Ipv4Net::new(names::EXTERNAL_IPV4, names::UNDERLAY_V4_PREFIX).map_err(|e| LabError::Invalid(e.to_string()))?);
+    let v6 = IpNet::V6(Ipv6Net::new(names::EXTERNAL_IPV6, names::UNDERLAY_V6_PREFIX).map_err(|e| LabError::Invalid(e.to_string()))?);
+    ext.add_address(link.index, v4, false).await?;
+    ext.add_address(link.index, v6, true).await?;
+    ext.add_route("0.0.0.0/0".parse().map_err(|e: ipnet::AddrParseError| LabError::Invalid(e.to_string()))?, Some(IpAddr::V4(names::node_ipv4(0))), link.index).await?;
+    ext.add_route("::/0".parse().map_err(|e: ipnet::AddrParseError| LabError::Invalid(e.to_string()))?, Some(IpAddr::V6(names::node_ipv6(0))), link.index).await?;
+    Ok(())
+}
+
 /// Removes a node's uplink and namespace; what is already gone is skipped.
 pub async fn delete_node(uplink_root_side: &str, netns_name: &str) -> Result<(), LabError> {
     Netlink::current()?.delete_link(uplink_root_side).await?;
