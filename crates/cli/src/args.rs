@@ -191,6 +191,9 @@ pub enum Command {
         udp: bool,
         #[arg(long, default_value = "2s", value_parser = parse_duration)]
         timeout: Duration,
+        /// Keep the TCP connection and exchange a line every 200 ms until it fails.
+        #[arg(long, conflicts_with = "udp")]
+        hold: bool,
     },
     /// The pod shim (started by the lab runtime, not by hand).
     #[command(hide = true)]

@@ -1,5 +1,7 @@
 //! `sluice`: run the node agent, inspect a node, and drive the local lab.
 
+use std::time::Duration;
+
 mod args;
 mod bench_cmds;
 mod lab_cmds;
@@ -33,7 +35,8 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Command::SvcServer { name, port } => return probe_cmds::server(name, *port),
-        Command::SvcClient { target, udp, timeout } => return probe_cmds::client(*target, *udp, *timeout),
+        Command::SvcClient { target, hold: true, timeout, .. } => return probe_cmds::hold(*target, Duration::from_millis(200), *timeout),
+        Command::SvcClient { target, udp, timeout, .. } => return probe_cmds::client(*target, *udp, *timeout),
         _ => {}
     }
     if let Command::LabShim { status, argv } = &cli.command {

@@ -66,6 +66,42 @@ pub fn client(target: SocketAddr, udp: bool, timeout: Duration) -> anyhow::Resul
     }
 }
 
+/// Holds a TCP connection to `target`: prints the server's greeting as JSON, then sends a
+/// line every `every` and prints `{"echo": n}` for each echo, until the connection fails;
+/// then prints `{"closed": "..."}` and exits 1. Tests watch it across backend removals and
+/// agent restarts.
+pub fn hold(target: SocketAddr, every: Duration, timeout: Duration) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let closed = |why: String| {
+        println!("{}", serde_json::json!({"closed": why, "millis": started.elapsed().as_millis() as u64}));
+        Ok(ExitCode::FAILURE)
+    };
+    let conn = match TcpStream::connect_timeout(&target, timeout) {
+        Ok(c) => c,
+        Err(e) => return closed(e.to_string()),
+    };
+    conn.set_read_timeout(Some(timeout))?;
+    let peer = conn.peer_addr()?;
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut writer = conn;
+    let mut line = String::new();
+    if let Err(e) = reader.read_line(&mut line) {
+        return closed(e.to_string());
+    }
+    println!("{}", serde_json::json!({"reply": line.trim_end(), "peer": peer.to_string()}));
+    for n in 1u64.. {
+        line.clear();
+        let result = writer.write_all(format!("ping {n}\n").as_bytes()).and_then(|_| reader.read_line(&mut line));
+        match result {
+            Ok(0) => return closed("eof".into()),
+            Ok(_) => println!("{}", serde_json::json!({"echo": n})),
+            Err(e) => return closed(e.to_string()),
+        }
+        std::thread::sleep(every);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn tcp_exchange(target: SocketAddr, timeout: Duration) -> std::io::Result<(String, SocketAddr)> {
     let conn = TcpStream::connect_timeout(&target, timeout)?;
     conn.set_read_timeout(Some(timeout))?;
