@@ -62,6 +62,54 @@ impl SharedFake {
     }
 }
 
+impl sluice_datapath::ServiceTables for SharedFake {
+    fn frontends(&self) -> Result<Vec<(sluice_abi::lb_frontend_key, sluice_abi::lb_frontend)>, DatapathError> {
+        self.lock().tables.frontends()
+    }
+    fn upsert_frontend(&mut self, key: &sluice_abi::lb_frontend_key, value: &sluice_abi::lb_frontend) -> Result<(), DatapathError> {
+        self.lock().tables.upsert_frontend(key, value)
+    }
+    fn remove_frontend(&mut self, key: &sluice_abi::lb_frontend_key) -> Result<(), DatapathError> {
+        self.lock().tables.remove_frontend(key)
+    }
+    fn backends(&self) -> Result<Vec<(u32, sluice_abi::lb_backend)>, DatapathError> {
+        self.lock().tables.backends()
+    }
+    fn upsert_backend(&mut self, id: u32, value: &sluice_abi::lb_backend) -> Result<(), DatapathError> {
+        self.lock().tables.upsert_backend(id, value)
+    }
+    fn remove_backend(&mut self, id: u32) -> Result<(), DatapathError> {
+        self.lock().tables.remove_backend(id)
+    }
+    fn slots(&self) -> Result<Vec<(sluice_abi::lb_slot_key, u32)>, DatapathError> {
+        self.lock().tables.slots()
+    }
+    fn upsert_slot(&mut self, key: &sluice_abi::lb_slot_key, backend_id: u32) -> Result<(), DatapathError> {
+        self.lock().tables.upsert_slot(key, backend_id)
+    }
+    fn remove_slot(&mut self, key: &sluice_abi::lb_slot_key) -> Result<(), DatapathError> {
+        self.lock().tables.remove_slot(key)
+    }
+    fn maglev_keys(&self) -> Result<Vec<sluice_abi::lb_maglev_key>, DatapathError> {
+        self.lock().tables.maglev_keys()
+    }
+    fn upsert_maglev(&mut self, key: &sluice_abi::lb_maglev_key, chunk: &sluice_abi::lb_maglev_chunk) -> Result<(), DatapathError> {
+        self.lock().tables.upsert_maglev(key, chunk)
+    }
+    fn remove_maglev(&mut self, key: &sluice_abi::lb_maglev_key) -> Result<(), DatapathError> {
+        self.lock().tables.remove_maglev(key)
+    }
+    fn conntrack(&self) -> Result<Vec<(sluice_abi::ct_key, sluice_abi::ct_entry)>, DatapathError> {
+        self.lock().tables.conntrack()
+    }
+    fn remove_conntrack(&mut self, key: &sluice_abi::ct_key) -> Result<(), DatapathError> {
+        self.lock().tables.remove_conntrack(key)
+    }
+    fn service_pressure(&self) -> Vec<sluice_datapath::MapPressure> {
+        self.lock().tables.service_pressure()
+    }
+}
+
 impl DatapathTables for SharedFake {
     fn upsert_endpoint(&mut self, entry: &EndpointEntry) -> Result<(), DatapathError> {
         self.lock().tables.upsert_endpoint(entry)

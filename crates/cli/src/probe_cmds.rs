@@ -27,7 +27,9 @@ pub fn server(name: &str, port: u16) -> anyhow::Result<ExitCode> {
             if conn.write_all(format!("{name} {peer}\n").as_bytes()).is_err() {
                 return;
             }
-            let _ = std::io::copy(&mut conn.try_clone().expect("clone"), &mut conn);
+            if let Ok(mut reader) = conn.try_clone() {
+                let _ = std::io::copy(&mut reader, &mut conn);
+            }
         });
     }
     Ok(ExitCode::SUCCESS)
@@ -112,7 +114,7 @@ fn tcp_exchange(target: SocketAddr, timeout: Duration) -> std::io::Result<(Strin
 }
 
 fn udp_exchange(target: SocketAddr, timeout: Duration) -> std::io::Result<(String, SocketAddr)> {
-    let bind: SocketAddr = if target.is_ipv4() { "0.0.0.0:0".parse().expect("addr") } else { "[::]:0".parse().expect("addr") };
+    let bind: SocketAddr = if target.is_ipv4() { (std::net::Ipv4Addr::UNSPECIFIED, 0).into() } else { (Ipv6Addr::UNSPECIFIED, 0).into() };
     let sock = UdpSocket::bind(bind)?;
     sock.set_read_timeout(Some(timeout))?;
     sock.send_to(b"hello\n", target)?; // unconnected: sendmsg and recvmsg are translated

@@ -138,7 +138,9 @@ impl ServiceProgrammer {
             if let Some(c) = current {
                 if c.slots == slots && c.maglev == maglev {
                     if c.terminating != terminating {
-                        self.sets.get_mut(key).map(|c| c.terminating = terminating);
+                        if let Some(c) = self.sets.get_mut(key) {
+                            c.terminating = terminating;
+                        }
                     }
                     continue;
                 }
