@@ -215,7 +215,10 @@ const CASES: &[Case] = &[
 ];
 
 fn fixture(name: &str) -> String {
-    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    // The runner's CARGO_MANIFEST_DIR, not the one compiled in: a cached test binary built from
+    // another checkout of the same sources would otherwise read that checkout's fixtures.
+    let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
+    let path = format!("{dir}/tests/fixtures/{name}");
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"))
 }
 
