@@ -152,6 +152,124 @@ static __always_inline int lb_new_flow(struct __sk_buff *skb, struct lb_pkt *p, 
 	return snat ? LB_NODE_SOURCE : LB_TRANSLATED;
 }
 
+/* Is this ICMP / ICMPv6 message an error that quotes a packet? */
+static __always_inline int icmp_is_error(const struct lb_pkt *p)
+{
+	if (p->t.proto == IPPROTO_ICMP)
+		return p->icmp_type == 3 || p->icmp_type == 11 || p->icmp_type == 12;
+	return p->t.proto == IPPROTO_ICMPV6 && p->icmp_type >= 1 && p->icmp_type <= 4;
+}
+
+/* Fold a 64-bit one's-complement sum to 16 bits (not complemented). */
+static __always_inline __u16 csum_fold64(__u64 s)
+{
+	s = (s & 0xffffffff) + (s >> 32);
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	return (__u16)s;
+}
+
+/* The packet an ICMP error quotes: its header and first 8 bytes of L4, old and new. */
+struct icmp_quote {
+	__u8 hdr[40];
+	__u8 l4[8];
+};
+
+/* An ICMP error about a translated flow: the quoted packet is the flow as the backend saw it
+ * (client or node -> backend), so its reverse is a reply tuple in lb_ct. The error is
+ * translated as the reply would be (outer source and quoted destination become the service,
+ * and for SNAT'd flows the outer destination and quoted source become the client again), with
+ * the quoted IPv4 header and UDP checksums and the ICMP checksum kept right. The quoted TCP
+ * checksum lies beyond the 8 bytes every error carries and is left as it is. */
+static __always_inline int lb_icmp_error(struct __sk_buff *skb, struct lb_pkt *p, int *verdict)
+{
+	int v4 = p->t.family == SLUICE_AF_INET;
+	__u32 inner_off = p->l4_off + 8;
+	__u32 hlen = v4 ? 20 : 40;
+	struct icmp_quote old = {}, new = {};
+	if (bpf_skb_load_bytes(skb, inner_off, old.hdr, v4 ? 20 : 40))
+		return LB_NONE;
+	if (v4 && old.hdr[0] != 0x45)
+		return LB_NONE;
+	if (bpf_skb_load_bytes(skb, inner_off + hlen, old.l4, 8))
+		return LB_NONE;
+	struct ct_key inner = {};
+	__u32 a_off = v4 ? 12 : 8, alen = v4 ? 4 : 16;
+	inner.proto = v4 ? old.hdr[9] : old.hdr[6];
+	if (inner.proto != IPPROTO_TCP && inner.proto != IPPROTO_UDP)
+		return LB_NONE;
+	inner.family = p->t.family;
+	if (v4) {
+		__builtin_memcpy(inner.saddr, old.hdr + 12, 4);
+		__builtin_memcpy(inner.daddr, old.hdr + 16, 4);
+	} else {
+		__builtin_memcpy(inner.saddr, old.hdr + 8, 16);
+		__builtin_memcpy(inner.daddr, old.hdr + 24, 16);
+	}
+	__builtin_memcpy(&inner.sport, old.l4, 2);
+	__builtin_memcpy(&inner.dport, old.l4 + 2, 2);
+	struct ct_key rkey;
+	ct_reverse(&rkey, &inner);
+	struct ct_entry *found = bpf_map_lookup_elem(&lb_ct, &rkey);
+	if (!found || !(found->flags & SLUICE_CT_F_REPLY))
+		return LB_NONE;
+	struct ct_entry e = *found;
+
+	/* The quoted packet, translated: destination -> the service; source -> the client. */
+	new = old;
+	if (v4) {
+		__builtin_memcpy(new.hdr + 16, e.new_saddr, 4);
+		if (e.flags & SLUICE_CT_F_NEW_DST)
+			__builtin_memcpy(new.hdr + 12, e.new_daddr, 4);
+		new.hdr[10] = 0;
+		new.hdr[11] = 0;
+		__u16 c = csum_fold(bpf_csum_diff(0, 0, (__be32 *)new.hdr, 20, 0));
+		__builtin_memcpy(new.hdr + 10, &c, 2);
+	} else {
+		__builtin_memcpy(new.hdr + 24, e.new_saddr, 16);
+		if (e.flags & SLUICE_CT_F_NEW_DST)
+			__builtin_memcpy(new.hdr + 8, e.new_daddr, 16);
+	}
+	__builtin_memcpy(new.l4 + 2, &e.new_sport, 2);
+	if (e.flags & SLUICE_CT_F_NEW_DST)
+		__builtin_memcpy(new.l4, &e.new_dport, 2);
+	__u16 udp_csum;
+	__builtin_memcpy(&udp_csum, old.l4 + 6, 2);
+	if (inner.proto == IPPROTO_UDP && (udp_csum || !v4)) {
+		/* The quoted UDP checksum covers the pseudo-header: addresses and ports moved. */
+		__s64 d = bpf_csum_diff((__be32 *)(old.hdr + a_off), 2 * alen, (__be32 *)(new.hdr + a_off), 2 * alen, 0);
+		d = bpf_csum_diff((__be32 *)old.l4, 4, (__be32 *)new.l4, 4, (__u32)d);
+		__u16 c = ~csum_fold64((__u64)(__u16)~udp_csum + (__u32)d);
+		if (!c)
+			c = 0xffff;
+		__builtin_memcpy(new.l4 + 6, &c, 2);
+	}
+	/* The ICMP checksum covers the quote (and, for ICMPv6, the outer addresses, handled by
+	 * nat_addr below). */
+	__s64 diff = bpf_csum_diff((__be32 *)old.hdr, hlen, (__be32 *)new.hdr, hlen, 0);
+	diff = bpf_csum_diff((__be32 *)old.l4, 8, (__be32 *)new.l4, 8, (__u32)diff);
+	if (bpf_skb_store_bytes(skb, inner_off, new.hdr, v4 ? 20 : 40, 0) ||
+	    bpf_skb_store_bytes(skb, inner_off + hlen, new.l4, 8, 0) ||
+	    bpf_l4_csum_replace(skb, p->l4_off + 2, 0, (__u32)diff, 0))
+		goto malformed;
+
+	/* The outer header: from the service if the backend sent it; to the client if SNAT'd. */
+	if (e.flags & SLUICE_CT_F_NEW_DST) {
+		if (nat_addr(skb, p, 1, p->t.daddr, e.new_daddr))
+			goto malformed;
+	}
+	const __u32 *os = (const __u32 *)p->t.saddr, *be = (const __u32 *)inner.daddr;
+	if (os[0] == be[0] && os[1] == be[1] && os[2] == be[2] && os[3] == be[3]) {
+		if (nat_addr(skb, p, 0, p->t.saddr, e.new_saddr))
+			goto malformed;
+	}
+	return LB_NODE_SOURCE;
+malformed:
+	*verdict = drop(skb, SLUICE_DROP_MALFORMED);
+	return LB_VERDICT;
+}
+
 /* Service translation of one packet. `from_uplink`: it arrived on the node's uplink (external
  * scope only, NodePort SNAT applies); otherwise it comes from a pod on this node. */
 static __always_inline int lb_packet(struct __sk_buff *skb, int from_uplink, int *verdict)
@@ -159,6 +277,8 @@ static __always_inline int lb_packet(struct __sk_buff *skb, int from_uplink, int
 	struct lb_pkt p = {};
 	if (lb_parse(skb, &p))
 		return LB_NONE;
+	if (icmp_is_error(&p))
+		return lb_icmp_error(skb, &p, verdict);
 	if (p.t.proto != IPPROTO_TCP && p.t.proto != IPPROTO_UDP)
 		return LB_NONE;
 

@@ -321,3 +321,81 @@ fn service_without_backends_is_refused_with_icmp_port_unreachable_v4_v6() {
     let counters = lab.dp.forward_counters().unwrap();
     assert_eq!(counters[sluice_abi::sluice_forward_kind::SLUICE_FWD_ICMP_REJECT as usize].packets, 2, "both rejects counted");
 }
+
+// === ICMP errors about translated flows ===
+
+/// An ICMP (ICMPv6) port unreachable from `src` to `dst` quoting `quoted` (an Ethernet frame
+/// as built by `packet`) whole, every checksum right.
+fn icmp_error(src: IpAddr, dst: IpAddr, quoted: &[u8]) -> Vec<u8> {
+    let v4 = src.is_ipv4();
+    let mut icmp = if v4 { vec![3, 3, 0, 0, 0, 0, 0, 0] } else { vec![1, 4, 0, 0, 0, 0, 0, 0] };
+    icmp.extend_from_slice(&quoted[14..]);
+    let proto = if v4 { 1 } else { 58 };
+    let c = if v4 { fold(csum_add(&icmp, 0)) } else { fold(csum_add(&icmp, pseudo(src, dst, proto, icmp.len()))) };
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut p = packet(src, dst, UDP, 0, 0);
+    p.truncate(14);
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let total = 20 + icmp.len();
+            let mut ip = vec![0x45, 0, (total >> 8) as u8, total as u8, 0, 0, 0x40, 0, 64, proto, 0, 0];
+            ip.extend_from_slice(&s.octets());
+            ip.extend_from_slice(&d.octets());
+            let c = fold(csum_add(&ip, 0));
+            ip[10..12].copy_from_slice(&c.to_be_bytes());
+            p.extend_from_slice(&ip);
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            p.extend_from_slice(&[0x60, 0, 0, 0]);
+            p.extend_from_slice(&(icmp.len() as u16).to_be_bytes());
+            p.extend_from_slice(&[proto, 64]);
+            p.extend_from_slice(&s.octets());
+            p.extend_from_slice(&d.octets());
+        }
+        _ => panic!("mixed families"),
+    }
+    p.extend_from_slice(&icmp);
+    p
+}
+
+/// The packet an ICMP error quotes, with its checksums verified, as a `Seen`.
+fn quoted(p: &[u8]) -> Seen {
+    let off = if u16::from_be_bytes([p[12], p[13]]) == 0x0800 { 14 + 20 + 8 } else { 14 + 40 + 8 };
+    let mut frame = p[..14].to_vec();
+    frame[12..14].copy_from_slice(if p[off] >> 4 == 4 { &[0x08, 0x00] } else { &[0x86, 0xdd] });
+    frame.extend_from_slice(&p[off..]);
+    parse(&frame)
+}
+
+#[test]
+fn icmp_errors_about_translated_flows_are_translated_back_v4_v6() {
+    privileged!();
+    let mut lab = lab();
+    for (node, client, backend) in [(IpAddr::from(NODE4), IpAddr::from(CLIENT4), IpAddr::from(A4)), (IpAddr::from(NODE6), IpAddr::from(CLIENT6), IpAddr::from(A6))] {
+        service(&mut lab, if node.is_ipv4() { 1 } else { 2 }, (node, 30053, UDP), NODEPORT, &[(if node.is_ipv4() { 11 } else { 12 }, backend, 8080, true)]);
+        let request = packet(client, node, UDP, 5555, 30053);
+        let delivered = from_netdev(&lab, &request);
+        assert_eq!(parse(&delivered.packet), seen(client, 5555, backend, 8080, UDP), "{node}: NodePort to the local backend");
+        // The backend has no socket on 8080: its stack answers port unreachable, quoting what it got.
+        let error = icmp_error(backend, client, &delivered.packet);
+        let out = from_pod(&lab, &error);
+        let outer = parse(&out.packet);
+        assert_eq!((outer.src, outer.dst), (node, client), "{node}: the error comes from the NodePort's address, to the client");
+        assert_eq!(quoted(&out.packet), seen(client, 5555, node, 30053, UDP), "{node}: the quoted packet is the one the client sent");
+    }
+}
+
+#[test]
+fn icmp_errors_about_snatted_flows_reach_the_client() {
+    privileged!();
+    let mut lab = lab();
+    service(&mut lab, 1, (NODE4.into(), 30053, UDP), NODEPORT, &[(1, REMOTE4.into(), 8080, false)]);
+    let out = from_netdev(&lab, &packet(CLIENT4.into(), NODE4.into(), UDP, 5555, 30053));
+    let fwd = parse(&out.packet);
+    assert_eq!(fwd.src, IpAddr::from(NODE4), "SNAT to the node");
+    let error = icmp_error(REMOTE4.into(), NODE4.into(), &out.packet);
+    let back = from_netdev(&lab, &error);
+    let outer = parse(&back.packet);
+    assert_eq!((outer.src, outer.dst, back.verdict), (IpAddr::from(NODE4), IpAddr::from(CLIENT4), 0), "the error reaches the client from the NodePort's address (no route here: handed to the stack)");
+    assert_eq!(quoted(&back.packet), seen(CLIENT4, 5555, NODE4, 30053, UDP), "the quote is the client's own packet again");
+}
