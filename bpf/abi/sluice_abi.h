@@ -336,4 +336,15 @@ struct ct_entry {
 	__u8 pad[3];
 };
 
+/*
+ * XDP on the uplink (xdp_netdev.c): established NodePort / load-balancer flows SNAT'd to a
+ * backend on another node are translated and sent back out before the kernel allocates an skb;
+ * when asked, packets to a NodePort on this node that no frontend matches are dropped.
+ */
+enum sluice_xdp_counter {
+	SLUICE_XDP_FORWARDED = 0,         /* translated and transmitted from XDP */
+	SLUICE_XDP_DROPPED_NO_FRONTEND = 1, /* NodePort range of a node address, no frontend */
+	SLUICE_XDP_COUNTER_MAX = 2,
+};
+
 #endif /* SLUICE_ABI_H */

@@ -28,6 +28,7 @@ pub mod sock_destroy;
 mod tables;
 pub mod test_run;
 pub mod testing;
+mod xdp;
 
 pub use bpffs::{ensure_bpffs, is_bpffs, unmount_bpffs};
 pub use endpoint::{EndpointEntry, Mac};
@@ -37,3 +38,4 @@ pub use loader::{BpfDatapath, HostRouting, LoadOptions, MapPressure, MonitorAggr
 pub use probe::{probe_host_routing, HostRoutingProbe};
 pub use services::{ServiceMaps, ServiceTables, SocketLb};
 pub use tables::{CounterValue, DatapathTables};
+pub use xdp::{XdpMode, XdpNetdev, XdpOptions};

@@ -46,9 +46,21 @@ pub fn run(prog: &SchedClassifier, packet: &[u8]) -> Result<TestRun, DatapathErr
     let fd = prog
         .fd()
         .map_err(|source| DatapathError::Program { program: "test run", action: "getting its fd".into(), source: Box::new(source) })?;
+    run_fd(fd.as_fd().as_raw_fd(), packet)
+}
+
+/// As [`run`], for an XDP program (the verdict is an XDP action).
+pub fn run_xdp(prog: &aya::programs::Xdp, packet: &[u8]) -> Result<TestRun, DatapathError> {
+    let fd = prog
+        .fd()
+        .map_err(|source| DatapathError::Program { program: "test run", action: "getting its fd".into(), source: Box::new(source) })?;
+    run_fd(fd.as_fd().as_raw_fd(), packet)
+}
+
+fn run_fd(fd: i32, packet: &[u8]) -> Result<TestRun, DatapathError> {
     let mut out = vec![0u8; packet.len() + 256];
     let mut attr = TestAttr {
-        prog_fd: fd.as_fd().as_raw_fd() as u32,
+        prog_fd: fd as u32,
         data_size_in: packet.len() as u32,
         data_size_out: out.len() as u32,
         data_in: packet.as_ptr() as u64,

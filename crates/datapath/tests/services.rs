@@ -399,3 +399,72 @@ fn icmp_errors_about_snatted_flows_reach_the_client() {
     assert_eq!((outer.src, outer.dst, back.verdict), (IpAddr::from(NODE4), IpAddr::from(CLIENT4), 0), "the error reaches the client from the NodePort's address (no route here: handed to the stack)");
     assert_eq!(quoted(&back.packet), seen(CLIENT4, 5555, NODE4, 30053, UDP), "the quote is the client's own packet again");
 }
+
+// === XDP on the uplink ===
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_REDIRECT: u32 = 4;
+const NEIGH_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x55, 0x55];
+
+fn ip(args: &str) {
+    let out = std::process::Command::new("ip").args(args.split_whitespace()).output().expect("run ip");
+    assert!(out.status.success(), "ip {args}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn xdp(lab: &Lab, drop_unmatched: bool) -> sluice_datapath::XdpNetdev {
+    let opts = sluice_datapath::XdpOptions { mode: None, drop_unmatched, node_ports: (30000, 32767), node_ipv4: Some(NODE4), node_ipv6: Some(NODE6) };
+    sluice_datapath::XdpNetdev::load(lab.dir.path(), &opts).expect("XDP program loads and passes the verifier")
+}
+
+#[test]
+fn xdp_forwards_established_snatted_nodeport_flows_both_ways() {
+    privileged!();
+    let mut lab = lab();
+    // Routes and neighbours for the FIB: the remote backend and the client behind a device.
+    ip("link add sx0 type veth peer name sx1");
+    ip("link set sx0 up");
+    ip("link set sx1 up");
+    ip("addr add 198.19.1.1/24 dev sx0");
+    ip("addr add 198.18.0.1/24 dev sx0");
+    ip(&format!("neigh add {REMOTE4} lladdr 02:00:00:00:55:55 dev sx0"));
+    ip(&format!("neigh add {CLIENT4} lladdr 02:00:00:00:55:55 dev sx0"));
+    service(&mut lab, 1, (NODE4.into(), 30080, TCP), NODEPORT, &[(1, REMOTE4.into(), 8080, false)]);
+    let x = xdp(&lab, false);
+    let prog = x.program().unwrap();
+
+    let syn = packet(CLIENT4.into(), NODE4.into(), TCP, 5555, 30080);
+    let first = sluice_datapath::test_run::run_xdp(prog, &syn).unwrap();
+    assert_eq!(first.verdict, XDP_PASS, "a new flow goes to tc, which writes its conntrack entries");
+    let tc = from_netdev(&lab, &syn);
+    let snat = parse(&tc.packet);
+
+    let again = sluice_datapath::test_run::run_xdp(prog, &syn).unwrap();
+    assert_eq!(again.verdict, XDP_REDIRECT, "the established flow is sent from XDP");
+    assert_eq!(parse(&again.packet), snat, "XDP rewrites as tc did (checksums verified)");
+    assert_eq!(&again.packet[0..6], &NEIGH_MAC, "to the next hop's MAC");
+    assert_eq!(again.packet[14 + 8], 63, "TTL decremented");
+
+    let reply = packet(REMOTE4.into(), NODE4.into(), TCP, 8080, snat.sport);
+    let back = sluice_datapath::test_run::run_xdp(prog, &reply).unwrap();
+    assert_eq!(back.verdict, XDP_REDIRECT, "the reply is sent from XDP too");
+    assert_eq!(parse(&back.packet), seen(NODE4, 30080, CLIENT4, 5555, TCP), "the reply restored for the client");
+    let counters = x.counters().unwrap();
+    assert_eq!(counters[sluice_abi::sluice_xdp_counter::SLUICE_XDP_FORWARDED as usize].packets, 2, "two packets forwarded in XDP");
+}
+
+#[test]
+fn xdp_drops_unmatched_nodeport_traffic_only_when_asked() {
+    privileged!();
+    let mut lab = lab();
+    service(&mut lab, 1, (NODE4.into(), 30080, TCP), NODEPORT, &[(1, A4.into(), 8080, true)]);
+    let strict = xdp(&lab, true);
+    let run = |x: &sluice_datapath::XdpNetdev, dport: u16| sluice_datapath::test_run::run_xdp(x.program().unwrap(), &packet(CLIENT4.into(), NODE4.into(), TCP, 5555, dport)).unwrap().verdict;
+    assert_eq!(run(&strict, 31000), XDP_DROP, "a NodePort without a frontend is dropped");
+    assert_eq!(run(&strict, 30080), XDP_PASS, "a NodePort with a frontend passes to tc");
+    assert_eq!(run(&strict, 22), XDP_PASS, "other ports of the node pass");
+    assert_eq!(strict.counters().unwrap()[sluice_abi::sluice_xdp_counter::SLUICE_XDP_DROPPED_NO_FRONTEND as usize].packets, 1);
+    drop(strict);
+    let lenient = xdp(&lab, false);
+    assert_eq!(run(&lenient, 31000), XDP_PASS, "without drop_unmatched nothing is dropped");
+}
