@@ -54,6 +54,7 @@ pub struct Agent {
     services: Option<Arc<crate::services::sync::Services>>,
     /// Where socket LB is attached, or why it is not.
     socket_lb: String,
+    xdp: Option<Arc<Mutex<sluice_datapath::XdpNetdev>>>,
 }
 
 /// Everything [`Agent::new`] needs.
@@ -70,6 +71,8 @@ pub struct AgentParts {
     /// The service loop's state; `None` when this agent programs no services.
     pub services: Option<Arc<crate::services::sync::Services>>,
     pub socket_lb: String,
+    /// The XDP program on the node's devices, when configured.
+    pub xdp: Option<Arc<Mutex<sluice_datapath::XdpNetdev>>>,
     pub events: Arc<Events>,
 }
 
@@ -104,6 +107,7 @@ impl Agent {
             cni_lock: tokio::sync::Mutex::new(()),
             services: parts.services,
             socket_lb: parts.socket_lb,
+            xdp: parts.xdp,
         })
     }
 
@@ -481,6 +485,14 @@ impl Agent {
         for dev in &self.netdevs {
             programs.push(sluice_api::AttachedProgram { program: "from_netdev".into(), interface: dev.clone(), attach: "tcx/ingress".into(), count: 1 });
         }
+        let mut xdp_counts = Vec::new();
+        if let Some(x) = &self.xdp {
+            let x = x.lock().unwrap_or_else(|p| p.into_inner());
+            for (dev, mode) in x.attachments() {
+                programs.push(sluice_api::AttachedProgram { program: "xdp_netdev".into(), interface: dev, attach: format!("xdp/{}", mode.as_str()), count: 1 });
+            }
+            xdp_counts = x.counters()?;
+        }
         // Totals over both observation points.
         let total = |v: &[sluice_datapath::CounterValue], stride: usize, i: usize| {
             let mut t = sluice_datapath::CounterValue::default();
@@ -500,13 +512,20 @@ impl Agent {
                 sluice_api::DropCount { reason: sluice_abi::drop_reason_name(*r).into(), packets: c.packets, bytes: c.bytes }
             })
             .collect();
-        let forwards = sluice_abi::FORWARD_KINDS
+        let mut drops: Vec<sluice_api::DropCount> = drops;
+        let mut forwards: Vec<sluice_api::DropCount> = sluice_abi::FORWARD_KINDS
             .iter()
             .map(|k| {
                 let c = total(&fwd, kinds, *k as usize);
                 sluice_api::DropCount { reason: sluice_abi::forward_kind_name(*k).into(), packets: c.packets, bytes: c.bytes }
             })
             .collect();
+        if let Some(c) = xdp_counts.get(sluice_abi::sluice_xdp_counter::SLUICE_XDP_FORWARDED as usize) {
+            forwards.push(sluice_api::DropCount { reason: "xdp forward".into(), packets: c.packets, bytes: c.bytes });
+        }
+        if let Some(c) = xdp_counts.get(sluice_abi::sluice_xdp_counter::SLUICE_XDP_DROPPED_NO_FRONTEND as usize) {
+            drops.push(sluice_api::DropCount { reason: "xdp: NodePort without frontend".into(), packets: c.packets, bytes: c.bytes });
+        }
         Ok(sluice_api::Status {
             node_name: self.config.node_name.clone(),
             healthy: true,

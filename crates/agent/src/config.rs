@@ -151,6 +151,40 @@ pub struct ServicesConfig {
     /// Seconds between conntrack garbage collections.
     #[serde(default = "default_ct_gc")]
     pub conntrack_gc_seconds: u64,
+    /// XDP on the node's devices: `off`, `auto` (native where the driver allows, generic
+    /// otherwise), `native` or `generic`.
+    #[serde(default)]
+    pub xdp: XdpSetting,
+    /// With XDP: drop packets for the NodePort range of the node's addresses that no frontend
+    /// matches.
+    #[serde(default)]
+    pub xdp_drop_unmatched: bool,
+    /// The cluster's NodePort range (for `xdpDropUnmatched`), `FIRST-LAST`.
+    #[serde(default = "default_node_ports")]
+    pub node_port_range: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpSetting {
+    #[default]
+    Off,
+    Auto,
+    Native,
+    Generic,
+}
+
+impl ServicesConfig {
+    /// `nodePortRange` as numbers (checked at load).
+    pub fn node_ports(&self) -> Option<(u16, u16)> {
+        let (a, b) = self.node_port_range.split_once('-')?;
+        let (a, b) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+        (a <= b && a > 0).then_some((a, b))
+    }
+}
+
+fn default_node_ports() -> String {
+    "30000-32767".into()
 }
 
 impl Default for ServicesConfig {
@@ -164,6 +198,9 @@ impl Default for ServicesConfig {
             conntrack_tcp_closing_timeout: default_ct_closing(),
             conntrack_other_timeout: default_ct_other(),
             conntrack_gc_seconds: default_ct_gc(),
+            xdp: XdpSetting::Off,
+            xdp_drop_unmatched: false,
+            node_port_range: default_node_ports(),
         }
     }
 }
@@ -318,6 +355,9 @@ impl AgentConfig {
         }
         if self.services.conntrack_entries < 1024 {
             return invalid("services.conntrackEntries", format!("{} is below the minimum 1024", self.services.conntrack_entries));
+        }
+        if self.services.node_ports().is_none() {
+            return invalid("services.nodePortRange", format!("{:?} is not FIRST-LAST with 1 <= FIRST <= LAST <= 65535", self.services.node_port_range));
         }
         if self.services.conntrack_gc_seconds == 0 {
             return invalid("services.conntrackGcSeconds", "must be at least 1".into());

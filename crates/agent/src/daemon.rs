@@ -86,6 +86,36 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     } else {
         (None, "off (services.socketLB: false): pod traffic is translated per packet".to_string())
     };
+    // Held until the agent stops, as the socket-LB hooks; tc carries the same flows without it.
+    let xdp = match config.services.xdp {
+        crate::config::XdpSetting::Off => None,
+        setting => {
+            let xopts = sluice_datapath::XdpOptions {
+                mode: match setting {
+                    crate::config::XdpSetting::Native => Some(sluice_datapath::XdpMode::Native),
+                    crate::config::XdpSetting::Generic => Some(sluice_datapath::XdpMode::Generic),
+                    _ => None,
+                },
+                drop_unmatched: config.services.xdp_drop_unmatched,
+                node_ports: config.services.node_ports().unwrap_or((30000, 32767)),
+                node_ipv4: opts.node_ipv4,
+                node_ipv6: opts.node_ipv6,
+            };
+            let mut x = sluice_datapath::XdpNetdev::load(&config.bpffs, &xopts)?;
+            let nl = sluice_datapath::netlink::Netlink::current()?;
+            for dev in &config.devices {
+                // `auto` on a veth takes generic: a native XDP_TX on a veth reaches its peer
+                // only when the peer runs NAPI (XDP or GRO there), which a bridge port does not.
+                let want = match (xopts.mode, nl.link(dev).await?.kind.as_deref()) {
+                    (None, Some("veth")) => Some(sluice_datapath::XdpMode::Generic),
+                    (m, _) => m,
+                };
+                let mode = x.attach(dev, want)?;
+                tracing::info!(device = %dev, mode = mode.as_str(), "XDP attached");
+            }
+            Some(Arc::new(std::sync::Mutex::new(x)))
+        }
+    };
     let services = Arc::new(crate::services::sync::Services::new(
         crate::services::desired::NodeInfo { name: config.node_name.clone(), addresses: node_addresses.iter().copied().filter(|a| !is_link_local(a)).collect() },
         config.state.path.clone(),
@@ -108,6 +138,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         events: events.clone(),
         services: Some(services),
         socket_lb: socket_lb_status,
+        xdp: xdp.clone(),
     })?);
     let report = agent.resync(true).await?;
     if let Err(e) = agent.sync_services(true).await {

@@ -463,6 +463,7 @@ fn start(config: &AgentConfig, db: &Arc<AgentDb>, datapath: &SharedFake, plumber
     Agent::new(AgentParts {
         services: None,
         socket_lb: "off".into(),
+        xdp: None,
         config: config.clone(),
         db: db.clone(),
         datapath: Box::new(datapath.clone()),

@@ -93,6 +93,10 @@ pub enum Command {
         /// Node ports of NodePort and LoadBalancer services, FIRST-LAST.
         #[arg(long, default_value = "30000-32767", value_name = "FIRST-LAST")]
         node_port_range: String,
+        /// XDP on each node's uplink: off, auto (native where the driver allows, else
+        /// generic), native or generic.
+        #[arg(long, default_value = "off", value_parser = ["off", "auto", "native", "generic"])]
+        xdp: String,
     },
     /// Audit the node's netfilter rules: which would pod traffic skip under eBPF host routing?
     /// Exit code 0 when clean, 1 when a rule would be bypassed.

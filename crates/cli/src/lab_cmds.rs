@@ -22,11 +22,12 @@ fn step(line: &str) {
     eprintln!("  {line}");
 }
 
-pub async fn up(lab: &str, nodes: usize, host_routing: String, guard: String, monitor: String, service_cidrs: &[String], node_port_range: &str) -> anyhow::Result<ExitCode> {
+#[allow(clippy::too_many_arguments)] // one per `sluice up` flag
+pub async fn up(lab: &str, nodes: usize, host_routing: String, guard: String, monitor: String, service_cidrs: &[String], node_port_range: &str, xdp: String) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let service_ranges = service_ranges(service_cidrs, node_port_range)?;
     eprintln!("Starting lab {lab:?} with {nodes} node(s)...");
-    let opts = UpOptions { nodes, host_routing, guard, monitor, service_ranges, ..UpOptions::new(lab, sluice_binary()?) };
+    let opts = UpOptions { nodes, host_routing, guard, monitor, service_ranges, xdp, ..UpOptions::new(lab, sluice_binary()?) };
     Lab::up(opts, &mut |s| step(s)).await?;
     eprintln!("Lab {lab:?} is up in {:.1} s. Next: sluice apply -f <manifest>", started.elapsed().as_secs_f64());
     Ok(ExitCode::SUCCESS)

@@ -313,3 +313,26 @@ fn collect(rx: &mpsc::Receiver<String>, for_: Duration) -> Vec<String> {
     }
     out
 }
+
+#[test]
+fn xdp_carries_established_nodeport_flows_to_other_nodes() {
+    if !privileged(module_path!()) {
+        return;
+    }
+    let lab = TestLab::up("svx", &["--nodes", "2", "--xdp", "auto"]);
+    lab.apply_ok(&manifest());
+    ready(&lab, &cluster_ips(&lab, "web")[0]);
+    let status = lab.json(&["status", "--node", "node0", "-o", "json"]);
+    let attach = status["programs"].as_array().unwrap().iter().find(|p| p["program"] == "xdp_netdev").map(|p| p["attach"].clone());
+    assert_eq!(attach, Some(serde_json::json!("xdp/generic")), "auto takes generic XDP on the veth uplink: {status}");
+    for node in ["198.18.0.10", "2001:2:0:ff::a"] {
+        let mut seen = BTreeSet::new();
+        for _ in 0..16 {
+            seen.insert(replied(&probe(&lab, None, &target(node, 30080), false)).0);
+        }
+        assert_eq!(seen.len(), 2, "{node}: NodePort reaches both backends with XDP on");
+    }
+    let status = lab.json(&["status", "--node", "node0", "-o", "json"]);
+    let forwarded = status["forwards"].as_array().unwrap().iter().find(|f| f["reason"] == "xdp forward").and_then(|f| f["packets"].as_u64()).unwrap_or(0);
+    assert!(forwarded > 0, "packets of SNAT'd flows to node1 were forwarded from XDP: {status}");
+}

@@ -22,6 +22,8 @@ pub struct LinkInfo {
     pub name: String,
     pub mac: Mac,
     pub mtu: u32,
+    /// The link's kind (`veth`, `bridge`, ...); `None` for a physical device.
+    pub kind: Option<String>,
 }
 
 /// A netlink connection bound to one network namespace.
@@ -222,11 +224,18 @@ impl Netlink {
 }
 
 fn link_info(msg: &LinkMessage) -> LinkInfo {
-    let mut info = LinkInfo { index: msg.header.index, name: String::new(), mac: Mac::default(), mtu: 0 };
+    let mut info = LinkInfo { index: msg.header.index, name: String::new(), mac: Mac::default(), mtu: 0, kind: None };
     for attr in &msg.attributes {
         match attr {
             LinkAttribute::IfName(n) => info.name = n.clone(),
             LinkAttribute::Mtu(m) => info.mtu = *m,
+            LinkAttribute::LinkInfo(infos) => {
+                for i in infos {
+                    if let NlLinkInfo::Kind(kind) = i {
+                        info.kind = Some(kind.to_string());
+                    }
+                }
+            }
             LinkAttribute::Address(a) if a.len() == 6 => {
                 let mut m = [0u8; 6];
                 m.copy_from_slice(a);

@@ -26,7 +26,8 @@ pub fn agent_config(node: &NodeState, lab_dir: &Path, opts: &crate::UpOptions) -
          devices: [eth0]\n\
          metricsAddress: \"127.0.0.1:9962\"\n\
          mtu: 1500\n\
-         state:\n  source: local\n  path: {store}\n",
+         state:\n  source: local\n  path: {store}\n\
+         services:\n  xdp: {xdp}\n  nodePortRange: \"{np_lo}-{np_hi}\"\n",
         name = node.name,
         dir = node.dir.display(),
         socket = node.socket.display(),
@@ -38,6 +39,9 @@ pub fn agent_config(node: &NodeState, lab_dir: &Path, opts: &crate::UpOptions) -
         guard = opts.guard,
         cgroup = node.cgroup.display(),
         monitor = opts.monitor,
+        xdp = opts.xdp,
+        np_lo = opts.service_ranges.node_ports.start(),
+        np_hi = opts.service_ranges.node_ports.end(),
     )
 }
 

@@ -35,6 +35,8 @@ pub struct UpOptions {
     pub agent_timeout: Duration,
     /// Where services get cluster IPs and node ports; must not overlap the lab's networks.
     pub service_ranges: ServiceRanges,
+    /// `off`, `auto`, `native` or `generic`: XDP on each node's uplink.
+    pub xdp: String,
 }
 
 impl UpOptions {
@@ -48,6 +50,7 @@ impl UpOptions {
             sluice,
             agent_timeout: Duration::from_secs(20),
             service_ranges: ServiceRanges::default(),
+            xdp: "off".into(),
         }
     }
 }
