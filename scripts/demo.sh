@@ -36,6 +36,17 @@ for i in 1 2 3 4 5 6 7 8 9 10; do
 done
 sluice exec client -n demo -- sh -c "printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 2 $server4 8080 | tail -n 1"
 sluice exec client -n demo -- sh -c "printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 2 $server6 8080 | tail -n 1"
+echo "==> the web Service: ClusterIPs balanced at connect() by the socket-LB hooks"
+sluice get services -n demo
+svc4=$(sluice get services -n demo | awk '$1 == "web" { split($3, ips, ","); print ips[1] }')
+for i in 1 2 3 4; do
+  sluice exec client -n demo -- sh -c "printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 2 $svc4 80 | tail -n 1"
+done
+echo "==> the NodePort from the lab's external client (a machine on the nodes' network)"
+sluice exec --external -- sh -c "printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 2 198.18.0.10 30080 | tail -n 1"
+echo
+sluice service list
+echo
 echo "==> ping over both families"
 sluice exec client -n demo -- ping -c 3 -i 0.2 "$server4" | tail -n 2
 sluice exec client -n demo -- ping -6 -c 3 -i 0.2 "$server6" | tail -n 2
