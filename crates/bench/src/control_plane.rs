@@ -92,7 +92,7 @@ async fn restarts(lab: &mut Lab, n: usize, endpoints: usize) -> Result<Summary, 
     Summary::of(&samples).ok_or_else(|| BenchError::Check("no restart sample".into()))
 }
 
-fn agent_rss_mib(lab: &Lab) -> Result<f64, BenchError> {
+pub(crate) fn agent_rss_mib(lab: &Lab) -> Result<f64, BenchError> {
     let pid = lab.state().nodes.first().and_then(|n| n.agent_pid).ok_or_else(|| BenchError::Check("node0 has no agent".into()))?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| BenchError::Check(format!("reading the agent's memory: {e}")))?;
     let kib: f64 = status

@@ -1,6 +1,7 @@
 //! Benchmarks of Sluice, run on real labs. Each benchmark builds what it measures, measures, tears
 //! it down (also on failure), and returns figures with the machine they were taken on; the CLI
 //! writes them as JSON, Markdown and, for the datapath comparison, a PNG chart (`sluice bench`).
+//! `sluice bench services` measures how fast the agent programs many services and its memory.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), sluice_bench::BenchError> {
@@ -17,6 +18,7 @@ mod error;
 mod machine;
 mod observer_rate;
 mod process;
+mod services;
 pub mod report;
 mod stats;
 pub mod workloads;
@@ -27,4 +29,5 @@ pub use error::BenchError;
 pub use machine::Machine;
 pub use observer_rate::{observer_rate, ObserverRate, ObserverRun};
 pub use report::Report;
+pub use services::{remove_service_labs, services, ServicesOptions, ServicesPoint, ServicesResult, ServicesRun, MAX_DISTINCT_BACKENDS};
 pub use stats::Summary;

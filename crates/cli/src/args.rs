@@ -232,6 +232,23 @@ pub enum BenchCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// How fast the agent programs many ClusterIP services (one store write, each with an
+    /// endpoint slice) and its memory while holding them; then one service's change. Each run
+    /// is a fresh one-node lab.
+    Services {
+        /// Service counts, one measurement point each.
+        #[arg(long, value_delimiter = ',', default_value = "10,1000,10000")]
+        counts: Vec<usize>,
+        /// Backends (endpoints) per service, 1 to 249.
+        #[arg(long, default_value_t = 10)]
+        backends: usize,
+        /// Runs per count, each in a fresh lab.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Directory for results.json and results.md.
+        #[arg(long, default_value = "results/services")]
+        out: PathBuf,
+    },
     /// The TCP_CRR server (started by the datapath benchmark in the server pod).
     #[command(hide = true)]
     CrrServer {

@@ -1,5 +1,6 @@
 //! `sluice bench`: run a benchmark, print its table, write its results. Without a subcommand it
-//! runs the datapath comparison; `control-plane` measures the control plane; the hidden
+//! runs the datapath comparison; `control-plane` measures the control plane; `services` how
+//! fast many services are programmed; the hidden
 //! `crr-server` / `crr-client` are the TCP_CRR load generator the datapath comparison starts.
 
 use std::path::Path;
@@ -14,6 +15,7 @@ pub async fn bench(command: Option<BenchCommand>, datapath: DatapathBenchArgs) -
         None => datapath_comparison(datapath).await,
         Some(BenchCommand::ControlPlane { pods, restarts, out }) => control_plane(pods, restarts, out.as_deref()).await,
         Some(BenchCommand::Observer { runs, seconds, out }) => observer(runs, seconds, out.as_deref()).await,
+        Some(BenchCommand::Services { counts, backends, runs, out }) => services(counts, backends, runs, &out).await,
         Some(BenchCommand::CrrServer { listen }) => {
             sluice_bench::workloads::crr::serve(listen).with_context(|| format!("serving TCP_CRR on {listen}"))?;
             Ok(ExitCode::SUCCESS)
@@ -71,4 +73,30 @@ async fn observer(runs: usize, seconds: u64, out: Option<&Path>) -> anyhow::Resu
     eprintln!("observer benchmark: {runs} runs of {seconds} s, every forwarded packet an event");
     let result = sluice_bench::observer_rate(sluice, runs, seconds, &mut |line| eprintln!("  {line}")).await?;
     write_results(out, &result, &result.markdown())
+}
+
+async fn services(counts: Vec<usize>, backends: usize, runs: usize, out: &Path) -> anyhow::Result<ExitCode> {
+    let sluice = std::env::current_exe().context("finding the sluice binary")?;
+    let opts = sluice_bench::ServicesOptions {
+        counts,
+        backends,
+        runs,
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        ..sluice_bench::ServicesOptions::new(sluice)
+    };
+    eprintln!("services benchmark: {:?} services x {backends} backends, {runs} run(s) each, a fresh lab per run", opts.counts);
+    let mut print = |line: &str| eprintln!("  {line}");
+    let run = sluice_bench::services(&opts, &mut print);
+    // Ctrl-C drops the run mid-way: remove the lab it was using.
+    let result = tokio::select! {
+        result = run => result?,
+        _ = tokio::signal::ctrl_c() => {
+            sluice_bench::remove_service_labs(&opts.lab_prefix).await?;
+            anyhow::bail!("interrupted; the benchmark's labs have been removed")
+        }
+    };
+    println!("{}", result.markdown());
+    result.write(out).with_context(|| format!("writing results to {}", out.display()))?;
+    eprintln!("results written to {} (results.json, results.md)", out.display());
+    Ok(ExitCode::SUCCESS)
 }

@@ -116,7 +116,7 @@ pub struct Report {
 
 pub const LEFT_OUT: [&str; 4] = [
     "classic-nft (kube-proxy's nftables mode): waits for services in Sluice",
-    "TCP_CRR to a ClusterIP with 10, 1,000 and 10,000 services, and service programming time: Sluice has no services yet",
+    "TCP_CRR to a ClusterIP with 10, 1,000 and 10,000 services: not yet in this comparison (service programming time and memory: `sluice bench services`)",
     "cross-node TCP_STREAM: the lab has two-node labs, the side-by-side configurations are one node so far",
     "CPU cost per gigabit: /proc/stat is machine-wide and other work on a shared machine would pollute it",
 ];
