@@ -256,6 +256,12 @@ fn select(only: &[String], services: &[usize]) -> Result<(Vec<Configuration>, Ve
         workloads.dedup();
         workloads
     };
+    // Only services asked for, no configuration named: build only those that balance services.
+    let configurations = if only_named_services(only) && workloads.iter().all(|w| w.services().is_some()) {
+        configurations.into_iter().filter(|c| c.has_services()).collect()
+    } else {
+        configurations
+    };
     if workloads.iter().any(|w| w.services().is_some()) && !configurations.iter().any(|c| c.has_services()) {
         return Err(BenchError::Invalid(format!(
             "{}: only {} balance services; add one of them to --only",
@@ -264,6 +270,11 @@ fn select(only: &[String], services: &[usize]) -> Result<(Vec<Configuration>, Ve
         )));
     }
     Ok((configurations, workloads))
+}
+
+/// Whether `--only` names no configuration.
+fn only_named_services(only: &[String]) -> bool {
+    only.iter().all(|n| Configuration::parse(n.trim()).is_none())
 }
 
 /// Fails before anything is built when a tool is missing.
@@ -342,6 +353,12 @@ mod tests {
     fn the_service_family_expands_to_each_count_in_ascending_order() {
         let (_, w) = select(&["tcp-crr-svc".into(), "sluice-bpf".into(), "classic".into()], &[10_000, 10, 1_000, 10]).unwrap();
         assert_eq!(w, vec![Workload::TcpCrrService(10), Workload::TcpCrrService(1_000), Workload::TcpCrrService(10_000)]);
+    }
+
+    #[test]
+    fn services_alone_build_only_the_configurations_that_balance_them() {
+        let (c, _) = select(&["tcp-crr-svc".into()], &[10]).unwrap();
+        assert_eq!(c, vec![Configuration::SluiceBpf, Configuration::Classic], "nothing is built that would run nothing");
     }
 
     #[test]
