@@ -1,13 +1,16 @@
 //! The datapath comparison: builds every configuration, runs the workloads in interleaved rounds
 //! (limit, sluice-bpf, sluice-legacy, classic, then again), checks after each measurement that
 //! the configuration is what it claims, and reports medians and ratios taken in the one run.
+//! TCP_CRR to a ClusterIP comes after the pod-to-pod workloads, once per service count: the
+//! configurations that balance services are given N services (timed: the programming time),
+//! then run it in interleaved rounds of their own.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::configurations::{BuildEnv, Built, Configuration, CNI_BIN_DIR, SERVICES};
 use crate::process::{self, find_on_path, in_netns, Place};
-use crate::report::{markdown_number, CheckRecord, Method, Report, Sample};
+use crate::report::{markdown_number, CheckRecord, Method, ProgrammingRecord, Report, Sample};
 use crate::workloads::{Run, Workload};
 use crate::{BenchError, Machine};
 
@@ -28,6 +31,8 @@ pub struct DatapathOptions {
     pub seconds: u64,
     /// Configuration and workload names to run; none means all.
     pub only: Vec<String>,
+    /// Service counts of TCP_CRR to a ClusterIP (`tcp-crr-svc`).
+    pub services: Vec<usize>,
     /// The command line, recorded with the results.
     pub command: String,
     /// Short and unique per run: part of every namespace and lab name.
@@ -35,7 +40,8 @@ pub struct DatapathOptions {
 }
 
 impl DatapathOptions {
-    /// Five rounds of 5 s per workload; with `quick`, one round of 1 s.
+    /// Five rounds of 5 s per workload, 10, 1,000 and 10,000 services; with `quick`, one round
+    /// of 1 s and 10 services.
     pub fn new(sluice: PathBuf, quick: bool) -> Self {
         Self {
             sluice,
@@ -43,6 +49,7 @@ impl DatapathOptions {
             rounds: if quick { 1 } else { 5 },
             seconds: if quick { 1 } else { 5 },
             only: Vec::new(),
+            services: if quick { vec![10] } else { vec![10, 1_000, 10_000] },
             command: String::new(),
             run: (std::process::id() % 100_000).to_string(),
         }
@@ -51,7 +58,7 @@ impl DatapathOptions {
 
 /// Runs the comparison; everything it built is removed before it returns, also on failure.
 pub async fn datapath(opts: &DatapathOptions, progress: &mut dyn FnMut(&str)) -> Result<Report, BenchError> {
-    let (configurations, workloads) = select(&opts.only)?;
+    let (configurations, workloads) = select(&opts.only, &opts.services)?;
     preflight(&configurations, &workloads)?;
     if opts.rounds == 0 || opts.seconds == 0 {
         return Err(BenchError::Invalid("rounds and seconds must be at least 1".into()));
@@ -79,7 +86,7 @@ pub async fn datapath(opts: &DatapathOptions, progress: &mut dyn FnMut(&str)) ->
         built.push(b);
     }
     let cpus = (client_cpu, server_cpu);
-    let measured = measure(&built, &workloads, opts, cpus, &env, progress).await;
+    let measured = measure(&mut built, &workloads, opts, cpus, &env, progress).await;
     let mut teardown_error = None;
     for b in built {
         let c = b.configuration;
@@ -91,7 +98,7 @@ pub async fn datapath(opts: &DatapathOptions, progress: &mut dyn FnMut(&str)) ->
             }
         }
     }
-    let (samples, checks) = measured?;
+    let (samples, checks, programming) = measured?;
     if let Some(e) = teardown_error {
         return Err(e);
     }
@@ -107,29 +114,71 @@ pub async fn datapath(opts: &DatapathOptions, progress: &mut dyn FnMut(&str)) ->
         load_average_after: load_average(),
         services_on_classic: SERVICES.count,
         backends_per_service: SERVICES.backends,
+        service_counts: workloads.iter().filter_map(|w| w.services()).collect(),
     };
-    Ok(Report::build(Machine::describe(), method, &configurations, &workloads, &samples, checks))
+    Ok(Report::build(Machine::describe(), method, &configurations, &workloads, &samples, checks, programming))
 }
 
 /// The rounds: every configuration runs every workload once per round, in the same order.
+/// Pod-to-pod workloads first; then for each service count, the configurations that balance
+/// services are programmed with that many and run TCP_CRR to a ClusterIP in rounds of their own.
 async fn measure(
+    built: &mut [Built],
+    workloads: &[Workload],
+    opts: &DatapathOptions,
+    cpus: (usize, usize),
+    env: &BuildEnv,
+    progress: &mut dyn FnMut(&str),
+) -> Result<(Vec<Sample>, Vec<CheckRecord>, Vec<ProgrammingRecord>), BenchError> {
+    let mut samples = Vec::new();
+    let mut checks = Vec::new();
+    let mut programming = Vec::new();
+    let pod_to_pod: Vec<Workload> = workloads.iter().copied().filter(|w| w.services().is_none()).collect();
+    if !pod_to_pod.is_empty() {
+        rounds(built, &pod_to_pod, opts, cpus, env, progress, &mut samples, &mut checks).await?;
+    }
+    for &w in workloads {
+        let Some(count) = w.services() else { continue };
+        for b in built.iter_mut().filter(|b| b.configuration.has_services()) {
+            progress(&format!("programming {count} services into {}", b.configuration));
+            let took = b.program_services(count).await?;
+            progress(&format!("  {} programmed {count} services in {:.3} s", b.configuration, took.as_secs_f64()));
+            programming.push(ProgrammingRecord { configuration: b.configuration, services: count, seconds: took.as_secs_f64() });
+        }
+        rounds(built, &[w], opts, cpus, env, progress, &mut samples, &mut checks).await?;
+    }
+    Ok((samples, checks, programming))
+}
+
+/// `opts.rounds` rounds of `workloads` over the configurations they apply to.
+#[allow(clippy::too_many_arguments)] // one call site each way; a struct would only rename them
+async fn rounds(
     built: &[Built],
     workloads: &[Workload],
     opts: &DatapathOptions,
     (client_cpu, server_cpu): (usize, usize),
     env: &BuildEnv,
     progress: &mut dyn FnMut(&str),
-) -> Result<(Vec<Sample>, Vec<CheckRecord>), BenchError> {
-    let mut samples = Vec::new();
-    let mut checks = Vec::new();
+    samples: &mut Vec<Sample>,
+    checks: &mut Vec<CheckRecord>,
+) -> Result<(), BenchError> {
     for round in 1..=opts.rounds {
         for b in built {
             let c = b.configuration;
             for &w in workloads {
+                let service = match w.services() {
+                    None => None,
+                    Some(_) if !c.has_services() => continue,
+                    Some(count) => Some(b.service_target(count).ok_or_else(|| BenchError::Check(format!("{c} has no {count} services programmed")))?),
+                };
+                // Only to a service does the client need its pod's cgroup: that is where the
+                // node's socket hooks translate connect(). Pod-to-pod runs stay as they were.
+                let client_cgroup = service.and(b.pods.client_cgroup.clone());
                 let run = Run {
-                    client: Place { netns: b.pods.client.clone(), cpu: Some(client_cpu) },
-                    server: Place { netns: b.pods.server.clone(), cpu: Some(server_cpu) },
+                    client: Place { netns: b.pods.client.clone(), cpu: Some(client_cpu), cgroup: client_cgroup },
+                    server: Place { netns: b.pods.server.clone(), cpu: Some(server_cpu), cgroup: None },
                     server_ip: b.pods.server_ip,
+                    service,
                     seconds: opts.seconds,
                     sluice: opts.sluice.clone(),
                     log_dir: env.work_dir.clone(),
@@ -138,7 +187,7 @@ async fn measure(
                 let before = b.counters().await?;
                 let measurement = w.run(&run).await.map_err(|e| with_context(e, round, c, w))?;
                 let after = b.counters().await?;
-                let evidence = b.verify(&before, &after).map_err(|why| BenchError::Check(format!("round {round}, {w}: {why}")))?;
+                let evidence = b.verify(w, &before, &after).map_err(|why| BenchError::Check(format!("round {round}, {w}: {why}")))?;
                 let figures: Vec<String> =
                     measurement.iter().map(|(m, v)| format!("{} {} {}", m.label(), markdown_number(*m, *v), m.unit())).collect();
                 let moved: Vec<String> = evidence.deltas.iter().map(|(k, v)| format!("{k} +{v}")).collect();
@@ -148,7 +197,7 @@ async fn measure(
             }
         }
     }
-    Ok((samples, checks))
+    Ok(())
 }
 
 fn with_context(e: BenchError, round: usize, c: Configuration, w: Workload) -> BenchError {
@@ -170,27 +219,62 @@ async fn prepare_client(b: &Built) -> Result<(), BenchError> {
     .await
 }
 
-/// Configurations and workloads named by `--only` (all of a kind when none of it is named).
-fn select(only: &[String]) -> Result<(Vec<Configuration>, Vec<Workload>), BenchError> {
+/// Configurations and workloads named by `--only` (all of a kind when none of it is named);
+/// `tcp-crr-svc` stands for TCP_CRR to a ClusterIP with each of `services`.
+fn select(only: &[String], services: &[usize]) -> Result<(Vec<Configuration>, Vec<Workload>), BenchError> {
+    let mut counts: Vec<usize> = services.to_vec();
+    counts.sort_unstable();
+    counts.dedup();
+    if let Some(&bad) = counts.iter().find(|&&n| n == 0 || n > crate::configurations::max_services()) {
+        return Err(BenchError::Invalid(format!("--services {bad}: give 1 to {} services", crate::configurations::max_services())));
+    }
+    let service_workloads: Vec<Workload> = counts.iter().map(|&n| Workload::TcpCrrService(n)).collect();
     let mut configurations = Vec::new();
     let mut workloads = Vec::new();
     for name in only.iter().map(|n| n.trim()).filter(|n| !n.is_empty()) {
         if let Some(c) = Configuration::parse(name) {
             configurations.push(c);
+        } else if name == Workload::SERVICE_FAMILY {
+            workloads.extend(service_workloads.iter().copied());
         } else if let Some(w) = Workload::parse(name) {
             workloads.push(w);
         } else {
             return Err(BenchError::Invalid(format!(
-                "--only {name}: not a configuration ({}) nor a workload ({})",
+                "--only {name}: not a configuration ({}) nor a workload ({}, {})",
                 list(&Configuration::ALL),
-                list(&Workload::ALL)
+                list(&Workload::ALL),
+                Workload::SERVICE_FAMILY
             )));
         }
     }
-    // Keep the canonical order whatever order they were named in.
+    // Keep the canonical order whatever order they were named in: pod to pod, then services by count.
     let configurations = if configurations.is_empty() { Configuration::ALL.to_vec() } else { Configuration::ALL.into_iter().filter(|c| configurations.contains(c)).collect() };
-    let workloads = if workloads.is_empty() { Workload::ALL.to_vec() } else { Workload::ALL.into_iter().filter(|w| workloads.contains(w)).collect() };
+    let workloads = if workloads.is_empty() {
+        Workload::ALL.into_iter().chain(service_workloads).collect()
+    } else {
+        workloads.sort();
+        workloads.dedup();
+        workloads
+    };
+    // Only services asked for, no configuration named: build only those that balance services.
+    let configurations = if only_named_services(only) && workloads.iter().all(|w| w.services().is_some()) {
+        configurations.into_iter().filter(|c| c.has_services()).collect()
+    } else {
+        configurations
+    };
+    if workloads.iter().any(|w| w.services().is_some()) && !configurations.iter().any(|c| c.has_services()) {
+        return Err(BenchError::Invalid(format!(
+            "{}: only {} balance services; add one of them to --only",
+            Workload::SERVICE_FAMILY,
+            list(&Configuration::ALL.into_iter().filter(|c| c.has_services()).collect::<Vec<_>>())
+        )));
+    }
     Ok((configurations, workloads))
+}
+
+/// Whether `--only` names no configuration.
+fn only_named_services(only: &[String]) -> bool {
+    only.iter().all(|n| Configuration::parse(n.trim()).is_none())
 }
 
 /// Fails before anything is built when a tool is missing.
@@ -255,17 +339,39 @@ mod tests {
 
     #[test]
     fn only_selects_configurations_and_workloads_in_canonical_order() {
-        let (c, w) = select(&["tcp-rr".into(), "classic".into(), "limit".into()]).unwrap();
+        let (c, w) = select(&["tcp-rr".into(), "classic".into(), "limit".into()], &[10]).unwrap();
         assert_eq!(c, vec![Configuration::Limit, Configuration::Classic]);
         assert_eq!(w, vec![Workload::TcpRr]);
-        let (c, w) = select(&["sluice-bpf".into()]).unwrap();
+        let (c, w) = select(&["sluice-bpf".into()], &[10]).unwrap();
         assert_eq!(c, vec![Configuration::SluiceBpf]);
-        assert_eq!(w, Workload::ALL.to_vec(), "no workload named: all of them");
+        let mut all = Workload::ALL.to_vec();
+        all.push(Workload::TcpCrrService(10));
+        assert_eq!(w, all, "no workload named: all of them");
+    }
+
+    #[test]
+    fn the_service_family_expands_to_each_count_in_ascending_order() {
+        let (_, w) = select(&["tcp-crr-svc".into(), "sluice-bpf".into(), "classic".into()], &[10_000, 10, 1_000, 10]).unwrap();
+        assert_eq!(w, vec![Workload::TcpCrrService(10), Workload::TcpCrrService(1_000), Workload::TcpCrrService(10_000)]);
+    }
+
+    #[test]
+    fn services_alone_build_only_the_configurations_that_balance_them() {
+        let (c, _) = select(&["tcp-crr-svc".into()], &[10]).unwrap();
+        assert_eq!(c, vec![Configuration::SluiceBpf, Configuration::Classic], "nothing is built that would run nothing");
+    }
+
+    #[test]
+    fn services_need_a_configuration_that_balances_them() {
+        let err = select(&["tcp-crr-svc".into(), "limit".into()], &[10]).unwrap_err().to_string();
+        assert!(err.contains("sluice-bpf") && err.contains("classic"), "{err}");
+        assert!(select(&["tcp-crr-svc".into()], &[0]).is_err(), "zero services is refused");
+        assert!(select(&["tcp-crr-svc".into()], &[40_000]).is_err(), "more than the /17 holds is refused");
     }
 
     #[test]
     fn an_unknown_name_is_refused_with_the_known_ones() {
-        let err = select(&["tcp-maerts".into()]).unwrap_err().to_string();
+        let err = select(&["tcp-maerts".into()], &[10]).unwrap_err().to_string();
         assert!(err.contains("sluice-bpf") && err.contains("tcp-crr"), "{err}");
     }
 

@@ -16,11 +16,20 @@ use tokio::process::{Child, Command};
 
 use crate::BenchError;
 
-/// Where a process runs: a network namespace and, for measured processes, one CPU.
+/// Where a process runs: a network namespace, for measured processes one CPU, and for a pod's
+/// client whose connect() the node's cgroup hooks must see, the pod's cgroup.
 #[derive(Debug, Clone)]
 pub struct Place {
     pub netns: PathBuf,
     pub cpu: Option<usize>,
+    pub cgroup: Option<PathBuf>,
+}
+
+impl Place {
+    /// A node's namespace, any CPU, the benchmark's own cgroup: for tools that set it up.
+    pub fn node(netns: &Path) -> Self {
+        Self { netns: netns.to_path_buf(), cpu: None, cgroup: None }
+    }
 }
 
 /// A command that starts in `place`; killed if its handle is dropped.
@@ -34,13 +43,26 @@ pub fn command(program: impl AsRef<std::ffi::OsStr>, args: &[String], place: &Pl
         }
         None => None,
     };
+    let procs = match &place.cgroup {
+        Some(dir) => Some(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(dir.join("cgroup.procs"))
+                .map_err(|e| BenchError::io(format!("opening {}/cgroup.procs", dir.display()), e))?,
+        ),
+        None => None,
+    };
     let mut cmd = Command::new(program);
     cmd.args(args).stdin(Stdio::null()).kill_on_drop(true);
-    // SAFETY: the closure runs between fork and exec; it calls only setns(2) and
-    // sched_setaffinity(2) with a descriptor and a CPU set prepared before the fork, and
+    // SAFETY: the closure runs between fork and exec; it calls only write(2), setns(2) and
+    // sched_setaffinity(2) with descriptors and a CPU set prepared before the fork, and
     // allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
+            if let Some(mut p) = procs.as_ref() {
+                // "0" moves the writing process: the child itself.
+                std::io::Write::write_all(&mut p, b"0")?;
+            }
             setns(ns.as_fd(), CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
             if let Some(set) = &cpus {
                 sched_setaffinity(Pid::from_raw(0), set).map_err(std::io::Error::from)?;

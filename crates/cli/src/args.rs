@@ -273,9 +273,13 @@ pub struct DatapathBenchArgs {
     #[arg(long)]
     pub quick: bool,
     /// Only these configurations and/or workloads, comma-separated: limit, sluice-bpf,
-    /// sluice-legacy, classic; tcp-stream-1, tcp-stream-4, tcp-rr, tcp-crr.
+    /// sluice-bpf-nomon, sluice-legacy, classic; tcp-stream-1, tcp-stream-4, tcp-rr, tcp-crr,
+    /// tcp-crr-svc (TCP_CRR to a ClusterIP, sluice-bpf and classic, once per --services count).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
+    /// Service counts of tcp-crr-svc, comma-separated (default 10,1000,10000; 10 with --quick).
+    #[arg(long, value_delimiter = ',')]
+    pub services: Vec<usize>,
     /// Directory for results.json, results.md and results.png.
     #[arg(long, default_value = "results/datapath")]
     pub out: PathBuf,

@@ -34,6 +34,9 @@ async fn datapath_comparison(args: DatapathBenchArgs) -> anyhow::Result<ExitCode
     opts.rounds = args.rounds.unwrap_or(opts.rounds);
     opts.seconds = args.seconds.unwrap_or(opts.seconds);
     opts.only = args.only;
+    if !args.services.is_empty() {
+        opts.services = args.services;
+    }
     opts.command = std::env::args().collect::<Vec<_>>().join(" ");
     let mut print = |line: &str| eprintln!("{line}");
     let run = sluice_bench::datapath(&opts, &mut print);

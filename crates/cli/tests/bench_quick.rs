@@ -1,6 +1,7 @@
 //! The datapath benchmark's harness at small scale: `sluice bench --quick` builds every
 //! configuration, runs every workload, checks each configuration is what it claims, computes
-//! the ratios and writes results.json, results.md and results.png, within two minutes.
+//! the ratios and writes results.json, results.md and results.png, within two minutes. TCP_CRR to
+//! a ClusterIP runs with 10 services in the two configurations that balance services.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a test fails loudly on what it did not expect
 
@@ -13,6 +14,8 @@ use common::{privileged, sluice_bin, text};
 
 const CONFIGURATIONS: [&str; 5] = ["limit", "sluice-bpf", "sluice-bpf-nomon", "sluice-legacy", "classic"];
 const WORKLOADS: [&str; 4] = ["tcp-stream-1", "tcp-stream-4", "tcp-rr", "tcp-crr"];
+const SERVICE_CONFIGURATIONS: [&str; 2] = ["sluice-bpf", "classic"];
+const SERVICE_WORKLOAD: &str = "tcp-crr-svc-10";
 
 #[test]
 fn quick_datapath_benchmark_measures_every_configuration_and_writes_its_results() {
@@ -57,13 +60,32 @@ fn quick_datapath_benchmark_measures_every_configuration_and_writes_its_results(
             }
         }
     }
+    for config in SERVICE_CONFIGURATIONS {
+        let series: Vec<&serde_json::Value> =
+            results.iter().filter(|s| s["configuration"] == config && s["workload"] == SERVICE_WORKLOAD).collect();
+        assert_eq!(series.len(), 3, "{SERVICE_WORKLOAD} gave transactions/s, p50 and p99 in {config}");
+        for s in series {
+            assert!(s["median"].as_f64().expect("median") > 0.0, "{SERVICE_WORKLOAD} {} in {config} is positive: {s}", s["metric"]);
+            assert!(s["vsClassic"].as_f64().is_some(), "ratio against classic computed for {config} {SERVICE_WORKLOAD}: {s}");
+        }
+    }
+    let service_runs = results.iter().filter(|s| s["workload"] == SERVICE_WORKLOAD).count();
+    assert_eq!(service_runs, SERVICE_CONFIGURATIONS.len() * 3, "only sluice-bpf and classic run {SERVICE_WORKLOAD}");
+    let programming = json["programming"].as_array().expect("programming");
+    assert_eq!(programming.len(), SERVICE_CONFIGURATIONS.len(), "one programming time per configuration: {programming:?}");
+    assert!(programming.iter().all(|p| p["services"] == 10 && p["seconds"].as_f64().is_some_and(|s| s > 0.0)), "programming times of 10 services: {programming:?}");
+
     let checks = json["checks"].as_array().expect("checks");
-    assert_eq!(checks.len(), CONFIGURATIONS.len() * WORKLOADS.len(), "one passed check per run: {checks:?}");
+    assert_eq!(checks.len(), CONFIGURATIONS.len() * WORKLOADS.len() + SERVICE_CONFIGURATIONS.len(), "one passed check per run: {checks:?}");
     let targets = json["targets"].as_array().expect("targets");
-    assert!(targets.iter().all(|t| t["ratio"].as_f64().is_some()), "every target has a ratio: {targets:?}");
+    for t in targets {
+        let measured = t["workload"] != "tcp-crr-svc-10000";
+        assert_eq!(t["ratio"].as_f64().is_some(), measured, "a target has a ratio exactly when --quick measures its workload: {t}");
+    }
 
     let md = std::fs::read_to_string(out_dir.path().join("results.md")).expect("results.md written");
     assert!(md.contains("| workload | metric | limit | sluice-bpf | sluice-bpf-nomon | sluice-legacy | classic |"), "results.md has the table: {md}");
+    assert!(md.contains("| services | sluice-bpf | classic |"), "results.md has the programming times: {md}");
     let png = std::fs::read(out_dir.path().join("results.png")).expect("results.png written");
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "results.png is a PNG");
     assert!(png.len() > 10_000, "results.png has a chart in it ({} bytes)", png.len());

@@ -58,9 +58,9 @@ pub async fn build(env: &BuildEnv) -> Result<(Pods, PathBuf, Guard), BenchError>
         let result = cni(&node_path, "ADD", id, &pod_path, &config).await?;
         ips.push(first_ipv4(&result).ok_or_else(|| BenchError::tool("bridge", format!("ADD for {pod} gave no IPv4 address: {result}")))?);
     }
-    kube_proxy::install(&node_path, &kube_proxy::rules(kube_proxy::SERVICES)).await?;
+    kube_proxy::install(&node_path, &kube_proxy::rules(&kube_proxy::SERVICES.list())).await?;
     let server_ip = *ips.last().ok_or_else(|| BenchError::Check("the classic node has no pods".into()))?;
-    let pods = Pods { client: netns::named_netns_path(&client), server: netns::named_netns_path(&server), server_ip };
+    let pods = Pods { client: netns::named_netns_path(&client), server: netns::named_netns_path(&server), server_ip, client_cgroup: None };
     Ok((pods, node_path, guard))
 }
 
@@ -116,7 +116,7 @@ async fn cni(node: &Path, command: &str, container_id: &str, pod: &Path, config:
     if !plugin.is_file() {
         return Err(BenchError::MissingTool { tool: plugin.display().to_string(), package: "containernetworking-plugins" });
     }
-    let place = Place { netns: node.to_path_buf(), cpu: None };
+    let place = Place::node(node);
     let mut cmd = process::command(&plugin, &[], &place)?;
     cmd.env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")

@@ -4,10 +4,11 @@
 //! classic node walks the rules it would walk in a cluster.
 
 use std::fmt::Write;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::Path;
 use std::time::Duration;
 
+use super::services::{BenchService, NAMESPACE};
 use crate::process::{self, Place};
 use crate::BenchError;
 
@@ -21,13 +22,40 @@ pub struct Services {
 
 pub const SERVICES: Services = Services { count: 10, backends: 3 };
 
+/// The chains kube-proxy gives one service's port and its first endpoint: (KUBE-SVC-*,
+/// KUBE-SEP-*), for reading what the target service's rules counted.
+pub fn service_chains(service: &BenchService) -> Option<(String, String)> {
+    let name = format!("{}/{}:http", NAMESPACE, service.name);
+    let backend = service.backends.first()?;
+    Some((chain("KUBE-SVC-", &name), chain("KUBE-SEP-", &format!("{name}/{backend}"))))
+}
+
+// === impl Services ===
+
+impl Services {
+    /// The dummy services as a list: ClusterIPs from 198.18.128.10, backends from 198.19.0.100
+    /// on port 8080.
+    pub fn list(self) -> Vec<BenchService> {
+        (0..self.count)
+            .map(|s| BenchService {
+                name: format!("svc-{s}"),
+                cluster_ip: Ipv4Addr::new(198, 18, 128, (10 + s).min(254) as u8),
+                port: 80,
+                backends: (0..self.backends)
+                    .map(|b| SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, (100 + s * self.backends + b).min(250) as u8), 8080))
+                    .collect(),
+            })
+            .collect()
+    }
+}
+
 /// The pod CIDR kube-proxy is told about (`--cluster-cidr`).
 const CLUSTER_CIDR: &str = "198.19.0.0/16";
 
 /// The rules as `iptables-restore` reads them, modelled on what kube-proxy 1.29 writes. One
 /// departure: KUBE-POSTROUTING does not MASQUERADE (the lab never masquerades; no benchmark
 /// packet carries the masquerade mark anyway).
-pub fn rules(services: Services) -> String {
+pub fn rules(services: &[BenchService]) -> String {
     let mut filter = String::from(
         "*filter\n\
          :INPUT ACCEPT [0:0]\n\
@@ -59,37 +87,37 @@ pub fn rules(services: Services) -> String {
     let mut chains = String::new();
     let mut nat_rules = String::new();
     let mut svc_rules = String::new();
-    for s in 0..services.count {
-        let name = format!("bench/svc-{s}:http");
-        let cluster_ip = Ipv4Addr::new(198, 18, 128, 10 + s as u8);
+    for service in services {
+        let name = format!("{}/{}:http", NAMESPACE, service.name);
+        let (cluster_ip, port) = (service.cluster_ip, service.port);
         let svc = chain("KUBE-SVC-", &name);
         let _ = writeln!(chains, ":{svc} - [0:0]");
         let _ = writeln!(
             svc_rules,
-            "-A KUBE-SERVICES -d {cluster_ip}/32 -p tcp -m comment --comment \"{name} cluster IP\" -m tcp --dport 80 -j {svc}"
+            "-A KUBE-SERVICES -d {cluster_ip}/32 -p tcp -m comment --comment \"{name} cluster IP\" -m tcp --dport {port} -j {svc}"
         );
         let _ = writeln!(
             nat_rules,
-            "-A {svc} ! -s {CLUSTER_CIDR} -d {cluster_ip}/32 -p tcp -m comment --comment \"{name} cluster IP\" -m tcp --dport 80 -j KUBE-MARK-MASQ"
+            "-A {svc} ! -s {CLUSTER_CIDR} -d {cluster_ip}/32 -p tcp -m comment --comment \"{name} cluster IP\" -m tcp --dport {port} -j KUBE-MARK-MASQ"
         );
         let mut seps = String::new();
-        for b in 0..services.backends {
-            let backend = Ipv4Addr::new(198, 19, 0, (100 + s * services.backends + b).min(250) as u8);
+        let count = service.backends.len();
+        for (b, backend) in service.backends.iter().enumerate() {
             let sep = chain("KUBE-SEP-", &format!("{name}/{backend}"));
             let _ = writeln!(chains, ":{sep} - [0:0]");
-            let remaining = services.backends - b;
+            let remaining = count - b;
             if remaining > 1 {
                 // Backend b of n is taken with probability 1/(n-b): uniform over all n.
                 let _ = writeln!(
                     nat_rules,
-                    "-A {svc} -m comment --comment \"{name} -> {backend}:8080\" -m statistic --mode random --probability {:.11} -j {sep}",
+                    "-A {svc} -m comment --comment \"{name} -> {backend}\" -m statistic --mode random --probability {:.11} -j {sep}",
                     1.0 / remaining as f64
                 );
             } else {
-                let _ = writeln!(nat_rules, "-A {svc} -m comment --comment \"{name} -> {backend}:8080\" -j {sep}");
+                let _ = writeln!(nat_rules, "-A {svc} -m comment --comment \"{name} -> {backend}\" -j {sep}");
             }
-            let _ = writeln!(seps, "-A {sep} -s {backend}/32 -m comment --comment \"{name}\" -j KUBE-MARK-MASQ");
-            let _ = writeln!(seps, "-A {sep} -p tcp -m comment --comment \"{name}\" -m tcp -j DNAT --to-destination {backend}:8080");
+            let _ = writeln!(seps, "-A {sep} -s {}/32 -m comment --comment \"{name}\" -j KUBE-MARK-MASQ", backend.ip());
+            let _ = writeln!(seps, "-A {sep} -p tcp -m comment --comment \"{name}\" -m tcp -j DNAT --to-destination {backend}");
         }
         nat_rules.push_str(&seps);
     }
@@ -129,15 +157,17 @@ fn chain(prefix: &str, of: &str) -> String {
 
 /// Installs `rules` in the namespace at `node` with `iptables-restore`.
 pub async fn install(node: &Path, rules: &str) -> Result<(), BenchError> {
-    let place = Place { netns: node.to_path_buf(), cpu: None };
+    let place = Place::node(node);
     let cmd = process::command("iptables-restore", &["-w".into()], &place)?;
-    process::output(cmd, "iptables-restore", Some(rules), Duration::from_secs(30)).await?;
+    // Tens of thousands of chains take a while to load: kube-proxy's own sync of 10,000
+    // services is counted in seconds.
+    process::output(cmd, "iptables-restore", Some(rules), Duration::from_secs(600)).await?;
     Ok(())
 }
 
 /// Packets counted by the jump to `target` in `chain` of `table`, in the namespace at `node`.
 pub async fn jump_packets(node: &Path, table: &str, chain: &str, target: &str) -> Result<u64, BenchError> {
-    let place = Place { netns: node.to_path_buf(), cpu: None };
+    let place = Place::node(node);
     let args: Vec<String> = ["-w", "-t", table, "-L", chain, "-n", "-v", "-x"].iter().map(|s| s.to_string()).collect();
     let cmd = process::command("iptables", &args, &place)?;
     let listing = process::output(cmd, "iptables", None, Duration::from_secs(30)).await?;
@@ -160,7 +190,7 @@ mod tests {
 
     #[test]
     fn every_service_has_a_chain_and_uniform_backend_selection() {
-        let text = rules(Services { count: 4, backends: 3 });
+        let text = rules(&Services { count: 4, backends: 3 }.list());
         assert_eq!(text.matches("-A KUBE-SERVICES -d ").count(), 4, "one KUBE-SERVICES rule per service");
         assert_eq!(text.matches("--probability 0.33333333333").count(), 4, "first of three backends: 1/3");
         assert_eq!(text.matches("--probability 0.50000000000").count(), 4, "second of three: 1/2");
@@ -171,7 +201,7 @@ mod tests {
 
     #[test]
     fn the_nodeports_rule_closes_kube_services() {
-        let text = rules(SERVICES);
+        let text = rules(&SERVICES.list());
         let last = text.lines().rfind(|l| l.starts_with("-A KUBE-SERVICES")).unwrap();
         assert!(last.contains("KUBE-NODEPORTS"), "last KUBE-SERVICES rule: {last}");
     }

@@ -1,23 +1,29 @@
 //! The configurations compared side by side, each built fresh with the same two pods (client
 //! and server) on one node, and each able to prove after a workload that it is what it claims:
 //! the direct veth pair (the limit), Sluice in both host routing modes, the classic bridge CNI.
+//! `sluice-bpf` and `classic` also take N services at once (Sluice's store, kube-proxy's rules)
+//! for TCP_CRR to a ClusterIP, and say how long programming them took.
 
 mod classic;
 mod counters;
 mod guard;
 mod kube_proxy;
 mod limit;
+mod services;
 mod sluice;
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 pub use classic::CNI_BIN_DIR;
 pub use kube_proxy::{Services, SERVICES};
+pub use services::{max_services, SERVICE_CIDR, SERVICE_PORT};
 
+use crate::workloads::Workload;
 use crate::BenchError;
 use guard::Guard;
 
@@ -49,6 +55,8 @@ pub struct Pods {
     pub client: PathBuf,
     pub server: PathBuf,
     pub server_ip: Ipv4Addr,
+    /// The client pod's cgroup, where a node's socket hooks see its connect() (Sluice only).
+    pub client_cgroup: Option<PathBuf>,
 }
 
 /// Names and places a run's configurations share.
@@ -70,6 +78,7 @@ const SLUICE_REDIRECTS: &str = "Sluice local-endpoint redirects";
 const KUBE_FORWARD: &str = "iptables FORWARD -> KUBE-FORWARD packets";
 const KUBE_SERVICES: &str = "iptables nat PREROUTING -> KUBE-SERVICES packets";
 const AGENT_CPU_MS: &str = "agent CPU ms";
+const TARGET_SERVICE_DNAT: &str = "iptables nat target KUBE-SVC -> KUBE-SEP packets";
 const CLIENT_TX: &str = "client eth0 tx packets";
 const SERVER_RX: &str = "server eth0 rx packets";
 
@@ -86,6 +95,16 @@ pub struct Built {
     pub pods: Pods,
     node: Node,
     guard: Guard,
+    services: Option<ProgrammedServices>,
+}
+
+/// The services a configuration holds now, and where its checks look for the target's.
+#[derive(Debug, Clone)]
+struct ProgrammedServices {
+    count: usize,
+    target: SocketAddrV4,
+    /// classic: the target's (KUBE-SVC-*, KUBE-SEP-*) chains.
+    chains: Option<(String, String)>,
 }
 
 /// What sits between the pods, as the checks see it.
@@ -128,6 +147,11 @@ impl Configuration {
     }
 
     /// What the per-workload check proves.
+    /// Whether the configuration balances services (takes part in TCP_CRR to a ClusterIP).
+    pub fn has_services(self) -> bool {
+        matches!(self, Self::SluiceBpf | Self::Classic)
+    }
+
     pub fn claim(self) -> &'static str {
         match self {
             Self::Limit => "every packet the client sends arrives at the server's end of the pair (nothing in between)",
@@ -179,7 +203,38 @@ impl Built {
                 (pods, Node::Classic(node), guard)
             }
         };
-        Ok(Self { configuration, pods, node, guard })
+        Ok(Self { configuration, pods, node, guard, services: None })
+    }
+
+    /// Replaces the benchmark's services with `count` services whose last one has the server
+    /// pod as its backend, and returns how long programming took: for Sluice from the store
+    /// update to the agent reporting every frontend, for classic the `iptables-restore` of
+    /// kube-proxy's rules for them.
+    pub async fn program_services(&mut self, count: usize) -> Result<Duration, BenchError> {
+        if count == 0 || count > services::max_services() {
+            return Err(BenchError::Invalid(format!("--services {count}: give 1 to {} services", services::max_services())));
+        }
+        let list = services::catalogue(count, SocketAddrV4::new(self.pods.server_ip, crate::workloads::crr::PORT));
+        let started = Instant::now();
+        let chains = match &self.node {
+            Node::Sluice(node) => {
+                sluice::program_services(node, &list).await?;
+                None
+            }
+            Node::Classic(node) => {
+                kube_proxy::install(node, &kube_proxy::rules(&list)).await?;
+                list.last().and_then(kube_proxy::service_chains)
+            }
+            Node::None => return Err(BenchError::Invalid(format!("{} has no services", self.configuration))),
+        };
+        let took = started.elapsed();
+        self.services = Some(ProgrammedServices { count, target: services::target(count), chains });
+        Ok(took)
+    }
+
+    /// The service address of the target, when `count` services are programmed.
+    pub fn service_target(&self, count: usize) -> Option<SocketAddrV4> {
+        self.services.as_ref().filter(|s| s.count == count).map(|s| s.target)
     }
 
     /// The counters the check compares.
@@ -202,13 +257,16 @@ impl Built {
                 c.insert(NODE_FORWARDED, counters::ip_forwarded(node).await?);
                 c.insert(KUBE_FORWARD, kube_proxy::jump_packets(node, "filter", "FORWARD", "KUBE-FORWARD").await?);
                 c.insert(KUBE_SERVICES, kube_proxy::jump_packets(node, "nat", "PREROUTING", "KUBE-SERVICES").await?);
+                if let Some((svc, sep)) = self.services.as_ref().and_then(|s| s.chains.as_ref()) {
+                    c.insert(TARGET_SERVICE_DNAT, kube_proxy::jump_packets(node, "nat", svc, sep).await?);
+                }
             }
         }
         Ok(c)
     }
 
     /// Whether the counters moved as this configuration claims; the error says how not.
-    pub fn verify(&self, before: &Counters, after: &Counters) -> Result<Evidence, String> {
+    pub fn verify(&self, workload: Workload, before: &Counters, after: &Counters) -> Result<Evidence, String> {
         let deltas: BTreeMap<&'static str, u64> = after.iter().map(|(k, v)| (*k, v.saturating_sub(before.get(k).copied().unwrap_or(0)))).collect();
         let d = |key: &str| deltas.get(key).copied().unwrap_or(0);
         let evidence = Evidence { claim: self.configuration.claim(), deltas: deltas.clone() };
@@ -231,6 +289,12 @@ impl Built {
                 (f, s) => Some(format!("KUBE-FORWARD saw {f} packets (must move), KUBE-SERVICES {s} new connections (must move)")),
             },
         };
+        // To a ClusterIP, classic must also have translated through the target's own chains:
+        // every connection walked KUBE-SERVICES to its rule.
+        let failure = failure.or_else(|| {
+            let to_service = workload.services().is_some() && self.configuration == Configuration::Classic;
+            (to_service && d(TARGET_SERVICE_DNAT) < MOVED).then(|| format!("the target service's KUBE-SEP saw {} new connections (must move)", d(TARGET_SERVICE_DNAT)))
+        });
         match failure {
             None => Ok(evidence),
             Some(why) => Err(format!("{} is not what it claims ({}): {why}", self.configuration, self.configuration.claim())),

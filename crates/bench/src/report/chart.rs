@@ -28,7 +28,7 @@ const PANEL_HEIGHT: u32 = 330;
 pub fn draw(r: &Report, path: &Path) -> Result<(), BenchError> {
     register_font()?;
     let configs = r.configuration_names();
-    let panels: Vec<(Workload, &str, Metric)> = r.workloads.iter().flat_map(|w| w.metrics.iter().map(move |m| (w.name, w.title, *m))).collect();
+    let panels: Vec<(Workload, &str, Metric)> = r.workloads.iter().flat_map(|w| w.metrics.iter().map(move |m| (w.name, w.title.as_str(), *m))).collect();
     let cols = if panels.len() > 1 { 2 } else { 1 };
     let rows = panels.len().div_ceil(cols).max(1);
     let height = HEADER + PANEL_HEIGHT * rows as u32;

@@ -75,6 +75,22 @@ pub fn render(r: &Report) -> String {
         let _ = writeln!(out, "| {} | {ratio} | ≥ {:.2} | {met} |", t.description, t.minimum_ratio);
     }
 
+    if !r.programming.is_empty() {
+        let programmed: Vec<Configuration> = configs.iter().copied().filter(|c| r.programming.iter().any(|p| p.configuration == *c)).collect();
+        let mut counts: Vec<usize> = r.programming.iter().map(|p| p.services).collect();
+        counts.dedup();
+        out.push_str("\nService programming time (s), once per count: sluice-bpf from the store update to the agent reporting every frontend, classic the iptables-restore of kube-proxy's rules:\n\n");
+        let _ = writeln!(out, "| services | {} |", programmed.iter().map(|c| c.name()).collect::<Vec<_>>().join(" | "));
+        let _ = writeln!(out, "|---|{}", "---|".repeat(programmed.len()));
+        for n in counts {
+            let cells: Vec<String> = programmed
+                .iter()
+                .map(|&c| r.programming.iter().find(|p| p.configuration == c && p.services == n).map_or("–".into(), |p| format!("{:.3}", p.seconds)))
+                .collect();
+            let _ = writeln!(out, "| {} | {} |", thousands(n as u64), cells.join(" | "));
+        }
+    }
+
     out.push_str("\nChecks after every run (counter movement summed over the runs):\n\n| configuration | claim | runs | counters moved |\n|---|---|---|---|\n");
     for &c in &configs {
         let checks: Vec<_> = r.checks.iter().filter(|k| k.configuration == c).collect();
@@ -118,7 +134,7 @@ pub fn number(metric: Metric, value: f64) -> String {
     }
 }
 
-fn thousands(n: u64) -> String {
+pub(crate) fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let groups: Vec<&str> = digits.as_bytes().rchunks(3).rev().map(|g| std::str::from_utf8(g).unwrap_or("")).collect();
     groups.join(",")
@@ -141,6 +157,7 @@ mod tests {
         assert!(md.contains("| TCP_STREAM, 1 stream | throughput (Gbit/s) | 50.0 (49.0–51.0) | 48.0 (47.0–49.0) |"), "{md}");
         assert!(md.contains("sluice-bpf ÷ limit"), "{md}");
         assert!(md.contains("| TCP_RR transactions/s at least 1.27x classic | 1.320 | ≥ 1.27 | yes |"), "{md}");
+        assert!(md.contains("| 10 | 0.050 | 0.020 |"), "programming time per count and configuration: {md}");
     }
 
     #[test]

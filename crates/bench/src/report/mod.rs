@@ -6,6 +6,7 @@ mod chart;
 mod markdown;
 
 pub(crate) use markdown::number as markdown_number;
+pub(crate) use markdown::thousands;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -36,6 +37,16 @@ pub struct CheckRecord {
     pub evidence: Evidence,
 }
 
+/// How long a configuration took to program the services of TCP_CRR to a ClusterIP: Sluice
+/// from its store update to the agent reporting every frontend, classic its `iptables-restore`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProgrammingRecord {
+    pub configuration: Configuration,
+    pub services: usize,
+    pub seconds: f64,
+}
+
 /// How the run was made, as the report states it.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -51,6 +62,8 @@ pub struct Method {
     pub load_average_after: String,
     pub services_on_classic: usize,
     pub backends_per_service: usize,
+    /// Service counts of TCP_CRR to a ClusterIP.
+    pub service_counts: Vec<usize>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -63,7 +76,7 @@ pub struct ConfigurationInfo {
 #[derive(Debug, Clone, Serialize)]
 pub struct WorkloadInfo {
     pub name: Workload,
-    pub title: &'static str,
+    pub title: String,
     pub tool: String,
     pub metrics: Vec<Metric>,
 }
@@ -110,23 +123,32 @@ pub struct Report {
     pub results: Vec<Series>,
     pub targets: Vec<Target>,
     pub checks: Vec<CheckRecord>,
+    /// Service programming, one record per configuration and service count.
+    pub programming: Vec<ProgrammingRecord>,
     /// What this benchmark does not measure yet, and why.
     pub left_out: Vec<&'static str>,
 }
 
 pub const LEFT_OUT: [&str; 4] = [
-    "classic-nft (kube-proxy's nftables mode): waits for services in Sluice",
-    "TCP_CRR to a ClusterIP with 10, 1,000 and 10,000 services: not yet in this comparison (service programming time and memory: `sluice bench services`)",
+    "classic-nft (kube-proxy's nftables mode): not built yet",
+    "TCP_CRR to a ClusterIP in sluice-legacy and sluice-bpf-nomon: only sluice-bpf and classic get services (service programming time and memory at scale: `sluice bench services`)",
     "cross-node TCP_STREAM: the lab has two-node labs, the side-by-side configurations are one node so far",
     "CPU cost per gigabit: /proc/stat is machine-wide and other work on a shared machine would pollute it",
 ];
 
 /// (workload, issue's words, configuration, reference, minimum ratio of medians).
-const TARGETS: [(&str, Workload, Metric, Configuration, f64); 4] = [
+const TARGETS: [(&str, Workload, Metric, Configuration, f64); 5] = [
     ("same-node TCP_STREAM (1 stream) within 5% of limit", Workload::TcpStream1, Metric::Throughput, Configuration::Limit, 0.95),
     ("same-node TCP_STREAM (4 streams) within 5% of limit", Workload::TcpStream4, Metric::Throughput, Configuration::Limit, 0.95),
     ("same-node TCP_RR transactions/s within 5% of limit", Workload::TcpRr, Metric::TransactionsPerSecond, Configuration::Limit, 0.95),
     ("TCP_RR transactions/s at least 1.27x classic", Workload::TcpRr, Metric::TransactionsPerSecond, Configuration::Classic, 1.27),
+    (
+        "TCP_CRR to a ClusterIP with 10,000 services at least 3x classic",
+        Workload::TcpCrrService(10_000),
+        Metric::TransactionsPerSecond,
+        Configuration::Classic,
+        3.0,
+    ),
 ];
 
 // === impl Report ===
@@ -139,6 +161,7 @@ impl Report {
         workloads: &[Workload],
         samples: &[Sample],
         checks: Vec<CheckRecord>,
+        programming: Vec<ProgrammingRecord>,
     ) -> Self {
         let mut values: BTreeMap<(Workload, Metric, Configuration), Vec<f64>> = BTreeMap::new();
         for s in samples {
@@ -196,6 +219,7 @@ impl Report {
             results,
             targets,
             checks,
+            programming,
             left_out: LEFT_OUT.to_vec(),
         }
     }
@@ -263,6 +287,7 @@ pub(crate) mod tests {
             load_average_after: "0.4 0.5 0.6".into(),
             services_on_classic: 10,
             backends_per_service: 3,
+            service_counts: vec![10],
         };
         Report::build(
             Machine::describe(),
@@ -271,6 +296,10 @@ pub(crate) mod tests {
             &[Workload::TcpStream1, Workload::TcpRr],
             &samples,
             Vec::new(),
+            vec![
+                ProgrammingRecord { configuration: Configuration::SluiceBpf, services: 10, seconds: 0.05 },
+                ProgrammingRecord { configuration: Configuration::Classic, services: 10, seconds: 0.02 },
+            ],
         )
     }
 

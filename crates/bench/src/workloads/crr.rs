@@ -12,7 +12,8 @@ use super::{Measurement, Metric, Run, MESSAGE_BYTES};
 use crate::process::{self, Server};
 use crate::BenchError;
 
-const PORT: u16 = 7000;
+/// Where crr-server listens in the server pod (and the target port of the benchmark's service).
+pub const PORT: u16 = 7000;
 
 /// What the client prints (one JSON line).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -81,11 +82,17 @@ fn nearest_rank(sorted: &[u64], p: f64) -> f64 {
 
 /// One TCP_CRR measurement between the pods.
 pub async fn measure(run: &Run) -> Result<Measurement, BenchError> {
+    measure_to(run, SocketAddr::from((run.server_ip, PORT))).await
+}
+
+/// One TCP_CRR measurement from the client pod to `connect`: the server pod itself, or a
+/// service whose backend it is.
+pub async fn measure_to(run: &Run, connect: SocketAddr) -> Result<Measurement, BenchError> {
     let listen = SocketAddr::from((run.server_ip, PORT)).to_string();
-    let server_args = vec!["bench".into(), "crr-server".into(), "--listen".into(), listen.clone()];
+    let server_args = vec!["bench".into(), "crr-server".into(), "--listen".into(), listen];
     let mut server = Server::start(process::command(&run.sluice, &server_args, &run.server)?, "crr-server", run.log_dir.join("crr-server.log"))?;
     server.wait_listening(PORT, Duration::from_secs(10)).await?;
-    let client_args = vec!["bench".into(), "crr-client".into(), "--connect".into(), listen, "--seconds".into(), run.seconds.to_string()];
+    let client_args = vec!["bench".into(), "crr-client".into(), "--connect".into(), connect.to_string(), "--seconds".into(), run.seconds.to_string()];
     let client = process::command(&run.sluice, &client_args, &run.client)?;
     let result = process::output(client, "crr-client", None, Duration::from_secs(run.seconds + 30)).await;
     server.stop().await;

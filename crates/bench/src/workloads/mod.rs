@@ -1,12 +1,13 @@
 //! The workloads every configuration runs, client and server pinned to two different CPUs. Real
 //! tools where Debian has one (iperf3 for TCP_STREAM, sockperf for TCP_RR); Sluice's own load
-//! generator for TCP_CRR, which no Debian package does.
+//! generator for TCP_CRR, which no Debian package does. TCP_CRR to a ClusterIP runs the same
+//! generator against a service address while N services exist on the node.
 
 pub mod crr;
 mod iperf;
 mod sockperf;
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
 
 use serde::Serialize;
@@ -14,16 +15,15 @@ use serde::Serialize;
 use crate::process::Place;
 use crate::BenchError;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+/// A workload; serialised as its name (`tcp-crr`, `tcp-crr-svc-1000`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Workload {
-    #[serde(rename = "tcp-stream-1")]
     TcpStream1,
-    #[serde(rename = "tcp-stream-4")]
     TcpStream4,
-    #[serde(rename = "tcp-rr")]
     TcpRr,
-    #[serde(rename = "tcp-crr")]
     TcpCrr,
+    /// TCP_CRR to the ClusterIP of one of this many services.
+    TcpCrrService(usize),
 }
 
 /// What a workload measures.
@@ -48,6 +48,8 @@ pub struct Run {
     pub client: Place,
     pub server: Place,
     pub server_ip: Ipv4Addr,
+    /// The service address the client connects to, for TCP_CRR to a ClusterIP.
+    pub service: Option<SocketAddrV4>,
     pub seconds: u64,
     /// The `sluice` binary, which carries the TCP_CRR load generator.
     pub sluice: PathBuf,
@@ -61,28 +63,46 @@ pub const MESSAGE_BYTES: usize = 64;
 // === impl Workload ===
 
 impl Workload {
+    /// The pod-to-pod workloads.
     pub const ALL: [Self; 4] = [Self::TcpStream1, Self::TcpStream4, Self::TcpRr, Self::TcpCrr];
 
-    pub fn name(self) -> &'static str {
+    /// `--only` name of TCP_CRR to a ClusterIP, run once per service count (`--services`).
+    pub const SERVICE_FAMILY: &'static str = "tcp-crr-svc";
+
+    pub fn name(self) -> String {
         match self {
-            Self::TcpStream1 => "tcp-stream-1",
-            Self::TcpStream4 => "tcp-stream-4",
-            Self::TcpRr => "tcp-rr",
-            Self::TcpCrr => "tcp-crr",
+            Self::TcpStream1 => "tcp-stream-1".into(),
+            Self::TcpStream4 => "tcp-stream-4".into(),
+            Self::TcpRr => "tcp-rr".into(),
+            Self::TcpCrr => "tcp-crr".into(),
+            Self::TcpCrrService(n) => format!("{}-{n}", Self::SERVICE_FAMILY),
         }
     }
 
+    /// A pod-to-pod workload, or `tcp-crr-svc-N`.
     pub fn parse(name: &str) -> Option<Self> {
+        if let Some(n) = name.strip_prefix(Self::SERVICE_FAMILY).and_then(|rest| rest.strip_prefix('-')) {
+            return n.parse().ok().filter(|n| *n > 0).map(Self::TcpCrrService);
+        }
         Self::ALL.into_iter().find(|w| w.name() == name)
     }
 
-    /// The name people in the field use.
-    pub fn title(self) -> &'static str {
+    /// How many services must exist while the workload runs (none for pod to pod).
+    pub fn services(self) -> Option<usize> {
         match self {
-            Self::TcpStream1 => "TCP_STREAM, 1 stream",
-            Self::TcpStream4 => "TCP_STREAM, 4 streams",
-            Self::TcpRr => "TCP_RR",
-            Self::TcpCrr => "TCP_CRR",
+            Self::TcpCrrService(n) => Some(n),
+            _ => None,
+        }
+    }
+
+    /// The name people in the field use.
+    pub fn title(self) -> String {
+        match self {
+            Self::TcpStream1 => "TCP_STREAM, 1 stream".into(),
+            Self::TcpStream4 => "TCP_STREAM, 4 streams".into(),
+            Self::TcpRr => "TCP_RR".into(),
+            Self::TcpCrr => "TCP_CRR".into(),
+            Self::TcpCrrService(n) => format!("TCP_CRR to a ClusterIP, {} services", crate::report::thousands(n as u64)),
         }
     }
 
@@ -95,13 +115,18 @@ impl Workload {
             Self::TcpCrr => format!(
                 "sluice bench crr-client: connect, {MESSAGE_BYTES}-byte request, {MESSAGE_BYTES}-byte response, close; one connection at a time"
             ),
+            Self::TcpCrrService(n) => format!(
+                "sluice bench crr-client in the client pod's cgroup to ClusterIP:{} of the last of {n} services (its one backend: the server pod); \
+                 the others have 1-10 dummy backends each",
+                crate::configurations::SERVICE_PORT
+            ),
         }
     }
 
     pub fn metrics(self) -> &'static [Metric] {
         match self {
             Self::TcpStream1 | Self::TcpStream4 => &[Metric::Throughput],
-            Self::TcpRr | Self::TcpCrr => &[Metric::TransactionsPerSecond, Metric::LatencyP50, Metric::LatencyP99],
+            Self::TcpRr | Self::TcpCrr | Self::TcpCrrService(_) => &[Metric::TransactionsPerSecond, Metric::LatencyP50, Metric::LatencyP99],
         }
     }
 
@@ -112,13 +137,23 @@ impl Workload {
             Self::TcpStream4 => iperf::stream(run, 4).await,
             Self::TcpRr => sockperf::ping_pong(run).await,
             Self::TcpCrr => crr::measure(run).await,
+            Self::TcpCrrService(_) => {
+                let service = run.service.ok_or_else(|| BenchError::Invalid(format!("{self}: the configuration has no services programmed")))?;
+                crr::measure_to(run, service.into()).await
+            }
         }
     }
 }
 
 impl std::fmt::Display for Workload {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
+        f.write_str(&self.name())
+    }
+}
+
+impl Serialize for Workload {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.name())
     }
 }
 
@@ -153,5 +188,19 @@ impl Metric {
 
     pub fn higher_is_better(self) -> bool {
         matches!(self, Self::Throughput | Self::TransactionsPerSecond)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_workloads_carry_their_count_in_the_name() {
+        assert_eq!(Workload::TcpCrrService(1000).name(), "tcp-crr-svc-1000");
+        assert_eq!(Workload::parse("tcp-crr-svc-1000"), Some(Workload::TcpCrrService(1000)), "the name parses back");
+        assert_eq!(Workload::parse("tcp-crr-svc-0"), None, "zero services is not a workload");
+        assert_eq!(Workload::parse("tcp-crr"), Some(Workload::TcpCrr));
+        assert_eq!(serde_json::to_value(Workload::TcpCrrService(10)).unwrap(), "tcp-crr-svc-10", "serialised as its name");
     }
 }
