@@ -5,7 +5,7 @@ use std::env;
 use std::path::PathBuf;
 
 fn main() {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../bpf");
+    let root = manifest_dir().join("../../bpf");
     let header = root.join("abi/sluice_abi.h");
     println!("cargo:rerun-if-changed={}", header.display());
     let out = PathBuf::from(env::var("OUT_DIR").unwrap_or_else(|_| ".".into())).join("abi.rs");
@@ -27,4 +27,11 @@ fn main() {
         }
         Err(e) => panic!("bindgen could not read {}: {e} (is libclang-dev installed?)", header.display()),
     }
+}
+
+/// The package directory cargo runs this script for. Read at run time: a build script compiled
+/// for another checkout of the same sources (a shared target directory) must not use that
+/// checkout's path.
+fn manifest_dir() -> PathBuf {
+    PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string()))
 }

@@ -8,7 +8,7 @@ use std::process::Command;
 const OBJECTS: &[&str] = &["from_pod", "from_netdev", "probe", "guard", "sock_lb", "xdp_netdev"];
 
 fn main() {
-    let bpf = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../bpf");
+    let bpf = manifest_dir().join("../../bpf");
     let out = PathBuf::from(env::var("OUT_DIR").unwrap_or_else(|_| ".".into()));
     println!("cargo:rerun-if-changed={}", bpf.display());
     for dir in ["abi", "lib"] {
@@ -41,4 +41,11 @@ fn multiarch_include() -> Option<PathBuf> {
     let arch = env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_else(|_| "x86_64".into());
     let dir = PathBuf::from(format!("/usr/include/{arch}-linux-gnu"));
     Path::new(&dir).join("asm").exists().then_some(dir)
+}
+
+/// The package directory cargo runs this script for. Read at run time: a build script compiled
+/// for another checkout of the same sources (a shared target directory) must not use that
+/// checkout's path.
+fn manifest_dir() -> PathBuf {
+    PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string()))
 }

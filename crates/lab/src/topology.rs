@@ -2,7 +2,7 @@
 //! machine itself is not on it), and one namespace per node with an uplink veth on the bridge.
 //! Nodes route each other's pod CIDRs over the underlay; nothing routes anywhere else.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use sluice_datapath::netlink::Netlink;
@@ -24,40 +24,46 @@ pub async fn create_bridge(names: &LabNames) -> Result<String, LabError> {
     Ok(bridge)
 }
 
-/// Creates node `index`: its namespace, uplink (eth0) with underlay addresses, and routes to the
-/// pod CIDRs of the other `nodes - 1` nodes via their uplink addresses.
-pub async fn create_node(names: &LabNames, index: usize, nodes: usize, netns_name: &str) -> Result<(), LabError> {
+/// A host on the underlay: namespace `netns_name` with one link, `eth0`, whose other end
+/// (`outer`, in the root namespace) is a port of the lab's bridge, with the given addresses.
+/// Returns a netlink handle in the namespace and eth0's index.
+async fn underlay_host(names: &LabNames, netns_name: &str, outer: &str, v4: Ipv4Addr, v6: Ipv6Addr) -> Result<(Netlink, u32), LabError> {
     let root = Netlink::current()?;
     let path = netns::create_named_netns(netns_name)?;
-    let outer = names.uplink_root_side(index);
     let tmp = format!("{outer}p");
-    root.delete_link(&outer).await?;
-    root.create_veth(&outer, &tmp).await?;
+    root.delete_link(outer).await?;
+    root.create_veth(outer, &tmp).await?;
     let bridge = root.link(&names.bridge()).await?;
-    let outer_link = root.link(&outer).await?;
+    let outer_link = root.link(outer).await?;
     root.set_master(outer_link.index, bridge.index).await?;
     root.set_up(outer_link.index).await?;
     let inner = root.link(&tmp).await?;
     root.move_to_netns(inner.index, &path).await?;
 
-    let node = Netlink::in_netns(&path)?;
-    let uplink = node.link(&tmp).await?;
-    node.set_name(uplink.index, "eth0").await?;
+    let host = Netlink::in_netns(&path)?;
+    let link = host.link(&tmp).await?;
+    host.set_name(link.index, "eth0").await?;
     {
         let _ns = NetnsGuard::enter(&path)?;
         netns::write_sysctl("net/ipv6/conf/eth0/accept_dad", "0")?;
     }
-    node.set_up(uplink.index).await?;
-    if let Some(lo) = node.link_by_name("lo").await? {
-        node.set_up(lo.index).await?;
+    host.set_up(link.index).await?;
+    if let Some(lo) = host.link_by_name("lo").await? {
+        host.set_up(lo.index).await?;
     }
-    let v4 = IpNet::V4(Ipv4Net::new(names::node_ipv4(index), names::UNDERLAY_V4_PREFIX).map_err(|e| LabError::Invalid(e.to_string()))?);
-    let v6 = IpNet::V6(Ipv6Net::new(names::node_ipv6(index), names::UNDERLAY_V6_PREFIX).map_err(|e| LabError::Invalid(e.to_string()))?);
-    node.add_address(uplink.index, v4, false).await?;
-    node.add_address(uplink.index, v6, true).await?;
+    let invalid = |e: ipnet::PrefixLenError| LabError::Invalid(e.to_string());
+    host.add_address(link.index, IpNet::V4(Ipv4Net::new(v4, names::UNDERLAY_V4_PREFIX).map_err(invalid)?), false).await?;
+    host.add_address(link.index, IpNet::V6(Ipv6Net::new(v6, names::UNDERLAY_V6_PREFIX).map_err(invalid)?), true).await?;
+    Ok((host, link.index))
+}
+
+/// Creates node `index`: its namespace, uplink (eth0) with underlay addresses, and routes to the
+/// pod CIDRs of the other `nodes - 1` nodes via their uplink addresses.
+pub async fn create_node(names: &LabNames, index: usize, nodes: usize, netns_name: &str) -> Result<(), LabError> {
+    let (node, uplink) = underlay_host(names, netns_name, &names.uplink_root_side(index), names::node_ipv4(index), names::node_ipv6(index)).await?;
     for other in (0..nodes).filter(|o| *o != index) {
-        node.add_route(IpNet::V4(names::pod_cidr_v4(other)), Some(IpAddr::V4(names::node_ipv4(other))), uplink.index).await?;
-        node.add_route(IpNet::V6(names::pod_cidr_v6(other)), Some(IpAddr::V6(names::node_ipv6(other))), uplink.index).await?;
+        node.add_route(IpNet::V4(names::pod_cidr_v4(other)), Some(IpAddr::V4(names::node_ipv4(other))), uplink).await?;
+        node.add_route(IpNet::V6(names::pod_cidr_v6(other)), Some(IpAddr::V6(names::node_ipv6(other))), uplink).await?;
     }
     Ok(())
 }
@@ -67,35 +73,11 @@ pub async fn create_node(names: &LabNames, index: usize, nodes: usize, netns_nam
 /// load-balancer addresses) reach the cluster as they would from a router. The namespace has no
 /// other link: nothing it sends can leave the lab.
 pub async fn create_external(names: &LabNames, netns_name: &str) -> Result<(), LabError> {
-    let root = Netlink::current()?;
-    let path = netns::create_named_netns(netns_name)?;
-    let outer = names.external_root_side();
-    let tmp = format!("{outer}p");
-    root.delete_link(&outer).await?;
-    root.create_veth(&outer, &tmp).await?;
-    let bridge = root.link(&names.bridge()).await?;
-    let outer_link = root.link(&outer).await?;
-    root.set_master(outer_link.index, bridge.index).await?;
-    root.set_up(outer_link.index).await?;
-    let inner = root.link(&tmp).await?;
-    root.move_to_netns(inner.index, &path).await?;
-    let ext = Netlink::in_netns(&path)?;
-    let link = ext.link(&tmp).await?;
-    ext.set_name(link.index, "eth0").await?;
-    {
-        let _ns = NetnsGuard::enter(&path)?;
-        netns::write_sysctl("net/ipv6/conf/eth0/accept_dad", "0")?;
-    }
-    ext.set_up(link.index).await?;
-    if let Some(lo) = ext.link_by_name("lo").await? {
-        ext.set_up(lo.index).await?;
-    }
-    let v4 = IpNet::V4(Ipv4Net::new(names::EXTERNAL_IPV4, names::UNDERLAY_V4_PREFIX).map_err(|e| LabError::Invalid(e.to_string()))?);
-    let v6 = IpNet::V6(Ipv6Net::new(names::EXTERNAL_IPV6, names::UNDERLAY_V6_PREFIX).map_err(|e| LabError::Invalid(e.to_string()))?);
-    ext.add_address(link.index, v4, false).await?;
-    ext.add_address(link.index, v6, true).await?;
-    ext.add_route("0.0.0.0/0".parse().map_err(|e: ipnet::AddrParseError| LabError::Invalid(e.to_string()))?, Some(IpAddr::V4(names::node_ipv4(0))), link.index).await?;
-    ext.add_route("::/0".parse().map_err(|e: ipnet::AddrParseError| LabError::Invalid(e.to_string()))?, Some(IpAddr::V6(names::node_ipv6(0))), link.index).await?;
+    let (ext, link) = underlay_host(names, netns_name, &names.external_root_side(), names::EXTERNAL_IPV4, names::EXTERNAL_IPV6).await?;
+    let any4 = IpNet::V4(Ipv4Net::default());
+    let any6 = IpNet::V6(Ipv6Net::default());
+    ext.add_route(any4, Some(IpAddr::V4(names::node_ipv4(0))), link).await?;
+    ext.add_route(any6, Some(IpAddr::V6(names::node_ipv6(0))), link).await?;
     Ok(())
 }
 
