@@ -199,7 +199,7 @@ impl ServiceProgrammer {
         let stale: Vec<SetKey> = self.sets.keys().filter(|k| !desired.sets.contains_key(*k)).cloned().collect();
         for key in stale {
             if let Some(set) = self.sets.remove(&key) {
-                remove_set(tables, &set)?;
+                remove_set(tables, &set, self.maglev_size)?;
             }
         }
         let stale: Vec<BackendAddr> = self.backends.keys().filter(|a| !wanted_backends.contains_key(*a)).copied().collect();
@@ -303,15 +303,18 @@ fn write_set(tables: &mut dyn ServiceTables, set_id: u32, revision: u8, slots: &
     Ok(())
 }
 
-fn remove_set(tables: &mut dyn ServiceTables, set: &ProgrammedSet) -> Result<(), ProgramError> {
+/// Removes a set's slots and Maglev chunks in both revisions. The chunk keys follow from the
+/// table size, so no map scan is needed; a chunk never written is skipped by the map.
+fn remove_set(tables: &mut dyn ServiceTables, set: &ProgrammedSet, maglev_size: u32) -> Result<(), ProgramError> {
+    let chunks = maglev_size.div_ceil(sluice_abi::SLUICE_MAGLEV_CHUNK);
     for revision in 0..2u8 {
         for i in 0..set.written[revision as usize] {
             tables.remove_slot(&lb_slot_key { set_id: set.id, slot: (i + 1) as u16, revision, pad: 0 })?;
         }
-    }
-    if set.maglev.is_some() {
-        for key in tables.maglev_keys()?.into_iter().filter(|k| k.set_id == set.id) {
-            tables.remove_maglev(&key)?;
+        if set.maglev.is_some() {
+            for chunk in 0..chunks {
+                tables.remove_maglev(&lb_maglev_key { set_id: set.id, chunk: chunk as u16, revision, pad: 0 })?;
+            }
         }
     }
     Ok(())
