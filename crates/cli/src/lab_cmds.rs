@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use sluice_lab::{Lab, UpOptions};
 use sluice_model::service::{MANAGED_BY_LABEL, SLUICE_CONTROLLER};
@@ -95,23 +95,40 @@ pub fn get(lab: &str, resource: &str, name: Option<&str>, namespace: &str, all: 
     }
 }
 
-fn get_pods(lab: &Lab, name: Option<&str>, namespace: Option<&str>, output: Option<Output>) -> anyhow::Result<ExitCode> {
-    let mut pods = lab.pods(namespace)?;
+/// Keeps only the object named `name`, when one is asked for; none is an error naming the kind
+/// and where it was looked for (`where_`: " in namespace ..." or empty).
+fn select_named<T: k8s_openapi::Metadata<Ty = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>>(
+    items: &mut Vec<T>,
+    name: Option<&str>,
+    kind: &str,
+    where_: &str,
+) -> anyhow::Result<()> {
     if let Some(n) = name {
-        pods.retain(|p| p.metadata.name.as_deref() == Some(n));
-        if pods.is_empty() {
-            bail!("pod {n:?} not found in namespace {:?}", namespace.unwrap_or("(all)"));
+        items.retain(|o| o.metadata().name.as_deref() == Some(n));
+        if items.is_empty() {
+            bail!("{kind} {n:?} not found{where_}");
         }
     }
+    Ok(())
+}
+
+fn in_namespace(namespace: Option<&str>) -> String {
+    format!(" in namespace {:?}", namespace.unwrap_or("(all)"))
+}
+
+/// `-o json|yaml`: one object as itself when `single` and exactly one is left, else a List.
+fn print_objects<T: k8s_openapi::ListableResource + serde::Serialize + Clone>(items: Vec<T>, single: bool, output: Output) -> anyhow::Result<()> {
+    match items.as_slice() {
+        [one] if single => print_structured(one, output),
+        _ => print_structured(&k8s_openapi::List::<T> { items, metadata: Default::default() }, output),
+    }
+}
+
+fn get_pods(lab: &Lab, name: Option<&str>, namespace: Option<&str>, output: Option<Output>) -> anyhow::Result<ExitCode> {
+    let mut pods = lab.pods(namespace)?;
+    select_named(&mut pods, name, "pod", &in_namespace(namespace))?;
     match output {
-        Some(o @ (Output::Json | Output::Yaml)) => {
-            if let (Some(_), [pod]) = (name, pods.as_slice()) {
-                print_structured(pod, o)?;
-            } else {
-                let list = k8s_openapi::List::<Pod> { items: pods, metadata: Default::default() };
-                print_structured(&list, o)?;
-            }
-        }
+        Some(o @ (Output::Json | Output::Yaml)) => print_objects(pods, name.is_some(), o)?,
         _ => {
             let wide = output == Some(Output::Wide);
             let all = namespace.is_none();
@@ -153,17 +170,9 @@ fn get_pods(lab: &Lab, name: Option<&str>, namespace: Option<&str>, output: Opti
 
 fn get_namespaces(lab: &Lab, name: Option<&str>, output: Option<Output>) -> anyhow::Result<ExitCode> {
     let mut namespaces = lab.namespaces()?;
-    if let Some(n) = name {
-        namespaces.retain(|ns| ns.metadata.name.as_deref() == Some(n));
-        if namespaces.is_empty() {
-            bail!("namespace {n:?} not found");
-        }
-    }
+    select_named(&mut namespaces, name, "namespace", "")?;
     match output {
-        Some(o @ (Output::Json | Output::Yaml)) => {
-            let list = k8s_openapi::List::<Namespace> { items: namespaces, metadata: Default::default() };
-            print_structured(&list, o)?;
-        }
+        Some(o @ (Output::Json | Output::Yaml)) => print_objects(namespaces, false, o)?,
         _ => {
             let mut table = Table::new(&["NAME", "STATUS", "AGE", "LABELS"]);
             for ns in &namespaces {
@@ -178,21 +187,9 @@ fn get_namespaces(lab: &Lab, name: Option<&str>, output: Option<Output>) -> anyh
 
 fn get_services(lab: &Lab, name: Option<&str>, namespace: Option<&str>, output: Option<Output>) -> anyhow::Result<ExitCode> {
     let mut services = lab.services(namespace)?;
-    if let Some(n) = name {
-        services.retain(|s| s.metadata.name.as_deref() == Some(n));
-        if services.is_empty() {
-            bail!("service {n:?} not found in namespace {:?}", namespace.unwrap_or("(all)"));
-        }
-    }
+    select_named(&mut services, name, "service", &in_namespace(namespace))?;
     match output {
-        Some(o @ (Output::Json | Output::Yaml)) => {
-            if let (Some(_), [service]) = (name, services.as_slice()) {
-                print_structured(service, o)?;
-            } else {
-                let list = k8s_openapi::List::<Service> { items: services, metadata: Default::default() };
-                print_structured(&list, o)?;
-            }
-        }
+        Some(o @ (Output::Json | Output::Yaml)) => print_objects(services, name.is_some(), o)?,
         _ => {
             let all = namespace.is_none();
             let mut header = vec![];
@@ -262,17 +259,9 @@ fn service_columns(service: &Service) -> [String; 4] {
 
 fn get_endpoint_slices(lab: &Lab, name: Option<&str>, namespace: Option<&str>, output: Option<Output>) -> anyhow::Result<ExitCode> {
     let mut slices = lab.endpoint_slices(namespace)?;
-    if let Some(n) = name {
-        slices.retain(|s| s.metadata.name.as_deref() == Some(n));
-        if slices.is_empty() {
-            bail!("endpointslice {n:?} not found in namespace {:?}", namespace.unwrap_or("(all)"));
-        }
-    }
+    select_named(&mut slices, name, "endpointslice", &in_namespace(namespace))?;
     match output {
-        Some(o @ (Output::Json | Output::Yaml)) => {
-            let list = k8s_openapi::List::<EndpointSlice> { items: slices, metadata: Default::default() };
-            print_structured(&list, o)?;
-        }
+        Some(o @ (Output::Json | Output::Yaml)) => print_objects(slices, false, o)?,
         _ => {
             let all = namespace.is_none();
             let mut header = vec![];
