@@ -87,6 +87,12 @@ fn packet(src: IpAddr, dst: IpAddr, proto: u8, sport: u16, dport: u16) -> Vec<u8
     let at = if proto == TCP { 16 } else { 6 };
     l4[at..at + 2].copy_from_slice(&c.to_be_bytes());
 
+    frame(src, dst, proto, &l4)
+}
+
+/// An Ethernet frame (pod A's MAC to the node's) carrying `l4` in an IPv4 or IPv6 header with
+/// every checksum right.
+fn frame(src: IpAddr, dst: IpAddr, proto: u8, l4: &[u8]) -> Vec<u8> {
     let mut p = Vec::new();
     p.extend_from_slice(&NODE_MAC.0);
     p.extend_from_slice(&POD_MAC.0);
@@ -111,7 +117,7 @@ fn packet(src: IpAddr, dst: IpAddr, proto: u8, sport: u16, dport: u16) -> Vec<u8
         }
         _ => panic!("mixed families"),
     }
-    p.extend_from_slice(&l4);
+    p.extend_from_slice(l4);
     p
 }
 
@@ -333,29 +339,7 @@ fn icmp_error(src: IpAddr, dst: IpAddr, quoted: &[u8]) -> Vec<u8> {
     let proto = if v4 { 1 } else { 58 };
     let c = if v4 { fold(csum_add(&icmp, 0)) } else { fold(csum_add(&icmp, pseudo(src, dst, proto, icmp.len()))) };
     icmp[2..4].copy_from_slice(&c.to_be_bytes());
-    let mut p = packet(src, dst, UDP, 0, 0);
-    p.truncate(14);
-    match (src, dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            let total = 20 + icmp.len();
-            let mut ip = vec![0x45, 0, (total >> 8) as u8, total as u8, 0, 0, 0x40, 0, 64, proto, 0, 0];
-            ip.extend_from_slice(&s.octets());
-            ip.extend_from_slice(&d.octets());
-            let c = fold(csum_add(&ip, 0));
-            ip[10..12].copy_from_slice(&c.to_be_bytes());
-            p.extend_from_slice(&ip);
-        }
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
-            p.extend_from_slice(&[0x60, 0, 0, 0]);
-            p.extend_from_slice(&(icmp.len() as u16).to_be_bytes());
-            p.extend_from_slice(&[proto, 64]);
-            p.extend_from_slice(&s.octets());
-            p.extend_from_slice(&d.octets());
-        }
-        _ => panic!("mixed families"),
-    }
-    p.extend_from_slice(&icmp);
-    p
+    frame(src, dst, proto, &icmp)
 }
 
 /// The packet an ICMP error quotes, with its checksums verified, as a `Seen`.
