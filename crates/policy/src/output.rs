@@ -68,8 +68,11 @@ pub enum Mode {
     None,
     /// A lookup miss is denied.
     Enforce,
-    /// Selected by audit-mode policies only: a miss is reported and allowed.
+    /// Selected with default deny by audit-mode policies only: a miss is reported and allowed.
     Audit,
+    /// Selected only by policies without default deny (SluiceNetworkPolicy
+    /// `enableDefaultDeny: false`): entries are looked up, a miss is allowed.
+    DefaultAllow,
 }
 
 /// Key of a policy entry. The datapath looks up (peer identity, proto, port) and
