@@ -10,6 +10,7 @@
 #include "lib/endpoints.h"
 #include "lib/fib.h"
 #include "lib/lb_packet.h"
+#include "lib/policy.h"
 
 static __always_inline int deliver_ip4(struct __sk_buff *skb, int own_route)
 {
@@ -22,7 +23,7 @@ static __always_inline int deliver_ip4(struct __sk_buff *skb, int own_route)
 	struct endpoint_info *ep = lookup_ip4_endpoint(ip->daddr);
 	if (ep && host_routing_bpf() && ip->ttl > 1) {
 		ip4_decrease_ttl(ip);
-		return redirect_to_endpoint(skb, eth, ep);
+		return deliver_to_endpoint(skb, eth, ep);
 	}
 	if (own_route && !ep)
 		return fib_forward_ip4(skb, ip);
@@ -40,7 +41,7 @@ static __always_inline int deliver_ip6(struct __sk_buff *skb, int own_route)
 	struct endpoint_info *ep = lookup_ip6_endpoint(&ip6->daddr);
 	if (ep && host_routing_bpf() && ip6->hop_limit > 1) {
 		ip6->hop_limit--;
-		return redirect_to_endpoint(skb, eth, ep);
+		return deliver_to_endpoint(skb, eth, ep);
 	}
 	if (own_route && !ep)
 		return fib_forward_ip6(skb, ip6);

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /* Entry point on the host side of every pod veth (tcx ingress): everything a pod sends.
  * Order: who sent it (anti-spoofing), the pod's gateway (ARP/ND), service translation (replies
- * of NodePort flows, ClusterIPs when socket LB is off), then delivery — to a pod on this node
+ * of NodePort flows, ClusterIPs when socket LB is off) wrapped by the pod's egress policy, then
+ * delivery (a pod on this node only if its ingress policy allows) — to a pod on this node
  * with bpf_redirect_peer, elsewhere with fib_lookup + redirect_neigh, or to the node's stack in
  * legacy host routing and for whatever the datapath does not forward itself. */
 #define SLUICE_POINT SLUICE_POINT_FROM_POD
@@ -11,11 +12,12 @@
 #include "lib/fib.h"
 #include "lib/gateway.h"
 #include "lib/lb_packet.h"
+#include "lib/policy.h"
 
 /* Deliver an IPv4 packet by its (possibly translated) destination. `own_route`: the datapath
  * must forward it even in legacy host routing (it carries a node or service address as its
  * source, which the stack would refuse as martian). */
-static __always_inline int route_ip4(struct __sk_buff *skb, int own_route)
+static __noinline int route_ip4(struct __sk_buff *skb, int own_route)
 {
 	void *data = skb_data(skb);
 	void *data_end = skb_data_end(skb);
@@ -31,12 +33,12 @@ static __always_inline int route_ip4(struct __sk_buff *skb, int own_route)
 		if (ip->ttl <= 1)
 			return to_stack(skb);
 		ip4_decrease_ttl(ip);
-		return redirect_to_endpoint(skb, eth, dst);
+		return deliver_to_endpoint(skb, eth, dst);
 	}
 	return fib_forward_ip4(skb, ip);
 }
 
-static __always_inline int from_pod_ip4(struct __sk_buff *skb, const struct endpoint_info *ep)
+static __noinline int from_pod_ip4(struct __sk_buff *skb, const struct endpoint_info *ep)
 {
 	void *data = skb_data(skb);
 	void *data_end = skb_data_end(skb);
@@ -49,9 +51,13 @@ static __always_inline int from_pod_ip4(struct __sk_buff *skb, const struct endp
 	if (!(ep->flags & SLUICE_EP_HAS_IPV4) || ip->saddr != own)
 		return drop(skb, SLUICE_DROP_INVALID_SOURCE_IP);
 
+	policy_egress_begin(skb);
 	int verdict = TC_ACT_OK;
 	int lb = lb_packet(skb, 0, &verdict);
 	if (lb == LB_VERDICT)
+		return verdict;
+	verdict = policy_egress_end(skb, ep);
+	if (verdict != POLICY_CONTINUE)
 		return verdict;
 	return route_ip4(skb, lb == LB_NODE_SOURCE);
 }
@@ -62,7 +68,7 @@ static __always_inline int is_link_scope(const struct in6_addr *a)
 	return b0 == 0xff || (b0 == 0xfe && (b1 & 0xc0) == 0x80);
 }
 
-static __always_inline int route_ip6(struct __sk_buff *skb, int own_route)
+static __noinline int route_ip6(struct __sk_buff *skb, int own_route)
 {
 	void *data = skb_data(skb);
 	void *data_end = skb_data_end(skb);
@@ -78,12 +84,12 @@ static __always_inline int route_ip6(struct __sk_buff *skb, int own_route)
 		if (ip6->hop_limit <= 1)
 			return to_stack(skb);
 		ip6->hop_limit--;
-		return redirect_to_endpoint(skb, eth, dst);
+		return deliver_to_endpoint(skb, eth, dst);
 	}
 	return fib_forward_ip6(skb, ip6);
 }
 
-static __always_inline int from_pod_ip6(struct __sk_buff *skb, const struct endpoint_info *ep)
+static __noinline int from_pod_ip6(struct __sk_buff *skb, const struct endpoint_info *ep)
 {
 	int verdict = handle_nd_solicit(skb, ep);
 	if (verdict >= 0)
@@ -107,9 +113,13 @@ static __always_inline int from_pod_ip6(struct __sk_buff *skb, const struct endp
 	if (is_link_scope(&ip6->daddr))
 		return route_ip6(skb, 0);
 
+	policy_egress_begin(skb);
 	verdict = TC_ACT_OK;
 	int lb = lb_packet(skb, 0, &verdict);
 	if (lb == LB_VERDICT)
+		return verdict;
+	verdict = policy_egress_end(skb, ep);
+	if (verdict != POLICY_CONTINUE)
 		return verdict;
 	return route_ip6(skb, lb == LB_NODE_SOURCE);
 }

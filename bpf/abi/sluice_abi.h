@@ -48,7 +48,9 @@ enum sluice_drop_reason {
 	SLUICE_DROP_NO_SERVICE_BACKEND = 7,  /* service without backends: answered with ICMP unreachable */
 	SLUICE_DROP_NAT_NO_PORT = 8,         /* no free SNAT port for a NodePort flow to another node */
 	SLUICE_DROP_CT_FULL = 9,             /* the service conntrack table refused a new entry */
-	SLUICE_DROP_REASON_MAX = 10,
+	SLUICE_DROP_POLICY_INGRESS = 10,     /* network policy of the receiving pod denied it */
+	SLUICE_DROP_POLICY_EGRESS = 11,      /* network policy of the sending pod denied it */
+	SLUICE_DROP_REASON_MAX = 12,
 };
 
 /* What the datapath did with a packet it did not drop; index of the forward counters. */
@@ -85,7 +87,8 @@ struct endpoint_info {
 enum sluice_obs_point {
 	SLUICE_POINT_FROM_POD = 0,    /* from_pod: what a pod sends */
 	SLUICE_POINT_FROM_NETDEV = 1, /* from_netdev: what arrives on the node's uplink */
-	SLUICE_POINT_MAX = 2,
+	SLUICE_POINT_TO_POD = 2,      /* to_pod: what the node's stack delivers to a pod */
+	SLUICE_POINT_MAX = 3,
 };
 
 /* Monitor aggregation (CONFIG_MONITOR_AGGREGATION): which forwarded packets make events. Drop
@@ -102,6 +105,7 @@ enum sluice_obs_point {
 enum sluice_event_type {
 	SLUICE_EVENT_DROP = 1,  /* code: enum sluice_drop_reason */
 	SLUICE_EVENT_TRACE = 2, /* code: enum sluice_forward_kind */
+	SLUICE_EVENT_POLICY_AUDIT = 3, /* code: the drop reason an audit-mode policy would give */
 };
 
 /* Why an event was not delivered: index of the event_lost counters. */
@@ -122,6 +126,8 @@ struct datapath_event {
 	__u8 pad0;
 	__u16 cap_len;      /* bytes valid in data */
 	__u16 pad1;
+	__u32 policy_rule;  /* policy verdicts: cookie of the entry that decided, 0 = default deny */
+	__u32 peer_identity; /* policy verdicts: identity of the other end */
 	__u8 data[SLUICE_EVENT_CAPTURE]; /* the packet from its Ethernet header on */
 };
 
@@ -345,6 +351,93 @@ enum sluice_xdp_counter {
 	SLUICE_XDP_FORWARDED = 0,         /* translated and transmitted from XDP */
 	SLUICE_XDP_DROPPED_NO_FRONTEND = 1, /* NodePort range of a node address, no frontend */
 	SLUICE_XDP_COUNTER_MAX = 2,
+};
+
+/*
+ * Network policy. The `ipcache` (LPM trie) maps every pod address, node address and policy CIDR
+ * to a security identity; addresses under no prefix are world. The `policy` LPM trie holds the
+ * entries of every local endpoint: (endpoint, identity, direction, revision) fully matched, then
+ * protocol and destination port by prefix, so one entry covers a protocol, a port range or
+ * everything. A packet is looked up twice, with the peer's identity and with
+ * SLUICE_IDENTITY_ANY, and the stronger verdict wins (deny > audit > allow); a miss in both
+ * follows the endpoint's mode. `policy_endpoints` holds each endpoint's modes and the revision
+ * its entries are read under: the agent writes a new revision whole, then flips it.
+ */
+#define SLUICE_IPCACHE_ENTRIES 262144
+#define SLUICE_POLICY_ENTRIES 262144
+#define SLUICE_POLICY_CT_DEFAULT_ENTRIES 262144
+#define SLUICE_IDENTITY_WORLD 2
+#define SLUICE_IDENTITY_ANY 0
+
+struct ipcache_key {
+	__u32 prefixlen; /* 32 (family and pad) + the address prefix length */
+	__u8 family;
+	__u8 pad[3];
+	__u8 addr[16];
+};
+
+struct ipcache_entry {
+	__u32 identity;
+	__u32 pad;
+};
+
+#define SLUICE_POLICY_INGRESS 0
+#define SLUICE_POLICY_EGRESS 1
+/* Bits of struct policy_key after prefixlen that are always matched; then 8 of protocol and
+ * 16 of port. */
+#define SLUICE_POLICY_FIXED_BITS 88
+#define SLUICE_POLICY_FULL_BITS 112
+
+struct policy_key {
+	__u32 prefixlen;
+	__u32 endpoint_id;
+	__u32 identity; /* peer identity or SLUICE_IDENTITY_ANY */
+	__u8 direction; /* SLUICE_POLICY_INGRESS / _EGRESS */
+	__u8 revision;  /* 0 or 1: the endpoint's current one is in policy_endpoints */
+	__u8 pad;
+	__u8 proto;     /* IP protocol */
+	__be16 port;    /* destination port; ICMP/ICMPv6: the type */
+	__u8 pad2[2];
+};
+
+#define SLUICE_POLICY_ALLOW 1
+#define SLUICE_POLICY_AUDIT 2 /* allowed and reported: an audit-mode policy would deny it */
+#define SLUICE_POLICY_DENY 3
+
+struct policy_entry {
+	__u8 verdict; /* SLUICE_POLICY_ALLOW / _AUDIT / _DENY */
+	__u8 pad[3];
+	__u32 rule;   /* cookie naming the policy rules behind the entry (agent's table) */
+};
+
+#define SLUICE_POLICY_MODE_NONE 0          /* not selected: no lookup, everything allowed */
+#define SLUICE_POLICY_MODE_ENFORCE 1       /* a miss is denied */
+#define SLUICE_POLICY_MODE_AUDIT 2         /* a miss is reported and allowed */
+#define SLUICE_POLICY_MODE_DEFAULT_ALLOW 3 /* a miss is allowed */
+
+struct policy_endpoint {
+	__u8 ingress_mode; /* SLUICE_POLICY_MODE_* */
+	__u8 egress_mode;
+	__u8 revision;
+	__u8 pad;
+};
+
+/*
+ * Policy connection tracking (`policy_ct`): every flow of a local pod, keyed by its tuple as the
+ * pod sees it, oriented from the pod (saddr is the pod's address). A reply of a flow the pod
+ * opened (ORIGIN_EGRESS) or accepted (ORIGIN_INGRESS) passes without a policy lookup; packets
+ * in the opening direction are checked on every packet, so a policy change stops established
+ * connections it no longer allows.
+ */
+#define SLUICE_PCT_F_ORIGIN_EGRESS (1 << 0)
+#define SLUICE_PCT_F_ORIGIN_INGRESS (1 << 1)
+#define SLUICE_PCT_F_CLOSING (1 << 2)
+#define SLUICE_PCT_F_SEEN_REPLY (1 << 3)
+
+struct policy_ct_entry {
+	__u64 last_seen_ns;
+	__u8 flags; /* SLUICE_PCT_F_* */
+	__u8 pad[7];
 };
 
 #endif /* SLUICE_ABI_H */

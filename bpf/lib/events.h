@@ -19,7 +19,7 @@ static __always_inline void count_loss(__u32 why)
 		*lost += 1;
 }
 
-static __always_inline void emit_event(struct __sk_buff *skb, __u8 type, __u8 code)
+static __always_inline void emit_event_ext(struct __sk_buff *skb, __u8 type, __u8 code, __u32 rule, __u32 identity)
 {
 	struct datapath_event *ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
 	if (!ev) {
@@ -34,6 +34,8 @@ static __always_inline void emit_event(struct __sk_buff *skb, __u8 type, __u8 co
 	ev->point = SLUICE_POINT;
 	ev->pad0 = 0;
 	ev->pad1 = 0;
+	ev->policy_rule = rule;
+	ev->peer_identity = identity;
 	__u32 cap = skb->len;
 	if (cap > SLUICE_EVENT_CAPTURE)
 		cap = SLUICE_EVENT_CAPTURE;
@@ -41,6 +43,11 @@ static __always_inline void emit_event(struct __sk_buff *skb, __u8 type, __u8 co
 		cap = 0;
 	ev->cap_len = cap;
 	bpf_ringbuf_submit(ev, 0);
+}
+
+static __always_inline void emit_event(struct __sk_buff *skb, __u8 type, __u8 code)
+{
+	emit_event_ext(skb, type, code, 0, 0);
 }
 
 /* A fixed one-second window per CPU: at most CONFIG_DROP_EVENT_RATE drop events in it. */

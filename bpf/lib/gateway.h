@@ -109,7 +109,7 @@ static __always_inline __sum16 nd_checksum(const struct nd_advert *na)
 }
 
 /* Answer a neighbour solicitation for the gateway. Returns -1 when `ip6` is not one. */
-static __always_inline int handle_nd_solicit(struct __sk_buff *skb, const struct endpoint_info *ep)
+static __noinline int handle_nd_solicit(struct __sk_buff *skb, const struct endpoint_info *ep)
 {
 	void *data = skb_data(skb);
 	void *data_end = skb_data_end(skb);

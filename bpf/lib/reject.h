@@ -118,7 +118,7 @@ static __always_inline int reject_ip6(struct __sk_buff *skb, const struct lb_pkt
 	return forwarded(skb, SLUICE_FWD_ICMP_REJECT, (int)bpf_redirect(skb->ifindex, 0));
 }
 
-static __always_inline int reject(struct __sk_buff *skb, const struct lb_pkt *p)
+static __noinline int reject(struct __sk_buff *skb, const struct lb_pkt *p)
 {
 	return p->t.family == SLUICE_AF_INET ? reject_ip4(skb, p) : reject_ip6(skb, p);
 }

@@ -11,7 +11,7 @@ fn main() {
     let out = PathBuf::from(env::var("OUT_DIR").unwrap_or_else(|_| ".".into())).join("abi.rs");
     let bindings = bindgen::Builder::default()
         .header(header.display().to_string())
-        .allowlist_type("endpoint_key|endpoint_info|traffic_counter|datapath_event|flow_key|flow_state|event_budget|guard_event|lb_.*|ct_key|ct_entry|sluice_.*")
+        .allowlist_type("endpoint_key|endpoint_info|traffic_counter|datapath_event|flow_key|flow_state|event_budget|guard_event|lb_.*|ct_key|ct_entry|ipcache_.*|policy_.*|sluice_.*")
         .allowlist_var("SLUICE_.*")
         .rustified_enum("sluice_.*")
         .derive_default(true)

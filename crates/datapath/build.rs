@@ -5,7 +5,7 @@ use std::env;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const OBJECTS: &[&str] = &["from_pod", "from_netdev", "probe", "guard", "sock_lb", "xdp_netdev"];
+const OBJECTS: &[&str] = &["from_pod", "from_netdev", "to_pod", "probe", "guard", "sock_lb", "xdp_netdev"];
 
 fn main() {
     let bpf = manifest_dir().join("../../bpf");

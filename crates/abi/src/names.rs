@@ -3,7 +3,7 @@
 use crate::{sluice_drop_reason as D, sluice_event_loss as L, sluice_forward_kind as F};
 
 /// Every drop reason the datapath can report, in number order.
-pub const DROP_REASONS: [D; 9] = [
+pub const DROP_REASONS: [D; 11] = [
     D::SLUICE_DROP_INVALID_SOURCE_MAC,
     D::SLUICE_DROP_INVALID_SOURCE_IP,
     D::SLUICE_DROP_UNKNOWN_ENDPOINT,
@@ -13,6 +13,8 @@ pub const DROP_REASONS: [D; 9] = [
     D::SLUICE_DROP_NO_SERVICE_BACKEND,
     D::SLUICE_DROP_NAT_NO_PORT,
     D::SLUICE_DROP_CT_FULL,
+    D::SLUICE_DROP_POLICY_INGRESS,
+    D::SLUICE_DROP_POLICY_EGRESS,
 ];
 
 /// Every forwarding decision the datapath counts, in number order.
@@ -38,6 +40,8 @@ pub fn drop_reason_name(reason: D) -> &'static str {
         D::SLUICE_DROP_NO_SERVICE_BACKEND => "service has no backend",
         D::SLUICE_DROP_NAT_NO_PORT => "no SNAT port",
         D::SLUICE_DROP_CT_FULL => "conntrack table full",
+        D::SLUICE_DROP_POLICY_INGRESS => "policy denied ingress",
+        D::SLUICE_DROP_POLICY_EGRESS => "policy denied egress",
         D::SLUICE_DROP_REASON_MAX => "invalid",
     }
 }

@@ -6,7 +6,9 @@ use std::net::IpAddr;
 
 use sluice_abi::{ct_entry, ct_key, endpoint_info, lb_backend, lb_frontend, lb_frontend_key, lb_maglev_chunk, lb_maglev_key, lb_slot_key};
 
-use crate::{CounterValue, DatapathError, DatapathTables, EndpointEntry, ServiceTables};
+use sluice_abi::{policy_ct_entry, policy_endpoint, policy_entry, policy_key};
+
+use crate::{CounterValue, DatapathError, DatapathTables, EndpointEntry, PolicyTables, ServiceTables};
 
 #[derive(Debug, Default, Clone)]
 pub struct FakeDatapath {
@@ -24,6 +26,11 @@ pub struct FakeDatapath {
     pub lb_slots: BTreeMap<Vec<u8>, (lb_slot_key, u32)>,
     pub lb_maglev: BTreeMap<Vec<u8>, (lb_maglev_key, Box<lb_maglev_chunk>)>,
     pub lb_ct: BTreeMap<Vec<u8>, (ct_key, ct_entry)>,
+    /// The policy maps.
+    pub ipcache: BTreeMap<ipnet::IpNet, u32>,
+    pub policy: BTreeMap<Vec<u8>, (policy_key, policy_entry)>,
+    pub policy_endpoints: BTreeMap<u32, policy_endpoint>,
+    pub policy_ct: BTreeMap<Vec<u8>, (ct_key, policy_ct_entry)>,
 }
 
 /// The bytes of an ABI struct (explicitly padded, so every byte is initialised).
@@ -173,6 +180,62 @@ impl DatapathTables for FakeDatapath {
         vec![
             crate::MapPressure { map: "endpoints", entries: self.addresses.len(), capacity: max },
             crate::MapPressure { map: "endpoint_ifaces", entries: self.ifindexes.len(), capacity: max },
+        ]
+    }
+}
+
+impl PolicyTables for FakeDatapath {
+    fn ipcache(&self) -> Result<Vec<(ipnet::IpNet, u32)>, DatapathError> {
+        Ok(self.ipcache.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+    fn upsert_ipcache(&mut self, prefix: ipnet::IpNet, identity: u32) -> Result<(), DatapathError> {
+        self.writes += 1;
+        self.ipcache.insert(prefix, identity);
+        Ok(())
+    }
+    fn remove_ipcache(&mut self, prefix: ipnet::IpNet) -> Result<(), DatapathError> {
+        self.writes += 1;
+        self.ipcache.remove(&prefix);
+        Ok(())
+    }
+    fn policy_entries(&self) -> Result<Vec<(policy_key, policy_entry)>, DatapathError> {
+        Ok(self.policy.values().copied().collect())
+    }
+    fn upsert_policy_entry(&mut self, key: &policy_key, value: &policy_entry) -> Result<(), DatapathError> {
+        self.writes += 1;
+        self.policy.insert(abi_bytes(key), (*key, *value));
+        Ok(())
+    }
+    fn remove_policy_entry(&mut self, key: &policy_key) -> Result<(), DatapathError> {
+        self.writes += 1;
+        self.policy.remove(&abi_bytes(key));
+        Ok(())
+    }
+    fn policy_endpoints(&self) -> Result<Vec<(u32, policy_endpoint)>, DatapathError> {
+        Ok(self.policy_endpoints.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+    fn upsert_policy_endpoint(&mut self, endpoint_id: u32, value: &policy_endpoint) -> Result<(), DatapathError> {
+        self.writes += 1;
+        self.policy_endpoints.insert(endpoint_id, *value);
+        Ok(())
+    }
+    fn remove_policy_endpoint(&mut self, endpoint_id: u32) -> Result<(), DatapathError> {
+        self.writes += 1;
+        self.policy_endpoints.remove(&endpoint_id);
+        Ok(())
+    }
+    fn policy_conntrack(&self) -> Result<Vec<(ct_key, policy_ct_entry)>, DatapathError> {
+        Ok(self.policy_ct.values().copied().collect())
+    }
+    fn remove_policy_conntrack(&mut self, key: &ct_key) -> Result<(), DatapathError> {
+        self.writes += 1;
+        self.policy_ct.remove(&abi_bytes(key));
+        Ok(())
+    }
+    fn policy_pressure(&self) -> Vec<crate::MapPressure> {
+        vec![
+            crate::MapPressure { map: "ipcache", entries: self.ipcache.len(), capacity: sluice_abi::SLUICE_IPCACHE_ENTRIES as usize },
+            crate::MapPressure { map: "policy", entries: self.policy.len(), capacity: sluice_abi::SLUICE_POLICY_ENTRIES as usize },
         ]
     }
 }

@@ -13,6 +13,7 @@ use aya::{Ebpf, EbpfLoader};
 use sluice_abi::endpoint_info;
 
 use crate::endpoint::key_addr;
+use crate::policy::{PolicyMaps, PolicyTables};
 use crate::services::{ServiceMaps, ServiceTables};
 use crate::tables::{CounterValue, DatapathTables};
 use crate::{DatapathError, EndpointEntry};
@@ -23,6 +24,7 @@ pub struct Objects;
 impl Objects {
     pub const FROM_POD: &'static [u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/from_pod.o"));
     pub const FROM_NETDEV: &'static [u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/from_netdev.o"));
+    pub const TO_POD: &'static [u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/to_pod.o"));
     pub const SOCK_LB: &'static [u8] = crate::SocketLb::OBJECT;
     pub const PROBE: &'static [u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/probe.o"));
 }
@@ -86,6 +88,8 @@ pub struct LoadOptions {
     pub maglev_table_size: u32,
     /// Capacity of the service conntrack table.
     pub conntrack_entries: u32,
+    /// Capacity of the policy conntrack table.
+    pub policy_conntrack_entries: u32,
     /// This node's addresses: the source of NodePort flows it forwards to other nodes.
     pub node_ipv4: Option<Ipv4Addr>,
     pub node_ipv6: Option<Ipv6Addr>,
@@ -100,6 +104,7 @@ impl LoadOptions {
             events_buffer_bytes: 1 << 20,
             maglev_table_size: sluice_abi::SLUICE_MAGLEV_DEFAULT_SIZE,
             conntrack_entries: sluice_abi::SLUICE_CT_DEFAULT_ENTRIES,
+            policy_conntrack_entries: sluice_abi::SLUICE_POLICY_CT_DEFAULT_ENTRIES,
             node_ipv4: None,
             node_ipv6: None,
         }
@@ -146,6 +151,7 @@ unsafe impl aya::Pod for FlowState {}
 
 const FROM_POD: &str = "from_pod";
 const FROM_NETDEV: &str = "from_netdev";
+const TO_POD: &str = "to_pod";
 
 /// The loaded datapath of one node.
 pub struct BpfDatapath {
@@ -153,6 +159,7 @@ pub struct BpfDatapath {
     mode: HostRouting,
     from_pod: Ebpf,
     from_netdev: Ebpf,
+    to_pod: Ebpf,
     endpoints: HashMap<MapData, Key, Info>,
     endpoint_ifaces: HashMap<MapData, u32, Info>,
     drop_counters: PerCpuArray<MapData, Counter>,
@@ -161,6 +168,7 @@ pub struct BpfDatapath {
     trace_flows: HashMap<MapData, FlowKey, FlowState>, // an LRU hash; aya reads both kinds the same way
     events: Option<aya::maps::RingBuf<MapData>>,
     services: ServiceMaps,
+    policy: PolicyMaps,
 }
 
 // === impl BpfDatapath ===
@@ -188,6 +196,7 @@ impl BpfDatapath {
         }
         let mut from_pod = load_object(FROM_POD, Objects::FROM_POD, pin_dir, opts)?;
         let from_netdev = load_object(FROM_NETDEV, Objects::FROM_NETDEV, pin_dir, opts)?;
+        let to_pod = load_object(TO_POD, Objects::TO_POD, pin_dir, opts)?;
         let endpoints = take_map(&mut from_pod, "endpoints", HashMap::try_from)?;
         let endpoint_ifaces = take_map(&mut from_pod, "endpoint_ifaces", HashMap::try_from)?;
         let drop_counters = take_map(&mut from_pod, "drop_counters", PerCpuArray::try_from)?;
@@ -196,11 +205,13 @@ impl BpfDatapath {
         let trace_flows = take_map(&mut from_pod, "trace_flows", HashMap::try_from)?;
         let events = Some(take_map(&mut from_pod, "events", aya::maps::RingBuf::try_from)?);
         let services = ServiceMaps::take(&mut from_pod, opts.conntrack_entries)?;
+        let policy = PolicyMaps::take(&mut from_pod, opts.policy_conntrack_entries)?;
         Ok(Self {
             pin_dir: pin_dir.to_path_buf(),
             mode,
             from_pod,
             from_netdev,
+            to_pod,
             endpoints,
             endpoint_ifaces,
             drop_counters,
@@ -209,6 +220,7 @@ impl BpfDatapath {
             trace_flows,
             events,
             services,
+            policy,
         })
     }
 
@@ -223,7 +235,7 @@ impl BpfDatapath {
     /// Attaches from-netdev to a node device (the uplink), replacing an older attachment.
     pub fn attach_netdev(&mut self, ifname: &str) -> Result<(), DatapathError> {
         let path = self.link_pin(FROM_NETDEV, ifname);
-        attach(&mut self.from_netdev, FROM_NETDEV, ifname, &path)
+        attach(&mut self.from_netdev, FROM_NETDEV, ifname, TcAttachType::Ingress, &path)
     }
 
     /// Interfaces carrying program `program` according to the link pins.
@@ -283,6 +295,10 @@ impl BpfDatapath {
 
     pub fn from_netdev_program(&self) -> Result<&SchedClassifier, DatapathError> {
         program(&self.from_netdev, FROM_NETDEV)
+    }
+
+    pub fn to_pod_program(&self) -> Result<&SchedClassifier, DatapathError> {
+        program(&self.to_pod, TO_POD)
     }
 
     /// `links/<program>@<ifname>`. bpffs refuses '.' in names and interface names may hold
@@ -345,13 +361,18 @@ impl DatapathTables for BpfDatapath {
         ignore_missing(self.endpoint_ifaces.remove(&ifindex), "endpoint_ifaces")
     }
 
+    /// from-pod on the interface's tcx ingress (what the pod sends), to-pod on its egress (what
+    /// the node's stack delivers to the pod: ingress policy).
     fn attach_endpoint(&mut self, host_ifname: &str) -> Result<(), DatapathError> {
+        let path = self.link_pin(TO_POD, host_ifname);
+        attach(&mut self.to_pod, TO_POD, host_ifname, TcAttachType::Egress, &path)?;
         let path = self.link_pin(FROM_POD, host_ifname);
-        attach(&mut self.from_pod, FROM_POD, host_ifname, &path)
+        attach(&mut self.from_pod, FROM_POD, host_ifname, TcAttachType::Ingress, &path)
     }
 
     fn detach_endpoint(&mut self, host_ifname: &str) -> Result<(), DatapathError> {
-        unpin_link(&self.link_pin(FROM_POD, host_ifname))
+        unpin_link(&self.link_pin(FROM_POD, host_ifname))?;
+        unpin_link(&self.link_pin(TO_POD, host_ifname))
     }
 
     fn attached_endpoints(&self) -> Result<Vec<String>, DatapathError> {
@@ -372,6 +393,45 @@ impl DatapathTables for BpfDatapath {
 
     fn map_pressure(&self) -> Vec<MapPressure> {
         BpfDatapath::map_pressure(self)
+    }
+}
+
+impl PolicyTables for BpfDatapath {
+    fn ipcache(&self) -> Result<Vec<(ipnet::IpNet, u32)>, DatapathError> {
+        self.policy.ipcache()
+    }
+    fn upsert_ipcache(&mut self, prefix: ipnet::IpNet, identity: u32) -> Result<(), DatapathError> {
+        self.policy.upsert_ipcache(prefix, identity)
+    }
+    fn remove_ipcache(&mut self, prefix: ipnet::IpNet) -> Result<(), DatapathError> {
+        self.policy.remove_ipcache(prefix)
+    }
+    fn policy_entries(&self) -> Result<Vec<(sluice_abi::policy_key, sluice_abi::policy_entry)>, DatapathError> {
+        self.policy.policy_entries()
+    }
+    fn upsert_policy_entry(&mut self, key: &sluice_abi::policy_key, value: &sluice_abi::policy_entry) -> Result<(), DatapathError> {
+        self.policy.upsert_policy_entry(key, value)
+    }
+    fn remove_policy_entry(&mut self, key: &sluice_abi::policy_key) -> Result<(), DatapathError> {
+        self.policy.remove_policy_entry(key)
+    }
+    fn policy_endpoints(&self) -> Result<Vec<(u32, sluice_abi::policy_endpoint)>, DatapathError> {
+        self.policy.policy_endpoints()
+    }
+    fn upsert_policy_endpoint(&mut self, endpoint_id: u32, value: &sluice_abi::policy_endpoint) -> Result<(), DatapathError> {
+        self.policy.upsert_policy_endpoint(endpoint_id, value)
+    }
+    fn remove_policy_endpoint(&mut self, endpoint_id: u32) -> Result<(), DatapathError> {
+        self.policy.remove_policy_endpoint(endpoint_id)
+    }
+    fn policy_conntrack(&self) -> Result<Vec<(sluice_abi::ct_key, sluice_abi::policy_ct_entry)>, DatapathError> {
+        self.policy.policy_conntrack()
+    }
+    fn remove_policy_conntrack(&mut self, key: &sluice_abi::ct_key) -> Result<(), DatapathError> {
+        self.policy.remove_policy_conntrack(key)
+    }
+    fn policy_pressure(&self) -> Vec<MapPressure> {
+        self.policy.policy_pressure()
     }
 }
 
@@ -448,6 +508,7 @@ fn load_object(name: &'static str, bytes: &[u8], pin_dir: &Path, opts: &LoadOpti
         .set_global("CONFIG_NODE_IPV6_2", &w2, true)
         .set_global("CONFIG_NODE_IPV6_3", &w3, true)
         .set_max_entries("lb_ct", opts.conntrack_entries)
+        .set_max_entries("policy_ct", opts.policy_conntrack_entries)
         .load(bytes)
         .map_err(|source| DatapathError::Load { object: name, source: Box::new(source) })?;
     let prog = program_mut(&mut ebpf, name)?;
@@ -488,7 +549,7 @@ pub(crate) fn take_map<T>(
 /// agent exists, the link is updated in place to run the new program (BPF_LINK_UPDATE): one
 /// atomic swap, no moment without a program, and no link teardown (which waits for an RCU grace
 /// period per interface). Otherwise a new link is made and pinned.
-fn attach(ebpf: &mut Ebpf, name: &'static str, ifname: &str, pin: &Path) -> Result<(), DatapathError> {
+fn attach(ebpf: &mut Ebpf, name: &'static str, ifname: &str, hook: TcAttachType, pin: &Path) -> Result<(), DatapathError> {
     let prog = program_mut(ebpf, name)?;
     if pin.exists() {
         let updated = PinnedLink::from_pin(pin)
@@ -503,8 +564,8 @@ fn attach(ebpf: &mut Ebpf, name: &'static str, ifname: &str, pin: &Path) -> Resu
     }
     let err = |action: String| move |source| DatapathError::Program { program: name, action, source: Box::new(source) };
     let id = prog
-        .attach_with_options(ifname, TcAttachType::Ingress, TcAttachOptions::TcxOrder(LinkOrder::default()))
-        .map_err(err(format!("attaching to {ifname} (tcx ingress)")))?;
+        .attach_with_options(ifname, hook, TcAttachOptions::TcxOrder(LinkOrder::default()))
+        .map_err(err(format!("attaching to {ifname} (tcx {hook:?})")))?;
     let link = prog.take_link(id).map_err(err(format!("taking the link on {ifname}")))?;
     let link = FdLink::try_from(link)
         .map_err(|e| DatapathError::LinkPin { path: pin.to_path_buf(), message: format!("not an fd link: {e}") })?;

@@ -13,8 +13,9 @@ pub struct CounterValue {
     pub bytes: u64,
 }
 
-/// Endpoints, programs and counters; the service tables come with it ([`crate::ServiceTables`]).
-pub trait DatapathTables: crate::ServiceTables + Send {
+/// Endpoints, programs and counters; the service and policy tables come with it
+/// ([`crate::ServiceTables`], [`crate::PolicyTables`]).
+pub trait DatapathTables: crate::ServiceTables + crate::PolicyTables + Send {
     /// Writes the endpoint under all its keys; replaces what was there.
     fn upsert_endpoint(&mut self, entry: &EndpointEntry) -> Result<(), DatapathError>;
     /// Removes every map entry that points at host ifindex `ifindex` or carries one of `entry`'s

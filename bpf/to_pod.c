@@ -1,0 +1,20 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/* Entry point on the host side of every pod veth (tcx egress): what the node's stack delivers
+ * to a pod — everything in legacy host routing, and in eBPF host routing what the node itself
+ * sends or routes (packets the datapath redirects to a pod skip this hook and are checked where
+ * they are redirected). It enforces the pod's ingress policy. */
+#define SLUICE_POINT SLUICE_POINT_TO_POD
+#include "lib/common.h"
+#include "lib/policy.h"
+
+SEC("classifier")
+int to_pod(struct __sk_buff *skb)
+{
+	struct endpoint_info *ep = lookup_endpoint_by_ifindex(skb->ifindex);
+	if (!ep)
+		return TC_ACT_OK;
+	int v = policy_ingress(skb, ep);
+	return v == POLICY_CONTINUE ? TC_ACT_OK : v;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

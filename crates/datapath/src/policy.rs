@@ -1,0 +1,227 @@
+//! The policy tables: `ipcache` (address prefix -> identity), `policy` (per-endpoint entries),
+//! `policy_endpoints` (each endpoint's modes and current revision) and `policy_ct` (the policy
+//! conntrack). [`PolicyTables`] is what the agent's policy programmer writes through;
+//! [`PolicyMaps`] implements it on the pinned maps, [`crate::fake::FakeDatapath`] in memory.
+
+use std::net::IpAddr;
+
+use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
+use aya::maps::{HashMap, MapData};
+use aya::Ebpf;
+use ipnet::IpNet;
+use sluice_abi::{ct_key, ipcache_entry, policy_ct_entry, policy_endpoint, policy_entry, policy_key};
+
+use crate::loader::take_map;
+use crate::{DatapathError, MapPressure};
+
+/// Writes and reads of the policy tables. Missing entries on removal are not errors.
+pub trait PolicyTables: Send {
+    fn ipcache(&self) -> Result<Vec<(IpNet, u32)>, DatapathError>;
+    fn upsert_ipcache(&mut self, prefix: IpNet, identity: u32) -> Result<(), DatapathError>;
+    fn remove_ipcache(&mut self, prefix: IpNet) -> Result<(), DatapathError>;
+    fn policy_entries(&self) -> Result<Vec<(policy_key, policy_entry)>, DatapathError>;
+    fn upsert_policy_entry(&mut self, key: &policy_key, value: &policy_entry) -> Result<(), DatapathError>;
+    fn remove_policy_entry(&mut self, key: &policy_key) -> Result<(), DatapathError>;
+    fn policy_endpoints(&self) -> Result<Vec<(u32, policy_endpoint)>, DatapathError>;
+    fn upsert_policy_endpoint(&mut self, endpoint_id: u32, value: &policy_endpoint) -> Result<(), DatapathError>;
+    fn remove_policy_endpoint(&mut self, endpoint_id: u32) -> Result<(), DatapathError>;
+    fn policy_conntrack(&self) -> Result<Vec<(ct_key, policy_ct_entry)>, DatapathError>;
+    fn remove_policy_conntrack(&mut self, key: &ct_key) -> Result<(), DatapathError>;
+    fn policy_pressure(&self) -> Vec<MapPressure>;
+}
+
+/// The `ipcache` key of a prefix.
+pub fn ipcache_key(prefix: IpNet) -> sluice_abi::ipcache_key {
+    let mut key = sluice_abi::ipcache_key { prefixlen: 32 + u32::from(prefix.prefix_len()), ..Default::default() };
+    match prefix.network() {
+        IpAddr::V4(a) => {
+            key.family = sluice_abi::SLUICE_AF_INET as u8;
+            key.addr[..4].copy_from_slice(&a.octets());
+        }
+        IpAddr::V6(a) => {
+            key.family = sluice_abi::SLUICE_AF_INET6 as u8;
+            key.addr.copy_from_slice(&a.octets());
+        }
+    }
+    key
+}
+
+/// The prefix an `ipcache` key stands for; `None` for a key no writer of this crate makes.
+pub fn ipcache_prefix(key: &sluice_abi::ipcache_key) -> Option<IpNet> {
+    let len = u8::try_from(key.prefixlen.checked_sub(32)?).ok()?;
+    let addr: IpAddr = match u32::from(key.family) {
+        sluice_abi::SLUICE_AF_INET => IpAddr::from(<[u8; 4]>::try_from(&key.addr[..4]).ok()?),
+        sluice_abi::SLUICE_AF_INET6 => IpAddr::from(key.addr),
+        _ => return None,
+    };
+    IpNet::new(addr, len).ok()
+}
+
+/// The part of `ipcache_key` after prefixlen, as aya's LPM key data.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct IpcacheData {
+    family: u8,
+    pad: [u8; 3],
+    addr: [u8; 16],
+}
+// SAFETY: bytes only.
+unsafe impl aya::Pod for IpcacheData {}
+
+/// The part of `policy_key` after prefixlen.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct PolicyData {
+    endpoint_id: u32,
+    identity: u32,
+    direction: u8,
+    revision: u8,
+    pad: u8,
+    proto: u8,
+    port: u16,
+    pad2: [u8; 2],
+}
+// SAFETY: integers and bytes with explicit padding.
+unsafe impl aya::Pod for PolicyData {}
+
+macro_rules! pod_wrapper {
+    ($($name:ident($ty:ty),)+) => {$(
+        #[repr(transparent)]
+        #[derive(Clone, Copy)]
+        struct $name($ty);
+        // SAFETY: a plain C struct from the ABI header with explicit padding.
+        unsafe impl aya::Pod for $name {}
+    )+};
+}
+
+pod_wrapper! {
+    IpcacheValue(ipcache_entry),
+    PolicyValue(policy_entry),
+    EndpointValue(policy_endpoint),
+    CtKey(ct_key),
+    CtValue(policy_ct_entry),
+}
+
+fn to_ipcache(key: &sluice_abi::ipcache_key) -> LpmKey<IpcacheData> {
+    LpmKey::new(key.prefixlen, IpcacheData { family: key.family, pad: [0; 3], addr: key.addr })
+}
+
+fn to_policy(key: &policy_key) -> LpmKey<PolicyData> {
+    LpmKey::new(
+        key.prefixlen,
+        PolicyData {
+            endpoint_id: key.endpoint_id,
+            identity: key.identity,
+            direction: key.direction,
+            revision: key.revision,
+            pad: 0,
+            proto: key.proto,
+            port: key.port,
+            pad2: [0; 2],
+        },
+    )
+}
+
+fn from_policy(key: &LpmKey<PolicyData>) -> policy_key {
+    let d = key.data();
+    policy_key {
+        prefixlen: key.prefix_len(),
+        endpoint_id: d.endpoint_id,
+        identity: d.identity,
+        direction: d.direction,
+        revision: d.revision,
+        pad: 0,
+        proto: d.proto,
+        port: d.port,
+        pad2: [0; 2],
+    }
+}
+
+/// Handles to the pinned policy maps.
+pub struct PolicyMaps {
+    ipcache: LpmTrie<MapData, IpcacheData, IpcacheValue>,
+    policy: LpmTrie<MapData, PolicyData, PolicyValue>,
+    endpoints: HashMap<MapData, u32, EndpointValue>,
+    conntrack: HashMap<MapData, CtKey, CtValue>, // an LRU hash; aya reads both kinds the same way
+    conntrack_capacity: usize,
+}
+
+fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError {
+    move |source| DatapathError::Map { map, source: Box::new(source) }
+}
+
+fn ignore_missing(r: Result<(), aya::maps::MapError>, map: &'static str) -> Result<(), DatapathError> {
+    match r {
+        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        Err(source) => Err(DatapathError::Map { map, source: Box::new(source) }),
+    }
+}
+
+// === impl PolicyMaps ===
+
+impl PolicyMaps {
+    pub(crate) fn take(ebpf: &mut Ebpf, conntrack_capacity: u32) -> Result<Self, DatapathError> {
+        Ok(Self {
+            ipcache: take_map(ebpf, "ipcache", LpmTrie::try_from)?,
+            policy: take_map(ebpf, "policy", LpmTrie::try_from)?,
+            endpoints: take_map(ebpf, "policy_endpoints", HashMap::try_from)?,
+            conntrack: take_map(ebpf, "policy_ct", HashMap::try_from)?,
+            conntrack_capacity: conntrack_capacity as usize,
+        })
+    }
+}
+
+impl PolicyTables for PolicyMaps {
+    fn ipcache(&self) -> Result<Vec<(IpNet, u32)>, DatapathError> {
+        let mut out = Vec::new();
+        for r in self.ipcache.iter() {
+            let (k, v) = r.map_err(map_err("ipcache"))?;
+            let d = k.data();
+            let key = sluice_abi::ipcache_key { prefixlen: k.prefix_len(), family: d.family, pad: [0; 3], addr: d.addr };
+            if let Some(prefix) = ipcache_prefix(&key) {
+                out.push((prefix, v.0.identity));
+            }
+        }
+        Ok(out)
+    }
+    fn upsert_ipcache(&mut self, prefix: IpNet, identity: u32) -> Result<(), DatapathError> {
+        let value = IpcacheValue(ipcache_entry { identity, pad: 0 });
+        self.ipcache.insert(&to_ipcache(&ipcache_key(prefix)), value, 0).map_err(map_err("ipcache"))
+    }
+    fn remove_ipcache(&mut self, prefix: IpNet) -> Result<(), DatapathError> {
+        ignore_missing(self.ipcache.remove(&to_ipcache(&ipcache_key(prefix))), "ipcache")
+    }
+    fn policy_entries(&self) -> Result<Vec<(policy_key, policy_entry)>, DatapathError> {
+        self.policy.iter().map(|r| r.map(|(k, v)| (from_policy(&k), v.0)).map_err(map_err("policy"))).collect()
+    }
+    fn upsert_policy_entry(&mut self, key: &policy_key, value: &policy_entry) -> Result<(), DatapathError> {
+        self.policy.insert(&to_policy(key), PolicyValue(*value), 0).map_err(map_err("policy"))
+    }
+    fn remove_policy_entry(&mut self, key: &policy_key) -> Result<(), DatapathError> {
+        ignore_missing(self.policy.remove(&to_policy(key)), "policy")
+    }
+    fn policy_endpoints(&self) -> Result<Vec<(u32, policy_endpoint)>, DatapathError> {
+        self.endpoints.iter().map(|r| r.map(|(k, v)| (k, v.0)).map_err(map_err("policy_endpoints"))).collect()
+    }
+    fn upsert_policy_endpoint(&mut self, endpoint_id: u32, value: &policy_endpoint) -> Result<(), DatapathError> {
+        self.endpoints.insert(endpoint_id, EndpointValue(*value), 0).map_err(map_err("policy_endpoints"))
+    }
+    fn remove_policy_endpoint(&mut self, endpoint_id: u32) -> Result<(), DatapathError> {
+        ignore_missing(self.endpoints.remove(&endpoint_id), "policy_endpoints")
+    }
+    fn policy_conntrack(&self) -> Result<Vec<(ct_key, policy_ct_entry)>, DatapathError> {
+        self.conntrack.iter().map(|r| r.map(|(k, v)| (k.0, v.0)).map_err(map_err("policy_ct"))).collect()
+    }
+    fn remove_policy_conntrack(&mut self, key: &ct_key) -> Result<(), DatapathError> {
+        ignore_missing(self.conntrack.remove(&CtKey(*key)), "policy_ct")
+    }
+    fn policy_pressure(&self) -> Vec<MapPressure> {
+        vec![
+            MapPressure { map: "ipcache", entries: self.ipcache.keys().count(), capacity: sluice_abi::SLUICE_IPCACHE_ENTRIES as usize },
+            MapPressure { map: "policy", entries: self.policy.keys().count(), capacity: sluice_abi::SLUICE_POLICY_ENTRIES as usize },
+            MapPressure { map: "policy_endpoints", entries: self.endpoints.keys().count(), capacity: sluice_abi::SLUICE_MAX_ENDPOINTS as usize },
+            MapPressure { map: "policy_ct", entries: self.conntrack.keys().count(), capacity: self.conntrack_capacity },
+        ]
+    }
+}
