@@ -52,6 +52,7 @@ pub struct Agent {
     /// CNI calls are serialised: they are rare, and one at a time keeps rollback simple.
     cni_lock: tokio::sync::Mutex<()>,
     services: Option<Arc<crate::services::sync::Services>>,
+    policies: Option<Arc<crate::policy::sync::Policies>>,
     /// Where socket LB is attached, or why it is not.
     socket_lb: String,
     xdp: Option<Arc<Mutex<sluice_datapath::XdpNetdev>>>,
@@ -70,6 +71,8 @@ pub struct AgentParts {
     pub observer: Arc<Observer>,
     /// The service loop's state; `None` when this agent programs no services.
     pub services: Option<Arc<crate::services::sync::Services>>,
+    /// The policy loop's state; `None` when this agent enforces no policy.
+    pub policies: Option<Arc<crate::policy::sync::Policies>>,
     pub socket_lb: String,
     /// The XDP program on the node's devices, when configured.
     pub xdp: Option<Arc<Mutex<sluice_datapath::XdpNetdev>>>,
@@ -106,6 +109,7 @@ impl Agent {
             metrics: Metrics::default(),
             cni_lock: tokio::sync::Mutex::new(()),
             services: parts.services,
+            policies: parts.policies,
             socket_lb: parts.socket_lb,
             xdp: parts.xdp,
         })
@@ -128,7 +132,13 @@ impl Agent {
         let owner = Owner::new(req.container_id.clone(), req.ifname.clone());
         let mut undo = Undo::default();
         let result = match self.add_locked(&req, &owner, &mut undo).await {
-            Ok(record) => Ok(add_result(&record)),
+            Ok(record) => {
+                // The pod's policy is in place before ADD returns, so before its processes run.
+                if let Err(e) = self.sync_policies_blocking(true) {
+                    tracing::warn!(attachment = %record_key(&owner), "programming policy for the new endpoint: {e}");
+                }
+                Ok(add_result(&record))
+            }
             Err(e) => {
                 tracing::warn!(attachment = %record_key(&owner), "ADD failed, rolling back: {e}");
                 self.roll_back(&owner, &undo).await;
@@ -586,11 +596,50 @@ impl Agent {
         Ok(report)
     }
 
-    /// Removes expired service conntrack entries.
+    /// Removes expired service and policy conntrack entries.
     pub fn collect_conntrack(&self) -> Result<usize, AgentError> {
         let Some(services) = &self.services else { return Ok(0) };
         let mut guard = self.datapath.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(services.collect_conntrack(guard.as_mut())?)
+        let mut n = services.collect_conntrack(guard.as_mut())?;
+        if let Some(policies) = &self.policies {
+            let c = &self.config.services;
+            n += policies.collect_conntrack(guard.as_mut(), c.conntrack_tcp_timeout, c.conntrack_tcp_closing_timeout, c.conntrack_other_timeout)?;
+        }
+        Ok(n)
+    }
+
+    /// One round of the policy loop: compiles and programs this node's policy tables when the
+    /// store or the local endpoints changed (or `force`).
+    pub async fn sync_policies(self: &Arc<Self>, force: bool) -> Result<Option<crate::policy::program::PolicyReport>, AgentError> {
+        let agent = self.clone();
+        tokio::task::spawn_blocking(move || agent.sync_policies_blocking(force))
+            .await
+            .map_err(|source| AgentError::TaskFailed { task: "policy sync", source })?
+    }
+
+    fn sync_policies_blocking(&self, force: bool) -> Result<Option<crate::policy::program::PolicyReport>, AgentError> {
+        let Some(policies) = self.policies.clone() else { return Ok(None) };
+        let local: Vec<crate::policy::program::LocalEndpoint> = self
+            .endpoints
+            .list()?
+            .into_iter()
+            .filter_map(|e| {
+                let ips = e.ipv4.map(std::net::IpAddr::from).into_iter().chain(e.ipv6.map(std::net::IpAddr::from)).collect();
+                Some(crate::policy::program::LocalEndpoint { id: e.id, pod: format!("{}/{}", e.pod_namespace?, e.pod_name?), ips })
+            })
+            .collect();
+        let mut guard = self.datapath.lock().unwrap_or_else(|p| p.into_inner());
+        policies.sync(guard.as_mut(), &self.identities, local, force).map_err(|e| AgentError::Policy(e.to_string()))
+    }
+
+    /// The policy loop's last inputs and tables.
+    pub fn policy_snapshot(&self) -> Option<Arc<crate::policy::sync::PolicySnapshot>> {
+        self.policies.as_ref().map(|p| p.snapshot())
+    }
+
+    /// Names the policies behind a flow's rule cookie.
+    pub fn describe_policy_rule(&self, cookie: u32) -> Option<String> {
+        self.policies.as_ref()?.describe_rule(cookie)
     }
 
     /// The frontends as programmed, for `sluice service list`.

@@ -21,6 +21,7 @@ impl IntoResponse for AgentError {
         let status = match &self {
             AgentError::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
             AgentError::UnknownAttachment(_) => StatusCode::NOT_FOUND,
+            AgentError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AgentError::CheckFailed { .. } => StatusCode::CONFLICT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -52,6 +53,8 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route(paths::EVENTS_FOLLOW, get(follow_events))
         .route(paths::PREFLIGHT, get(|State(a): Shared| async move { Json(a.preflight()) }))
         .route(paths::SERVICES, get(|State(a): Shared| async move { Json(a.service_list()) }))
+        .route(paths::POLICY_TRACE, get(|State(a): Shared, Query(q): Query<crate::policy::api::TraceQuery>| async move { a.policy_trace(&q).map(Json) }))
+        .route(paths::POLICY_ENDPOINT, get(|State(a): Shared, Query(q): Query<crate::policy::api::EndpointQuery>| async move { a.policy_endpoint(&q).map(Json) }))
         .with_state(agent)
 }
 

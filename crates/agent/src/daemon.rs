@@ -38,6 +38,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         events_buffer_bytes: config.events_buffer_bytes,
         maglev_table_size: config.services.maglev_table_size,
         conntrack_entries: config.services.conntrack_entries,
+        policy_conntrack_entries: config.services.conntrack_entries,
         node_ipv4: node_addresses.iter().find_map(|a| match a {
             std::net::IpAddr::V4(v4) => Some(*v4),
             _ => None,
@@ -121,6 +122,10 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         config.state.path.clone(),
         config.services.clone(),
     ));
+    let policies = Arc::new(crate::policy::sync::Policies::new(
+        node_addresses.iter().copied().filter(|a| !is_link_local(a)).collect(),
+        config.state.path.clone(),
+    ));
     let observer = Arc::new(Observer::new(&config.node_name, config.flow_buffer));
     let reader = datapath.take_events().map(|ring| tokio::spawn(crate::observer::read_events(observer.clone(), ring)));
     let state: Option<Arc<dyn sluice_state::StateSource>> =
@@ -137,12 +142,16 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         observer,
         events: events.clone(),
         services: Some(services),
+        policies: Some(policies),
         socket_lb: socket_lb_status,
         xdp: xdp.clone(),
     })?);
     let report = agent.resync(true).await?;
     if let Err(e) = agent.sync_services(true).await {
         tracing::warn!("programming services at start: {e}");
+    }
+    if let Err(e) = agent.sync_policies(true).await {
+        tracing::warn!("programming policy at start: {e}");
     }
     let listener = crate::api::bind(&config.socket)?;
     tracing::info!(
@@ -185,7 +194,7 @@ async fn resync_loop(agent: Arc<Agent>, every: Duration) {
     }
 }
 
-/// Programs services within a fifth of a second of a store change; a full round every
+/// Programs services and policy within a fifth of a second of a store change; a full round every
 /// `resync` heals what a missed change left; conntrack is collected every `gc`.
 async fn service_loop(agent: Arc<Agent>, resync: Duration, gc: Duration) {
     let mut tick = tokio::time::interval(Duration::from_millis(200));
@@ -198,6 +207,9 @@ async fn service_loop(agent: Arc<Agent>, resync: Duration, gc: Duration) {
         }
         if let Err(e) = agent.sync_services(force).await {
             tracing::warn!("programming services: {e}");
+        }
+        if let Err(e) = agent.sync_policies(force).await {
+            tracing::warn!("programming policy: {e}");
         }
         if last_gc.elapsed() >= gc {
             last_gc = Instant::now();

@@ -49,6 +49,12 @@ pub enum AgentError {
     /// Services could not be programmed into the datapath.
     #[error("programming services: {0}")]
     Services(#[from] crate::services::program::ProgramError),
+    /// Policy could not be compiled or programmed.
+    #[error("policy: {0}")]
+    Policy(String),
+    /// A request named something that does not exist or is malformed.
+    #[error("{0}")]
+    BadRequest(String),
     /// `hostRouting: bpf` was asked for and the kernel cannot do it.
     #[error("host routing bpf was requested but is unavailable: {0}")]
     HostRoutingUnavailable(String),

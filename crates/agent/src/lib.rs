@@ -23,6 +23,7 @@ pub mod ipam;
 pub mod metrics;
 pub mod observer;
 pub mod plumber;
+pub mod policy;
 pub mod reconciler;
 pub mod services;
 

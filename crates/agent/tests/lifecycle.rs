@@ -462,6 +462,7 @@ fn state_dir(dir: &TempDir) -> PathBuf {
 fn start(config: &AgentConfig, db: &Arc<AgentDb>, datapath: &SharedFake, plumber: &FakePlumber, state: &Option<Arc<dyn StateSource>>) -> Agent {
     Agent::new(AgentParts {
         services: None,
+        policies: None,
         socket_lb: "off".into(),
         xdp: None,
         config: config.clone(),

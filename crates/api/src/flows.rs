@@ -12,9 +12,9 @@ pub struct Flow {
     /// Unix time in nanoseconds.
     pub time_unix_nanos: u64,
     pub node: String,
-    /// FORWARDED, DROPPED (later also AUDIT, REDIRECTED, TRANSLATED).
+    /// FORWARDED, DROPPED or AUDIT (an audit-mode policy would have dropped it).
     pub verdict: String,
-    /// `drop` or `trace` (later `policy-verdict`, `translation`).
+    /// `drop`, `trace` or `policy-verdict` (audit).
     pub event_type: String,
     /// Drop reason in words, for drops.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -22,7 +22,7 @@ pub struct Flow {
     /// Forwarding decision in words, for traces (`local endpoint`, `fib redirect`, `to stack`...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forward: Option<String>,
-    /// Where it was seen: `from-pod` or `from-netdev`.
+    /// Where it was seen: `from-pod`, `from-netdev` or `to-pod`.
     pub point: String,
     pub ifindex: u32,
     /// TCP, UDP, ICMPv4, ICMPv6, ARP or the EtherType / IP protocol number.
@@ -43,6 +43,16 @@ pub struct Flow {
     /// A one-line description for what has no address (ARP, unparsed frames).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub summary: Option<String>,
+    /// Policy verdicts (drops by policy, audit): the cookie of the entry that decided, 0 when
+    /// nothing matched and the endpoint's default decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_rule: Option<u32>,
+    /// Policy verdicts: the identity of the other end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_identity: Option<u32>,
+    /// Policy verdicts: the policies behind the entry, or why the default decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
 }
 
 /// One side of a flow.

@@ -51,4 +51,9 @@ pub mod paths {
     pub const PREFLIGHT: &str = "/v1/preflight";
     /// `GET`: the service frontends as programmed in the datapath, with their backends.
     pub const SERVICES: &str = "/v1/services";
+    /// `GET ?src=IP&dst=IP&proto=N&port=N` → `{node, trace, text}`: this node's explanation of
+    /// a connection's policy verdict (the sides that are pods on this node).
+    pub const POLICY_TRACE: &str = "/v1/policy/trace";
+    /// `GET ?pod=NAMESPACE/NAME` → the compiled policy entries of a pod on this node.
+    pub const POLICY_ENDPOINT: &str = "/v1/policy/endpoint";
 }

@@ -39,9 +39,20 @@ pub fn decode(ev: &datapath_event, node: &str, clock_offset: i128) -> Result<Flo
             let kind = FORWARD_KINDS.iter().find(|k| **k as u8 == ev.code).map(|k| forward_kind_name(*k).to_owned());
             ("FORWARDED", "trace", None, Some(kind.unwrap_or_else(|| format!("kind {}", ev.code))))
         }
+        t if t == sluice_abi::sluice_event_type::SLUICE_EVENT_POLICY_AUDIT as u32 => {
+            let reason = DROP_REASONS.iter().find(|r| **r as u8 == ev.code).map(|r| drop_reason_name(*r).to_owned());
+            ("AUDIT", "policy-verdict", Some(reason.unwrap_or_else(|| format!("reason {}", ev.code))), None)
+        }
         other => return Err(DecodeError::UnknownType(other as u8)),
     };
-    let point = if ev.point as u32 == sluice_abi::sluice_obs_point::SLUICE_POINT_FROM_NETDEV as u32 { "from-netdev" } else { "from-pod" };
+    let point = match ev.point as u32 {
+        p if p == sluice_abi::sluice_obs_point::SLUICE_POINT_FROM_NETDEV as u32 => "from-netdev",
+        p if p == sluice_abi::sluice_obs_point::SLUICE_POINT_TO_POD as u32 => "to-pod",
+        _ => "from-pod",
+    };
+    let is_policy = ev.code == sluice_abi::sluice_drop_reason::SLUICE_DROP_POLICY_INGRESS as u8
+        || ev.code == sluice_abi::sluice_drop_reason::SLUICE_DROP_POLICY_EGRESS as u8;
+    let policy_verdict = (verdict != "FORWARDED" && is_policy).then_some((ev.policy_rule, ev.peer_identity));
     let cap = (ev.cap_len as usize).min(ev.data.len());
     let headers = parse_headers(&ev.data[..cap]);
     Ok(Flow {
@@ -61,6 +72,9 @@ pub fn decode(ev: &datapath_event, node: &str, clock_offset: i128) -> Result<Flo
         length: ev.orig_len,
         truncated: headers.truncated,
         summary: headers.summary,
+        policy_rule: policy_verdict.map(|(rule, _)| rule),
+        peer_identity: policy_verdict.map(|(_, id)| id),
+        policy: None,
     })
 }
 

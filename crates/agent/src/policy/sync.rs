@@ -1,0 +1,256 @@
+//! The agent's policy loop: reads pods, namespaces and every policy kind from the state
+//! source, gives every pod's label set and every policy CIDR a number (held in the identity
+//! allocator while in use), compiles this node's tables with the engine and programs them.
+//! A round runs when the store or the set of local endpoints changed, and on every resync.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use ipnet::IpNet;
+use sluice_datapath::{DatapathTables, PolicyTables};
+use sluice_model::LabelSet;
+use sluice_policy::{ClusterView, Compiled, EndpointView, Policy};
+
+use super::program::{LocalEndpoint, PolicyProgrammer, PolicyReport};
+use crate::identity::Identities;
+
+/// The inputs and output of the last round: what `policy trace` and `policy get` explain.
+#[derive(Debug, Clone, Default)]
+pub struct PolicySnapshot {
+    pub policies: Vec<Policy>,
+    pub view: ClusterView,
+    pub compiled: Compiled,
+}
+
+/// What the last rounds did, for status and metrics.
+#[derive(Debug, Clone, Default)]
+pub struct PolicyStats {
+    pub policies: usize,
+    pub entries: usize,
+    pub last_compile_micros: u64,
+    pub last_program_micros: u64,
+    pub last_error: Option<String>,
+    pub conntrack_collected: u64,
+}
+
+pub struct Policies {
+    node_addresses: Vec<IpAddr>,
+    store: Option<sluice_state::LocalStore>,
+    programmer: Mutex<Option<PolicyProgrammer>>,
+    /// Store time and local endpoints of the last good round.
+    seen: Mutex<Option<(Option<SystemTime>, Vec<LocalEndpoint>)>>,
+    /// Identities this loop holds: owner key -> label set.
+    held: Mutex<BTreeMap<String, (BTreeMap<String, String>, u32)>>,
+    snapshot: Mutex<Arc<PolicySnapshot>>,
+    stats: Mutex<PolicyStats>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Why a round failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("reading the state store: {0}")]
+    Store(#[from] sluice_state::StoreError),
+    #[error("allocating an identity: {0}")]
+    Identity(#[from] crate::identity::IdentityError),
+    #[error("programming the policy maps: {0}")]
+    Datapath(#[from] sluice_datapath::DatapathError),
+}
+
+// === impl Policies ===
+
+impl Policies {
+    pub fn new(node_addresses: Vec<IpAddr>, store: Option<PathBuf>) -> Self {
+        Self {
+            node_addresses,
+            store: store.map(sluice_state::LocalStore::new),
+            programmer: Mutex::new(None),
+            seen: Mutex::new(None),
+            held: Mutex::new(BTreeMap::new()),
+            snapshot: Mutex::new(Arc::new(PolicySnapshot::default())),
+            stats: Mutex::new(PolicyStats::default()),
+        }
+    }
+
+    pub fn snapshot(&self) -> Arc<PolicySnapshot> {
+        lock(&self.snapshot).clone()
+    }
+
+    pub fn stats(&self) -> PolicyStats {
+        lock(&self.stats).clone()
+    }
+
+    /// The rules behind a cookie of a flow, in words.
+    pub fn describe_rule(&self, cookie: u32) -> Option<String> {
+        let guard = lock(&self.programmer);
+        let rules = guard.as_ref()?.rules_of(cookie)?;
+        let names: BTreeSet<String> = rules
+            .iter()
+            .map(|r| {
+                let ns = r.policy.namespace.as_deref().map(|n| format!("{n}/")).unwrap_or_default();
+                format!("{} {ns}{} ({} rule {})", r.policy.kind, r.policy.name, if r.ingress { "ingress" } else { "egress" }, r.index)
+            })
+            .collect();
+        Some(names.into_iter().collect::<Vec<_>>().join(", "))
+    }
+
+    /// One round; `None` when nothing changed.
+    pub fn sync(&self, datapath: &mut dyn DatapathTables, identities: &Identities, local: Vec<LocalEndpoint>, force: bool) -> Result<Option<PolicyReport>, PolicyError> {
+        let Some(store) = &self.store else { return Ok(None) };
+        let mtime = std::fs::metadata(store.path()).and_then(|m| m.modified()).ok();
+        if !force && lock(&self.seen).as_ref() == Some(&(mtime, local.clone())) {
+            return Ok(None);
+        }
+        let started = Instant::now();
+        let result = self.round(store, datapath, identities, &local, started);
+        let mut stats = lock(&self.stats);
+        match &result {
+            Ok(_) => {
+                *lock(&self.seen) = Some((mtime, local));
+                stats.last_error = None;
+            }
+            Err(e) => stats.last_error = Some(e.to_string()),
+        }
+        result.map(Some)
+    }
+
+    fn round(&self, store: &sluice_state::LocalStore, datapath: &mut dyn DatapathTables, identities: &Identities, local: &[LocalEndpoint], started: Instant) -> Result<PolicyReport, PolicyError> {
+        let objects = store.load()?;
+        let policies = sluice_state::lowered_policies(&objects);
+        let local_pods: BTreeMap<&str, &LocalEndpoint> = local.iter().map(|e| (e.pod.as_str(), e)).collect();
+        let mut wanted: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+        let mut endpoints = Vec::new();
+        let mut remote_nodes = BTreeSet::new();
+        let empty = BTreeMap::new();
+        for (key, pod) in &objects.pods {
+            let mut ips: Vec<IpAddr> = pod.status.as_ref().and_then(|s| s.pod_ips.as_ref()).map(|ips| ips.iter().filter_map(|i| i.ip.parse().ok()).collect()).unwrap_or_default();
+            if let Some(ep) = local_pods.get(key.as_str()) {
+                // A pod being added: its addresses are known here before the store has them.
+                ips.clone_from(&ep.ips);
+            }
+            if ips.is_empty() {
+                continue;
+            }
+            let namespace = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+            let ns_labels = objects.namespaces.get(&namespace).and_then(|n| n.metadata.labels.as_ref()).unwrap_or(&empty);
+            let labels = LabelSet::for_pod(pod.metadata.labels.as_ref().unwrap_or(&empty), &namespace, ns_labels);
+            let owner = format!("policy:pod:{key}");
+            wanted.insert(owner.clone(), labels.as_map().clone());
+            let is_local = local_pods.contains_key(key.as_str());
+            if !is_local {
+                if let Some(host) = pod.status.as_ref().and_then(|s| s.host_ip.as_ref()).and_then(|h| h.parse::<IpAddr>().ok()) {
+                    remote_nodes.insert(host);
+                }
+            }
+            endpoints.push((owner, EndpointView { key: key.clone(), namespace, labels, identity: 0, ips, local: is_local, named_ports: named_ports(pod) }));
+        }
+        for cidr in sluice_policy::required_cidrs(&policies) {
+            let mut labels = BTreeMap::new();
+            labels.insert(format!("cidr:{cidr}"), String::new());
+            wanted.insert(format!("policy:cidr:{cidr}"), labels);
+        }
+        let ids = self.hold(identities, &wanted)?;
+        let mut view = ClusterView::default();
+        for (owner, mut ep) in endpoints {
+            ep.identity = ids.get(&owner).copied().unwrap_or(sluice_policy::IDENTITY_WORLD);
+            view.endpoints.push(ep);
+        }
+        for (owner, id) in &ids {
+            if let Some(cidr) = owner.strip_prefix("policy:cidr:").and_then(|c| c.parse::<IpNet>().ok()) {
+                view.cidr_identities.insert(cidr, *id);
+            }
+        }
+        view.local_node_ips = self.node_addresses.clone();
+        view.remote_node_ips = remote_nodes.into_iter().filter(|a| !self.node_addresses.contains(a)).collect();
+        let compiled = sluice_policy::compile(&policies, &view);
+        let compile_micros = started.elapsed().as_micros() as u64;
+
+        let mut guard = lock(&self.programmer);
+        if guard.is_none() {
+            *guard = Some(PolicyProgrammer::adopt(datapath)?);
+        }
+        let programmer = guard.as_mut().ok_or_else(|| PolicyError::Datapath(sluice_datapath::DatapathError::os("policy programmer", std::io::Error::other("missing"))))?;
+        let report = programmer.program(datapath, &compiled, local)?;
+        let mut stats = lock(&self.stats);
+        stats.policies = policies.len();
+        stats.entries = programmer.entry_count();
+        stats.last_compile_micros = compile_micros;
+        stats.last_program_micros = started.elapsed().as_micros() as u64;
+        drop(stats);
+        *lock(&self.snapshot) = Arc::new(PolicySnapshot { policies, view, compiled });
+        Ok(report)
+    }
+
+    /// Holds an identity for every wanted owner (acquiring only what is new or changed) and
+    /// releases the rest; returns owner -> identity.
+    fn hold(&self, identities: &Identities, wanted: &BTreeMap<String, BTreeMap<String, String>>) -> Result<BTreeMap<String, u32>, PolicyError> {
+        let mut held = lock(&self.held);
+        let gone: Vec<String> = held.keys().filter(|k| !wanted.contains_key(*k)).cloned().collect();
+        for owner in gone {
+            identities.release(&owner)?;
+            held.remove(&owner);
+        }
+        let mut out = BTreeMap::new();
+        for (owner, labels) in wanted {
+            let id = match held.get(owner) {
+                Some((l, id)) if l == labels => *id,
+                _ => {
+                    let id = identities.acquire(labels, owner)?;
+                    held.insert(owner.clone(), (labels.clone(), id));
+                    id
+                }
+            };
+            out.insert(owner.clone(), id);
+        }
+        Ok(out)
+    }
+
+    /// Removes policy conntrack entries idle past their timeout (the service timeouts).
+    pub fn collect_conntrack(&self, datapath: &mut dyn PolicyTables, tcp: u64, closing: u64, other: u64) -> Result<usize, sluice_datapath::DatapathError> {
+        let now = crate::services::sync::monotonic_ns();
+        let secs = |s: u64| s.saturating_mul(1_000_000_000);
+        let mut removed = 0;
+        for (key, entry) in datapath.policy_conntrack()? {
+            let timeout = if key.proto == 6 {
+                if entry.flags & sluice_abi::SLUICE_PCT_F_CLOSING as u8 != 0 {
+                    secs(closing)
+                } else {
+                    secs(tcp)
+                }
+            } else {
+                secs(other)
+            };
+            if now.saturating_sub(entry.last_seen_ns) > timeout {
+                datapath.remove_policy_conntrack(&key)?;
+                removed += 1;
+            }
+        }
+        lock(&self.stats).conntrack_collected += removed as u64;
+        Ok(removed)
+    }
+}
+
+/// A pod's named container ports: name -> (IP protocol, port).
+fn named_ports(pod: &k8s_openapi::api::core::v1::Pod) -> BTreeMap<String, (u8, u16)> {
+    let mut out = BTreeMap::new();
+    for c in pod.spec.iter().flat_map(|s| s.containers.iter()) {
+        for p in c.ports.iter().flatten() {
+            let Some(name) = &p.name else { continue };
+            let proto = match p.protocol.as_deref().unwrap_or("TCP") {
+                "UDP" => sluice_policy::PROTO_UDP,
+                "SCTP" => sluice_policy::PROTO_SCTP,
+                _ => sluice_policy::PROTO_TCP,
+            };
+            if let Ok(port) = u16::try_from(p.container_port) {
+                out.insert(name.clone(), (proto, port));
+            }
+        }
+    }
+    out
+}
