@@ -65,6 +65,11 @@ pub enum Command {
         #[command(subcommand)]
         command: ServiceCommand,
     },
+    /// Network policy: explain a verdict, show a pod's compiled entries.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// Flows as the datapath sees them: forwarded and dropped packets, named.
     Observe(ObserveArgs),
     /// The node's metrics (Prometheus text format).
@@ -339,6 +344,38 @@ pub enum ServiceCommand {
     List {
         #[arg(long)]
         node: Option<String>,
+        #[arg(short, long)]
+        output: Option<Output>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Explain the verdict of a connection: the policies selecting each side, the identities,
+    /// the entries the datapath matches and the rules behind them.
+    Trace {
+        /// Source pod: NAME or NAMESPACE/NAME.
+        #[arg(long)]
+        from: String,
+        /// Destination: a pod (NAME or NAMESPACE/NAME) or an IP address.
+        #[arg(long)]
+        to: String,
+        /// Destination port (ICMP: the type).
+        #[arg(long)]
+        port: u16,
+        /// tcp, udp, sctp or icmp.
+        #[arg(long, default_value = "tcp")]
+        proto: String,
+        /// Trace over IPv6 instead of IPv4.
+        #[arg(long, short = '6')]
+        ipv6: bool,
+        #[arg(short, long)]
+        output: Option<Output>,
+    },
+    /// Show a pod's compiled policy entries (from its node's agent).
+    Get {
+        /// NAME or NAMESPACE/NAME.
+        pod: String,
         #[arg(short, long)]
         output: Option<Output>,
     },

@@ -8,6 +8,7 @@ mod lab_cmds;
 mod node_cmds;
 mod observe_cmds;
 mod output;
+mod policy_cmds;
 mod probe_cmds;
 
 use std::process::ExitCode;
@@ -56,6 +57,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Service { command: args::ServiceCommand::List { node, output } } => {
                 node_cmds::service_list(&target, node.as_deref(), output).await
             }
+            Command::Policy { command: args::PolicyCommand::Trace { from, to, port, proto, ipv6, output } } => {
+                policy_cmds::trace(&cli.lab, &from, &to, port, &proto, ipv6, output).await
+            }
+            Command::Policy { command: args::PolicyCommand::Get { pod, output } } => policy_cmds::get(&cli.lab, &pod, output).await,
             Command::Observe(args) => observe_cmds::observe(&target, args).await,
             Command::Metrics { node } => observe_cmds::metrics(&target, node.as_deref()).await,
             Command::Up { nodes, host_routing, guard, monitor, service_cidrs, node_port_range, xdp } => {
