@@ -205,9 +205,11 @@ pub struct RuleView<'a> {
 // === impl RuleView ===
 
 impl RuleView<'_> {
-    /// True when the rule names no peer at all.
+    /// True when the rule names no peer at all (absent and empty lists alike): it then speaks
+    /// of every peer.
     pub fn has_no_peer_field(&self) -> bool {
-        self.endpoints.1.is_none() && self.entities.1.is_none() && self.cidr.1.is_none() && self.cidr_set.1.is_none()
+        let lengths = [self.endpoints.1.map(<[_]>::len), self.entities.1.map(<[_]>::len), self.cidr.1.map(<[_]>::len), self.cidr_set.1.map(<[_]>::len)];
+        lengths.iter().all(|n| n.unwrap_or(0) == 0)
     }
 }
 
