@@ -340,7 +340,7 @@ impl Agent {
             Some(state) => state.pod_label_set(ns, name)?,
             None => None,
         };
-        let set = known.unwrap_or_else(|| sluice_model::LabelSet::for_pod(&BTreeMap::new(), ns, &BTreeMap::new()));
+        let set = known.unwrap_or_else(|| sluice_model::LabelSet::for_pod(&BTreeMap::new(), ns, &sluice_model::labels::namespace_labels(ns, None)));
         Ok(set.as_map().clone())
     }
 

@@ -860,7 +860,7 @@ async fn pods_with_equal_labels_share_an_identity() {
     assert_ne!(d1.identity, w1.identity, "pods with other labels get another identity");
     assert_eq!(&w1.labels, web.as_map(), "the endpoint records the label set its identity stands for");
     assert_eq!(&d1.labels, db.as_map(), "the endpoint records its own labels");
-    assert_eq!(&u1.labels, LabelSet::for_pod(&BTreeMap::new(), "default", &BTreeMap::new()).as_map(), "a pod the state source does not know gets its namespace only");
+    assert_eq!(&u1.labels, LabelSet::for_pod(&BTreeMap::new(), "default", &sluice_model::labels::namespace_labels("default", None)).as_map(), "a pod the state source does not know gets its namespace and the namespace's name label only");
     assert!(bare.labels.is_empty(), "an attachment without pod arguments has no labels");
     let ids = BTreeSet::from([w1.identity, d1.identity, u1.identity, bare.identity]);
     assert_eq!(ids.len(), 4, "four distinct label sets, four identities: {ids:?}");

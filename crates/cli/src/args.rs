@@ -131,7 +131,8 @@ pub enum Command {
         #[arg(long, default_value = "node0")]
         node: String,
     },
-    /// Create or update objects from a manifest (Namespace, Pod, Service, EndpointSlice).
+    /// Create or update objects from a manifest (Namespace, Pod, Service, EndpointSlice,
+    /// NetworkPolicy, SluiceNetworkPolicy, SluiceClusterwideNetworkPolicy).
     Apply {
         #[arg(short = 'f', long)]
         file: PathBuf,
@@ -139,7 +140,8 @@ pub enum Command {
         #[arg(long, default_value = "60s", value_parser = parse_duration)]
         timeout: Duration,
     },
-    /// List objects: pods, namespaces, services, endpointslices.
+    /// List objects: pods, namespaces, services, endpointslices, networkpolicies (netpol),
+    /// sluicenetworkpolicies (snp), sluiceclusterwidenetworkpolicies (scnp).
     Get {
         resource: String,
         name: Option<String>,
@@ -151,7 +153,7 @@ pub enum Command {
         output: Option<Output>,
     },
     /// Delete objects from a manifest, or by kind and name (`delete pod web`,
-    /// `delete service web`).
+    /// `delete service web`, `delete networkpolicy web`).
     Delete {
         #[arg(short = 'f', long)]
         file: Option<PathBuf>,

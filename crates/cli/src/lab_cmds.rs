@@ -8,6 +8,7 @@ use anyhow::{bail, Context};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use sluice_lab::{Lab, UpOptions};
+use sluice_model::policy::{EnforcementMode, PolicySpec};
 use sluice_model::service::{MANAGED_BY_LABEL, SLUICE_CONTROLLER};
 use sluice_model::ServiceRanges;
 
@@ -91,9 +92,15 @@ pub fn get(lab: &str, resource: &str, name: Option<&str>, namespace: &str, all: 
         "namespaces" | "namespace" | "ns" => get_namespaces(&lab, name, output),
         "services" | "service" | "svc" => get_services(&lab, name, if all { None } else { Some(namespace) }, output),
         "endpointslices" | "endpointslice" => get_endpoint_slices(&lab, name, if all { None } else { Some(namespace) }, output),
-        other => bail!("unknown resource type {other:?} (supported: pods, namespaces, services, endpointslices)"),
+        "networkpolicies" | "networkpolicy" | "netpol" => get_network_policies(&lab, name, if all { None } else { Some(namespace) }, output),
+        "sluicenetworkpolicies" | "sluicenetworkpolicy" | "snp" => get_sluice_policies(&lab, name, if all { None } else { Some(namespace) }, output),
+        "sluiceclusterwidenetworkpolicies" | "sluiceclusterwidenetworkpolicy" | "scnp" => get_clusterwide_policies(&lab, name, output),
+        other => bail!("unknown resource type {other:?} (supported: {GET_RESOURCES})"),
     }
 }
+
+/// What `get` lists, for its error message.
+const GET_RESOURCES: &str = "pods, namespaces, services, endpointslices, networkpolicies (netpol), sluicenetworkpolicies (snp), sluiceclusterwidenetworkpolicies (scnp)";
 
 /// Keeps only the object named `name`, when one is asked for; none is an error naming the kind
 /// and where it was looked for (`where_`: " in namespace ..." or empty).
@@ -304,6 +311,120 @@ fn slice_columns(slice: &EndpointSlice) -> [String; 4] {
     [slice.address_type.clone(), ports, endpoints, if derived { "derived" } else { "applied" }.into()]
 }
 
+fn get_network_policies(lab: &Lab, name: Option<&str>, namespace: Option<&str>, output: Option<Output>) -> anyhow::Result<ExitCode> {
+    let mut policies = lab.network_policies(namespace)?;
+    select_named(&mut policies, name, "networkpolicy", &in_namespace(namespace))?;
+    if let Some(o @ (Output::Json | Output::Yaml)) = output {
+        print_objects(policies, name.is_some(), o)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows = policies.iter().map(|p| {
+        let selector = p.spec.as_ref().map(|s| selector_text(&s.pod_selector)).unwrap_or_else(|| "<none>".into());
+        (p.metadata.namespace.clone(), vec![p.metadata.name.clone().unwrap_or_default(), selector, age(p.metadata.creation_timestamp.as_ref())])
+    });
+    print_policy_table(&["NAME", "POD-SELECTOR", "AGE"], rows, namespace, "network policies");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn get_sluice_policies(lab: &Lab, name: Option<&str>, namespace: Option<&str>, output: Option<Output>) -> anyhow::Result<ExitCode> {
+    let mut policies = lab.sluice_policies(namespace)?;
+    select_named(&mut policies, name, "sluicenetworkpolicy", &in_namespace(namespace))?;
+    if let Some(o @ (Output::Json | Output::Yaml)) = output {
+        print_objects(policies, name.is_some(), o)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows = policies.iter().map(|p| {
+        let mut row = vec![p.metadata.name.clone().unwrap_or_default()];
+        row.extend(sluice_policy_columns(p.spec.as_ref()));
+        row.push(age(p.metadata.creation_timestamp.as_ref()));
+        (p.metadata.namespace.clone(), row)
+    });
+    print_policy_table(&["NAME", "ENDPOINT-SELECTOR", "MODE", "RULES", "AGE"], rows, namespace, "Sluice network policies");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn get_clusterwide_policies(lab: &Lab, name: Option<&str>, output: Option<Output>) -> anyhow::Result<ExitCode> {
+    let mut policies = lab.clusterwide_policies()?;
+    select_named(&mut policies, name, "sluiceclusterwidenetworkpolicy", "")?;
+    if let Some(o @ (Output::Json | Output::Yaml)) = output {
+        print_objects(policies, name.is_some(), o)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut table = Table::new(&["NAME", "ENDPOINT-SELECTOR", "MODE", "RULES", "AGE"]);
+    for p in &policies {
+        let mut row = vec![p.metadata.name.clone().unwrap_or_default()];
+        row.extend(sluice_policy_columns(p.spec.as_ref()));
+        row.push(age(p.metadata.creation_timestamp.as_ref()));
+        table.row(row);
+    }
+    if policies.is_empty() {
+        eprintln!("No Sluice cluster-wide network policies found.");
+    } else {
+        table.print();
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A table of namespaced policies: a NAMESPACE column first when listing every namespace.
+fn print_policy_table(header: &[&str], rows: impl Iterator<Item = (Option<String>, Vec<String>)>, namespace: Option<&str>, what: &str) {
+    let all = namespace.is_none();
+    let mut full_header = vec![];
+    if all {
+        full_header.push("NAMESPACE");
+    }
+    full_header.extend(header);
+    let mut table = Table::new(&full_header);
+    let mut empty = true;
+    for (ns, row) in rows {
+        empty = false;
+        let mut full_row = vec![];
+        if all {
+            full_row.push(ns.unwrap_or_default());
+        }
+        full_row.extend(row);
+        table.row(full_row);
+    }
+    if empty {
+        eprintln!("No {what} found in {}.", namespace.map(|n| format!("namespace {n}")).unwrap_or_else(|| "any namespace".into()));
+    } else {
+        table.print();
+    }
+}
+
+/// A selector as kubectl shows one: `app=web,tier in (a,b)`, `<none>` when it selects all.
+fn selector_text(selector: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector) -> String {
+    let mut parts: Vec<String> = selector.match_labels.iter().flatten().map(|(k, v)| format!("{k}={v}")).collect();
+    for requirement in selector.match_expressions.iter().flatten() {
+        let values = requirement.values.clone().unwrap_or_default().join(",");
+        parts.push(match requirement.operator.as_str() {
+            "In" => format!("{} in ({values})", requirement.key),
+            "NotIn" => format!("{} notin ({values})", requirement.key),
+            "Exists" => requirement.key.clone(),
+            _ => format!("!{}", requirement.key),
+        });
+    }
+    if parts.is_empty() {
+        "<none>".into()
+    } else {
+        parts.join(",")
+    }
+}
+
+/// ENDPOINT-SELECTOR, MODE and RULES (how many of each direction: `ingress=1,egressDeny=2`).
+fn sluice_policy_columns(spec: Option<&PolicySpec>) -> [String; 3] {
+    let Some(spec) = spec else { return ["<none>".into(), "enforce".into(), "<none>".into()] };
+    let selector = spec.endpoint_selector.as_ref().map(selector_text).unwrap_or_else(|| "<none>".into());
+    let mode = match spec.enforcement_mode.unwrap_or_default() {
+        EnforcementMode::Enforce => "enforce",
+        EnforcementMode::Audit => "audit",
+    };
+    let ingress = spec.ingress_lists().map(|(field, rules, _)| (field, rules.len()));
+    let egress = spec.egress_lists().map(|(field, rules, _)| (field, rules.len()));
+    let counts: Vec<String> = ingress.into_iter().chain(egress).filter(|(_, n)| *n > 0).map(|(field, n)| format!("{field}={n}")).collect();
+    let rules = if counts.is_empty() { "<none>".into() } else { counts.join(",") };
+    [selector, mode.into(), rules]
+}
+
 pub async fn delete(lab: &str, file: Option<&Path>, resource: &[String], namespace: &str) -> anyhow::Result<ExitCode> {
     let mut lab = Lab::open_locked(lab, sluice_binary()?)?;
     let mut report = |s: &str| println!("{s}");
@@ -317,9 +438,12 @@ pub async fn delete(lab: &str, file: Option<&Path>, resource: &[String], namespa
             "namespace" | "namespaces" | "ns" => lab.delete_namespace(name, &mut report).await?,
             "service" | "services" | "svc" => lab.delete_service(namespace, name, false, &mut report)?,
             "endpointslice" | "endpointslices" => lab.delete_endpoint_slice(namespace, name, false, &mut report)?,
-            other => bail!("unknown resource type {other:?} (supported: pod, namespace, service, endpointslice)"),
+            "networkpolicy" | "networkpolicies" | "netpol" => lab.delete_network_policy(namespace, name, false, &mut report)?,
+            "sluicenetworkpolicy" | "sluicenetworkpolicies" | "snp" => lab.delete_sluice_policy(namespace, name, false, &mut report)?,
+            "sluiceclusterwidenetworkpolicy" | "sluiceclusterwidenetworkpolicies" | "scnp" => lab.delete_clusterwide_policy(name, false, &mut report)?,
+            other => bail!("unknown resource type {other:?} (supported: pod, namespace, service, endpointslice, networkpolicy, sluicenetworkpolicy, sluiceclusterwidenetworkpolicy)"),
         },
-        _ => bail!("usage: sluice delete -f FILE | sluice delete pod|service|endpointslice NAME [-n NS] | sluice delete namespace NAME"),
+        _ => bail!("usage: sluice delete -f FILE | sluice delete pod|service|endpointslice|networkpolicy|sluicenetworkpolicy NAME [-n NS] | sluice delete namespace|sluiceclusterwidenetworkpolicy NAME"),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -349,6 +473,19 @@ mod tests {
             ["LoadBalancer".to_owned(), "198.18.128.5".into(), "<pending>".into(), "80:30080/TCP,53/UDP".into()],
             "type, cluster IP, pending external IP, ports"
         );
+    }
+
+    #[test]
+    fn policy_columns_read_like_kubectl() {
+        let text = "apiVersion: sluice.dev/v1\nkind: SluiceNetworkPolicy\nmetadata: {name: p}\nspec: {endpointSelector: {matchLabels: {app: web}, matchExpressions: [{key: tier, operator: In, values: [a, b]}, {key: canary, operator: DoesNotExist}]}, enforcementMode: audit, ingress: [{}], egressDeny: [{toEntities: [world]}, {toCIDR: [192.0.2.0/24]}]}\n";
+        let objects = sluice_model::parse_manifests("p.yaml", text).unwrap();
+        let sluice_model::Object::SluiceNetworkPolicy(policy) = &objects[0] else { panic!("expected a SluiceNetworkPolicy") };
+        assert_eq!(
+            sluice_policy_columns(policy.spec.as_ref()),
+            ["app=web,tier in (a,b),!canary".to_owned(), "audit".into(), "ingress=1,egressDeny=2".into()],
+            "selector, mode, rule counts"
+        );
+        assert_eq!(selector_text(&Default::default()), "<none>", "an empty selector");
     }
 
     #[test]

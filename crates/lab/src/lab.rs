@@ -9,8 +9,10 @@ use std::time::Duration;
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Namespace, Pod, PodCondition, PodIP, PodStatus, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use nix::fcntl::{Flock, FlockArg};
+use sluice_model::policy::{SluiceClusterwideNetworkPolicy, SluiceNetworkPolicy};
 use sluice_model::{Allocator, Object, ServiceRanges};
 use sluice_state::{LocalStore, Store, StoreError};
 
@@ -332,8 +334,8 @@ impl Lab {
         }
     }
 
-    /// Deletes what a manifest names (services, endpoint slices, pods, and namespaces with
-    /// everything in them).
+    /// Deletes what a manifest names (services, endpoint slices, policies, pods, and
+    /// namespaces with everything in them).
     pub async fn delete_manifest(&mut self, file: &str, text: &str, progress: &mut dyn FnMut(&str)) -> Result<(), LabError> {
         let objects = sluice_model::parse_manifests(file, text)?;
         for object in &objects {
@@ -341,6 +343,9 @@ impl Lab {
             match object {
                 Object::Service(_) => self.delete_service(ns, object.name(), true, progress)?,
                 Object::EndpointSlice(_) => self.delete_endpoint_slice(ns, object.name(), true, progress)?,
+                Object::NetworkPolicy(_) => self.delete_network_policy(ns, object.name(), true, progress)?,
+                Object::SluiceNetworkPolicy(_) => self.delete_sluice_policy(ns, object.name(), true, progress)?,
+                Object::SluiceClusterwideNetworkPolicy(_) => self.delete_clusterwide_policy(object.name(), true, progress)?,
                 Object::Pod(_) | Object::Namespace(_) => {}
             }
         }
@@ -363,6 +368,8 @@ impl Lab {
         let existed = self.store.update(|s| {
             s.services.retain(|key, _| !key.starts_with(&prefix));
             s.endpoint_slices.retain(|key, _| !key.starts_with(&prefix));
+            s.network_policies.retain(|key, _| !key.starts_with(&prefix));
+            s.sluice_policies.retain(|key, _| !key.starts_with(&prefix));
             Ok(s.namespaces.remove(name).is_some())
         })?;
         if existed {
@@ -385,6 +392,32 @@ impl Lab {
         let key = Store::key(namespace, name);
         let existed = self.store.update(|s| Ok(s.endpoint_slices.remove(&key).is_some()))?;
         report_delete("endpointslice", namespace, name, existed, missing_ok, progress)
+    }
+
+    /// Deletes a NetworkPolicy.
+    pub fn delete_network_policy(&mut self, namespace: &str, name: &str, missing_ok: bool, progress: &mut dyn FnMut(&str)) -> Result<(), LabError> {
+        let key = Store::key(namespace, name);
+        let existed = self.store.update(|s| Ok(s.network_policies.remove(&key).is_some()))?;
+        report_delete("networkpolicy", namespace, name, existed, missing_ok, progress)
+    }
+
+    /// Deletes a SluiceNetworkPolicy.
+    pub fn delete_sluice_policy(&mut self, namespace: &str, name: &str, missing_ok: bool, progress: &mut dyn FnMut(&str)) -> Result<(), LabError> {
+        let key = Store::key(namespace, name);
+        let existed = self.store.update(|s| Ok(s.sluice_policies.remove(&key).is_some()))?;
+        report_delete("sluicenetworkpolicy", namespace, name, existed, missing_ok, progress)
+    }
+
+    /// Deletes a SluiceClusterwideNetworkPolicy.
+    pub fn delete_clusterwide_policy(&mut self, name: &str, missing_ok: bool, progress: &mut dyn FnMut(&str)) -> Result<(), LabError> {
+        let existed = self.store.update(|s| Ok(s.clusterwide_policies.remove(name).is_some()))?;
+        let kind = "sluiceclusterwidenetworkpolicy";
+        match (existed, missing_ok) {
+            (true, _) => progress(&format!("{kind}/{name} deleted")),
+            (false, true) => progress(&format!("{kind}/{name} not found")),
+            (false, false) => return Err(LabError::Invalid(format!("{kind} {name} not found"))),
+        }
+        Ok(())
     }
 
     /// Deletes a pod: stops it, releases its network, removes it from the store.
@@ -462,6 +495,23 @@ impl Lab {
         Ok(store.services.into_iter().filter(|(key, _)| in_namespace(key, namespace)).map(|(_, s)| s).collect())
     }
 
+    /// NetworkPolicies as applied; `namespace` None means all.
+    pub fn network_policies(&self, namespace: Option<&str>) -> Result<Vec<NetworkPolicy>, LabError> {
+        let store = self.store.load()?;
+        Ok(store.network_policies.into_iter().filter(|(key, _)| in_namespace(key, namespace)).map(|(_, p)| p).collect())
+    }
+
+    /// SluiceNetworkPolicies as applied; `namespace` None means all.
+    pub fn sluice_policies(&self, namespace: Option<&str>) -> Result<Vec<SluiceNetworkPolicy>, LabError> {
+        let store = self.store.load()?;
+        Ok(store.sluice_policies.into_iter().filter(|(key, _)| in_namespace(key, namespace)).map(|(_, p)| p).collect())
+    }
+
+    /// SluiceClusterwideNetworkPolicies as applied.
+    pub fn clusterwide_policies(&self) -> Result<Vec<SluiceClusterwideNetworkPolicy>, LabError> {
+        Ok(self.store.load()?.clusterwide_policies.into_values().collect())
+    }
+
     /// Endpoint slices: those applied by hand, then those derived from the pods (with their
     /// live phase) for every service with a selector. Derived slices carry the label
     /// `endpointslice.kubernetes.io/managed-by: endpointslice-controller.sluice.io`.
@@ -527,9 +577,9 @@ fn now() -> chrono::DateTime<chrono::Utc> {
     chrono::Utc::now()
 }
 
-fn namespace_object(name: &str, mut labels: BTreeMap<String, String>) -> Namespace {
+fn namespace_object(name: &str, labels: BTreeMap<String, String>) -> Namespace {
     // As the API server does: every namespace carries its own name as a label.
-    labels.insert("kubernetes.io/metadata.name".into(), name.into());
+    let labels = sluice_model::labels::namespace_labels(name, Some(&labels));
     Namespace {
         metadata: ObjectMeta { name: Some(name.into()), labels: Some(labels), creation_timestamp: Some(Time(now())), ..Default::default() },
         ..Default::default()
@@ -565,6 +615,9 @@ fn apply_objects(store: &mut Store, file: &str, objects: &[Object], nodes: &[Str
                 applied.push(result);
             }
             Object::EndpointSlice(slice) => applied.push(apply_endpoint_slice(store, slice, ns)),
+            Object::NetworkPolicy(policy) => applied.push(apply_as_given(&mut store.network_policies, Store::key(ns, object.name()), policy, Some(ns))),
+            Object::SluiceNetworkPolicy(policy) => applied.push(apply_as_given(&mut store.sluice_policies, Store::key(ns, object.name()), policy, Some(ns))),
+            Object::SluiceClusterwideNetworkPolicy(policy) => applied.push(apply_as_given(&mut store.clusterwide_policies, object.name().to_owned(), policy, None)),
         }
     }
     Ok((applied, to_start))
@@ -734,26 +787,37 @@ fn apply_service(store: &mut Store, allocator: &mut Allocator, service: &Service
 
 /// Stores an endpoint slice as given: it is how a service without a selector gets backends.
 fn apply_endpoint_slice(store: &mut Store, slice: &EndpointSlice, ns: &str) -> AppliedObject {
-    let name = slice.metadata.name.clone().unwrap_or_default();
-    let key = Store::key(ns, &name);
-    let mut wanted = slice.clone();
-    wanted.metadata.namespace = Some(ns.into());
-    let action = match store.endpoint_slices.get(&key) {
+    let key = Store::key(ns, slice.metadata.name.as_deref().unwrap_or_default());
+    apply_as_given(&mut store.endpoint_slices, key, slice, Some(ns))
+}
+
+/// Stores an object as given (endpoint slices, policies) under `key`, keeping the uid and
+/// creation time of the object it replaces; `ns` is `None` for cluster-scoped kinds.
+fn apply_as_given<T>(map: &mut BTreeMap<String, T>, key: String, object: &T, ns: Option<&str>) -> AppliedObject
+where
+    T: k8s_openapi::Resource + k8s_openapi::Metadata<Ty = ObjectMeta> + Clone + PartialEq,
+{
+    let name = object.metadata().name.clone().unwrap_or_default();
+    let mut wanted = object.clone();
+    wanted.metadata_mut().namespace = ns.map(str::to_owned);
+    let action = match map.get(&key) {
         Some(existing) => {
-            wanted.metadata.uid = existing.metadata.uid.clone();
-            wanted.metadata.creation_timestamp = existing.metadata.creation_timestamp.clone();
+            let meta = wanted.metadata_mut();
+            meta.uid = existing.metadata().uid.clone();
+            meta.creation_timestamp = existing.metadata().creation_timestamp.clone();
             if *existing == wanted { "unchanged" } else { "configured" }
         }
         None => {
-            wanted.metadata.uid = Some(new_uid());
-            wanted.metadata.creation_timestamp = Some(Time(now()));
+            let meta = wanted.metadata_mut();
+            meta.uid = Some(new_uid());
+            meta.creation_timestamp = Some(Time(now()));
             "created"
         }
     };
     if action != "unchanged" {
-        store.endpoint_slices.insert(key, wanted);
+        map.insert(key, wanted);
     }
-    AppliedObject { kind: "EndpointSlice".into(), namespace: Some(ns.into()), name, action }
+    AppliedObject { kind: T::KIND.into(), namespace: ns.map(str::to_owned), name, action }
 }
 
 #[cfg(test)]
@@ -817,6 +881,58 @@ ports: [{port: 443}]
         let pods = ServiceRanges { cidrs: vec![ServiceRanges::parse_cidr("198.19.0.0/20").unwrap()], ..Default::default() };
         assert!(check_service_ranges(&pods).is_err(), "overlaps the pod CIDRs");
         assert!(check_service_ranges(&ServiceRanges::default()).is_ok(), "the defaults fit");
+    }
+
+    const POLICIES: &str = "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web}
+spec: {podSelector: {matchLabels: {app: web}}}
+---
+apiVersion: sluice.dev/v1
+kind: SluiceNetworkPolicy
+metadata: {name: web}
+spec: {endpointSelector: {matchLabels: {app: web}}, ingressDeny: [{fromEntities: [world]}]}
+---
+apiVersion: sluice.dev/v1
+kind: SluiceClusterwideNetworkPolicy
+metadata: {name: audit}
+spec: {endpointSelector: {}, enforcementMode: audit}
+";
+
+    #[test]
+    fn policies_are_stored_and_reapply_is_unchanged() {
+        let mut store = store_with_default_namespace();
+        let first = apply_text(&mut store, POLICIES);
+        assert_eq!(first, Ok(vec![("web".into(), "created"), ("web".into(), "created"), ("audit".into(), "created")]), "first apply creates");
+        assert!(store.network_policies.contains_key("default/web"), "NetworkPolicy stored by namespace/name");
+        assert!(store.sluice_policies.contains_key("default/web"), "SluiceNetworkPolicy stored by namespace/name");
+        let audit = store.clusterwide_policies.get("audit");
+        assert!(audit.is_some_and(|p| p.metadata.namespace.is_none() && p.metadata.uid.is_some()), "cluster-wide policy stored by name, with a uid and no namespace");
+        let again = apply_text(&mut store, POLICIES);
+        assert_eq!(again, Ok(vec![("web".into(), "unchanged"), ("web".into(), "unchanged"), ("audit".into(), "unchanged")]), "re-apply is unchanged");
+        let changed = apply_text(&mut store, &POLICIES.replace("enforcementMode: audit", "enforcementMode: enforce"));
+        assert_eq!(changed.map(|a| a[2].1), Ok("configured"), "a changed spec is configured");
+    }
+
+    #[test]
+    fn policies_need_their_namespace_and_a_bad_one_rejects_the_file() {
+        let mut store = store_with_default_namespace();
+        let missing = apply_text(&mut store, &POLICIES.replace("metadata: {name: web}", "metadata: {name: web, namespace: shop}"));
+        assert!(missing.is_err_and(|e| e.contains("namespace \"shop\" does not exist")), "policies need their namespace");
+        let bad = apply_text(&mut store, &POLICIES.replace("fromEntities: [world]", "fromEntities: [moon]"));
+        assert!(bad.is_err(), "an invalid policy is rejected");
+        assert!(store.network_policies.is_empty() && store.clusterwide_policies.is_empty(), "nothing of a rejected file is stored");
+    }
+
+    #[test]
+    fn applied_namespaces_carry_their_name_label() {
+        let mut store = store_with_default_namespace();
+        let applied = apply_text(&mut store, "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop, labels: {team: a}}\n");
+        assert_eq!(applied, Ok(vec![("shop".into(), "created")]), "namespace created");
+        let labels = store.namespaces.get("shop").and_then(|n| n.metadata.labels.clone()).unwrap_or_default();
+        assert_eq!(labels.get("kubernetes.io/metadata.name").map(String::as_str), Some("shop"), "name label added: {labels:?}");
+        let default = store.namespaces.get("default").and_then(|n| n.metadata.labels.clone()).unwrap_or_default();
+        assert_eq!(default.get("kubernetes.io/metadata.name").map(String::as_str), Some("default"), "the lab's default namespace too");
     }
 
     #[test]

@@ -23,7 +23,9 @@
 //! let identity = LabelSet::for_pod(pod.labels(), namespace.name(), namespace.labels());
 //! assert_eq!(
 //!     identity.canonical_string(),
-//!     "app=web,k8s:io.kubernetes.pod.namespace=shop,k8s:io.kubernetes.pod.namespace.labels.team=a",
+//!     "app=web,k8s:io.kubernetes.pod.namespace=shop,\
+//!      k8s:io.kubernetes.pod.namespace.labels.kubernetes.io/metadata.name=shop,\
+//!      k8s:io.kubernetes.pod.namespace.labels.team=a",
 //! );
 //! # Ok::<(), sluice_model::ManifestError>(())
 //! ```
@@ -31,6 +33,7 @@
 pub mod labels;
 pub mod manifest;
 pub mod object;
+pub mod policy;
 pub mod service;
 
 pub use labels::LabelSet;

@@ -6,11 +6,13 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::{ClusterResourceScope, Metadata, NamespaceResourceScope, Resource};
 use serde::{Serialize, Serializer};
 
 use crate::manifest::rules::{FieldError, Rules};
+use crate::policy::{SluiceClusterwideNetworkPolicy, SluiceNetworkPolicy};
 
 /// Maps k8s-openapi's scope marker types to "is this kind namespaced?".
 trait Scope {
@@ -120,6 +122,13 @@ kinds! {
     /// An endpoint slice (`discovery.k8s.io/v1`): a service's backends, given by hand or
     /// derived from pods.
     EndpointSlice(EndpointSlice),
+    /// A Kubernetes network policy (`networking.k8s.io/v1`).
+    NetworkPolicy(NetworkPolicy),
+    /// Sluice's namespaced policy (`sluice.dev/v1`): Cilium-shaped rules with deny rules,
+    /// entities, CIDRs, ICMP and audit mode.
+    SluiceNetworkPolicy(SluiceNetworkPolicy),
+    /// Sluice's cluster-scoped policy (`sluice.dev/v1`), the same spec for every namespace.
+    SluiceClusterwideNetworkPolicy(SluiceClusterwideNetworkPolicy),
 }
 
 // === impl Kind ===
@@ -168,6 +177,9 @@ mod tests {
             (Kind::Pod, "Pod", "v1", true),
             (Kind::Service, "Service", "v1", true),
             (Kind::EndpointSlice, "EndpointSlice", "discovery.k8s.io/v1", true),
+            (Kind::NetworkPolicy, "NetworkPolicy", "networking.k8s.io/v1", true),
+            (Kind::SluiceNetworkPolicy, "SluiceNetworkPolicy", "sluice.dev/v1", true),
+            (Kind::SluiceClusterwideNetworkPolicy, "SluiceClusterwideNetworkPolicy", "sluice.dev/v1", false),
         ];
         for (kind, name, api_version, namespaced) in cases {
             assert_eq!(kind.as_str(), name, "{kind:?} name");

@@ -5,6 +5,7 @@
 
 pub mod ir;
 pub mod output;
+pub mod sluice;
 
 pub use ir::*;
 pub use output::*;

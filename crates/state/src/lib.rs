@@ -21,6 +21,7 @@ pub use local::{LocalStore, Store, StoreError};
 
 use std::collections::BTreeMap;
 
+use sluice_model::labels::namespace_labels;
 use sluice_model::LabelSet;
 
 /// What the agent needs to know of the cluster's objects.
@@ -35,7 +36,9 @@ impl StateSource for LocalStore {
         let Some(pod) = store.pods.get(&Store::pod_key(namespace, name)) else { return Ok(None) };
         let empty = BTreeMap::new();
         let pod_labels = pod.metadata.labels.as_ref().unwrap_or(&empty);
-        let ns_labels = store.namespaces.get(namespace).and_then(|n| n.metadata.labels.as_ref()).unwrap_or(&empty);
-        Ok(Some(LabelSet::for_pod(pod_labels, namespace, ns_labels)))
+        // A namespace never applied (or stored before namespaces were labelled) still has its
+        // name label, as every namespace in the API server does.
+        let ns_labels = namespace_labels(namespace, store.namespaces.get(namespace).and_then(|n| n.metadata.labels.as_ref()));
+        Ok(Some(LabelSet::for_pod(pod_labels, namespace, &ns_labels)))
     }
 }

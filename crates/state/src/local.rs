@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use sluice_model::policy::{SluiceClusterwideNetworkPolicy, SluiceNetworkPolicy};
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
@@ -51,6 +53,15 @@ pub struct Store {
     /// from pods are not stored: they are computed from `pods` when read.
     #[serde(default)]
     pub endpoint_slices: BTreeMap<String, EndpointSlice>,
+    /// Kubernetes NetworkPolicies, by `namespace/name`.
+    #[serde(default)]
+    pub network_policies: BTreeMap<String, NetworkPolicy>,
+    /// SluiceNetworkPolicies, by `namespace/name`.
+    #[serde(default)]
+    pub sluice_policies: BTreeMap<String, SluiceNetworkPolicy>,
+    /// SluiceClusterwideNetworkPolicies, by name.
+    #[serde(default)]
+    pub clusterwide_policies: BTreeMap<String, SluiceClusterwideNetworkPolicy>,
 }
 
 impl Store {
@@ -169,6 +180,20 @@ mod tests {
     }
 
     #[test]
+    fn pods_of_an_implicit_namespace_get_its_name_label() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path().join("s.json"));
+        store
+            .update(|s| {
+                s.pods.insert(Store::pod_key("implicit", "p"), Pod { metadata: ObjectMeta { name: Some("p".into()), namespace: Some("implicit".into()), ..Default::default() }, ..Default::default() });
+                Ok(())
+            })
+            .unwrap();
+        let set = store.pod_label_set("implicit", "p").unwrap().expect("pod is known");
+        assert_eq!(set.get("k8s:io.kubernetes.pod.namespace.labels.kubernetes.io/metadata.name"), Some("implicit"), "the namespace's name label, though the namespace was never stored: {set}");
+    }
+
+    #[test]
     fn store_files_without_services_still_load() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.json");
@@ -176,6 +201,49 @@ mod tests {
         let store = LocalStore::new(&path).load().unwrap();
         assert!(store.services.is_empty(), "services default to empty");
         assert!(store.endpoint_slices.is_empty(), "endpoint slices default to empty");
+        assert!(store.network_policies.is_empty(), "network policies default to empty");
+        assert!(store.sluice_policies.is_empty(), "Sluice policies default to empty");
+        assert!(store.clusterwide_policies.is_empty(), "cluster-wide policies default to empty");
+    }
+
+    #[test]
+    fn policies_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path().join("s.json"));
+        let text = "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web, namespace: x}
+spec: {podSelector: {matchLabels: {app: web}}, ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8}}]}]}
+---
+apiVersion: sluice.dev/v1
+kind: SluiceNetworkPolicy
+metadata: {name: web, namespace: x}
+spec: {endpointSelector: {matchLabels: {app: web}}, ingressDeny: [{fromEntities: [world]}]}
+---
+apiVersion: sluice.dev/v1
+kind: SluiceClusterwideNetworkPolicy
+metadata: {name: audit-all}
+spec: {endpointSelector: {}, enforcementMode: audit, egress: [{toPorts: [{ports: [{port: '53', protocol: UDP}]}]}]}
+";
+        let objects = sluice_model::parse_manifests("p.yaml", text).unwrap();
+        let mut wanted = Store::default();
+        for object in objects {
+            match object {
+                sluice_model::Object::NetworkPolicy(p) => wanted.network_policies.insert(Store::key("x", "web"), p).is_none(),
+                sluice_model::Object::SluiceNetworkPolicy(p) => wanted.sluice_policies.insert(Store::key("x", "web"), p).is_none(),
+                sluice_model::Object::SluiceClusterwideNetworkPolicy(p) => wanted.clusterwide_policies.insert("audit-all".into(), p).is_none(),
+                other => panic!("unexpected {other:?}"),
+            };
+        }
+        store.update(|s| {
+            *s = wanted.clone();
+            Ok(())
+        })
+        .unwrap();
+        let loaded = store.load().unwrap();
+        assert_eq!(loaded.network_policies, wanted.network_policies, "network policies round trip");
+        assert_eq!(loaded.sluice_policies, wanted.sluice_policies, "Sluice policies round trip");
+        assert_eq!(loaded.clusterwide_policies, wanted.clusterwide_policies, "cluster-wide policies round trip");
     }
 
     #[test]

@@ -10,6 +10,19 @@ pub const NAMESPACE_LABEL: &str = "k8s:io.kubernetes.pod.namespace";
 /// Prefix of the identity labels copied from the pod's namespace labels.
 pub const NAMESPACE_LABELS_PREFIX: &str = "k8s:io.kubernetes.pod.namespace.labels.";
 
+/// The label the API server puts on every namespace, its own name: what a NetworkPolicy's
+/// `namespaceSelector` matches a namespace by name with.
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+/// The labels a namespace carries in the API server: `labels` as given, and
+/// [`NAMESPACE_NAME_LABEL`] set to its name (whatever the manifest said). A namespace that was
+/// never created explicitly gets the same, so its pods select alike.
+pub fn namespace_labels(name: &str, labels: Option<&BTreeMap<String, String>>) -> BTreeMap<String, String> {
+    let mut labels = labels.cloned().unwrap_or_default();
+    labels.insert(NAMESPACE_NAME_LABEL.to_owned(), name.to_owned());
+    labels
+}
+
 /// A sorted set of labels. Two pods get the same security identity exactly when their label
 /// sets are equal, so the order of construction never matters: it is a `BTreeMap` underneath.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

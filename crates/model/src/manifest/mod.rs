@@ -4,6 +4,7 @@
 
 mod error;
 mod path;
+mod policy_rules;
 pub(crate) mod rules;
 mod service_rules;
 mod strict;
@@ -11,6 +12,8 @@ mod strict;
 mod tests;
 #[cfg(test)]
 mod service_tests;
+#[cfg(test)]
+mod policy_tests;
 
 use std::collections::HashMap;
 
@@ -128,8 +131,13 @@ fn parse_document(
     }
     apply_namespace_default(&mut object);
     let checked = rules::check(&object);
-    if let (Ok(()), Object::Service(service)) = (&checked, &mut object) {
-        crate::service::apply_defaults(service);
+    match (&checked, &mut object) {
+        (Ok(()), Object::Service(service)) => crate::service::apply_defaults(service),
+        (Ok(()), Object::Namespace(namespace)) => {
+            let name = namespace.metadata.name.clone().unwrap_or_default();
+            namespace.metadata.labels = Some(crate::labels::namespace_labels(&name, namespace.metadata.labels.as_ref()));
+        }
+        _ => {}
     }
     checked.map_err(|error| match error {
         FieldError::Missing(path) => ManifestError::MissingField {

@@ -208,7 +208,7 @@ fn errors_name_file_document_and_field() {
             "unknown kind",
             vec![ok_ns.clone(), "apiVersion: v1\nkind: Widget\nmetadata: {name: w}\n".into()],
             2,
-            vec![r#"(Widget "w"): kind: "Widget" is not supported (supported: v1 Namespace, v1 Pod, v1 Service, discovery.k8s.io/v1 EndpointSlice)"#],
+            vec![r#"(Widget "w"): kind: "Widget" is not supported (supported: v1 Namespace, v1 Pod, v1 Service, discovery.k8s.io/v1 EndpointSlice, networking.k8s.io/v1 NetworkPolicy, sluice.dev/v1 SluiceNetworkPolicy, sluice.dev/v1 SluiceClusterwideNetworkPolicy)"#],
         ),
         (
             "wrong apiVersion",
