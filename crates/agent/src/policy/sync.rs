@@ -122,12 +122,13 @@ impl Policies {
 
     fn round(&self, store: &sluice_state::LocalStore, datapath: &mut dyn DatapathTables, identities: &Identities, local: &[LocalEndpoint], started: Instant) -> Result<PolicyReport, PolicyError> {
         let objects = store.load()?;
-        let policies = sluice_state::lowered_policies(&objects);
+        let policies = lowered(&objects);
         let local_pods: BTreeMap<&str, &LocalEndpoint> = local.iter().map(|e| (e.pod.as_str(), e)).collect();
         let mut wanted: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
         let mut endpoints = Vec::new();
         let mut remote_nodes = BTreeSet::new();
         let empty = BTreeMap::new();
+        let mut namespace_labels: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
         for (key, pod) in &objects.pods {
             let mut ips: Vec<IpAddr> = pod.status.as_ref().and_then(|s| s.pod_ips.as_ref()).map(|ips| ips.iter().filter_map(|i| i.ip.parse().ok()).collect()).unwrap_or_default();
             if let Some(ep) = local_pods.get(key.as_str()) {
@@ -138,7 +139,10 @@ impl Policies {
                 continue;
             }
             let namespace = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
-            let ns_labels = objects.namespaces.get(&namespace).and_then(|n| n.metadata.labels.as_ref()).unwrap_or(&empty);
+            let ns_labels = namespace_labels.entry(namespace.clone()).or_insert_with(|| {
+                // As the API server does: every namespace carries its name as a label.
+                sluice_model::labels::namespace_labels(&namespace, objects.namespaces.get(&namespace).and_then(|n| n.metadata.labels.as_ref()))
+            });
             let labels = LabelSet::for_pod(pod.metadata.labels.as_ref().unwrap_or(&empty), &namespace, ns_labels);
             let owner = format!("policy:pod:{key}");
             wanted.insert(owner.clone(), labels.as_map().clone());
@@ -234,6 +238,25 @@ impl Policies {
         lock(&self.stats).conntrack_collected += removed as u64;
         Ok(removed)
     }
+}
+
+/// Every stored policy, lowered to the engine's form. Stored objects passed validation when
+/// applied; one that still cannot be lowered is left out and logged.
+fn lowered(store: &sluice_state::Store) -> Vec<Policy> {
+    let mut out: Vec<Policy> = store.network_policies.values().map(sluice_policy::lower_network_policy).collect();
+    for p in store.sluice_policies.values() {
+        match sluice_policy::sluice::lower_namespaced(p) {
+            Ok(p) => out.push(p),
+            Err(e) => tracing::warn!("SluiceNetworkPolicy left out: {e}"),
+        }
+    }
+    for p in store.clusterwide_policies.values() {
+        match sluice_policy::sluice::lower_clusterwide(p) {
+            Ok(p) => out.push(p),
+            Err(e) => tracing::warn!("SluiceClusterwideNetworkPolicy left out: {e}"),
+        }
+    }
+    out
 }
 
 /// A pod's named container ports: name -> (IP protocol, port).
