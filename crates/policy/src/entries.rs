@@ -1,0 +1,231 @@
+//! From rule atoms to the entries of one direction table, shaped for the datapath's lookup:
+//! longest prefix on (peer identity, proto, port) and on (IDENTITY_ANY, proto, port), the
+//! stronger of the two wins. Each key's verdict is computed over every atom whose range
+//! contains it, so the longest match always carries the verdict of all rules that apply.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use crate::output::{Entry, EntryKey, Mode, RuleRef, Verdict, IDENTITY_ANY};
+use crate::ports::mask;
+
+/// What a rule says about the traffic of an atom.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Class {
+    Allow,
+    /// Deny of an audit-mode policy: reported, not dropped.
+    AuditDeny,
+    Deny,
+}
+
+/// One (identity, proto, port prefix) range of one rule.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Atom {
+    pub key: EntryKey,
+    pub class: Class,
+    /// Index into the compilation's rule references.
+    pub rule: usize,
+}
+
+/// What the atoms of one exact key say.
+#[derive(Default)]
+struct Said {
+    allow: bool,
+    audit_deny: bool,
+    deny: bool,
+    rules: BTreeSet<usize>,
+}
+
+/// The entries for `atoms` under `mode`.
+///
+/// Under Enforce an audit deny must not open what nothing allows: it only turns an allow
+/// into Audit. So a key covered by audit denies alone gets no entry, and where an audit
+/// deny and an allow of different identity keys overlap, their intersection gets an entry
+/// of its own so that one lookup sees both.
+pub(crate) fn build(atoms: &[Atom], mode: Mode, refs: &[RuleRef]) -> BTreeMap<EntryKey, Entry> {
+    let mut said: HashMap<EntryKey, Said> = HashMap::new();
+    for atom in atoms {
+        let s = said.entry(atom.key).or_default();
+        match atom.class {
+            Class::Allow => s.allow = true,
+            Class::AuditDeny => s.audit_deny = true,
+            Class::Deny => s.deny = true,
+        }
+        s.rules.insert(atom.rule);
+    }
+    let mut keys: BTreeSet<EntryKey> = said.keys().copied().collect();
+    if mode == Mode::Enforce {
+        keys.extend(audit_intersections(&said));
+    }
+    let mut entries = BTreeMap::new();
+    for key in keys {
+        let mut total = Said::default();
+        for covering in covering_keys(key) {
+            if let Some(s) = said.get(&covering) {
+                total.allow |= s.allow;
+                total.audit_deny |= s.audit_deny;
+                total.deny |= s.deny;
+                total.rules.extend(&s.rules);
+            }
+        }
+        let verdict = match mode {
+            Mode::Enforce if total.deny => Verdict::Deny,
+            Mode::Enforce if total.allow && total.audit_deny => Verdict::Audit,
+            Mode::Enforce if total.allow => Verdict::Allow,
+            Mode::Enforce => continue,
+            _ if total.deny => Verdict::Deny,
+            _ if total.audit_deny => Verdict::Audit,
+            _ => Verdict::Allow,
+        };
+        let rules = total
+            .rules
+            .iter()
+            .filter_map(|i| refs.get(*i).cloned())
+            .collect();
+        entries.insert(key, Entry { verdict, rules });
+    }
+    entries
+}
+
+/// Every key whose range contains `key`: the same identity's wider prefixes and, for a
+/// specific identity, IDENTITY_ANY's (an any-peer rule applies to every peer).
+pub(crate) fn covering_keys(key: EntryKey) -> impl Iterator<Item = EntryKey> {
+    let identities = if key.identity == IDENTITY_ANY {
+        vec![IDENTITY_ANY]
+    } else {
+        vec![key.identity, IDENTITY_ANY]
+    };
+    identities.into_iter().flat_map(move |identity| {
+        let any_proto = EntryKey {
+            identity,
+            proto: None,
+            port: 0,
+            port_prefix: 0,
+        };
+        let ports = key.proto.map(|proto| {
+            (0..=key.port_prefix).map(move |len| EntryKey {
+                identity,
+                proto: Some(proto),
+                port: mask(key.port, len),
+                port_prefix: len,
+            })
+        });
+        std::iter::once(any_proto).chain(ports.into_iter().flatten())
+    })
+}
+
+/// Intersections of audit-deny and allow keys where one is specific and the other is
+/// IDENTITY_ANY (with equal identities the narrower key already is the intersection).
+fn audit_intersections(said: &HashMap<EntryKey, Said>) -> Vec<EntryKey> {
+    let audits: Vec<EntryKey> = keys_where(said, |s| s.audit_deny);
+    let allows: Vec<EntryKey> = keys_where(said, |s| s.allow);
+    let mut out = Vec::new();
+    for a in &audits {
+        for b in &allows {
+            if (a.identity == IDENTITY_ANY) != (b.identity == IDENTITY_ANY) {
+                out.extend(intersect(*a, *b));
+            }
+        }
+    }
+    out
+}
+
+fn keys_where(said: &HashMap<EntryKey, Said>, f: impl Fn(&Said) -> bool) -> Vec<EntryKey> {
+    said.iter().filter(|(_, s)| f(s)).map(|(k, _)| *k).collect()
+}
+
+/// The key of the traffic both `a` and `b` match, if any (prefix ranges nest or are
+/// disjoint, so the intersection is the narrower of the two).
+pub(crate) fn intersect(a: EntryKey, b: EntryKey) -> Option<EntryKey> {
+    let identity = match (a.identity, b.identity) {
+        (IDENTITY_ANY, i) | (i, IDENTITY_ANY) => i,
+        (i, j) if i == j => i,
+        _ => return None,
+    };
+    let (narrow, wide) = match (a.proto, b.proto) {
+        (None, _) => (b, a),
+        (_, None) => (a, b),
+        (Some(p), Some(q)) if p != q => return None,
+        _ if a.port_prefix >= b.port_prefix => (a, b),
+        _ => (b, a),
+    };
+    (mask(narrow.port, wide.port_prefix) == wide.port || wide.proto.is_none())
+        .then_some(EntryKey { identity, ..narrow })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(identity: u32, proto: Option<u8>, port: u16, port_prefix: u8) -> EntryKey {
+        EntryKey {
+            identity,
+            proto,
+            port,
+            port_prefix,
+        }
+    }
+
+    #[test]
+    fn intersections() {
+        let any_tcp = key(0, Some(6), 0, 0);
+        let i_80 = key(7, Some(6), 80, 16);
+        assert_eq!(
+            intersect(any_tcp, i_80),
+            Some(i_80),
+            "wide any and narrow specific"
+        );
+        assert_eq!(
+            intersect(key(7, None, 0, 0), key(0, Some(17), 53, 16)),
+            Some(key(7, Some(17), 53, 16)),
+            "every protocol and one port"
+        );
+        assert_eq!(intersect(i_80, key(0, Some(6), 81, 16)), None, "other port");
+        assert_eq!(
+            intersect(i_80, key(8, Some(6), 80, 16)),
+            None,
+            "other identity"
+        );
+        assert_eq!(
+            intersect(i_80, key(0, Some(17), 80, 16)),
+            None,
+            "other protocol"
+        );
+    }
+
+    #[test]
+    fn wider_deny_covers_narrower_allow() {
+        let atoms = [
+            Atom {
+                key: key(7, Some(6), 80, 16),
+                class: Class::Allow,
+                rule: 0,
+            },
+            Atom {
+                key: key(7, Some(6), 0, 0),
+                class: Class::Deny,
+                rule: 1,
+            },
+        ];
+        let entries = build(&atoms, Mode::Enforce, &[]);
+        assert_eq!(entries.len(), 2, "both keys kept");
+        assert!(
+            entries.values().all(|e| e.verdict == Verdict::Deny),
+            "the narrower allow is denied too: {entries:?}"
+        );
+    }
+
+    #[test]
+    fn audit_deny_alone_opens_nothing_under_enforce() {
+        let atoms = [Atom {
+            key: key(7, Some(6), 80, 16),
+            class: Class::AuditDeny,
+            rule: 0,
+        }];
+        assert!(
+            build(&atoms, Mode::Enforce, &[]).is_empty(),
+            "no entry under Enforce"
+        );
+        let audit = build(&atoms, Mode::Audit, &[]);
+        assert_eq!(audit.len(), 1, "an entry under Audit");
+    }
+}
