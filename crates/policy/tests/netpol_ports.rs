@@ -35,13 +35,19 @@ fn port_by_number_defaults_to_tcp() {
     scenario(
         "port 80",
         &p,
-        &[(PROTO_TCP, 80, ALL), (PROTO_TCP, 81, XA_CLOSED), (PROTO_UDP, 80, XA_CLOSED)],
+        &[
+            (PROTO_TCP, 80, ALL),
+            (PROTO_TCP, 81, XA_CLOSED),
+            (PROTO_UDP, 80, XA_CLOSED),
+        ],
     );
 }
 
 #[test]
 fn port_by_name_is_resolved_on_the_destination_pod() {
-    let p = policies(&xa_ingress_on("[{port: serve-81-tcp}, {protocol: UDP, port: serve-80-udp}]"));
+    let p = policies(&xa_ingress_on(
+        "[{port: serve-81-tcp}, {protocol: UDP, port: serve-80-udp}]",
+    ));
     scenario(
         "named ports",
         &p,
@@ -54,7 +60,11 @@ fn port_by_name_is_resolved_on_the_destination_pod() {
     );
     // A TCP port named after a UDP container port resolves nowhere.
     let p = policies(&xa_ingress_on("[{port: serve-80-udp}]"));
-    scenario("named port, wrong protocol", &p, &[(PROTO_TCP, 80, XA_CLOSED), (PROTO_UDP, 80, XA_CLOSED)]);
+    scenario(
+        "named port, wrong protocol",
+        &p,
+        &[(PROTO_TCP, 80, XA_CLOSED), (PROTO_UDP, 80, XA_CLOSED)],
+    );
 }
 
 #[test]
@@ -86,7 +96,11 @@ z/a X.X ... ...
 z/b X.X ... ...
 z/c X.X ... ...
 ";
-    scenario("named port per pod", &p, &[(PROTO_TCP, 80, to_xa), (PROTO_TCP, 81, to_xb)]);
+    scenario(
+        "named port per pod",
+        &p,
+        &[(PROTO_TCP, 80, to_xa), (PROTO_TCP, 81, to_xb)],
+    );
 }
 
 #[test]
@@ -118,7 +132,11 @@ z/a ... ... ...
 z/b ... ... ...
 z/c ... ... ...
 ";
-    scenario("named egress port", &p, &[(PROTO_TCP, 80, tcp80), (PROTO_TCP, 81, tcp81)]);
+    scenario(
+        "named egress port",
+        &p,
+        &[(PROTO_TCP, 80, tcp80), (PROTO_TCP, 81, tcp81)],
+    );
 }
 
 #[test]
@@ -127,7 +145,11 @@ fn end_port_makes_a_range() {
     scenario(
         "endPort",
         &p,
-        &[(PROTO_TCP, 80, ALL), (PROTO_TCP, 81, ALL), (PROTO_UDP, 80, XA_CLOSED)],
+        &[
+            (PROTO_TCP, 80, ALL),
+            (PROTO_TCP, 81, ALL),
+            (PROTO_UDP, 80, XA_CLOSED),
+        ],
     );
 }
 
@@ -137,7 +159,11 @@ fn protocol_without_port_is_every_port() {
     scenario(
         "UDP, every port",
         &p,
-        &[(PROTO_UDP, 80, ALL), (PROTO_UDP, 81, ALL), (PROTO_TCP, 80, XA_CLOSED)],
+        &[
+            (PROTO_UDP, 80, ALL),
+            (PROTO_UDP, 81, ALL),
+            (PROTO_TCP, 80, XA_CLOSED),
+        ],
     );
 }
 
@@ -147,14 +173,26 @@ fn sctp() {
     scenario(
         "SCTP 80",
         &p,
-        &[(PROTO_SCTP, 80, ALL), (PROTO_SCTP, 81, XA_CLOSED), (PROTO_TCP, 80, XA_CLOSED)],
+        &[
+            (PROTO_SCTP, 80, ALL),
+            (PROTO_SCTP, 81, XA_CLOSED),
+            (PROTO_TCP, 80, XA_CLOSED),
+        ],
     );
 }
 
 #[test]
 fn empty_ports_means_every_port_and_protocol() {
     let p = policies(&xa_ingress_on("[]"));
-    scenario("ports: []", &p, &[(PROTO_TCP, 81, ALL), (PROTO_UDP, 80, ALL), (PROTO_SCTP, 81, ALL)]);
+    scenario(
+        "ports: []",
+        &p,
+        &[
+            (PROTO_TCP, 81, ALL),
+            (PROTO_UDP, 80, ALL),
+            (PROTO_SCTP, 81, ALL),
+        ],
+    );
 }
 
 #[test]
@@ -186,7 +224,15 @@ z/a ... ... ...
 z/b ... ... ...
 z/c ... ... ...
 ";
-    scenario("egress to y on 80", &p, &[(PROTO_TCP, 80, tcp80), (PROTO_TCP, 81, closed), (PROTO_UDP, 80, closed)]);
+    scenario(
+        "egress to y on 80",
+        &p,
+        &[
+            (PROTO_TCP, 80, tcp80),
+            (PROTO_TCP, 81, closed),
+            (PROTO_UDP, 80, closed),
+        ],
+    );
 }
 
 #[test]
@@ -208,7 +254,11 @@ z/a X.. ... ...
 z/b X.. ... ...
 z/c X.. ... ...
 ";
-    scenario("policyTypes Ingress, Egress", &p, &[(PROTO_TCP, 80, expected)]);
+    scenario(
+        "policyTypes Ingress, Egress",
+        &p,
+        &[(PROTO_TCP, 80, expected)],
+    );
     // Egress only: the ingress rules are ignored and ingress stays open.
     let p = policies(&format!(
         "{HEADER}metadata: {{name: egress-only, namespace: x}}\n\
@@ -237,5 +287,9 @@ z/a X.. ... ...
 z/b X.. ... ...
 z/c X.. ... ...
 ";
-    scenario("implied Ingress and Egress", &p, &[(PROTO_TCP, 80, expected)]);
+    scenario(
+        "implied Ingress and Egress",
+        &p,
+        &[(PROTO_TCP, 80, expected)],
+    );
 }
