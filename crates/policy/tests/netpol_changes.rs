@@ -2,6 +2,8 @@
 //! results that change with the cluster: pod and namespace labels, policy updates, pods on
 //! other nodes.
 
+#![allow(clippy::expect_used, clippy::unwrap_used)] // a test fails loudly on what it did not expect
+
 mod common;
 
 use common::{assert_grid, ip, labels, pod_addr, policies, scenario, Cluster, ALL};

@@ -1,6 +1,8 @@
 //! Upstream NetworkPolicy semantics, part 2: ports (number, name, endPort), protocols
 //! (TCP, UDP, SCTP), policy types (explicit and implied), ingress and egress.
 
+#![allow(clippy::expect_used, clippy::unwrap_used)] // a test fails loudly on what it did not expect
+
 mod common;
 
 use common::{policies, scenario, ALL};

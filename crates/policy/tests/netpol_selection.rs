@@ -1,6 +1,8 @@
 //! Upstream NetworkPolicy semantics, part 1: who a policy selects and which peers it allows
 //! (default deny, allow-all, podSelector, namespaceSelector, their AND and OR, unions).
 
+#![allow(clippy::expect_used, clippy::unwrap_used)] // a test fails loudly on what it did not expect
+
 mod common;
 
 use common::{policies, scenario, ALL};

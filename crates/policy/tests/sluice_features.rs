@@ -1,6 +1,8 @@
 //! What Sluice's own kinds add beyond NetworkPolicy, written directly in the IR: deny rules,
 //! port ranges, entities, audit mode, policies without default deny, ICMP types.
 
+#![allow(clippy::expect_used, clippy::unwrap_used)] // a test fails loudly on what it did not expect
+
 mod common;
 
 use std::net::IpAddr;
@@ -472,7 +474,7 @@ fn audit_mode_reports_instead_of_denying() {
         true,
         true,
     );
-    let (view, compiled) = build(&[audit_deny_all.clone()]);
+    let (view, compiled) = build(std::slice::from_ref(&audit_deny_all));
     assert_eq!(
         compiled.endpoints["x/a"].ingress.mode,
         Mode::Audit,
@@ -559,7 +561,7 @@ fn policies_without_default_deny_allow_the_rest() {
         false,
         false,
     );
-    let (view, compiled) = build(&[p.clone()]);
+    let (view, compiled) = build(std::slice::from_ref(&p));
     assert_eq!(
         compiled.endpoints["x/a"].ingress.mode,
         Mode::DefaultAllow,
