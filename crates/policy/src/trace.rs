@@ -272,10 +272,16 @@ impl fmt::Display for Trace {
             for m in &s.matched {
                 writeln!(f, "    entry {} -> {:?}", key_text(&m.key), m.verdict)?;
                 for r in &m.rules {
-                    writeln!(f, "      from {} rule {}", policy_name(&r.policy), r.index)?;
+                    let direction = if r.ingress { "ingress" } else { "egress" };
+                    writeln!(
+                        f,
+                        "      from {} {direction} rule {}",
+                        policy_name(&r.policy),
+                        r.index
+                    )?;
                 }
             }
-            writeln!(f, "    {:?}: {}", s.verdict, s.reason)?;
+            writeln!(f, "    => {:?}: {}", s.verdict, s.reason)?;
         }
         Ok(())
     }
