@@ -62,31 +62,53 @@ pub fn compile(policies: &[Policy], view: &ClusterView) -> Compiled {
         resolved: &resolved,
         refs: &refs,
     };
-    let mut egress_cache: HashMap<usize, DirectionTable> = HashMap::new();
-    let mut ingress_cache: HashMap<(usize, Option<&NamedPorts>), DirectionTable> = HashMap::new();
-    let mut endpoints = BTreeMap::new();
+    // Local endpoints that share tables: same labels (egress), and the same named ports
+    // too when a selecting policy names an ingress port.
+    let mut ingress_groups: HashMap<(usize, Option<&NamedPorts>), Vec<usize>> = HashMap::new();
+    let mut egress_groups: HashMap<usize, Vec<usize>> = HashMap::new();
     for (ep_index, ep) in view.endpoints.iter().enumerate().filter(|(_, e)| e.local) {
         let class = index.class_of[ep_index];
-        let sel = &selecting[class];
-        let named = sel.iter().any(|i| {
+        let named = selecting[class].iter().any(|i| {
             resolved[*i]
                 .ingress
                 .as_ref()
                 .is_some_and(|d| !d.named.is_empty())
         });
-        let ingress = ingress_cache
-            .entry((class, named.then_some(&ep.named_ports)))
-            .or_insert_with(|| ctx.table(sel, true, &ep.named_ports))
-            .clone();
-        let egress = egress_cache
-            .entry(class)
-            .or_insert_with(|| ctx.table(sel, false, &BTreeMap::new()))
-            .clone();
-        endpoints.insert(ep.key.clone(), EndpointPolicy { ingress, egress });
+        let key = (class, named.then_some(&ep.named_ports));
+        ingress_groups.entry(key).or_default().push(ep_index);
+        egress_groups.entry(class).or_default().push(ep_index);
     }
+    let mut policies_of: Vec<EndpointPolicy> =
+        vec![EndpointPolicy::default(); view.endpoints.len()];
+    for ((class, _), members) in &ingress_groups {
+        let named_ports = &view.endpoints[members[0]].named_ports;
+        let table = ctx.table(&selecting[*class], true, named_ports);
+        share(table, members, |i, t| policies_of[i].ingress = t);
+    }
+    for (class, members) in &egress_groups {
+        let table = ctx.table(&selecting[*class], false, &NamedPorts::new());
+        share(table, members, |i, t| policies_of[i].egress = t);
+    }
+    let endpoints = view
+        .endpoints
+        .iter()
+        .zip(policies_of)
+        .filter(|(ep, _)| ep.local)
+        .map(|(ep, policy)| (ep.key.clone(), policy))
+        .collect();
     Compiled {
         endpoints,
         ipcache: ipcache(view),
+    }
+}
+
+/// Gives `table` to every member: clones for all but the last, which takes it.
+fn share(table: DirectionTable, members: &[usize], mut give: impl FnMut(usize, DirectionTable)) {
+    if let Some((last, rest)) = members.split_last() {
+        for member in rest {
+            give(*member, table.clone());
+        }
+        give(*last, table);
     }
 }
 

@@ -4,6 +4,7 @@
 //! contains it, so the longest match always carries the verdict of all rules that apply.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::output::{Entry, EntryKey, Mode, RuleRef, Verdict, IDENTITY_ANY};
 use crate::ports::mask;
@@ -32,7 +33,33 @@ struct Said {
     allow: bool,
     audit_deny: bool,
     deny: bool,
-    rules: BTreeSet<usize>,
+    rules: Vec<usize>,
+}
+
+/// Keys packed into one integer and hashed by one multiplication: tables are built for many
+/// endpoints and the covering lookups dominate the compiler's time.
+type Packed = HashMap<u64, Said, BuildHasherDefault<KeyHasher>>;
+
+fn pack(k: EntryKey) -> u64 {
+    let proto = k.proto.map_or(0, |p| u64::from(p) + 1);
+    u64::from(k.identity) << 32 | proto << 23 | u64::from(k.port) << 5 | u64::from(k.port_prefix)
+}
+
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+    fn finish(&self) -> u64 {
+        self.0 ^ (self.0 >> 29)
+    }
 }
 
 /// The entries for `atoms` under `mode`.
@@ -42,95 +69,102 @@ struct Said {
 /// deny and an allow of different identity keys overlap, their intersection gets an entry
 /// of its own so that one lookup sees both.
 pub(crate) fn build(atoms: &[Atom], mode: Mode, refs: &[RuleRef]) -> BTreeMap<EntryKey, Entry> {
-    let mut said: HashMap<EntryKey, Said> = HashMap::new();
+    let mut said = Packed::default();
+    let mut keys: BTreeSet<EntryKey> = BTreeSet::new();
+    // Port prefix lengths in use: covering lookups need only try these.
+    let mut lengths: u32 = 0;
     for atom in atoms {
-        let s = said.entry(atom.key).or_default();
+        let s = said.entry(pack(atom.key)).or_default();
         match atom.class {
             Class::Allow => s.allow = true,
             Class::AuditDeny => s.audit_deny = true,
             Class::Deny => s.deny = true,
         }
-        s.rules.insert(atom.rule);
+        s.rules.push(atom.rule);
+        if keys.insert(atom.key) && atom.key.proto.is_some() {
+            lengths |= 1 << atom.key.port_prefix;
+        }
     }
-    let mut keys: BTreeSet<EntryKey> = said.keys().copied().collect();
     if mode == Mode::Enforce {
-        keys.extend(audit_intersections(&said));
+        let pick = |f: fn(&Said) -> bool| -> Vec<EntryKey> {
+            keys.iter()
+                .copied()
+                .filter(|k| said.get(&pack(*k)).is_some_and(f))
+                .collect()
+        };
+        let (audits, allows) = (pick(|s| s.audit_deny), pick(|s| s.allow));
+        keys.extend(audit_intersections(&audits, &allows));
     }
     let mut entries = BTreeMap::new();
+    let mut rules: Vec<usize> = Vec::new();
     for key in keys {
-        let mut total = Said::default();
-        for covering in covering_keys(key) {
-            if let Some(s) = said.get(&covering) {
-                total.allow |= s.allow;
-                total.audit_deny |= s.audit_deny;
-                total.deny |= s.deny;
-                total.rules.extend(&s.rules);
+        let (mut allow, mut audit_deny, mut deny) = (false, false, false);
+        rules.clear();
+        for covering in covering_keys(key, lengths) {
+            if let Some(s) = said.get(&pack(covering)) {
+                allow |= s.allow;
+                audit_deny |= s.audit_deny;
+                deny |= s.deny;
+                rules.extend(&s.rules);
             }
         }
         let verdict = match mode {
-            Mode::Enforce if total.deny => Verdict::Deny,
-            Mode::Enforce if total.allow && total.audit_deny => Verdict::Audit,
-            Mode::Enforce if total.allow => Verdict::Allow,
+            Mode::Enforce if deny => Verdict::Deny,
+            Mode::Enforce if allow && audit_deny => Verdict::Audit,
+            Mode::Enforce if allow => Verdict::Allow,
             Mode::Enforce => continue,
-            _ if total.deny => Verdict::Deny,
-            _ if total.audit_deny => Verdict::Audit,
+            _ if deny => Verdict::Deny,
+            _ if audit_deny => Verdict::Audit,
             _ => Verdict::Allow,
         };
-        let rules = total
-            .rules
-            .iter()
-            .filter_map(|i| refs.get(*i).cloned())
-            .collect();
+        rules.sort_unstable();
+        rules.dedup();
+        let rules = rules.iter().filter_map(|i| refs.get(*i).cloned()).collect();
         entries.insert(key, Entry { verdict, rules });
     }
     entries
 }
 
 /// Every key whose range contains `key`: the same identity's wider prefixes and, for a
-/// specific identity, IDENTITY_ANY's (an any-peer rule applies to every peer).
-pub(crate) fn covering_keys(key: EntryKey) -> impl Iterator<Item = EntryKey> {
-    let identities = if key.identity == IDENTITY_ANY {
-        vec![IDENTITY_ANY]
-    } else {
-        vec![key.identity, IDENTITY_ANY]
-    };
-    identities.into_iter().flat_map(move |identity| {
-        let any_proto = EntryKey {
-            identity,
-            proto: None,
-            port: 0,
-            port_prefix: 0,
-        };
-        let ports = key.proto.map(|proto| {
-            (0..=key.port_prefix).map(move |len| EntryKey {
+/// specific identity, IDENTITY_ANY's (an any-peer rule applies to every peer). Only prefix
+/// lengths set in `lengths` are tried.
+pub(crate) fn covering_keys(key: EntryKey, lengths: u32) -> impl Iterator<Item = EntryKey> {
+    let any = (key.identity != IDENTITY_ANY).then_some(IDENTITY_ANY);
+    std::iter::once(key.identity)
+        .chain(any)
+        .flat_map(move |identity| {
+            let any_proto = EntryKey {
                 identity,
-                proto: Some(proto),
-                port: mask(key.port, len),
-                port_prefix: len,
-            })
-        });
-        std::iter::once(any_proto).chain(ports.into_iter().flatten())
-    })
+                proto: None,
+                port: 0,
+                port_prefix: 0,
+            };
+            let ports = key.proto.map(|proto| {
+                (0..=key.port_prefix)
+                    .filter(move |len| lengths & (1 << len) != 0)
+                    .map(move |len| EntryKey {
+                        identity,
+                        proto: Some(proto),
+                        port: mask(key.port, len),
+                        port_prefix: len,
+                    })
+            });
+            std::iter::once(any_proto).chain(ports.into_iter().flatten())
+        })
 }
 
 /// Intersections of audit-deny and allow keys where one is specific and the other is
 /// IDENTITY_ANY (with equal identities the narrower key already is the intersection).
-fn audit_intersections(said: &HashMap<EntryKey, Said>) -> Vec<EntryKey> {
-    let audits: Vec<EntryKey> = keys_where(said, |s| s.audit_deny);
-    let allows: Vec<EntryKey> = keys_where(said, |s| s.allow);
+fn audit_intersections(audits: &[EntryKey], allows: &[EntryKey]) -> Vec<EntryKey> {
     let mut out = Vec::new();
-    for a in &audits {
-        for b in &allows {
+    for a in audits {
+        for b in allows {
             if (a.identity == IDENTITY_ANY) != (b.identity == IDENTITY_ANY) {
                 out.extend(intersect(*a, *b));
             }
         }
     }
     out
-}
-
-fn keys_where(said: &HashMap<EntryKey, Said>, f: impl Fn(&Said) -> bool) -> Vec<EntryKey> {
-    said.iter().filter(|(_, s)| f(s)).map(|(k, _)| *k).collect()
 }
 
 /// The key of the traffic both `a` and `b` match, if any (prefix ranges nest or are
