@@ -262,4 +262,83 @@ mod tests {
         let audit = build(&atoms, Mode::Audit, &[]);
         assert_eq!(audit.len(), 1, "an entry under Audit");
     }
+
+    /// What the rules mean, straight from the atoms: the reference the entries must match.
+    fn meaning(atoms: &[Atom], mode: Mode, peer: u32, proto: u8, port: u16) -> Verdict {
+        let hits: Vec<Class> = atoms
+            .iter()
+            .filter(|a| a.key.identity == peer || a.key.identity == IDENTITY_ANY)
+            .filter(|a| match a.key.proto {
+                None => true,
+                Some(p) => p == proto && mask(port, a.key.port_prefix) == a.key.port,
+            })
+            .map(|a| a.class)
+            .collect();
+        let has = |c| hits.contains(&c);
+        match mode {
+            Mode::Enforce if has(Class::Deny) || !has(Class::Allow) => Verdict::Deny,
+            Mode::Enforce if has(Class::AuditDeny) => Verdict::Audit,
+            Mode::Enforce => Verdict::Allow,
+            _ if has(Class::Deny) => Verdict::Deny,
+            _ if has(Class::AuditDeny) || (hits.is_empty() && mode == Mode::Audit) => {
+                Verdict::Audit
+            }
+            _ => Verdict::Allow,
+        }
+    }
+
+    #[test]
+    fn two_longest_prefix_lookups_give_the_rules_meaning() {
+        // A fixed linear congruential sequence: random tables, reproducible failures.
+        let mut state: u64 = 0x5eed;
+        let mut next = |n: u64| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (state >> 33) % n
+        };
+        let identities = [IDENTITY_ANY, 7, 8];
+        for round in 0..150 {
+            let atoms: Vec<Atom> = (0..1 + next(8))
+                .map(|rule| {
+                    let identity = identities[next(3) as usize];
+                    let key = match next(4) {
+                        0 => key(identity, None, 0, 0),
+                        n => {
+                            let len = [0u8, 9, 10, 12, 14, 15, 16][next(7) as usize];
+                            let port = mask(next(140) as u16, len);
+                            key(identity, Some(if n == 1 { 17 } else { 6 }), port, len)
+                        }
+                    };
+                    let class = [Class::Allow, Class::Allow, Class::AuditDeny, Class::Deny]
+                        [next(4) as usize];
+                    Atom {
+                        key,
+                        class,
+                        rule: rule as usize,
+                    }
+                })
+                .collect();
+            for mode in [Mode::Enforce, Mode::Audit, Mode::DefaultAllow] {
+                let table = crate::output::DirectionTable {
+                    mode,
+                    entries: build(&atoms, mode, &[]),
+                    policies: vec![],
+                };
+                for peer in [7, 8, 9] {
+                    for proto in [6, 17, 132] {
+                        for port in (0..140).chain([1000, 65535]) {
+                            let (got, _) = crate::eval::lookup(&table, peer, proto, port);
+                            assert_eq!(
+                                got,
+                                meaning(&atoms, mode, peer, proto, port),
+                                "round {round} {mode:?} peer {peer} {proto}/{port}\natoms {atoms:?}\nentries {:?}",
+                                table.entries
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
