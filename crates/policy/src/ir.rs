@@ -67,10 +67,7 @@ pub enum Peer {
     /// Addresses in `cidr` but not in any of `except` (ipBlock, toCIDR, toCIDRSet). Like
     /// ipBlock in most implementations, it matches addresses outside the cluster's pods and
     /// nodes: those resolve to their own identities first.
-    Cidr {
-        cidr: IpNet,
-        except: Vec<IpNet>,
-    },
+    Cidr { cidr: IpNet, except: Vec<IpNet> },
     Entity(Entity),
 }
 
@@ -90,11 +87,7 @@ pub enum PortMatch {
     /// Every port of the protocol (a NetworkPolicy port without `port`).
     AllPorts(Protocol),
     /// Ports `first..=last` (a single port has `first == last`).
-    Range {
-        protocol: Protocol,
-        first: u16,
-        last: u16,
-    },
+    Range { protocol: Protocol, first: u16, last: u16 },
     /// A named container port, resolved per destination pod (`endPort` is not allowed with it).
     Named { protocol: Protocol, name: String },
     /// ICMP (`ipv6: false`) or ICMPv6 (`ipv6: true`) of one type, or of every type.
