@@ -1,0 +1,435 @@
+//! The compiler: policies and a view of the cluster in, per-endpoint tables and the ipcache
+//! out. Selectors are matched once per distinct label set and peers resolved once per
+//! policy; local endpoints with the same labels share their tables (ingress ones only when
+//! no selecting policy names a port, since named ports differ per pod).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::rc::Rc;
+
+use ipnet::IpNet;
+use sluice_model::LabelSet;
+
+use crate::entries::{self, Atom, Class};
+use crate::ir::{Action, Entity, Peer, Policy, PortMatch, Rule, Selector};
+use crate::output::{
+    ClusterView, Compiled, DirectionTable, EndpointPolicy, EntryKey, Mode, RuleRef, IDENTITY_ANY,
+    IDENTITY_HOST, IDENTITY_REMOTE_NODE, IDENTITY_WORLD,
+};
+use crate::ports::{port_keys, protocol_numbers};
+
+/// An endpoint's named ports: name -> (protocol number, port).
+type NamedPorts = BTreeMap<String, (u8, u16)>;
+
+/// Every CIDR the policies name, `except` prefixes included, normalized: the caller
+/// allocates an identity to each and passes them in [`ClusterView::cidr_identities`].
+pub fn required_cidrs(policies: &[Policy]) -> BTreeSet<IpNet> {
+    let mut out = BTreeSet::new();
+    for policy in policies {
+        for rules in [&policy.ingress, &policy.egress].into_iter().flatten() {
+            for peer in rules
+                .rules
+                .iter()
+                .filter_map(|r| r.peers.as_ref())
+                .flatten()
+            {
+                if let Peer::Cidr { cidr, except } = peer {
+                    out.insert(cidr.trunc());
+                    out.extend(except.iter().map(IpNet::trunc));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Compiles `policies` for the local endpoints of `view`.
+pub fn compile(policies: &[Policy], view: &ClusterView) -> Compiled {
+    let mut index = Index::new(view);
+    let mut refs = Vec::new();
+    let resolved: Vec<Resolved> = policies
+        .iter()
+        .map(|p| Resolved::new(p, &mut index, &mut refs))
+        .collect();
+    // Per label class, the policies selecting it.
+    let mut selecting: Vec<Vec<usize>> = vec![Vec::new(); index.classes.len()];
+    for (i, r) in resolved.iter().enumerate() {
+        for class in r.subject.iter() {
+            selecting[*class].push(i);
+        }
+    }
+    let ctx = Ctx {
+        policies,
+        resolved: &resolved,
+        refs: &refs,
+    };
+    // Local endpoints that share tables: same labels (egress), and the same named ports
+    // too when a selecting policy names an ingress port.
+    let mut ingress_groups: HashMap<(usize, Option<&NamedPorts>), Vec<usize>> = HashMap::new();
+    let mut egress_groups: HashMap<usize, Vec<usize>> = HashMap::new();
+    for (ep_index, ep) in view.endpoints.iter().enumerate().filter(|(_, e)| e.local) {
+        let class = index.class_of[ep_index];
+        let named = selecting[class].iter().any(|i| {
+            resolved[*i]
+                .ingress
+                .as_ref()
+                .is_some_and(|d| !d.named.is_empty())
+        });
+        let key = (class, named.then_some(&ep.named_ports));
+        ingress_groups.entry(key).or_default().push(ep_index);
+        egress_groups.entry(class).or_default().push(ep_index);
+    }
+    let mut policies_of: Vec<EndpointPolicy> =
+        vec![EndpointPolicy::default(); view.endpoints.len()];
+    for ((class, _), members) in &ingress_groups {
+        let named_ports = &view.endpoints[members[0]].named_ports;
+        let table = ctx.table(&selecting[*class], true, named_ports);
+        share(table, members, |i, t| policies_of[i].ingress = t);
+    }
+    for (class, members) in &egress_groups {
+        let table = ctx.table(&selecting[*class], false, &NamedPorts::new());
+        share(table, members, |i, t| policies_of[i].egress = t);
+    }
+    let endpoints = view
+        .endpoints
+        .iter()
+        .zip(policies_of)
+        .filter(|(ep, _)| ep.local)
+        .map(|(ep, policy)| (ep.key.clone(), policy))
+        .collect();
+    Compiled {
+        endpoints,
+        ipcache: ipcache(view),
+    }
+}
+
+/// Gives `table` to every member: clones for all but the last, which takes it.
+fn share(table: DirectionTable, members: &[usize], mut give: impl FnMut(usize, DirectionTable)) {
+    if let Some((last, rest)) = members.split_last() {
+        for member in rest {
+            give(*member, table.clone());
+        }
+        give(*last, table);
+    }
+}
+
+/// Address prefix -> identity. Host prefixes of endpoints and nodes are written last so they
+/// win over an equal CIDR prefix.
+fn ipcache(view: &ClusterView) -> BTreeMap<IpNet, u32> {
+    let mut out: BTreeMap<IpNet, u32> = view
+        .cidr_identities
+        .iter()
+        .map(|(cidr, id)| (cidr.trunc(), *id))
+        .collect();
+    for ip in &view.remote_node_ips {
+        out.insert(IpNet::from(*ip), IDENTITY_REMOTE_NODE);
+    }
+    for ip in &view.local_node_ips {
+        out.insert(IpNet::from(*ip), IDENTITY_HOST);
+    }
+    for ep in &view.endpoints {
+        out.extend(ep.ips.iter().map(|ip| (IpNet::from(*ip), ep.identity)));
+    }
+    out
+}
+
+/// The view's endpoints grouped by label set ("classes"), and selector results by selector.
+struct Index<'a> {
+    view: &'a ClusterView,
+    /// Distinct label sets, and the endpoints carrying each.
+    classes: Vec<(&'a LabelSet, Vec<usize>)>,
+    /// Endpoint index -> class.
+    class_of: Vec<usize>,
+    selections: HashMap<&'a Selector, Rc<Selection>>,
+}
+
+/// What a selector matches.
+struct Selection {
+    classes: Vec<usize>,
+    identities: BTreeSet<u32>,
+    endpoints: Vec<usize>,
+}
+
+impl<'a> Index<'a> {
+    fn new(view: &'a ClusterView) -> Self {
+        let mut by_labels: HashMap<&LabelSet, usize> = HashMap::new();
+        let mut classes: Vec<(&LabelSet, Vec<usize>)> = Vec::new();
+        let mut class_of = Vec::with_capacity(view.endpoints.len());
+        for (i, ep) in view.endpoints.iter().enumerate() {
+            let class = *by_labels.entry(&ep.labels).or_insert_with(|| {
+                classes.push((&ep.labels, Vec::new()));
+                classes.len() - 1
+            });
+            classes[class].1.push(i);
+            class_of.push(class);
+        }
+        Index {
+            view,
+            classes,
+            class_of,
+            selections: HashMap::new(),
+        }
+    }
+
+    fn select(&mut self, selector: &'a Selector) -> Rc<Selection> {
+        if let Some(s) = self.selections.get(selector) {
+            return s.clone();
+        }
+        let mut selection = Selection {
+            classes: Vec::new(),
+            identities: BTreeSet::new(),
+            endpoints: Vec::new(),
+        };
+        for (class, (labels, members)) in self.classes.iter().enumerate() {
+            if selector.matches(labels) {
+                selection.classes.push(class);
+                selection.endpoints.extend(members);
+                selection
+                    .identities
+                    .extend(members.iter().map(|m| self.view.endpoints[*m].identity));
+            }
+        }
+        let selection = Rc::new(selection);
+        self.selections.insert(selector, selection.clone());
+        selection
+    }
+
+    fn all_endpoints(&self) -> Vec<usize> {
+        (0..self.view.endpoints.len()).collect()
+    }
+
+    /// Identities a peer stands for, and the endpoints among them (for named egress ports).
+    fn peer(&mut self, peer: &'a Peer) -> (BTreeSet<u32>, Vec<usize>) {
+        let view = self.view;
+        match peer {
+            Peer::Endpoints(selector) => {
+                let s = self.select(selector);
+                (s.identities.clone(), s.endpoints.clone())
+            }
+            Peer::Cidr { cidr, except } => {
+                let (cidr, except): (IpNet, Vec<IpNet>) =
+                    (cidr.trunc(), except.iter().map(IpNet::trunc).collect());
+                let ids = view
+                    .cidr_identities
+                    .iter()
+                    .filter(|(p, _)| {
+                        let p = p.trunc();
+                        cidr.contains(&p) && !except.iter().any(|e| e.contains(&p))
+                    })
+                    .map(|(_, id)| *id)
+                    .collect();
+                (ids, Vec::new())
+            }
+            Peer::Entity(Entity::Host) => ([IDENTITY_HOST].into(), Vec::new()),
+            Peer::Entity(Entity::RemoteNode) => ([IDENTITY_REMOTE_NODE].into(), Vec::new()),
+            Peer::Entity(Entity::World) => {
+                let mut ids: BTreeSet<u32> = view.cidr_identities.values().copied().collect();
+                ids.insert(IDENTITY_WORLD);
+                (ids, Vec::new())
+            }
+            Peer::Entity(Entity::Cluster) => {
+                let mut ids: BTreeSet<u32> = view.endpoints.iter().map(|e| e.identity).collect();
+                ids.extend([IDENTITY_HOST, IDENTITY_REMOTE_NODE]);
+                (ids, self.all_endpoints())
+            }
+            Peer::Entity(Entity::All) => ([IDENTITY_ANY].into(), self.all_endpoints()),
+        }
+    }
+}
+
+/// A policy with selectors and peers resolved against the view.
+struct Resolved {
+    subject: Vec<usize>,
+    ingress: Option<ResolvedDirection>,
+    egress: Option<ResolvedDirection>,
+}
+
+struct ResolvedDirection {
+    default_deny: bool,
+    /// Atoms that do not depend on the local endpoint.
+    atoms: Vec<Atom>,
+    /// Ingress named ports, resolved per local endpoint: peers' identities, rule, match.
+    named: Vec<(Rc<BTreeSet<u32>>, Class, usize, PortMatch)>,
+}
+
+impl Resolved {
+    fn new<'a>(policy: &'a Policy, index: &mut Index<'a>, refs: &mut Vec<RuleRef>) -> Self {
+        let subject = index.select(&policy.subject).classes.clone();
+        let mut direction = |rules: &'a Option<crate::ir::DirectionRules>, ingress: bool| {
+            rules.as_ref().map(|d| {
+                let mut out = ResolvedDirection {
+                    default_deny: d.default_deny,
+                    atoms: Vec::new(),
+                    named: Vec::new(),
+                };
+                for (i, rule) in d.rules.iter().enumerate() {
+                    refs.push(RuleRef {
+                        policy: policy.id.clone(),
+                        ingress,
+                        index: i,
+                    });
+                    resolve_rule(rule, policy.audit, ingress, refs.len() - 1, index, &mut out);
+                }
+                out
+            })
+        };
+        let ingress = direction(&policy.ingress, true);
+        let egress = direction(&policy.egress, false);
+        Resolved {
+            subject,
+            ingress,
+            egress,
+        }
+    }
+}
+
+fn resolve_rule<'a>(
+    rule: &'a Rule,
+    audit: bool,
+    ingress: bool,
+    rule_ref: usize,
+    index: &mut Index<'a>,
+    out: &mut ResolvedDirection,
+) {
+    let class = match (rule.action, audit) {
+        (Action::Allow, _) => Class::Allow,
+        (Action::Deny, true) => Class::AuditDeny,
+        (Action::Deny, false) => Class::Deny,
+    };
+    let (identities, peer_endpoints) = match &rule.peers {
+        None => ([IDENTITY_ANY].into(), index.all_endpoints()),
+        Some(peers) => {
+            let mut ids = BTreeSet::new();
+            let mut eps = BTreeSet::new();
+            for peer in peers {
+                let (i, e) = index.peer(peer);
+                ids.extend(i);
+                eps.extend(e);
+            }
+            (ids, eps.into_iter().collect())
+        }
+    };
+    let atom = |identity, (proto, port, port_prefix)| Atom {
+        key: EntryKey {
+            identity,
+            proto,
+            port,
+            port_prefix,
+        },
+        class,
+        rule: rule_ref,
+    };
+    if rule.ports.is_empty() {
+        out.atoms
+            .extend(identities.iter().map(|id| atom(*id, (None, 0, 0))));
+        return;
+    }
+    let identities = Rc::new(identities);
+    for port in &rule.ports {
+        match port {
+            PortMatch::Named { .. } if ingress => {
+                out.named
+                    .push((identities.clone(), class, rule_ref, port.clone()))
+            }
+            // Egress: each peer endpoint's own number for the name, keyed by its identity.
+            PortMatch::Named { protocol, name } => {
+                for ep in peer_endpoints.iter().map(|i| &index.view.endpoints[*i]) {
+                    if let Some((proto, number)) = ep.named_ports.get(name) {
+                        if protocol_numbers(*protocol).contains(proto) {
+                            out.atoms
+                                .push(atom(ep.identity, (Some(*proto), *number, 16)));
+                        }
+                    }
+                }
+            }
+            _ => {
+                for key in port_keys(port) {
+                    out.atoms.extend(identities.iter().map(|id| atom(*id, key)));
+                }
+            }
+        }
+    }
+}
+
+/// What building a table needs.
+struct Ctx<'a> {
+    policies: &'a [Policy],
+    resolved: &'a [Resolved],
+    refs: &'a [RuleRef],
+}
+
+impl Ctx<'_> {
+    /// The table of one direction for an endpoint selected by `selecting`.
+    fn table(
+        &self,
+        selecting: &[usize],
+        ingress: bool,
+        named_ports: &NamedPorts,
+    ) -> DirectionTable {
+        let dirs: Vec<(usize, &ResolvedDirection)> = selecting
+            .iter()
+            .filter_map(|i| {
+                let r = &self.resolved[*i];
+                if ingress {
+                    r.ingress.as_ref()
+                } else {
+                    r.egress.as_ref()
+                }
+                .map(|d| (*i, d))
+            })
+            .collect();
+        let deny_by = |audit: bool| {
+            dirs.iter()
+                .any(|(i, d)| d.default_deny && self.policies[*i].audit == audit)
+        };
+        let mode = if deny_by(false) {
+            Mode::Enforce
+        } else if deny_by(true) {
+            Mode::Audit
+        } else if !dirs.is_empty() {
+            Mode::DefaultAllow
+        } else {
+            return DirectionTable::default();
+        };
+        let mut atoms = Vec::new();
+        for (i, d) in &dirs {
+            // Under Enforce an audit policy's allow opens nothing.
+            let keep = |a: &Atom| {
+                !(mode == Mode::Enforce && self.policies[*i].audit && a.class == Class::Allow)
+            };
+            atoms.extend(d.atoms.iter().filter(|a| keep(a)).copied());
+            for (ids, class, rule, port) in &d.named {
+                let PortMatch::Named { protocol, name } = port else {
+                    continue;
+                };
+                let Some((proto, number)) = named_ports.get(name) else {
+                    continue;
+                };
+                if !protocol_numbers(*protocol).contains(proto) {
+                    continue;
+                }
+                atoms.extend(
+                    ids.iter()
+                        .map(|id| Atom {
+                            key: EntryKey {
+                                identity: *id,
+                                proto: Some(*proto),
+                                port: *number,
+                                port_prefix: 16,
+                            },
+                            class: *class,
+                            rule: *rule,
+                        })
+                        .filter(|a| keep(a)),
+                );
+            }
+        }
+        DirectionTable {
+            mode,
+            entries: entries::build(&atoms, mode, self.refs),
+            policies: dirs
+                .iter()
+                .map(|(i, _)| self.policies[*i].id.clone())
+                .collect(),
+        }
+    }
+}
