@@ -411,6 +411,9 @@ impl Agent {
                 e.insert(ip, r.host_ifindex, ns, pod, r.identity);
             }
         }
+        if let Some(p) = &self.policies {
+            e.set_policy_rules(p.rule_names());
+        }
         self.observer.set_enrichment(e);
     }
 
@@ -454,7 +457,7 @@ impl Agent {
 
     pub fn metrics_text(&self) -> Result<String, AgentError> {
         let (drops, fwd, maps) = self.with_datapath(|dp| Ok((dp.drop_counters()?, dp.forward_counters()?, dp.map_pressure())))?;
-        let directions = ["from-pod", "from-netdev"];
+        let directions = ["from-pod", "from-netdev", "to-pod"];
         let reasons = sluice_abi::sluice_drop_reason::SLUICE_DROP_REASON_MAX as usize;
         let kinds = sluice_abi::sluice_forward_kind::SLUICE_FWD_KIND_MAX as usize;
         let mut snapshot = Snapshot::default();
@@ -628,8 +631,14 @@ impl Agent {
                 Some(crate::policy::program::LocalEndpoint { id: e.id, pod: format!("{}/{}", e.pod_namespace?, e.pod_name?), ips })
             })
             .collect();
-        let mut guard = self.datapath.lock().unwrap_or_else(|p| p.into_inner());
-        policies.sync(guard.as_mut(), &self.identities, local, force).map_err(|e| AgentError::Policy(e.to_string()))
+        let report = {
+            let mut guard = self.datapath.lock().unwrap_or_else(|p| p.into_inner());
+            policies.sync(guard.as_mut(), &self.identities, local, force).map_err(|e| AgentError::Policy(e.to_string()))?
+        };
+        if report.as_ref().is_some_and(|r| r.entries_written > 0) {
+            self.refresh_enrichment();
+        }
+        Ok(report)
     }
 
     /// The policy loop's last inputs and tables.

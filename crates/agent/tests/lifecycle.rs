@@ -62,6 +62,45 @@ impl SharedFake {
     }
 }
 
+impl sluice_datapath::PolicyTables for SharedFake {
+    fn ipcache(&self) -> Result<Vec<(ipnet::IpNet, u32)>, DatapathError> {
+        self.lock().tables.ipcache()
+    }
+    fn upsert_ipcache(&mut self, prefix: ipnet::IpNet, identity: u32) -> Result<(), DatapathError> {
+        self.lock().tables.upsert_ipcache(prefix, identity)
+    }
+    fn remove_ipcache(&mut self, prefix: ipnet::IpNet) -> Result<(), DatapathError> {
+        self.lock().tables.remove_ipcache(prefix)
+    }
+    fn policy_entries(&self) -> Result<Vec<(sluice_abi::policy_key, sluice_abi::policy_entry)>, DatapathError> {
+        self.lock().tables.policy_entries()
+    }
+    fn upsert_policy_entry(&mut self, key: &sluice_abi::policy_key, value: &sluice_abi::policy_entry) -> Result<(), DatapathError> {
+        self.lock().tables.upsert_policy_entry(key, value)
+    }
+    fn remove_policy_entry(&mut self, key: &sluice_abi::policy_key) -> Result<(), DatapathError> {
+        self.lock().tables.remove_policy_entry(key)
+    }
+    fn policy_endpoints(&self) -> Result<Vec<(u32, sluice_abi::policy_endpoint)>, DatapathError> {
+        self.lock().tables.policy_endpoints()
+    }
+    fn upsert_policy_endpoint(&mut self, endpoint_id: u32, value: &sluice_abi::policy_endpoint) -> Result<(), DatapathError> {
+        self.lock().tables.upsert_policy_endpoint(endpoint_id, value)
+    }
+    fn remove_policy_endpoint(&mut self, endpoint_id: u32) -> Result<(), DatapathError> {
+        self.lock().tables.remove_policy_endpoint(endpoint_id)
+    }
+    fn policy_conntrack(&self) -> Result<Vec<(sluice_abi::ct_key, sluice_abi::policy_ct_entry)>, DatapathError> {
+        self.lock().tables.policy_conntrack()
+    }
+    fn remove_policy_conntrack(&mut self, key: &sluice_abi::ct_key) -> Result<(), DatapathError> {
+        self.lock().tables.remove_policy_conntrack(key)
+    }
+    fn policy_pressure(&self) -> Vec<sluice_datapath::MapPressure> {
+        self.lock().tables.policy_pressure()
+    }
+}
+
 impl sluice_datapath::ServiceTables for SharedFake {
     fn frontends(&self) -> Result<Vec<(sluice_abi::lb_frontend_key, sluice_abi::lb_frontend)>, DatapathError> {
         self.lock().tables.frontends()

@@ -245,6 +245,9 @@ mod tests {
             length: 74,
             truncated: false,
             summary: None,
+            policy_rule: None,
+            peer_identity: None,
+            policy: None,
         }
     }
 

@@ -22,7 +22,7 @@ fn find_pod(lab: &sluice_lab::Lab, name: &str) -> anyhow::Result<PodRef> {
     let (namespace, pod) = name.split_once('/').unwrap_or(("default", name));
     let pods = lab.pods(Some(namespace))?;
     let Some(p) = pods.iter().find(|p| p.metadata.name.as_deref() == Some(pod)) else {
-        bail!("pod {namespace}/{pod} not found in lab {}", lab.names().lab());
+        bail!("pod {namespace}/{pod} not found in lab {}", lab.names().lab);
     };
     let ips = p.status.as_ref().and_then(|s| s.pod_ips.as_ref()).map(|v| v.iter().filter_map(|i| i.ip.parse().ok()).collect()).unwrap_or_default();
     let node = p.spec.as_ref().and_then(|s| s.node_name.clone()).with_context(|| format!("pod {namespace}/{pod} is not on a node"))?;

@@ -275,6 +275,7 @@ impl BpfDatapath {
             MapPressure { map: "trace_flows", entries: self.trace_flows.keys().count(), capacity: sluice_abi::SLUICE_TRACE_FLOWS as usize },
         ];
         out.extend(self.services.service_pressure());
+        out.extend(self.policy.policy_pressure());
         out
     }
 

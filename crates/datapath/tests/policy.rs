@@ -144,6 +144,7 @@ fn set_modes(lab: &mut Lab, ep: u32, ingress: u8, egress: u8) {
 }
 
 /// An entry: `proto` None = every protocol; `port`/`bits` the port prefix.
+#[allow(clippy::too_many_arguments)] // one entry's fields, spelled out at each call
 fn entry(lab: &mut Lab, ep: u32, dir: u8, identity: u32, proto: Option<u8>, port: u16, bits: u8, verdict: u8, rule: u32) {
     let fixed = sluice_abi::SLUICE_POLICY_FIXED_BITS;
     let prefixlen = match proto {

@@ -18,6 +18,8 @@ struct Named {
 pub struct Enrichment {
     by_ip: HashMap<IpAddr, Named>,
     by_ifindex: HashMap<u32, Named>,
+    /// Policy rule cookies -> the policies behind them.
+    policy_rules: HashMap<u32, String>,
 }
 
 impl Enrichment {
@@ -27,7 +29,18 @@ impl Enrichment {
         self.by_ifindex.insert(host_ifindex, named);
     }
 
+    pub fn set_policy_rules(&mut self, rules: HashMap<u32, String>) {
+        self.policy_rules = rules;
+    }
+
     pub fn apply(&self, flow: &mut Flow) {
+        if let Some(cookie) = flow.policy_rule {
+            flow.policy = Some(match self.policy_rules.get(&cookie) {
+                Some(names) => names.clone(),
+                None if cookie == 0 => "default deny: selected by a policy, no rule allows it".into(),
+                None => format!("policy rule {cookie}"),
+            });
+        }
         let (src, dst) = (flow.source.ip, flow.destination.ip);
         name(&mut flow.source, src.and_then(|ip| self.by_ip.get(&ip)));
         name(&mut flow.destination, dst.and_then(|ip| self.by_ip.get(&ip)));

@@ -31,11 +31,14 @@ pub struct PolicyReport {
     pub ipcache_removed: usize,
 }
 
+/// One endpoint's entries as written, keyed by the key's bytes.
+type Entries = BTreeMap<Vec<u8>, (policy_key, policy_entry)>;
+
 /// The programmer's memory of what it wrote, adopted from the maps at start.
 #[derive(Debug, Default)]
 pub struct PolicyProgrammer {
     /// endpoint id -> (modes and revision, entries of that revision).
-    endpoints: BTreeMap<u32, (policy_endpoint, BTreeMap<Vec<u8>, (policy_key, policy_entry)>)>,
+    endpoints: BTreeMap<u32, (policy_endpoint, Entries)>,
     ipcache: BTreeMap<IpNet, u32>,
     /// Entries of no current revision (a round that stopped half-way): deleted next round.
     orphans: Vec<policy_key>,
@@ -125,12 +128,17 @@ impl PolicyProgrammer {
         c
     }
 
+    /// Every cookie handed out, with its rules.
+    pub fn cookies(&self) -> impl Iterator<Item = (u32, &[RuleRef])> {
+        self.rules.iter().map(|(c, r)| (*c, r.as_slice()))
+    }
+
     /// The rules behind a cookie seen in a flow.
     pub fn rules_of(&self, cookie: u32) -> Option<&[RuleRef]> {
         self.rules.get(&cookie).map(Vec::as_slice)
     }
 
-    fn entries_of(&mut self, id: u32, revision: u8, ingress: &DirectionTable, egress: &DirectionTable) -> BTreeMap<Vec<u8>, (policy_key, policy_entry)> {
+    fn entries_of(&mut self, id: u32, revision: u8, ingress: &DirectionTable, egress: &DirectionTable) -> Entries {
         let mut out = BTreeMap::new();
         for (dir, table) in [(sluice_abi::SLUICE_POLICY_INGRESS as u8, ingress), (sluice_abi::SLUICE_POLICY_EGRESS as u8, egress)] {
             if table.mode == Mode::None {

@@ -36,6 +36,9 @@ pub struct PolicyStats {
     pub conntrack_collected: u64,
 }
 
+/// A label set as the identity allocator takes it.
+type Labels = BTreeMap<String, String>;
+
 pub struct Policies {
     node_addresses: Vec<IpAddr>,
     store: Option<sluice_state::LocalStore>,
@@ -43,7 +46,7 @@ pub struct Policies {
     /// Store time and local endpoints of the last good round.
     seen: Mutex<Option<(Option<SystemTime>, Vec<LocalEndpoint>)>>,
     /// Identities this loop holds: owner key -> label set.
-    held: Mutex<BTreeMap<String, (BTreeMap<String, String>, u32)>>,
+    held: Mutex<BTreeMap<String, (Labels, u32)>>,
     snapshot: Mutex<Arc<PolicySnapshot>>,
     stats: Mutex<PolicyStats>,
 }
@@ -89,15 +92,13 @@ impl Policies {
     /// The rules behind a cookie of a flow, in words.
     pub fn describe_rule(&self, cookie: u32) -> Option<String> {
         let guard = lock(&self.programmer);
-        let rules = guard.as_ref()?.rules_of(cookie)?;
-        let names: BTreeSet<String> = rules
-            .iter()
-            .map(|r| {
-                let ns = r.policy.namespace.as_deref().map(|n| format!("{n}/")).unwrap_or_default();
-                format!("{} {ns}{} ({} rule {})", r.policy.kind, r.policy.name, if r.ingress { "ingress" } else { "egress" }, r.index)
-            })
-            .collect();
-        Some(names.into_iter().collect::<Vec<_>>().join(", "))
+        Some(describe(guard.as_ref()?.rules_of(cookie)?))
+    }
+
+    /// Every rule cookie in words, for naming flows.
+    pub fn rule_names(&self) -> std::collections::HashMap<u32, String> {
+        let guard = lock(&self.programmer);
+        guard.as_ref().map(|p| p.cookies().map(|(c, r)| (c, describe(r))).collect()).unwrap_or_default()
     }
 
     /// One round; `None` when nothing changed.
@@ -179,7 +180,7 @@ impl Policies {
         if guard.is_none() {
             *guard = Some(PolicyProgrammer::adopt(datapath)?);
         }
-        let programmer = guard.as_mut().ok_or_else(|| PolicyError::Datapath(sluice_datapath::DatapathError::os("policy programmer", std::io::Error::other("missing"))))?;
+        let Some(programmer) = guard.as_mut() else { return Ok(PolicyReport::default()) };
         let report = programmer.program(datapath, &compiled, local)?;
         let mut stats = lock(&self.stats);
         stats.policies = policies.len();
@@ -238,6 +239,18 @@ impl Policies {
         lock(&self.stats).conntrack_collected += removed as u64;
         Ok(removed)
     }
+}
+
+/// `NetworkPolicy x/web (ingress rule 0), ...`
+fn describe(rules: &[sluice_policy::RuleRef]) -> String {
+    let names: BTreeSet<String> = rules
+        .iter()
+        .map(|r| {
+            let ns = r.policy.namespace.as_deref().map(|n| format!("{n}/")).unwrap_or_default();
+            format!("{} {ns}{} ({} rule {})", r.policy.kind, r.policy.name, if r.ingress { "ingress" } else { "egress" }, r.index)
+        })
+        .collect();
+    names.into_iter().collect::<Vec<_>>().join(", ")
 }
 
 /// Every stored policy, lowered to the engine's form. Stored objects passed validation when
