@@ -190,8 +190,18 @@ pub enum Command {
     SvcServer {
         #[arg(long)]
         name: String,
-        #[arg(long, default_value_t = 8080)]
-        port: u16,
+        /// Ports to serve (TCP and UDP each); repeat for several.
+        #[arg(long = "port", default_values_t = [8080])]
+        ports: Vec<u16>,
+    },
+    /// Many exchanges at once, as JSON {target: true|false}: `tcp:ADDR:PORT` or `udp:...`
+    /// (the policy tests' reachability probes).
+    #[command(hide = true)]
+    SvcProbe {
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        timeout: Duration,
+        #[arg(required = true)]
+        targets: Vec<String>,
     },
     /// One exchange with a server: reply, peer address as the socket API shows it, or how it
     /// failed, as JSON.
@@ -254,6 +264,15 @@ pub enum BenchCommand {
         runs: usize,
         /// Directory for results.json and results.md.
         #[arg(long, default_value = "results/services")]
+        out: PathBuf,
+    },
+    /// How long a node takes to compile 1,000 NetworkPolicies over 1,000 pods and to program
+    /// its local pods' entries into the kernel maps; then one policy's change.
+    Policy {
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Directory for results.json and results.md.
+        #[arg(long, default_value = "results/policy")]
         out: PathBuf,
     },
     /// The TCP_CRR server (started by the datapath benchmark in the server pod).

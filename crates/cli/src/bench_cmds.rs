@@ -1,6 +1,6 @@
 //! `sluice bench`: run a benchmark, print its table, write its results. Without a subcommand it
 //! runs the datapath comparison; `control-plane` measures the control plane; `services` how
-//! fast many services are programmed; the hidden
+//! fast many services are programmed; `policy` how fast policy is compiled and programmed; the hidden
 //! `crr-server` / `crr-client` are the TCP_CRR load generator the datapath comparison starts.
 
 use std::path::Path;
@@ -16,6 +16,7 @@ pub async fn bench(command: Option<BenchCommand>, datapath: DatapathBenchArgs) -
         Some(BenchCommand::ControlPlane { pods, restarts, out }) => control_plane(pods, restarts, out.as_deref()).await,
         Some(BenchCommand::Observer { runs, seconds, out }) => observer(runs, seconds, out.as_deref()).await,
         Some(BenchCommand::Services { counts, backends, runs, out }) => services(counts, backends, runs, &out).await,
+        Some(BenchCommand::Policy { runs, out }) => policy(runs, &out),
         Some(BenchCommand::CrrServer { listen }) => {
             sluice_bench::workloads::crr::serve(listen).with_context(|| format!("serving TCP_CRR on {listen}"))?;
             Ok(ExitCode::SUCCESS)
@@ -76,6 +77,19 @@ async fn observer(runs: usize, seconds: u64, out: Option<&Path>) -> anyhow::Resu
     eprintln!("observer benchmark: {runs} runs of {seconds} s, every forwarded packet an event");
     let result = sluice_bench::observer_rate(sluice, runs, seconds, &mut |line| eprintln!("  {line}")).await?;
     write_results(out, &result, &result.markdown())
+}
+
+fn policy(runs: usize, out: &Path) -> anyhow::Result<ExitCode> {
+    let opts = sluice_bench::PolicyOptions { runs, shape: sluice_policy::synthetic::Shape::THOUSAND, command: std::env::args().collect::<Vec<_>>().join(" ") };
+    eprintln!("policy benchmark: 1,000 NetworkPolicies over 1,000 pods, {runs} run(s), each on a fresh datapath");
+    let report = sluice_bench::policy(&opts, &mut |line| eprintln!("  {line}"))?;
+    let markdown = report.markdown();
+    println!("{markdown}");
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    std::fs::write(out.join("results.json"), serde_json::to_vec_pretty(&report)?)?;
+    std::fs::write(out.join("results.md"), markdown)?;
+    eprintln!("results written to {} (results.json, results.md)", out.display());
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn services(counts: Vec<usize>, backends: usize, runs: usize, out: &Path) -> anyhow::Result<ExitCode> {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::{privileged, sluice_bin, text};
 
-const CONFIGURATIONS: [&str; 5] = ["limit", "sluice-bpf", "sluice-bpf-nomon", "sluice-legacy", "classic"];
+const CONFIGURATIONS: [&str; 6] = ["limit", "sluice-bpf", "sluice-bpf-nomon", "sluice-bpf-policy", "sluice-legacy", "classic"];
 const WORKLOADS: [&str; 4] = ["tcp-stream-1", "tcp-stream-4", "tcp-rr", "tcp-crr"];
 const SERVICE_CONFIGURATIONS: [&str; 2] = ["sluice-bpf", "classic"];
 const SERVICE_WORKLOAD: &str = "tcp-crr-svc-10";
@@ -84,7 +84,7 @@ fn quick_datapath_benchmark_measures_every_configuration_and_writes_its_results(
     }
 
     let md = std::fs::read_to_string(out_dir.path().join("results.md")).expect("results.md written");
-    assert!(md.contains("| workload | metric | limit | sluice-bpf | sluice-bpf-nomon | sluice-legacy | classic |"), "results.md has the table: {md}");
+    assert!(md.contains("| workload | metric | limit | sluice-bpf | sluice-bpf-nomon | sluice-bpf-policy | sluice-legacy | classic |"), "results.md has the table: {md}");
     assert!(md.contains("| services | sluice-bpf | classic |"), "results.md has the programming times: {md}");
     let png = std::fs::read(out_dir.path().join("results.png")).expect("results.png written");
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "results.png is a PNG");

@@ -40,6 +40,7 @@ pub mod output;
 pub mod ports;
 pub mod select;
 pub mod sluice;
+pub mod synthetic;
 pub mod trace;
 
 pub use compile::{compile, required_cidrs};

@@ -31,6 +31,12 @@ pub async fn sluice_redirects(socket: &Path) -> Result<u64, BenchError> {
         .ok_or_else(|| BenchError::Check("the agent's status lists no \"local endpoint\" forwards".into()))
 }
 
+/// Packets the node's datapath dropped by policy (ingress and egress).
+pub async fn sluice_policy_drops(socket: &Path) -> Result<u64, BenchError> {
+    let status: sluice_api::Status = sluice_api::Client::new(socket).get(sluice_api::paths::STATUS).await?;
+    Ok(status.drops.iter().filter(|d| d.reason.starts_with("policy denied")).map(|d| d.packets).sum())
+}
+
 /// CPU time (user + system) process `pid` has used, in ms. /proc/PID/stat counts in USER_HZ,
 /// which Linux fixes at 100 for user space.
 pub fn process_cpu_ms(pid: i32) -> Result<u64, BenchError> {

@@ -43,6 +43,9 @@ pub enum Configuration {
     /// eBPF host routing with the flow monitor off: what observability costs.
     #[serde(rename = "sluice-bpf-nomon")]
     SluiceBpfNoMonitor,
+    /// As sluice-bpf with network policy enforced on both pods: what policy costs.
+    #[serde(rename = "sluice-bpf-policy")]
+    SluiceBpfPolicy,
     #[serde(rename = "sluice-legacy")]
     SluiceLegacy,
     #[serde(rename = "classic")]
@@ -78,6 +81,7 @@ const SLUICE_REDIRECTS: &str = "Sluice local-endpoint redirects";
 const KUBE_FORWARD: &str = "iptables FORWARD -> KUBE-FORWARD packets";
 const KUBE_SERVICES: &str = "iptables nat PREROUTING -> KUBE-SERVICES packets";
 const AGENT_CPU_MS: &str = "agent CPU ms";
+const POLICY_DROPS: &str = "Sluice policy drops";
 const TARGET_SERVICE_DNAT: &str = "iptables nat target KUBE-SVC -> KUBE-SEP packets";
 const CLIENT_TX: &str = "client eth0 tx packets";
 const SERVER_RX: &str = "server eth0 rx packets";
@@ -117,13 +121,14 @@ enum Node {
 // === impl Configuration ===
 
 impl Configuration {
-    pub const ALL: [Self; 5] = [Self::Limit, Self::SluiceBpf, Self::SluiceBpfNoMonitor, Self::SluiceLegacy, Self::Classic];
+    pub const ALL: [Self; 6] = [Self::Limit, Self::SluiceBpf, Self::SluiceBpfNoMonitor, Self::SluiceBpfPolicy, Self::SluiceLegacy, Self::Classic];
 
     pub fn name(self) -> &'static str {
         match self {
             Self::Limit => "limit",
             Self::SluiceBpf => "sluice-bpf",
             Self::SluiceBpfNoMonitor => "sluice-bpf-nomon",
+            Self::SluiceBpfPolicy => "sluice-bpf-policy",
             Self::SluiceLegacy => "sluice-legacy",
             Self::Classic => "classic",
         }
@@ -138,6 +143,9 @@ impl Configuration {
             Self::Limit => "a direct veth pair between the client and server namespaces, no node hop: the physical limit",
             Self::SluiceBpf => "a one-node Sluice lab, eBPF host routing (bpf_redirect_peer between the pods' veths)",
             Self::SluiceBpfNoMonitor => "as sluice-bpf with monitorAggregation off (drop events only): the cost of flow observability",
+            Self::SluiceBpfPolicy => {
+                "as sluice-bpf with NetworkPolicies selecting both pods (default deny both ways; the client may reach the server on TCP 1024-65535): the cost of policy"
+            }
             Self::SluiceLegacy => "a one-node Sluice lab, legacy host routing (the node's IP stack routes)",
             Self::Classic => {
                 "Debian's containernetworking-plugins bridge + host-local on a node namespace (br_netfilter on), \
@@ -156,6 +164,7 @@ impl Configuration {
         match self {
             Self::Limit => "every packet the client sends arrives at the server's end of the pair (nothing in between)",
             Self::SluiceBpf | Self::SluiceBpfNoMonitor => "the datapath redirects pod to pod; the node's IP stack forwards nothing",
+            Self::SluiceBpfPolicy => "the datapath redirects pod to pod through both pods' policy lookups; the node's IP stack forwards nothing, policy drops nothing",
             Self::SluiceLegacy => "the node's IP stack forwards the traffic; the datapath redirects nothing",
             Self::Classic => "bridged traffic walks the node's iptables FORWARD rules; new connections walk KUBE-SERVICES",
         }
@@ -192,10 +201,11 @@ impl Built {
                 let (pods, guard) = limit::build(env).await?;
                 (pods, Node::None, guard)
             }
-            Configuration::SluiceBpf | Configuration::SluiceBpfNoMonitor | Configuration::SluiceLegacy => {
+            Configuration::SluiceBpf | Configuration::SluiceBpfNoMonitor | Configuration::SluiceBpfPolicy | Configuration::SluiceLegacy => {
                 let mode = if configuration == Configuration::SluiceLegacy { "legacy" } else { "bpf" };
                 let monitor = if configuration == Configuration::SluiceBpfNoMonitor { "off" } else { "medium" };
-                let (pods, node, guard) = sluice::build(env, mode, monitor).await?;
+                let policy = configuration == Configuration::SluiceBpfPolicy;
+                let (pods, node, guard) = sluice::build(env, mode, monitor, policy).await?;
                 (pods, Node::Sluice(node), guard)
             }
             Configuration::Classic => {
@@ -248,6 +258,7 @@ impl Built {
             Node::Sluice(node) => {
                 c.insert(NODE_FORWARDED, counters::ip_forwarded(&node.netns).await?);
                 c.insert(SLUICE_REDIRECTS, counters::sluice_redirects(&node.socket).await?);
+                c.insert(POLICY_DROPS, counters::sluice_policy_drops(&node.socket).await?);
                 // Not part of the claim: what the agent itself costs while pods talk.
                 if let Some(pid) = node.agent_pid {
                     c.insert(AGENT_CPU_MS, counters::process_cpu_ms(pid)?);
@@ -279,6 +290,11 @@ impl Built {
             Configuration::SluiceBpf | Configuration::SluiceBpfNoMonitor => match (d(NODE_FORWARDED), d(SLUICE_REDIRECTS)) {
                 (0, r) if r >= MOVED => None,
                 (f, r) => Some(format!("node IpForwDatagrams moved by {f} (must stay still), datapath redirects moved by {r} (must move)")),
+            },
+            // The pods' enforcement modes were checked when the policies were programmed.
+            Configuration::SluiceBpfPolicy => match (d(NODE_FORWARDED), d(SLUICE_REDIRECTS), d(POLICY_DROPS)) {
+                (0, r, 0) if r >= MOVED => None,
+                (f, r, p) => Some(format!("node IpForwDatagrams moved by {f} (must stay still), datapath redirects by {r} (must move), policy drops by {p} (must stay still)")),
             },
             Configuration::SluiceLegacy => match (d(NODE_FORWARDED), d(SLUICE_REDIRECTS)) {
                 (f, 0) if f >= MOVED => None,

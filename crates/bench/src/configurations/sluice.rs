@@ -47,6 +47,53 @@ spec:
   containers: [{name: main, command: [sleep, infinity]}]
 ";
 
+/// sluice-bpf-policy: both pods selected in both directions (default deny), the client allowed
+/// to the server's unprivileged TCP ports, and (as in most clusters) DNS-style egress to a
+/// CIDR outside the cluster that the workloads never use.
+const POLICY_MANIFEST: &str = "\
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: server, namespace: bench}
+spec:
+  podSelector: {matchLabels: {app: server}}
+  policyTypes: [Ingress, Egress]
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: client}}}]
+    ports: [{protocol: TCP, port: 1024, endPort: 65535}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: client, namespace: bench}
+spec:
+  podSelector: {matchLabels: {app: client}}
+  policyTypes: [Ingress, Egress]
+  egress:
+  - to: [{podSelector: {matchLabels: {app: server}}}]
+    ports: [{protocol: TCP, port: 1024, endPort: 65535}]
+  - to: [{ipBlock: {cidr: 192.0.2.0/24, except: [192.0.2.128/25]}}]
+    ports: [{protocol: UDP, port: 53}]
+";
+
+/// Until the agent reports each pod enforced in both directions.
+async fn wait_enforced(socket: &std::path::Path, pods: &[&str]) -> Result<(), BenchError> {
+    let client = sluice_api::Client::new(socket);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for pod in pods {
+        loop {
+            let answer: serde_json::Value = client.get(&format!("{}?pod={pod}", sluice_api::paths::POLICY_ENDPOINT)).await?;
+            let enforced = |d: &str| answer[d]["mode"].as_str().is_some_and(|m| m.starts_with("enforce"));
+            if enforced("ingress") && enforced("egress") {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(BenchError::Check(format!("policy for {pod} not enforced within 10 s: {answer}")));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok(())
+}
+
 /// What the checks of a Sluice configuration need: the node, and its agent.
 #[derive(Debug, Clone)]
 pub struct Node {
@@ -59,8 +106,12 @@ pub struct Node {
 
 /// Builds a lab whose agent runs host routing `mode` (`bpf` or `legacy`) with monitor
 /// aggregation `monitor` (`off`, `medium`, `all`).
-pub async fn build(env: &BuildEnv, mode: &str, monitor: &str) -> Result<(Pods, Node, Guard), BenchError> {
-    let name = env.lab_name(&if monitor == "medium" { mode.to_owned() } else { format!("{mode}-{monitor}") });
+pub async fn build(env: &BuildEnv, mode: &str, monitor: &str, policy: bool) -> Result<(Pods, Node, Guard), BenchError> {
+    let name = env.lab_name(&match (monitor, policy) {
+        (_, true) => format!("{mode}-pol"),
+        ("medium", false) => mode.to_owned(),
+        _ => format!("{mode}-{monitor}"),
+    });
     let guard = Guard::new(Teardown::Lab(name.clone()));
     // A /17 of cluster IPs: the default /20 holds 4,094 services, the benchmark wants 10,000.
     let mut ranges = sluice_model::ServiceRanges::default();
@@ -82,6 +133,10 @@ pub async fn build(env: &BuildEnv, mode: &str, monitor: &str) -> Result<(Pods, N
         )));
     }
     lab.apply("bench-pods.yaml", MANIFEST, Duration::from_secs(60), &mut |_| {}).await?;
+    if policy {
+        lab.apply("bench-policy.yaml", POLICY_MANIFEST, Duration::from_secs(60), &mut |_| {}).await?;
+        wait_enforced(&socket, &["bench/server", "bench/client"]).await?;
+    }
     let client = pod_netns(&lab, "client")?;
     let server = pod_netns(&lab, "server")?;
     let server_ip = pod_ipv4(&lab, "server")?;

@@ -98,6 +98,7 @@ fn colour(c: Configuration) -> RGBColor {
         Configuration::Limit => RGBColor(150, 150, 150),
         Configuration::SluiceBpf => RGBColor(31, 119, 180),
         Configuration::SluiceBpfNoMonitor => RGBColor(90, 160, 90),
+        Configuration::SluiceBpfPolicy => RGBColor(40, 110, 170),
         Configuration::SluiceLegacy => RGBColor(140, 190, 230),
         Configuration::Classic => RGBColor(230, 140, 40),
     }
