@@ -190,8 +190,18 @@ pub enum Command {
     SvcServer {
         #[arg(long)]
         name: String,
-        #[arg(long, default_value_t = 8080)]
-        port: u16,
+        /// Ports to serve (TCP and UDP each); repeat for several.
+        #[arg(long = "port", default_values_t = [8080])]
+        ports: Vec<u16>,
+    },
+    /// Many exchanges at once, as JSON {target: true|false}: `tcp:ADDR:PORT` or `udp:...`
+    /// (the policy tests' reachability probes).
+    #[command(hide = true)]
+    SvcProbe {
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        timeout: Duration,
+        #[arg(required = true)]
+        targets: Vec<String>,
     },
     /// One exchange with a server: reply, peer address as the socket API shows it, or how it
     /// failed, as JSON.

@@ -35,7 +35,8 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
-        Command::SvcServer { name, port } => return probe_cmds::server(name, *port),
+        Command::SvcServer { name, ports } => return probe_cmds::server(name, ports),
+        Command::SvcProbe { timeout, targets } => return probe_cmds::probe(targets, *timeout),
         Command::SvcClient { target, hold: true, timeout, .. } => return probe_cmds::hold(*target, Duration::from_millis(200), *timeout),
         Command::SvcClient { target, udp, timeout, .. } => return probe_cmds::client(*target, *udp, *timeout),
         _ => {}
@@ -77,7 +78,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Delete { file, resource, namespace } => lab_cmds::delete(&cli.lab, file.as_deref(), &resource, &namespace).await,
             Command::Exec { pod, external, namespace, argv } => lab_cmds::exec(&cli.lab, pod.as_deref().filter(|_| !external), &namespace, &argv),
             Command::Bench { bench, datapath } => bench_cmds::bench(bench, datapath).await,
-            Command::LabShim { .. } | Command::SvcServer { .. } | Command::SvcClient { .. } => Ok(ExitCode::SUCCESS),
+            Command::LabShim { .. } | Command::SvcServer { .. } | Command::SvcClient { .. } | Command::SvcProbe { .. } => Ok(ExitCode::SUCCESS),
         }
     })
 }

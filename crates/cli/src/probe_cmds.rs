@@ -8,10 +8,46 @@ use std::net::{Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-/// Serves `name` on TCP and UDP `port`, IPv4 and IPv6, until killed.
-pub fn server(name: &str, port: u16) -> anyhow::Result<ExitCode> {
-    let tcp = TcpListener::bind((Ipv6Addr::UNSPECIFIED, port))?; // dual stack: v4-mapped too
-    let udp = UdpSocket::bind((Ipv6Addr::UNSPECIFIED, port))?;
+/// Serves `name` on TCP and UDP on each of `ports`, IPv4 and IPv6, until killed.
+pub fn server(name: &str, ports: &[u16]) -> anyhow::Result<ExitCode> {
+    let mut threads = Vec::new();
+    for port in ports.iter().copied() {
+        let tcp = TcpListener::bind((Ipv6Addr::UNSPECIFIED, port))?; // dual stack: v4-mapped too
+        let udp = UdpSocket::bind((Ipv6Addr::UNSPECIFIED, port))?;
+        let name = name.to_string();
+        threads.push(std::thread::spawn(move || serve(&name, tcp, udp)));
+    }
+    for t in threads {
+        let _ = t.join();
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Probes every target at once; prints `{"tcp:10.0.0.1:80": true, ...}`.
+pub fn probe(targets: &[String], timeout: Duration) -> anyhow::Result<ExitCode> {
+    let mut handles = Vec::new();
+    for t in targets {
+        let (proto, addr) = t.split_once(':').ok_or_else(|| anyhow::anyhow!("target {t:?}: expected tcp:ADDR:PORT or udp:ADDR:PORT"))?;
+        let addr: SocketAddr = addr.parse().map_err(|e| anyhow::anyhow!("target {t:?}: {e}"))?;
+        let udp = match proto {
+            "tcp" => false,
+            "udp" => true,
+            other => anyhow::bail!("target {t:?}: protocol {other:?} is not tcp or udp"),
+        };
+        let t = t.clone();
+        handles.push(std::thread::spawn(move || (t, if udp { udp_exchange(addr, timeout).is_ok() } else { tcp_exchange(addr, timeout).is_ok() })));
+    }
+    let mut out = serde_json::Map::new();
+    for h in handles {
+        if let Ok((t, ok)) = h.join() {
+            out.insert(t, ok.into());
+        }
+    }
+    println!("{}", serde_json::Value::Object(out));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn serve(name: &str, tcp: TcpListener, udp: UdpSocket) {
     let udp_name = name.to_string();
     std::thread::spawn(move || {
         let mut buf = [0u8; 1500];
@@ -32,7 +68,6 @@ pub fn server(name: &str, port: u16) -> anyhow::Result<ExitCode> {
             }
         });
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 fn unmap(a: SocketAddr) -> SocketAddr {
