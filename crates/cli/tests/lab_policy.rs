@@ -287,8 +287,18 @@ fn side_by_side(want: &[char], seen: &[[bool; 9]; 9]) -> String {
 
 // === a held connection ===
 
+/// A held connection's client, stopped when the scenario ends, even on failure.
+struct Held(Child);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `svc-client --hold` in a pod, its stdout lines on a channel with the time they came.
-fn hold(lab: &TestLab, ns: &str, pod: &str, target: &str) -> (Child, mpsc::Receiver<(Instant, String)>) {
+fn hold(lab: &TestLab, ns: &str, pod: &str, target: &str) -> (Held, mpsc::Receiver<(Instant, String)>) {
     let bin = sluice_bin();
     let mut child = lab
         .cmd(&["exec", pod, "-n", ns, "--", bin.to_str().unwrap(), "svc-client", target, "--hold"])
@@ -306,7 +316,7 @@ fn hold(lab: &TestLab, ns: &str, pod: &str, target: &str) -> (Child, mpsc::Recei
             }
         }
     });
-    (child, rx)
+    (Held(child), rx)
 }
 
 /// Lines until `for_` passes or the client reports the connection closed.
@@ -334,8 +344,11 @@ fn collect(rx: &mpsc::Receiver<(Instant, String)>, for_: Duration) -> Vec<(Insta
 struct Scenario {
     name: &'static str,
     policies: String,
-    run: Box<dyn Fn(&Cluster, &Scenario)>,
+    run: Check,
 }
+
+/// What a scenario does with the cluster (applies its policies, probes, asserts).
+type Check = Box<dyn Fn(&Cluster, &Scenario)>;
 
 /// Applies the policies and expects the grids.
 fn grids(name: &'static str, policies: String, expected: [String; 3]) -> Scenario {
@@ -561,7 +574,7 @@ fn explain_deny_all(c: &Cluster) {
     let policy_drops: Vec<&serde_json::Value> = drops.iter().filter(|f| f["dropReason"] == "policy denied ingress").collect();
     assert!(!policy_drops.is_empty(), "observe shows drops to x/a with reason \"policy denied ingress\": {drops:?}");
     for f in &policy_drops {
-        assert!(f["policy"].as_str().is_some_and(|p| !p.is_empty()), "a policy drop names its policy: {f}");
+        assert!(f["policy"].as_str().is_some_and(|p| !p.is_empty()), "a policy drop says which policy or default deny dropped it: {f}");
         assert!(f["peerIdentity"].as_u64().is_some_and(|i| i > 0), "a policy drop carries the peer identity: {f}");
     }
     let sources: BTreeSet<String> = policy_drops.iter().map(|f| format!("{}/{}", f["source"]["namespace"].as_str().unwrap_or("?"), f["source"]["pod"].as_str().unwrap_or("?"))).collect();
@@ -666,27 +679,23 @@ fn audit(c: &Cluster, s: &Scenario) {
 fn established(c: &Cluster, s: &Scenario) {
     let target = c.addr(0, false, 80);
     // y/a (node1) is denied by the policy; x/c (node0, same node as x/a) stays allowed.
-    let (mut denied, denied_lines) = hold(&c.lab, "y", "a", &target);
-    let (mut kept, kept_lines) = hold(&c.lab, "x", "c", &target);
+    let (_denied, denied_lines) = hold(&c.lab, "y", "a", &target);
+    let (_kept, kept_lines) = hold(&c.lab, "x", "c", &target);
     for (who, lines) in [("y/a", &denied_lines), ("x/c", &kept_lines)] {
-        let first = collect(lines, Duration::from_secs(2));
+        let first = collect(lines, Duration::from_secs(1));
         assert!(first.iter().filter(|(_, l)| l.contains("echo")).count() >= 3, "{who} -> x/a: the held connection works before the policy: {first:?}");
     }
     c.apply(&s.policies);
     let applied = Instant::now();
     let after = collect(&denied_lines, Duration::from_secs(6));
     let last_echo = after.iter().filter(|(_, l)| l.contains("echo")).map(|(t, _)| t.duration_since(applied)).max();
-    let closed = after.iter().find(|(_, l)| l.contains("closed"));
+    let closed = after.iter().find(|(_, l)| l.contains("closed")).map(|(t, l)| (t.duration_since(applied), l));
     assert!(last_echo.is_none_or(|t| t < CONVERGE), "y/a -> x/a: echoes stop within {CONVERGE:?} of the policy (last {last_echo:?} after): {after:?}");
     assert!(closed.is_some(), "y/a -> x/a: the held connection fails once denied: {after:?}");
     let kept_after = collect(&kept_lines, Duration::from_millis(500));
     assert!(kept_after.iter().filter(|(_, l)| l.contains("echo")).count() >= 2, "x/c -> x/a (allowed) keeps working: {kept_after:?}");
     assert!(!kept_after.iter().any(|(_, l)| l.contains("closed")), "x/c -> x/a (allowed) is not closed: {kept_after:?}");
-    eprintln!("{}: y/a's last echo {last_echo:?} after the policy", s.name);
-    for child in [&mut denied, &mut kept] {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+    eprintln!("{}: y/a's last echo {last_echo:?} after the policy, closed {:?} after", s.name, closed.map(|(t, _)| t));
 }
 
 #[test]
