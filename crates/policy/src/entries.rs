@@ -33,7 +33,8 @@ struct Said {
     allow: bool,
     audit_deny: bool,
     deny: bool,
-    rules: Vec<usize>,
+    /// Each rule with what it says, so an entry can name the rules behind its verdict.
+    rules: Vec<(Class, usize)>,
 }
 
 /// Keys packed into one integer and hashed by one multiplication: tables are built for many
@@ -80,7 +81,7 @@ pub(crate) fn build(atoms: &[Atom], mode: Mode, refs: &[RuleRef]) -> BTreeMap<En
             Class::AuditDeny => s.audit_deny = true,
             Class::Deny => s.deny = true,
         }
-        s.rules.push(atom.rule);
+        s.rules.push((atom.class, atom.rule));
         if keys.insert(atom.key) && atom.key.proto.is_some() {
             lengths |= 1 << atom.key.port_prefix;
         }
@@ -96,7 +97,7 @@ pub(crate) fn build(atoms: &[Atom], mode: Mode, refs: &[RuleRef]) -> BTreeMap<En
         keys.extend(audit_intersections(&audits, &allows));
     }
     let mut entries = BTreeMap::new();
-    let mut rules: Vec<usize> = Vec::new();
+    let mut rules: Vec<(Class, usize)> = Vec::new();
     for key in keys {
         let (mut allow, mut audit_deny, mut deny) = (false, false, false);
         rules.clear();
@@ -117,9 +118,21 @@ pub(crate) fn build(atoms: &[Atom], mode: Mode, refs: &[RuleRef]) -> BTreeMap<En
             _ if audit_deny => Verdict::Audit,
             _ => Verdict::Allow,
         };
-        rules.sort_unstable();
-        rules.dedup();
-        let rules = rules.iter().filter_map(|i| refs.get(*i).cloned()).collect();
+        // The rules behind the verdict: a deny names its deny rules, not the allows it
+        // overrides; an audit its audit denies.
+        let behind = match verdict {
+            Verdict::Deny => Class::Deny,
+            Verdict::Audit => Class::AuditDeny,
+            Verdict::Allow => Class::Allow,
+        };
+        let mut named: Vec<usize> = rules
+            .iter()
+            .filter(|(c, _)| *c == behind)
+            .map(|(_, i)| *i)
+            .collect();
+        named.sort_unstable();
+        named.dedup();
+        let rules = named.iter().filter_map(|i| refs.get(*i).cloned()).collect();
         entries.insert(key, Entry { verdict, rules });
     }
     entries
@@ -245,6 +258,65 @@ mod tests {
         assert!(
             entries.values().all(|e| e.verdict == Verdict::Deny),
             "the narrower allow is denied too: {entries:?}"
+        );
+    }
+
+    #[test]
+    fn an_entry_names_only_the_rules_behind_its_verdict() {
+        let refs: Vec<RuleRef> = ["allow-all", "deny-7", "audit-8"]
+            .iter()
+            .map(|name| RuleRef {
+                policy: crate::ir::PolicyRef {
+                    kind: "SluiceNetworkPolicy".into(),
+                    namespace: Some("x".into()),
+                    name: (*name).into(),
+                },
+                ingress: true,
+                index: 0,
+            })
+            .collect();
+        let atoms = [
+            Atom {
+                key: key(IDENTITY_ANY, None, 0, 0),
+                class: Class::Allow,
+                rule: 0,
+            },
+            Atom {
+                key: key(7, None, 0, 0),
+                class: Class::Deny,
+                rule: 1,
+            },
+            Atom {
+                key: key(8, None, 0, 0),
+                class: Class::AuditDeny,
+                rule: 2,
+            },
+        ];
+        let entries = build(&atoms, Mode::Enforce, &refs);
+        let named = |identity| {
+            let e = &entries[&key(identity, None, 0, 0)];
+            (
+                e.verdict,
+                e.rules
+                    .iter()
+                    .map(|r| r.policy.name.as_str())
+                    .collect::<Vec<_>>(),
+            )
+        };
+        assert_eq!(
+            named(7),
+            (Verdict::Deny, vec!["deny-7"]),
+            "a deny names its deny rule, not the allow it overrides"
+        );
+        assert_eq!(
+            named(8),
+            (Verdict::Audit, vec!["audit-8"]),
+            "an audit names the audit deny"
+        );
+        assert_eq!(
+            named(IDENTITY_ANY),
+            (Verdict::Allow, vec!["allow-all"]),
+            "an allow names the allow"
         );
     }
 
