@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job: build Sluice, start a local lab, run a small demo application and show the
-# pods talking over IPv4 and IPv6 through the eBPF datapath. Run as root on Debian.
+# pods talking over IPv4 and IPv6 through the eBPF datapath, a Service and a NetworkPolicy.
+# Run as root on Debian.
 #   scripts/demo.sh          demo, then remove the lab
 #   scripts/demo.sh --keep   leave the lab up to explore (remove it with: sluice down)
 set -euo pipefail
@@ -55,6 +56,14 @@ sluice exec client -n demo -- iperf3 -c "$bulk4" -t 3 | grep -E "sender|receiver
 echo
 echo "==> the node's forwarding counter did not move: pod traffic skipped the host stack"
 ip netns exec sluice-demo-node0 awk '/^Ip:/ {getline; print "IpForwDatagrams =", $7}' /proc/net/snmp
+echo
+echo "==> network policy (examples/policy.yaml): only the client may reach web, on its http port"
+sluice apply -f examples/policy.yaml
+sleep 0.5
+sluice exec client -n demo -- sh -c "printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 2 $server4 8080 | tail -n 1"
+if sluice exec bulk -n demo -- nc -z -w 1 "$server4" 8080; then echo "bulk -> web: connected (unexpected)"; else echo "bulk -> web: refused by policy"; fi
+sluice policy trace --from demo/bulk --to demo/web --port 8080
+sluice observe --verdict DROPPED --last 1
 echo
 sluice status
 if [ $keep = 1 ]; then
