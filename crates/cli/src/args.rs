@@ -299,7 +299,7 @@ pub struct DatapathBenchArgs {
     #[arg(long)]
     pub quick: bool,
     /// Only these configurations and/or workloads, comma-separated: limit, sluice-bpf,
-    /// sluice-bpf-nomon, sluice-legacy, classic; tcp-stream-1, tcp-stream-4, tcp-rr, tcp-crr,
+    /// sluice-bpf-nomon, sluice-bpf-policy, sluice-legacy, classic; tcp-stream-1, tcp-stream-4, tcp-rr, tcp-crr,
     /// tcp-crr-svc (TCP_CRR to a ClusterIP, sluice-bpf and classic, once per --services count).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
