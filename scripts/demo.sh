@@ -12,7 +12,7 @@ keep=0
 bash scripts/install-deps.sh
 echo "==> building (release)"
 cargo build --release --bins --quiet
-bin=$PWD/target/release
+bin=${CARGO_TARGET_DIR:-$PWD/target}/release
 sluice() { "$bin/sluice" "$@"; }
 export SLUICE_LAB=demo
 
