@@ -11,7 +11,7 @@ use aya::Ebpf;
 use ipnet::IpNet;
 use sluice_abi::{ct_key, ipcache_entry, policy_ct_entry, policy_endpoint, policy_entry, policy_key};
 
-use crate::loader::take_map;
+use crate::loader::{ignore_missing, take_map};
 use crate::{DatapathError, MapPressure};
 
 /// Writes and reads of the policy tables. Missing entries on removal are not errors.
@@ -148,14 +148,6 @@ pub struct PolicyMaps {
 
 fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError {
     move |source| DatapathError::Map { map, source: Box::new(source) }
-}
-
-fn ignore_missing(r: Result<(), aya::maps::MapError>, map: &'static str) -> Result<(), DatapathError> {
-    match r {
-        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-        Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-        Err(source) => Err(DatapathError::Map { map, source: Box::new(source) }),
-    }
 }
 
 // === impl PolicyMaps ===

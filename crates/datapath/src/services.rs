@@ -12,7 +12,7 @@ use aya::programs::{CgroupAttachMode, CgroupSockAddr};
 use aya::{Ebpf, EbpfLoader};
 use sluice_abi::{ct_entry, ct_key, lb_backend, lb_frontend, lb_frontend_key, lb_maglev_chunk, lb_maglev_key, lb_slot_key};
 
-use crate::loader::take_map;
+use crate::loader::{ignore_missing, take_map};
 use crate::{DatapathError, MapPressure};
 
 /// Writes and reads of the service tables. Missing entries on removal are not errors.
@@ -85,14 +85,6 @@ impl ServiceMaps {
 
 fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError {
     move |source| DatapathError::Map { map, source: Box::new(source) }
-}
-
-fn ignore_missing(r: Result<(), aya::maps::MapError>, map: &'static str) -> Result<(), DatapathError> {
-    match r {
-        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-        Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-        Err(source) => Err(DatapathError::Map { map, source: Box::new(source) }),
-    }
 }
 
 impl ServiceTables for ServiceMaps {
