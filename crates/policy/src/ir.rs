@@ -18,6 +18,16 @@ pub struct PolicyRef {
     pub name: String,
 }
 
+/// `NetworkPolicy x/web`, `SluiceClusterwideNetworkPolicy lockdown`.
+impl std::fmt::Display for PolicyRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.namespace {
+            Some(ns) => write!(f, "{} {ns}/{}", self.kind, self.name),
+            None => write!(f, "{} {}", self.kind, self.name),
+        }
+    }
+}
+
 /// A label selector over identity labels, with Kubernetes' semantics: every `match_labels`
 /// pair and every requirement must hold; an empty selector selects everything.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -109,7 +109,7 @@ pub fn trace(
                 table
                     .policies
                     .iter()
-                    .map(policy_name)
+                    .map(ToString::to_string)
                     .collect::<Vec<_>>()
                     .join(", "),
                 if mode == Mode::DefaultAllow {
@@ -179,13 +179,6 @@ fn verdict_word(v: Verdict) -> &'static str {
     }
 }
 
-fn policy_name(p: &PolicyRef) -> String {
-    match &p.namespace {
-        Some(ns) => format!("{} {ns}/{}", p.kind, p.name),
-        None => format!("{} {}", p.kind, p.name),
-    }
-}
-
 /// `NetworkPolicy x/p ingress rule 0 (deny, audit)`.
 fn rule_name(policies: &[Policy], r: &RuleRef) -> String {
     let policy = policies.iter().find(|p| p.id == r.policy);
@@ -213,7 +206,7 @@ fn rule_name(policies: &[Policy], r: &RuleRef) -> String {
     };
     format!(
         "{} {direction} rule {}{notes}",
-        policy_name(&r.policy),
+        r.policy,
         r.index
     )
 }
@@ -262,7 +255,7 @@ impl fmt::Display for Trace {
             )?;
             writeln!(f, "    mode: {:?}", s.mode)?;
             for p in &s.policies {
-                writeln!(f, "    selected by {}", policy_name(p))?;
+                writeln!(f, "    selected by {}", p)?;
             }
             writeln!(
                 f,
@@ -276,7 +269,7 @@ impl fmt::Display for Trace {
                     writeln!(
                         f,
                         "      from {} {direction} rule {}",
-                        policy_name(&r.policy),
+                        r.policy,
                         r.index
                     )?;
                 }

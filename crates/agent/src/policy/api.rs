@@ -88,13 +88,13 @@ fn direction(snap: &PolicySnapshot, t: &DirectionTable) -> Value {
                 "identity": k.identity,
                 "traffic": key_text(k),
                 "verdict": format!("{:?}", e.verdict),
-                "rules": e.rules.iter().map(|r| format!("{} {}{} ({} rule {})", r.policy.kind, r.policy.namespace.as_deref().map(|n| format!("{n}/")).unwrap_or_default(), r.policy.name, if r.ingress { "ingress" } else { "egress" }, r.index)).collect::<Vec<_>>(),
+                "rules": e.rules.iter().map(super::sync::rule_text).collect::<Vec<_>>(),
             })
         })
         .collect();
     json!({
         "mode": mode_text(t.mode),
-        "policies": t.policies.iter().map(|p| format!("{} {}{}", p.kind, p.namespace.as_deref().map(|n| format!("{n}/")).unwrap_or_default(), p.name)).collect::<Vec<_>>(),
+        "policies": t.policies.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "entries": entries,
     })
 }

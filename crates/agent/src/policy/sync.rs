@@ -241,15 +241,14 @@ impl Policies {
     }
 }
 
-/// `NetworkPolicy x/web (ingress rule 0), ...`
+/// `NetworkPolicy x/web (ingress rule 0)`: how flows, status and `policy get` name a rule.
+pub fn rule_text(r: &sluice_policy::RuleRef) -> String {
+    format!("{} ({} rule {})", r.policy, if r.ingress { "ingress" } else { "egress" }, r.index)
+}
+
+/// The rules behind an entry, each once, in order.
 fn describe(rules: &[sluice_policy::RuleRef]) -> String {
-    let names: BTreeSet<String> = rules
-        .iter()
-        .map(|r| {
-            let ns = r.policy.namespace.as_deref().map(|n| format!("{n}/")).unwrap_or_default();
-            format!("{} {ns}{} ({} rule {})", r.policy.kind, r.policy.name, if r.ingress { "ingress" } else { "egress" }, r.index)
-        })
-        .collect();
+    let names: BTreeSet<String> = rules.iter().map(rule_text).collect();
     names.into_iter().collect::<Vec<_>>().join(", ")
 }
 
