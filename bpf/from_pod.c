@@ -56,7 +56,7 @@ static __noinline int from_pod_ip4(struct __sk_buff *skb, const struct endpoint_
 	int lb = lb_packet(skb, 0, &verdict);
 	if (lb == LB_VERDICT)
 		return verdict;
-	verdict = policy_egress_end(skb, ep);
+	verdict = policy_egress_end(skb, ep, lb != LB_NONE);
 	if (verdict != POLICY_CONTINUE)
 		return verdict;
 	return route_ip4(skb, lb == LB_NODE_SOURCE);
@@ -118,7 +118,7 @@ static __noinline int from_pod_ip6(struct __sk_buff *skb, const struct endpoint_
 	int lb = lb_packet(skb, 0, &verdict);
 	if (lb == LB_VERDICT)
 		return verdict;
-	verdict = policy_egress_end(skb, ep);
+	verdict = policy_egress_end(skb, ep, lb != LB_NONE);
 	if (verdict != POLICY_CONTINUE)
 		return verdict;
 	return route_ip6(skb, lb == LB_NODE_SOURCE);

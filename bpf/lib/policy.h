@@ -285,7 +285,8 @@ static __noinline __attribute__((unused)) void policy_egress_begin(struct __sk_b
 
 /* Egress, second half (after service translation): the policy of the sending endpoint for
  * the destination the packet now has; a new flow that passes is tracked. */
-static __noinline __attribute__((unused)) int policy_egress_end(struct __sk_buff *skb, const struct endpoint_info *ep)
+static __noinline __attribute__((unused)) int policy_egress_end(struct __sk_buff *skb, const struct endpoint_info *ep,
+									int translated)
 {
 	struct policy_scratch *sc = scratch();
 	if (!sc)
@@ -296,10 +297,14 @@ static __noinline __attribute__((unused)) int policy_egress_end(struct __sk_buff
 	__u32 endpoint_id = ep->endpoint_id;
 	struct policy_endpoint *pe = bpf_map_lookup_elem(&policy_endpoints, &endpoint_id);
 	if (pe && pe->egress_mode != SLUICE_POLICY_MODE_NONE) {
-		struct policy_pkt *now = &sc->pkt;
-		pkt_clear(now);
-		if (policy_parse(skb, now))
-			return POLICY_CONTINUE;
+		/* The destination the packet has now: parsed again only if translation moved it. */
+		struct policy_pkt *now = &eg->p;
+		if (translated) {
+			now = &sc->pkt;
+			pkt_clear(now);
+			if (policy_parse(skb, now))
+				return POLICY_CONTINUE;
+		}
 		__u32 id = identity_of(sc, now->t.family, now->t.daddr);
 		int v = policy_decide(skb, sc, pe, endpoint_id, SLUICE_POLICY_EGRESS, id, now);
 		if (v != POLICY_CONTINUE)
