@@ -567,6 +567,7 @@ impl Agent {
                     last_error: st.last_error,
                     conntrack_collected: st.conntrack_collected,
                     sockets_destroyed: st.sockets_destroyed,
+                    store_generation: st.store_generation,
                 }
             }),
         })

@@ -143,6 +143,10 @@ pub struct ServicesStatus {
     pub last_error: Option<String>,
     pub conntrack_collected: u64,
     pub sockets_destroyed: u64,
+    /// Generation of the cluster store the services were last programmed from: whoever
+    /// changed the store can wait until every node has caught up.
+    #[serde(default)]
+    pub store_generation: Option<u64>,
 }
 
 /// One frontend as the datapath holds it (`sluice service list`).

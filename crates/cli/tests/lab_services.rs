@@ -106,16 +106,27 @@ fn replied(v: &serde_json::Value) -> (String, String) {
     (name.to_string(), peer.rsplit_once(':').map(|(a, _)| a.trim_matches(['[', ']']).to_string()).unwrap_or_default())
 }
 
-/// Until every service is programmed on both nodes and the servers answer.
+/// Until every service is programmed on both nodes and the servers answer: the ClusterIP from
+/// the client pod (node1) and the NodePort of each node, both families, from the external
+/// client. Each agent programs on its own round, so one node answering says nothing of the other.
 fn ready(lab: &TestLab, cluster_ip: &str) {
     let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let v = probe(lab, Some("client"), &format!("{cluster_ip}:80"), false);
-        if v["reply"].is_string() {
-            return;
+    let paths = [
+        (Some("client"), format!("{cluster_ip}:80")),
+        (None, target("198.18.0.10", 30080)),
+        (None, target("198.18.0.11", 30080)),
+        (None, target("2001:2:0:ff::a", 30080)),
+        (None, target("2001:2:0:ff::b", 30080)),
+    ];
+    for (pod, to) in &paths {
+        loop {
+            let v = probe(lab, *pod, to, false);
+            if v["reply"].is_string() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{to} never answered: {v}");
+            std::thread::sleep(Duration::from_millis(200));
         }
-        assert!(Instant::now() < deadline, "the service never answered: {v}");
-        std::thread::sleep(Duration::from_millis(200));
     }
 }
 

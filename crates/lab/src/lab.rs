@@ -21,6 +21,10 @@ use crate::runtime::{self, Binaries, PodSpec};
 use crate::state::{LabState, NodeState};
 use crate::{agents, cgroup, topology, LabError};
 
+/// How long a pod's deletion waits for the agents to stop choosing it (a stopped agent would
+/// otherwise hold every deletion up).
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// What `sluice up` asks for.
 #[derive(Debug, Clone)]
 pub struct UpOptions {
@@ -420,7 +424,9 @@ impl Lab {
         Ok(())
     }
 
-    /// Deletes a pod: stops it, releases its network, removes it from the store.
+    /// Deletes a pod in Kubernetes' order: marked terminating first (services stop choosing it
+    /// for new connections on every node), then stopped, its network released, and removed from
+    /// the store (every node then closes the connections still open to it).
     pub async fn delete_pod(&mut self, namespace: &str, name: &str, missing_ok: bool, progress: &mut dyn FnMut(&str)) -> Result<(), LabError> {
         let key = Store::pod_key(namespace, name);
         let known = self.store.load()?.pods.contains_key(&key);
@@ -431,6 +437,9 @@ impl Lab {
             }
             return Err(LabError::PodNotFound { namespace: namespace.into(), name: name.into() });
         }
+        if known {
+            self.drain_pod(&key).await?;
+        }
         if let Some(rt) = self.state.pods.get(&key).cloned() {
             if let Some(node) = self.state.node(&rt.node).cloned() {
                 runtime::stop_pod(&self.names, &node, &self.bins, &rt, namespace, name).await?;
@@ -440,6 +449,33 @@ impl Lab {
         }
         self.store.update(|s| Ok(s.pods.remove(&key)))?;
         progress(&format!("pod/{name} deleted (namespace {namespace})"));
+        Ok(())
+    }
+
+    /// Marks a pod terminating and, when services exist, waits (at most `DRAIN_TIMEOUT`) until
+    /// every running agent has programmed the store that says so.
+    async fn drain_pod(&mut self, key: &str) -> Result<(), LabError> {
+        let (generation, services) = self.store.update(|s| {
+            if let Some(pod) = s.pods.get_mut(key) {
+                pod.metadata.deletion_timestamp.get_or_insert_with(|| Time(now()));
+            }
+            Ok((s.generation + 1, !s.services.is_empty()))
+        })?;
+        if !services {
+            return Ok(());
+        }
+        let deadline = std::time::Instant::now() + DRAIN_TIMEOUT;
+        for node in self.state.nodes.iter().filter(|n| n.agent_pid.is_some()) {
+            let client = sluice_api::Client::new(&node.socket);
+            loop {
+                let status = client.get::<sluice_api::Status>(sluice_api::paths::STATUS).await.ok();
+                let programmed = status.and_then(|s| s.services).and_then(|s| s.store_generation).unwrap_or(0);
+                if programmed >= generation || std::time::Instant::now() > deadline {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
         Ok(())
     }
 

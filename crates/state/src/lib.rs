@@ -17,7 +17,7 @@
 
 mod local;
 
-pub use local::{LocalStore, Store, StoreError};
+pub use local::{LocalStore, Store, StoreError, StoreStamp};
 
 use std::collections::BTreeMap;
 

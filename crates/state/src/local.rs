@@ -37,11 +37,22 @@ pub enum StoreError {
     Rejected(String),
 }
 
+/// A version of the store file as `stat` sees it; see [`LocalStore::stamp`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreStamp {
+    modified: Option<std::time::SystemTime>,
+    inode: u64,
+    len: u64,
+}
+
 /// Every object, keyed for lookup: namespaces by name, the namespaced kinds by
 /// `namespace/name`. Each map defaults to empty, so store files written before a kind was
 /// added still load.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Store {
+    /// Counts the writes: one more on every update, so a reader can say which version it acted on.
+    #[serde(default)]
+    pub generation: u64,
     #[serde(default)]
     pub namespaces: BTreeMap<String, Namespace>,
     #[serde(default)]
@@ -93,6 +104,15 @@ impl LocalStore {
         &self.path
     }
 
+    /// What identifies the file's current version without reading it: every write replaces the
+    /// file (a new inode), so the stamp changes even when two writes share a coarse mtime.
+    /// `None` when there is no file.
+    pub fn stamp(&self) -> Option<StoreStamp> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(&self.path).ok()?;
+        Some(StoreStamp { modified: m.modified().ok(), inode: m.ino(), len: m.len() })
+    }
+
     /// The current objects; an absent file is an empty store.
     pub fn load(&self) -> Result<Store, StoreError> {
         match std::fs::read(&self.path) {
@@ -108,6 +128,7 @@ impl LocalStore {
         let _lock = self.lock()?;
         let mut store = self.load()?;
         let out = f(&mut store)?;
+        store.generation += 1;
         self.write(&store)?;
         Ok(out)
     }

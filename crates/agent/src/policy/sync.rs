@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use ipnet::IpNet;
 use sluice_datapath::{DatapathTables, PolicyTables};
@@ -44,7 +44,7 @@ pub struct Policies {
     store: Option<sluice_state::LocalStore>,
     programmer: Mutex<Option<PolicyProgrammer>>,
     /// Store time and local endpoints of the last good round.
-    seen: Mutex<Option<(Option<SystemTime>, Vec<LocalEndpoint>)>>,
+    seen: Mutex<Option<(Option<sluice_state::StoreStamp>, Vec<LocalEndpoint>)>>,
     /// Identities this loop holds: owner key -> label set.
     held: Mutex<BTreeMap<String, (Labels, u32)>>,
     snapshot: Mutex<Arc<PolicySnapshot>>,
@@ -104,8 +104,8 @@ impl Policies {
     /// One round; `None` when nothing changed.
     pub fn sync(&self, datapath: &mut dyn DatapathTables, identities: &Identities, local: Vec<LocalEndpoint>, force: bool) -> Result<Option<PolicyReport>, PolicyError> {
         let Some(store) = &self.store else { return Ok(None) };
-        let mtime = std::fs::metadata(store.path()).and_then(|m| m.modified()).ok();
-        if !force && lock(&self.seen).as_ref() == Some(&(mtime, local.clone())) {
+        let stamp = store.stamp();
+        if !force && lock(&self.seen).as_ref() == Some(&(stamp, local.clone())) {
             return Ok(None);
         }
         let started = Instant::now();
@@ -113,7 +113,7 @@ impl Policies {
         let mut stats = lock(&self.stats);
         match &result {
             Ok(_) => {
-                *lock(&self.seen) = Some((mtime, local));
+                *lock(&self.seen) = Some((stamp, local));
                 stats.last_error = None;
             }
             Err(e) => stats.last_error = Some(e.to_string()),

@@ -6,7 +6,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Mutex;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use sluice_datapath::{DatapathTables, ServiceTables};
@@ -23,6 +23,8 @@ pub struct ServiceStats {
     pub last_error: Option<String>,
     pub conntrack_collected: u64,
     pub sockets_destroyed: u64,
+    /// The store's generation last programmed.
+    pub store_generation: Option<u64>,
 }
 
 pub struct Services {
@@ -30,7 +32,7 @@ pub struct Services {
     store: Option<sluice_state::LocalStore>,
     config: ServicesConfig,
     programmer: Mutex<Option<ServiceProgrammer>>,
-    seen: Mutex<Option<SystemTime>>,
+    seen: Mutex<Option<sluice_state::StoreStamp>>,
     stats: Mutex<ServiceStats>,
 }
 
@@ -56,10 +58,10 @@ impl Services {
     /// `force`). Returns the round's report, `None` when nothing was read.
     pub fn sync(&self, datapath: &mut dyn DatapathTables, force: bool) -> Result<Option<ProgramReport>, ProgramError> {
         let Some(store) = &self.store else { return Ok(None) };
-        let mtime = std::fs::metadata(store.path()).and_then(|m| m.modified()).ok();
+        let stamp = store.stamp();
         {
             let seen = lock(&self.seen);
-            if !force && mtime.is_some() && *seen == mtime {
+            if !force && stamp.is_some() && *seen == stamp {
                 return Ok(None);
             }
         }
@@ -87,7 +89,8 @@ impl Services {
         let mut stats = lock(&self.stats);
         match &result {
             Ok(_) => {
-                *lock(&self.seen) = mtime;
+                *lock(&self.seen) = stamp;
+                stats.store_generation = Some(objects.generation);
                 stats.last_error = None;
                 stats.frontends = desired.frontends.len();
                 stats.last_program_micros = started.elapsed().as_micros() as u64;
