@@ -105,8 +105,7 @@ impl LocalStore {
     }
 
     /// What identifies the file's current version without reading it: every write replaces the
-    /// file (a new inode), so the stamp changes even when two writes share a coarse mtime.
-    /// `None` when there is no file.
+    /// file and sets its mtime strictly after the previous one's. `None` when there is no file.
     pub fn stamp(&self) -> Option<StoreStamp> {
         use std::os::unix::fs::MetadataExt;
         let m = std::fs::metadata(&self.path).ok()?;
@@ -146,7 +145,15 @@ impl LocalStore {
         let tmp = self.path.with_extension("tmp");
         let bytes = serde_json::to_vec_pretty(store).map_err(|source| StoreError::Corrupt { path: self.path.clone(), source })?;
         let mut file = File::create(&tmp).map_err(|e| self.io("creating a temporary file", e))?;
-        file.write_all(&bytes).and_then(|_| file.sync_all()).map_err(|e| self.io("writing", e))?;
+        // The mtime is set strictly after the previous version's: clocks and coarse file
+        // timestamps could otherwise give two writes the same stamp.
+        let previous = std::fs::metadata(&self.path).and_then(|m| m.modified()).ok();
+        let now = std::time::SystemTime::now();
+        let modified = match previous {
+            Some(p) if p >= now => p + std::time::Duration::from_micros(1),
+            _ => now,
+        };
+        file.write_all(&bytes).and_then(|_| file.set_modified(modified)).and_then(|_| file.sync_all()).map_err(|e| self.io("writing", e))?;
         std::fs::rename(&tmp, &self.path).map_err(|e| self.io("replacing", e))
     }
 
@@ -181,6 +188,23 @@ mod tests {
         });
         assert!(err.is_err(), "a refused update must report the refusal");
         assert_eq!(store.load().unwrap().namespaces.len(), 1, "a refused update must not write");
+    }
+
+    #[test]
+    fn every_write_has_a_new_generation_and_stamp() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path().join("s.json"));
+        assert!(store.stamp().is_none(), "no file, no stamp");
+        let mut stamps = Vec::new();
+        for expected in 1..=3 {
+            // Identical content written back to back: only the generation and inode differ.
+            store.update(|_| Ok(())).unwrap();
+            assert_eq!(store.load().unwrap().generation, expected);
+            stamps.push(store.stamp().expect("a file now"));
+        }
+        assert!(stamps[0] != stamps[1] && stamps[1] != stamps[2] && stamps[0] != stamps[2], "each write is seen as a change: {stamps:?}");
+        let _ = store.update(|_| Err::<(), _>(StoreError::Rejected("no".into())));
+        assert_eq!(store.load().unwrap().generation, 3, "a refused update does not count");
     }
 
     #[test]
