@@ -171,13 +171,22 @@ async fn rounds(
                     Some(_) if !c.has_services() => continue,
                     Some(count) => Some(b.service_target(count).ok_or_else(|| BenchError::Check(format!("{c} has no {count} services programmed")))?),
                 };
+                if w.cross_node() && !c.has_second_node() {
+                    continue;
+                }
+                // Across nodes the server is the pod on node1 (limit has one pair: its server).
+                let (server_netns, server_ip) = match (&b.pods.remote, w.cross_node()) {
+                    (Some(r), true) => (r.netns.clone(), r.ip),
+                    (None, true) if c != Configuration::Limit => return Err(BenchError::Check(format!("{c} has no pod on a second node"))),
+                    _ => (b.pods.server.clone(), b.pods.server_ip),
+                };
                 // Only to a service does the client need its pod's cgroup: that is where the
                 // node's socket hooks translate connect(). Pod-to-pod runs stay as they were.
                 let client_cgroup = service.and(b.pods.client_cgroup.clone());
                 let run = Run {
                     client: Place { netns: b.pods.client.clone(), cpu: Some(client_cpu), cgroup: client_cgroup },
-                    server: Place { netns: b.pods.server.clone(), cpu: Some(server_cpu), cgroup: None },
-                    server_ip: b.pods.server_ip,
+                    server: Place { netns: server_netns, cpu: Some(server_cpu), cgroup: None },
+                    server_ip,
                     service,
                     seconds: opts.seconds,
                     sluice: opts.sluice.clone(),
@@ -280,7 +289,7 @@ fn only_named_services(only: &[String]) -> bool {
 /// Fails before anything is built when a tool is missing.
 fn preflight(configurations: &[Configuration], workloads: &[Workload]) -> Result<(), BenchError> {
     let mut tools: Vec<(&str, &'static str)> = Vec::new();
-    if workloads.iter().any(|w| matches!(w, Workload::TcpStream1 | Workload::TcpStream4)) {
+    if workloads.iter().any(|w| matches!(w, Workload::TcpStream1 | Workload::TcpStream4 | Workload::TcpStreamCrossNode)) {
         tools.push(("iperf3", "iperf3"));
     }
     if workloads.contains(&Workload::TcpRr) {

@@ -1,7 +1,9 @@
 //! The datapath benchmark's harness at small scale: `sluice bench --quick` builds every
 //! configuration, runs every workload, checks each configuration is what it claims, computes
 //! the ratios and writes results.json, results.md and results.png, within two minutes. TCP_CRR to
-//! a ClusterIP runs with 10 services in the two configurations that balance services.
+//! a ClusterIP runs with 10 services in the two configurations that balance services; TCP_STREAM
+//! across nodes in the configurations with a second node. Every TCP_STREAM reports its CPU cost
+//! per gigabit.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a test fails loudly on what it did not expect
 
@@ -16,6 +18,8 @@ const CONFIGURATIONS: [&str; 6] = ["limit", "sluice-bpf", "sluice-bpf-nomon", "s
 const WORKLOADS: [&str; 4] = ["tcp-stream-1", "tcp-stream-4", "tcp-rr", "tcp-crr"];
 const SERVICE_CONFIGURATIONS: [&str; 2] = ["sluice-bpf", "classic"];
 const SERVICE_WORKLOAD: &str = "tcp-crr-svc-10";
+const CROSS_NODE_CONFIGURATIONS: [&str; 4] = ["limit", "sluice-bpf", "sluice-legacy", "classic"];
+const CROSS_NODE_WORKLOAD: &str = "tcp-stream-xnode";
 
 #[test]
 fn quick_datapath_benchmark_measures_every_configuration_and_writes_its_results() {
@@ -69,6 +73,21 @@ fn quick_datapath_benchmark_measures_every_configuration_and_writes_its_results(
             assert!(s["vsClassic"].as_f64().is_some(), "ratio against classic computed for {config} {SERVICE_WORKLOAD}: {s}");
         }
     }
+    for config in CROSS_NODE_CONFIGURATIONS {
+        let metrics: Vec<&str> = results
+            .iter()
+            .filter(|s| s["configuration"] == config && s["workload"] == CROSS_NODE_WORKLOAD)
+            .inspect(|s| assert!(s["median"].as_f64().expect("median") > 0.0, "{CROSS_NODE_WORKLOAD} in {config} is positive: {s}"))
+            .map(|s| s["metric"].as_str().unwrap())
+            .collect();
+        assert_eq!(metrics, ["throughput", "cpuMsPerGbit"], "{CROSS_NODE_WORKLOAD} gave throughput and CPU per gigabit in {config}");
+    }
+    let cross_node_runs = results.iter().filter(|s| s["workload"] == CROSS_NODE_WORKLOAD).count();
+    assert_eq!(cross_node_runs, CROSS_NODE_CONFIGURATIONS.len() * 2, "only configurations with a second node run {CROSS_NODE_WORKLOAD}");
+    for workload in ["tcp-stream-1", "tcp-stream-4"] {
+        let with_cpu = results.iter().filter(|s| s["workload"] == workload && s["metric"] == "cpuMsPerGbit").count();
+        assert_eq!(with_cpu, CONFIGURATIONS.len(), "{workload} reports CPU per gigabit in every configuration");
+    }
     let service_runs = results.iter().filter(|s| s["workload"] == SERVICE_WORKLOAD).count();
     assert_eq!(service_runs, SERVICE_CONFIGURATIONS.len() * 3, "only sluice-bpf and classic run {SERVICE_WORKLOAD}");
     let programming = json["programming"].as_array().expect("programming");
@@ -76,7 +95,11 @@ fn quick_datapath_benchmark_measures_every_configuration_and_writes_its_results(
     assert!(programming.iter().all(|p| p["services"] == 10 && p["seconds"].as_f64().is_some_and(|s| s > 0.0)), "programming times of 10 services: {programming:?}");
 
     let checks = json["checks"].as_array().expect("checks");
-    assert_eq!(checks.len(), CONFIGURATIONS.len() * WORKLOADS.len() + SERVICE_CONFIGURATIONS.len(), "one passed check per run: {checks:?}");
+    assert_eq!(
+        checks.len(),
+        CONFIGURATIONS.len() * WORKLOADS.len() + SERVICE_CONFIGURATIONS.len() + CROSS_NODE_CONFIGURATIONS.len(),
+        "one passed check per run: {checks:?}"
+    );
     let targets = json["targets"].as_array().expect("targets");
     for t in targets {
         let measured = t["workload"] != "tcp-crr-svc-10000";

@@ -2,8 +2,13 @@
 //! plugins (`bridge` + `host-local`) are called for each pod exactly as a runtime calls them,
 //! with the usual bridge configuration, and kube-proxy-style iptables rules on top. Pods on the
 //! bridge reach each other at L2; br_netfilter hands each frame to iptables and conntrack.
+//! A second node, the same again with its own pod subnet, holds the server of the cross-node
+//! workload; the nodes route each other's pod subnet over a link between them, as flannel's
+//! host-gw or Calico without overlay do.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
+
+use ipnet::{IpNet, Ipv4Net};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -21,64 +26,128 @@ pub const CNI_BIN_DIR: &str = "/usr/lib/cni";
 /// What the classic configuration made, for its teardown.
 #[derive(Debug, Clone)]
 pub struct Made {
-    node: String,
-    /// (namespace name, container ID) of each pod.
-    pods: Vec<(String, String)>,
+    nodes: Vec<MadeNode>,
     ipam_dir: PathBuf,
-    config: String,
 }
 
-pub async fn build(env: &BuildEnv) -> Result<(Pods, PathBuf, Guard), BenchError> {
-    let node = env.netns_name("classic-node");
-    let client = env.netns_name("classic-client");
-    let server = env.netns_name("classic-server");
+/// One node: its namespace, network configuration and (namespace name, container ID) of each pod.
+#[derive(Debug, Clone)]
+struct MadeNode {
+    netns: String,
+    config: String,
+    pods: Vec<(String, String)>,
+}
+
+/// The two nodes' pod subnets and their addresses on the link between them.
+const POD_SUBNETS: [&str; 2] = ["198.19.0.0/24", "198.19.1.0/24"];
+const NODE_LINK_IPS: [Ipv4Addr; 2] = [Ipv4Addr::new(198, 18, 255, 1), Ipv4Addr::new(198, 18, 255, 2)];
+const NODE_LINK: &str = "node-link";
+
+/// The classic nodes as the checks see them: node0 (client and server pods) and node1 (the
+/// cross-node server).
+#[derive(Debug, Clone)]
+pub struct ClassicNodes {
+    pub node0: PathBuf,
+    pub node1: PathBuf,
+}
+
+pub async fn build(env: &BuildEnv) -> Result<(Pods, ClassicNodes, Guard), BenchError> {
     let ipam_dir = env.work_dir.join("classic-ipam");
-    let config = network_config(&ipam_dir);
+    let pod = |name: &str| {
+        let ns = env.netns_name(name);
+        let id = container_id(&ns);
+        (ns, id)
+    };
     let made = Made {
-        node: node.clone(),
-        pods: vec![(client.clone(), container_id(&client)), (server.clone(), container_id(&server))],
+        nodes: vec![
+            MadeNode {
+                netns: env.netns_name("classic-node"),
+                config: network_config(&ipam_dir.join("node0"), POD_SUBNETS[0]),
+                pods: vec![pod("classic-client"), pod("classic-server")],
+            },
+            MadeNode { netns: env.netns_name("classic-node1"), config: network_config(&ipam_dir.join("node1"), POD_SUBNETS[1]), pods: vec![pod("classic-remote")] },
+        ],
         ipam_dir,
-        config: config.clone(),
     };
     let guard = Guard::new(Teardown::Classic(made.clone()));
-    let node_path = netns::create_named_netns(&node)?;
+    let mut paths = Vec::new();
+    let mut ips = Vec::new();
+    for node in &made.nodes {
+        let node_path = node_namespace(&node.netns).await?;
+        for (pod, id) in &node.pods {
+            let pod_path = netns::create_named_netns(pod)?;
+            let result = cni(&node_path, "ADD", id, &pod_path, &node.config).await?;
+            ips.push(first_ipv4(&result).ok_or_else(|| BenchError::tool("bridge", format!("ADD for {pod} gave no IPv4 address: {result}")))?);
+        }
+        // Every node runs kube-proxy: the same rules on both.
+        kube_proxy::install(&node_path, &kube_proxy::rules(&kube_proxy::SERVICES.list())).await?;
+        paths.push(node_path);
+    }
+    link_nodes(&paths[0], &paths[1]).await?;
+    let (Some(&server_ip), Some(&remote_ip)) = (ips.get(1), ips.get(2)) else {
+        return Err(BenchError::Check(format!("the classic nodes have pods {ips:?}, three expected")));
+    };
+    let pods = Pods {
+        client: netns::named_netns_path(&made.nodes[0].pods[0].0),
+        server: netns::named_netns_path(&made.nodes[0].pods[1].0),
+        server_ip,
+        client_cgroup: None,
+        remote: Some(super::Remote { netns: netns::named_netns_path(&made.nodes[1].pods[0].0), ip: remote_ip }),
+    };
+    Ok((pods, ClassicNodes { node0: paths[0].clone(), node1: paths[1].clone() }, guard))
+}
+
+/// A node namespace with lo up, forwarding on, and br_netfilter handing bridged frames to
+/// iptables, as Kubernetes nodes with the bridge plugin need (services and policy would not
+/// work otherwise).
+async fn node_namespace(name: &str) -> Result<PathBuf, BenchError> {
+    let node_path = netns::create_named_netns(name)?;
     let nl = Netlink::in_netns(&node_path)?;
     let lo = nl.link("lo").await?;
     nl.set_up(lo.index).await?;
-    // Kubernetes nodes with the bridge plugin need br_netfilter, so that bridged pod traffic
-    // goes through iptables (services and policy would not work otherwise).
     in_netns(&node_path, || {
+        netns::write_sysctl("net/ipv4/ip_forward", "1")?;
         netns::write_sysctl("net/bridge/bridge-nf-call-iptables", "1")
             .map_err(|e| BenchError::Check(format!("br_netfilter is not available (modprobe br_netfilter): {e}")))
     })
     .await?;
-    let mut ips = Vec::new();
-    for (pod, id) in &made.pods {
-        let pod_path = netns::create_named_netns(pod)?;
-        let result = cni(&node_path, "ADD", id, &pod_path, &config).await?;
-        ips.push(first_ipv4(&result).ok_or_else(|| BenchError::tool("bridge", format!("ADD for {pod} gave no IPv4 address: {result}")))?);
+    Ok(node_path)
+}
+
+/// A veth pair between the two nodes, a /30 on it, and each node's route to the other's pod
+/// subnet through it.
+async fn link_nodes(node0: &Path, node1: &Path) -> Result<(), BenchError> {
+    Netlink::in_netns(node0)?.create_veth_into(NODE_LINK, NODE_LINK, node1, MTU).await?;
+    for (i, (here, other)) in [(node0, 1usize), (node1, 0usize)].into_iter().enumerate() {
+        let nl = Netlink::in_netns(here)?;
+        let link = nl.link(NODE_LINK).await?;
+        let net = Ipv4Net::new(NODE_LINK_IPS[i], 30).map_err(|e| BenchError::Invalid(e.to_string()))?;
+        nl.add_address(link.index, IpNet::V4(net), true).await?;
+        nl.set_up(link.index).await?;
+        let subnet: IpNet = POD_SUBNETS[other].parse().map_err(|e| BenchError::Invalid(format!("{e}")))?;
+        nl.add_route(subnet, Some(IpAddr::V4(NODE_LINK_IPS[other])), link.index).await?;
     }
-    kube_proxy::install(&node_path, &kube_proxy::rules(&kube_proxy::SERVICES.list())).await?;
-    let server_ip = *ips.last().ok_or_else(|| BenchError::Check("the classic node has no pods".into()))?;
-    let pods = Pods { client: netns::named_netns_path(&client), server: netns::named_netns_path(&server), server_ip, client_cgroup: None };
-    Ok((pods, node_path, guard))
+    Ok(())
 }
 
 /// Removes what [`build`] made: CNI DEL for each pod (the plugin's own cleanup), then the
-/// namespaces (the bridge and veths go with the node's) and the IPAM directory.
+/// namespaces (the bridges and veths go with the nodes') and the IPAM directory.
 pub async fn remove(made: Made) -> Result<(), BenchError> {
-    let node_path = netns::named_netns_path(&made.node);
     let mut first: Option<BenchError> = None;
-    if node_path.exists() {
-        for (pod, id) in &made.pods {
-            let pod_path = netns::named_netns_path(pod);
-            if let Err(e) = cni(&node_path, "DEL", id, &pod_path, &made.config).await {
-                first.get_or_insert(e);
+    let mut names = Vec::new();
+    for node in &made.nodes {
+        let node_path = netns::named_netns_path(&node.netns);
+        if node_path.exists() {
+            for (pod, id) in &node.pods {
+                let pod_path = netns::named_netns_path(pod);
+                if let Err(e) = cni(&node_path, "DEL", id, &pod_path, &node.config).await {
+                    first.get_or_insert(e);
+                }
             }
         }
+        names.extend(node.pods.iter().map(|(p, _)| p.clone()));
+        names.push(node.netns.clone());
     }
-    let mut names: Vec<String> = made.pods.iter().map(|(p, _)| p.clone()).collect();
-    names.push(made.node.clone());
     for result in [guard::delete_namespaces(&names), guard::remove_dir(&made.ipam_dir)] {
         if let Err(e) = result {
             first.get_or_insert(e);
@@ -89,7 +158,7 @@ pub async fn remove(made: Made) -> Result<(), BenchError> {
 
 /// The usual bridge configuration of a Kubernetes node, with no masquerade (lab traffic never
 /// leaves the lab) and the pods' default route to the node, which routes nowhere else.
-fn network_config(ipam_dir: &Path) -> String {
+fn network_config(ipam_dir: &Path, subnet: &str) -> String {
     serde_json::json!({
         "cniVersion": "1.0.0",
         "name": "bench-classic",
@@ -101,7 +170,7 @@ fn network_config(ipam_dir: &Path) -> String {
         "mtu": MTU,
         "ipam": {
             "type": "host-local",
-            "ranges": [[{"subnet": "198.19.0.0/24"}]],
+            "ranges": [[{"subnet": subnet}]],
             "routes": [{"dst": "0.0.0.0/0"}],
             "dataDir": ipam_dir,
         },
@@ -149,12 +218,13 @@ mod tests {
 
     #[test]
     fn the_network_configuration_never_masquerades() {
-        let config: serde_json::Value = serde_json::from_str(&network_config(Path::new("/run/x"))).unwrap();
+        let config: serde_json::Value = serde_json::from_str(&network_config(Path::new("/run/x"), "198.19.1.0/24")).unwrap();
         assert_eq!(config["type"], "bridge");
         assert_eq!(config["ipMasq"], false, "lab traffic must not be masqueraded");
         assert_eq!(config["isGateway"], true);
         assert_eq!(config["hairpinMode"], true);
         assert_eq!(config["ipam"]["dataDir"], "/run/x", "IPAM state stays in the run's directory");
+        assert_eq!(config["ipam"]["ranges"][0][0]["subnet"], "198.19.1.0/24", "each node its own pod subnet");
     }
 
     #[test]

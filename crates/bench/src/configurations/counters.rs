@@ -22,13 +22,19 @@ pub async fn link_packets(netns: &Path, ifname: &str) -> Result<(u64, u64), Benc
 /// Packets Sluice's from-pod program delivered straight to a local endpoint
 /// (`bpf_redirect_peer`), from the agent's status.
 pub async fn sluice_redirects(socket: &Path) -> Result<u64, BenchError> {
+    sluice_forwards(socket, "local endpoint").await
+}
+
+/// Packets the node's datapath forwarded for `reason` ("local endpoint", "fib redirect", ...),
+/// from the agent's status.
+pub async fn sluice_forwards(socket: &Path, reason: &str) -> Result<u64, BenchError> {
     let status: sluice_api::Status = sluice_api::Client::new(socket).get(sluice_api::paths::STATUS).await?;
     status
         .forwards
         .iter()
-        .find(|f| f.reason == "local endpoint")
+        .find(|f| f.reason == reason)
         .map(|f| f.packets)
-        .ok_or_else(|| BenchError::Check("the agent's status lists no \"local endpoint\" forwards".into()))
+        .ok_or_else(|| BenchError::Check(format!("the agent's status lists no \"{reason}\" forwards")))
 }
 
 /// Packets the node's datapath dropped by policy (ingress and egress).
@@ -50,6 +56,23 @@ fn cpu_ticks(stat: &str) -> Option<u64> {
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // `rest` starts at field 3 (state).
     Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+/// (busy, all) CPU time of the whole machine in USER_HZ ticks (1/100 s), from the `cpu` line
+/// of /proc/stat. Busy is user, nice, system, irq and softirq; idle, iowait and steal (time
+/// the hypervisor gave to others) are not. Guest time is already inside user.
+pub fn machine_cpu_ticks() -> Result<(u64, u64), BenchError> {
+    let stat = read("/proc/stat")?;
+    cpu_line_ticks(&stat).ok_or_else(|| BenchError::Check("no cpu line in /proc/stat".into()))
+}
+
+fn cpu_line_ticks(stat: &str) -> Option<(u64, u64)> {
+    let line = stat.lines().find_map(|l| l.strip_prefix("cpu "))?;
+    let v: Vec<u64> = line.split_whitespace().map(|f| f.parse().ok()).collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq steal [guest guest_nice]
+    let busy = v.first()? + v.get(1)? + v.get(2)? + v.get(5)? + v.get(6)?;
+    let all = v.iter().take(8).sum();
+    Some((busy, all))
 }
 
 fn read(path: &str) -> Result<String, BenchError> {
@@ -75,6 +98,13 @@ fn dev_packets(dev: &str, ifname: &str) -> Option<(u64, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn busy_cpu_is_user_nice_system_irq_softirq() {
+        let stat = "cpu  100 5 50 1000 7 3 2 9 4 0\ncpu0 50 2 25 500 3 1 1 4 2 0\nintr 1 2 3\n";
+        assert_eq!(cpu_line_ticks(stat), Some((100 + 5 + 50 + 3 + 2, 100 + 5 + 50 + 1000 + 7 + 3 + 2 + 9)));
+        assert_eq!(cpu_line_ticks("cpu0 1 2 3\n"), None, "only the machine-wide line counts");
+    }
 
     #[test]
     fn forwarded_datagrams_come_from_the_ip_lines() {

@@ -27,7 +27,7 @@ pub async fn build(env: &BuildEnv) -> Result<(Pods, Guard), BenchError> {
     Netlink::in_netns(&client_path)?.create_veth_into(POD_IFNAME, POD_IFNAME, &server_path, MTU).await?;
     configure(&client_path, CLIENT_IP).await?;
     configure(&server_path, SERVER_IP).await?;
-    Ok((Pods { client: client_path, server: server_path, server_ip: SERVER_IP, client_cgroup: None }, guard))
+    Ok((Pods { client: client_path, server: server_path, server_ip: SERVER_IP, client_cgroup: None, remote: None }, guard))
 }
 
 /// Address on eth0 (a /24 on the link: the peer is a neighbour), eth0 and lo up.

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 pub use classic::CNI_BIN_DIR;
+pub use counters::machine_cpu_ticks;
 pub use kube_proxy::{Services, SERVICES};
 pub use services::{max_services, SERVICE_CIDR, SERVICE_PORT};
 
@@ -60,6 +61,15 @@ pub struct Pods {
     pub server_ip: Ipv4Addr,
     /// The client pod's cgroup, where a node's socket hooks see its connect() (Sluice only).
     pub client_cgroup: Option<PathBuf>,
+    /// The server on another node, for the cross-node workload.
+    pub remote: Option<Remote>,
+}
+
+/// A pod on the second node.
+#[derive(Debug, Clone)]
+pub struct Remote {
+    pub netns: PathBuf,
+    pub ip: Ipv4Addr,
 }
 
 /// Names and places a run's configurations share.
@@ -77,6 +87,9 @@ pub struct BuildEnv {
 pub type Counters = BTreeMap<&'static str, u64>;
 
 const NODE_FORWARDED: &str = "node IpForwDatagrams";
+const NODE1_FORWARDED: &str = "node1 IpForwDatagrams";
+const SLUICE_FIB_REDIRECTS: &str = "Sluice FIB redirects (node0)";
+const NODE1_REDIRECTS: &str = "Sluice local-endpoint redirects (node1)";
 const SLUICE_REDIRECTS: &str = "Sluice local-endpoint redirects";
 const KUBE_FORWARD: &str = "iptables FORWARD -> KUBE-FORWARD packets";
 const KUBE_SERVICES: &str = "iptables nat PREROUTING -> KUBE-SERVICES packets";
@@ -115,7 +128,7 @@ struct ProgrammedServices {
 enum Node {
     None,
     Sluice(sluice::Node),
-    Classic(PathBuf),
+    Classic(classic::ClassicNodes),
 }
 
 // === impl Configuration ===
@@ -154,12 +167,28 @@ impl Configuration {
         }
     }
 
-    /// What the per-workload check proves.
     /// Whether the configuration balances services (takes part in TCP_CRR to a ClusterIP).
     pub fn has_services(self) -> bool {
         matches!(self, Self::SluiceBpf | Self::Classic)
     }
 
+    /// Whether the configuration has a second node (takes part in the cross-node workload;
+    /// `limit` runs it on its pair, nothing being between the pods).
+    pub fn has_second_node(self) -> bool {
+        matches!(self, Self::Limit | Self::SluiceBpf | Self::SluiceLegacy | Self::Classic)
+    }
+
+    /// What the check after a cross-node workload proves.
+    pub fn cross_node_claim(self) -> &'static str {
+        match self {
+            Self::SluiceBpf => "node0's datapath hands the packets to the link (FIB redirect), node1's delivers them to the pod; neither node's IP stack forwards",
+            Self::SluiceLegacy => "both nodes' IP stacks forward the traffic",
+            Self::Classic => "both nodes' IP stacks forward the traffic through iptables FORWARD",
+            _ => self.claim(),
+        }
+    }
+
+    /// What the per-workload check proves.
     pub fn claim(self) -> &'static str {
         match self {
             Self::Limit => "every packet the client sends arrives at the server's end of the pair (nothing in between)",
@@ -205,7 +234,8 @@ impl Built {
                 let mode = if configuration == Configuration::SluiceLegacy { "legacy" } else { "bpf" };
                 let monitor = if configuration == Configuration::SluiceBpfNoMonitor { "off" } else { "medium" };
                 let policy = configuration == Configuration::SluiceBpfPolicy;
-                let (pods, node, guard) = sluice::build(env, mode, monitor, policy).await?;
+                let nodes = if configuration.has_second_node() { 2 } else { 1 };
+                let (pods, node, guard) = sluice::build(env, mode, monitor, policy, nodes).await?;
                 (pods, Node::Sluice(node), guard)
             }
             Configuration::Classic => {
@@ -232,7 +262,7 @@ impl Built {
                 None
             }
             Node::Classic(node) => {
-                kube_proxy::install(node, &kube_proxy::rules(&list)).await?;
+                kube_proxy::install(&node.node0, &kube_proxy::rules(&list)).await?;
                 list.last().and_then(kube_proxy::service_chains)
             }
             Node::None => return Err(BenchError::Invalid(format!("{} has no services", self.configuration))),
@@ -263,8 +293,15 @@ impl Built {
                 if let Some(pid) = node.agent_pid {
                     c.insert(AGENT_CPU_MS, counters::process_cpu_ms(pid)?);
                 }
+                if let Some((netns, socket)) = &node.node1 {
+                    c.insert(SLUICE_FIB_REDIRECTS, counters::sluice_forwards(&node.socket, "fib redirect").await?);
+                    c.insert(NODE1_FORWARDED, counters::ip_forwarded(netns).await?);
+                    c.insert(NODE1_REDIRECTS, counters::sluice_forwards(socket, "local endpoint").await?);
+                }
             }
-            Node::Classic(node) => {
+            Node::Classic(nodes) => {
+                let node = &nodes.node0;
+                c.insert(NODE1_FORWARDED, counters::ip_forwarded(&nodes.node1).await?);
                 c.insert(NODE_FORWARDED, counters::ip_forwarded(node).await?);
                 c.insert(KUBE_FORWARD, kube_proxy::jump_packets(node, "filter", "FORWARD", "KUBE-FORWARD").await?);
                 c.insert(KUBE_SERVICES, kube_proxy::jump_packets(node, "nat", "PREROUTING", "KUBE-SERVICES").await?);
@@ -280,8 +317,20 @@ impl Built {
     pub fn verify(&self, workload: Workload, before: &Counters, after: &Counters) -> Result<Evidence, String> {
         let deltas: BTreeMap<&'static str, u64> = after.iter().map(|(k, v)| (*k, v.saturating_sub(before.get(k).copied().unwrap_or(0)))).collect();
         let d = |key: &str| deltas.get(key).copied().unwrap_or(0);
-        let evidence = Evidence { claim: self.configuration.claim(), deltas: deltas.clone() };
+        let claim = if workload.cross_node() { self.configuration.cross_node_claim() } else { self.configuration.claim() };
+        let evidence = Evidence { claim, deltas: deltas.clone() };
+        let cross_node = workload.cross_node() && self.configuration != Configuration::Limit;
         let failure = match self.configuration {
+            Configuration::SluiceBpf if cross_node => match (d(NODE_FORWARDED), d(NODE1_FORWARDED), d(SLUICE_FIB_REDIRECTS), d(NODE1_REDIRECTS)) {
+                (0, 0, f, r) if f >= MOVED && r >= MOVED => None,
+                (f0, f1, f, r) => Some(format!(
+                    "IpForwDatagrams moved by {f0} on node0 and {f1} on node1 (must stay still), FIB redirects on node0 by {f} and local-endpoint redirects on node1 by {r} (must move)"
+                )),
+            },
+            Configuration::SluiceLegacy | Configuration::Classic if cross_node => match (d(NODE_FORWARDED), d(NODE1_FORWARDED)) {
+                (f0, f1) if f0 >= MOVED && f1 >= MOVED => None,
+                (f0, f1) => Some(format!("IpForwDatagrams moved by {f0} on node0 and {f1} on node1 (both must move)")),
+            },
             Configuration::Limit => {
                 let (tx, rx) = (d(CLIENT_TX), d(SERVER_RX));
                 // Counters are read one after the other; a trailing ACK may fall in between.
@@ -313,7 +362,7 @@ impl Built {
         });
         match failure {
             None => Ok(evidence),
-            Some(why) => Err(format!("{} is not what it claims ({}): {why}", self.configuration, self.configuration.claim())),
+            Some(why) => Err(format!("{} is not what it claims ({claim}): {why}", self.configuration)),
         }
     }
 

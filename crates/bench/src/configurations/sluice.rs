@@ -1,5 +1,6 @@
-//! `sluice-bpf` and `sluice-legacy`: a one-node Sluice lab of its own, in the host routing mode
-//! asked for, with the two pods applied as a user would. The benchmark's tools then run in the
+//! `sluice-bpf` and `sluice-legacy`: a Sluice lab of its own, in the host routing mode asked
+//! for, with the two pods applied as a user would on node0 and, in a two-node lab, the
+//! cross-node server on node1. The benchmark's tools then run in the
 //! pods' network namespaces. Services for TCP_CRR to a ClusterIP are written straight into the
 //! lab's store in one update, as a controller's sync would, and timed until the agent reports
 //! every frontend programmed.
@@ -44,6 +45,16 @@ kind: Pod
 metadata: {name: client, namespace: bench, labels: {app: client}}
 spec:
   nodeName: node0
+  containers: [{name: main, command: [sleep, infinity]}]
+";
+
+/// The server of the cross-node workload, in a two-node lab.
+const REMOTE_MANIFEST: &str = "\
+apiVersion: v1
+kind: Pod
+metadata: {name: remote, namespace: bench, labels: {app: remote}}
+spec:
+  nodeName: node1
   containers: [{name: main, command: [sleep, infinity]}]
 ";
 
@@ -102,11 +113,13 @@ pub struct Node {
     pub agent_pid: Option<i32>,
     /// The lab's store, where services are written.
     pub store: LocalStore,
+    /// node1 of a two-node lab: its namespace and agent socket.
+    pub node1: Option<(PathBuf, PathBuf)>,
 }
 
-/// Builds a lab whose agent runs host routing `mode` (`bpf` or `legacy`) with monitor
-/// aggregation `monitor` (`off`, `medium`, `all`).
-pub async fn build(env: &BuildEnv, mode: &str, monitor: &str, policy: bool) -> Result<(Pods, Node, Guard), BenchError> {
+/// Builds a lab of `nodes` (1 or 2) whose agents run host routing `mode` (`bpf` or `legacy`)
+/// with monitor aggregation `monitor` (`off`, `medium`, `all`).
+pub async fn build(env: &BuildEnv, mode: &str, monitor: &str, policy: bool, nodes: usize) -> Result<(Pods, Node, Guard), BenchError> {
     let name = env.lab_name(&match (monitor, policy) {
         (_, true) => format!("{mode}-pol"),
         ("medium", false) => mode.to_owned(),
@@ -121,6 +134,7 @@ pub async fn build(env: &BuildEnv, mode: &str, monitor: &str, policy: bool) -> R
         host_routing: mode.into(),
         monitor: monitor.into(),
         service_ranges: ranges,
+        nodes,
         ..UpOptions::new(&name, env.sluice.clone())
     };
     let mut lab = Lab::up(opts, &mut |_| {}).await?;
@@ -133,6 +147,12 @@ pub async fn build(env: &BuildEnv, mode: &str, monitor: &str, policy: bool) -> R
         )));
     }
     lab.apply("bench-pods.yaml", MANIFEST, Duration::from_secs(60), &mut |_| {}).await?;
+    let remote = if nodes > 1 {
+        lab.apply("bench-remote.yaml", REMOTE_MANIFEST, Duration::from_secs(60), &mut |_| {}).await?;
+        Some(super::Remote { netns: pod_netns(&lab, "remote")?, ip: pod_ipv4(&lab, "remote")? })
+    } else {
+        None
+    };
     if policy {
         lab.apply("bench-policy.yaml", POLICY_MANIFEST, Duration::from_secs(60), &mut |_| {}).await?;
         wait_enforced(&socket, &["bench/server", "bench/client"]).await?;
@@ -146,10 +166,14 @@ pub async fn build(env: &BuildEnv, mode: &str, monitor: &str, policy: bool) -> R
         socket,
         agent_pid: lab.state().nodes.first().and_then(|n| n.agent_pid),
         store: lab.store().clone(),
+        node1: match nodes {
+            1 => None,
+            _ => Some((netns::named_netns_path(&lab.names().node_netns("node1")), lab.node_socket(Some("node1"))?)),
+        },
     };
     // Release the lab's lock: `Lab::down` takes it again at teardown.
     drop(lab);
-    Ok((Pods { client, server, server_ip, client_cgroup }, node, guard))
+    Ok((Pods { client, server, server_ip, client_cgroup, remote }, node, guard))
 }
 
 /// Replaces the benchmark's services in the store with `services` in one update, then waits

@@ -130,7 +130,7 @@ pub fn number(metric: Metric, value: f64) -> String {
     match metric {
         Metric::Throughput => format!("{value:.1}"),
         Metric::TransactionsPerSecond => thousands(value.round() as u64),
-        Metric::LatencyP50 | Metric::LatencyP99 => format!("{value:.1}"),
+        Metric::LatencyP50 | Metric::LatencyP99 | Metric::CpuPerGbit => format!("{value:.1}"),
     }
 }
 

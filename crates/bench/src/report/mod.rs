@@ -132,8 +132,8 @@ pub struct Report {
 pub const LEFT_OUT: [&str; 4] = [
     "classic-nft (kube-proxy's nftables mode): not built yet",
     "TCP_CRR to a ClusterIP in sluice-legacy and sluice-bpf-nomon: only sluice-bpf and classic get services (service programming time and memory at scale: `sluice bench services`)",
-    "cross-node TCP_STREAM: the lab has two-node labs, the side-by-side configurations are one node so far",
-    "CPU cost per gigabit: /proc/stat is machine-wide and other work on a shared machine would pollute it",
+    "cross-node workloads other than TCP_STREAM with 1 stream, and cross-node in sluice-bpf-nomon and sluice-bpf-policy: they are one-node labs",
+    "CPU per gigabit is the whole machine's busy time (/proc/stat): anything else running on the machine during a run is counted too; the load averages before and after are recorded",
 ];
 
 /// (workload, issue's words, configuration, reference, minimum ratio of medians).

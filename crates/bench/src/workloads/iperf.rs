@@ -1,10 +1,13 @@
 //! TCP_STREAM with iperf3: a one-off server in the server pod, the client in the client pod
 //! with 1 or 4 parallel streams; throughput is what the server received, first second omitted
-//! (slow start).
+//! (slow start). The machine's busy CPU time over the same measured seconds, divided by the
+//! gigabits received, is the CPU cost per gigabit: client, server, softirq and whatever the
+//! configuration adds in between, on both CPUs.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::{Measurement, Metric, Run};
+use crate::configurations::machine_cpu_ticks;
 use crate::process::{self, find_on_path, Server};
 use crate::BenchError;
 
@@ -23,11 +26,25 @@ pub async fn stream(run: &Run, streams: usize) -> Result<Measurement, BenchError
     .map(|s| s.to_string())
     .collect();
     let client = process::command(&iperf3, &client_args, &run.client)?;
-    let result = process::output(client, "iperf3", None, Duration::from_secs(run.seconds + 30)).await;
+    let client = tokio::spawn(process::output(client, "iperf3", None, Duration::from_secs(run.seconds + 30)));
+    // The CPU window opens when iperf3 starts counting (after the omitted second).
+    tokio::time::sleep(OMITTED).await;
+    let start = (Instant::now(), machine_cpu_ticks());
+    let result = client.await.map_err(|e| BenchError::tool("iperf3", format!("the client task failed: {e}")));
+    let end = (Instant::now(), machine_cpu_ticks());
     server.stop().await;
-    let gbps = received_gbps(&result?)?;
-    Ok(vec![(Metric::Throughput, gbps)])
+    let gbps = received_gbps(&result??)?;
+    let ((t0, cpu0), (t1, cpu1)) = (start, end);
+    let busy_seconds = (cpu1?.0.saturating_sub(cpu0?.0)) as f64 / 100.0;
+    let gigabits = gbps * t1.duration_since(t0).as_secs_f64();
+    if gigabits <= 0.0 {
+        return Err(BenchError::tool("iperf3", "no data received"));
+    }
+    Ok(vec![(Metric::Throughput, gbps), (Metric::CpuPerGbit, busy_seconds * 1000.0 / gigabits)])
 }
+
+/// iperf3's `-O 1`.
+const OMITTED: Duration = Duration::from_secs(1);
 
 /// Gbit/s the server received, from iperf3's JSON report.
 fn received_gbps(json: &str) -> Result<f64, BenchError> {

@@ -20,6 +20,8 @@ use crate::BenchError;
 pub enum Workload {
     TcpStream1,
     TcpStream4,
+    /// TCP_STREAM, 1 stream, from a pod on node0 to a pod on node1.
+    TcpStreamCrossNode,
     TcpRr,
     TcpCrr,
     /// TCP_CRR to the ClusterIP of one of this many services.
@@ -37,6 +39,10 @@ pub enum Metric {
     LatencyP50,
     #[serde(rename = "latencyP99")]
     LatencyP99,
+    /// Busy CPU time of the whole machine (both CPUs: user, system, interrupts) per gigabit
+    /// received, over the measured seconds of a TCP_STREAM.
+    #[serde(rename = "cpuMsPerGbit")]
+    CpuPerGbit,
 }
 
 /// One measurement: a value per metric of the workload.
@@ -64,7 +70,7 @@ pub const MESSAGE_BYTES: usize = 64;
 
 impl Workload {
     /// The pod-to-pod workloads.
-    pub const ALL: [Self; 4] = [Self::TcpStream1, Self::TcpStream4, Self::TcpRr, Self::TcpCrr];
+    pub const ALL: [Self; 5] = [Self::TcpStream1, Self::TcpStream4, Self::TcpStreamCrossNode, Self::TcpRr, Self::TcpCrr];
 
     /// `--only` name of TCP_CRR to a ClusterIP, run once per service count (`--services`).
     pub const SERVICE_FAMILY: &'static str = "tcp-crr-svc";
@@ -73,6 +79,7 @@ impl Workload {
         match self {
             Self::TcpStream1 => "tcp-stream-1".into(),
             Self::TcpStream4 => "tcp-stream-4".into(),
+            Self::TcpStreamCrossNode => "tcp-stream-xnode".into(),
             Self::TcpRr => "tcp-rr".into(),
             Self::TcpCrr => "tcp-crr".into(),
             Self::TcpCrrService(n) => format!("{}-{n}", Self::SERVICE_FAMILY),
@@ -95,11 +102,17 @@ impl Workload {
         }
     }
 
+    /// Whether the server is on the other node.
+    pub fn cross_node(self) -> bool {
+        self == Self::TcpStreamCrossNode
+    }
+
     /// The name people in the field use.
     pub fn title(self) -> String {
         match self {
             Self::TcpStream1 => "TCP_STREAM, 1 stream".into(),
             Self::TcpStream4 => "TCP_STREAM, 4 streams".into(),
+            Self::TcpStreamCrossNode => "TCP_STREAM across nodes, 1 stream".into(),
             Self::TcpRr => "TCP_RR".into(),
             Self::TcpCrr => "TCP_CRR".into(),
             Self::TcpCrrService(n) => format!("TCP_CRR to a ClusterIP, {} services", crate::report::thousands(n as u64)),
@@ -111,6 +124,7 @@ impl Workload {
         match self {
             Self::TcpStream1 => "iperf3 -c SERVER -P 1 -O 1 -J (first second omitted)".into(),
             Self::TcpStream4 => "iperf3 -c SERVER -P 4 -O 1 -J (first second omitted)".into(),
+            Self::TcpStreamCrossNode => "iperf3 -c SERVER -P 1 -O 1 -J to a server pod on node1 (limit: its one pair, the same as tcp-stream-1)".into(),
             Self::TcpRr => format!("sockperf ping-pong --tcp -m {MESSAGE_BYTES} --full-rtt (one connection, one transaction in flight)"),
             Self::TcpCrr => format!(
                 "sluice bench crr-client: connect, {MESSAGE_BYTES}-byte request, {MESSAGE_BYTES}-byte response, close; one connection at a time"
@@ -125,7 +139,7 @@ impl Workload {
 
     pub fn metrics(self) -> &'static [Metric] {
         match self {
-            Self::TcpStream1 | Self::TcpStream4 => &[Metric::Throughput],
+            Self::TcpStream1 | Self::TcpStream4 | Self::TcpStreamCrossNode => &[Metric::Throughput, Metric::CpuPerGbit],
             Self::TcpRr | Self::TcpCrr | Self::TcpCrrService(_) => &[Metric::TransactionsPerSecond, Metric::LatencyP50, Metric::LatencyP99],
         }
     }
@@ -133,7 +147,7 @@ impl Workload {
     /// Runs the workload once.
     pub async fn run(self, run: &Run) -> Result<Measurement, BenchError> {
         match self {
-            Self::TcpStream1 => iperf::stream(run, 1).await,
+            Self::TcpStream1 | Self::TcpStreamCrossNode => iperf::stream(run, 1).await,
             Self::TcpStream4 => iperf::stream(run, 4).await,
             Self::TcpRr => sockperf::ping_pong(run).await,
             Self::TcpCrr => crr::measure(run).await,
@@ -165,6 +179,7 @@ impl Metric {
             Self::Throughput => "Gbit/s",
             Self::TransactionsPerSecond => "transactions/s",
             Self::LatencyP50 | Self::LatencyP99 => "µs",
+            Self::CpuPerGbit => "CPU ms/Gbit",
         }
     }
 
@@ -174,6 +189,7 @@ impl Metric {
             Self::TransactionsPerSecond => "transactions/s",
             Self::LatencyP50 => "p50 latency",
             Self::LatencyP99 => "p99 latency",
+            Self::CpuPerGbit => "CPU per Gbit",
         }
     }
 
