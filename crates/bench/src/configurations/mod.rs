@@ -154,15 +154,16 @@ impl Configuration {
     pub fn description(self) -> &'static str {
         match self {
             Self::Limit => "a direct veth pair between the client and server namespaces, no node hop: the physical limit",
-            Self::SluiceBpf => "a one-node Sluice lab, eBPF host routing (bpf_redirect_peer between the pods' veths)",
-            Self::SluiceBpfNoMonitor => "as sluice-bpf with monitorAggregation off (drop events only): the cost of flow observability",
+            Self::SluiceBpf => "a two-node Sluice lab, eBPF host routing (bpf_redirect_peer between the pods' veths); the cross-node server on node1",
+            Self::SluiceBpfNoMonitor => "as sluice-bpf (one node) with monitorAggregation off (drop events only): the cost of flow observability",
             Self::SluiceBpfPolicy => {
                 "as sluice-bpf with NetworkPolicies selecting both pods (default deny both ways; the client may reach the server on TCP 1024-65535): the cost of policy"
             }
-            Self::SluiceLegacy => "a one-node Sluice lab, legacy host routing (the node's IP stack routes)",
+            Self::SluiceLegacy => "a two-node Sluice lab, legacy host routing (the node's IP stack routes); the cross-node server on node1",
             Self::Classic => {
                 "Debian's containernetworking-plugins bridge + host-local on a node namespace (br_netfilter on), \
-                 with kube-proxy-style iptables rules for 10 dummy services of 3 backends"
+                 with kube-proxy-style iptables rules for 10 dummy services of 3 backends; a second node the same, \
+                 routing each other's pod subnet over a link (host-gw)"
             }
         }
     }
