@@ -1,7 +1,8 @@
-//! `classic`: the classic CNI datapath. A node namespace where Debian's containernetworking
-//! plugins (`bridge` + `host-local`) are called for each pod exactly as a runtime calls them,
-//! with the usual bridge configuration, and kube-proxy-style iptables rules on top. Pods on the
-//! bridge reach each other at L2; br_netfilter hands each frame to iptables and conntrack.
+//! `classic` and `classic-nft`: the classic CNI datapath. A node namespace where Debian's
+//! containernetworking plugins (`bridge` + `host-local`) are called for each pod exactly as a
+//! runtime calls them, with the usual bridge configuration, and kube-proxy-style rules on top:
+//! iptables (`classic`) or nftables (`classic-nft`). Pods on the bridge reach each other at L2;
+//! br_netfilter hands each frame to netfilter and conntrack.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -11,12 +12,19 @@ use sluice_datapath::netlink::Netlink;
 use sluice_datapath::netns;
 
 use super::guard::{self, Guard, Teardown};
-use super::{kube_proxy, BuildEnv, Pods, MTU, POD_IFNAME};
+use super::{kube_proxy, kube_proxy_nft, BuildEnv, Pods, MTU, POD_IFNAME};
 use crate::process::{self, in_netns, Place};
 use crate::BenchError;
 
 /// Where Debian's containernetworking-plugins puts the plugins.
 pub const CNI_BIN_DIR: &str = "/usr/lib/cni";
+
+/// Which of kube-proxy's modes writes the node's service rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proxy {
+    Iptables,
+    Nftables,
+}
 
 /// What the classic configuration made, for its teardown.
 #[derive(Debug, Clone)]
@@ -28,11 +36,16 @@ pub struct Made {
     config: String,
 }
 
-pub async fn build(env: &BuildEnv) -> Result<(Pods, PathBuf, Guard), BenchError> {
-    let node = env.netns_name("classic-node");
-    let client = env.netns_name("classic-client");
-    let server = env.netns_name("classic-server");
-    let ipam_dir = env.work_dir.join("classic-ipam");
+pub async fn build(env: &BuildEnv, proxy: Proxy) -> Result<(Pods, PathBuf, Guard), BenchError> {
+    // Both flavours may run side by side: each has namespaces and IPAM state of its own.
+    let kind = match proxy {
+        Proxy::Iptables => "classic",
+        Proxy::Nftables => "classic-nft",
+    };
+    let node = env.netns_name(&format!("{kind}-node"));
+    let client = env.netns_name(&format!("{kind}-client"));
+    let server = env.netns_name(&format!("{kind}-server"));
+    let ipam_dir = env.work_dir.join(format!("{kind}-ipam"));
     let config = network_config(&ipam_dir);
     let made = Made {
         node: node.clone(),
@@ -58,7 +71,14 @@ pub async fn build(env: &BuildEnv) -> Result<(Pods, PathBuf, Guard), BenchError>
         let result = cni(&node_path, "ADD", id, &pod_path, &config).await?;
         ips.push(first_ipv4(&result).ok_or_else(|| BenchError::tool("bridge", format!("ADD for {pod} gave no IPv4 address: {result}")))?);
     }
-    kube_proxy::install(&node_path, &kube_proxy::rules(&kube_proxy::SERVICES.list())).await?;
+    let services = kube_proxy::SERVICES.list();
+    match proxy {
+        Proxy::Iptables => kube_proxy::install(&node_path, &kube_proxy::rules(&services)).await?,
+        Proxy::Nftables => {
+            kube_proxy_nft::install(&node_path, &kube_proxy_nft::ruleset(&services, None)).await?;
+            kube_proxy_nft::check_alone(&node_path).await?;
+        }
+    }
     let server_ip = *ips.last().ok_or_else(|| BenchError::Check("the classic node has no pods".into()))?;
     let pods = Pods { client: netns::named_netns_path(&client), server: netns::named_netns_path(&server), server_ip, client_cgroup: None };
     Ok((pods, node_path, guard))
@@ -162,6 +182,14 @@ mod tests {
         let id = container_id("sluice-bench-1-classic-client");
         assert_eq!(id.len(), 64);
         assert!(id.chars().all(|c| c.is_ascii_hexdigit()), "{id}");
+    }
+
+    #[test]
+    fn the_longest_pod_names_keep_distinct_container_ids() {
+        // Run names have up to 5 digits; the ID keeps the first 32 bytes of the name.
+        let client = container_id("sluice-bench-99999-classic-nft-client");
+        let server = container_id("sluice-bench-99999-classic-nft-server");
+        assert_ne!(client, server, "the client and server of classic-nft need distinct IDs");
     }
 
     #[test]
