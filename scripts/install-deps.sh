@@ -8,7 +8,7 @@ have_cmd() { command -v "$1" >/dev/null 2>&1; }
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 
 # command -> Debian package
-for pair in clang:clang llvm-strip:llvm ip:iproute2 iperf3:iperf3 iptables:iptables ping:iputils-ping \
+for pair in clang:clang llvm-strip:llvm ip:iproute2 iperf3:iperf3 iptables:iptables nft:nftables ping:iputils-ping \
             nc:netcat-openbsd ps:procps curl:curl prometheus:prometheus sockperf:sockperf; do
   cmd=${pair%%:*}; pkg=${pair#*:}
   have_cmd "$cmd" || need+=("$pkg")

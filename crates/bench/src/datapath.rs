@@ -1,5 +1,5 @@
 //! The datapath comparison: builds every configuration, runs the workloads in interleaved rounds
-//! (limit, sluice-bpf, sluice-legacy, classic, then again), checks after each measurement that
+//! (limit, sluice-bpf, sluice-legacy, classic, classic-nft, then again), checks after each measurement that
 //! the configuration is what it claims, and reports medians and ratios taken in the one run.
 //! TCP_CRR to a ClusterIP comes after the pod-to-pod workloads, once per service count: the
 //! configurations that balance services are given N services (timed: the programming time),
@@ -298,6 +298,11 @@ fn preflight(configurations: &[Configuration], workloads: &[Workload]) -> Result
     if configurations.contains(&Configuration::Classic) {
         tools.push(("iptables", "iptables"));
         tools.push(("iptables-restore", "iptables"));
+    }
+    if configurations.contains(&Configuration::ClassicNft) {
+        tools.push(("nft", "nftables"));
+    }
+    if configurations.iter().any(|c| matches!(c, Configuration::Classic | Configuration::ClassicNft)) {
         for plugin in ["bridge", "host-local"] {
             let path = PathBuf::from(CNI_BIN_DIR).join(plugin);
             if !path.is_file() {
@@ -367,7 +372,7 @@ mod tests {
     #[test]
     fn services_alone_build_only_the_configurations_that_balance_them() {
         let (c, _) = select(&["tcp-crr-svc".into()], &[10]).unwrap();
-        assert_eq!(c, vec![Configuration::SluiceBpf, Configuration::Classic], "nothing is built that would run nothing");
+        assert_eq!(c, vec![Configuration::SluiceBpf, Configuration::Classic, Configuration::ClassicNft], "nothing is built that would run nothing");
     }
 
     #[test]

@@ -177,7 +177,8 @@ pub enum Command {
         argv: Vec<String>,
     },
     /// Benchmarks. Without a subcommand: the datapath comparison (limit, sluice-bpf,
-    /// sluice-legacy, classic; TCP_STREAM, TCP_RR, TCP_CRR). Each builds what it measures.
+    /// sluice-legacy, classic, classic-nft; TCP_STREAM, TCP_RR, TCP_CRR). Each builds what it
+    /// measures.
     #[command(args_conflicts_with_subcommands = true)]
     Bench {
         #[command(subcommand)]
@@ -299,8 +300,9 @@ pub struct DatapathBenchArgs {
     #[arg(long)]
     pub quick: bool,
     /// Only these configurations and/or workloads, comma-separated: limit, sluice-bpf,
-    /// sluice-bpf-nomon, sluice-bpf-policy, sluice-legacy, classic; tcp-stream-1, tcp-stream-4, tcp-rr, tcp-crr,
-    /// tcp-crr-svc (TCP_CRR to a ClusterIP, sluice-bpf and classic, once per --services count).
+    /// sluice-bpf-nomon, sluice-bpf-policy, sluice-legacy, classic, classic-nft; tcp-stream-1, tcp-stream-4,
+    /// tcp-rr, tcp-crr, tcp-crr-svc (TCP_CRR to a ClusterIP, sluice-bpf, classic and classic-nft, once per
+    /// --services count).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Service counts of tcp-crr-svc, comma-separated (default 10,1000,10000; 10 with --quick).

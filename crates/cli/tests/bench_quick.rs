@@ -1,7 +1,7 @@
 //! The datapath benchmark's harness at small scale: `sluice bench --quick` builds every
 //! configuration, runs every workload, checks each configuration is what it claims, computes
 //! the ratios and writes results.json, results.md and results.png, within two minutes. TCP_CRR to
-//! a ClusterIP runs with 10 services in the two configurations that balance services; TCP_STREAM
+//! a ClusterIP runs with 10 services in the three configurations that balance services; TCP_STREAM
 //! across nodes in the configurations with a second node. Every TCP_STREAM reports its CPU cost
 //! per gigabit.
 
@@ -14,11 +14,11 @@ use std::time::{Duration, Instant};
 
 use common::{privileged, sluice_bin, text};
 
-const CONFIGURATIONS: [&str; 6] = ["limit", "sluice-bpf", "sluice-bpf-nomon", "sluice-bpf-policy", "sluice-legacy", "classic"];
+const CONFIGURATIONS: [&str; 7] = ["limit", "sluice-bpf", "sluice-bpf-nomon", "sluice-bpf-policy", "sluice-legacy", "classic", "classic-nft"];
 const WORKLOADS: [&str; 4] = ["tcp-stream-1", "tcp-stream-4", "tcp-rr", "tcp-crr"];
-const SERVICE_CONFIGURATIONS: [&str; 2] = ["sluice-bpf", "classic"];
+const SERVICE_CONFIGURATIONS: [&str; 3] = ["sluice-bpf", "classic", "classic-nft"];
 const SERVICE_WORKLOAD: &str = "tcp-crr-svc-10";
-const CROSS_NODE_CONFIGURATIONS: [&str; 4] = ["limit", "sluice-bpf", "sluice-legacy", "classic"];
+const CROSS_NODE_CONFIGURATIONS: [&str; 5] = ["limit", "sluice-bpf", "sluice-legacy", "classic", "classic-nft"];
 const CROSS_NODE_WORKLOAD: &str = "tcp-stream-xnode";
 
 #[test]
@@ -89,7 +89,7 @@ fn quick_datapath_benchmark_measures_every_configuration_and_writes_its_results(
         assert_eq!(with_cpu, CONFIGURATIONS.len(), "{workload} reports CPU per gigabit in every configuration");
     }
     let service_runs = results.iter().filter(|s| s["workload"] == SERVICE_WORKLOAD).count();
-    assert_eq!(service_runs, SERVICE_CONFIGURATIONS.len() * 3, "only sluice-bpf and classic run {SERVICE_WORKLOAD}");
+    assert_eq!(service_runs, SERVICE_CONFIGURATIONS.len() * 3, "only sluice-bpf, classic and classic-nft run {SERVICE_WORKLOAD}");
     let programming = json["programming"].as_array().expect("programming");
     assert_eq!(programming.len(), SERVICE_CONFIGURATIONS.len(), "one programming time per configuration: {programming:?}");
     assert!(programming.iter().all(|p| p["services"] == 10 && p["seconds"].as_f64().is_some_and(|s| s > 0.0)), "programming times of 10 services: {programming:?}");
@@ -107,8 +107,8 @@ fn quick_datapath_benchmark_measures_every_configuration_and_writes_its_results(
     }
 
     let md = std::fs::read_to_string(out_dir.path().join("results.md")).expect("results.md written");
-    assert!(md.contains("| workload | metric | limit | sluice-bpf | sluice-bpf-nomon | sluice-bpf-policy | sluice-legacy | classic |"), "results.md has the table: {md}");
-    assert!(md.contains("| services | sluice-bpf | classic |"), "results.md has the programming times: {md}");
+    assert!(md.contains("| workload | metric | limit | sluice-bpf | sluice-bpf-nomon | sluice-bpf-policy | sluice-legacy | classic | classic-nft |"), "results.md has the table: {md}");
+    assert!(md.contains("| services | sluice-bpf | classic | classic-nft |"), "results.md has the programming times: {md}");
     let png = std::fs::read(out_dir.path().join("results.png")).expect("results.png written");
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "results.png is a PNG");
     assert!(png.len() > 10_000, "results.png has a chart in it ({} bytes)", png.len());

@@ -1,7 +1,8 @@
-//! `classic`: the classic CNI datapath. A node namespace where Debian's containernetworking
-//! plugins (`bridge` + `host-local`) are called for each pod exactly as a runtime calls them,
-//! with the usual bridge configuration, and kube-proxy-style iptables rules on top. Pods on the
-//! bridge reach each other at L2; br_netfilter hands each frame to iptables and conntrack.
+//! `classic` and `classic-nft`: the classic CNI datapath. A node namespace where Debian's
+//! containernetworking plugins (`bridge` + `host-local`) are called for each pod exactly as a
+//! runtime calls them, with the usual bridge configuration, and kube-proxy-style rules on top:
+//! iptables (`classic`) or nftables (`classic-nft`). Pods on the bridge reach each other at L2;
+//! br_netfilter hands each frame to netfilter and conntrack.
 //! A second node, the same again with its own pod subnet, holds the server of the cross-node
 //! workload; the nodes route each other's pod subnet over a link between them, as flannel's
 //! host-gw or Calico without overlay do.
@@ -16,12 +17,19 @@ use sluice_datapath::netlink::Netlink;
 use sluice_datapath::netns;
 
 use super::guard::{self, Guard, Teardown};
-use super::{kube_proxy, BuildEnv, Pods, MTU, POD_IFNAME};
+use super::{kube_proxy, kube_proxy_nft, BuildEnv, Pods, MTU, POD_IFNAME};
 use crate::process::{self, in_netns, Place};
 use crate::BenchError;
 
 /// Where Debian's containernetworking-plugins puts the plugins.
 pub const CNI_BIN_DIR: &str = "/usr/lib/cni";
+
+/// Which of kube-proxy's modes writes the node's service rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proxy {
+    Iptables,
+    Nftables,
+}
 
 /// What the classic configuration made, for its teardown.
 #[derive(Debug, Clone)]
@@ -51,21 +59,30 @@ pub struct ClassicNodes {
     pub node1: PathBuf,
 }
 
-pub async fn build(env: &BuildEnv) -> Result<(Pods, ClassicNodes, Guard), BenchError> {
-    let ipam_dir = env.work_dir.join("classic-ipam");
+pub async fn build(env: &BuildEnv, proxy: Proxy) -> Result<(Pods, ClassicNodes, Guard), BenchError> {
+    // Both flavours may run side by side: each has namespaces and IPAM state of its own.
+    let kind = match proxy {
+        Proxy::Iptables => "classic",
+        Proxy::Nftables => "classic-nft",
+    };
+    let ipam_dir = env.work_dir.join(format!("{kind}-ipam"));
     let pod = |name: &str| {
-        let ns = env.netns_name(name);
+        let ns = env.netns_name(&format!("{kind}-{name}"));
         let id = container_id(&ns);
         (ns, id)
     };
     let made = Made {
         nodes: vec![
             MadeNode {
-                netns: env.netns_name("classic-node"),
+                netns: env.netns_name(&format!("{kind}-node")),
                 config: network_config(&ipam_dir.join("node0"), POD_SUBNETS[0]),
-                pods: vec![pod("classic-client"), pod("classic-server")],
+                pods: vec![pod("client"), pod("server")],
             },
-            MadeNode { netns: env.netns_name("classic-node1"), config: network_config(&ipam_dir.join("node1"), POD_SUBNETS[1]), pods: vec![pod("classic-remote")] },
+            MadeNode {
+                netns: env.netns_name(&format!("{kind}-node1")),
+                config: network_config(&ipam_dir.join("node1"), POD_SUBNETS[1]),
+                pods: vec![pod("remote")],
+            },
         ],
         ipam_dir,
     };
@@ -80,7 +97,14 @@ pub async fn build(env: &BuildEnv) -> Result<(Pods, ClassicNodes, Guard), BenchE
             ips.push(first_ipv4(&result).ok_or_else(|| BenchError::tool("bridge", format!("ADD for {pod} gave no IPv4 address: {result}")))?);
         }
         // Every node runs kube-proxy: the same rules on both.
-        kube_proxy::install(&node_path, &kube_proxy::rules(&kube_proxy::SERVICES.list())).await?;
+        let services = kube_proxy::SERVICES.list();
+        match proxy {
+            Proxy::Iptables => kube_proxy::install(&node_path, &kube_proxy::rules(&services)).await?,
+            Proxy::Nftables => {
+                kube_proxy_nft::install(&node_path, &kube_proxy_nft::ruleset(&services, None)).await?;
+                kube_proxy_nft::check_alone(&node_path).await?;
+            }
+        }
         paths.push(node_path);
     }
     link_nodes(&paths[0], &paths[1]).await?;
@@ -205,11 +229,10 @@ fn first_ipv4(result: &serde_json::Value) -> Option<Ipv4Addr> {
     result["ips"].as_array()?.iter().find_map(|ip| ip["address"].as_str()?.split('/').next()?.parse().ok())
 }
 
-/// 64 hex digits, as runtimes make container IDs.
+/// 64 hex digits, as runtimes make container IDs: the SHA-256 of the pod's namespace name.
 fn container_id(pod: &str) -> String {
-    let mut id: String = pod.bytes().map(|b| format!("{b:02x}")).collect();
-    id.truncate(64);
-    format!("{id:0<64}")
+    use sha2::Digest;
+    sha2::Sha256::digest(pod.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
@@ -232,6 +255,12 @@ mod tests {
         let id = container_id("sluice-bench-1-classic-client");
         assert_eq!(id.len(), 64);
         assert!(id.chars().all(|c| c.is_ascii_hexdigit()), "{id}");
+    }
+
+    #[test]
+    fn the_longest_pod_names_keep_distinct_container_ids() {
+        let names = ["client", "server", "remote"].map(|p| container_id(&format!("sluice-bench-99999-classic-nft-{p}")));
+        assert!(names[0] != names[1] && names[1] != names[2] && names[0] != names[2], "every pod its own ID: {names:?}");
     }
 
     #[test]

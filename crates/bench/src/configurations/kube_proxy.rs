@@ -50,7 +50,7 @@ impl Services {
 }
 
 /// The pod CIDR kube-proxy is told about (`--cluster-cidr`).
-const CLUSTER_CIDR: &str = "198.19.0.0/16";
+pub const CLUSTER_CIDR: &str = "198.19.0.0/16";
 
 /// The rules as `iptables-restore` reads them, modelled on what kube-proxy 1.29 writes. One
 /// departure: KUBE-POSTROUTING does not MASQUERADE (the lab never masquerades; no benchmark

@@ -1,13 +1,15 @@
 //! The configurations compared side by side, each built fresh with the same two pods (client
 //! and server) on one node, and each able to prove after a workload that it is what it claims:
-//! the direct veth pair (the limit), Sluice in both host routing modes, the classic bridge CNI.
-//! `sluice-bpf` and `classic` also take N services at once (Sluice's store, kube-proxy's rules)
-//! for TCP_CRR to a ClusterIP, and say how long programming them took.
+//! the direct veth pair (the limit), Sluice in both host routing modes, the classic bridge CNI
+//! with kube-proxy's iptables or nftables rules. `sluice-bpf`, `classic` and `classic-nft` also
+//! take N services at once (Sluice's store, kube-proxy's rules) for TCP_CRR to a ClusterIP, and
+//! say how long programming them took.
 
 mod classic;
 mod counters;
 mod guard;
 mod kube_proxy;
+mod kube_proxy_nft;
 mod limit;
 mod services;
 mod sluice;
@@ -51,6 +53,9 @@ pub enum Configuration {
     SluiceLegacy,
     #[serde(rename = "classic")]
     Classic,
+    /// As classic with kube-proxy's nftables mode instead of iptables.
+    #[serde(rename = "classic-nft")]
+    ClassicNft,
 }
 
 /// What every configuration hands the workloads: the pods' namespaces and the server's address.
@@ -96,6 +101,9 @@ const KUBE_SERVICES: &str = "iptables nat PREROUTING -> KUBE-SERVICES packets";
 const AGENT_CPU_MS: &str = "agent CPU ms";
 const POLICY_DROPS: &str = "Sluice policy drops";
 const TARGET_SERVICE_DNAT: &str = "iptables nat target KUBE-SVC -> KUBE-SEP packets";
+const NFT_FORWARD: &str = "nft filter-forward packets";
+const NFT_SERVICES: &str = "nft nat-prerouting -> services packets";
+const NFT_TARGET_ENDPOINT: &str = "nft target endpoint chain DNAT packets";
 const CLIENT_TX: &str = "client eth0 tx packets";
 const SERVER_RX: &str = "server eth0 rx packets";
 
@@ -120,7 +128,8 @@ pub struct Built {
 struct ProgrammedServices {
     count: usize,
     target: SocketAddrV4,
-    /// classic: the target's (KUBE-SVC-*, KUBE-SEP-*) chains.
+    /// classic: the target's (KUBE-SVC-*, KUBE-SEP-*) chains; classic-nft: its (service-*,
+    /// endpoint-*) chains.
     chains: Option<(String, String)>,
 }
 
@@ -129,12 +138,14 @@ enum Node {
     None,
     Sluice(sluice::Node),
     Classic(classic::ClassicNodes),
+    ClassicNft(classic::ClassicNodes),
 }
 
 // === impl Configuration ===
 
 impl Configuration {
-    pub const ALL: [Self; 6] = [Self::Limit, Self::SluiceBpf, Self::SluiceBpfNoMonitor, Self::SluiceBpfPolicy, Self::SluiceLegacy, Self::Classic];
+    pub const ALL: [Self; 7] =
+        [Self::Limit, Self::SluiceBpf, Self::SluiceBpfNoMonitor, Self::SluiceBpfPolicy, Self::SluiceLegacy, Self::Classic, Self::ClassicNft];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -144,6 +155,7 @@ impl Configuration {
             Self::SluiceBpfPolicy => "sluice-bpf-policy",
             Self::SluiceLegacy => "sluice-legacy",
             Self::Classic => "classic",
+            Self::ClassicNft => "classic-nft",
         }
     }
 
@@ -165,18 +177,22 @@ impl Configuration {
                  with kube-proxy-style iptables rules for 10 dummy services of 3 backends; a second node the same, \
                  routing each other's pod subnet over a link (host-gw)"
             }
+            Self::ClassicNft => {
+                "as classic with kube-proxy's nftables-mode rules instead of iptables (the services verdict map, \
+                 numgen random over endpoint chains) for the same 10 dummy services; no iptables rules on the node"
+            }
         }
     }
 
     /// Whether the configuration balances services (takes part in TCP_CRR to a ClusterIP).
     pub fn has_services(self) -> bool {
-        matches!(self, Self::SluiceBpf | Self::Classic)
+        matches!(self, Self::SluiceBpf | Self::Classic | Self::ClassicNft)
     }
 
     /// Whether the configuration has a second node (takes part in the cross-node workload;
     /// `limit` runs it on its pair, nothing being between the pods).
     pub fn has_second_node(self) -> bool {
-        matches!(self, Self::Limit | Self::SluiceBpf | Self::SluiceLegacy | Self::Classic)
+        matches!(self, Self::Limit | Self::SluiceBpf | Self::SluiceLegacy | Self::Classic | Self::ClassicNft)
     }
 
     /// What the check after a cross-node workload proves.
@@ -185,6 +201,7 @@ impl Configuration {
             Self::SluiceBpf => "node0's datapath hands the packets to the link (FIB redirect), node1's delivers them to the pod; neither node's IP stack forwards",
             Self::SluiceLegacy => "both nodes' IP stacks forward the traffic",
             Self::Classic => "both nodes' IP stacks forward the traffic through iptables FORWARD",
+            Self::ClassicNft => "both nodes' IP stacks forward the traffic through the nftables forward hook",
             _ => self.claim(),
         }
     }
@@ -197,6 +214,7 @@ impl Configuration {
             Self::SluiceBpfPolicy => "the datapath redirects pod to pod through both pods' policy lookups; the node's IP stack forwards nothing, policy drops nothing",
             Self::SluiceLegacy => "the node's IP stack forwards the traffic; the datapath redirects nothing",
             Self::Classic => "bridged traffic walks the node's iptables FORWARD rules; new connections walk KUBE-SERVICES",
+            Self::ClassicNft => "bridged traffic walks the node's nftables forward hook chain; new connections walk the services verdict map",
         }
     }
 }
@@ -240,8 +258,12 @@ impl Built {
                 (pods, Node::Sluice(node), guard)
             }
             Configuration::Classic => {
-                let (pods, node, guard) = classic::build(env).await?;
+                let (pods, node, guard) = classic::build(env, classic::Proxy::Iptables).await?;
                 (pods, Node::Classic(node), guard)
+            }
+            Configuration::ClassicNft => {
+                let (pods, node, guard) = classic::build(env, classic::Proxy::Nftables).await?;
+                (pods, Node::ClassicNft(node), guard)
             }
         };
         Ok(Self { configuration, pods, node, guard, services: None })
@@ -250,7 +272,7 @@ impl Built {
     /// Replaces the benchmark's services with `count` services whose last one has the server
     /// pod as its backend, and returns how long programming took: for Sluice from the store
     /// update to the agent reporting every frontend, for classic the `iptables-restore` of
-    /// kube-proxy's rules for them.
+    /// kube-proxy's rules for them, for classic-nft the `nft -f` of its nftables ruleset.
     pub async fn program_services(&mut self, count: usize) -> Result<Duration, BenchError> {
         if count == 0 || count > services::max_services() {
             return Err(BenchError::Invalid(format!("--services {count}: give 1 to {} services", services::max_services())));
@@ -265,6 +287,12 @@ impl Built {
             Node::Classic(node) => {
                 kube_proxy::install(&node.node0, &kube_proxy::rules(&list)).await?;
                 list.last().and_then(kube_proxy::service_chains)
+            }
+            Node::ClassicNft(node) => {
+                // Only the target's endpoint chains count: the check reads nothing else.
+                let target = list.last().map(|s| s.name.as_str());
+                kube_proxy_nft::install(&node.node0, &kube_proxy_nft::ruleset(&list, target)).await?;
+                list.last().and_then(kube_proxy_nft::service_chains)
             }
             Node::None => return Err(BenchError::Invalid(format!("{} has no services", self.configuration))),
         };
@@ -310,6 +338,16 @@ impl Built {
                     c.insert(TARGET_SERVICE_DNAT, kube_proxy::jump_packets(node, "nat", svc, sep).await?);
                 }
             }
+            Node::ClassicNft(nodes) => {
+                let node = &nodes.node0;
+                c.insert(NODE1_FORWARDED, counters::ip_forwarded(&nodes.node1).await?);
+                c.insert(NODE_FORWARDED, counters::ip_forwarded(node).await?);
+                c.insert(NFT_FORWARD, kube_proxy_nft::chain_packets(node, kube_proxy_nft::FORWARD_CHAIN).await?);
+                c.insert(NFT_SERVICES, kube_proxy_nft::chain_packets(node, kube_proxy_nft::SERVICES_JUMP_CHAIN).await?);
+                if let Some((_, endpoint)) = self.services.as_ref().and_then(|s| s.chains.as_ref()) {
+                    c.insert(NFT_TARGET_ENDPOINT, kube_proxy_nft::chain_packets(node, endpoint).await?);
+                }
+            }
         }
         Ok(c)
     }
@@ -328,7 +366,7 @@ impl Built {
                     "IpForwDatagrams moved by {f0} on node0 and {f1} on node1 (must stay still), FIB redirects on node0 by {f} and local-endpoint redirects on node1 by {r} (must move)"
                 )),
             },
-            Configuration::SluiceLegacy | Configuration::Classic if cross_node => match (d(NODE_FORWARDED), d(NODE1_FORWARDED)) {
+            Configuration::SluiceLegacy | Configuration::Classic | Configuration::ClassicNft if cross_node => match (d(NODE_FORWARDED), d(NODE1_FORWARDED)) {
                 (f0, f1) if f0 >= MOVED && f1 >= MOVED => None,
                 (f0, f1) => Some(format!("IpForwDatagrams moved by {f0} on node0 and {f1} on node1 (both must move)")),
             },
@@ -354,12 +392,24 @@ impl Built {
                 (f, s) if f >= MOVED && s >= 1 => None,
                 (f, s) => Some(format!("KUBE-FORWARD saw {f} packets (must move), KUBE-SERVICES {s} new connections (must move)")),
             },
+            Configuration::ClassicNft => match (d(NFT_FORWARD), d(NFT_SERVICES)) {
+                (f, s) if f >= MOVED && s >= 1 => None,
+                (f, s) => Some(format!("nft filter-forward counted {f} packets (must move), the jump to services {s} new connections (must move)")),
+            },
         };
         // To a ClusterIP, classic must also have translated through the target's own chains:
-        // every connection walked KUBE-SERVICES to its rule.
+        // every connection walked KUBE-SERVICES (or the services map) to them.
         let failure = failure.or_else(|| {
-            let to_service = workload.services().is_some() && self.configuration == Configuration::Classic;
-            (to_service && d(TARGET_SERVICE_DNAT) < MOVED).then(|| format!("the target service's KUBE-SEP saw {} new connections (must move)", d(TARGET_SERVICE_DNAT)))
+            let to_service = workload.services().is_some();
+            match self.configuration {
+                Configuration::Classic if to_service && d(TARGET_SERVICE_DNAT) < MOVED => {
+                    Some(format!("the target service's KUBE-SEP saw {} new connections (must move)", d(TARGET_SERVICE_DNAT)))
+                }
+                Configuration::ClassicNft if to_service && d(NFT_TARGET_ENDPOINT) < MOVED => {
+                    Some(format!("the target service's endpoint chain DNATed {} new connections (must move)", d(NFT_TARGET_ENDPOINT)))
+                }
+                _ => None,
+            }
         });
         match failure {
             None => Ok(evidence),

@@ -101,6 +101,7 @@ fn colour(c: Configuration) -> RGBColor {
         Configuration::SluiceBpfPolicy => RGBColor(40, 110, 170),
         Configuration::SluiceLegacy => RGBColor(140, 190, 230),
         Configuration::Classic => RGBColor(230, 140, 40),
+        Configuration::ClassicNft => RGBColor(200, 90, 40),
     }
 }
 

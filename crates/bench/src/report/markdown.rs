@@ -79,7 +79,7 @@ pub fn render(r: &Report) -> String {
         let programmed: Vec<Configuration> = configs.iter().copied().filter(|c| r.programming.iter().any(|p| p.configuration == *c)).collect();
         let mut counts: Vec<usize> = r.programming.iter().map(|p| p.services).collect();
         counts.dedup();
-        out.push_str("\nService programming time (s), once per count: sluice-bpf from the store update to the agent reporting every frontend, classic the iptables-restore of kube-proxy's rules:\n\n");
+        out.push_str("\nService programming time (s), once per count: sluice-bpf from the store update to the agent reporting every frontend, classic the iptables-restore of kube-proxy's rules, classic-nft the nft -f of its nftables ruleset:\n\n");
         let _ = writeln!(out, "| services | {} |", programmed.iter().map(|c| c.name()).collect::<Vec<_>>().join(" | "));
         let _ = writeln!(out, "|---|{}", "---|".repeat(programmed.len()));
         for n in counts {
