@@ -19,6 +19,19 @@ static __always_inline void count_loss(__u32 why)
 		*lost += 1;
 }
 
+/* Whether submitting an event wakes the agent. Drops and audit reports do, at once. Trace
+ * events do not, until an eighth of the ring is waiting: the agent also drains the ring on a
+ * short timer, and a wake-up per event (each new connection makes four) would cost the pods'
+ * CPUs more than the events themselves. */
+static __always_inline __u64 event_wakeup(__u8 type)
+{
+	if (type != SLUICE_EVENT_TRACE)
+		return BPF_RB_FORCE_WAKEUP;
+	__u64 waiting = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+	__u64 size = bpf_ringbuf_query(&events, BPF_RB_RING_SIZE);
+	return waiting >= size / 8 ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+}
+
 static __always_inline void emit_event_ext(struct __sk_buff *skb, __u8 type, __u8 code, __u32 rule, __u32 identity)
 {
 	struct datapath_event *ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
@@ -42,7 +55,7 @@ static __always_inline void emit_event_ext(struct __sk_buff *skb, __u8 type, __u
 	if (cap == 0 || bpf_skb_load_bytes(skb, 0, ev->data, cap))
 		cap = 0;
 	ev->cap_len = cap;
-	bpf_ringbuf_submit(ev, 0);
+	bpf_ringbuf_submit(ev, event_wakeup(type));
 }
 
 static __always_inline void emit_event(struct __sk_buff *skb, __u8 type, __u8 code)

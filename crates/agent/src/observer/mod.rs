@@ -106,8 +106,13 @@ impl Observer {
     }
 }
 
-/// Reads the ring buffer as events arrive and hands them to the observer, until the task is
-/// dropped.
+/// How often the ring is drained without a wake-up: the datapath wakes the agent for drops at
+/// once but lets trace events gather (see `event_wakeup` in bpf/lib/events.h), so a trace
+/// flow is seen within this long.
+pub const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Reads the ring buffer as events arrive, and every [`DRAIN_INTERVAL`], and hands them to the
+/// observer, until the task is dropped.
 pub async fn read_events(observer: std::sync::Arc<Observer>, ring: aya::maps::RingBuf<aya::maps::MapData>) {
     // SAFETY: the ring buffer owns its descriptor and is moved into the AsyncFd, which keeps it
     // open for as long as it is registered.
@@ -118,30 +123,42 @@ pub async fn read_events(observer: std::sync::Arc<Observer>, ring: aya::maps::Ri
             return;
         }
     };
+    let mut tick = tokio::time::interval(DRAIN_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let mut guard = match fd.readable_mut().await {
-            Ok(g) => g,
-            Err(e) => {
-                tracing::error!("events ring buffer: {e}");
-                return;
+        tokio::select! {
+            ready = fd.readable_mut() => {
+                let mut guard = match ready {
+                    Ok(g) => g,
+                    Err(e) => {
+                        tracing::error!("events ring buffer: {e}");
+                        return;
+                    }
+                };
+                if !drain(&observer, guard.get_inner_mut()) {
+                    guard.clear_ready();
+                }
             }
-        };
-        let ring = guard.get_inner_mut();
-        // A bounded batch per wake-up, then yield: a busy datapath must not starve the API.
-        let mut batch = 0;
-        while let Some(item) = ring.next() {
-            observer.ingest(&item);
-            batch += 1;
-            if batch == 4096 {
-                break;
+            _ = tick.tick() => {
+                drain(&observer, fd.get_mut());
             }
         }
-        if batch < 4096 {
-            guard.clear_ready();
-        }
-        drop(guard);
         tokio::task::yield_now().await;
     }
+}
+
+/// Hands the observer a bounded batch (a busy datapath must not starve the API); whether more
+/// is waiting.
+fn drain(observer: &Observer, ring: &mut aya::maps::RingBuf<aya::maps::MapData>) -> bool {
+    let mut batch = 0;
+    while let Some(item) = ring.next() {
+        observer.ingest(&item);
+        batch += 1;
+        if batch == 4096 {
+            return true;
+        }
+    }
+    false
 }
 
 /// Unix time minus monotonic time, in nanoseconds: turns bpf_ktime_get_ns() into wall time.
