@@ -65,7 +65,8 @@ fn follow_delivers_a_new_flow_within_a_second() {
     lab.apply_ok(TWO_PODS);
     let (v4, _) = lab.pod_ips("demo", "server");
     let mut follower = lab
-        .cmd(&["observe", "--follow", "-o", "json", "--protocol", "icmp", "--from-pod", "client"])
+        // To the server's IPv4 address only: the pod's own IPv6 neighbour discovery is ICMP too.
+        .cmd(&["observe", "--follow", "-o", "json", "--protocol", "icmp", "--from-pod", "client", "--ip", &v4])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
