@@ -19,14 +19,8 @@ pub async fn link_packets(netns: &Path, ifname: &str) -> Result<(u64, u64), Benc
     dev_packets(&dev, ifname).ok_or_else(|| BenchError::Check(format!("no interface {ifname} in {}", netns.display())))
 }
 
-/// Packets Sluice's from-pod program delivered straight to a local endpoint
-/// (`bpf_redirect_peer`), from the agent's status.
-pub async fn sluice_redirects(socket: &Path) -> Result<u64, BenchError> {
-    sluice_forwards(socket, "local endpoint").await
-}
-
-/// Packets the node's datapath forwarded for `reason` ("local endpoint", "fib redirect", ...),
-/// from the agent's status.
+/// Packets the node's datapath forwarded for `reason` ("local endpoint": delivered straight to
+/// a pod with `bpf_redirect_peer`; "fib redirect": handed to a link), from the agent's status.
 pub async fn sluice_forwards(socket: &Path, reason: &str) -> Result<u64, BenchError> {
     let status: sluice_api::Status = sluice_api::Client::new(socket).get(sluice_api::paths::STATUS).await?;
     status

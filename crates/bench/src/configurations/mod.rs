@@ -137,8 +137,8 @@ struct ProgrammedServices {
 enum Node {
     None,
     Sluice(sluice::Node),
-    Classic(classic::ClassicNodes),
-    ClassicNft(classic::ClassicNodes),
+    /// The classic nodes and the kube-proxy mode of their rules.
+    Classic(classic::ClassicNodes, classic::Proxy),
 }
 
 // === impl Configuration ===
@@ -257,13 +257,10 @@ impl Built {
                 let (pods, node, guard) = sluice::build(env, mode, monitor, policy, nodes).await?;
                 (pods, Node::Sluice(node), guard)
             }
-            Configuration::Classic => {
-                let (pods, node, guard) = classic::build(env, classic::Proxy::Iptables).await?;
-                (pods, Node::Classic(node), guard)
-            }
-            Configuration::ClassicNft => {
-                let (pods, node, guard) = classic::build(env, classic::Proxy::Nftables).await?;
-                (pods, Node::ClassicNft(node), guard)
+            Configuration::Classic | Configuration::ClassicNft => {
+                let proxy = if configuration == Configuration::Classic { classic::Proxy::Iptables } else { classic::Proxy::Nftables };
+                let (pods, node, guard) = classic::build(env, proxy).await?;
+                (pods, Node::Classic(node, proxy), guard)
             }
         };
         Ok(Self { configuration, pods, node, guard, services: None })
@@ -284,11 +281,11 @@ impl Built {
                 sluice::program_services(node, &list).await?;
                 None
             }
-            Node::Classic(node) => {
+            Node::Classic(node, classic::Proxy::Iptables) => {
                 kube_proxy::install(&node.node0, &kube_proxy::rules(&list)).await?;
                 list.last().and_then(kube_proxy::service_chains)
             }
-            Node::ClassicNft(node) => {
+            Node::Classic(node, classic::Proxy::Nftables) => {
                 // Only the target's endpoint chains count: the check reads nothing else.
                 let target = list.last().map(|s| s.name.as_str());
                 kube_proxy_nft::install(&node.node0, &kube_proxy_nft::ruleset(&list, target)).await?;
@@ -316,7 +313,7 @@ impl Built {
             }
             Node::Sluice(node) => {
                 c.insert(NODE_FORWARDED, counters::ip_forwarded(&node.netns).await?);
-                c.insert(SLUICE_REDIRECTS, counters::sluice_redirects(&node.socket).await?);
+                c.insert(SLUICE_REDIRECTS, counters::sluice_forwards(&node.socket, "local endpoint").await?);
                 c.insert(POLICY_DROPS, counters::sluice_policy_drops(&node.socket).await?);
                 // Not part of the claim: what the agent itself costs while pods talk.
                 if let Some(pid) = node.agent_pid {
@@ -328,24 +325,26 @@ impl Built {
                     c.insert(NODE1_REDIRECTS, counters::sluice_forwards(socket, "local endpoint").await?);
                 }
             }
-            Node::Classic(nodes) => {
+            Node::Classic(nodes, proxy) => {
                 let node = &nodes.node0;
                 c.insert(NODE1_FORWARDED, counters::ip_forwarded(&nodes.node1).await?);
                 c.insert(NODE_FORWARDED, counters::ip_forwarded(node).await?);
-                c.insert(KUBE_FORWARD, kube_proxy::jump_packets(node, "filter", "FORWARD", "KUBE-FORWARD").await?);
-                c.insert(KUBE_SERVICES, kube_proxy::jump_packets(node, "nat", "PREROUTING", "KUBE-SERVICES").await?);
-                if let Some((svc, sep)) = self.services.as_ref().and_then(|s| s.chains.as_ref()) {
-                    c.insert(TARGET_SERVICE_DNAT, kube_proxy::jump_packets(node, "nat", svc, sep).await?);
-                }
-            }
-            Node::ClassicNft(nodes) => {
-                let node = &nodes.node0;
-                c.insert(NODE1_FORWARDED, counters::ip_forwarded(&nodes.node1).await?);
-                c.insert(NODE_FORWARDED, counters::ip_forwarded(node).await?);
-                c.insert(NFT_FORWARD, kube_proxy_nft::chain_packets(node, kube_proxy_nft::FORWARD_CHAIN).await?);
-                c.insert(NFT_SERVICES, kube_proxy_nft::chain_packets(node, kube_proxy_nft::SERVICES_JUMP_CHAIN).await?);
-                if let Some((_, endpoint)) = self.services.as_ref().and_then(|s| s.chains.as_ref()) {
-                    c.insert(NFT_TARGET_ENDPOINT, kube_proxy_nft::chain_packets(node, endpoint).await?);
+                let target = self.services.as_ref().and_then(|s| s.chains.as_ref());
+                match proxy {
+                    classic::Proxy::Iptables => {
+                        c.insert(KUBE_FORWARD, kube_proxy::jump_packets(node, "filter", "FORWARD", "KUBE-FORWARD").await?);
+                        c.insert(KUBE_SERVICES, kube_proxy::jump_packets(node, "nat", "PREROUTING", "KUBE-SERVICES").await?);
+                        if let Some((svc, sep)) = target {
+                            c.insert(TARGET_SERVICE_DNAT, kube_proxy::jump_packets(node, "nat", svc, sep).await?);
+                        }
+                    }
+                    classic::Proxy::Nftables => {
+                        c.insert(NFT_FORWARD, kube_proxy_nft::chain_packets(node, kube_proxy_nft::FORWARD_CHAIN).await?);
+                        c.insert(NFT_SERVICES, kube_proxy_nft::chain_packets(node, kube_proxy_nft::SERVICES_JUMP_CHAIN).await?);
+                        if let Some((_, endpoint)) = target {
+                            c.insert(NFT_TARGET_ENDPOINT, kube_proxy_nft::chain_packets(node, endpoint).await?);
+                        }
+                    }
                 }
             }
         }
