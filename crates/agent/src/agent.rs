@@ -56,6 +56,8 @@ pub struct Agent {
     /// Where socket LB is attached, or why it is not.
     socket_lb: String,
     xdp: Option<Arc<Mutex<sluice_datapath::XdpNetdev>>>,
+    /// Cluster mode: the node's membership (etcd).
+    cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// Everything [`Agent::new`] needs.
@@ -77,6 +79,8 @@ pub struct AgentParts {
     /// The XDP program on the node's devices, when configured.
     pub xdp: Option<Arc<Mutex<sluice_datapath::XdpNetdev>>>,
     pub events: Arc<Events>,
+    /// Cluster mode: the node's membership; identities are numbered by the cluster.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// The host-side interface name of an attachment: "lxc" and 11 hex digits of a hash of the
@@ -91,7 +95,10 @@ pub fn host_ifname(owner: &Owner) -> String {
 impl Agent {
     pub fn new(parts: AgentParts) -> Result<Self, AgentError> {
         let ipam = Ipam::new(parts.db.clone(), parts.config.ipv4_cidr(), parts.config.ipv6_cidr())?;
-        let identities = Identities::new(parts.db.clone())?;
+        let identities = match &parts.cluster {
+            Some(c) => Identities::with_numbering(parts.db.clone(), Arc::new(crate::cluster::numbering::ClusterNumbering::new(c.store().clone(), tokio::runtime::Handle::current())))?,
+            None => Identities::new(parts.db.clone())?,
+        };
         let endpoints = EndpointStore::new(parts.db)?;
         Ok(Self {
             config: parts.config,
@@ -112,6 +119,7 @@ impl Agent {
             policies: parts.policies,
             socket_lb: parts.socket_lb,
             xdp: parts.xdp,
+            cluster: parts.cluster,
         })
     }
 
@@ -164,7 +172,7 @@ impl Agent {
             self.plumber.unplumb(&old.host_ifname).await?;
         }
         let t = Instant::now();
-        let labels = self.label_set(req)?;
+        let labels = self.label_set(req).await?;
         let alloc = self.ipam.allocate(owner)?;
         tracing::debug!(ms = t.elapsed().as_secs_f64() * 1000.0, "ADD: labels and addresses");
         let plumb = PlumbRequest {
@@ -334,14 +342,80 @@ impl Agent {
         }
     }
 
-    fn label_set(&self, req: &CniRequest) -> Result<BTreeMap<String, String>, AgentError> {
+    /// The pod's label set from the cluster view. A pod not in the view is waited for (the
+    /// runtime may have been told of it before this agent); in cluster mode it then fails with
+    /// "try again later", on one machine it gets the labels of its namespace alone.
+    async fn label_set(&self, req: &CniRequest) -> Result<BTreeMap<String, String>, AgentError> {
         let (Some(ns), Some(name)) = (&req.pod_namespace, &req.pod_name) else { return Ok(BTreeMap::new()) };
-        let known = match &self.state {
-            Some(state) => state.pod_label_set(ns, name)?,
-            None => None,
+        let Some(state) = &self.state else {
+            return Ok(sluice_model::LabelSet::for_pod(&BTreeMap::new(), ns, &sluice_model::labels::namespace_labels(ns, None)).as_map().clone());
         };
-        let set = known.unwrap_or_else(|| sluice_model::LabelSet::for_pod(&BTreeMap::new(), ns, &sluice_model::labels::namespace_labels(ns, None)));
-        Ok(set.as_map().clone())
+        let mut rx = state.subscribe();
+        let cluster = self.config.state.is_cluster();
+        let waited = if cluster { std::time::Duration::from_secs(self.config.state.pod_wait_seconds) } else { std::time::Duration::from_millis(200) };
+        let key = sluice_state::Store::pod_key(ns, name);
+        if let Some(snapshot) = sluice_state::wait_for(&mut rx, waited, |s| s.synced && s.pods.contains_key(&key)).await {
+            if let Some(set) = snapshot.pod_label_set(ns, name) {
+                return Ok(set.as_map().clone());
+            }
+        }
+        if cluster {
+            let health = state.health();
+            return Err(AgentError::PodUnknown { namespace: ns.clone(), name: name.clone(), waited, source_kind: health.kind, connected: health.connected });
+        }
+        let snapshot = state.snapshot();
+        let ns_labels = sluice_model::labels::namespace_labels(ns, snapshot.namespaces.get(ns).and_then(|n| n.metadata.labels.as_ref()));
+        Ok(sluice_model::LabelSet::for_pod(&BTreeMap::new(), ns, &ns_labels).as_map().clone())
+    }
+
+    /// The newest cluster snapshot; an empty unsynced one when the agent has no source. In
+    /// cluster mode pods without a status carry the addresses their nodes published.
+    pub fn cluster_snapshot(&self) -> sluice_state::ClusterState {
+        let snapshot = self.state.as_ref().map(|s| s.snapshot()).unwrap_or_default();
+        if self.cluster.is_some() {
+            return crate::cluster::view::with_published_endpoints(snapshot);
+        }
+        snapshot
+    }
+
+    pub fn cluster(&self) -> Option<&Arc<crate::cluster::Cluster>> {
+        self.cluster.as_ref()
+    }
+
+    /// Cluster mode, one round: publishes this node's endpoints, holds the identities it uses,
+    /// routes the other nodes' pod CIDRs. Level-triggered: each step compares what is with what
+    /// should be, so a missed change heals on the next round.
+    pub async fn sync_cluster(&self) -> Result<(), AgentError> {
+        let Some(cluster) = &self.cluster else { return Ok(()) };
+        let mut endpoints = BTreeMap::new();
+        for e in self.endpoints.list()? {
+            let (Some(namespace), Some(name)) = (e.pod_namespace.clone(), e.pod_name.clone()) else { continue };
+            let ips: Vec<IpAddr> = e.ipv4.map(IpAddr::from).into_iter().chain(e.ipv6.map(IpAddr::from)).collect();
+            let record = sluice_state::EndpointRecord { namespace: namespace.clone(), name: name.clone(), node: self.config.node_name.clone(), ips, identity: e.identity };
+            endpoints.insert(sluice_state::Store::key(&namespace, &name), record);
+        }
+        cluster.publish_endpoints(endpoints).await?;
+        let held: BTreeSet<u32> = self.identities.list()?.into_iter().filter(|i| i.references > 0).map(|i| i.id).collect();
+        cluster.hold_identities(held).await?;
+        let snapshot = self.cluster_snapshot();
+        if snapshot.synced {
+            let nl = sluice_datapath::netlink::Netlink::current()?;
+            let mut networks = Vec::new();
+            for dev in &self.netdevs {
+                let link = nl.link(dev).await?;
+                networks.extend(nl.networks(link.index).await?.into_iter().map(|n| (n, link.index)));
+            }
+            let desired = crate::cluster::routes::desired_routes(&self.config.node_name, snapshot.nodes.values(), &networks);
+            let report = crate::cluster::routes::reconcile(&desired).await?;
+            for r in &report.added {
+                tracing::info!(destination = %r.destination, via = %r.gateway, "route to a node's pods added");
+            }
+            for r in &report.removed {
+                tracing::info!(destination = %r.destination, via = %r.gateway, "route to a vanished node's pods withdrawn");
+            }
+        }
+        cluster.set_health("ready", self.host_routing.mode.as_str()).await?;
+        Ok(())
     }
 
     // --- resync ---
@@ -579,9 +653,10 @@ impl Agent {
     pub async fn sync_services(self: &Arc<Self>, force: bool) -> Result<Option<crate::services::program::ProgramReport>, AgentError> {
         let Some(services) = self.services.clone() else { return Ok(None) };
         let agent = self.clone();
+        let snapshot = self.cluster_snapshot();
         let report = tokio::task::spawn_blocking(move || {
             let mut guard = agent.datapath.lock().unwrap_or_else(|p| p.into_inner());
-            services.sync(guard.as_mut(), force)
+            services.sync(guard.as_mut(), &snapshot, force)
         })
         .await
         .map_err(|source| AgentError::TaskFailed { task: "service sync", source })??;
@@ -634,7 +709,7 @@ impl Agent {
             .collect();
         let report = {
             let mut guard = self.datapath.lock().unwrap_or_else(|p| p.into_inner());
-            policies.sync(guard.as_mut(), &self.identities, local, force).map_err(|e| AgentError::Policy(e.to_string()))?
+            policies.sync(guard.as_mut(), &self.identities, &self.cluster_snapshot(), local, force).map_err(|e| AgentError::Policy(e.to_string()))?
         };
         if report.as_ref().is_some_and(|r| r.entries_written > 0) {
             self.refresh_enrichment();

@@ -35,21 +35,78 @@ impl HostRoutingRequest {
     }
 }
 
-/// Where the agent reads pods' and namespaces' labels from.
+/// Where the agent's view of the cluster comes from (`state:`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct StateConfig {
-    /// `local` (the only source so far).
+    /// `local` (a store file, one machine) or `etcd` (a cluster).
     #[serde(default = "default_source")]
     pub source: String,
-    /// Path of the local store file.
+    /// Path of the local store file (`local`).
     pub path: Option<PathBuf>,
+    /// The etcd cluster (`etcd`): endpoints, TLS files, key prefix.
+    #[serde(default)]
+    pub etcd: Option<sluice_state::etcd::EtcdConfig>,
+    /// Cluster mode: seconds the node's registration outlives its agent (the etcd lease TTL).
+    #[serde(default = "default_lease_seconds")]
+    pub lease_seconds: i64,
+    /// Cluster mode: pools the node's pod CIDRs are allocated from when `podCIDRs` is empty
+    /// (at most one IPv4 and one IPv6).
+    #[serde(default, rename = "clusterPoolCIDRs")]
+    pub cluster_pool_cidrs: Vec<IpNet>,
+    /// Prefix length of each node's IPv4 pod CIDR taken from the pool.
+    #[serde(default = "default_node_mask_v4", rename = "nodeMaskIPv4")]
+    pub node_mask_v4: u8,
+    /// Prefix length of each node's IPv6 pod CIDR taken from the pool.
+    #[serde(default = "default_node_mask_v6", rename = "nodeMaskIPv6")]
+    pub node_mask_v6: u8,
+    /// Cluster mode: seconds before the pod CIDRs of a vanished node and identities no node
+    /// holds are released.
+    #[serde(default = "default_release_grace")]
+    pub release_grace_seconds: u64,
+    /// How long a CNI ADD waits for a pod the agent does not know yet before failing with
+    /// "try again later" (CNI code 11) in cluster mode.
+    #[serde(default = "default_pod_wait")]
+    pub pod_wait_seconds: u64,
 }
 
 impl Default for StateConfig {
     fn default() -> Self {
-        Self { source: default_source(), path: None }
+        Self {
+            source: default_source(),
+            path: None,
+            etcd: None,
+            lease_seconds: default_lease_seconds(),
+            cluster_pool_cidrs: Vec::new(),
+            node_mask_v4: default_node_mask_v4(),
+            node_mask_v6: default_node_mask_v6(),
+            release_grace_seconds: default_release_grace(),
+            pod_wait_seconds: default_pod_wait(),
+        }
     }
+}
+
+impl StateConfig {
+    /// Whether the agent is one node of a cluster (etcd) rather than a machine on its own.
+    pub fn is_cluster(&self) -> bool {
+        self.source == "etcd"
+    }
+}
+
+fn default_lease_seconds() -> i64 {
+    10
+}
+fn default_node_mask_v4() -> u8 {
+    24
+}
+fn default_node_mask_v6() -> u8 {
+    112
+}
+fn default_release_grace() -> u64 {
+    300
+}
+fn default_pod_wait() -> u64 {
+    5
 }
 
 fn default_source() -> String {
@@ -316,15 +373,23 @@ impl AgentConfig {
         if let Err(e) = sluice_model::labels::validate_dns1123_label(&self.node_name) {
             return invalid("nodeName", e);
         }
-        if self.pod_cidrs.is_empty() {
-            return invalid("podCIDRs", "at least one pod CIDR is required".into());
+        if self.pod_cidrs.is_empty() && !(self.state.is_cluster() && !self.state.cluster_pool_cidrs.is_empty()) {
+            return invalid("podCIDRs", "at least one pod CIDR is required (or, with state.source etcd, state.clusterPoolCIDRs)".into());
         }
-        let v4 = self.pod_cidrs.iter().filter(|c| matches!(c, IpNet::V4(_))).count();
-        let v6 = self.pod_cidrs.len() - v4;
-        if v4 > 1 || v6 > 1 {
-            return invalid("podCIDRs", "at most one IPv4 and one IPv6 CIDR".into());
+        for (field, cidrs) in [("podCIDRs", &self.pod_cidrs), ("state.clusterPoolCIDRs", &self.state.cluster_pool_cidrs)] {
+            let v4 = cidrs.iter().filter(|c| matches!(c, IpNet::V4(_))).count();
+            if v4 > 1 || cidrs.len() - v4 > 1 {
+                return invalid(field, "at most one IPv4 and one IPv6 CIDR".into());
+            }
         }
-        for c in &self.pod_cidrs {
+        for pool in &self.state.cluster_pool_cidrs {
+            let mask = if pool.addr().is_ipv4() { self.state.node_mask_v4 } else { self.state.node_mask_v6 };
+            let (field, max) = if pool.addr().is_ipv4() { ("state.nodeMaskIPv4", 30) } else { ("state.nodeMaskIPv6", 126) };
+            if mask < pool.prefix_len() || mask > max {
+                return invalid(field, format!("/{mask} does not fit pool {pool} (between /{} and /{max})", pool.prefix_len()));
+            }
+        }
+        for c in self.pod_cidrs.iter().chain(&self.state.cluster_pool_cidrs) {
             if c.trunc() != *c {
                 return invalid("podCIDRs", format!("{c} has host bits set; did you mean {}?", c.trunc()));
             }
@@ -337,8 +402,15 @@ impl AgentConfig {
                 return invalid(field, format!("{} must be an absolute path", p.display()));
             }
         }
-        if self.state.source != "local" {
-            return invalid("state.source", format!("{:?} is not supported (supported: local)", self.state.source));
+        match self.state.source.as_str() {
+            "local" => {}
+            "etcd" => match &self.state.etcd {
+                None => return invalid("state.etcd", "state.source etcd needs state.etcd with at least one endpoint".into()),
+                Some(e) if e.endpoints.is_empty() => return invalid("state.etcd.endpoints", "at least one endpoint is required".into()),
+                Some(_) if self.state.lease_seconds < 2 => return invalid("state.leaseSeconds", format!("{} is below the minimum 2", self.state.lease_seconds)),
+                Some(_) => {}
+            },
+            other => return invalid("state.source", format!("{other:?} is not supported (supported: local, etcd)")),
         }
         if self.events_buffer_bytes < 4096 || !self.events_buffer_bytes.is_power_of_two() {
             return invalid("eventsBufferBytes", format!("{} must be a power of two of at least 4096", self.events_buffer_bytes));
@@ -412,7 +484,10 @@ mod tests {
             ("nodeName: n\npodCIDRs: [198.19.0.0/24]\nhostRouting: fast\n", "hostRouting"),
             ("nodeName: n\npodCIDRs: [198.19.0.0/24]\nsocket: rel/agent.sock\n", "socket"),
             ("nodeName: n\npodCIDRs: [198.19.0.0/24]\nbogus: 1\n", "bogus"),
-            ("nodeName: n\npodCIDRs: [198.19.0.0/24]\nstate: {source: etcd}\n", "state.source"),
+            ("nodeName: n\npodCIDRs: [198.19.0.0/24]\nstate: {source: kube}\n", "state.source"),
+            ("nodeName: n\npodCIDRs: [198.19.0.0/24]\nstate: {source: etcd}\n", "state.etcd"),
+            ("nodeName: n\npodCIDRs: []\nstate: {source: etcd, etcd: {endpoints: [\"http://127.0.0.1:2379\"]}}\n", "podCIDRs"),
+            ("nodeName: n\npodCIDRs: []\nstate: {source: etcd, etcd: {endpoints: [\"http://127.0.0.1:2379\"]}, clusterPoolCIDRs: [198.19.0.0/16], nodeMaskIPv4: 8}\n", "state.nodeMaskIPv4"),
         ];
         for (text, field) in cases {
             let err = parse(text).expect_err(text).to_string();

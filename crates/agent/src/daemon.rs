@@ -17,8 +17,18 @@ use crate::error::AgentError;
 use crate::plumber::NetlinkPlumber;
 
 /// Runs the agent until SIGTERM or SIGINT.
-pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
+pub async fn run(mut config: AgentConfig) -> Result<(), AgentError> {
     let started = Instant::now();
+    // Cluster mode: join before anything uses the pod CIDRs, which may come from the cluster.
+    let cluster = if config.state.is_cluster() {
+        let addresses = node_addresses(&config.devices).await?.into_iter().filter(|a| !is_link_local(a)).collect();
+        let (cluster, pod_cidrs) = crate::cluster::Cluster::join(&config, addresses).await?;
+        config.pod_cidrs = pod_cidrs;
+        Some(Arc::new(cluster))
+    } else {
+        None
+    };
+    let state = state_source(&config);
     let db = Arc::new(AgentDb::open(&config.state_dir)?);
     let events = Arc::new(Events::new(db.clone(), &config.node_name, config.event_history)?);
     events.record(Reason::AgentStarted, format!("sluice agent {} started", env!("CARGO_PKG_VERSION")))?;
@@ -119,24 +129,25 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     };
     let services = Arc::new(crate::services::sync::Services::new(
         crate::services::desired::NodeInfo { name: config.node_name.clone(), addresses: node_addresses.iter().copied().filter(|a| !is_link_local(a)).collect() },
-        config.state.path.clone(),
         config.services.clone(),
     ));
-    let policies = Arc::new(crate::policy::sync::Policies::new(
-        node_addresses.iter().copied().filter(|a| !is_link_local(a)).collect(),
-        config.state.path.clone(),
-    ));
+    let policies = Arc::new(crate::policy::sync::Policies::new(node_addresses.iter().copied().filter(|a| !is_link_local(a)).collect()));
     let observer = Arc::new(Observer::new(&config.node_name, config.flow_buffer));
     let reader = datapath.take_events().map(|ring| tokio::spawn(crate::observer::read_events(observer.clone(), ring)));
-    let state: Option<Arc<dyn sluice_state::StateSource>> =
-        config.state.path.as_ref().map(|p| Arc::new(sluice_state::LocalStore::new(p)) as Arc<dyn sluice_state::StateSource>);
+    if let Some(source) = &state {
+        // Services and policy wait for a complete view: a partial one would withdraw what it
+        // has not read yet. Without one the datapath keeps forwarding on what is pinned.
+        if let Err(e) = sluice_state::wait_synced(source.as_ref(), Duration::from_secs(10)).await {
+            tracing::warn!("starting without a complete cluster view: {e}");
+        }
+    }
     let agent = Arc::new(Agent::new(AgentParts {
         netdevs: config.devices.clone(),
         config: config.clone(),
         db,
         datapath: Box::new(datapath),
         plumber: Box::new(NetlinkPlumber::default()),
-        state,
+        state: state.clone(),
         host_routing: host_routing.clone(),
         started,
         observer,
@@ -145,6 +156,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         policies: Some(policies),
         socket_lb: socket_lb_status,
         xdp: xdp.clone(),
+        cluster: cluster.clone(),
     })?);
     let report = agent.resync(true).await?;
     if let Err(e) = agent.sync_services(true).await {
@@ -164,7 +176,9 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     );
 
     let resync = tokio::spawn(resync_loop(agent.clone(), Duration::from_secs(config.resync_seconds)));
-    let service_loop = tokio::spawn(service_loop(agent.clone(), Duration::from_secs(config.resync_seconds), Duration::from_secs(config.services.conntrack_gc_seconds)));
+    let changes = state.as_ref().map(|s| s.subscribe());
+    let service_loop = tokio::spawn(service_loop(agent.clone(), changes.clone(), Duration::from_secs(config.resync_seconds), Duration::from_secs(config.services.conntrack_gc_seconds)));
+    let cluster_loop = cluster.is_some().then(|| tokio::spawn(cluster_loop(agent.clone(), changes)));
     let metrics_server = match config.metrics_address {
         Some(addr) => Some(crate::api::serve_metrics(addr, agent.clone()).await?),
         None => None,
@@ -172,6 +186,9 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     let served = axum::serve(listener, crate::api::router(agent)).with_graceful_shutdown(shutdown_signal()).await;
     resync.abort();
     service_loop.abort();
+    if let Some(task) = cluster_loop {
+        task.abort();
+    }
     if let Some(task) = reader {
         task.abort();
     }
@@ -181,6 +198,38 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     let _ = std::fs::remove_file(&config.socket);
     tracing::info!("agent stopped; the datapath keeps forwarding");
     served.map_err(|source| AgentError::Startup { action: "serving the API".into(), source })
+}
+
+/// Cluster mode: publishes endpoints, holds identities and routes the other nodes' pod CIDRs on
+/// every change of the view and at least every second; collects what vanished nodes left.
+async fn cluster_loop(agent: Arc<Agent>, mut changes: Option<tokio::sync::watch::Receiver<sluice_state::ClusterState>>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_collect = Instant::now();
+    loop {
+        match changes.as_mut() {
+            Some(rx) => tokio::select! {
+                changed = rx.changed() => if changed.is_err() { changes = None },
+                _ = tick.tick() => {},
+            },
+            None => {
+                tick.tick().await;
+            }
+        }
+        if let Err(e) = agent.sync_cluster().await {
+            tracing::warn!("cluster round: {e}");
+        }
+        if last_collect.elapsed() >= Duration::from_secs(30) {
+            last_collect = Instant::now();
+            if let Some(cluster) = agent.cluster() {
+                match cluster.collect().await {
+                    Ok((cidrs, ids)) if !cidrs.is_empty() || !ids.is_empty() => tracing::info!(?cidrs, ?ids, "released what vanished nodes left"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!("collecting released CIDRs and identities: {e}"),
+                }
+            }
+        }
+    }
 }
 
 async fn resync_loop(agent: Arc<Agent>, every: Duration) {
@@ -194,13 +243,31 @@ async fn resync_loop(agent: Arc<Agent>, every: Duration) {
     }
 }
 
-/// Programs services and policy within a fifth of a second of a store change; a full round every
+/// The state source the configuration names: the local store file, or etcd.
+fn state_source(config: &AgentConfig) -> Option<Arc<dyn sluice_state::StateSource>> {
+    match (&config.state.etcd, &config.state.path) {
+        (Some(etcd), _) if config.state.is_cluster() => Some(Arc::new(sluice_state::etcd::EtcdSource::spawn(etcd.clone()))),
+        (_, Some(path)) => Some(Arc::new(sluice_state::LocalSource::spawn(sluice_state::LocalStore::new(path), sluice_state::DEFAULT_POLL))),
+        _ => None,
+    }
+}
+
+/// Programs services and policy as soon as the cluster view changes; a full round every
 /// `resync` heals what a missed change left; conntrack is collected every `gc`.
-async fn service_loop(agent: Arc<Agent>, resync: Duration, gc: Duration) {
-    let mut tick = tokio::time::interval(Duration::from_millis(200));
+async fn service_loop(agent: Arc<Agent>, mut changes: Option<tokio::sync::watch::Receiver<sluice_state::ClusterState>>, resync: Duration, gc: Duration) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (mut last_full, mut last_gc) = (Instant::now(), Instant::now());
     loop {
-        tick.tick().await;
+        match changes.as_mut() {
+            Some(rx) => tokio::select! {
+                changed = rx.changed() => if changed.is_err() { changes = None },
+                _ = tick.tick() => {},
+            },
+            None => {
+                tick.tick().await;
+            }
+        }
         let force = last_full.elapsed() >= resync;
         if force {
             last_full = Instant::now();

@@ -30,6 +30,10 @@ pub enum AgentError {
     Datapath(#[from] sluice_datapath::DatapathError),
     #[error("state source: {0}")]
     State(#[from] sluice_state::StoreError),
+    /// Cluster mode: the pod is not in the agent's view of the cluster (yet); the runtime
+    /// should try again later (CNI code 11).
+    #[error("pod {namespace}/{name} is unknown to the agent after waiting {waited:?} for the {source_kind} state source (connected: {connected}); try again later")]
+    PodUnknown { namespace: String, name: String, waited: std::time::Duration, source_kind: String, connected: bool },
     #[error("configuration: {0}")]
     Config(#[from] crate::config::ConfigError),
     /// Start-up could not complete.
@@ -68,6 +72,7 @@ impl AgentError {
             AgentError::UnknownAttachment(_) => 3,
             AgentError::Ipam(IpamError::Exhausted { .. }) => 11,
             AgentError::State(_) => 11,
+            AgentError::PodUnknown { .. } => 11,
             _ => 999,
         }
     }

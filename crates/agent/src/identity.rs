@@ -83,6 +83,16 @@ pub enum IdentityError {
     /// The agent database failed.
     #[error(transparent)]
     Db(#[from] DbError),
+    /// The cluster's allocator (etcd) could not number a label set.
+    #[error("cluster identity allocation: {0}")]
+    Cluster(#[source] sluice_state::StoreError),
+}
+
+/// Where numbers for label sets new to this node come from when not from the node's own
+/// counter: the cluster's allocator, so one label set has one number on every node.
+pub trait Numbering: Send + Sync {
+    /// The cluster-wide number of `labels` (`canonical` is their canonical form).
+    fn number(&self, canonical: &str, labels: &Labels) -> Result<u32, IdentityError>;
 }
 
 /// One allocated identity, as listed.
@@ -104,9 +114,16 @@ pub struct Identity {
 /// replaced right away keeps its number). A freed number is never handed out again within the
 /// life of the database, so a stale policy entry cannot match a newer label set. Allocation is
 /// node-local: numbers agree across nodes only if one allocator serves them all.
-#[derive(Debug)]
 pub struct Identities {
     db: Arc<AgentDb>,
+    /// `None`: the node's own counter numbers label sets (node-local numbers).
+    numbering: Option<Arc<dyn Numbering>>,
+}
+
+impl std::fmt::Debug for Identities {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identities").field("cluster_numbering", &self.numbering.is_some()).finish()
+    }
 }
 
 /// canonical label string -> identity.
@@ -180,22 +197,40 @@ impl Identities {
             txn.open_table(META).db()?;
             Ok(())
         })?;
-        Ok(Self { db })
+        Ok(Self { db, numbering: None })
+    }
+
+    /// The allocator, numbering new label sets by `numbering` (the cluster's allocator).
+    pub fn with_numbering(db: Arc<AgentDb>, numbering: Arc<dyn Numbering>) -> Result<Self, IdentityError> {
+        Ok(Self { numbering: Some(numbering), ..Self::new(db)? })
+    }
+
+    /// The number `canonical` gets when it is new here: asked of the cluster before the local
+    /// write transaction opens (a network call never holds the database).
+    fn cluster_number(&self, canonical: &str, labels: &Labels) -> Result<Option<u32>, IdentityError> {
+        let Some(numbering) = &self.numbering else { return Ok(None) };
+        let known = self.db.read(|txn| Ok::<_, IdentityError>(txn.open_table(BY_LABELS).db()?.get(canonical).db()?.map(|g| g.value())))?;
+        if known.is_some() {
+            return Ok(None);
+        }
+        numbering.number(canonical, labels).map(Some)
     }
 
     /// The identity of `labels`, allocated if new. It is not held: an identity only allocated
     /// is freed by the next [`Identities::gc`]. Endpoints use [`Identities::acquire`].
     pub fn allocate(&self, labels: &Labels) -> Result<u32, IdentityError> {
         let canonical = canonical_labels(labels)?;
-        self.db.write(|txn| get_or_create(txn, &canonical))
+        let given = self.cluster_number(&canonical, labels)?;
+        self.db.write(|txn| get_or_create(txn, &canonical, given))
     }
 
     /// The identity of `labels`, held by `owner_key` (an endpoint) until released. Idempotent
     /// per owner; an owner whose labels changed moves from its old identity to the new one.
     pub fn acquire(&self, labels: &Labels, owner_key: &str) -> Result<u32, IdentityError> {
         let canonical = canonical_labels(labels)?;
+        let given = self.cluster_number(&canonical, labels)?;
         self.db.write(|txn| {
-            let id = get_or_create(txn, &canonical)?;
+            let id = get_or_create(txn, &canonical, given)?;
             let previous = txn
                 .open_table(OWNERS)
                 .db()?
@@ -305,11 +340,17 @@ impl Identities {
     }
 }
 
-/// The identity of `canonical`, creating it with the next number if absent.
-fn get_or_create(txn: &WriteTransaction, canonical: &str) -> Result<u32, IdentityError> {
+/// The identity of `canonical`, creating it if absent with `given` (the cluster's number) or
+/// else the node counter's next number.
+fn get_or_create(txn: &WriteTransaction, canonical: &str, given: Option<u32>) -> Result<u32, IdentityError> {
     let mut by_labels = txn.open_table(BY_LABELS).db()?;
     if let Some(id) = by_labels.get(canonical).db()? {
         return Ok(id.value());
+    }
+    if let Some(id) = given {
+        by_labels.insert(canonical, id).db()?;
+        txn.open_table(LABELS).db()?.insert(id, canonical).db()?;
+        return Ok(id);
     }
     let mut meta = txn.open_table(META).db()?;
     let id = meta

@@ -11,6 +11,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod db;

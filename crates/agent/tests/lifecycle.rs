@@ -25,7 +25,7 @@ use sluice_datapath::fake::FakeDatapath;
 use sluice_datapath::plumb::{PlumbRequest, Plumbed};
 use sluice_datapath::{CounterValue, DatapathError, DatapathTables, EndpointEntry, HostRouting, Mac};
 use sluice_model::LabelSet;
-use sluice_state::{StateSource, StoreError};
+use sluice_state::StateSource;
 use tempfile::TempDir;
 
 const V4_CIDR: &str = "198.19.0.0/24";
@@ -333,13 +333,22 @@ impl Plumber for FakePlumber {
     }
 }
 
-/// Pod label sets as a state source reports them, keyed by (namespace, name).
-struct PodLabels(BTreeMap<(String, String), LabelSet>);
-
-impl StateSource for PodLabels {
-    fn pod_label_set(&self, namespace: &str, name: &str) -> Result<Option<LabelSet>, StoreError> {
-        Ok(self.0.get(&(namespace.to_owned(), name.to_owned())).cloned())
+/// A state source holding one synced snapshot: the given namespaces (with labels) and pods.
+fn source_with(namespaces: &[(&str, &BTreeMap<String, String>)], pods: &[((&str, &str), &BTreeMap<String, String>)]) -> Arc<dyn StateSource> {
+    use k8s_openapi::api::core::v1::{Namespace, Pod};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    let mut store = sluice_state::Store::default();
+    for (name, labels) in namespaces {
+        let meta = ObjectMeta { name: Some((*name).into()), labels: Some((*labels).clone()), ..Default::default() };
+        store.namespaces.insert((*name).into(), Namespace { metadata: meta, ..Default::default() });
     }
+    for ((ns, name), labels) in pods {
+        let meta = ObjectMeta { name: Some((*name).into()), namespace: Some((*ns).into()), labels: Some((*labels).clone()), ..Default::default() };
+        store.pods.insert(sluice_state::Store::pod_key(ns, name), Pod { metadata: meta, ..Default::default() });
+    }
+    let publisher = sluice_state::SnapshotPublisher::new("test");
+    publisher.publish(sluice_state::ClusterState { revision: 1, synced: true, objects: Arc::new(store) });
+    Arc::new(publisher)
 }
 
 // === harness ===
@@ -365,9 +374,8 @@ impl Harness {
         Self::build(cidr, None)
     }
 
-    fn with_pod_labels(pods: &[((&str, &str), LabelSet)]) -> Self {
-        let pods = pods.iter().map(|((ns, name), set)| (((*ns).to_owned(), (*name).to_owned()), set.clone())).collect();
-        Self::build(V4_CIDR, Some(Arc::new(PodLabels(pods))))
+    fn with_source(source: Arc<dyn StateSource>) -> Self {
+        Self::build(V4_CIDR, Some(source))
     }
 
     fn build(v4_cidr: &str, state: Option<Arc<dyn StateSource>>) -> Self {
@@ -514,6 +522,7 @@ fn start(config: &AgentConfig, db: &Arc<AgentDb>, datapath: &SharedFake, plumber
         started: Instant::now(),
         observer: Arc::new(sluice_agent::observer::Observer::new("n0", 16)),
         events: Arc::new(sluice_agent::events::Events::new(db.clone(), "n0", 16).expect("event log")),
+        cluster: None,
     })
     .expect("the agent starts on a fresh or reopened database")
 }
@@ -884,9 +893,11 @@ async fn resync_follows_a_recreated_interface() {
 #[tokio::test]
 async fn pods_with_equal_labels_share_an_identity() {
     let team: BTreeMap<String, String> = BTreeMap::from([("team".into(), "a".into())]);
-    let web = LabelSet::for_pod(&BTreeMap::from([("app".into(), "web".into())]), "default", &team);
-    let db = LabelSet::for_pod(&BTreeMap::from([("app".into(), "db".into())]), "default", &team);
-    let h = Harness::with_pod_labels(&[(("default", "web-1"), web.clone()), (("default", "web-2"), web.clone()), (("default", "db-1"), db.clone())]);
+    let (web_labels, db_labels) = (BTreeMap::from([("app".into(), "web".into())]), BTreeMap::from([("app".into(), "db".into())]));
+    let ns_labels = sluice_model::labels::namespace_labels("default", Some(&team));
+    let web = LabelSet::for_pod(&web_labels, "default", &ns_labels);
+    let db = LabelSet::for_pod(&db_labels, "default", &ns_labels);
+    let h = Harness::with_source(source_with(&[("default", &team)], &[(("default", "web-1"), &web_labels), (("default", "web-2"), &web_labels), (("default", "db-1"), &db_labels)]));
     for (cid, name) in [("w1", "web-1"), ("w2", "web-2"), ("d1", "db-1"), ("u1", "unknown")] {
         h.agent.cni_add(h.pod_request(cid, "default", name)).await.expect("ADD of a pod");
     }
@@ -899,7 +910,7 @@ async fn pods_with_equal_labels_share_an_identity() {
     assert_ne!(d1.identity, w1.identity, "pods with other labels get another identity");
     assert_eq!(&w1.labels, web.as_map(), "the endpoint records the label set its identity stands for");
     assert_eq!(&d1.labels, db.as_map(), "the endpoint records its own labels");
-    assert_eq!(&u1.labels, LabelSet::for_pod(&BTreeMap::new(), "default", &sluice_model::labels::namespace_labels("default", None)).as_map(), "a pod the state source does not know gets its namespace and the namespace's name label only");
+    assert_eq!(&u1.labels, LabelSet::for_pod(&BTreeMap::new(), "default", &ns_labels).as_map(), "a pod the state source does not know gets its namespace's labels only");
     assert!(bare.labels.is_empty(), "an attachment without pod arguments has no labels");
     let ids = BTreeSet::from([w1.identity, d1.identity, u1.identity, bare.identity]);
     assert_eq!(ids.len(), 4, "four distinct label sets, four identities: {ids:?}");

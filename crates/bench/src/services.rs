@@ -229,7 +229,7 @@ async fn measure(lab: &Lab, opts: &ServicesOptions, objects: &Objects) -> Result
     let mut seen_round = services_status.last_program_micros;
     let t0 = Instant::now();
     lab.store().update(|store| {
-        store.endpoint_slices.insert(key.clone(), smaller);
+        store.endpoint_slices.insert(key.clone(), smaller.clone());
         Ok(())
     })
     .map_err(sluice_lab::LabError::from)?;
@@ -250,7 +250,7 @@ async fn measure(lab: &Lab, opts: &ServicesOptions, objects: &Objects) -> Result
         }
         seen_round = micros;
     };
-    let store_bytes = std::fs::metadata(lab.store().path()).map(|m| m.len()).unwrap_or_default();
+    let store_bytes = lab.store().path().and_then(|p| std::fs::metadata(p).ok()).map(|m| m.len()).unwrap_or_default();
     Ok(ServicesRun {
         write_to_programmed_ms,
         agent_round_ms,

@@ -9,7 +9,7 @@ use ipnet::IpNet;
 use netlink_packet_route::address::{AddressAttribute, AddressFlag};
 use netlink_packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkInfo as NlLinkInfo, LinkMessage};
 use netlink_packet_route::neighbour::NeighbourState;
-use netlink_packet_route::route::RouteScope;
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope};
 use rtnetlink::Handle;
 
 use crate::netns::NetnsGuard;
@@ -195,6 +195,50 @@ impl Netlink {
         result.map_err(|e| DatapathError::netlink(action, e))
     }
 
+    /// Adds (or replaces) a route to another node's pod CIDR, tagged with [`SLUICE_ROUTE_PROTOCOL`]
+    /// so that [`Netlink::sluice_routes`] finds exactly the routes the agent owns.
+    pub async fn add_sluice_route(&self, route: &NodeRoute) -> Result<(), DatapathError> {
+        let action = format!("adding route {} via {} dev {}", route.destination, route.gateway, route.oif);
+        let base = self.handle.route().add().output_interface(route.oif).protocol(RouteProtocol::Other(SLUICE_ROUTE_PROTOCOL)).replace();
+        let result = match (route.destination, route.gateway) {
+            (IpNet::V4(d), IpAddr::V4(g)) => base.v4().destination_prefix(d.addr(), d.prefix_len()).gateway(g).execute().await,
+            (IpNet::V6(d), IpAddr::V6(g)) => base.v6().destination_prefix(d.addr(), d.prefix_len()).gateway(g).execute().await,
+            _ => return Err(DatapathError::netlink(action, rtnetlink::Error::RequestFailed)),
+        };
+        result.map_err(|e| DatapathError::netlink(action, e))
+    }
+
+    /// The routes the agent added ([`SLUICE_ROUTE_PROTOCOL`]), both families, main table.
+    pub async fn sluice_routes(&self) -> Result<Vec<NodeRoute>, DatapathError> {
+        let mut out = Vec::new();
+        for version in [rtnetlink::IpVersion::V4, rtnetlink::IpVersion::V6] {
+            let mut stream = self.handle.route().get(version).execute();
+            while let Some(msg) = stream.try_next().await.map_err(|e| DatapathError::netlink("listing routes", e))? {
+                if msg.header.protocol != RouteProtocol::Other(SLUICE_ROUTE_PROTOCOL) {
+                    continue;
+                }
+                if let Some(route) = node_route(&msg) {
+                    out.push(route);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes a route the agent added.
+    pub async fn delete_sluice_route(&self, route: &NodeRoute) -> Result<(), DatapathError> {
+        let action = format!("deleting route {} via {}", route.destination, route.gateway);
+        for version in [rtnetlink::IpVersion::V4, rtnetlink::IpVersion::V6] {
+            let mut stream = self.handle.route().get(version).execute();
+            while let Some(msg) = stream.try_next().await.map_err(|e| DatapathError::netlink(action.clone(), e))? {
+                if msg.header.protocol == RouteProtocol::Other(SLUICE_ROUTE_PROTOCOL) && node_route(&msg).as_ref() == Some(route) {
+                    return self.handle.route().del(msg).execute().await.map_err(|e| DatapathError::netlink(action, e));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// A permanent neighbour entry: the node knows the pod's MAC without asking.
     pub async fn add_neighbour(&self, index: u32, ip: IpAddr, mac: Mac) -> Result<(), DatapathError> {
         self.handle
@@ -206,6 +250,22 @@ impl Netlink {
             .execute()
             .await
             .map_err(|e| DatapathError::netlink(format!("adding neighbour {ip} on link {index}"), e))
+    }
+
+    /// The networks of a link's addresses (address with its prefix length).
+    pub async fn networks(&self, index: u32) -> Result<Vec<IpNet>, DatapathError> {
+        let mut out = Vec::new();
+        let mut stream = self.handle.address().get().set_link_index_filter(index).execute();
+        while let Some(msg) = stream.try_next().await.map_err(|e| DatapathError::netlink(format!("listing addresses of link {index}"), e))? {
+            for attr in &msg.attributes {
+                if let AddressAttribute::Address(a) = attr {
+                    if let Ok(net) = IpNet::new(*a, msg.header.prefix_len) {
+                        out.push(net.trunc());
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Addresses on a link.
@@ -221,6 +281,37 @@ impl Netlink {
         }
         Ok(out)
     }
+}
+
+/// The route protocol number that marks routes the agent owns (`ip route show proto 197`);
+/// above the kernel's and routing daemons' numbers.
+pub const SLUICE_ROUTE_PROTOCOL: u8 = 197;
+
+/// A route to another node's pod CIDR via that node's address.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct NodeRoute {
+    pub destination: IpNet,
+    pub gateway: IpAddr,
+    pub oif: u32,
+}
+
+fn node_route(msg: &RouteMessage) -> Option<NodeRoute> {
+    let (mut dst, mut gw, mut oif) = (None, None, None);
+    let addr = |a: &RouteAddress| match a {
+        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    };
+    for attr in &msg.attributes {
+        match attr {
+            RouteAttribute::Destination(a) => dst = addr(a),
+            RouteAttribute::Gateway(a) => gw = addr(a),
+            RouteAttribute::Oif(i) => oif = Some(*i),
+            _ => {}
+        }
+    }
+    let destination = IpNet::new(dst?, msg.header.destination_prefix_length).ok()?;
+    Some(NodeRoute { destination, gateway: gw?, oif: oif? })
 }
 
 fn link_info(msg: &LinkMessage) -> LinkInfo {

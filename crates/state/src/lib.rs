@@ -1,9 +1,11 @@
 //! State sources: where the objects a node acts on come from.
 //!
-//! The [`StateSource`] trait is what the agent reads (pod and namespace labels today; services
-//! and policies as they land). [`LocalStore`] is the default source: one JSON file of
-//! Kubernetes-shaped objects, written atomically under a lock, so a lab or a single node needs
-//! no server. etcd and the Kubernetes API are further implementations of the same trait.
+//! One seam, several sources. A source publishes [`ClusterState`] snapshots (cheap to clone,
+//! each with a monotonic revision) that the agent reads, waits on and wakes with
+//! ([`StateSource`]). [`LocalSource`] watches the local store — one JSON file of
+//! Kubernetes-shaped objects written atomically under a lock, so a lab or a single node needs
+//! no server. [`etcd::EtcdSource`] watches an etcd cluster, the datastore of clusters that run
+//! without Kubernetes. Writers (the CLI, the lab) go through [`Datastore`], which is either.
 //!
 //! ```
 //! # fn demo() -> Result<(), sluice_state::StoreError> {
@@ -15,30 +17,15 @@
 //! # demo().unwrap();
 //! ```
 
+pub mod cluster;
+mod datastore;
+pub mod etcd;
 mod local;
+mod local_source;
+mod snapshot;
 
+pub use cluster::{EndpointRecord, IdentityRecord, NodeRecord};
+pub use datastore::{Datastore, EtcdAccess};
 pub use local::{LocalStore, Store, StoreError, StoreStamp};
-
-use std::collections::BTreeMap;
-
-use sluice_model::labels::namespace_labels;
-use sluice_model::LabelSet;
-
-/// What the agent needs to know of the cluster's objects.
-pub trait StateSource: Send + Sync {
-    /// The label set (pod labels plus namespace labels) of a pod, `None` when the pod is unknown.
-    fn pod_label_set(&self, namespace: &str, name: &str) -> Result<Option<LabelSet>, StoreError>;
-}
-
-impl StateSource for LocalStore {
-    fn pod_label_set(&self, namespace: &str, name: &str) -> Result<Option<LabelSet>, StoreError> {
-        let store = self.load()?;
-        let Some(pod) = store.pods.get(&Store::pod_key(namespace, name)) else { return Ok(None) };
-        let empty = BTreeMap::new();
-        let pod_labels = pod.metadata.labels.as_ref().unwrap_or(&empty);
-        // A namespace never applied (or stored before namespaces were labelled) still has its
-        // name label, as every namespace in the API server does.
-        let ns_labels = namespace_labels(namespace, store.namespaces.get(namespace).and_then(|n| n.metadata.labels.as_ref()));
-        Ok(Some(LabelSet::for_pod(pod_labels, namespace, &ns_labels)))
-    }
-}
+pub use local_source::{LocalSource, DEFAULT_POLL};
+pub use snapshot::{wait_for, wait_synced, ClusterState, SnapshotPublisher, SourceHealth, StateSource};

@@ -12,7 +12,11 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use sluice_model::policy::{SluiceClusterwideNetworkPolicy, SluiceNetworkPolicy};
 use nix::fcntl::{Flock, FlockArg};
+use sluice_model::labels::namespace_labels;
+use sluice_model::LabelSet;
 use serde::{Deserialize, Serialize};
+
+use crate::cluster::{EndpointRecord, IdentityRecord, NodeRecord};
 
 /// Why the store could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +39,12 @@ pub enum StoreError {
     /// An update was refused by its caller; nothing was written.
     #[error("{0}")]
     Rejected(String),
+    /// A source did not finish its first full read in time.
+    #[error("the {kind} state source did not sync within {waited:?}: {last_error}")]
+    NotSynced { kind: String, waited: std::time::Duration, last_error: String },
+    /// The etcd datastore failed.
+    #[error(transparent)]
+    Etcd(#[from] crate::etcd::EtcdError),
 }
 
 /// A version of the store file as `stat` sees it; see [`LocalStore::stamp`].
@@ -73,6 +83,15 @@ pub struct Store {
     /// SluiceClusterwideNetworkPolicies, by name.
     #[serde(default)]
     pub clusterwide_policies: BTreeMap<String, SluiceClusterwideNetworkPolicy>,
+    /// Nodes as their agents registered them, by name (cluster datastores; a lab may write them).
+    #[serde(default)]
+    pub nodes: BTreeMap<String, NodeRecord>,
+    /// Endpoints as the agents published them, by `namespace/name` (cluster datastores).
+    #[serde(default)]
+    pub endpoints: BTreeMap<String, EndpointRecord>,
+    /// Cluster-wide security identities by number (cluster datastores).
+    #[serde(default)]
+    pub identities: BTreeMap<u32, IdentityRecord>,
 }
 
 impl Store {
@@ -84,6 +103,17 @@ impl Store {
     /// The key of a namespaced object: `namespace/name`.
     pub fn key(namespace: &str, name: &str) -> String {
         format!("{namespace}/{name}")
+    }
+
+    /// The label set (pod labels plus namespace labels) of a pod, `None` when the pod is unknown.
+    pub fn pod_label_set(&self, namespace: &str, name: &str) -> Option<LabelSet> {
+        let pod = self.pods.get(&Self::pod_key(namespace, name))?;
+        let empty = BTreeMap::new();
+        let pod_labels = pod.metadata.labels.as_ref().unwrap_or(&empty);
+        // A namespace never applied (or stored before namespaces were labelled) still has its
+        // name label, as every namespace in the API server does.
+        let ns_labels = namespace_labels(namespace, self.namespaces.get(namespace).and_then(|n| n.metadata.labels.as_ref()));
+        Some(LabelSet::for_pod(pod_labels, namespace, &ns_labels))
     }
 }
 
@@ -165,7 +195,6 @@ impl LocalStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::StateSource;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     fn labels(pairs: &[(&str, &str)]) -> Option<BTreeMap<String, String>> {
@@ -218,10 +247,10 @@ mod tests {
                 Ok(())
             })
             .unwrap();
-        let set = store.pod_label_set("x", "p").unwrap().expect("pod is known");
+        let set = store.load().unwrap().pod_label_set("x", "p").expect("pod is known");
         assert_eq!(set.get("app"), Some("web"));
         assert!(set.canonical_string().contains("team"), "namespace labels must be part of the set: {set}");
-        assert!(store.pod_label_set("x", "missing").unwrap().is_none());
+        assert!(store.load().unwrap().pod_label_set("x", "missing").is_none());
     }
 
     #[test]
@@ -234,7 +263,7 @@ mod tests {
                 Ok(())
             })
             .unwrap();
-        let set = store.pod_label_set("implicit", "p").unwrap().expect("pod is known");
+        let set = store.load().unwrap().pod_label_set("implicit", "p").expect("pod is known");
         assert_eq!(set.get("k8s:io.kubernetes.pod.namespace.labels.kubernetes.io/metadata.name"), Some("implicit"), "the namespace's name label, though the namespace was never stored: {set}");
     }
 

@@ -1,11 +1,11 @@
-//! The agent's policy loop: reads pods, namespaces and every policy kind from the state
-//! source, gives every pod's label set and every policy CIDR a number (held in the identity
+//! The agent's policy loop: reads pods, namespaces and every policy kind from a cluster
+//! snapshot, gives every pod's label set and every policy CIDR a number (held in the identity
 //! allocator while in use), compiles this node's tables with the engine and programs them.
-//! A round runs when the store or the set of local endpoints changed, and on every resync.
+//! A round runs when the snapshot's revision or the set of local endpoints changed, and on
+//! every resync.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -16,6 +16,7 @@ use sluice_policy::{ClusterView, Compiled, EndpointView, Policy};
 
 use super::program::{LocalEndpoint, PolicyProgrammer, PolicyReport};
 use crate::identity::Identities;
+use sluice_state::ClusterState;
 
 /// The inputs and output of the last round: what `policy trace` and `policy get` explain.
 #[derive(Debug, Clone, Default)]
@@ -41,10 +42,9 @@ type Labels = BTreeMap<String, String>;
 
 pub struct Policies {
     node_addresses: Vec<IpAddr>,
-    store: Option<sluice_state::LocalStore>,
     programmer: Mutex<Option<PolicyProgrammer>>,
-    /// Store time and local endpoints of the last good round.
-    seen: Mutex<Option<(Option<sluice_state::StoreStamp>, Vec<LocalEndpoint>)>>,
+    /// State revision and local endpoints of the last good round.
+    seen: Mutex<Option<(u64, Vec<LocalEndpoint>)>>,
     /// Identities this loop holds: owner key -> label set.
     held: Mutex<BTreeMap<String, (Labels, u32)>>,
     snapshot: Mutex<Arc<PolicySnapshot>>,
@@ -69,10 +69,9 @@ pub enum PolicyError {
 // === impl Policies ===
 
 impl Policies {
-    pub fn new(node_addresses: Vec<IpAddr>, store: Option<PathBuf>) -> Self {
+    pub fn new(node_addresses: Vec<IpAddr>) -> Self {
         Self {
             node_addresses,
-            store: store.map(sluice_state::LocalStore::new),
             programmer: Mutex::new(None),
             seen: Mutex::new(None),
             held: Mutex::new(BTreeMap::new()),
@@ -102,18 +101,19 @@ impl Policies {
     }
 
     /// One round; `None` when nothing changed.
-    pub fn sync(&self, datapath: &mut dyn DatapathTables, identities: &Identities, local: Vec<LocalEndpoint>, force: bool) -> Result<Option<PolicyReport>, PolicyError> {
-        let Some(store) = &self.store else { return Ok(None) };
-        let stamp = store.stamp();
-        if !force && lock(&self.seen).as_ref() == Some(&(stamp, local.clone())) {
+    pub fn sync(&self, datapath: &mut dyn DatapathTables, identities: &Identities, objects: &ClusterState, local: Vec<LocalEndpoint>, force: bool) -> Result<Option<PolicyReport>, PolicyError> {
+        if !objects.synced {
+            return Ok(None);
+        }
+        if !force && lock(&self.seen).as_ref() == Some(&(objects.revision, local.clone())) {
             return Ok(None);
         }
         let started = Instant::now();
-        let result = self.round(store, datapath, identities, &local, started);
+        let result = self.round(objects, datapath, identities, &local, started);
         let mut stats = lock(&self.stats);
         match &result {
             Ok(_) => {
-                *lock(&self.seen) = Some((stamp, local));
+                *lock(&self.seen) = Some((objects.revision, local));
                 stats.last_error = None;
             }
             Err(e) => stats.last_error = Some(e.to_string()),
@@ -121,9 +121,8 @@ impl Policies {
         result.map(Some)
     }
 
-    fn round(&self, store: &sluice_state::LocalStore, datapath: &mut dyn DatapathTables, identities: &Identities, local: &[LocalEndpoint], started: Instant) -> Result<PolicyReport, PolicyError> {
-        let objects = store.load()?;
-        let policies = lowered(&objects);
+    fn round(&self, objects: &ClusterState, datapath: &mut dyn DatapathTables, identities: &Identities, local: &[LocalEndpoint], started: Instant) -> Result<PolicyReport, PolicyError> {
+        let policies = lowered(objects);
         let local_pods: BTreeMap<&str, &LocalEndpoint> = local.iter().map(|e| (e.pod.as_str(), e)).collect();
         let mut wanted: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
         let mut endpoints = Vec::new();

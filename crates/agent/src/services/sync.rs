@@ -1,4 +1,4 @@
-//! The agent's service loop: reads Services, EndpointSlices and pods from the state source,
+//! The agent's service loop: reads Services, EndpointSlices and pods from a cluster snapshot,
 //! derives the slices of selector services as the endpoint-slice controller would, computes
 //! this node's desired tables and programs them; collects expired conntrack entries; closes
 //! established connections to removed backends with the kernel's socket destroy.
@@ -23,26 +23,25 @@ pub struct ServiceStats {
     pub last_error: Option<String>,
     pub conntrack_collected: u64,
     pub sockets_destroyed: u64,
-    /// The store's generation last programmed.
+    /// The state revision last programmed.
     pub store_generation: Option<u64>,
 }
 
 pub struct Services {
     node: NodeInfo,
-    store: Option<sluice_state::LocalStore>,
     config: ServicesConfig,
     programmer: Mutex<Option<ServiceProgrammer>>,
-    seen: Mutex<Option<sluice_state::StoreStamp>>,
+    /// The revision of the last good round.
+    seen: Mutex<Option<u64>>,
     stats: Mutex<ServiceStats>,
 }
 
 // === impl Services ===
 
 impl Services {
-    pub fn new(node: NodeInfo, store: Option<PathBuf>, config: ServicesConfig) -> Self {
+    pub fn new(node: NodeInfo, config: ServicesConfig) -> Self {
         Self {
             node,
-            store: store.map(sluice_state::LocalStore::new),
             config,
             programmer: Mutex::new(None),
             seen: Mutex::new(None),
@@ -54,25 +53,17 @@ impl Services {
         &self.config
     }
 
-    /// Programs the services when the store changed since the last round (or always when
-    /// `force`). Returns the round's report, `None` when nothing was read.
-    pub fn sync(&self, datapath: &mut dyn DatapathTables, force: bool) -> Result<Option<ProgramReport>, ProgramError> {
-        let Some(store) = &self.store else { return Ok(None) };
-        let stamp = store.stamp();
-        {
-            let seen = lock(&self.seen);
-            if !force && stamp.is_some() && *seen == stamp {
-                return Ok(None);
-            }
+    /// Programs the services of `objects` when its revision is new to this loop (or always
+    /// when `force`). Returns the round's report, `None` when nothing was to be done.
+    pub fn sync(&self, datapath: &mut dyn DatapathTables, objects: &sluice_state::ClusterState, force: bool) -> Result<Option<ProgramReport>, ProgramError> {
+        if !objects.synced {
+            // A partial view would withdraw every service it has not seen yet.
+            return Ok(None);
+        }
+        if !force && *lock(&self.seen) == Some(objects.revision) {
+            return Ok(None);
         }
         let started = Instant::now();
-        let objects = match store.load() {
-            Ok(o) => o,
-            Err(e) => {
-                lock(&self.stats).last_error = Some(e.to_string());
-                return Ok(None);
-            }
-        };
         let services: Vec<_> = objects.services.values().cloned().collect();
         let pods: Vec<_> = objects.pods.values().cloned().collect();
         let mut slices: Vec<EndpointSlice> = objects.endpoint_slices.values().cloned().collect();
@@ -89,8 +80,8 @@ impl Services {
         let mut stats = lock(&self.stats);
         match &result {
             Ok(_) => {
-                *lock(&self.seen) = stamp;
-                stats.store_generation = Some(objects.generation);
+                *lock(&self.seen) = Some(objects.revision);
+                stats.store_generation = Some(objects.revision);
                 stats.last_error = None;
                 stats.frontends = desired.frontends.len();
                 stats.last_program_micros = started.elapsed().as_micros() as u64;

@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use sluice_datapath::netns;
 use sluice_lab::{Lab, UpOptions};
-use sluice_state::{LocalStore, Store, StoreError};
+use sluice_state::{Store, StoreError};
 
 use super::guard::{Guard, Teardown};
 use super::services::{BenchService, NAMESPACE, SERVICE_CIDR};
@@ -112,7 +112,7 @@ pub struct Node {
     pub socket: PathBuf,
     pub agent_pid: Option<i32>,
     /// The lab's store, where services are written.
-    pub store: LocalStore,
+    pub store: sluice_state::Datastore,
     /// node1 of a two-node lab: its namespace and agent socket.
     pub node1: Option<(PathBuf, PathBuf)>,
 }
@@ -185,7 +185,7 @@ pub async fn program_services(node: &Node, services: &[BenchService]) -> Result<
         store.update(|s: &mut Store| {
             s.services.retain(|_, svc| !is_bench(&svc.metadata.labels));
             s.endpoint_slices.retain(|_, slice| !is_bench(&slice.metadata.labels));
-            for (service, slice) in objects {
+            for (service, slice) in objects.iter().cloned() {
                 let name = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| Store::key(NAMESPACE, m.name.as_deref().unwrap_or_default());
                 s.services.insert(name(&service.metadata), service);
                 s.endpoint_slices.insert(name(&slice.metadata), slice);

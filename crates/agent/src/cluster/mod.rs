@@ -1,0 +1,136 @@
+//! Cluster mode (etcd): the node joins the cluster — its pod CIDRs come from the cluster pools,
+//! its record lives as long as its lease — and then keeps, level-triggered, what it shares
+//! with the other nodes in step: its published endpoints, the identities it holds, and its
+//! routes to the other nodes' pod CIDRs.
+
+pub mod numbering;
+pub mod routes;
+pub mod view;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use sluice_state::etcd::{EtcdStore, NodeLease};
+use sluice_state::{EndpointRecord, NodeRecord};
+
+use crate::config::AgentConfig;
+use crate::error::AgentError;
+
+/// This node's membership of the cluster.
+pub struct Cluster {
+    store: EtcdStore,
+    lease: NodeLease,
+    record: Mutex<NodeRecord>,
+    /// Endpoints published, by `namespace/name`.
+    published: Mutex<BTreeMap<String, EndpointRecord>>,
+    /// Identities this node holds a reference on in the cluster.
+    held: Mutex<BTreeSet<u32>>,
+    grace: Duration,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+// === impl Cluster ===
+
+impl Cluster {
+    /// Connects to the cluster's datastore, takes the node's pod CIDRs (from the configuration,
+    /// or from the cluster pools: the node's earlier allocation when it has one) and registers
+    /// the node under a lease. Returns the membership and the pod CIDRs in force.
+    pub async fn join(config: &AgentConfig, addresses: Vec<IpAddr>) -> Result<(Self, Vec<IpNet>), AgentError> {
+        let Some(etcd) = &config.state.etcd else {
+            return Err(AgentError::Startup { action: "joining the cluster".into(), source: std::io::Error::other("state.etcd is not set") });
+        };
+        let store = EtcdStore::connect(etcd).await.map_err(sluice_state::StoreError::from)?;
+        let pod_cidrs = if config.pod_cidrs.is_empty() {
+            store
+                .allocate_pod_cidrs(&config.node_name, &config.state.cluster_pool_cidrs, config.state.node_mask_v4, config.state.node_mask_v6)
+                .await
+                .map_err(sluice_state::StoreError::from)?
+        } else {
+            config.pod_cidrs.clone()
+        };
+        let record = NodeRecord {
+            name: config.node_name.clone(),
+            addresses,
+            pod_cidrs: pod_cidrs.clone(),
+            host_routing: String::new(),
+            health: "starting".into(),
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+            registered: chrono::Utc::now().to_rfc3339(),
+        };
+        let lease = store.register_node(&record, config.state.lease_seconds).await.map_err(sluice_state::StoreError::from)?;
+        tracing::info!(node = %record.name, pod_cidrs = ?pod_cidrs, lease = lease.lease_id(), "joined the cluster");
+        let cluster = Self {
+            store,
+            lease,
+            record: Mutex::new(record),
+            published: Mutex::new(BTreeMap::new()),
+            held: Mutex::new(BTreeSet::new()),
+            grace: Duration::from_secs(config.state.release_grace_seconds),
+        };
+        Ok((cluster, pod_cidrs))
+    }
+
+    pub fn store(&self) -> &EtcdStore {
+        &self.store
+    }
+
+    /// Updates the node's record: health and host routing as the agent now has them.
+    pub async fn set_health(&self, health: &str, host_routing: &str) -> Result<(), AgentError> {
+        let record = {
+            let mut r = lock(&self.record);
+            if r.health == health && r.host_routing == host_routing {
+                return Ok(());
+            }
+            r.health = health.into();
+            r.host_routing = host_routing.into();
+            r.clone()
+        };
+        self.lease.update_node(&record).await.map_err(sluice_state::StoreError::from)?;
+        Ok(())
+    }
+
+    /// Publishes `wanted` (this node's endpoints) and withdraws what it no longer has.
+    pub async fn publish_endpoints(&self, wanted: BTreeMap<String, EndpointRecord>) -> Result<(), AgentError> {
+        let published = lock(&self.published).clone();
+        for (key, record) in &wanted {
+            if published.get(key) != Some(record) {
+                self.lease.publish_endpoint(record).await.map_err(sluice_state::StoreError::from)?;
+                lock(&self.published).insert(key.clone(), record.clone());
+            }
+        }
+        for (key, record) in published.iter().filter(|(k, _)| !wanted.contains_key(*k)) {
+            self.lease.withdraw_endpoint(&record.namespace, &record.name).await.map_err(sluice_state::StoreError::from)?;
+            lock(&self.published).remove(key);
+        }
+        Ok(())
+    }
+
+    /// Holds a reference on each of `wanted` (the identities the node uses) and lets go of the
+    /// rest, so the cluster collects only identities no node uses.
+    pub async fn hold_identities(&self, wanted: BTreeSet<u32>) -> Result<(), AgentError> {
+        let held = lock(&self.held).clone();
+        for id in wanted.difference(&held) {
+            self.lease.hold_identity(*id).await.map_err(sluice_state::StoreError::from)?;
+            lock(&self.held).insert(*id);
+        }
+        for id in held.difference(&wanted) {
+            self.lease.release_identity(*id).await.map_err(sluice_state::StoreError::from)?;
+            lock(&self.held).remove(id);
+        }
+        Ok(())
+    }
+
+    /// Releases the pod CIDRs of nodes gone longer than the grace period and the identities
+    /// no node has held as long. Any node may run it: etcd transactions settle races.
+    pub async fn collect(&self) -> Result<(Vec<IpNet>, Vec<u32>), AgentError> {
+        let cidrs = self.store.release_orphaned_pod_cidrs(self.grace).await.map_err(sluice_state::StoreError::from)?;
+        let ids = self.store.collect_identities(self.grace).await.map_err(sluice_state::StoreError::from)?;
+        Ok((cidrs, ids))
+    }
+}

@@ -1,0 +1,291 @@
+//! Node registration: a node agent's record, its published endpoints and its holds on identities
+//! are bound to one etcd lease that a task keeps alive. When the agent dies the lease expires
+//! and all of it vanishes at once; when the lease is lost while the agent lives (etcd was out of
+//! reach longer than the TTL) the task grants a new one and publishes everything it remembers.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{PutOptions, Txn, TxnOp};
+
+use super::keys::encode;
+use super::store::MAX_TXN_OPS;
+use super::{EtcdError, EtcdStore};
+use crate::cluster::{EndpointRecord, NodeRecord};
+
+/// A node's registration; see the module docs. Dropping it stops the keep-alive without
+/// revoking: the keys expire after the TTL. [`NodeLease::revoke`] removes them at once.
+pub struct NodeLease {
+    shared: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+struct Shared {
+    store: EtcdStore,
+    node: String,
+    ttl_secs: i64,
+    /// The lease now, for readers that must not wait for the lock (0: none).
+    lease_id: AtomicI64,
+    held: tokio::sync::Mutex<Held>,
+}
+
+/// What the node has published, to publish again under a new lease.
+struct Held {
+    /// 0 while no lease is granted.
+    lease: i64,
+    record: NodeRecord,
+    /// By `namespace/name`.
+    endpoints: BTreeMap<String, EndpointRecord>,
+    identities: BTreeSet<u32>,
+    /// Keys whose deletion did not reach etcd yet.
+    stale: BTreeSet<String>,
+    /// A write failed: the keep-alive task publishes everything again.
+    dirty: bool,
+}
+
+// === impl EtcdStore ===
+
+impl EtcdStore {
+    /// Grants a lease of `ttl_secs`, writes `nodes/<name>` bound to it and keeps it alive (a
+    /// request every third of the TTL).
+    pub async fn register_node(&self, record: &NodeRecord, ttl_secs: i64) -> Result<NodeLease, EtcdError> {
+        let lease = grant(self, ttl_secs, &record.name).await?;
+        let key = self.keys().node(&record.name);
+        let value = encode(&key, record)?;
+        let put = Txn::new().and_then([TxnOp::put(key.clone(), value, Some(PutOptions::new().with_lease(lease)))]);
+        if let Err(e) = self.txn(put, &format!("registering node {}", record.name)).await {
+            let _ = self.client().lease_revoke(lease).await;
+            return Err(e);
+        }
+        let shared = Arc::new(Shared {
+            store: self.clone(),
+            node: record.name.clone(),
+            ttl_secs,
+            lease_id: AtomicI64::new(lease),
+            held: tokio::sync::Mutex::new(Held { lease, record: record.clone(), endpoints: BTreeMap::new(), identities: BTreeSet::new(), stale: BTreeSet::new(), dirty: false }),
+        });
+        let task = tokio::spawn(keep_alive(shared.clone()));
+        Ok(NodeLease { shared, task })
+    }
+}
+
+async fn grant(store: &EtcdStore, ttl_secs: i64, node: &str) -> Result<i64, EtcdError> {
+    let response = store.client().lease_grant(ttl_secs, None).await.map_err(|e| store.error(format!("granting a lease for node {node}"), e))?;
+    Ok(response.id())
+}
+
+// === impl NodeLease ===
+
+impl NodeLease {
+    /// The lease the node's keys are bound to now (0 while it is being granted anew).
+    pub fn lease_id(&self) -> i64 {
+        self.shared.lease_id.load(Ordering::Relaxed)
+    }
+
+    pub fn node(&self) -> &str {
+        &self.shared.node
+    }
+
+    /// Replaces the node's record.
+    pub async fn update_node(&self, record: &NodeRecord) -> Result<(), EtcdError> {
+        let mut held = self.shared.held.lock().await;
+        held.record = record.clone();
+        let key = self.shared.store.keys().node(&self.shared.node);
+        let value = encode(&key, record)?;
+        self.shared.put(&mut held, key, value).await
+    }
+
+    /// Publishes (or replaces) an endpoint of this node.
+    pub async fn publish_endpoint(&self, endpoint: &EndpointRecord) -> Result<(), EtcdError> {
+        let mut held = self.shared.held.lock().await;
+        let key = self.shared.store.keys().endpoint(&endpoint.namespace, &endpoint.name);
+        held.endpoints.insert(format!("{}/{}", endpoint.namespace, endpoint.name), endpoint.clone());
+        held.stale.remove(&key);
+        let value = encode(&key, endpoint)?;
+        self.shared.put(&mut held, key, value).await
+    }
+
+    /// Withdraws an endpoint of this node.
+    pub async fn withdraw_endpoint(&self, namespace: &str, name: &str) -> Result<(), EtcdError> {
+        let mut held = self.shared.held.lock().await;
+        held.endpoints.remove(&format!("{namespace}/{name}"));
+        let key = self.shared.store.keys().endpoint(namespace, name);
+        self.shared.delete(&mut held, key).await
+    }
+
+    /// Records that this node uses identity `id`, so it is not collected.
+    pub async fn hold_identity(&self, id: u32) -> Result<(), EtcdError> {
+        let mut held = self.shared.held.lock().await;
+        held.identities.insert(id);
+        let key = self.shared.store.keys().identity_ref(id, &self.shared.node);
+        held.stale.remove(&key);
+        let value = self.shared.node.clone().into_bytes();
+        self.shared.put(&mut held, key, value).await
+    }
+
+    /// Drops this node's hold on identity `id`.
+    pub async fn release_identity(&self, id: u32) -> Result<(), EtcdError> {
+        let mut held = self.shared.held.lock().await;
+        held.identities.remove(&id);
+        let key = self.shared.store.keys().identity_ref(id, &self.shared.node);
+        self.shared.delete(&mut held, key).await
+    }
+
+    /// Stops keeping the lease alive and revokes it: the node's record, endpoints and holds
+    /// vanish in one revision.
+    pub async fn revoke(self) -> Result<(), EtcdError> {
+        self.task.abort();
+        let lease = self.shared.held.lock().await.lease;
+        if lease == 0 {
+            return Ok(());
+        }
+        let store = &self.shared.store;
+        store.client().lease_revoke(lease).await.map(drop).map_err(|e| store.error(format!("revoking the lease of node {}", self.shared.node), e))
+    }
+
+    /// Stops keeping the lease alive without revoking it, as if the agent had died: the keys
+    /// expire after the TTL.
+    pub fn abandon(self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for NodeLease {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+// === impl Shared ===
+
+impl Shared {
+    async fn put(&self, held: &mut Held, key: String, value: Vec<u8>) -> Result<(), EtcdError> {
+        if held.lease == 0 {
+            held.dirty = true;
+            return Err(EtcdError::NoLease { endpoints: self.store.endpoints().to_string(), node: self.node.clone() });
+        }
+        let txn = Txn::new().and_then([TxnOp::put(key.clone(), value, Some(PutOptions::new().with_lease(held.lease)))]);
+        let result = self.store.txn(txn, &format!("writing {key}")).await;
+        if result.is_err() {
+            held.dirty = true;
+        }
+        result.map(drop)
+    }
+
+    async fn delete(&self, held: &mut Held, key: String) -> Result<(), EtcdError> {
+        let txn = Txn::new().and_then([TxnOp::delete(key.clone(), None)]);
+        match self.store.txn(txn, &format!("deleting {key}")).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                held.stale.insert(key);
+                held.dirty = true;
+                Err(e)
+            }
+        }
+    }
+
+    /// Writes everything `held` remembers under its lease and deletes what is stale.
+    async fn republish(&self, held: &mut Held) -> Result<(), EtcdError> {
+        let keys = self.store.keys();
+        let lease = Some(PutOptions::new().with_lease(held.lease));
+        let mut ops = Vec::new();
+        let node_key = keys.node(&self.node);
+        ops.push(TxnOp::put(node_key.clone(), encode(&node_key, &held.record)?, lease.clone()));
+        for endpoint in held.endpoints.values() {
+            let key = keys.endpoint(&endpoint.namespace, &endpoint.name);
+            ops.push(TxnOp::put(key.clone(), encode(&key, endpoint)?, lease.clone()));
+        }
+        for id in &held.identities {
+            ops.push(TxnOp::put(keys.identity_ref(*id, &self.node), self.node.clone(), lease.clone()));
+        }
+        for key in &held.stale {
+            ops.push(TxnOp::delete(key.clone(), None));
+        }
+        let mut ops = ops.into_iter().peekable();
+        while ops.peek().is_some() {
+            let chunk: Vec<TxnOp> = ops.by_ref().take(MAX_TXN_OPS).collect();
+            self.store.txn(Txn::new().and_then(chunk), &format!("publishing node {} again", self.node)).await?;
+        }
+        held.stale.clear();
+        held.dirty = false;
+        Ok(())
+    }
+
+    fn set_lease(&self, held: &mut Held, lease: i64) {
+        held.lease = lease;
+        self.lease_id.store(lease, Ordering::Relaxed);
+    }
+}
+
+fn lease_not_found(e: &etcd_client::Error) -> bool {
+    matches!(e, etcd_client::Error::LeaseKeepAliveError(_)) || e.to_string().contains("lease not found")
+}
+
+/// Keeps the lease alive; grants a new one and publishes again when it is lost; publishes
+/// again when a write failed.
+async fn keep_alive(shared: Arc<Shared>) {
+    let interval = Duration::from_millis(u64::try_from(shared.ttl_secs.max(1)).unwrap_or(1) * 1000 / 3);
+    let mut leases = shared.store.client().lease_client();
+    loop {
+        let lease = {
+            let mut held = shared.held.lock().await;
+            if held.lease == 0 {
+                match grant(&shared.store, shared.ttl_secs, &shared.node).await {
+                    Ok(lease) => {
+                        shared.set_lease(&mut held, lease);
+                        held.dirty = true;
+                        tracing::info!(node = %shared.node, lease, "granted a new lease");
+                    }
+                    Err(e) => {
+                        drop(held);
+                        tracing::warn!(error = %e, "node lease");
+                        tokio::time::sleep(interval).await;
+                        continue;
+                    }
+                }
+            }
+            held.lease
+        };
+        let (mut keeper, mut responses) = match leases.keep_alive(lease).await {
+            Ok(pair) => pair,
+            Err(e) => {
+                if lease_not_found(&e) {
+                    tracing::warn!(node = %shared.node, lease, "the node's lease expired; granting a new one");
+                    shared.set_lease(&mut *shared.held.lock().await, 0);
+                } else {
+                    tracing::warn!(error = %shared.store.error("keeping the node's lease alive", e), "node lease");
+                    tokio::time::sleep(interval).await;
+                }
+                continue;
+            }
+        };
+        loop {
+            {
+                let mut held = shared.held.lock().await;
+                if held.dirty {
+                    if let Err(e) = shared.republish(&mut held).await {
+                        tracing::warn!(error = %e, "node lease: publishing again");
+                    }
+                }
+            }
+            tokio::time::sleep(interval).await;
+            if keeper.keep_alive().await.is_err() {
+                break;
+            }
+            match tokio::time::timeout(interval.max(Duration::from_secs(1)), responses.message()).await {
+                Ok(Ok(Some(response))) if response.ttl() > 0 => {}
+                Ok(Ok(Some(_))) => {
+                    tracing::warn!(node = %shared.node, lease, "the node's lease expired; granting a new one");
+                    shared.set_lease(&mut *shared.held.lock().await, 0);
+                    break;
+                }
+                Ok(Ok(None)) | Ok(Err(_)) | Err(_) => {
+                    tracing::warn!(node = %shared.node, lease, "lost the keep-alive stream; reconnecting");
+                    break;
+                }
+            }
+        }
+    }
+}
