@@ -102,6 +102,11 @@ pub enum Command {
         /// generic), native or generic.
         #[arg(long, default_value = "off", value_parser = ["off", "auto", "native", "generic"])]
         xdp: String,
+        /// Where the lab keeps its objects: local (a file, no server) or etcd (an etcd server
+        /// for the lab, with TLS; agents take pod CIDRs from cluster pools, share identities
+        /// and route between nodes themselves).
+        #[arg(long, default_value = "local", value_parser = ["local", "etcd"])]
+        datastore: String,
     },
     /// Audit the node's netfilter rules: which would pod traffic skip under eBPF host routing?
     /// Exit code 0 when clean, 1 when a rule would be bypassed.
@@ -140,7 +145,7 @@ pub enum Command {
         #[arg(long, default_value = "60s", value_parser = parse_duration)]
         timeout: Duration,
     },
-    /// List objects: pods, namespaces, services, endpointslices, networkpolicies (netpol),
+    /// List objects: nodes, pods, namespaces, services, endpointslices, networkpolicies (netpol),
     /// sluicenetworkpolicies (snp), sluiceclusterwidenetworkpolicies (scnp).
     Get {
         resource: String,

@@ -24,11 +24,11 @@ fn step(line: &str) {
 }
 
 #[allow(clippy::too_many_arguments)] // one per `sluice up` flag
-pub async fn up(lab: &str, nodes: usize, host_routing: String, guard: String, monitor: String, service_cidrs: &[String], node_port_range: &str, xdp: String) -> anyhow::Result<ExitCode> {
+pub async fn up(lab: &str, nodes: usize, host_routing: String, guard: String, monitor: String, service_cidrs: &[String], node_port_range: &str, xdp: String, datastore: String) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let service_ranges = service_ranges(service_cidrs, node_port_range)?;
     eprintln!("Starting lab {lab:?} with {nodes} node(s)...");
-    let opts = UpOptions { nodes, host_routing, guard, monitor, service_ranges, xdp, ..UpOptions::new(lab, sluice_binary()?) };
+    let opts = UpOptions { nodes, host_routing, guard, monitor, service_ranges, xdp, datastore, ..UpOptions::new(lab, sluice_binary()?) };
     Lab::up(opts, &mut |s| step(s)).await?;
     eprintln!("Lab {lab:?} is up in {:.1} s. Next: sluice apply -f <manifest>", started.elapsed().as_secs_f64());
     Ok(ExitCode::SUCCESS)
@@ -88,6 +88,7 @@ pub async fn apply(lab: &str, file: &Path, timeout: Duration) -> anyhow::Result<
 pub fn get(lab: &str, resource: &str, name: Option<&str>, namespace: &str, all: bool, output: Option<Output>) -> anyhow::Result<ExitCode> {
     let lab = Lab::open(lab, sluice_binary()?)?;
     match resource {
+        "nodes" | "node" | "no" => get_nodes(&lab, name, output),
         "pods" | "pod" | "po" => get_pods(&lab, name, if all { None } else { Some(namespace) }, output),
         "namespaces" | "namespace" | "ns" => get_namespaces(&lab, name, output),
         "services" | "service" | "svc" => get_services(&lab, name, if all { None } else { Some(namespace) }, output),
@@ -100,7 +101,7 @@ pub fn get(lab: &str, resource: &str, name: Option<&str>, namespace: &str, all: 
 }
 
 /// What `get` lists, for its error message.
-const GET_RESOURCES: &str = "pods, namespaces, services, endpointslices, networkpolicies (netpol), sluicenetworkpolicies (snp), sluiceclusterwidenetworkpolicies (scnp)";
+const GET_RESOURCES: &str = "nodes, pods, namespaces, services, endpointslices, networkpolicies (netpol), sluicenetworkpolicies (snp), sluiceclusterwidenetworkpolicies (scnp)";
 
 /// Keeps only the object named `name`, when one is asked for; none is an error naming the kind
 /// and where it was looked for (`where_`: " in namespace ..." or empty).
@@ -170,6 +171,35 @@ fn get_pods(lab: &Lab, name: Option<&str>, namespace: Option<&str>, output: Opti
             } else {
                 table.print();
             }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn get_nodes(lab: &Lab, name: Option<&str>, output: Option<Output>) -> anyhow::Result<ExitCode> {
+    let mut nodes = lab.nodes()?;
+    if let Some(n) = name {
+        nodes.retain(|node| node.name == n);
+        if nodes.is_empty() {
+            bail!("node {n:?} not found");
+        }
+    }
+    match output {
+        Some(o @ (Output::Json | Output::Yaml)) => print_structured(&nodes, o)?,
+        _ => {
+            let mut table = Table::new(&["NAME", "STATUS", "ADDRESSES", "POD CIDRS", "HOST ROUTING", "AGENT"]);
+            let join = |v: Vec<String>| if v.is_empty() { "<none>".to_string() } else { v.join(",") };
+            for n in &nodes {
+                table.row(vec![
+                    n.name.clone(),
+                    n.health.clone(),
+                    join(n.addresses.iter().map(|a| a.to_string()).collect()),
+                    join(n.pod_cidrs.iter().map(|c| c.to_string()).collect()),
+                    n.host_routing.clone(),
+                    n.agent_version.clone(),
+                ]);
+            }
+            table.print();
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -64,8 +64,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Policy { command: args::PolicyCommand::Get { pod, output } } => policy_cmds::get(&cli.lab, &pod, output).await,
             Command::Observe(args) => observe_cmds::observe(&target, args).await,
             Command::Metrics { node } => observe_cmds::metrics(&target, node.as_deref()).await,
-            Command::Up { nodes, host_routing, guard, monitor, service_cidrs, node_port_range, xdp } => {
-                lab_cmds::up(&cli.lab, nodes, host_routing, guard, monitor, &service_cidrs, &node_port_range, xdp).await
+            Command::Up { nodes, host_routing, guard, monitor, service_cidrs, node_port_range, xdp, datastore } => {
+                lab_cmds::up(&cli.lab, nodes, host_routing, guard, monitor, &service_cidrs, &node_port_range, xdp, datastore).await
             }
             Command::Preflight { node, all, output } => node_cmds::preflight(&target, node.as_deref(), all, output).await,
             Command::Events { node, follow, output } => node_cmds::events(&target, node.as_deref(), follow, output).await,

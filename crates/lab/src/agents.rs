@@ -10,15 +10,42 @@ use crate::process::{alive, enter_on_exec, stop_group};
 use crate::state::NodeState;
 use crate::LabError;
 
+/// Seconds a lab node's registration outlives its agent on etcd: short, so a lab sees a
+/// killed agent's node withdrawn quickly.
+pub const LAB_LEASE_SECONDS: i64 = 5;
+
 /// The agent configuration of a lab node.
 pub fn agent_config(node: &NodeState, lab_dir: &Path, opts: &crate::UpOptions) -> String {
+    let (pod_cidrs, state) = if opts.datastore == "etcd" {
+        let etcd = crate::etcd::agent_etcd_config(lab_dir, &node.name);
+        let file = |p: &Option<std::path::PathBuf>| p.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+        (
+            "[]".to_string(),
+            format!(
+                "state:\n  source: etcd\n  etcd:\n    endpoints: [\"{endpoint}\"]\n    caFile: {ca}\n    certFile: {cert}\n    keyFile: {key}\n  \
+                 clusterPoolCIDRs: [\"{pool4}\", \"{pool6}\"]\n  nodeMaskIPv4: 24\n  nodeMaskIPv6: 64\n  leaseSeconds: {lease}\n",
+                endpoint = etcd.endpoints.first().cloned().unwrap_or_default(),
+                ca = file(&etcd.ca_file),
+                cert = file(&etcd.cert_file),
+                key = file(&etcd.key_file),
+                pool4 = names::POD_POOL_V4,
+                pool6 = names::POD_POOL_V6,
+                lease = LAB_LEASE_SECONDS,
+            ),
+        )
+    } else {
+        (
+            format!("[\"{}\", \"{}\"]", names::pod_cidr_v4(node.index), names::pod_cidr_v6(node.index)),
+            format!("state:\n  source: local\n  path: {}\n", lab_dir.join("store.json").display()),
+        )
+    };
     format!(
         "# Written by `sluice up`.\n\
          nodeName: {name}\n\
          stateDir: {dir}/state\n\
          socket: {socket}\n\
          bpffs: {bpffs}\n\
-         podCIDRs: [\"{v4}\", \"{v6}\"]\n\
+         podCIDRs: {pod_cidrs}\n\
          hostRouting: {host_routing}\n\
          guard: {guard}\n\
          guardCgroup: {cgroup}\n\
@@ -26,15 +53,12 @@ pub fn agent_config(node: &NodeState, lab_dir: &Path, opts: &crate::UpOptions) -
          devices: [eth0]\n\
          metricsAddress: \"127.0.0.1:9962\"\n\
          mtu: 1500\n\
-         state:\n  source: local\n  path: {store}\n\
+         {state}\
          services:\n  xdp: {xdp}\n  nodePortRange: \"{np_lo}-{np_hi}\"\n",
         name = node.name,
         dir = node.dir.display(),
         socket = node.socket.display(),
         bpffs = node.bpffs.display(),
-        v4 = names::pod_cidr_v4(node.index),
-        v6 = names::pod_cidr_v6(node.index),
-        store = lab_dir.join("store.json").display(),
         host_routing = opts.host_routing,
         guard = opts.guard,
         cgroup = node.cgroup.display(),

@@ -14,7 +14,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use nix::fcntl::{Flock, FlockArg};
 use sluice_model::policy::{SluiceClusterwideNetworkPolicy, SluiceNetworkPolicy};
 use sluice_model::{Allocator, Object, ServiceRanges};
-use sluice_state::{LocalStore, Store, StoreError};
+use sluice_state::{Datastore, LocalStore, Store, StoreError};
 
 use crate::names::{validate_lab_name, LabNames};
 use crate::runtime::{self, Binaries, PodSpec};
@@ -43,6 +43,9 @@ pub struct UpOptions {
     pub service_ranges: ServiceRanges,
     /// `off`, `auto`, `native` or `generic`: XDP on each node's uplink.
     pub xdp: String,
+    /// `local` (a store file, no server) or `etcd` (an etcd server for the lab; the agents
+    /// take their pod CIDRs from cluster pools and route between nodes themselves).
+    pub datastore: String,
 }
 
 impl UpOptions {
@@ -57,6 +60,7 @@ impl UpOptions {
             agent_timeout: Duration::from_secs(20),
             service_ranges: ServiceRanges::default(),
             xdp: "off".into(),
+            datastore: "local".into(),
         }
     }
 }
@@ -82,7 +86,7 @@ impl std::fmt::Display for AppliedObject {
 pub struct Lab {
     names: LabNames,
     state: LabState,
-    store: LocalStore,
+    store: Datastore,
     bins: Binaries,
     _lock: Option<Flock<File>>,
 }
@@ -95,7 +99,7 @@ impl Lab {
         validate_lab_name(name).map_err(LabError::Invalid)?;
         let names = LabNames::new(name);
         let state = LabState::load(&names.dir())?.ok_or_else(|| LabError::NotUp(name.into()))?;
-        let store = LocalStore::new(names.dir().join("store.json"));
+        let store = state.datastore(&names);
         Ok(Self { bins: binaries(sluice), names, state, store, _lock: None })
     }
 
@@ -113,7 +117,7 @@ impl Lab {
         &self.state
     }
 
-    pub fn store(&self) -> &LocalStore {
+    pub fn store(&self) -> &Datastore {
         &self.store
     }
 
@@ -146,7 +150,7 @@ impl Lab {
         }
         let mut lab = Self {
             bins: binaries(opts.sluice.clone()),
-            store: LocalStore::new(dir.join("store.json")),
+            store: Datastore::Local(LocalStore::new(dir.join("store.json"))),
             state: LabState {
                 name: opts.name.clone(),
                 host_routing: opts.host_routing.clone(),
@@ -178,6 +182,21 @@ impl Lab {
         self.state.bridge = Some(topology::create_bridge(&self.names).await?);
         self.save()?;
         progress(&format!("underlay bridge {} up", self.names.bridge()));
+        let etcd = opts.datastore == "etcd";
+        if etcd {
+            let nodes: Vec<String> = (0..opts.nodes).map(LabNames::node_name).collect();
+            // Recorded before it starts, so `down` removes the host even when etcd fails.
+            self.state.etcd = Some(crate::state::EtcdState { netns: self.names.control_plane_netns(), pid: None, client: crate::etcd::agent_etcd_config(&self.names.dir(), "cli") });
+            self.save()?;
+            let started = crate::etcd::start(&self.names, &nodes, &cg, opts.agent_timeout).await;
+            if let Ok(state) = &started {
+                self.state.etcd = Some(state.clone());
+            }
+            self.save()?;
+            started?;
+            self.store = self.state.datastore(&self.names);
+            progress(&format!("etcd up on the control-plane host {} (TLS, one client certificate per agent)", crate::names::CONTROL_PLANE_IPV4));
+        }
         for index in 0..opts.nodes {
             let name = LabNames::node_name(index);
             let dir = self.names.node_dir(&name);
@@ -195,7 +214,8 @@ impl Lab {
             };
             self.state.nodes.push(node.clone());
             self.save()?;
-            topology::create_node(&self.names, index, opts.nodes, &node.netns).await?;
+            // On etcd the agents route between nodes themselves.
+            topology::create_node(&self.names, index, if etcd { 0 } else { opts.nodes }, &node.netns).await?;
             cgroup::create(&node.cgroup)?;
             let config = agents::agent_config(&node, &self.names.dir(), opts);
             std::fs::write(node.dir.join("agent.yaml"), config).map_err(|e| LabError::io("writing agent.yaml", e))?;
@@ -228,7 +248,7 @@ impl Lab {
         let lock = lock(&names.dir())?;
         let state = LabState::load(&names.dir())?.ok_or_else(|| LabError::NotUp(name.into()))?;
         let sluice = std::env::current_exe().map_err(|e| LabError::io("finding the sluice binary", e))?;
-        let mut lab = Self { bins: binaries(sluice), store: LocalStore::new(names.dir().join("store.json")), names, state, _lock: Some(lock) };
+        let mut lab = Self { bins: binaries(sluice), store: state.datastore(&names), names, state, _lock: Some(lock) };
         lab.teardown(progress).await
     }
 
@@ -256,6 +276,10 @@ impl Lab {
         }
         if let Some(ext) = self.state.external_netns.clone() {
             keep(topology::delete_node(&self.names.external_root_side(), &ext).await);
+        }
+        if let Some(etcd) = self.state.etcd.clone() {
+            keep(crate::etcd::stop(&self.names, &etcd).await);
+            progress("etcd removed");
         }
         if let Some(bridge) = &self.state.bridge {
             keep(topology::delete_bridge(bridge).await);
@@ -455,11 +479,11 @@ impl Lab {
     /// Marks a pod terminating and, when services exist, waits (at most `DRAIN_TIMEOUT`) until
     /// every running agent has programmed the store that says so.
     async fn drain_pod(&mut self, key: &str) -> Result<(), LabError> {
-        let (generation, services) = self.store.update(|s| {
+        let (services, generation) = self.store.update_at(|s| {
             if let Some(pod) = s.pods.get_mut(key) {
                 pod.metadata.deletion_timestamp.get_or_insert_with(|| Time(now()));
             }
-            Ok((s.generation + 1, !s.services.is_empty()))
+            Ok(!s.services.is_empty())
         })?;
         if !services {
             return Ok(());
@@ -494,6 +518,28 @@ impl Lab {
         self.save()?;
         let status = agents::wait_ready(&node_state, pid, timeout).await?;
         Ok((status, started.elapsed()))
+    }
+
+    /// The lab's nodes. On etcd, as their agents registered them (a node whose agent died
+    /// disappears when its lease expires); on the local store, as the lab made them.
+    pub fn nodes(&self) -> Result<Vec<sluice_state::NodeRecord>, LabError> {
+        if self.state.etcd.is_some() {
+            return Ok(self.store.load()?.nodes.into_values().collect());
+        }
+        Ok(self
+            .state
+            .nodes
+            .iter()
+            .map(|n| sluice_state::NodeRecord {
+                name: n.name.clone(),
+                addresses: vec![crate::names::node_ipv4(n.index).into(), crate::names::node_ipv6(n.index).into()],
+                pod_cidrs: vec![crate::names::pod_cidr_v4(n.index).into(), crate::names::pod_cidr_v6(n.index).into()],
+                host_routing: self.state.host_routing.clone(),
+                health: if n.agent_pid.is_some_and(crate::process::alive) { "ready".into() } else { "agent not running".into() },
+                agent_version: env!("CARGO_PKG_VERSION").into(),
+                registered: String::new(),
+            })
+            .collect())
     }
 
     /// Pods with their phase as the shims report it now; `namespace` None means all.

@@ -16,6 +16,7 @@ mod agents;
 pub mod cgroup;
 mod cni;
 mod error;
+mod etcd;
 mod lab;
 pub mod names;
 mod process;

@@ -56,6 +56,16 @@ impl LabNames {
         format!("slx{}", &self.hash[..6])
     }
 
+    /// Root-side end of the control-plane host's link.
+    pub fn control_plane_root_side(&self) -> String {
+        format!("slc{}", &self.hash[..6])
+    }
+
+    /// The control-plane host: a namespace on the underlay where the lab's etcd runs.
+    pub fn control_plane_netns(&self) -> String {
+        format!("sluice-{}-cp", self.lab)
+    }
+
     /// The lab's external client: a namespace on the underlay outside every node, standing for
     /// a machine on the nodes' network (NodePort, external IPs, load-balancer addresses).
     pub fn external_netns(&self) -> String {
@@ -95,6 +105,16 @@ pub fn node_ipv6(index: usize) -> Ipv6Addr {
 /// The external client's underlay addresses.
 pub const EXTERNAL_IPV4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 250);
 pub const EXTERNAL_IPV6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0xff, 0, 0, 0, 0xfa);
+
+/// The control-plane host (the lab's etcd) on the underlay.
+pub const CONTROL_PLANE_IPV4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 240);
+pub const CONTROL_PLANE_IPV6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0xff, 0, 0, 0, 0xf0);
+/// etcd's client port on the control-plane host.
+pub const ETCD_CLIENT_PORT: u16 = 2379;
+
+/// Pools the nodes of an etcd lab take their pod CIDRs from (a /24 and a /64 each).
+pub const POD_POOL_V4: &str = "198.19.0.0/16";
+pub const POD_POOL_V6: &str = "2001:2::/48";
 
 pub const UNDERLAY_V4_PREFIX: u8 = 24;
 pub const UNDERLAY_V6_PREFIX: u8 = 64;

@@ -32,6 +32,30 @@ pub struct LabState {
     /// Node ports of NodePort and LoadBalancer services, `FIRST-LAST`.
     #[serde(default = "default_node_port_range")]
     pub node_port_range: String,
+    /// The lab's etcd server when it runs on etcd; `None`: the local store file.
+    #[serde(default)]
+    pub etcd: Option<EtcdState>,
+}
+
+/// A lab's etcd server: where it runs and how clients reach it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EtcdState {
+    /// The control-plane host's namespace, where etcd listens on the underlay.
+    pub netns: String,
+    pub pid: Option<i32>,
+    /// What the CLI uses (a client certificate of its own).
+    pub client: sluice_state::etcd::EtcdConfig,
+}
+
+impl LabState {
+    /// Where the lab's objects are: its etcd, reached from the control-plane namespace, or its
+    /// store file.
+    pub fn datastore(&self, names: &crate::names::LabNames) -> sluice_state::Datastore {
+        match &self.etcd {
+            Some(etcd) => sluice_state::Datastore::Etcd(sluice_state::EtcdAccess { config: etcd.client.clone(), netns: Some(sluice_datapath::netns::named_netns_path(&etcd.netns)) }),
+            None => sluice_state::Datastore::Local(sluice_state::LocalStore::new(names.dir().join("store.json"))),
+        }
+    }
 }
 
 fn default_service_cidrs() -> Vec<IpNet> {

@@ -81,6 +81,13 @@ pub async fn create_external(names: &LabNames, netns_name: &str) -> Result<(), L
     Ok(())
 }
 
+/// Creates the control-plane host: a namespace with one link on the underlay and no routes
+/// beyond it, where the lab's etcd listens.
+pub async fn create_control_plane(names: &LabNames, netns_name: &str) -> Result<(), LabError> {
+    underlay_host(names, netns_name, &names.control_plane_root_side(), names::CONTROL_PLANE_IPV4, names::CONTROL_PLANE_IPV6).await?;
+    Ok(())
+}
+
 /// Removes a node's uplink and namespace; what is already gone is skipped.
 pub async fn delete_node(uplink_root_side: &str, netns_name: &str) -> Result<(), LabError> {
     Netlink::current()?.delete_link(uplink_root_side).await?;
