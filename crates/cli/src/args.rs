@@ -136,6 +136,9 @@ pub enum Command {
         #[arg(long, default_value = "node0")]
         node: String,
     },
+    /// Stop the lab's etcd and start it again on the same data (a control-plane outage);
+    /// pods keep their connections.
+    RestartEtcd,
     /// Create or update objects from a manifest (Namespace, Pod, Service, EndpointSlice,
     /// NetworkPolicy, SluiceNetworkPolicy, SluiceClusterwideNetworkPolicy).
     Apply {

@@ -66,6 +66,13 @@ pub async fn restart_agent(lab: &str, node: &str) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+pub async fn restart_etcd(lab: &str) -> anyhow::Result<ExitCode> {
+    let mut lab = Lab::open_locked(lab, sluice_binary()?)?;
+    let took = lab.restart_etcd(Duration::from_secs(20)).await?;
+    eprintln!("etcd restarted in {:.2} s; the agents resynchronise on their own", took.as_secs_f64());
+    Ok(ExitCode::SUCCESS)
+}
+
 fn read_manifest(file: &Path) -> anyhow::Result<(String, String)> {
     let text = if file == Path::new("-") {
         std::io::read_to_string(std::io::stdin()).context("reading the manifest from stdin")?

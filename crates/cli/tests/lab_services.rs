@@ -10,12 +10,10 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{privileged, sluice_bin, text, TestLab};
+use common::{collect, drain, privileged, sluice_bin, spawn_hold, text, watch, TestLab};
 
 fn manifest() -> String {
     let bin = sluice_bin();
@@ -278,51 +276,6 @@ fn a_removed_backend_gets_no_new_connections_and_its_connections_close() {
         let v = probe(&lab, Some("client"), &target(&ip, 80), false);
         assert_eq!(replied(&v).0, "web-1", "only the remaining backend gets new connections: {v}");
     }
-}
-
-// === a held connection ===
-
-fn spawn_hold(lab: &TestLab, pod: Option<&str>, target: &str) -> Child {
-    let bin = sluice_bin();
-    let bin = bin.to_str().unwrap();
-    let argv = [bin, "svc-client", target, "--hold"];
-    let mut cmd = match pod {
-        Some(p) => lab.cmd(&[&["exec", p, "--"], &argv[..]].concat()),
-        None => lab.cmd(&[&["exec", "--external", "--"], &argv[..]].concat()),
-    };
-    cmd.stdout(Stdio::piped()).stdin(Stdio::null()).spawn().expect("spawn svc-client --hold")
-}
-
-/// The child's stdout lines on a channel.
-fn watch(child: &mut Child) -> (mpsc::Sender<String>, mpsc::Receiver<String>) {
-    let (tx, rx) = mpsc::channel();
-    let out = child.stdout.take().expect("stdout");
-    let sender = tx.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines() {
-            let Ok(line) = line else { break };
-            if sender.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    (tx, rx)
-}
-
-fn drain(rx: &mpsc::Receiver<String>) {
-    while rx.try_recv().is_ok() {}
-}
-
-fn collect(rx: &mpsc::Receiver<String>, for_: Duration) -> Vec<String> {
-    let end = Instant::now() + for_;
-    let mut out = Vec::new();
-    while let Some(left) = end.checked_duration_since(Instant::now()) {
-        match rx.recv_timeout(left) {
-            Ok(l) => out.push(l),
-            Err(_) => break,
-        }
-    }
-    out
 }
 
 #[test]

@@ -36,32 +36,50 @@ pub async fn start(names: &LabNames, nodes: &[String], cgroup: &Path, timeout: D
         .map_err(|e| LabError::Invalid(format!("making the lab's certificates: {e}")))?;
     let netns = names.control_plane_netns();
     crate::topology::create_control_plane(names, &netns).await?;
+    let client = client_config(&pki, CLI_CLIENT)?;
+    let mut state = EtcdState { netns, pid: None, client };
+    state.pid = Some(spawn(names, &state, cgroup, timeout).await?);
+    Ok(state)
+}
+
+/// Stops the lab's etcd and starts it again on the same data (a crash and restart of the
+/// control plane); returns the new pid once it answers.
+pub async fn restart(names: &LabNames, state: &EtcdState, cgroup: &Path, timeout: Duration) -> Result<i32, LabError> {
+    if let Some(pid) = state.pid {
+        stop_group(pid, Duration::from_secs(5));
+    }
+    spawn(names, state, cgroup, timeout).await
+}
+
+/// Starts etcd in the control-plane namespace with the lab's certificates and data; returns
+/// its pid once it answers the CLI.
+async fn spawn(names: &LabNames, state: &EtcdState, cgroup: &Path, timeout: Duration) -> Result<i32, LabError> {
+    let dir = names.dir();
+    let pki = pki_dir(&dir);
     let options = EtcdServerOptions {
         binary: None,
         data_dir: dir.join("etcd"),
         name: "lab".into(),
         client_addr: SocketAddr::new(IpAddr::V4(names::CONTROL_PLANE_IPV4), names::ETCD_CLIENT_PORT),
         peer_port: names::ETCD_CLIENT_PORT + 1,
-        tls: Some(ServerTls { cert_file: pki.server.cert.clone(), key_file: pki.server.key.clone(), ca_file: pki.ca.cert.clone(), client_cert_auth: true }),
+        tls: Some(ServerTls { cert_file: pki.join("server.pem"), key_file: pki.join("server-key.pem"), ca_file: pki.join("ca.pem"), client_cert_auth: true }),
         log_file: dir.join("etcd.log"),
         max_txn_ops: 10_000,
         extra_args: Vec::new(),
         start_timeout: timeout,
     };
     let (binary, args) = options.command_line().map_err(|e| LabError::Invalid(e.to_string()))?;
-    let log = std::fs::File::create(&options.log_file).map_err(|e| LabError::io("creating etcd.log", e))?;
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(&options.log_file).map_err(|e| LabError::io("opening etcd.log", e))?;
     let log2 = log.try_clone().map_err(|e| LabError::io("opening etcd.log", e))?;
     let etcd_cgroup = cgroup.join("etcd");
     crate::cgroup::create(&etcd_cgroup)?;
     let mut cmd = Command::new(&binary);
     cmd.args(&args).stdin(Stdio::null()).stdout(log).stderr(log2);
-    enter_on_exec(&mut cmd, &sluice_datapath::netns::named_netns_path(&netns), Some(&etcd_cgroup), true)?;
+    enter_on_exec(&mut cmd, &sluice_datapath::netns::named_netns_path(&state.netns), Some(&etcd_cgroup), true)?;
     let child = cmd.spawn().map_err(|e| LabError::io(format!("starting {}", binary.display()), e))?;
     let pid = child.id() as i32;
-    let client = client_config(&pki, CLI_CLIENT)?;
-    let state = EtcdState { netns, pid: Some(pid), client };
-    wait_ready(&state, pid, &options.log_file, timeout).await?;
-    Ok(state)
+    wait_ready(state, pid, &options.log_file, timeout).await?;
+    Ok(pid)
 }
 
 fn client_config(pki: &PkiFiles, client: &str) -> Result<EtcdConfig, LabError> {

@@ -542,6 +542,23 @@ impl Lab {
             .collect())
     }
 
+    /// Stops the lab's etcd and starts it again on the same data, as a crash and restart of the
+    /// control plane would; returns when it answers. Agents keep forwarding meanwhile and
+    /// resynchronise when it is back.
+    pub async fn restart_etcd(&mut self, timeout: Duration) -> Result<Duration, LabError> {
+        let Some(etcd) = self.state.etcd.clone() else {
+            return Err(LabError::Invalid(format!("lab {} runs on its local store, not etcd (start it with --datastore etcd)", self.state.name)));
+        };
+        let cgroup = self.state.cgroup.clone().ok_or_else(|| LabError::Invalid("the lab has no cgroup".into()))?;
+        let started = std::time::Instant::now();
+        let pid = crate::etcd::restart(&self.names, &etcd, &cgroup, timeout).await?;
+        if let Some(e) = self.state.etcd.as_mut() {
+            e.pid = Some(pid);
+        }
+        self.save()?;
+        Ok(started.elapsed())
+    }
+
     /// Pods with their phase as the shims report it now; `namespace` None means all.
     pub fn pods(&self, namespace: Option<&str>) -> Result<Vec<Pod>, LabError> {
         let store = self.store.load()?;

@@ -18,7 +18,7 @@ pub struct NodeRecord {
     #[serde(default)]
     pub addresses: Vec<IpAddr>,
     /// The node's pod CIDRs (at most one per family).
-    #[serde(default)]
+    #[serde(default, rename = "podCIDRs")]
     pub pod_cidrs: Vec<IpNet>,
     /// `bpf` or `legacy`.
     #[serde(default)]

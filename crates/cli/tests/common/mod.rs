@@ -5,9 +5,10 @@
 
 #![allow(dead_code)]
 
-use std::io::Write;
+use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -119,6 +120,53 @@ impl Drop for TestLab {
             }
         }
     }
+}
+
+// === a held connection ===
+
+/// `sluice svc-client --hold` to `target` from a pod (the external client when `pod` is None):
+/// a TCP connection exchanging a line every 200 ms, one JSON line per event.
+pub fn spawn_hold(lab: &TestLab, pod: Option<&str>, target: &str) -> Child {
+    let bin = sluice_bin();
+    let bin = bin.to_str().unwrap();
+    let argv = [bin, "svc-client", target, "--hold"];
+    let mut cmd = match pod {
+        Some(p) => lab.cmd(&[&["exec", p, "--"], &argv[..]].concat()),
+        None => lab.cmd(&[&["exec", "--external", "--"], &argv[..]].concat()),
+    };
+    cmd.stdout(Stdio::piped()).stdin(Stdio::null()).spawn().expect("spawn svc-client --hold")
+}
+
+/// The child's stdout lines on a channel.
+pub fn watch(child: &mut Child) -> (mpsc::Sender<String>, mpsc::Receiver<String>) {
+    let (tx, rx) = mpsc::channel();
+    let out = child.stdout.take().expect("stdout");
+    let sender = tx.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (tx, rx)
+}
+
+pub fn drain(rx: &mpsc::Receiver<String>) {
+    while rx.try_recv().is_ok() {}
+}
+
+pub fn collect(rx: &mpsc::Receiver<String>, for_: Duration) -> Vec<String> {
+    let end = Instant::now() + for_;
+    let mut out = Vec::new();
+    while let Some(left) = end.checked_duration_since(Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok(l) => out.push(l),
+            Err(_) => break,
+        }
+    }
+    out
 }
 
 /// Two pods in namespace `demo`: `server` runs an iperf3 server, `client` sleeps.
