@@ -11,6 +11,7 @@
 //! # Ok(()) }
 //! ```
 
+mod cluster;
 pub mod configurations;
 mod control_plane;
 mod datapath;
@@ -24,6 +25,7 @@ pub mod report;
 mod stats;
 pub mod workloads;
 
+pub use cluster::{cluster, ClusterOptions, ClusterResult, ClusterRun};
 pub use control_plane::{control_plane, ControlPlaneOptions, ControlPlaneResult};
 pub use datapath::{datapath, DatapathOptions};
 pub use error::BenchError;

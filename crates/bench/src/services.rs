@@ -415,10 +415,7 @@ impl ServicesResult {
 
     /// Writes results.json and results.md into `dir`.
     pub fn write(&self, dir: &Path) -> Result<(), BenchError> {
-        std::fs::create_dir_all(dir).map_err(|e| BenchError::io(format!("creating {}", dir.display()), e))?;
-        let json = serde_json::to_vec_pretty(self).map_err(|e| BenchError::io("encoding results.json", e))?;
-        std::fs::write(dir.join("results.json"), json).map_err(|e| BenchError::io("writing results.json", e))?;
-        std::fs::write(dir.join("results.md"), self.markdown()).map_err(|e| BenchError::io("writing results.md", e))
+        crate::report::write_results(dir, self, &self.markdown())
     }
 }
 

@@ -284,6 +284,20 @@ pub enum BenchCommand {
         #[arg(long, default_value = "results/policy")]
         out: PathBuf,
     },
+    /// A cluster on etcd: how long a pod takes from `apply` to every node's IP-to-identity
+    /// cache, and a NetworkPolicy from its write to enforcement on every node. Each run is a
+    /// fresh lab.
+    Cluster {
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        #[arg(long, default_value_t = 100)]
+        pods: usize,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Directory for results.json and results.md.
+        #[arg(long, default_value = "results/cluster")]
+        out: PathBuf,
+    },
     /// The TCP_CRR server (started by the datapath benchmark in the server pod).
     #[command(hide = true)]
     CrrServer {

@@ -17,6 +17,7 @@ pub async fn bench(command: Option<BenchCommand>, datapath: DatapathBenchArgs) -
         Some(BenchCommand::Observer { runs, seconds, out }) => observer(runs, seconds, out.as_deref()).await,
         Some(BenchCommand::Services { counts, backends, runs, out }) => services(counts, backends, runs, &out).await,
         Some(BenchCommand::Policy { runs, out }) => policy(runs, &out),
+        Some(BenchCommand::Cluster { nodes, pods, runs, out }) => cluster(nodes, pods, runs, &out).await,
         Some(BenchCommand::CrrServer { listen }) => {
             sluice_bench::workloads::crr::serve(listen).with_context(|| format!("serving TCP_CRR on {listen}"))?;
             Ok(ExitCode::SUCCESS)
@@ -88,6 +89,25 @@ fn policy(runs: usize, out: &Path) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     std::fs::write(out.join("results.json"), serde_json::to_vec_pretty(&report)?)?;
     std::fs::write(out.join("results.md"), markdown)?;
+    eprintln!("results written to {} (results.json, results.md)", out.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn cluster(nodes: usize, pods: usize, runs: usize, out: &Path) -> anyhow::Result<ExitCode> {
+    let sluice = std::env::current_exe().context("finding the sluice binary")?;
+    let opts = sluice_bench::ClusterOptions { nodes, pods, runs, command: std::env::args().collect::<Vec<_>>().join(" "), ..sluice_bench::ClusterOptions::new(sluice) };
+    eprintln!("cluster benchmark: {nodes} nodes on etcd, {pods} pods, {runs} run(s), a fresh lab per run");
+    let mut print = |line: &str| eprintln!("  {line}");
+    let run = sluice_bench::cluster(&opts, &mut print);
+    let result = tokio::select! {
+        result = run => result?,
+        _ = tokio::signal::ctrl_c() => {
+            sluice_bench::remove_service_labs(&opts.lab_prefix).await?;
+            anyhow::bail!("interrupted; the benchmark's labs have been removed")
+        }
+    };
+    println!("{}", result.markdown());
+    result.write(out).with_context(|| format!("writing results to {}", out.display()))?;
     eprintln!("results written to {} (results.json, results.md)", out.display());
     Ok(ExitCode::SUCCESS)
 }

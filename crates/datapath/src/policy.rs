@@ -137,6 +137,32 @@ fn from_policy(key: &LpmKey<PolicyData>) -> policy_key {
     }
 }
 
+/// The ipcache as pinned under `pin_dir`, read from outside the agent (tools, benchmarks):
+/// prefix -> identity.
+pub fn pinned_ipcache(pin_dir: &std::path::Path) -> Result<Vec<(IpNet, u32)>, DatapathError> {
+    let path = pin_dir.join("ipcache");
+    let data = MapData::from_pin(&path).map_err(map_err("ipcache"))?;
+    let trie: LpmTrie<MapData, IpcacheData, IpcacheValue> = LpmTrie::try_from(aya::maps::Map::LpmTrie(data)).map_err(map_err("ipcache"))?;
+    let mut out = Vec::new();
+    for r in trie.iter() {
+        let (k, v) = r.map_err(map_err("ipcache"))?;
+        let d = k.data();
+        let key = sluice_abi::ipcache_key { prefixlen: k.prefix_len(), family: d.family, pad: [0; 3], addr: d.addr };
+        if let Some(prefix) = ipcache_prefix(&key) {
+            out.push((prefix, v.0.identity));
+        }
+    }
+    Ok(out)
+}
+
+/// Each endpoint's policy modes and revision as pinned under `pin_dir` (`policy_endpoints`),
+/// read from outside the agent.
+pub fn pinned_policy_endpoints(pin_dir: &std::path::Path) -> Result<Vec<(u32, policy_endpoint)>, DatapathError> {
+    let data = MapData::from_pin(pin_dir.join("policy_endpoints")).map_err(map_err("policy_endpoints"))?;
+    let map: HashMap<MapData, u32, EndpointValue> = HashMap::try_from(aya::maps::Map::HashMap(data)).map_err(map_err("policy_endpoints"))?;
+    map.iter().map(|r| r.map(|(k, v)| (k, v.0)).map_err(map_err("policy_endpoints"))).collect()
+}
+
 /// Handles to the pinned policy maps.
 pub struct PolicyMaps {
     ipcache: LpmTrie<MapData, IpcacheData, IpcacheValue>,

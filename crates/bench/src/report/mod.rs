@@ -240,12 +240,17 @@ impl Report {
     /// Writes results.json, results.md and results.png into `dir`; the chart last, so a
     /// drawing failure never loses the figures.
     pub fn write(&self, dir: &Path) -> Result<(), BenchError> {
-        std::fs::create_dir_all(dir).map_err(|e| BenchError::io(format!("creating {}", dir.display()), e))?;
-        let json = serde_json::to_vec_pretty(self).map_err(|e| BenchError::io("encoding results.json", e))?;
-        std::fs::write(dir.join("results.json"), json).map_err(|e| BenchError::io("writing results.json", e))?;
-        std::fs::write(dir.join("results.md"), self.markdown()).map_err(|e| BenchError::io("writing results.md", e))?;
+        write_results(dir, self, &self.markdown())?;
         chart::draw(self, &dir.join("results.png"))
     }
+}
+
+/// Writes `results.json` (the figures) and `results.md` (`markdown`) into `dir`.
+pub fn write_results(dir: &Path, figures: &impl Serialize, markdown: &str) -> Result<(), BenchError> {
+    std::fs::create_dir_all(dir).map_err(|e| BenchError::io(format!("creating {}", dir.display()), e))?;
+    let json = serde_json::to_vec_pretty(figures).map_err(|e| BenchError::io("encoding results.json", e))?;
+    std::fs::write(dir.join("results.json"), json).map_err(|e| BenchError::io("writing results.json", e))?;
+    std::fs::write(dir.join("results.md"), markdown).map_err(|e| BenchError::io("writing results.md", e))
 }
 
 #[cfg(test)]
