@@ -260,3 +260,31 @@ fn the_datapath_rides_out_etcd_faults_and_a_dead_agent_is_withdrawn() {
     let again = listed.iter().find(|n| n["name"] == "node2").expect("node2 registered again");
     assert_eq!(again["podCIDRs"][0].as_str(), Some(node2_cidr.as_str()), "node2 keeps its pod CIDR across the restart");
 }
+
+#[test]
+fn eight_agents_starting_at_once_get_disjoint_pod_cidrs() {
+    if !privileged(module_path!()) {
+        return;
+    }
+    let lab = TestLab::up("et8", &["--nodes", "8", "--datastore", "etcd", "--monitor", "off"]);
+    let listed = nodes(&lab);
+    assert_eq!(listed.len(), 8, "eight nodes registered: {listed:?}");
+    let mut v4 = Vec::new();
+    let mut v6 = Vec::new();
+    for n in &listed {
+        for c in n["podCIDRs"].as_array().expect("podCIDRs") {
+            let net: ipnet::IpNet = c.as_str().unwrap().parse().expect("a CIDR");
+            if net.addr().is_ipv4() { v4.push(net) } else { v6.push(net) }
+        }
+    }
+    assert_eq!((v4.len(), v6.len()), (8, 8), "one subnet per family per node: {listed:?}");
+    for family in [&v4, &v6] {
+        for (i, a) in family.iter().enumerate() {
+            for b in &family[i + 1..] {
+                assert!(!a.contains(b) && !b.contains(a), "{a} and {b} overlap: {listed:?}");
+            }
+        }
+    }
+    let routes = agent_routes(&lab, "node0");
+    assert_eq!(routes.lines().count(), 14, "node0 routes the seven other nodes' subnets, both families: {routes}");
+}

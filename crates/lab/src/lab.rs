@@ -222,11 +222,19 @@ impl Lab {
             let pid = agents::start_agent(&self.bins.sluice, &node, &self.names)?;
             self.state.nodes[index].agent_pid = Some(pid);
             self.save()?;
-            let status = agents::wait_ready(&node, pid, opts.agent_timeout).await?;
-            progress(&format!(
-                "{}: agent ready, host routing {} ({})",
-                node.name, status.host_routing.mode, status.host_routing.reason
-            ));
+            if !etcd {
+                let status = agents::wait_ready(&node, pid, opts.agent_timeout).await?;
+                progress(&format!("{}: agent ready, host routing {} ({})", node.name, status.host_routing.mode, status.host_routing.reason));
+            }
+        }
+        if etcd {
+            // The agents of a cluster start at once, as nodes booting together do; etcd
+            // settles who gets which pod CIDR.
+            for node in self.state.nodes.clone() {
+                let pid = node.agent_pid.ok_or_else(|| LabError::Invalid(format!("{}: agent not started", node.name)))?;
+                let status = agents::wait_ready(&node, pid, opts.agent_timeout).await?;
+                progress(&format!("{}: agent ready, pod CIDRs {:?}, host routing {} ({})", node.name, status.pod_cidrs, status.host_routing.mode, status.host_routing.reason));
+            }
         }
         let ext = self.names.external_netns();
         self.state.external_netns = Some(ext.clone());
