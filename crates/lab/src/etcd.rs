@@ -69,6 +69,9 @@ async fn spawn(names: &LabNames, state: &EtcdState, cgroup: &Path, timeout: Dura
         start_timeout: timeout,
     };
     let (binary, args) = options.command_line().map_err(|e| LabError::Invalid(e.to_string()))?;
+    // etcd wants its data for itself.
+    std::fs::create_dir_all(&options.data_dir).map_err(|e| LabError::io("creating etcd's data directory", e))?;
+    std::fs::set_permissions(&options.data_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).map_err(|e| LabError::io("restricting etcd's data directory", e))?;
     let log = std::fs::OpenOptions::new().create(true).append(true).open(&options.log_file).map_err(|e| LabError::io("opening etcd.log", e))?;
     let log2 = log.try_clone().map_err(|e| LabError::io("opening etcd.log", e))?;
     let etcd_cgroup = cgroup.join("etcd");

@@ -127,3 +127,17 @@ async fn a_source_without_etcd_reports_why() {
     assert!(err.contains(&format!("127.0.0.1:{port}")), "the error names the endpoint: {err}");
     assert!(!source.health().connected, "not connected");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_watch_outlives_the_request_timeout() {
+    let Some(etcd) = TestEtcd::start().await else { return };
+    let store = etcd.store().await;
+    let source = EtcdSource::spawn(etcd.config());
+    wait_synced(&source, Duration::from_secs(10)).await.unwrap();
+    // Longer than a request may wait for its answer: the watch stream must not count as one.
+    tokio::time::sleep(sluice_state::etcd::REQUEST_TIMEOUT + Duration::from_secs(1)).await;
+    assert!(source.health().connected && source.health().last_error.is_none(), "the idle watch is still up: {:?}", source.health());
+    add_namespace(&store, "late").await;
+    let mut rx = source.subscribe();
+    wait_for(&mut rx, Duration::from_secs(1), |s| s.namespaces.contains_key("late")).await.expect("a change after a long quiet arrives at once");
+}

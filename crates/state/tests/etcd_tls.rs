@@ -45,11 +45,13 @@ async fn mutual_tls_admits_a_signed_client_only() {
     let mut anonymous = EtcdConfig::new(vec![url.clone()]);
     anonymous.ca_file = Some(pki.ca.cert.clone());
     let err = EtcdStore::connect(&anonymous).await.unwrap_err().to_string();
+    eprintln!("without a client certificate: {err}");
     assert!(err.contains(&url), "the refusal names the endpoint: {err}");
 
     let mut missing = config.clone();
     missing.key_file = Some(pki_dir.path().join("nope-key.pem"));
     let err = EtcdStore::connect(&missing).await.unwrap_err().to_string();
+    eprintln!("with a missing key file: {err}");
     assert!(err.contains("nope-key.pem") && err.contains(&url), "an unreadable key is named with the endpoint: {err}");
 
     let mut half = config.clone();

@@ -138,9 +138,10 @@ async fn full_sync(store: &EtcdStore, publisher: &SnapshotPublisher) -> Result<W
     let objects = store.read_all().await?;
     let revision = objects.generation;
     let objects = Arc::new(objects);
-    publisher.publish(ClusterState { revision, synced: true, objects: objects.clone() });
+    // Health first: a reader woken by the snapshot sees the health that goes with it.
     publisher.count_full_sync();
     publisher.set_connected(true, None);
+    publisher.publish(ClusterState { revision, synced: true, objects: objects.clone() });
     Ok(Working { objects, revision })
 }
 
