@@ -422,8 +422,8 @@ impl AgentConfig {
             return invalid("resyncSeconds", "must be at least 1".into());
         }
         let m = self.services.maglev_table_size;
-        if !crate::services::maglev::is_prime(m) || !(7..=crate::services::maglev::MAX_TABLE_SIZE).contains(&m) {
-            return invalid("services.maglevTableSize", format!("{m} must be a prime between 7 and {}", crate::services::maglev::MAX_TABLE_SIZE));
+        if !sluice_services::maglev::is_prime(m) || !(7..=sluice_services::maglev::MAX_TABLE_SIZE).contains(&m) {
+            return invalid("services.maglevTableSize", format!("{m} must be a prime between 7 and {}", sluice_services::maglev::MAX_TABLE_SIZE));
         }
         if self.services.conntrack_entries < 1024 {
             return invalid("services.conntrackEntries", format!("{} is below the minimum 1024", self.services.conntrack_entries));

@@ -1,9 +1,9 @@
-//! Service load balancing, the control side: from Kubernetes Services and EndpointSlices to
-//! the frontends and backend sets this node programs into the datapath (`desired`), and the
-//! Maglev tables that spread External traffic over a set the same way on every node (`maglev`),
-//! and the programmer that writes them into the datapath without a half-written moment (`program`).
+//! Service load balancing, the I/O side: the programmer that writes the desired frontends and
+//! backend sets into the datapath without a half-written moment (`program`), and the loop that
+//! feeds it from the cluster view and closes connections to removed backends (`sync`). What to
+//! program is pure code in `sluice-services`, re-exported here as `desired` and `maglev`.
 
-pub mod desired;
-pub mod maglev;
+pub use sluice_services::{desired, maglev};
+
 pub mod program;
 pub mod sync;

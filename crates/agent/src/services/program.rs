@@ -9,9 +9,8 @@ use std::net::IpAddr;
 
 use sluice_abi::{lb_backend, lb_frontend, lb_frontend_key, lb_maglev_chunk, lb_maglev_key, lb_slot_key};
 use sluice_datapath::{DatapathError, ServiceTables};
-
-use super::desired::{Backend, DesiredServices, FrontendKey, FrontendKind, Protocol, Scope, SetKey};
-use super::maglev::maglev_table;
+use sluice_services::desired::{Backend, DesiredServices, FrontendKey, FrontendKind, Protocol, Scope, SetKey};
+use sluice_services::maglev::maglev_table;
 
 /// A backend's identity in the maps.
 pub type BackendAddr = (IpAddr, u16, Protocol);
@@ -22,7 +21,7 @@ pub enum ProgramError {
     #[error(transparent)]
     Datapath(#[from] DatapathError),
     #[error("service {set}: {source}")]
-    Maglev { set: String, source: super::maglev::MaglevError },
+    Maglev { set: String, source: sluice_services::maglev::MaglevError },
     #[error("{what}: the datapath's id space is exhausted")]
     Exhausted { what: &'static str },
 }
@@ -391,8 +390,8 @@ fn backend_addr(b: &lb_backend) -> Option<BackendAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::services::desired::{BackendSet, Family, Frontend};
     use sluice_datapath::fake::FakeDatapath;
+    use sluice_services::desired::{BackendSet, Family, Frontend};
 
     fn set_key(service: &str) -> SetKey {
         SetKey { namespace: "default".into(), service: service.into(), port_name: "".into(), family: Family::V4, scope: Scope::External }

@@ -10,8 +10,8 @@ use std::time::Instant;
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use sluice_datapath::{DatapathTables, ServiceTables};
+use sluice_services::desired::{desired_services, NodeInfo, Protocol};
 
-use super::desired::{desired_services, NodeInfo, Protocol};
 use super::program::{ProgramError, ProgramReport, ProgrammedFrontend, ServiceProgrammer};
 use crate::config::ServicesConfig;
 
