@@ -1,73 +1,12 @@
 //! The guard's eyes: after host routing is activated, new or changed netfilter rules are
 //! noticed within two seconds. nftables (and iptables-nft, which is nftables underneath) tell
-//! of every change on the nfnetlink NFNLGRP_NFTABLES multicast group; iptables-legacy tells
+//! of every change on the nfnetlink NFNLGRP_NFTABLES multicast group (subscribed through the
+//! datapath crate, the only one that talks to the kernel); iptables-legacy tells
 //! nobody, so its tables are audited every second.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
-/// nfnetlink multicast group of nf_tables changes (linux/netfilter/nfnetlink.h).
-const NFNLGRP_NFTABLES: u32 = 7;
-
-/// Blocks until nf_tables reports a change, then returns; `Err` when the socket cannot be made
-/// (the caller then falls back to polling every source).
-pub struct NftablesNotifications {
-    fd: OwnedFd,
-}
-
-impl NftablesNotifications {
-    pub fn subscribe() -> std::io::Result<Self> {
-        // SAFETY: plain socket(2); the descriptor is owned right away.
-        let raw = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_NETFILTER) };
-        if raw < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: raw is a new descriptor nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        // SAFETY: sockaddr_nl is plain data; zeroed is a valid value before the fields are set.
-        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        addr.nl_family = libc::AF_NETLINK as u16;
-        addr.nl_groups = 1 << (NFNLGRP_NFTABLES - 1);
-        // SAFETY: addr is a valid sockaddr_nl of the size given.
-        let rc = unsafe {
-            libc::bind(fd.as_raw_fd(), (&addr as *const libc::sockaddr_nl).cast(), std::mem::size_of::<libc::sockaddr_nl>() as u32)
-        };
-        if rc < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(Self { fd })
-    }
-
-    /// Waits up to `timeout` for a change; true when one came.
-    pub fn wait(&self, timeout: Duration) -> bool {
-        let mut pfd = libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-        // SAFETY: one valid pollfd.
-        let n = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as i32) };
-        if n <= 0 {
-            return false;
-        }
-        // A tool's change arrives as several messages; let it settle (200 ms without news, at
-        // most 1 s), then drain: one audit covers every change so far and sees a finished state.
-        let settle_until = std::time::Instant::now() + Duration::from_secs(1);
-        let mut buf = [0u8; 16384];
-        loop {
-            loop {
-                // SAFETY: reading into a buffer of the size given.
-                let r = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
-                if r <= 0 {
-                    break;
-                }
-            }
-            let mut pfd = libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-            // SAFETY: one valid pollfd.
-            let more = unsafe { libc::poll(&mut pfd, 1, 200) };
-            if more <= 0 || std::time::Instant::now() >= settle_until {
-                break;
-            }
-        }
-        true
-    }
-}
+use sluice_datapath::nfnetlink::NftablesNotifications;
 
 /// Watches for rules pod traffic would skip, from now on, in a thread of its own: a change
 /// notified by nf_tables triggers a full audit at once; iptables-legacy is audited every
