@@ -13,11 +13,19 @@
 //! ```
 
 mod client;
+pub mod firewall;
 mod flows;
+mod policy;
 mod types;
 
 pub use client::{Client, ClientError};
+pub use firewall::{FirewallReport, PreflightResponse};
 pub use flows::{Flow, FlowFilter, FlowMessage, FlowPeer, FlowsResponse, LostEvents};
+pub use policy::{
+    EndpointPolicyResponse, PolicyDirection, PolicyEntry, PolicyEntryKey, PolicyMatchedEntry,
+    PolicyMode, PolicyRef, PolicyRuleRef, PolicyTrace, PolicyTracePeer, PolicyTraceResponse,
+    PolicyTraceSide, PolicyVerdict,
+};
 pub use types::*;
 
 /// The HTTP paths the agent serves.
@@ -47,13 +55,15 @@ pub mod paths {
     pub const EVENTS: &str = "/v1/events";
     /// `GET` → newline-delimited Kubernetes Events as they are recorded.
     pub const EVENTS_FOLLOW: &str = "/v1/events/follow";
-    /// `GET` → the host firewall audit of the agent's namespace, now.
+    /// `GET` → [`crate::PreflightResponse`]: the host firewall audit of the agent's namespace,
+    /// now.
     pub const PREFLIGHT: &str = "/v1/preflight";
     /// `GET`: the service frontends as programmed in the datapath, with their backends.
     pub const SERVICES: &str = "/v1/services";
-    /// `GET ?src=IP&dst=IP&proto=N&port=N` → `{node, trace, text}`: this node's explanation of
-    /// a connection's policy verdict (the sides that are pods on this node).
+    /// `GET ?src=IP&dst=IP&proto=N&port=N` → [`crate::PolicyTraceResponse`]: this node's
+    /// explanation of a connection's policy verdict (the sides that are pods on this node).
     pub const POLICY_TRACE: &str = "/v1/policy/trace";
-    /// `GET ?pod=NAMESPACE/NAME` → the compiled policy entries of a pod on this node.
+    /// `GET ?pod=NAMESPACE/NAME` → [`crate::EndpointPolicyResponse`]: the compiled policy entries
+    /// of a pod on this node.
     pub const POLICY_ENDPOINT: &str = "/v1/policy/endpoint";
 }

@@ -4,7 +4,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use sluice_api::{paths, Client, Endpoint, Status};
+use k8s_openapi::api::core::v1::Event;
+use sluice_api::firewall::RuleClass;
+use sluice_api::{paths, Client, Endpoint, PreflightResponse, Status};
 
 use crate::args::{Output, Target};
 use crate::output::{print_structured, Table};
@@ -129,52 +131,49 @@ pub async fn service_list(target: &Target, node: Option<&str>, output: Option<Ou
 
 pub async fn preflight(target: &Target, node: Option<&str>, all: bool, output: Option<Output>) -> anyhow::Result<ExitCode> {
     let socket = socket(target, node)?;
-    let answer: serde_json::Value =
-        Client::new(&socket).get(paths::PREFLIGHT).await.with_context(|| format!("asking the agent at {}", socket.display()))?;
-    let clean = answer["report"]["clean"].as_bool().unwrap_or(false);
+    let answer: PreflightResponse = Client::new(&socket).get(paths::PREFLIGHT).await.with_context(|| format!("asking the agent at {}", socket.display()))?;
     match output {
         Some(o @ (Output::Json | Output::Yaml)) => print_structured(&answer, o)?,
         _ => {
-            println!("Node {} (host routing {}), rules read from: {}", answer["node"].as_str().unwrap_or("?"), answer["hostRouting"].as_str().unwrap_or("?"), join(&answer["sourcesRead"]));
+            println!("Node {} (host routing {}), rules read from: {}", answer.node, answer.host_routing, answer.sources_read.join(", "));
             if all {
                 // The agent's table leaves harmless rules out; list them here.
-                for v in answer["report"]["verdicts"].as_array().into_iter().flatten() {
-                    if v["class"] == "harmless" {
-                        println!("  harmless  {} {}  {}", v["rule"]["table"].as_str().unwrap_or(""), v["rule"]["chain"].as_str().unwrap_or(""), v["rule"]["text"].as_str().unwrap_or(""));
-                    }
+                for v in answer.report.verdicts.iter().filter(|v| v.class == RuleClass::Harmless) {
+                    println!("  harmless  {} {}  {}", v.rule.table, v.rule.chain, v.rule.text);
                 }
             }
-            print!("{}", answer["table"].as_str().unwrap_or(""));
-            for p in answer["problems"].as_array().into_iter().flatten() {
-                eprintln!("warning: {} could not be read: {}", p["source"].as_str().unwrap_or("?"), p["problem"].as_str().unwrap_or("?"));
+            print!("{}", answer.table);
+            for p in &answer.problems {
+                eprintln!("warning: {} could not be read: {}", p.source, p.problem);
             }
         }
     }
-    Ok(if clean { ExitCode::SUCCESS } else { ExitCode::from(1) })
-}
-
-fn join(v: &serde_json::Value) -> String {
-    v.as_array().map(|a| a.iter().filter_map(|s| s.as_str()).collect::<Vec<_>>().join(", ")).unwrap_or_default()
+    Ok(if answer.report.clean { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 pub async fn events(target: &Target, node: Option<&str>, follow: bool, output: Option<Output>) -> anyhow::Result<ExitCode> {
     let socket = socket(target, node)?;
     let client = Client::new(&socket);
     let json = output == Some(Output::Json);
-    let print = |e: &serde_json::Value| {
+    let print = |e: &Event| {
         if json {
-            println!("{e}");
+            match serde_json::to_string(e) {
+                Ok(line) => println!("{line}"),
+                Err(err) => eprintln!("warning: an event could not be encoded: {err}"),
+            }
         } else {
+            // As the API writes timestamps (RFC 3339, whole seconds, UTC).
+            let seen = e.last_timestamp.as_ref().map(|t| t.0.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)).unwrap_or_default();
             println!(
                 "{}  {:<8} {:<22} {}",
-                e["lastTimestamp"].as_str().unwrap_or(""),
-                e["type"].as_str().unwrap_or(""),
-                e["reason"].as_str().unwrap_or(""),
-                e["message"].as_str().unwrap_or("")
+                seen,
+                e.type_.as_deref().unwrap_or(""),
+                e.reason.as_deref().unwrap_or(""),
+                e.message.as_deref().unwrap_or("")
             );
         }
     };
-    let history: Vec<serde_json::Value> = client.get(paths::EVENTS).await.with_context(|| format!("asking the agent at {}", socket.display()))?;
+    let history: Vec<Event> = client.get(paths::EVENTS).await.with_context(|| format!("asking the agent at {}", socket.display()))?;
     if !json && !history.is_empty() {
         println!("{:<20}  {:<8} {:<22} MESSAGE", "LAST SEEN", "TYPE", "REASON");
     }
@@ -182,7 +181,7 @@ pub async fn events(target: &Target, node: Option<&str>, follow: bool, output: O
     if follow {
         client
             .follow_lines(paths::EVENTS_FOLLOW, |line| {
-                if let Ok(e) = serde_json::from_str::<serde_json::Value>(line) {
+                if let Ok(e) = serde_json::from_str::<Event>(line) {
                     print(&e);
                 }
                 true

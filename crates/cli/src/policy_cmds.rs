@@ -5,11 +5,18 @@ use std::net::IpAddr;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use serde_json::Value;
-use sluice_api::{paths, Client};
+use serde::Serialize;
+use sluice_api::{paths, Client, EndpointPolicyResponse, PolicyTraceResponse, PolicyVerdict};
 
 use crate::args::Output;
 use crate::output::{print_structured, Table};
+
+/// `policy trace -o json|yaml`: the verdict over every node involved, and each node's answer.
+#[derive(Serialize)]
+struct TraceOutput<'a> {
+    verdict: &'a str,
+    nodes: &'a [PolicyTraceResponse],
+}
 
 /// A pod of the lab: its key, node and addresses.
 struct PodRef {
@@ -69,29 +76,25 @@ pub async fn trace(lab_name: &str, from: &str, to: &str, port: u16, proto: &str,
         }
     }
     let query = format!("{}?src={src}&dst={dst}&proto={proto}&port={port}", paths::POLICY_TRACE);
-    let mut answers = Vec::new();
+    let mut answers: Vec<PolicyTraceResponse> = Vec::new();
     for node in &nodes {
         let socket = lab.node_socket(Some(node))?;
-        let answer: Value = Client::new(&socket).get(&query).await.with_context(|| format!("asking the agent of {node}"))?;
+        let answer = Client::new(&socket).get(&query).await.with_context(|| format!("asking the agent of {node}"))?;
         answers.push(answer);
     }
-    let rank = |v: &Value| match v["trace"]["verdict"].as_str() {
-        Some("Deny") => 2,
-        Some("Audit") => 1,
-        _ => 0,
-    };
-    let verdict = match answers.iter().map(rank).max().unwrap_or(0) {
-        2 => "DENIED",
-        1 => "ALLOWED (audit: a policy in audit mode would deny it)",
-        _ => "ALLOWED",
+    // The strongest verdict of the nodes involved (deny > audit > allow) is the connection's.
+    let verdict = match answers.iter().map(|a| a.trace.verdict).max() {
+        Some(PolicyVerdict::Deny) => "DENIED",
+        Some(PolicyVerdict::Audit) => "ALLOWED (audit: a policy in audit mode would deny it)",
+        Some(PolicyVerdict::Allow) | None => "ALLOWED",
     };
     if let Some(o @ (Output::Json | Output::Yaml)) = output {
-        print_structured(&serde_json::json!({ "verdict": verdict, "nodes": answers }), o)?;
+        print_structured(&TraceOutput { verdict, nodes: &answers }, o)?;
         return Ok(ExitCode::SUCCESS);
     }
     for a in &answers {
-        println!("On node {}:", a["node"].as_str().unwrap_or("?"));
-        for line in a["text"].as_str().unwrap_or("").lines() {
+        println!("On node {}:", a.node);
+        for line in a.text.lines() {
             println!("  {line}");
         }
     }
@@ -103,7 +106,7 @@ pub async fn get(lab_name: &str, pod: &str, output: Option<Output>) -> anyhow::R
     let lab = open(lab_name)?;
     let p = find_pod(&lab, pod)?;
     let socket = lab.node_socket(Some(&p.node))?;
-    let answer: Value = Client::new(&socket)
+    let answer: EndpointPolicyResponse = Client::new(&socket)
         .get(&format!("{}?pod={}", paths::POLICY_ENDPOINT, p.key))
         .await
         .with_context(|| format!("asking the agent of {}", p.node))?;
@@ -111,21 +114,17 @@ pub async fn get(lab_name: &str, pod: &str, output: Option<Output>) -> anyhow::R
         print_structured(&answer, o)?;
         return Ok(ExitCode::SUCCESS);
     }
-    println!("Pod:       {} on {} (identity {})", p.key, p.node, answer["identity"]);
-    for dir in ["ingress", "egress"] {
-        let d = &answer[dir];
-        println!("{}:", if dir == "ingress" { "Ingress" } else { "Egress" });
-        println!("  mode:     {}", d["mode"].as_str().unwrap_or("?"));
-        let policies: Vec<&str> = d["policies"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
-        println!("  policies: {}", if policies.is_empty() { "none".to_string() } else { policies.join(", ") });
-        let entries = d["entries"].as_array().cloned().unwrap_or_default();
-        if entries.is_empty() {
+    println!("Pod:       {} on {} (identity {})", p.key, p.node, answer.identity);
+    for (name, d) in [("Ingress", &answer.ingress), ("Egress", &answer.egress)] {
+        println!("{name}:");
+        println!("  mode:     {}", d.mode);
+        println!("  policies: {}", if d.policies.is_empty() { "none".to_string() } else { d.policies.join(", ") });
+        if d.entries.is_empty() {
             continue;
         }
         let mut table = Table::new(&["PEER", "TRAFFIC", "VERDICT", "RULES"]);
-        for e in &entries {
-            let rules: Vec<&str> = e["rules"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
-            table.row(vec![e["peer"].as_str().unwrap_or("?").into(), e["traffic"].as_str().unwrap_or("?").into(), e["verdict"].as_str().unwrap_or("?").into(), rules.join("; ")]);
+        for e in &d.entries {
+            table.row(vec![e.peer.clone(), e.traffic.clone(), e.verdict.to_string(), e.rules.join("; ")]);
         }
         table.print();
     }

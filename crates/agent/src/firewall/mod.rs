@@ -6,6 +6,7 @@
 //! The rules are read with the tools' own dump commands (`iptables-save`, `nft -j list
 //! ruleset`), as kube-proxy does: their output is the stable interface of both backends.
 
+pub mod api;
 pub mod watch;
 
 use std::process::Command;

@@ -2,8 +2,9 @@
 //! this node) and `policy get` (a pod's compiled entries), both from the last round's snapshot.
 
 use serde::Deserialize;
-use serde_json::{json, Value};
-use sluice_policy::{DirectionTable, EntryKey, Mode, IDENTITY_ANY};
+use sluice_api as api;
+use sluice_policy::trace::{MatchedEntry, PeerTrace, SideTrace, Trace};
+use sluice_policy::{DirectionTable, EntryKey, Mode, PolicyRef, RuleRef, Verdict, IDENTITY_ANY};
 
 use super::sync::PolicySnapshot;
 use crate::agent::Agent;
@@ -78,48 +79,161 @@ fn identity_text(snap: &PolicySnapshot, id: u32) -> String {
     }
 }
 
-fn direction(snap: &PolicySnapshot, t: &DirectionTable) -> Value {
-    let entries: Vec<Value> = t
-        .entries
-        .iter()
-        .map(|(k, e)| {
-            json!({
-                "peer": identity_text(snap, k.identity),
-                "identity": k.identity,
-                "traffic": key_text(k),
-                "verdict": format!("{:?}", e.verdict),
-                "rules": e.rules.iter().map(super::sync::rule_text).collect::<Vec<_>>(),
+fn direction(snap: &PolicySnapshot, t: &DirectionTable) -> api::PolicyDirection {
+    api::PolicyDirection {
+        mode: mode_text(t.mode).into(),
+        policies: t.policies.iter().map(ToString::to_string).collect(),
+        entries: t
+            .entries
+            .iter()
+            .map(|(k, e)| api::PolicyEntry {
+                peer: identity_text(snap, k.identity),
+                identity: k.identity,
+                traffic: key_text(k),
+                verdict: verdict(e.verdict),
+                rules: e.rules.iter().map(super::sync::rule_text).collect(),
             })
-        })
-        .collect();
-    json!({
-        "mode": mode_text(t.mode),
-        "policies": t.policies.iter().map(ToString::to_string).collect::<Vec<_>>(),
-        "entries": entries,
-    })
+            .collect(),
+    }
+}
+
+// === the engine's trace, as the API says it ===
+
+fn verdict(v: Verdict) -> api::PolicyVerdict {
+    match v {
+        Verdict::Allow => api::PolicyVerdict::Allow,
+        Verdict::Audit => api::PolicyVerdict::Audit,
+        Verdict::Deny => api::PolicyVerdict::Deny,
+    }
+}
+
+fn mode(m: Mode) -> api::PolicyMode {
+    match m {
+        Mode::None => api::PolicyMode::None,
+        Mode::Enforce => api::PolicyMode::Enforce,
+        Mode::Audit => api::PolicyMode::Audit,
+        Mode::DefaultAllow => api::PolicyMode::DefaultAllow,
+    }
+}
+
+fn policy_ref(p: &PolicyRef) -> api::PolicyRef {
+    let PolicyRef { kind, namespace, name } = p;
+    api::PolicyRef { kind: kind.clone(), namespace: namespace.clone(), name: name.clone() }
+}
+
+fn rule_ref(r: &RuleRef) -> api::PolicyRuleRef {
+    let RuleRef { policy, ingress, index } = r;
+    api::PolicyRuleRef { policy: policy_ref(policy), ingress: *ingress, index: *index }
+}
+
+fn entry_key(k: &EntryKey) -> api::PolicyEntryKey {
+    let EntryKey { identity, proto, port, port_prefix } = *k;
+    api::PolicyEntryKey { identity, proto, port, port_prefix }
+}
+
+fn trace_side(s: &SideTrace) -> api::PolicyTraceSide {
+    let SideTrace { endpoint, identity, labels, mode: m, policies, peer, matched, verdict: v, reason } = s;
+    let PeerTrace { ip, identity: peer_identity, what } = peer;
+    api::PolicyTraceSide {
+        endpoint: endpoint.clone(),
+        identity: *identity,
+        labels: labels.as_map().clone(),
+        mode: mode(*m),
+        policies: policies.iter().map(policy_ref).collect(),
+        peer: api::PolicyTracePeer { ip: *ip, identity: *peer_identity, what: what.clone() },
+        matched: matched
+            .iter()
+            .map(|m| {
+                let MatchedEntry { key, verdict: v, rules } = m;
+                api::PolicyMatchedEntry { key: entry_key(key), verdict: verdict(*v), rules: rules.iter().map(rule_ref).collect() }
+            })
+            .collect(),
+        verdict: verdict(*v),
+        reason: reason.clone(),
+    }
+}
+
+/// The engine's trace in the API's terms; destructured in full, so a field the engine gains
+/// does not go missing from the answer unnoticed.
+pub fn trace_to_api(t: &Trace) -> api::PolicyTrace {
+    let Trace { src, dst, proto, dport, egress, ingress, verdict: v } = t;
+    api::PolicyTrace {
+        src: *src,
+        dst: *dst,
+        proto: *proto,
+        dport: *dport,
+        egress: egress.as_ref().map(trace_side),
+        ingress: ingress.as_ref().map(trace_side),
+        verdict: verdict(*v),
+    }
 }
 
 impl Agent {
-    pub fn policy_trace(&self, q: &TraceQuery) -> Result<Value, AgentError> {
+    pub fn policy_trace(&self, q: &TraceQuery) -> Result<api::PolicyTraceResponse, AgentError> {
         let snap = self.policy_snapshot().ok_or_else(|| AgentError::BadRequest("this agent enforces no policy".into()))?;
         let trace = sluice_policy::trace(&snap.policies, &snap.view, &snap.compiled, q.src, q.dst, q.proto, q.port);
-        Ok(json!({ "node": self.config().node_name, "text": trace.to_string(), "trace": trace }))
+        Ok(api::PolicyTraceResponse { node: self.config().node_name.clone(), text: trace.to_string(), trace: trace_to_api(&trace) })
     }
 
-    pub fn policy_endpoint(&self, q: &EndpointQuery) -> Result<Value, AgentError> {
+    pub fn policy_endpoint(&self, q: &EndpointQuery) -> Result<api::EndpointPolicyResponse, AgentError> {
         let snap = self.policy_snapshot().ok_or_else(|| AgentError::BadRequest("this agent enforces no policy".into()))?;
         let Some(ep) = snap.view.endpoints.iter().find(|e| e.key == q.pod && e.local) else {
             return Err(AgentError::BadRequest(format!("pod {} has no endpoint on node {}", q.pod, self.config().node_name)));
         };
         let policy = snap.compiled.endpoints.get(&q.pod).cloned().unwrap_or_default();
-        Ok(json!({
-            "node": self.config().node_name,
-            "pod": ep.key,
-            "identity": ep.identity,
-            "labels": ep.labels,
-            "ips": ep.ips,
-            "ingress": direction(&snap, &policy.ingress),
-            "egress": direction(&snap, &policy.egress),
-        }))
+        Ok(api::EndpointPolicyResponse {
+            node: self.config().node_name.clone(),
+            pod: ep.key.clone(),
+            identity: ep.identity,
+            labels: ep.labels.as_map().clone(),
+            ips: ep.ips.clone(),
+            ingress: direction(&snap, &policy.ingress),
+            egress: direction(&snap, &policy.egress),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn side(ingress: bool) -> SideTrace {
+        let policy = PolicyRef { kind: "NetworkPolicy".into(), namespace: Some("x".into()), name: "deny-all".into() };
+        SideTrace {
+            endpoint: "x/a".into(),
+            identity: 300,
+            labels: BTreeMap::from([("app".to_string(), "a".to_string())]).into(),
+            mode: Mode::Enforce,
+            policies: vec![policy.clone()],
+            peer: PeerTrace { ip: "10.0.0.2".parse().unwrap(), identity: 301, what: "y/a".into() },
+            matched: vec![MatchedEntry {
+                key: EntryKey { identity: IDENTITY_ANY, proto: Some(6), port: 80, port_prefix: 16 },
+                verdict: Verdict::Deny,
+                rules: vec![RuleRef { policy, ingress, index: 0 }],
+            }],
+            verdict: Verdict::Deny,
+            reason: "denied by default".into(),
+        }
+    }
+
+    /// The answer keeps the JSON the engine's own types had: the CLI prints it with `-o json`.
+    #[test]
+    fn trace_answer_serialises_as_the_engine_trace() {
+        let trace = Trace {
+            src: "10.0.0.2".parse().unwrap(),
+            dst: "10.0.0.1".parse().unwrap(),
+            proto: 6,
+            dport: 80,
+            egress: None,
+            ingress: Some(side(true)),
+            verdict: Verdict::Deny,
+        };
+        let engine = serde_json::to_value(&trace).unwrap();
+        let answer = serde_json::to_value(trace_to_api(&trace)).unwrap();
+        assert_eq!(answer, engine, "the API trace has the engine trace's fields and values");
+        let back: api::PolicyTrace = serde_json::from_value(engine).unwrap();
+        assert_eq!(back, trace_to_api(&trace), "the engine's JSON reads back as the API trace");
     }
 }
