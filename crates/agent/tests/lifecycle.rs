@@ -379,8 +379,13 @@ impl Harness {
     }
 
     fn build(v4_cidr: &str, state: Option<Arc<dyn StateSource>>) -> Self {
+        Self::build_with(v4_cidr, "", state)
+    }
+
+    /// As `build`, with `extra` appended to the configuration.
+    fn build_with(v4_cidr: &str, extra: &str, state: Option<Arc<dyn StateSource>>) -> Self {
         let dir = tempfile::tempdir().expect("temporary directory");
-        let yaml = format!("nodeName: n0\npodCIDRs: [{v4_cidr}, \"{V6_CIDR}\"]\nstateDir: {}\n", state_dir(&dir).display());
+        let yaml = format!("nodeName: n0\npodCIDRs: [{v4_cidr}, \"{V6_CIDR}\"]\nstateDir: {}\n{extra}", state_dir(&dir).display());
         let config = AgentConfig::parse(Path::new("agent.yaml"), &yaml).expect("the test configuration is valid");
         let db = Arc::new(AgentDb::open(&state_dir(&dir)).expect("open the agent database"));
         let (datapath, plumber) = (SharedFake::default(), FakePlumber::default());
@@ -886,6 +891,52 @@ async fn resync_follows_a_recreated_interface() {
     assert_eq!(h.endpoint("a").host_ifindex, new_index, "the record follows the new ifindex");
     assert_eq!(h.endpoint("a").id, before.id, "same endpoint");
     h.assert_consistent("after resync with a re-created interface");
+}
+
+// === cluster mode ===
+
+/// In cluster mode a CNI ADD for a pod the agent's view does not hold waits for it (bounded) and
+/// then fails with "try again later"; a pod that shows up during the wait is added. (The view
+/// is a published snapshot standing in for the etcd source: the etcd side is tested against a
+/// real etcd in crates/state/tests and crates/cli/tests/lab_cluster.rs.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_mode_add_of_an_unknown_pod_waits_then_fails_with_code_11() {
+    let web = BTreeMap::from([("app".to_owned(), "web".to_owned())]);
+    let source = Arc::new(sluice_state::SnapshotPublisher::new("etcd"));
+    let published = |pods: &[&str]| {
+        let mut store = sluice_state::Store::default();
+        for name in pods {
+            let meta = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta { name: Some((*name).into()), namespace: Some("default".into()), labels: Some(web.clone()), ..Default::default() };
+            store.pods.insert(sluice_state::Store::pod_key("default", name), k8s_openapi::api::core::v1::Pod { metadata: meta, ..Default::default() });
+        }
+        store
+    };
+    source.publish(sluice_state::ClusterState { revision: 1, synced: true, objects: Arc::new(published(&["known"])) });
+    let cluster = "state: {source: etcd, etcd: {endpoints: [\"http://127.0.0.1:9\"]}, podWaitSeconds: 1}\n";
+    let h = Harness::build_with(V4_CIDR, cluster, Some(source.clone() as Arc<dyn StateSource>));
+
+    h.agent.cni_add(h.pod_request("k1", "default", "known")).await.expect("a pod in the view is added");
+    assert_eq!(h.endpoint("k1").labels.get("app").map(String::as_str), Some("web"), "with the labels the view gives it");
+
+    let started = std::time::Instant::now();
+    let err = h.agent.cni_add(h.pod_request("u1", "default", "unknown")).await.expect_err("an unknown pod is refused");
+    let waited = started.elapsed();
+    assert_eq!(err.cni_code(), 11, "try again later: {err}");
+    assert!(err.to_string().contains("default/unknown"), "the error names the pod: {err}");
+    assert!(waited >= std::time::Duration::from_millis(900) && waited < std::time::Duration::from_secs(3), "the wait is bounded by podWaitSeconds: {waited:?}");
+    assert_eq!(h.endpoints().len(), 1, "the refused ADD left no endpoint behind");
+    assert_eq!(h.held().len(), 1, "and no address held");
+
+    let later = {
+        let source = source.clone();
+        let store = published(&["known", "late"]);
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            source.publish(sluice_state::ClusterState { revision: 2, synced: true, objects: Arc::new(store) });
+        })
+    };
+    h.agent.cni_add(h.pod_request("l1", "default", "late")).await.expect("a pod that shows up during the wait is added");
+    later.await.expect("publisher task");
 }
 
 // === identities ===
