@@ -147,6 +147,9 @@ pub struct ServicesStatus {
     /// changed the store can wait until every node has caught up.
     #[serde(default)]
     pub store_generation: Option<u64>,
+    /// Services whose tables the last round computed again (the others were unchanged).
+    #[serde(default)]
+    pub last_recomputed: usize,
 }
 
 /// One frontend as the datapath holds it (`sluice service list`).

@@ -17,3 +17,4 @@
 
 pub mod desired;
 pub mod maglev;
+pub mod incremental;

@@ -164,6 +164,7 @@ impl Agent {
                     conntrack_collected: st.conntrack_collected,
                     sockets_destroyed: st.sockets_destroyed,
                     store_generation: st.store_generation,
+                    last_recomputed: st.last_recomputed,
                 }
             }),
         })

@@ -27,7 +27,7 @@ type ResolvedPort = (String, i32, String, Option<String>);
 /// IPv4), named `<service>-<ipv4|ipv6>`; pods whose named target ports resolve to different
 /// numbers go to further slices, `<service>-<family>-2` and on. A family with no endpoints
 /// still gets its (empty) slice, as upstream.
-pub fn derive_endpoint_slices(service: &Service, pods: &[Pod]) -> Vec<EndpointSlice> {
+pub fn derive_endpoint_slices<'a>(service: &Service, pods: impl IntoIterator<Item = &'a Pod>) -> Vec<EndpointSlice> {
     let Some(spec) = &service.spec else { return Vec::new() };
     let Some(selector) = spec.selector.as_ref().filter(|s| !s.is_empty()) else { return Vec::new() };
     let namespace = service.metadata.namespace.as_deref().unwrap_or("default");
@@ -36,7 +36,7 @@ pub fn derive_endpoint_slices(service: &Service, pods: &[Pod]) -> Vec<EndpointSl
     let ports = spec.ports.as_deref().unwrap_or_default();
 
     let selected: Vec<&Pod> = pods
-        .iter()
+        .into_iter()
         .filter(|pod| pod.metadata.namespace.as_deref().unwrap_or("default") == namespace)
         .filter(|pod| {
             let labels = pod.metadata.labels.as_ref();

@@ -1,0 +1,247 @@
+//! The desired tables kept between rounds: a service's frontends and backend sets are computed
+//! again only when the Service or its endpoint slices changed, and merged with the others in
+//! (namespace, name) order — the first service to claim a frontend keeps it — so the result is
+//! always what [`desired_services`] computes over everything, at the cost of what changed.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+use crate::desired::{desired_services, DesiredServices, FrontendKey, FrontendKind, NodeInfo, Scope, SetKey};
+
+/// A service by (namespace, name).
+pub type ServiceId = (String, String);
+
+/// What a service's tables are computed from: the Service and its endpoint slices (applied
+/// ones borrowed, derived ones owned), in a stable order.
+pub struct ServiceInput<'a> {
+    pub service: &'a Service,
+    pub slices: Vec<Cow<'a, EndpointSlice>>,
+}
+
+/// One service's inputs as last computed, and what they gave.
+struct Entry {
+    service: Service,
+    slices: Vec<EndpointSlice>,
+    partial: DesiredServices,
+}
+
+/// The node's desired service tables, kept up to date service by service.
+pub struct DesiredCache {
+    node: NodeInfo,
+    entries: BTreeMap<ServiceId, Entry>,
+    /// Every service that claims a frontend; the first in order keeps it.
+    claims: BTreeMap<FrontendKey, BTreeSet<ServiceId>>,
+    merged: DesiredServices,
+}
+
+// === impl DesiredCache ===
+
+impl DesiredCache {
+    pub fn new(node: NodeInfo) -> Self {
+        Self { node, entries: BTreeMap::new(), claims: BTreeMap::new(), merged: DesiredServices::default() }
+    }
+
+    /// The tables as of the last [`DesiredCache::update`].
+    pub fn desired(&self) -> &DesiredServices {
+        &self.merged
+    }
+
+    /// Brings the tables to `inputs`, every service there is; returns how many services were
+    /// computed again (changed, new or gone).
+    pub fn update(&mut self, inputs: BTreeMap<ServiceId, ServiceInput<'_>>) -> usize {
+        let mut changed: BTreeSet<ServiceId> = self.entries.keys().filter(|id| !inputs.contains_key(*id)).cloned().collect();
+        let mut affected: BTreeSet<FrontendKey> = BTreeSet::new();
+        for id in &changed {
+            if let Some(old) = self.entries.remove(id) {
+                self.unclaim(id, &old.partial, &mut affected);
+                self.drop_sets(&old.partial);
+            }
+        }
+        for (id, input) in inputs {
+            if let Some(e) = self.entries.get(&id) {
+                if e.service == *input.service && e.slices.len() == input.slices.len() && e.slices.iter().zip(&input.slices).all(|(a, b)| a == b.as_ref()) {
+                    continue;
+                }
+            }
+            let slices: Vec<EndpointSlice> = input.slices.into_iter().map(Cow::into_owned).collect();
+            let partial = desired_services(std::slice::from_ref(input.service), &slices, &self.node);
+            if let Some(old) = self.entries.remove(&id) {
+                self.unclaim(&id, &old.partial, &mut affected);
+                self.drop_sets(&old.partial);
+            }
+            for key in partial.frontends.keys() {
+                self.claims.entry(key.clone()).or_default().insert(id.clone());
+                affected.insert(key.clone());
+            }
+            self.entries.insert(id.clone(), Entry { service: input.service.clone(), slices, partial });
+            changed.insert(id);
+        }
+        // Every service that claims a frontend whose owner may have changed has its sets
+        // looked at again, with the changed services.
+        let mut touched = changed.clone();
+        for key in &affected {
+            match self.claims.get(key).and_then(|c| c.first()) {
+                Some(winner) => {
+                    if let Some(f) = self.entries.get(winner).and_then(|e| e.partial.frontends.get(key)) {
+                        self.merged.frontends.insert(key.clone(), f.clone());
+                    }
+                    touched.extend(self.claims[key].iter().cloned());
+                }
+                None => {
+                    self.claims.remove(key);
+                    self.merged.frontends.remove(key);
+                }
+            }
+        }
+        for id in &touched {
+            self.refresh_sets(id);
+        }
+        changed.len()
+    }
+
+    fn unclaim(&mut self, id: &ServiceId, partial: &DesiredServices, affected: &mut BTreeSet<FrontendKey>) {
+        for key in partial.frontends.keys() {
+            if let Some(c) = self.claims.get_mut(key) {
+                c.remove(id);
+            }
+            affected.insert(key.clone());
+        }
+    }
+
+    fn drop_sets(&mut self, partial: &DesiredServices) {
+        for set in partial.sets.keys() {
+            self.merged.sets.remove(set);
+        }
+    }
+
+    /// A service's sets in the merged tables: those its winning frontends point at, Maglev when
+    /// one of them is an External-scope frontend other than a ClusterIP.
+    fn refresh_sets(&mut self, id: &ServiceId) {
+        let Some(entry) = self.entries.get(id) else { return };
+        let mut kept: BTreeMap<&SetKey, bool> = BTreeMap::new();
+        for (key, frontend) in &entry.partial.frontends {
+            if self.claims.get(key).and_then(|c| c.first()) == Some(id) {
+                let maglev = key.scope == Scope::External && frontend.kind != FrontendKind::ClusterIp;
+                *kept.entry(&frontend.set).or_insert(false) |= maglev;
+            }
+        }
+        for (set_key, backends) in &entry.partial.sets {
+            match kept.get(set_key) {
+                Some(maglev) => {
+                    let mut set = backends.clone();
+                    set.maglev = *maglev;
+                    self.merged.sets.insert(set_key.clone(), set);
+                }
+                None => {
+                    self.merged.sets.remove(set_key);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+    use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    use super::*;
+    use crate::desired::SERVICE_NAME_LABEL;
+
+    fn node() -> NodeInfo {
+        NodeInfo { name: "node0".into(), addresses: vec!["192.0.2.10".parse().unwrap()] }
+    }
+
+    fn service(name: &str, cluster_ip: &str, external_ip: Option<&str>, node_port: Option<i32>) -> Service {
+        Service {
+            metadata: ObjectMeta { name: Some(name.into()), namespace: Some("default".into()), ..Default::default() },
+            spec: Some(ServiceSpec {
+                type_: Some(if node_port.is_some() { "NodePort" } else { "ClusterIP" }.into()),
+                cluster_ip: Some(cluster_ip.into()),
+                cluster_ips: Some(vec![cluster_ip.into()]),
+                ip_families: Some(vec!["IPv4".into()]),
+                external_ips: external_ip.map(|ip| vec![ip.to_owned()]),
+                ports: Some(vec![ServicePort { port: 80, protocol: Some("TCP".into()), node_port, ..Default::default() }]),
+                ..Default::default()
+            }),
+            status: None,
+        }
+    }
+
+    fn slice(service: &str, backends: &[&str]) -> EndpointSlice {
+        EndpointSlice {
+            metadata: ObjectMeta {
+                name: Some(format!("{service}-1")),
+                namespace: Some("default".into()),
+                labels: Some(BTreeMap::from([(SERVICE_NAME_LABEL.to_owned(), service.to_owned())])),
+                ..Default::default()
+            },
+            address_type: "IPv4".into(),
+            endpoints: backends
+                .iter()
+                .map(|a| Endpoint { addresses: vec![(*a).into()], conditions: Some(EndpointConditions { ready: Some(true), ..Default::default() }), ..Default::default() })
+                .collect(),
+            ports: Some(vec![EndpointPort { port: Some(8080), protocol: Some("TCP".into()), ..Default::default() }]),
+        }
+    }
+
+    /// Runs the cache over `world` and checks it against the full computation.
+    fn step(cache: &mut DesiredCache, world: &BTreeMap<String, (Service, Vec<EndpointSlice>)>, what: &str) -> usize {
+        let inputs = world
+            .iter()
+            .map(|(name, (svc, slices))| (("default".to_owned(), name.clone()), ServiceInput { service: svc, slices: slices.iter().map(Cow::Borrowed).collect() }))
+            .collect();
+        let recomputed = cache.update(inputs);
+        let services: Vec<Service> = world.values().map(|(s, _)| s.clone()).collect();
+        let slices: Vec<EndpointSlice> = world.values().flat_map(|(_, s)| s.clone()).collect();
+        assert_eq!(cache.desired(), &desired_services(&services, &slices, &node()), "{what}: the cache equals the full computation");
+        recomputed
+    }
+
+    #[test]
+    fn only_what_changed_is_computed_and_the_result_equals_the_full_computation() {
+        let mut cache = DesiredCache::new(node());
+        let mut world = BTreeMap::new();
+        for i in 0..50 {
+            let name = format!("svc-{i:02}");
+            world.insert(name.clone(), (service(&name, &format!("10.96.0.{}", i + 1), None, None), vec![slice(&name, &["198.19.0.5", "198.19.1.5"])]));
+        }
+        assert_eq!(step(&mut cache, &world, "first round"), 50, "everything is new");
+        assert_eq!(step(&mut cache, &world, "no change"), 0, "nothing changed, nothing computed");
+
+        world.get_mut("svc-07").unwrap().1 = vec![slice("svc-07", &["198.19.0.5"])];
+        assert_eq!(step(&mut cache, &world, "one backend removed"), 1, "one service's slice changed");
+
+        world.remove("svc-08");
+        assert_eq!(step(&mut cache, &world, "one service deleted"), 1, "one service gone");
+
+        world.insert("svc-99".into(), (service("svc-99", "10.96.1.1", None, Some(30080)), vec![]));
+        assert_eq!(step(&mut cache, &world, "a NodePort service without endpoints"), 1, "one service new");
+    }
+
+    #[test]
+    fn a_shared_frontend_passes_to_the_next_claimant_when_the_first_goes() {
+        let mut cache = DesiredCache::new(node());
+        let mut world = BTreeMap::new();
+        // Both claim external IP 203.0.113.7:80 (shared by mistake): "a" keeps it.
+        world.insert("a".to_owned(), (service("a", "10.96.0.1", Some("203.0.113.7"), None), vec![slice("a", &["198.19.0.5"])]));
+        world.insert("b".to_owned(), (service("b", "10.96.0.2", Some("203.0.113.7"), None), vec![slice("b", &["198.19.0.6"])]));
+        step(&mut cache, &world, "two claimants");
+        let shared = cache.desired().frontends.iter().find(|(k, _)| k.addr.to_string() == "203.0.113.7").map(|(_, f)| f.set.service.clone());
+        assert_eq!(shared.as_deref(), Some("a"), "the first in order keeps the shared frontend");
+
+        world.remove("a");
+        step(&mut cache, &world, "the first claimant deleted");
+        let shared = cache.desired().frontends.iter().find(|(k, _)| k.addr.to_string() == "203.0.113.7").map(|(_, f)| f.set.service.clone());
+        assert_eq!(shared.as_deref(), Some("b"), "the next claimant takes it over");
+
+        world.insert("a".to_owned(), (service("a", "10.96.0.1", Some("203.0.113.7"), None), vec![slice("a", &["198.19.0.5"])]));
+        step(&mut cache, &world, "the first claimant back");
+    }
+}
