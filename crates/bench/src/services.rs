@@ -33,7 +33,7 @@ const FIRST_PORT: u16 = 10_000;
 /// the same pods do) instead of overflowing it.
 pub const MAX_DISTINCT_BACKENDS: usize = 60_000;
 /// How often the agent's status is read while waiting.
-const POLL: Duration = Duration::from_millis(20);
+const POLL: Duration = Duration::from_millis(5);
 
 #[derive(Debug, Clone)]
 pub struct ServicesOptions {
@@ -48,6 +48,8 @@ pub struct ServicesOptions {
     pub command: String,
     /// Longest wait for the agent to program everything.
     pub timeout: Duration,
+    /// `local` (the lab's store file) or `etcd` (the lab's etcd).
+    pub datastore: String,
 }
 
 impl ServicesOptions {
@@ -58,6 +60,7 @@ impl ServicesOptions {
             backends: 10,
             runs: 3,
             lab_prefix: format!("bsvc-{}", std::process::id() % 100_000),
+            datastore: "local".into(),
             command: "sluice bench services".into(),
             timeout: Duration::from_secs(120),
         }
@@ -70,6 +73,7 @@ pub struct ServicesResult {
     pub machine: Machine,
     pub command: String,
     pub backends_per_service: usize,
+    pub datastore: String,
     pub service_cidr: &'static str,
     pub points: Vec<ServicesPoint>,
 }
@@ -95,6 +99,9 @@ pub struct ServicesPoint {
     /// The agent's round after one service lost one backend.
     pub one_change_agent_round_ms: Summary,
     pub one_change_write_to_programmed_ms: Summary,
+    /// From the end of the change's write to the agent's status showing it: the agent's
+    /// latency alone (watch, compute, program), without the writer's own read and write.
+    pub one_change_after_write_ms: Summary,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -107,6 +114,7 @@ pub struct ServicesRun {
     pub rss_programmed_mib: f64,
     pub one_change_agent_round_ms: f64,
     pub one_change_write_to_programmed_ms: f64,
+    pub one_change_after_write_ms: f64,
     /// Size of the store file the agent reads each round.
     pub store_bytes: u64,
     /// lb_frontends, lb_backends, lb_slots entries once programmed.
@@ -144,10 +152,11 @@ pub async fn services(opts: &ServicesOptions, progress: &mut dyn FnMut(&str)) ->
             rss_programmed_mib: summary(|r| r.rss_programmed_mib)?,
             one_change_agent_round_ms: summary(|r| r.one_change_agent_round_ms)?,
             one_change_write_to_programmed_ms: summary(|r| r.one_change_write_to_programmed_ms)?,
+            one_change_after_write_ms: summary(|r| r.one_change_after_write_ms)?,
             runs,
         });
     }
-    Ok(ServicesResult { machine: Machine::describe(), command: opts.command.clone(), backends_per_service: opts.backends, service_cidr: SERVICE_CIDR, points })
+    Ok(ServicesResult { machine: Machine::describe(), command: opts.command.clone(), backends_per_service: opts.backends, datastore: opts.datastore.clone(), service_cidr: SERVICE_CIDR, points })
 }
 
 /// Removes every lab of a services run (`<prefix>-*`): after an interruption, or a crash.
@@ -167,7 +176,7 @@ fn service_ranges() -> Result<ServiceRanges, BenchError> {
 }
 
 async fn measure_in_fresh_lab(name: &str, opts: &ServicesOptions, ranges: &ServiceRanges, objects: &Objects, progress: &mut dyn FnMut(&str)) -> Result<ServicesRun, BenchError> {
-    let up = UpOptions { service_ranges: ranges.clone(), ..UpOptions::new(name, opts.sluice.clone()) };
+    let up = UpOptions { service_ranges: ranges.clone(), datastore: opts.datastore.clone(), ..UpOptions::new(name, opts.sluice.clone()) };
     let lab = Lab::up(up, &mut |_| {}).await?;
     let result = measure(&lab, opts, objects).await;
     if let Ok(r) = &result {
@@ -233,20 +242,22 @@ async fn measure(lab: &Lab, opts: &ServicesOptions, objects: &Objects) -> Result
         Ok(())
     })
     .map_err(sluice_lab::LabError::from)?;
+    let written = Instant::now();
     let deadline = t0 + opts.timeout;
-    let (one_change_round_ms, one_change_wall_ms) = loop {
+    let (one_change_round_ms, one_change_wall_ms, one_change_after_write_ms) = loop {
         let round = wait_for(&client, deadline.saturating_duration_since(Instant::now()), |s| {
             s.services.as_ref().is_some_and(|sv| sv.last_error.is_none() && sv.last_program_micros != seen_round)
         })
         .await
         .map_err(|last| BenchError::Check(format!("the agent did not program the one-service change within {:?}: {}", opts.timeout, describe(last.as_ref()))))?;
         let wall = ms(t0.elapsed());
+        let after_write = ms(written.elapsed());
         let micros = round.services.as_ref().map(|s| s.last_program_micros).unwrap_or_default();
         // A periodic full round may land first: only a round that shows the change counts.
         let frontends: Vec<ServiceFrontend> = client.get(paths::SERVICES).await?;
         let backends = frontends.iter().find(|f| f.service.as_deref() == Some(service.as_str())).map(|f| f.backends.len());
         if backends == Some(remaining) {
-            break (micros as f64 / 1000.0, wall);
+            break (micros as f64 / 1000.0, wall, after_write);
         }
         seen_round = micros;
     };
@@ -259,6 +270,7 @@ async fn measure(lab: &Lab, opts: &ServicesOptions, objects: &Objects) -> Result
         rss_programmed_mib,
         one_change_agent_round_ms: one_change_round_ms,
         one_change_write_to_programmed_ms: one_change_wall_ms,
+        one_change_after_write_ms,
         store_bytes,
         map_entries: entries,
     })
@@ -384,15 +396,16 @@ impl ServicesResult {
         let mut out = String::new();
         out.push_str(&format!("Machine: {}\n\nCommand: `{}`\n\n", self.machine, self.command));
         out.push_str(&format!(
-            "Medians over {runs} run{}, min–max in brackets; each run a fresh one-node lab, services in {}.\n\n",
+            "Medians over {runs} run{}, min–max in brackets; each run a fresh one-node lab on the {} datastore, services in {}.\n\n",
             if runs == 1 { "" } else { "s" },
+            self.datastore,
             self.service_cidr
         ));
-        out.push_str("| services | backends each | distinct backends | store write → programmed (ms) | of which the store write (ms) | agent round (ms) | agent RSS empty (MiB) | agent RSS programmed (MiB) | one-service change: agent round (ms) | one-service change: write → programmed (ms) |\n");
-        out.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
+        out.push_str("| services | backends each | distinct backends | store write → programmed (ms) | of which the store write (ms) | agent round (ms) | agent RSS empty (MiB) | agent RSS programmed (MiB) | one-service change: agent round (ms) | one-service change: write → programmed (ms) | one-service change: written → programmed (ms) |\n");
+        out.push_str("|---|---|---|---|---|---|---|---|---|---|---|\n");
         for p in &self.points {
             out.push_str(&format!(
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
                 p.services,
                 p.backends_per_service,
                 p.distinct_backends,
@@ -403,6 +416,7 @@ impl ServicesResult {
                 cell(&p.rss_programmed_mib, 1),
                 cell(&p.one_change_agent_round_ms, 1),
                 cell(&p.one_change_write_to_programmed_ms, 0),
+                cell(&p.one_change_after_write_ms, 1),
             ));
         }
         out.push_str(

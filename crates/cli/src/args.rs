@@ -271,6 +271,9 @@ pub enum BenchCommand {
         /// Runs per count, each in a fresh lab.
         #[arg(long, default_value_t = 3)]
         runs: usize,
+        /// The lab's datastore: local (its store file) or etcd.
+        #[arg(long, default_value = "local", value_parser = ["local", "etcd"])]
+        datastore: String,
         /// Directory for results.json and results.md.
         #[arg(long, default_value = "results/services")]
         out: PathBuf,

@@ -15,7 +15,7 @@ pub async fn bench(command: Option<BenchCommand>, datapath: DatapathBenchArgs) -
         None => datapath_comparison(datapath).await,
         Some(BenchCommand::ControlPlane { pods, restarts, out }) => control_plane(pods, restarts, out.as_deref()).await,
         Some(BenchCommand::Observer { runs, seconds, out }) => observer(runs, seconds, out.as_deref()).await,
-        Some(BenchCommand::Services { counts, backends, runs, out }) => services(counts, backends, runs, &out).await,
+        Some(BenchCommand::Services { counts, backends, runs, datastore, out }) => services(counts, backends, runs, datastore, &out).await,
         Some(BenchCommand::Policy { runs, out }) => policy(runs, &out),
         Some(BenchCommand::Cluster { nodes, pods, runs, out }) => cluster(nodes, pods, runs, &out).await,
         Some(BenchCommand::CrrServer { listen }) => {
@@ -112,12 +112,13 @@ async fn cluster(nodes: usize, pods: usize, runs: usize, out: &Path) -> anyhow::
     Ok(ExitCode::SUCCESS)
 }
 
-async fn services(counts: Vec<usize>, backends: usize, runs: usize, out: &Path) -> anyhow::Result<ExitCode> {
+async fn services(counts: Vec<usize>, backends: usize, runs: usize, datastore: String, out: &Path) -> anyhow::Result<ExitCode> {
     let sluice = std::env::current_exe().context("finding the sluice binary")?;
     let opts = sluice_bench::ServicesOptions {
         counts,
         backends,
         runs,
+        datastore,
         command: std::env::args().collect::<Vec<_>>().join(" "),
         ..sluice_bench::ServicesOptions::new(sluice)
     };

@@ -14,7 +14,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use nix::fcntl::{Flock, FlockArg};
 use sluice_model::policy::{SluiceClusterwideNetworkPolicy, SluiceNetworkPolicy};
 use sluice_model::{Allocator, Object, ServiceRanges};
-use sluice_state::{Datastore, LocalStore, Store, StoreError};
+use sluice_state::{Datastore, LocalStore, ObjectMapExt, Store, StoreError};
 
 use crate::names::{validate_lab_name, LabNames};
 use crate::runtime::{self, Binaries, PodSpec};
@@ -900,7 +900,7 @@ fn apply_endpoint_slice(store: &mut Store, slice: &EndpointSlice, ns: &str) -> A
 
 /// Stores an object as given (endpoint slices, policies) under `key`, keeping the uid and
 /// creation time of the object it replaces; `ns` is `None` for cluster-scoped kinds.
-fn apply_as_given<T>(map: &mut BTreeMap<String, T>, key: String, object: &T, ns: Option<&str>) -> AppliedObject
+fn apply_as_given<T>(map: &mut sluice_state::ObjectMap<T>, key: String, object: &T, ns: Option<&str>) -> AppliedObject
 where
     T: k8s_openapi::Resource + k8s_openapi::Metadata<Ty = ObjectMeta> + Clone + PartialEq,
 {

@@ -57,41 +57,68 @@ pub struct StoreStamp {
 
 /// Every object, keyed for lookup: namespaces by name, the namespaced kinds by
 /// `namespace/name`. Each map defaults to empty, so store files written before a kind was
-/// added still load.
+/// added still load. The maps are persistent (structure-sharing) ordered maps: a copy costs
+/// nothing, a change to a copy costs its path, and two versions compare (`diff`, `==`) at the
+/// cost of what differs — so a source can publish a new snapshot per change however large the
+/// cluster, and consumers can find what changed between two snapshots.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Store {
     /// Counts the writes: one more on every update, so a reader can say which version it acted on.
     #[serde(default)]
     pub generation: u64,
     #[serde(default)]
-    pub namespaces: BTreeMap<String, Namespace>,
+    pub namespaces: ObjectMap<Namespace>,
     #[serde(default)]
-    pub pods: BTreeMap<String, Pod>,
+    pub pods: ObjectMap<Pod>,
     /// Services as applied, with their cluster IPs, families and node ports allocated.
     #[serde(default)]
-    pub services: BTreeMap<String, Service>,
+    pub services: ObjectMap<Service>,
     /// Endpoint slices applied by hand (for services without a selector). Slices derived
     /// from pods are not stored: they are computed from `pods` when read.
     #[serde(default)]
-    pub endpoint_slices: BTreeMap<String, EndpointSlice>,
+    pub endpoint_slices: ObjectMap<EndpointSlice>,
     /// Kubernetes NetworkPolicies, by `namespace/name`.
     #[serde(default)]
-    pub network_policies: BTreeMap<String, NetworkPolicy>,
+    pub network_policies: ObjectMap<NetworkPolicy>,
     /// SluiceNetworkPolicies, by `namespace/name`.
     #[serde(default)]
-    pub sluice_policies: BTreeMap<String, SluiceNetworkPolicy>,
+    pub sluice_policies: ObjectMap<SluiceNetworkPolicy>,
     /// SluiceClusterwideNetworkPolicies, by name.
     #[serde(default)]
-    pub clusterwide_policies: BTreeMap<String, SluiceClusterwideNetworkPolicy>,
+    pub clusterwide_policies: ObjectMap<SluiceClusterwideNetworkPolicy>,
     /// Nodes as their agents registered them, by name (cluster datastores; a lab may write them).
     #[serde(default)]
-    pub nodes: BTreeMap<String, NodeRecord>,
+    pub nodes: ObjectMap<NodeRecord>,
     /// Endpoints as the agents published them, by `namespace/name` (cluster datastores).
     #[serde(default)]
-    pub endpoints: BTreeMap<String, EndpointRecord>,
+    pub endpoints: ObjectMap<EndpointRecord>,
     /// Cluster-wide security identities by number (cluster datastores).
     #[serde(default)]
-    pub identities: BTreeMap<u32, IdentityRecord>,
+    pub identities: imbl::OrdMap<u32, IdentityRecord>,
+}
+
+/// A kind's objects by key.
+pub type ObjectMap<T> = imbl::OrdMap<String, T>;
+
+/// What the standard map has and the persistent one lacks.
+pub trait ObjectMapExt<T> {
+    /// Keeps the objects for which `keep` is true.
+    fn retain(&mut self, keep: impl FnMut(&String, &T) -> bool);
+    /// The objects, in key order.
+    fn into_values(self) -> impl Iterator<Item = T>;
+}
+
+impl<T: Clone> ObjectMapExt<T> for ObjectMap<T> {
+    fn retain(&mut self, mut keep: impl FnMut(&String, &T) -> bool) {
+        let gone: Vec<String> = self.iter().filter(|(k, v)| !keep(k, v)).map(|(k, _)| k.clone()).collect();
+        for key in gone {
+            self.remove(&key);
+        }
+    }
+
+    fn into_values(self) -> impl Iterator<Item = T> {
+        self.into_iter().map(|(_, v)| v)
+    }
 }
 
 impl Store {

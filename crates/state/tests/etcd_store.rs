@@ -281,7 +281,7 @@ async fn update_leaves_nodes_endpoints_and_identities_to_their_owners() {
         .await
         .unwrap();
     let loaded = store.load().await.unwrap();
-    assert!(loaded.nodes.contains_key("n1") && !loaded.nodes.contains_key("fake"), "update did not touch nodes: {:?}", loaded.nodes.keys());
+    assert!(loaded.nodes.contains_key("n1") && !loaded.nodes.contains_key("fake"), "update did not touch nodes: {:?}", loaded.nodes.keys().collect::<Vec<_>>());
     assert!(loaded.namespaces.contains_key("x"), "the object change was written");
     lease.revoke().await.unwrap();
 }

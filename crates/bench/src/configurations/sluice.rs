@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use sluice_datapath::netns;
 use sluice_lab::{Lab, UpOptions};
-use sluice_state::{Store, StoreError};
+use sluice_state::{ObjectMapExt, Store, StoreError};
 
 use super::guard::{Guard, Teardown};
 use super::services::{BenchService, NAMESPACE, SERVICE_CIDR};

@@ -347,11 +347,39 @@ pub fn object_entries(keys: &Keys, store: &Store) -> Result<BTreeMap<String, Vec
     Ok(out)
 }
 
-fn add_entries<T: Serialize>(keys: &Keys, kind: ObjectKind, map: &BTreeMap<String, T>, out: &mut BTreeMap<String, Vec<u8>>) -> Result<(), EtcdError> {
+fn add_entries<T: Serialize + Clone>(keys: &Keys, kind: ObjectKind, map: &crate::ObjectMap<T>, out: &mut BTreeMap<String, Vec<u8>>) -> Result<(), EtcdError> {
     for (k, object) in map {
         let key = keys.object(kind, k);
         let value = serde_json::to_vec(object).map_err(|source| EtcdError::Encode { key: key.clone(), source })?;
         out.insert(key, value);
+    }
+    Ok(())
+}
+
+/// The writes that turn `old`'s objects into `new`'s: a put per added or changed object, a
+/// delete per removed one. Versions of one store share structure, so this costs what changed.
+pub fn object_changes(keys: &Keys, old: &Store, new: &Store) -> Result<Vec<(String, Option<Vec<u8>>)>, EtcdError> {
+    let mut out = Vec::new();
+    diff_kind(keys, ObjectKind::Namespaces, &old.namespaces, &new.namespaces, &mut out)?;
+    diff_kind(keys, ObjectKind::Pods, &old.pods, &new.pods, &mut out)?;
+    diff_kind(keys, ObjectKind::Services, &old.services, &new.services, &mut out)?;
+    diff_kind(keys, ObjectKind::EndpointSlices, &old.endpoint_slices, &new.endpoint_slices, &mut out)?;
+    diff_kind(keys, ObjectKind::NetworkPolicies, &old.network_policies, &new.network_policies, &mut out)?;
+    diff_kind(keys, ObjectKind::SluiceNetworkPolicies, &old.sluice_policies, &new.sluice_policies, &mut out)?;
+    diff_kind(keys, ObjectKind::SluiceClusterwideNetworkPolicies, &old.clusterwide_policies, &new.clusterwide_policies, &mut out)?;
+    Ok(out)
+}
+
+fn diff_kind<T: Serialize + Clone + PartialEq>(keys: &Keys, kind: ObjectKind, old: &crate::ObjectMap<T>, new: &crate::ObjectMap<T>, out: &mut Vec<(String, Option<Vec<u8>>)>) -> Result<(), EtcdError> {
+    for item in old.diff(new) {
+        match item {
+            imbl::ordmap::DiffItem::Add(k, v) | imbl::ordmap::DiffItem::Update { new: (k, v), .. } => {
+                let key = keys.object(kind, k);
+                let value = encode(&key, v)?;
+                out.push((key, Some(value)));
+            }
+            imbl::ordmap::DiffItem::Remove(k, _) => out.push((keys.object(kind, k), None)),
+        }
     }
     Ok(())
 }

@@ -103,17 +103,13 @@ impl EtcdStore {
             let read_at = old.generation;
             let mut new = old.clone();
             let out = f(&mut new)?;
-            let before = keys::object_entries(&self.keys, &old)?;
-            let after = keys::object_entries(&self.keys, &new)?;
-            let mut ops = Vec::new();
-            for (key, value) in &after {
-                if before.get(key) != Some(value) {
-                    ops.push(TxnOp::put(key.clone(), value.clone(), None));
-                }
-            }
-            for key in before.keys().filter(|k| !after.contains_key(*k)) {
-                ops.push(TxnOp::delete(key.clone(), None));
-            }
+            let ops: Vec<TxnOp> = keys::object_changes(&self.keys, &old, &new)?
+                .into_iter()
+                .map(|(key, value)| match value {
+                    Some(value) => TxnOp::put(key, value, None),
+                    None => TxnOp::delete(key, None),
+                })
+                .collect();
             if ops.is_empty() {
                 return Ok((out, read_at));
             }
