@@ -28,6 +28,21 @@ struct Entry {
     partial: DesiredServices,
 }
 
+/// The frontends and sets one update may have changed: what the programmer must look at.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Touched {
+    pub frontends: BTreeSet<FrontendKey>,
+    pub sets: BTreeSet<SetKey>,
+}
+
+/// What one update did.
+#[derive(Debug, Clone, Default)]
+pub struct CacheUpdate {
+    /// Services computed again (changed, new or gone).
+    pub recomputed: usize,
+    pub touched: Touched,
+}
+
 /// The node's desired service tables, kept up to date service by service.
 pub struct DesiredCache {
     node: NodeInfo,
@@ -49,39 +64,46 @@ impl DesiredCache {
         &self.merged
     }
 
-    /// Brings the tables to `inputs`, every service there is; returns how many services were
-    /// computed again (changed, new or gone).
-    pub fn update(&mut self, inputs: BTreeMap<ServiceId, ServiceInput<'_>>) -> usize {
-        let mut changed: BTreeSet<ServiceId> = self.entries.keys().filter(|id| !inputs.contains_key(*id)).cloned().collect();
-        let mut affected: BTreeSet<FrontendKey> = BTreeSet::new();
-        for id in &changed {
-            if let Some(old) = self.entries.remove(id) {
-                self.unclaim(id, &old.partial, &mut affected);
-                self.drop_sets(&old.partial);
+    /// Brings the tables to `inputs`, every service there is: compares each service with what
+    /// it was computed from and computes again those that differ.
+    pub fn update(&mut self, inputs: BTreeMap<ServiceId, ServiceInput<'_>>) -> CacheUpdate {
+        let mut changed: BTreeMap<ServiceId, Option<ServiceInput<'_>>> = self.entries.keys().filter(|id| !inputs.contains_key(*id)).map(|id| (id.clone(), None)).collect();
+        for (id, input) in inputs {
+            let same = self.entries.get(&id).is_some_and(|e| e.service == *input.service && e.slices.len() == input.slices.len() && e.slices.iter().zip(&input.slices).all(|(a, b)| a == b.as_ref()));
+            if !same {
+                changed.insert(id, Some(input));
             }
         }
-        for (id, input) in inputs {
-            if let Some(e) = self.entries.get(&id) {
-                if e.service == *input.service && e.slices.len() == input.slices.len() && e.slices.iter().zip(&input.slices).all(|(a, b)| a == b.as_ref()) {
-                    continue;
-                }
-            }
-            let slices: Vec<EndpointSlice> = input.slices.into_iter().map(Cow::into_owned).collect();
-            let partial = desired_services(std::slice::from_ref(input.service), &slices, &self.node);
+        self.update_changed(changed)
+    }
+
+    /// Computes again the services in `changed` only — `Some` with its inputs, `None` when it
+    /// is gone — and merges them: for a caller that knows what changed (a snapshot diff).
+    pub fn update_changed(&mut self, changed: BTreeMap<ServiceId, Option<ServiceInput<'_>>>) -> CacheUpdate {
+        let mut affected: BTreeSet<FrontendKey> = BTreeSet::new();
+        let mut sets: BTreeSet<SetKey> = BTreeSet::new();
+        let recomputed = changed.len();
+        let mut touched: BTreeSet<ServiceId> = BTreeSet::new();
+        for (id, input) in changed {
             if let Some(old) = self.entries.remove(&id) {
                 self.unclaim(&id, &old.partial, &mut affected);
+                sets.extend(old.partial.sets.keys().cloned());
                 self.drop_sets(&old.partial);
             }
-            for key in partial.frontends.keys() {
-                self.claims.entry(key.clone()).or_default().insert(id.clone());
-                affected.insert(key.clone());
+            if let Some(input) = input {
+                let slices: Vec<EndpointSlice> = input.slices.into_iter().map(Cow::into_owned).collect();
+                let partial = desired_services(std::slice::from_ref(input.service), &slices, &self.node);
+                for key in partial.frontends.keys() {
+                    self.claims.entry(key.clone()).or_default().insert(id.clone());
+                    affected.insert(key.clone());
+                }
+                sets.extend(partial.sets.keys().cloned());
+                self.entries.insert(id.clone(), Entry { service: input.service.clone(), slices, partial });
             }
-            self.entries.insert(id.clone(), Entry { service: input.service.clone(), slices, partial });
-            changed.insert(id);
+            touched.insert(id);
         }
         // Every service that claims a frontend whose owner may have changed has its sets
         // looked at again, with the changed services.
-        let mut touched = changed.clone();
         for key in &affected {
             match self.claims.get(key).and_then(|c| c.first()) {
                 Some(winner) => {
@@ -97,9 +119,12 @@ impl DesiredCache {
             }
         }
         for id in &touched {
+            if let Some(e) = self.entries.get(id) {
+                sets.extend(e.partial.sets.keys().cloned());
+            }
             self.refresh_sets(id);
         }
-        changed.len()
+        CacheUpdate { recomputed, touched: Touched { frontends: affected, sets } }
     }
 
     fn unclaim(&mut self, id: &ServiceId, partial: &DesiredServices, affected: &mut BTreeSet<FrontendKey>) {
@@ -197,7 +222,7 @@ mod tests {
             .iter()
             .map(|(name, (svc, slices))| (("default".to_owned(), name.clone()), ServiceInput { service: svc, slices: slices.iter().map(Cow::Borrowed).collect() }))
             .collect();
-        let recomputed = cache.update(inputs);
+        let recomputed = cache.update(inputs).recomputed;
         let services: Vec<Service> = world.values().map(|(s, _)| s.clone()).collect();
         let slices: Vec<EndpointSlice> = world.values().flat_map(|(_, s)| s.clone()).collect();
         assert_eq!(cache.desired(), &desired_services(&services, &slices, &node()), "{what}: the cache equals the full computation");

@@ -49,12 +49,19 @@ struct ProgrammedSet {
     terminating: Vec<u32>,
 }
 
+/// What a round may touch, when not everything.
+pub use sluice_services::incremental::Touched;
+
 /// The service programmer of one node.
 pub struct ServiceProgrammer {
     maglev_size: u32,
     sets: HashMap<SetKey, ProgrammedSet>,
     frontends: BTreeMap<FrontendKey, lb_frontend>,
     backends: HashMap<BackendAddr, (u32, lb_backend)>,
+    /// The address of each backend id (for the sets, which hold ids).
+    backend_by_id: HashMap<u32, BackendAddr>,
+    /// How many desired sets (active or terminating) hold each backend.
+    backend_refs: HashMap<BackendAddr, u32>,
     next_set: u32,
     next_backend: u32,
     /// Frontends and backends found in the maps at start, not yet matched to desired ones.
@@ -93,36 +100,103 @@ impl ServiceProgrammer {
                 frontends.insert(k, value);
             }
         }
-        Ok(Self { maglev_size, sets: HashMap::new(), frontends: BTreeMap::new(), backends, next_set, next_backend, adopted_frontends: Some(frontends) })
+        let backend_by_id = backends.iter().map(|(addr, (id, _))| (*id, *addr)).collect();
+        Ok(Self {
+            maglev_size,
+            sets: HashMap::new(),
+            frontends: BTreeMap::new(),
+            backends,
+            backend_by_id,
+            backend_refs: HashMap::new(),
+            next_set,
+            next_backend,
+            adopted_frontends: Some(frontends),
+        })
     }
 
-    /// Brings the tables to `desired`.
+    /// Brings the tables to `desired`, looking at everything.
     pub fn program(&mut self, tables: &mut dyn ServiceTables, desired: &DesiredServices) -> Result<ProgramReport, ProgramError> {
+        self.program_in(tables, desired, None)
+    }
+
+    /// Brings the `touched` frontends and sets to what `desired` says of them (programmed when
+    /// there, removed when not), leaving the rest alone: a change costs what it touches. The
+    /// first round after a start looks at everything.
+    pub fn program_touched(&mut self, tables: &mut dyn ServiceTables, desired: &DesiredServices, touched: &Touched) -> Result<ProgramReport, ProgramError> {
+        self.program_in(tables, desired, Some(touched))
+    }
+
+    fn program_in(&mut self, tables: &mut dyn ServiceTables, desired: &DesiredServices, touched: Option<&Touched>) -> Result<ProgramReport, ProgramError> {
         let mut report = ProgramReport::default();
+        let mut touched = touched;
         if let Some(adopted) = self.adopted_frontends.take() {
             self.adopt_sets(tables, desired, adopted)?;
+            touched = None;
         }
+        let set_keys: Vec<&SetKey> = match touched {
+            None => desired.sets.keys().collect(),
+            Some(t) => t.sets.iter().filter(|k| desired.sets.contains_key(*k)).collect(),
+        };
 
-        // 1. Backends: every backend of every set, active or terminating.
+        // 1. Backends: every backend of every set in scope, active or terminating.
         let mut wanted_backends: BTreeMap<BackendAddr, lb_backend> = BTreeMap::new();
-        for set in desired.sets.values() {
+        for key in &set_keys {
+            let set = &desired.sets[*key];
             for (b, terminating) in set.backends.iter().map(|b| (b, false)).chain(set.terminating.iter().map(|b| (b, true))) {
                 wanted_backends.insert((b.addr, b.port, b.protocol), abi_backend(b, terminating));
             }
         }
         for (addr, value) in &wanted_backends {
             let id = match self.backends.get(addr) {
-                Some((id, current)) if current == value => continue,
+                Some((_, current)) if current == value => continue,
                 Some((id, _)) => *id,
                 None => self.new_backend_id()?,
             };
             tables.upsert_backend(id, value)?;
             self.backends.insert(*addr, (id, *value));
+            self.backend_by_id.insert(id, *addr);
             report.backends_written += 1;
+        }
+        // How many sets hold each backend: recounted over everything, or moved by the sets in
+        // scope (their old contents out, their new ones in).
+        let mut released: BTreeSet<BackendAddr> = BTreeSet::new();
+        match touched {
+            None => {
+                self.backend_refs.clear();
+                for set in desired.sets.values() {
+                    for b in set.backends.iter().chain(&set.terminating) {
+                        *self.backend_refs.entry((b.addr, b.port, b.protocol)).or_default() += 1;
+                    }
+                }
+            }
+            Some(t) => {
+                for key in &t.sets {
+                    if let Some(old) = self.sets.get(key) {
+                        for id in old.slots.iter().chain(&old.terminating) {
+                            if let Some(addr) = self.backend_by_id.get(id) {
+                                if let Some(n) = self.backend_refs.get_mut(addr) {
+                                    *n = n.saturating_sub(1);
+                                    if *n == 0 {
+                                        released.insert(*addr);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    if let Some(set) = desired.sets.get(key) {
+                        for b in set.backends.iter().chain(&set.terminating) {
+                            let addr = (b.addr, b.port, b.protocol);
+                            *self.backend_refs.entry(addr).or_default() += 1;
+                            released.remove(&addr);
+                        }
+                    }
+                }
+            }
         }
 
         // 2. Sets: write changed ones into their spare revision.
-        for (key, set) in &desired.sets {
+        for key in &set_keys {
+            let (key, set) = (*key, &desired.sets[*key]);
             let slots: Vec<u32> = set.backends.iter().map(|b| self.backends[&(b.addr, b.port, b.protocol)].0).collect();
             let terminating: Vec<u32> = set.terminating.iter().map(|b| self.backends[&(b.addr, b.port, b.protocol)].0).collect();
             let maglev = if set.maglev && !slots.is_empty() {
@@ -155,7 +229,12 @@ impl ServiceProgrammer {
         }
 
         // 3. Frontends: each one flips to its set's live revision in one update.
-        for (key, fe) in &desired.frontends {
+        let frontend_keys: Vec<&FrontendKey> = match touched {
+            None => desired.frontends.keys().collect(),
+            Some(t) => t.frontends.iter().filter(|k| desired.frontends.contains_key(*k)).collect(),
+        };
+        for key in frontend_keys {
+            let fe = &desired.frontends[key];
             let Some(set) = self.sets.get(&fe.set) else { continue };
             let mut flags = 0u16;
             match fe.kind {
@@ -189,21 +268,32 @@ impl ServiceProgrammer {
         }
 
         // 4. Removals, frontends before the sets and backends they point at.
-        let stale: Vec<FrontendKey> = self.frontends.keys().filter(|k| !desired.frontends.contains_key(*k)).cloned().collect();
+        let stale: Vec<FrontendKey> = match touched {
+            None => self.frontends.keys().filter(|k| !desired.frontends.contains_key(*k)).cloned().collect(),
+            Some(t) => t.frontends.iter().filter(|k| !desired.frontends.contains_key(*k) && self.frontends.contains_key(*k)).cloned().collect(),
+        };
         for key in stale {
             tables.remove_frontend(&abi_frontend_key(&key))?;
             self.frontends.remove(&key);
             report.frontends_removed += 1;
         }
-        let stale: Vec<SetKey> = self.sets.keys().filter(|k| !desired.sets.contains_key(*k)).cloned().collect();
+        let stale: Vec<SetKey> = match touched {
+            None => self.sets.keys().filter(|k| !desired.sets.contains_key(*k)).cloned().collect(),
+            Some(t) => t.sets.iter().filter(|k| !desired.sets.contains_key(*k) && self.sets.contains_key(*k)).cloned().collect(),
+        };
         for key in stale {
             if let Some(set) = self.sets.remove(&key) {
                 remove_set(tables, &set, self.maglev_size)?;
             }
         }
-        let stale: Vec<BackendAddr> = self.backends.keys().filter(|a| !wanted_backends.contains_key(*a)).copied().collect();
+        let stale: Vec<BackendAddr> = match touched {
+            None => self.backends.keys().filter(|a| !wanted_backends.contains_key(*a)).copied().collect(),
+            Some(_) => released.into_iter().filter(|a| self.backend_refs.get(a).is_none_or(|n| *n == 0)).collect(),
+        };
         for addr in stale {
+            self.backend_refs.remove(&addr);
             if let Some((id, _)) = self.backends.remove(&addr) {
+                self.backend_by_id.remove(&id);
                 tables.remove_backend(id)?;
                 report.backends_removed.push(addr);
             }

@@ -2,22 +2,19 @@
 //! derives the slices of selector services as the endpoint-slice controller would, computes
 //! this node's desired tables and programs them; collects expired conntrack entries; closes
 //! established connections to removed backends with the kernel's socket destroy. Only what a
-//! change touches is computed again: a service whose object and slices are unchanged keeps its
-//! tables, and derived slices are kept while neither their service nor the pods changed.
+//! change touches is computed and programmed again (see `inputs`): one Service changed among
+//! thousands costs that Service.
 
-use std::borrow::Cow;
-use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Instant;
 
-use k8s_openapi::api::core::v1::{Pod, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use sluice_datapath::{DatapathTables, ServiceTables};
-use sluice_services::desired::{NodeInfo, Protocol, SERVICE_NAME_LABEL};
-use sluice_services::incremental::{DesiredCache, ServiceId, ServiceInput};
-use sluice_state::Store;
+use sluice_services::desired::{NodeInfo, Protocol};
+use sluice_services::incremental::DesiredCache;
+
+use super::inputs::Inputs;
 
 use super::program::{ProgramError, ProgramReport, ProgrammedFrontend, ServiceProgrammer};
 use crate::config::ServicesConfig;
@@ -36,8 +33,6 @@ pub struct ServiceStats {
     pub last_recomputed: usize,
 }
 
-/// Slices derived from pods, per selector service, with the service they were derived for.
-type DerivedSlices = BTreeMap<ServiceId, (Service, Vec<EndpointSlice>)>;
 
 pub struct Services {
     node: NodeInfo,
@@ -46,10 +41,13 @@ pub struct Services {
     /// The revision of the last good round.
     seen: Mutex<Option<u64>>,
     stats: Mutex<ServiceStats>,
-    /// The desired tables, kept between rounds.
-    cache: Mutex<DesiredCache>,
-    /// The objects the derived slices were computed from, and those slices.
-    derived: Mutex<(Option<Arc<Store>>, DerivedSlices)>,
+    /// What the tables are computed from, and the tables, kept between rounds.
+    state: Mutex<RoundState>,
+}
+
+struct RoundState {
+    inputs: Inputs,
+    cache: DesiredCache,
 }
 
 // === impl Services ===
@@ -57,8 +55,7 @@ pub struct Services {
 impl Services {
     pub fn new(node: NodeInfo, config: ServicesConfig) -> Self {
         Self {
-            cache: Mutex::new(DesiredCache::new(node.clone())),
-            derived: Mutex::new((None, BTreeMap::new())),
+            state: Mutex::new(RoundState { inputs: Inputs::default(), cache: DesiredCache::new(node.clone()) }),
             node,
             config,
             programmer: Mutex::new(None),
@@ -72,7 +69,9 @@ impl Services {
     }
 
     /// Programs the services of `objects` when its revision is new to this loop (or always
-    /// when `force`). Returns the round's report, `None` when nothing was to be done.
+    /// when `force`). Returns the round's report, `None` when nothing was to be done. Only the
+    /// services that changed since the last snapshot are computed and programmed again; a
+    /// forced round (the periodic resync) compares and programs everything.
     pub fn sync(&self, datapath: &mut dyn DatapathTables, objects: &sluice_state::ClusterState, force: bool) -> Result<Option<ProgramReport>, ProgramError> {
         if !objects.synced {
             // A partial view would withdraw every service it has not seen yet.
@@ -82,18 +81,25 @@ impl Services {
             return Ok(None);
         }
         let started = Instant::now();
-        let mut derived = lock(&self.derived);
-        refresh_derived(&mut derived, &objects.objects);
-        let mut cache = lock(&self.cache);
-        let recomputed = cache.update(inputs(&objects.objects, &derived.1));
-        drop(derived);
+        let mut state = lock(&self.state);
+        let RoundState { inputs, cache } = &mut *state;
+        let changed = inputs.advance(&objects.objects);
+        let update = match (&changed, force) {
+            (Some(ids), false) => cache.update_changed(inputs.of(&objects.objects, ids)),
+            _ => cache.update(inputs.all(&objects.objects)),
+        };
+        let computed = started.elapsed();
         let desired = cache.desired();
         let mut guard = lock(&self.programmer);
         if guard.is_none() {
             *guard = Some(ServiceProgrammer::adopt(datapath, self.config.maglev_table_size)?);
         }
         let Some(programmer) = guard.as_mut() else { return Ok(None) };
-        let result = programmer.program(datapath, desired);
+        let result = match (&changed, force) {
+            (Some(_), false) => programmer.program_touched(datapath, desired, &update.touched),
+            _ => programmer.program(datapath, desired),
+        };
+        tracing::debug!(?computed, total = ?started.elapsed(), recomputed = update.recomputed, full = changed.is_none() || force, "service round");
         let mut stats = lock(&self.stats);
         match &result {
             Ok(_) => {
@@ -101,7 +107,7 @@ impl Services {
                 stats.store_generation = Some(objects.revision);
                 stats.last_error = None;
                 stats.frontends = desired.frontends.len();
-                stats.last_recomputed = recomputed;
+                stats.last_recomputed = update.recomputed;
                 stats.last_program_micros = started.elapsed().as_micros() as u64;
             }
             Err(e) => stats.last_error = Some(e.to_string()),
@@ -167,61 +173,6 @@ impl Services {
     }
 }
 
-/// Brings the derived slices to `objects`: a selector service's are derived again when the
-/// service changed or any pod did (or always, the first time).
-fn refresh_derived(derived: &mut (Option<Arc<Store>>, DerivedSlices), objects: &Arc<Store>) {
-    let pods_same = derived.0.as_ref().is_some_and(|prev| Arc::ptr_eq(prev, objects) || prev.pods == objects.pods);
-    let mut by_namespace: Option<BTreeMap<&str, Vec<&Pod>>> = None;
-    let mut next = BTreeMap::new();
-    for svc in objects.services.values() {
-        if svc.spec.as_ref().and_then(|s| s.selector.as_ref()).is_none_or(|s| s.is_empty()) {
-            continue;
-        }
-        let id = service_id(svc);
-        if pods_same {
-            if let Some((old, slices)) = derived.1.remove(&id).filter(|(old, _)| old == svc) {
-                next.insert(id, (old, slices));
-                continue;
-            }
-        }
-        let pods = by_namespace.get_or_insert_with(|| {
-            let mut m: BTreeMap<&str, Vec<&Pod>> = BTreeMap::new();
-            for pod in objects.pods.values() {
-                m.entry(pod.metadata.namespace.as_deref().unwrap_or("default")).or_default().push(pod);
-            }
-            m
-        });
-        let slices = sluice_model::derive_endpoint_slices(svc, pods.get(id.0.as_str()).into_iter().flatten().copied());
-        next.insert(id, (svc.clone(), slices));
-    }
-    *derived = (Some(objects.clone()), next);
-}
-
-/// Every service with its slices: applied ones (by their service-name label) then derived ones.
-fn inputs<'a>(objects: &'a Store, derived: &'a DerivedSlices) -> BTreeMap<ServiceId, ServiceInput<'a>> {
-    let mut applied: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();
-    for slice in objects.endpoint_slices.values() {
-        if let Some(service) = slice.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) {
-            applied.entry((slice.metadata.namespace.as_deref().unwrap_or("default"), service.as_str())).or_default().push(slice);
-        }
-    }
-    let mut out = BTreeMap::new();
-    for svc in objects.services.values() {
-        let id = service_id(svc);
-        let own = (svc.metadata.namespace.as_deref().unwrap_or("default"), svc.metadata.name.as_deref().unwrap_or_default());
-        let mut slices: Vec<Cow<'a, EndpointSlice>> = applied.remove(&own).unwrap_or_default().into_iter().map(Cow::Borrowed).collect();
-        if let Some((_, d)) = derived.get(&id) {
-            slices.extend(d.iter().map(Cow::Borrowed));
-        }
-        out.insert(id, ServiceInput { service: svc, slices });
-    }
-    out
-}
-
-fn service_id(svc: &Service) -> ServiceId {
-    (svc.metadata.namespace.clone().unwrap_or_else(|| "default".into()), svc.metadata.name.clone().unwrap_or_default())
-}
-
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -231,4 +182,163 @@ pub fn monotonic_ns() -> u64 {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
         .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use k8s_openapi::api::core::v1::{Pod, PodIP, PodStatus, Service, ServicePort, ServiceSpec};
+    use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    use sluice_datapath::fake::FakeDatapath;
+    use sluice_services::desired::{desired_services, SERVICE_NAME_LABEL};
+    use sluice_state::{ClusterState, Store};
+
+    use super::*;
+    use crate::services::program::ServiceProgrammer;
+
+    fn node() -> NodeInfo {
+        NodeInfo { name: "node0".into(), addresses: vec!["192.0.2.10".parse().unwrap()] }
+    }
+
+    fn meta(name: &str, labels: &[(&str, &str)]) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("default".into()),
+            labels: (!labels.is_empty()).then(|| labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()),
+            ..Default::default()
+        }
+    }
+
+    fn service(i: usize, selector: bool) -> Service {
+        let ip = format!("10.96.{}.{}", i / 250, i % 250 + 1);
+        Service {
+            metadata: meta(&format!("svc-{i}"), &[]),
+            spec: Some(ServiceSpec {
+                type_: Some(if i % 5 == 0 { "NodePort" } else { "ClusterIP" }.into()),
+                cluster_ip: Some(ip.clone()),
+                cluster_ips: Some(vec![ip]),
+                ip_families: Some(vec!["IPv4".into()]),
+                selector: selector.then(|| BTreeMap::from([("app".to_owned(), "web".to_owned())])),
+                ports: Some(vec![ServicePort {
+                    port: 80,
+                    protocol: Some("TCP".into()),
+                    node_port: (i % 5 == 0).then_some(30000 + i as i32),
+                    target_port: Some(IntOrString::Int(8080)),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            status: None,
+        }
+    }
+
+    fn slice(i: usize, backends: &[u8]) -> EndpointSlice {
+        EndpointSlice {
+            metadata: meta(&format!("svc-{i}-1"), &[(SERVICE_NAME_LABEL, &format!("svc-{i}"))]),
+            address_type: "IPv4".into(),
+            endpoints: backends
+                .iter()
+                .map(|b| Endpoint { addresses: vec![format!("198.19.1.{b}")], conditions: Some(EndpointConditions { ready: Some(true), ..Default::default() }), ..Default::default() })
+                .collect(),
+            ports: Some(vec![EndpointPort { port: Some(8080), protocol: Some("TCP".into()), ..Default::default() }]),
+        }
+    }
+
+    fn pod(name: &str, ip: &str) -> Pod {
+        Pod {
+            metadata: meta(name, &[("app", "web")]),
+            spec: None,
+            status: Some(PodStatus {
+                phase: Some("Running".into()),
+                pod_ip: Some(ip.into()),
+                pod_ips: Some(vec![PodIP { ip: ip.into() }]),
+                conditions: Some(vec![k8s_openapi::api::core::v1::PodCondition { type_: "Ready".into(), status: "True".into(), ..Default::default() }]),
+                ..Default::default()
+            }),
+        }
+    }
+
+    /// Frontend -> (backend addresses, terminating addresses, flags), as programmed.
+    type Programmed = BTreeMap<String, (Vec<String>, Vec<String>, u16)>;
+
+    fn programmed(list: Vec<crate::services::program::ProgrammedFrontend>) -> Programmed {
+        list.into_iter()
+            .map(|f| {
+                let mut backends: Vec<String> = f.backends.iter().map(|(a, _)| format!("{a:?}")).collect();
+                backends.sort();
+                let mut terminating: Vec<String> = f.terminating.iter().map(|a| format!("{a:?}")).collect();
+                terminating.sort();
+                (format!("{:?}", f.key), (backends, terminating, f.flags))
+            })
+            .collect()
+    }
+
+    /// What a fresh programmer writes from the full computation over `store`.
+    fn from_scratch(store: &Store) -> (Programmed, usize, usize) {
+        let services: Vec<Service> = store.services.values().cloned().collect();
+        let pods: Vec<Pod> = store.pods.values().cloned().collect();
+        let mut slices: Vec<EndpointSlice> = store.endpoint_slices.values().cloned().collect();
+        for s in &services {
+            slices.extend(sluice_model::derive_endpoint_slices(s, &pods));
+        }
+        let mut dp = FakeDatapath::default();
+        let mut p = ServiceProgrammer::adopt(&dp, 13).unwrap();
+        p.program(&mut dp, &desired_services(&services, &slices, &node())).unwrap();
+        (programmed(p.list()), dp.lb_frontends.len(), dp.lb_backends.len())
+    }
+
+    #[test]
+    fn changes_are_programmed_service_by_service_and_match_a_full_computation() {
+        let services = Services::new(node(), ServicesConfig { maglev_table_size: 13, ..Default::default() });
+        let mut dp = FakeDatapath::default();
+        let mut store = Store::default();
+        for i in 0..40 {
+            let selector = i % 10 == 3;
+            store.services.insert(Store::key("default", &format!("svc-{i}")), service(i, selector));
+            if !selector {
+                store.endpoint_slices.insert(Store::key("default", &format!("svc-{i}-1")), slice(i, &[1, 2, (i % 7) as u8 + 3]));
+            }
+        }
+        store.pods.insert(Store::key("default", "web-1"), pod("web-1", "198.19.2.1"));
+        let mut revision = 0;
+        let mut step = |store: &Store, what: &str, expect_recomputed: Option<usize>| {
+            revision += 1;
+            let state = ClusterState { revision, synced: true, objects: Arc::new(store.clone()) };
+            services.sync(&mut dp, &state, false).unwrap_or_else(|e| panic!("{what}: {e}"));
+            let (want, frontends, backends) = from_scratch(store);
+            assert_eq!(programmed(services.list()), want, "{what}: programmed as a full computation would");
+            assert_eq!((dp.lb_frontends.len(), dp.lb_backends.len()), (frontends, backends), "{what}: no stale frontend or backend in the maps");
+            if let Some(n) = expect_recomputed {
+                assert_eq!(services.stats().last_recomputed, n, "{what}: services computed again");
+            }
+        };
+        step(&store, "first round", Some(40));
+
+        store.endpoint_slices.insert(Store::key("default", "svc-7-1"), slice(7, &[1, 9]));
+        step(&store, "one slice changed", Some(1));
+
+        store.services.remove(&Store::key("default", "svc-8"));
+        step(&store, "a service deleted, its slice left", Some(1));
+        store.endpoint_slices.remove(&Store::key("default", "svc-8-1"));
+        step(&store, "its slice deleted too", Some(1));
+
+        store.pods.insert(Store::key("default", "web-2"), pod("web-2", "198.19.2.2"));
+        step(&store, "a pod added: the selector services follow", Some(4));
+
+        store.endpoint_slices.insert(Store::key("default", "svc-11-1"), slice(11, &[]));
+        step(&store, "a service lost every backend", Some(1));
+
+        store.services.insert(Store::key("default", "svc-99"), service(99, false));
+        store.endpoint_slices.insert(Store::key("default", "svc-99-1"), slice(99, &[1, 2]));
+        step(&store, "a service added with its slice", Some(1));
+
+        // The periodic full round heals and agrees.
+        revision += 1;
+        services.sync(&mut dp, &ClusterState { revision, synced: true, objects: Arc::new(store.clone()) }, true).unwrap();
+        assert_eq!(programmed(services.list()), from_scratch(&store).0, "a forced round agrees");
+    }
 }
