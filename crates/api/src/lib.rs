@@ -32,6 +32,8 @@ pub use types::*;
 pub mod paths {
     /// `GET` → [`crate::Status`].
     pub const STATUS: &str = "/v1/status";
+    /// The status without map pressure: cheap enough to poll.
+    pub const STATUS_BRIEF: &str = "/v1/status?maps=false";
     /// `GET` → `Vec<`[`crate::Endpoint`]`>`.
     pub const ENDPOINTS: &str = "/v1/endpoints";
     /// `POST` [`crate::CniRequest`] → [`crate::CniAddResult`].

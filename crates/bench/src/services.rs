@@ -203,15 +203,21 @@ async fn measure(lab: &Lab, opts: &ServicesOptions, objects: &Objects) -> Result
 
     // 1. Everything in one store write, as `sluice apply` of one manifest does.
     let t0 = Instant::now();
-    lab.store().update(|store| {
-        store.services.extend(objects.services.iter().map(|(k, v)| (k.clone(), v.clone())));
-        store.endpoint_slices.extend(objects.slices.iter().map(|(k, v)| (k.clone(), v.clone())));
-        Ok(())
-    })
-    .map_err(sluice_lab::LabError::from)?;
+    let ((), revision) = lab
+        .store()
+        .update_at(|store| {
+            store.services.extend(objects.services.iter().map(|(k, v)| (k.clone(), v.clone())));
+            store.endpoint_slices.extend(objects.slices.iter().map(|(k, v)| (k.clone(), v.clone())));
+            Ok(())
+        })
+        .map_err(sluice_lab::LabError::from)?;
     let store_write_ms = ms(t0.elapsed());
+    // Programmed from the revision that holds the whole write (etcd writes it in chunks, so
+    // earlier revisions hold part of it).
     let status = wait_for(&client, opts.timeout, |s| {
-        s.services.as_ref().is_some_and(|sv| sv.frontends == n && sv.last_error.is_none() && Some(sv.last_program_micros) != previous_round)
+        s.services.as_ref().is_some_and(|sv| {
+            sv.frontends == n && sv.last_error.is_none() && Some(sv.last_program_micros) != previous_round && sv.store_generation >= Some(revision)
+        })
     })
     .await
     .map_err(|last| BenchError::Check(format!("the agent did not program {n} services within {:?}: {}", opts.timeout, describe(last.as_ref()))))?;
@@ -221,7 +227,8 @@ async fn measure(lab: &Lab, opts: &ServicesOptions, objects: &Objects) -> Result
     let agent_round_ms = services_status.last_program_micros as f64 / 1000.0;
 
     // The configuration must be what it claims: every frontend, set slot and backend in the maps.
-    let entries: BTreeMap<String, usize> = status.maps.iter().filter(|m| m.map.starts_with("lb_")).map(|m| (m.map.clone(), m.entries)).collect();
+    let full: Status = client.get(paths::STATUS).await?;
+    let entries: BTreeMap<String, usize> = full.maps.iter().filter(|m| m.map.starts_with("lb_")).map(|m| (m.map.clone(), m.entries)).collect();
     for (map, want) in [("lb_frontends", n), ("lb_slots", n * opts.backends), ("lb_backends", objects.distinct_backends)] {
         let got = entries.get(map).copied();
         if got != Some(want) {
@@ -237,16 +244,18 @@ async fn measure(lab: &Lab, opts: &ServicesOptions, objects: &Objects) -> Result
     let service = objects.services.first().map(|(k, _)| k.clone()).unwrap_or_default();
     let mut seen_round = services_status.last_program_micros;
     let t0 = Instant::now();
-    lab.store().update(|store| {
-        store.endpoint_slices.insert(key.clone(), smaller.clone());
-        Ok(())
-    })
-    .map_err(sluice_lab::LabError::from)?;
+    let ((), revision) = lab
+        .store()
+        .update_at(|store| {
+            store.endpoint_slices.insert(key.clone(), smaller.clone());
+            Ok(())
+        })
+        .map_err(sluice_lab::LabError::from)?;
     let written = Instant::now();
     let deadline = t0 + opts.timeout;
     let (one_change_round_ms, one_change_wall_ms, one_change_after_write_ms) = loop {
         let round = wait_for(&client, deadline.saturating_duration_since(Instant::now()), |s| {
-            s.services.as_ref().is_some_and(|sv| sv.last_error.is_none() && sv.last_program_micros != seen_round)
+            s.services.as_ref().is_some_and(|sv| sv.last_error.is_none() && sv.last_program_micros != seen_round && sv.store_generation >= Some(revision))
         })
         .await
         .map_err(|last| BenchError::Check(format!("the agent did not program the one-service change within {:?}: {}", opts.timeout, describe(last.as_ref()))))?;
@@ -281,7 +290,7 @@ async fn wait_for(client: &Client, timeout: Duration, done: impl Fn(&Status) -> 
     let deadline = Instant::now() + timeout;
     let mut last = None;
     loop {
-        if let Ok(status) = client.get::<Status>(paths::STATUS).await {
+        if let Ok(status) = client.get::<Status>(paths::STATUS_BRIEF).await {
             if done(&status) {
                 return Ok(status);
             }

@@ -500,7 +500,7 @@ impl Lab {
         for node in self.state.nodes.iter().filter(|n| n.agent_pid.is_some()) {
             let client = sluice_api::Client::new(&node.socket);
             loop {
-                let status = client.get::<sluice_api::Status>(sluice_api::paths::STATUS).await.ok();
+                let status = client.get::<sluice_api::Status>(sluice_api::paths::STATUS_BRIEF).await.ok();
                 let programmed = status.and_then(|s| s.services).and_then(|s| s.store_generation).unwrap_or(0);
                 if programmed >= generation || std::time::Instant::now() > deadline {
                     break;

@@ -83,6 +83,11 @@ impl Agent {
     }
 
     pub fn status(&self) -> Result<sluice_api::Status, AgentError> {
+        self.status_with(true)
+    }
+
+    /// The status; without map pressure (`maps` false) it does not iterate the maps.
+    pub fn status_with(&self, maps: bool) -> Result<sluice_api::Status, AgentError> {
         let endpoint_count = self.endpoints.list()?.len();
         let (attached, counters, fwd) = self.with_datapath(|dp| Ok((dp.attached_endpoints()?, dp.drop_counters()?, dp.forward_counters()?)))?;
         let mut programs = vec![sluice_api::AttachedProgram {
@@ -150,7 +155,7 @@ impl Agent {
             drops,
             forwards,
             uptime_seconds: self.started.elapsed().as_secs(),
-            maps: self.with_datapath(|dp| Ok(dp.map_pressure()))?
+            maps: if maps { self.with_datapath(|dp| Ok(dp.map_pressure()))? } else { Vec::new() }
                 .into_iter()
                 .map(|m| sluice_api::MapUsage { map: m.map.into(), entries: m.entries, capacity: m.capacity })
                 .collect(),
