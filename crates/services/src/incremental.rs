@@ -1,5 +1,5 @@
 //! The desired tables kept between rounds: a service's frontends and backend sets are computed
-//! again only when the Service or its endpoint slices changed, and merged with the others in
+//! again only when the caller says its Service or endpoint slices changed, and merged with the others in
 //! (namespace, name) order — the first service to claim a frontend keeps it — so the result is
 //! always what [`desired_services`] computes over everything, at the cost of what changed.
 
@@ -21,10 +21,9 @@ pub struct ServiceInput<'a> {
     pub slices: Vec<Cow<'a, EndpointSlice>>,
 }
 
-/// One service's inputs as last computed, and what they gave.
+/// What one service's inputs gave. The inputs themselves are not kept: a caller knows what
+/// changed from its own snapshots, and a full update computes everything again.
 struct Entry {
-    service: Service,
-    slices: Vec<EndpointSlice>,
     partial: DesiredServices,
 }
 
@@ -64,16 +63,11 @@ impl DesiredCache {
         &self.merged
     }
 
-    /// Brings the tables to `inputs`, every service there is: compares each service with what
-    /// it was computed from and computes again those that differ.
+    /// Brings the tables to `inputs`, every service there is, computing each again (the
+    /// start, and the periodic full round that heals whatever a missed change left).
     pub fn update(&mut self, inputs: BTreeMap<ServiceId, ServiceInput<'_>>) -> CacheUpdate {
         let mut changed: BTreeMap<ServiceId, Option<ServiceInput<'_>>> = self.entries.keys().filter(|id| !inputs.contains_key(*id)).map(|id| (id.clone(), None)).collect();
-        for (id, input) in inputs {
-            let same = self.entries.get(&id).is_some_and(|e| e.service == *input.service && e.slices.len() == input.slices.len() && e.slices.iter().zip(&input.slices).all(|(a, b)| a == b.as_ref()));
-            if !same {
-                changed.insert(id, Some(input));
-            }
-        }
+        changed.extend(inputs.into_iter().map(|(id, input)| (id, Some(input))));
         self.update_changed(changed)
     }
 
@@ -93,12 +87,13 @@ impl DesiredCache {
             if let Some(input) = input {
                 let slices: Vec<EndpointSlice> = input.slices.into_iter().map(Cow::into_owned).collect();
                 let partial = desired_services(std::slice::from_ref(input.service), &slices, &self.node);
+                drop(slices);
                 for key in partial.frontends.keys() {
                     self.claims.entry(key.clone()).or_default().insert(id.clone());
                     affected.insert(key.clone());
                 }
                 sets.extend(partial.sets.keys().cloned());
-                self.entries.insert(id.clone(), Entry { service: input.service.clone(), slices, partial });
+                self.entries.insert(id.clone(), Entry { partial });
             }
             touched.insert(id);
         }
@@ -216,13 +211,20 @@ mod tests {
         }
     }
 
-    /// Runs the cache over `world` and checks it against the full computation.
-    fn step(cache: &mut DesiredCache, world: &BTreeMap<String, (Service, Vec<EndpointSlice>)>, what: &str) -> usize {
-        let inputs = world
-            .iter()
-            .map(|(name, (svc, slices))| (("default".to_owned(), name.clone()), ServiceInput { service: svc, slices: slices.iter().map(Cow::Borrowed).collect() }))
-            .collect();
-        let recomputed = cache.update(inputs).recomputed;
+    fn input<'a>(svc: &'a Service, slices: &'a [EndpointSlice]) -> ServiceInput<'a> {
+        ServiceInput { service: svc, slices: slices.iter().map(Cow::Borrowed).collect() }
+    }
+
+    /// Runs the cache over `world` — every service, or only `changed` ones — and checks it
+    /// against the full computation.
+    fn step(cache: &mut DesiredCache, world: &BTreeMap<String, (Service, Vec<EndpointSlice>)>, what: &str, changed: Option<&[&str]>) -> usize {
+        let recomputed = match changed {
+            None => cache.update(world.iter().map(|(name, (svc, slices))| (("default".to_owned(), name.clone()), input(svc, slices))).collect()).recomputed,
+            Some(names) => {
+                let changes = names.iter().map(|n| (("default".to_owned(), (*n).to_owned()), world.get(*n).map(|(svc, slices)| input(svc, slices)))).collect();
+                cache.update_changed(changes).recomputed
+            }
+        };
         let services: Vec<Service> = world.values().map(|(s, _)| s.clone()).collect();
         let slices: Vec<EndpointSlice> = world.values().flat_map(|(_, s)| s.clone()).collect();
         assert_eq!(cache.desired(), &desired_services(&services, &slices, &node()), "{what}: the cache equals the full computation");
@@ -237,17 +239,17 @@ mod tests {
             let name = format!("svc-{i:02}");
             world.insert(name.clone(), (service(&name, &format!("10.96.0.{}", i + 1), None, None), vec![slice(&name, &["198.19.0.5", "198.19.1.5"])]));
         }
-        assert_eq!(step(&mut cache, &world, "first round"), 50, "everything is new");
-        assert_eq!(step(&mut cache, &world, "no change"), 0, "nothing changed, nothing computed");
+        assert_eq!(step(&mut cache, &world, "first round", None), 50, "everything is new");
 
         world.get_mut("svc-07").unwrap().1 = vec![slice("svc-07", &["198.19.0.5"])];
-        assert_eq!(step(&mut cache, &world, "one backend removed"), 1, "one service's slice changed");
+        assert_eq!(step(&mut cache, &world, "one backend removed", Some(&["svc-07"])), 1, "one service's slice changed");
 
         world.remove("svc-08");
-        assert_eq!(step(&mut cache, &world, "one service deleted"), 1, "one service gone");
+        assert_eq!(step(&mut cache, &world, "one service deleted", Some(&["svc-08"])), 1, "one service gone");
 
         world.insert("svc-99".into(), (service("svc-99", "10.96.1.1", None, Some(30080)), vec![]));
-        assert_eq!(step(&mut cache, &world, "a NodePort service without endpoints"), 1, "one service new");
+        assert_eq!(step(&mut cache, &world, "a NodePort service without endpoints", Some(&["svc-99"])), 1, "one service new");
+        assert_eq!(step(&mut cache, &world, "a full round", None), 50, "a full round computes everything again");
     }
 
     #[test]
@@ -257,16 +259,16 @@ mod tests {
         // Both claim external IP 203.0.113.7:80 (shared by mistake): "a" keeps it.
         world.insert("a".to_owned(), (service("a", "10.96.0.1", Some("203.0.113.7"), None), vec![slice("a", &["198.19.0.5"])]));
         world.insert("b".to_owned(), (service("b", "10.96.0.2", Some("203.0.113.7"), None), vec![slice("b", &["198.19.0.6"])]));
-        step(&mut cache, &world, "two claimants");
+        step(&mut cache, &world, "two claimants", None);
         let shared = cache.desired().frontends.iter().find(|(k, _)| k.addr.to_string() == "203.0.113.7").map(|(_, f)| f.set.service.clone());
         assert_eq!(shared.as_deref(), Some("a"), "the first in order keeps the shared frontend");
 
         world.remove("a");
-        step(&mut cache, &world, "the first claimant deleted");
+        step(&mut cache, &world, "the first claimant deleted", Some(&["a"]));
         let shared = cache.desired().frontends.iter().find(|(k, _)| k.addr.to_string() == "203.0.113.7").map(|(_, f)| f.set.service.clone());
         assert_eq!(shared.as_deref(), Some("b"), "the next claimant takes it over");
 
         world.insert("a".to_owned(), (service("a", "10.96.0.1", Some("203.0.113.7"), None), vec![slice("a", &["198.19.0.5"])]));
-        step(&mut cache, &world, "the first claimant back");
+        step(&mut cache, &world, "the first claimant back", Some(&["a"]));
     }
 }
