@@ -373,7 +373,8 @@ impl AgentConfig {
         if let Err(e) = sluice_model::labels::validate_dns1123_label(&self.node_name) {
             return invalid("nodeName", e);
         }
-        if self.pod_cidrs.is_empty() && !(self.state.is_cluster() && !self.state.cluster_pool_cidrs.is_empty()) {
+        let from_pools = self.state.is_cluster() && !self.state.cluster_pool_cidrs.is_empty();
+        if self.pod_cidrs.is_empty() && !from_pools {
             return invalid("podCIDRs", "at least one pod CIDR is required (or, with state.source etcd, state.clusterPoolCIDRs)".into());
         }
         for (field, cidrs) in [("podCIDRs", &self.pod_cidrs), ("state.clusterPoolCIDRs", &self.state.cluster_pool_cidrs)] {

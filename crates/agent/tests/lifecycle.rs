@@ -333,8 +333,11 @@ impl Plumber for FakePlumber {
     }
 }
 
+/// Labels by object: a namespace's name, or a pod's (namespace, name).
+type Labelled<'a, K> = &'a [(K, &'a BTreeMap<String, String>)];
+
 /// A state source holding one synced snapshot: the given namespaces (with labels) and pods.
-fn source_with(namespaces: &[(&str, &BTreeMap<String, String>)], pods: &[((&str, &str), &BTreeMap<String, String>)]) -> Arc<dyn StateSource> {
+fn source_with(namespaces: Labelled<'_, &str>, pods: Labelled<'_, (&str, &str)>) -> Arc<dyn StateSource> {
     use k8s_openapi::api::core::v1::{Namespace, Pod};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
     let mut store = sluice_state::Store::default();

@@ -218,7 +218,7 @@ mod tests {
         Service {
             metadata: meta(&format!("svc-{i}"), &[]),
             spec: Some(ServiceSpec {
-                type_: Some(if i % 5 == 0 { "NodePort" } else { "ClusterIP" }.into()),
+                type_: Some(if i.is_multiple_of(5) { "NodePort" } else { "ClusterIP" }.into()),
                 cluster_ip: Some(ip.clone()),
                 cluster_ips: Some(vec![ip]),
                 ip_families: Some(vec!["IPv4".into()]),
@@ -226,7 +226,7 @@ mod tests {
                 ports: Some(vec![ServicePort {
                     port: 80,
                     protocol: Some("TCP".into()),
-                    node_port: (i % 5 == 0).then_some(30000 + i as i32),
+                    node_port: i.is_multiple_of(5).then_some(30000 + i as i32),
                     target_port: Some(IntOrString::Int(8080)),
                     ..Default::default()
                 }]),

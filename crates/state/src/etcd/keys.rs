@@ -356,9 +356,12 @@ fn add_entries<T: Serialize + Clone>(keys: &Keys, kind: ObjectKind, map: &crate:
     Ok(())
 }
 
+/// One write of an update: a key and its new value, `None` to delete it.
+pub type ObjectWrite = (String, Option<Vec<u8>>);
+
 /// The writes that turn `old`'s objects into `new`'s: a put per added or changed object, a
 /// delete per removed one. Versions of one store share structure, so this costs what changed.
-pub fn object_changes(keys: &Keys, old: &Store, new: &Store) -> Result<Vec<(String, Option<Vec<u8>>)>, EtcdError> {
+pub fn object_changes(keys: &Keys, old: &Store, new: &Store) -> Result<Vec<ObjectWrite>, EtcdError> {
     let mut out = Vec::new();
     diff_kind(keys, ObjectKind::Namespaces, &old.namespaces, &new.namespaces, &mut out)?;
     diff_kind(keys, ObjectKind::Pods, &old.pods, &new.pods, &mut out)?;
@@ -370,7 +373,7 @@ pub fn object_changes(keys: &Keys, old: &Store, new: &Store) -> Result<Vec<(Stri
     Ok(out)
 }
 
-fn diff_kind<T: Serialize + Clone + PartialEq>(keys: &Keys, kind: ObjectKind, old: &crate::ObjectMap<T>, new: &crate::ObjectMap<T>, out: &mut Vec<(String, Option<Vec<u8>>)>) -> Result<(), EtcdError> {
+fn diff_kind<T: Serialize + Clone + PartialEq>(keys: &Keys, kind: ObjectKind, old: &crate::ObjectMap<T>, new: &crate::ObjectMap<T>, out: &mut Vec<ObjectWrite>) -> Result<(), EtcdError> {
     for item in old.diff(new) {
         match item {
             imbl::ordmap::DiffItem::Add(k, v) | imbl::ordmap::DiffItem::Update { new: (k, v), .. } => {
