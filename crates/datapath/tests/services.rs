@@ -175,6 +175,11 @@ impl Drop for Lab {
 
 fn lab() -> Lab {
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("a private netns for the test thread");
+    // A node forwards (the agent turns it on at start); bpf_fib_lookup answers "forwarding
+    // disabled" otherwise. Set here, in the test's own namespace: a new namespace inherits the
+    // machine's IPv4 setting, which a fresh machine has off.
+    sluice_datapath::netns::write_sysctl("net/ipv4/conf/all/forwarding", "1").expect("IPv4 forwarding in the test's namespace");
+    sluice_datapath::netns::write_sysctl("net/ipv6/conf/all/forwarding", "1").expect("IPv6 forwarding in the test's namespace");
     let dir = tempfile::tempdir().expect("tempdir");
     sluice_datapath::ensure_bpffs(dir.path()).expect("bpffs on the tempdir");
     let mut opts = LoadOptions::new(HostRouting::Bpf);
