@@ -43,8 +43,8 @@ type Labels = BTreeMap<String, String>;
 pub struct Policies {
     node_addresses: Vec<IpAddr>,
     programmer: Mutex<Option<PolicyProgrammer>>,
-    /// State revision and local endpoints of the last good round.
-    seen: Mutex<Option<(u64, Vec<LocalEndpoint>)>>,
+    /// State revision, local endpoints and objects of the last good round.
+    seen: Mutex<Option<(u64, Vec<LocalEndpoint>, Arc<sluice_state::Store>)>>,
     /// Identities this loop holds: owner key -> label set.
     held: Mutex<BTreeMap<String, (Labels, u32)>>,
     snapshot: Mutex<Arc<PolicySnapshot>>,
@@ -105,15 +105,23 @@ impl Policies {
         if !objects.synced {
             return Ok(None);
         }
-        if !force && lock(&self.seen).as_ref() == Some(&(objects.revision, local.clone())) {
-            return Ok(None);
+        if !force {
+            let mut seen = lock(&self.seen);
+            if let Some((revision, seen_local, seen_objects)) = seen.as_mut() {
+                if *seen_local == local && (*revision == objects.revision || same_policy_inputs(seen_objects, &objects.objects)) {
+                    // Nothing policy reads changed (a Service, say): no round.
+                    *revision = objects.revision;
+                    *seen_objects = objects.objects.clone();
+                    return Ok(None);
+                }
+            }
         }
         let started = Instant::now();
         let result = self.round(objects, datapath, identities, &local, started);
         let mut stats = lock(&self.stats);
         match &result {
             Ok(_) => {
-                *lock(&self.seen) = Some((objects.revision, local));
+                *lock(&self.seen) = Some((objects.revision, local, objects.objects.clone()));
                 stats.last_error = None;
             }
             Err(e) => stats.last_error = Some(e.to_string()),
@@ -253,6 +261,12 @@ fn describe(rules: &[sluice_policy::RuleRef]) -> String {
 
 /// Every stored policy, lowered to the engine's form. Stored objects passed validation when
 /// applied; one that still cannot be lowered is left out and logged.
+/// Whether two snapshots agree on everything a policy round reads: pods, namespaces and the
+/// policy kinds. Snapshots share structure, so this costs what differs.
+fn same_policy_inputs(a: &sluice_state::Store, b: &sluice_state::Store) -> bool {
+    a.pods == b.pods && a.namespaces == b.namespaces && a.network_policies == b.network_policies && a.sluice_policies == b.sluice_policies && a.clusterwide_policies == b.clusterwide_policies
+}
+
 fn lowered(store: &sluice_state::Store) -> Vec<Policy> {
     let mut out: Vec<Policy> = store.network_policies.values().map(sluice_policy::lower_network_policy).collect();
     for p in store.sluice_policies.values() {
@@ -287,4 +301,46 @@ fn named_ports(pod: &k8s_openapi::api::core::v1::Pod) -> BTreeMap<String, (u8, u
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use k8s_openapi::api::core::v1::{Pod, PodIP, PodStatus, Service};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use sluice_datapath::fake::FakeDatapath;
+    use sluice_state::{ClusterState, Store};
+
+    use super::*;
+
+    fn pod(name: &str, app: &str, ip: &str) -> Pod {
+        Pod {
+            metadata: ObjectMeta { name: Some(name.into()), namespace: Some("default".into()), labels: Some(BTreeMap::from([("app".to_owned(), app.to_owned())])), ..Default::default() },
+            spec: None,
+            status: Some(PodStatus { pod_ips: Some(vec![PodIP { ip: ip.into() }]), ..Default::default() }),
+        }
+    }
+
+    #[test]
+    fn a_change_policy_does_not_read_runs_no_round_and_one_it_reads_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let identities = Identities::new(Arc::new(crate::db::AgentDb::open(dir.path()).unwrap())).unwrap();
+        let policies = Policies::new(vec!["192.0.2.10".parse().unwrap()]);
+        let mut dp = FakeDatapath::default();
+        let local = vec![LocalEndpoint { id: 1, pod: "default/web".into(), ips: vec!["198.19.0.2".parse().unwrap()] }];
+        let mut store = Store::default();
+        store.pods.insert(Store::key("default", "web"), pod("web", "web", "198.19.0.2"));
+        let mut revision = 0;
+        let mut sync = |store: &Store| {
+            revision += 1;
+            let state = ClusterState { revision, synced: true, objects: Arc::new(store.clone()) };
+            policies.sync(&mut dp, &identities, &state, local.clone(), false).unwrap()
+        };
+        assert!(sync(&store).is_some(), "the first snapshot makes a round");
+        store.services.insert(Store::key("default", "svc"), Service { metadata: ObjectMeta { name: Some("svc".into()), ..Default::default() }, ..Default::default() });
+        assert!(sync(&store).is_none(), "a Service changed: policy reads nothing of it, no round");
+        store.pods.insert(Store::key("default", "db"), pod("db", "db", "198.19.1.2"));
+        assert!(sync(&store).is_some(), "a pod appeared: a round");
+    }
 }
