@@ -200,22 +200,30 @@ pub async fn run(mut config: AgentConfig) -> Result<(), AgentError> {
     served.map_err(|source| AgentError::Startup { action: "serving the API".into(), source })
 }
 
+type Changes = Option<tokio::sync::watch::Receiver<sluice_state::ClusterState>>;
+
+/// Waits for the next change of the cluster view or the next tick, whichever comes first; a
+/// source that ended leaves the tick alone.
+async fn wake(changes: &mut Changes, tick: &mut tokio::time::Interval) {
+    match changes.as_mut() {
+        Some(rx) => tokio::select! {
+            changed = rx.changed() => if changed.is_err() { *changes = None },
+            _ = tick.tick() => {},
+        },
+        None => {
+            tick.tick().await;
+        }
+    }
+}
+
 /// Cluster mode: publishes endpoints, holds identities and routes the other nodes' pod CIDRs on
 /// every change of the view and at least every second; collects what vanished nodes left.
-async fn cluster_loop(agent: Arc<Agent>, mut changes: Option<tokio::sync::watch::Receiver<sluice_state::ClusterState>>) {
+async fn cluster_loop(agent: Arc<Agent>, mut changes: Changes) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_collect = Instant::now();
     loop {
-        match changes.as_mut() {
-            Some(rx) => tokio::select! {
-                changed = rx.changed() => if changed.is_err() { changes = None },
-                _ = tick.tick() => {},
-            },
-            None => {
-                tick.tick().await;
-            }
-        }
+        wake(&mut changes, &mut tick).await;
         if let Err(e) = agent.sync_cluster().await {
             tracing::warn!("cluster round: {e}");
         }
@@ -254,20 +262,12 @@ fn state_source(config: &AgentConfig) -> Option<Arc<dyn sluice_state::StateSourc
 
 /// Programs services and policy as soon as the cluster view changes; a full round every
 /// `resync` heals what a missed change left; conntrack is collected every `gc`.
-async fn service_loop(agent: Arc<Agent>, mut changes: Option<tokio::sync::watch::Receiver<sluice_state::ClusterState>>, resync: Duration, gc: Duration) {
+async fn service_loop(agent: Arc<Agent>, mut changes: Changes, resync: Duration, gc: Duration) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (mut last_full, mut last_gc) = (Instant::now(), Instant::now());
     loop {
-        match changes.as_mut() {
-            Some(rx) => tokio::select! {
-                changed = rx.changed() => if changed.is_err() { changes = None },
-                _ = tick.tick() => {},
-            },
-            None => {
-                tick.tick().await;
-            }
-        }
+        wake(&mut changes, &mut tick).await;
         let force = last_full.elapsed() >= resync;
         if force {
             last_full = Instant::now();

@@ -98,16 +98,25 @@ async fn cluster(nodes: usize, pods: usize, runs: usize, out: &Path) -> anyhow::
     let opts = sluice_bench::ClusterOptions { nodes, pods, runs, command: std::env::args().collect::<Vec<_>>().join(" "), ..sluice_bench::ClusterOptions::new(sluice) };
     eprintln!("cluster benchmark: {nodes} nodes on etcd, {pods} pods, {runs} run(s), a fresh lab per run");
     let mut print = |line: &str| eprintln!("  {line}");
-    let run = sluice_bench::cluster(&opts, &mut print);
-    let result = tokio::select! {
-        result = run => result?,
+    let result = until_interrupted(sluice_bench::cluster(&opts, &mut print), &opts.lab_prefix).await?;
+    report(&result.markdown(), |dir| result.write(dir), out)
+}
+
+/// Runs a benchmark of labs named `<prefix>-*`; Ctrl-C drops it mid-way and removes its labs.
+async fn until_interrupted<T>(run: impl std::future::Future<Output = Result<T, sluice_bench::BenchError>>, prefix: &str) -> anyhow::Result<T> {
+    tokio::select! {
+        result = run => Ok(result?),
         _ = tokio::signal::ctrl_c() => {
-            sluice_bench::remove_service_labs(&opts.lab_prefix).await?;
+            sluice_bench::remove_service_labs(prefix).await?;
             anyhow::bail!("interrupted; the benchmark's labs have been removed")
         }
-    };
-    println!("{}", result.markdown());
-    result.write(out).with_context(|| format!("writing results to {}", out.display()))?;
+    }
+}
+
+/// Prints a benchmark's markdown and writes its results into `out`.
+fn report(markdown: &str, write: impl FnOnce(&Path) -> Result<(), sluice_bench::BenchError>, out: &Path) -> anyhow::Result<ExitCode> {
+    println!("{markdown}");
+    write(out).with_context(|| format!("writing results to {}", out.display()))?;
     eprintln!("results written to {} (results.json, results.md)", out.display());
     Ok(ExitCode::SUCCESS)
 }
@@ -124,17 +133,6 @@ async fn services(counts: Vec<usize>, backends: usize, runs: usize, datastore: S
     };
     eprintln!("services benchmark: {:?} services x {backends} backends, {runs} run(s) each, a fresh lab per run", opts.counts);
     let mut print = |line: &str| eprintln!("  {line}");
-    let run = sluice_bench::services(&opts, &mut print);
-    // Ctrl-C drops the run mid-way: remove the lab it was using.
-    let result = tokio::select! {
-        result = run => result?,
-        _ = tokio::signal::ctrl_c() => {
-            sluice_bench::remove_service_labs(&opts.lab_prefix).await?;
-            anyhow::bail!("interrupted; the benchmark's labs have been removed")
-        }
-    };
-    println!("{}", result.markdown());
-    result.write(out).with_context(|| format!("writing results to {}", out.display()))?;
-    eprintln!("results written to {} (results.json, results.md)", out.display());
-    Ok(ExitCode::SUCCESS)
+    let result = until_interrupted(sluice_bench::services(&opts, &mut print), &opts.lab_prefix).await?;
+    report(&result.markdown(), |dir| result.write(dir), out)
 }

@@ -143,6 +143,11 @@ pub fn pinned_ipcache(pin_dir: &std::path::Path) -> Result<Vec<(IpNet, u32)>, Da
     let path = pin_dir.join("ipcache");
     let data = MapData::from_pin(&path).map_err(map_err("ipcache"))?;
     let trie: LpmTrie<MapData, IpcacheData, IpcacheValue> = LpmTrie::try_from(aya::maps::Map::LpmTrie(data)).map_err(map_err("ipcache"))?;
+    read_ipcache(&trie)
+}
+
+/// Every ipcache entry: prefix -> identity.
+fn read_ipcache(trie: &LpmTrie<MapData, IpcacheData, IpcacheValue>) -> Result<Vec<(IpNet, u32)>, DatapathError> {
     let mut out = Vec::new();
     for r in trie.iter() {
         let (k, v) = r.map_err(map_err("ipcache"))?;
@@ -192,16 +197,7 @@ impl PolicyMaps {
 
 impl PolicyTables for PolicyMaps {
     fn ipcache(&self) -> Result<Vec<(IpNet, u32)>, DatapathError> {
-        let mut out = Vec::new();
-        for r in self.ipcache.iter() {
-            let (k, v) = r.map_err(map_err("ipcache"))?;
-            let d = k.data();
-            let key = sluice_abi::ipcache_key { prefixlen: k.prefix_len(), family: d.family, pad: [0; 3], addr: d.addr };
-            if let Some(prefix) = ipcache_prefix(&key) {
-                out.push((prefix, v.0.identity));
-            }
-        }
-        Ok(out)
+        read_ipcache(&self.ipcache)
     }
     fn upsert_ipcache(&mut self, prefix: IpNet, identity: u32) -> Result<(), DatapathError> {
         let value = IpcacheValue(ipcache_entry { identity, pad: 0 });

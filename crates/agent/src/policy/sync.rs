@@ -43,13 +43,16 @@ type Labels = BTreeMap<String, String>;
 pub struct Policies {
     node_addresses: Vec<IpAddr>,
     programmer: Mutex<Option<PolicyProgrammer>>,
-    /// State revision, local endpoints and objects of the last good round.
-    seen: Mutex<Option<(u64, Vec<LocalEndpoint>, Arc<sluice_state::Store>)>>,
+    /// What the last good round was computed from.
+    seen: Mutex<Option<Seen>>,
     /// Identities this loop holds: owner key -> label set.
     held: Mutex<BTreeMap<String, (Labels, u32)>>,
     snapshot: Mutex<Arc<PolicySnapshot>>,
     stats: Mutex<PolicyStats>,
 }
+
+/// State revision, local endpoints and objects of a round.
+type Seen = (u64, Vec<LocalEndpoint>, Arc<sluice_state::Store>);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
