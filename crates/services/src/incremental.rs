@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-use crate::desired::{desired_services, DesiredServices, FrontendKey, FrontendKind, NodeInfo, Scope, SetKey};
+use crate::desired::{desired_services, BackendSet, DesiredServices, Frontend, FrontendKey, FrontendKind, NodeInfo, Scope, SetKey};
 
 /// A service by (namespace, name).
 pub type ServiceId = (String, String);
@@ -21,10 +21,39 @@ pub struct ServiceInput<'a> {
     pub slices: Vec<Cow<'a, EndpointSlice>>,
 }
 
-/// What one service's inputs gave. The inputs themselves are not kept: a caller knows what
-/// changed from its own snapshots, and a full update computes everything again.
+/// What one service's inputs gave, in exact-size vectors (a service has a few frontends and
+/// sets; a map per service would cost a node allocation of each). The inputs themselves are
+/// not kept: a caller knows what changed from its own snapshots, and a full update computes
+/// everything again.
 struct Entry {
-    partial: DesiredServices,
+    partial: Partial,
+}
+
+struct Partial {
+    frontends: Vec<(FrontendKey, Frontend)>,
+    sets: Vec<(SetKey, BackendSet)>,
+}
+
+impl Partial {
+    fn of(desired: DesiredServices) -> Self {
+        let mut frontends: Vec<_> = desired.frontends.into_iter().collect();
+        let mut sets: Vec<_> = desired.sets.into_iter().collect();
+        frontends.shrink_to_fit();
+        sets.shrink_to_fit();
+        Self { frontends, sets }
+    }
+
+    fn frontend_keys(&self) -> impl Iterator<Item = &FrontendKey> {
+        self.frontends.iter().map(|(k, _)| k)
+    }
+
+    fn set_keys(&self) -> impl Iterator<Item = &SetKey> {
+        self.sets.iter().map(|(k, _)| k)
+    }
+
+    fn frontend(&self, key: &FrontendKey) -> Option<&Frontend> {
+        self.frontends.iter().find(|(k, _)| k == key).map(|(_, f)| f)
+    }
 }
 
 /// The frontends and sets one update may have changed: what the programmer must look at.
@@ -81,18 +110,18 @@ impl DesiredCache {
         for (id, input) in changed {
             if let Some(old) = self.entries.remove(&id) {
                 self.unclaim(&id, &old.partial, &mut affected);
-                sets.extend(old.partial.sets.keys().cloned());
+                sets.extend(old.partial.set_keys().cloned());
                 self.drop_sets(&old.partial);
             }
             if let Some(input) = input {
                 let slices: Vec<EndpointSlice> = input.slices.into_iter().map(Cow::into_owned).collect();
-                let partial = desired_services(std::slice::from_ref(input.service), &slices, &self.node);
+                let partial = Partial::of(desired_services(std::slice::from_ref(input.service), &slices, &self.node));
                 drop(slices);
-                for key in partial.frontends.keys() {
+                for key in partial.frontend_keys() {
                     self.claims.entry(key.clone()).or_default().insert(id.clone());
                     affected.insert(key.clone());
                 }
-                sets.extend(partial.sets.keys().cloned());
+                sets.extend(partial.set_keys().cloned());
                 self.entries.insert(id.clone(), Entry { partial });
             }
             touched.insert(id);
@@ -102,7 +131,7 @@ impl DesiredCache {
         for key in &affected {
             match self.claims.get(key).and_then(|c| c.first()) {
                 Some(winner) => {
-                    if let Some(f) = self.entries.get(winner).and_then(|e| e.partial.frontends.get(key)) {
+                    if let Some(f) = self.entries.get(winner).and_then(|e| e.partial.frontend(key)) {
                         self.merged.frontends.insert(key.clone(), f.clone());
                     }
                     touched.extend(self.claims[key].iter().cloned());
@@ -115,15 +144,15 @@ impl DesiredCache {
         }
         for id in &touched {
             if let Some(e) = self.entries.get(id) {
-                sets.extend(e.partial.sets.keys().cloned());
+                sets.extend(e.partial.set_keys().cloned());
             }
             self.refresh_sets(id);
         }
         CacheUpdate { recomputed, touched: Touched { frontends: affected, sets } }
     }
 
-    fn unclaim(&mut self, id: &ServiceId, partial: &DesiredServices, affected: &mut BTreeSet<FrontendKey>) {
-        for key in partial.frontends.keys() {
+    fn unclaim(&mut self, id: &ServiceId, partial: &Partial, affected: &mut BTreeSet<FrontendKey>) {
+        for key in partial.frontend_keys() {
             if let Some(c) = self.claims.get_mut(key) {
                 c.remove(id);
             }
@@ -131,8 +160,8 @@ impl DesiredCache {
         }
     }
 
-    fn drop_sets(&mut self, partial: &DesiredServices) {
-        for set in partial.sets.keys() {
+    fn drop_sets(&mut self, partial: &Partial) {
+        for set in partial.set_keys() {
             self.merged.sets.remove(set);
         }
     }
