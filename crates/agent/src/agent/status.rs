@@ -82,10 +82,6 @@ impl Agent {
         Ok(self.endpoints.list()?.iter().map(EndpointRecord::to_api).collect())
     }
 
-    pub fn status(&self) -> Result<sluice_api::Status, AgentError> {
-        self.status_with(true)
-    }
-
     /// The status; without map pressure (`maps` false) it does not iterate the maps.
     pub fn status_with(&self, maps: bool) -> Result<sluice_api::Status, AgentError> {
         let endpoint_count = self.endpoints.list()?.len();

@@ -12,7 +12,6 @@
 //! <prefix>/ipam/<v4|v6>/<cidr, / as _>     a node's pod CIDR: {"node", "orphanedSince"?}
 //! ```
 
-use std::collections::BTreeMap;
 
 use ipnet::IpNet;
 use serde::Serialize;
@@ -332,28 +331,6 @@ fn parse_bytes<'a>(keys: &Keys, key: &'a [u8]) -> Option<(&'a str, Key<'a>)> {
             None
         }
     }
-}
-
-/// The `objects/` keys of `store` with their JSON values: what `update` compares and writes.
-pub fn object_entries(keys: &Keys, store: &Store) -> Result<BTreeMap<String, Vec<u8>>, EtcdError> {
-    let mut out = BTreeMap::new();
-    add_entries(keys, ObjectKind::Namespaces, &store.namespaces, &mut out)?;
-    add_entries(keys, ObjectKind::Pods, &store.pods, &mut out)?;
-    add_entries(keys, ObjectKind::Services, &store.services, &mut out)?;
-    add_entries(keys, ObjectKind::EndpointSlices, &store.endpoint_slices, &mut out)?;
-    add_entries(keys, ObjectKind::NetworkPolicies, &store.network_policies, &mut out)?;
-    add_entries(keys, ObjectKind::SluiceNetworkPolicies, &store.sluice_policies, &mut out)?;
-    add_entries(keys, ObjectKind::SluiceClusterwideNetworkPolicies, &store.clusterwide_policies, &mut out)?;
-    Ok(out)
-}
-
-fn add_entries<T: Serialize + Clone>(keys: &Keys, kind: ObjectKind, map: &crate::ObjectMap<T>, out: &mut BTreeMap<String, Vec<u8>>) -> Result<(), EtcdError> {
-    for (k, object) in map {
-        let key = keys.object(kind, k);
-        let value = serde_json::to_vec(object).map_err(|source| EtcdError::Encode { key: key.clone(), source })?;
-        out.insert(key, value);
-    }
-    Ok(())
 }
 
 /// One write of an update: a key and its new value, `None` to delete it.
