@@ -21,9 +21,7 @@ fn main() {
         println!("cargo:rerun-if-changed={}", src.display());
         let obj = out.join(format!("{name}.o"));
         let mut cmd = Command::new(&clang);
-        cmd.args(["-O2", "-g", "-Wall", "-Werror", "-target", "bpf"])
-            .arg("-I")
-            .arg(&bpf);
+        cmd.args(["-O2", "-g", "-Wall", "-Werror", "-target", "bpf"]).arg("-I").arg(&bpf);
         if let Some(dir) = &arch_include {
             cmd.arg("-I").arg(dir);
         }

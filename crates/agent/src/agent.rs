@@ -90,7 +90,10 @@ impl Agent {
     pub fn new(parts: AgentParts) -> Result<Self, AgentError> {
         let ipam = Ipam::new(parts.db.clone(), parts.config.ipv4_cidr(), parts.config.ipv6_cidr())?;
         let identities = match &parts.cluster {
-            Some(c) => Identities::with_numbering(parts.db.clone(), Arc::new(crate::cluster::numbering::ClusterNumbering::new(c.store().clone(), tokio::runtime::Handle::current())))?,
+            Some(c) => Identities::with_numbering(
+                parts.db.clone(),
+                Arc::new(crate::cluster::numbering::ClusterNumbering::new(c.store().clone(), tokio::runtime::Handle::current())),
+            )?,
             None => Identities::new(parts.db.clone())?,
         };
         let endpoints = EndpointStore::new(parts.db)?;
@@ -126,7 +129,10 @@ impl Agent {
         &self.host_routing
     }
 
-    fn with_datapath<T>(&self, f: impl FnOnce(&mut dyn DatapathTables) -> Result<T, sluice_datapath::DatapathError>) -> Result<T, AgentError> {
+    fn with_datapath<T>(
+        &self,
+        f: impl FnOnce(&mut dyn DatapathTables) -> Result<T, sluice_datapath::DatapathError>,
+    ) -> Result<T, AgentError> {
         with_tables(&self.datapath, f)
     }
 }

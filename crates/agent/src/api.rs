@@ -40,7 +40,10 @@ type Shared = State<Arc<Agent>>;
 
 pub fn router(agent: Arc<Agent>) -> Router {
     Router::new()
-        .route(paths::STATUS, get(|State(a): Shared, Query(q): Query<StatusQuery>| async move { a.status_with(q.maps.unwrap_or(true)).map(Json) }))
+        .route(
+            paths::STATUS,
+            get(|State(a): Shared, Query(q): Query<StatusQuery>| async move { a.status_with(q.maps.unwrap_or(true)).map(Json) }),
+        )
         .route(paths::ENDPOINTS, get(|State(a): Shared| async move { a.endpoints().map(Json) }))
         .route(paths::CNI_ADD, post(|State(a): Shared, Json(r): Json<CniRequest>| async move { a.cni_add(r).await.map(Json) }))
         .route(
@@ -60,8 +63,14 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route(paths::EVENTS_FOLLOW, get(follow_events))
         .route(paths::PREFLIGHT, get(|State(a): Shared| async move { Json(a.preflight()) }))
         .route(paths::SERVICES, get(|State(a): Shared| async move { Json(a.service_list()) }))
-        .route(paths::POLICY_TRACE, get(|State(a): Shared, Query(q): Query<crate::policy::api::TraceQuery>| async move { a.policy_trace(&q).map(Json) }))
-        .route(paths::POLICY_ENDPOINT, get(|State(a): Shared, Query(q): Query<crate::policy::api::EndpointQuery>| async move { a.policy_endpoint(&q).map(Json) }))
+        .route(
+            paths::POLICY_TRACE,
+            get(|State(a): Shared, Query(q): Query<crate::policy::api::TraceQuery>| async move { a.policy_trace(&q).map(Json) }),
+        )
+        .route(
+            paths::POLICY_ENDPOINT,
+            get(|State(a): Shared, Query(q): Query<crate::policy::api::EndpointQuery>| async move { a.policy_endpoint(&q).map(Json) }),
+        )
         .with_state(agent)
 }
 
@@ -137,6 +146,7 @@ pub fn bind(socket: &Path) -> Result<tokio::net::UnixListener, AgentError> {
         Err(e) => return Err(AgentError::Startup { action: format!("removing stale {}", socket.display()), source: e }),
     }
     let listener = tokio::net::UnixListener::bind(socket).map_err(startup(format!("binding {}", socket.display())))?;
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600)).map_err(startup(format!("restricting {}", socket.display())))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
+        .map_err(startup(format!("restricting {}", socket.display())))?;
     Ok(listener)
 }

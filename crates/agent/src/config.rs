@@ -362,7 +362,11 @@ impl AgentConfig {
         let de = serde_yaml_ng::Deserializer::from_str(text);
         let config: AgentConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let field = e.path().to_string();
-            ConfigError::Parse { path: path.into(), field: if field == "." { "(document)".into() } else { field }, message: e.into_inner().to_string() }
+            ConfigError::Parse {
+                path: path.into(),
+                field: if field == "." { "(document)".into() } else { field },
+                message: e.into_inner().to_string(),
+            }
         })?;
         config.validate(path)?;
         Ok(config)
@@ -408,7 +412,9 @@ impl AgentConfig {
             "etcd" => match &self.state.etcd {
                 None => return invalid("state.etcd", "state.source etcd needs state.etcd with at least one endpoint".into()),
                 Some(e) if e.endpoints.is_empty() => return invalid("state.etcd.endpoints", "at least one endpoint is required".into()),
-                Some(_) if self.state.lease_seconds < 2 => return invalid("state.leaseSeconds", format!("{} is below the minimum 2", self.state.lease_seconds)),
+                Some(_) if self.state.lease_seconds < 2 => {
+                    return invalid("state.leaseSeconds", format!("{} is below the minimum 2", self.state.lease_seconds))
+                }
                 Some(_) => {}
             },
             other => return invalid("state.source", format!("{other:?} is not supported (supported: local, etcd)")),
@@ -424,13 +430,19 @@ impl AgentConfig {
         }
         let m = self.services.maglev_table_size;
         if !sluice_services::maglev::is_prime(m) || !(7..=sluice_services::maglev::MAX_TABLE_SIZE).contains(&m) {
-            return invalid("services.maglevTableSize", format!("{m} must be a prime between 7 and {}", sluice_services::maglev::MAX_TABLE_SIZE));
+            return invalid(
+                "services.maglevTableSize",
+                format!("{m} must be a prime between 7 and {}", sluice_services::maglev::MAX_TABLE_SIZE),
+            );
         }
         if self.services.conntrack_entries < 1024 {
             return invalid("services.conntrackEntries", format!("{} is below the minimum 1024", self.services.conntrack_entries));
         }
         if self.services.node_ports().is_none() {
-            return invalid("services.nodePortRange", format!("{:?} is not FIRST-LAST with 1 <= FIRST <= LAST <= 65535", self.services.node_port_range));
+            return invalid(
+                "services.nodePortRange",
+                format!("{:?} is not FIRST-LAST with 1 <= FIRST <= LAST <= 65535", self.services.node_port_range),
+            );
         }
         if self.services.conntrack_gc_seconds == 0 {
             return invalid("services.conntrackGcSeconds", "must be at least 1".into());

@@ -9,11 +9,11 @@ use sluice_datapath::{BpfDatapath, HostRouting, LoadOptions, MonitorAggregation}
 
 use crate::agent::{Agent, AgentParts, HostRoutingDecision};
 use crate::config::{AgentConfig, GuardMode, HostRoutingRequest, MonitorLevel};
+use crate::db::AgentDb;
+use crate::error::AgentError;
 use crate::events::{Events, Reason};
 use crate::firewall;
 use crate::observer::Observer;
-use crate::db::AgentDb;
-use crate::error::AgentError;
 use crate::plumber::NetlinkPlumber;
 
 /// Runs the agent until SIGTERM or SIGINT.
@@ -88,10 +88,11 @@ pub async fn run(mut config: AgentConfig) -> Result<(), AgentError> {
     // Held until the agent stops: dropping it detaches the socket-LB hooks (the tc path then
     // translates the pods' service traffic per packet).
     let (_socket_lb, socket_lb_status) = if config.services.socket_lb {
-        let scope = config.services.socket_lb_cgroup.clone().or_else(firewall::watch::default_guard_cgroup).ok_or_else(|| AgentError::Startup {
-            action: "finding the cgroup for socket LB (set services.socketLBCgroup)".into(),
-            source: std::io::Error::other("the agent's own cgroup has no parent on the cgroup2 mount"),
-        })?;
+        let scope =
+            config.services.socket_lb_cgroup.clone().or_else(firewall::watch::default_guard_cgroup).ok_or_else(|| AgentError::Startup {
+                action: "finding the cgroup for socket LB (set services.socketLBCgroup)".into(),
+                source: std::io::Error::other("the agent's own cgroup has no parent on the cgroup2 mount"),
+            })?;
         let lb = sluice_datapath::SocketLb::attach(&config.bpffs, &scope)?;
         (Some(lb), format!("attached to cgroup {}", scope.display()))
     } else {
@@ -128,7 +129,10 @@ pub async fn run(mut config: AgentConfig) -> Result<(), AgentError> {
         }
     };
     let services = Arc::new(crate::services::sync::Services::new(
-        crate::services::desired::NodeInfo { name: config.node_name.clone(), addresses: node_addresses.iter().copied().filter(|a| !is_link_local(a)).collect() },
+        crate::services::desired::NodeInfo {
+            name: config.node_name.clone(),
+            addresses: node_addresses.iter().copied().filter(|a| !is_link_local(a)).collect(),
+        },
         config.services.clone(),
     ));
     let policies = Arc::new(crate::policy::sync::Policies::new(node_addresses.iter().copied().filter(|a| !is_link_local(a)).collect()));
@@ -177,7 +181,12 @@ pub async fn run(mut config: AgentConfig) -> Result<(), AgentError> {
 
     let resync = tokio::spawn(resync_loop(agent.clone(), Duration::from_secs(config.resync_seconds)));
     let changes = state.as_ref().map(|s| s.subscribe());
-    let service_loop = tokio::spawn(service_loop(agent.clone(), changes.clone(), Duration::from_secs(config.resync_seconds), Duration::from_secs(config.services.conntrack_gc_seconds)));
+    let service_loop = tokio::spawn(service_loop(
+        agent.clone(),
+        changes.clone(),
+        Duration::from_secs(config.resync_seconds),
+        Duration::from_secs(config.services.conntrack_gc_seconds),
+    ));
     let cluster_loop = cluster.is_some().then(|| tokio::spawn(cluster_loop(agent.clone(), changes)));
     let metrics_server = match config.metrics_address {
         Some(addr) => Some(crate::api::serve_metrics(addr, agent.clone()).await?),
@@ -231,7 +240,9 @@ async fn cluster_loop(agent: Arc<Agent>, mut changes: Changes) {
             last_collect = Instant::now();
             if let Some(cluster) = agent.cluster() {
                 match cluster.collect().await {
-                    Ok((cidrs, ids)) if !cidrs.is_empty() || !ids.is_empty() => tracing::info!(?cidrs, ?ids, "released what vanished nodes left"),
+                    Ok((cidrs, ids)) if !cidrs.is_empty() || !ids.is_empty() => {
+                        tracing::info!(?cidrs, ?ids, "released what vanished nodes left")
+                    }
                     Ok(_) => {}
                     Err(e) => tracing::warn!("collecting released CIDRs and identities: {e}"),
                 }
@@ -255,7 +266,9 @@ async fn resync_loop(agent: Arc<Agent>, every: Duration) {
 fn state_source(config: &AgentConfig) -> Option<Arc<dyn sluice_state::StateSource>> {
     match (&config.state.etcd, &config.state.path) {
         (Some(etcd), _) if config.state.is_cluster() => Some(Arc::new(sluice_state::etcd::EtcdSource::spawn(etcd.clone()))),
-        (_, Some(path)) => Some(Arc::new(sluice_state::LocalSource::spawn(sluice_state::LocalStore::new(path), sluice_state::DEFAULT_POLL))),
+        (_, Some(path)) => {
+            Some(Arc::new(sluice_state::LocalSource::spawn(sluice_state::LocalStore::new(path), sluice_state::DEFAULT_POLL)))
+        }
         _ => None,
     }
 }
@@ -343,7 +356,12 @@ pub fn decide_host_routing(
     }
     let bypassed: Vec<String> = audit.report.bypassed().map(firewall::describe).collect();
     if bypassed.is_empty() {
-        let reason = format!("{}; host firewall audit clean ({} rules read from {})", probe.reason, audit.report.verdicts.len(), audit.sources_read.join(", "));
+        let reason = format!(
+            "{}; host firewall audit clean ({} rules read from {})",
+            probe.reason,
+            audit.report.verdicts.len(),
+            audit.sources_read.join(", ")
+        );
         events.record(Reason::HostRoutingEnabled, reason.clone())?;
         return Ok(decision(HostRouting::Bpf, reason));
     }

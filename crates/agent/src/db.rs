@@ -62,15 +62,9 @@ impl AgentDb {
 
     /// Opens `<state_dir>/agent.db`, creating the directory and the file when missing.
     pub fn open(state_dir: &Path) -> Result<Self, DbError> {
-        fs::create_dir_all(state_dir).map_err(|source| DbError::CreateStateDir {
-            path: state_dir.to_path_buf(),
-            source,
-        })?;
+        fs::create_dir_all(state_dir).map_err(|source| DbError::CreateStateDir { path: state_dir.to_path_buf(), source })?;
         let path = state_dir.join(Self::FILE_NAME);
-        let db = Database::create(&path).map_err(|source| DbError::Open {
-            path: path.clone(),
-            source: Box::new(source),
-        })?;
+        let db = Database::create(&path).map_err(|source| DbError::Open { path: path.clone(), source: Box::new(source) })?;
         Ok(Self { db, path })
     }
 
@@ -137,11 +131,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("nested").join("state");
         let db = AgentDb::open(&state).unwrap();
-        assert_eq!(
-            db.path(),
-            state.join("agent.db"),
-            "database lives at <state_dir>/agent.db"
-        );
+        assert_eq!(db.path(), state.join("agent.db"), "database lives at <state_dir>/agent.db");
         assert!(db.path().is_file(), "database file is created");
     }
 
@@ -152,10 +142,7 @@ mod tests {
         std::fs::create_dir(dir.path().join("agent.db")).unwrap();
         let err = AgentDb::open(dir.path()).unwrap_err();
         let msg = err.to_string();
-        assert!(
-            msg.contains("agent.db"),
-            "error names the database path: {msg}"
-        );
+        assert!(msg.contains("agent.db"), "error names the database path: {msg}");
     }
 
     #[test]
@@ -163,10 +150,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let _first = AgentDb::open(dir.path()).unwrap();
         let err = AgentDb::open(dir.path()).unwrap_err();
-        assert!(
-            matches!(err, DbError::Open { .. }),
-            "a held database is not opened twice: {err:?}"
-        );
+        assert!(matches!(err, DbError::Open { .. }), "a held database is not opened twice: {err:?}");
     }
 
     #[test]
@@ -184,17 +168,11 @@ mod tests {
                 Err(TestError::Rollback)
             })
             .unwrap_err();
-        assert!(
-            matches!(err, TestError::Rollback),
-            "the closure's error is returned"
-        );
+        assert!(matches!(err, TestError::Rollback), "the closure's error is returned");
         let (kept, dropped) = db
             .read(|txn| -> Result<_, TestError> {
                 let t = txn.open_table(T).db()?;
-                Ok((
-                    t.get("kept").db()?.is_some(),
-                    t.get("dropped").db()?.is_some(),
-                ))
+                Ok((t.get("kept").db()?.is_some(), t.get("dropped").db()?.is_some()))
             })
             .unwrap();
         assert!(kept, "write of an Ok closure is committed");
@@ -213,11 +191,7 @@ mod tests {
             .unwrap();
         }
         let db = AgentDb::open(dir.path()).unwrap();
-        let v = db
-            .read(|txn| -> Result<_, DbError> {
-                Ok(txn.open_table(T).db()?.get("k").db()?.map(|g| g.value()))
-            })
-            .unwrap();
+        let v = db.read(|txn| -> Result<_, DbError> { Ok(txn.open_table(T).db()?.get("k").db()?.map(|g| g.value())) }).unwrap();
         assert_eq!(v, Some(7), "committed value is read back after reopen");
     }
 }

@@ -49,7 +49,11 @@ impl Reason {
     /// `Normal` or `Warning`.
     fn kind(self) -> &'static str {
         match self {
-            Reason::HostRoutingForced | Reason::HostRoutingRefused | Reason::HostRoutingFallback | Reason::BypassedRuleDetected | Reason::GuardBlocked => "Warning",
+            Reason::HostRoutingForced
+            | Reason::HostRoutingRefused
+            | Reason::HostRoutingFallback
+            | Reason::BypassedRuleDetected
+            | Reason::GuardBlocked => "Warning",
             _ => "Normal",
         }
     }
@@ -98,7 +102,12 @@ impl Events {
             let seq = table.last().db()?.map(|(k, _)| k.value() + 1).unwrap_or(1);
             let event = Event {
                 metadata: ObjectMeta { name: Some(format!("{node}.{seq:016x}")), namespace: Some("default".into()), ..Default::default() },
-                involved_object: ObjectReference { kind: Some("Node".into()), name: Some(node.clone()), api_version: Some("v1".into()), ..Default::default() },
+                involved_object: ObjectReference {
+                    kind: Some("Node".into()),
+                    name: Some(node.clone()),
+                    api_version: Some("v1".into()),
+                    ..Default::default()
+                },
                 reason: Some(reason.as_str().into()),
                 message: Some(message.clone()),
                 type_: Some(reason.kind().into()),

@@ -147,10 +147,7 @@ pub fn canonical_labels(labels: &Labels) -> Result<String, IdentityError> {
             return Err(IdentityError::ReservedLabel { key: key.clone() });
         }
         if key.is_empty() || key.contains(['=', ',']) || value.contains(',') {
-            return Err(IdentityError::InvalidLabel {
-                key: key.clone(),
-                value: value.clone(),
-            });
+            return Err(IdentityError::InvalidLabel { key: key.clone(), value: value.clone() });
         }
         if !out.is_empty() {
             out.push(',');
@@ -177,10 +174,7 @@ fn parse_canonical(s: &str) -> Option<Labels> {
 
 /// The name of a reserved identity (`host`, `world`, ...), if `id` is one.
 pub fn reserved_name(id: u32) -> Option<&'static str> {
-    RESERVED
-        .iter()
-        .find(|(n, _)| *n == id)
-        .map(|(_, name)| *name)
+    RESERVED.iter().find(|(n, _)| *n == id).map(|(_, name)| *name)
 }
 
 // === impl Identities ===
@@ -231,12 +225,7 @@ impl Identities {
         let given = self.cluster_number(&canonical, labels)?;
         self.db.write(|txn| {
             let id = get_or_create(txn, &canonical, given)?;
-            let previous = txn
-                .open_table(OWNERS)
-                .db()?
-                .insert(owner_key, id)
-                .db()?
-                .map(|g| g.value());
+            let previous = txn.open_table(OWNERS).db()?.insert(owner_key, id).db()?.map(|g| g.value());
             match previous {
                 Some(old) if old == id => {}
                 Some(old) => {
@@ -252,12 +241,7 @@ impl Identities {
     /// Lets go of the identity `owner_key` holds and returns it; `None` if it held none.
     pub fn release(&self, owner_key: &str) -> Result<Option<u32>, IdentityError> {
         self.db.write(|txn| {
-            let held = txn
-                .open_table(OWNERS)
-                .db()?
-                .remove(owner_key)
-                .db()?
-                .map(|g| g.value());
+            let held = txn.open_table(OWNERS).db()?.remove(owner_key).db()?.map(|g| g.value());
             if let Some(id) = held {
                 drop_reference(txn, id)?;
             }
@@ -295,10 +279,7 @@ impl Identities {
     /// number not allocated (or freed).
     pub fn lookup(&self, id: u32) -> Result<Option<Labels>, IdentityError> {
         if let Some(name) = reserved_name(id) {
-            return Ok(Some(Labels::from([(
-                format!("{RESERVED_SOURCE}{name}"),
-                String::new(),
-            )])));
+            return Ok(Some(Labels::from([(format!("{RESERVED_SOURCE}{name}"), String::new())])));
         }
         self.db.read(|txn| {
             let labels = txn.open_table(LABELS).db()?;
@@ -306,12 +287,7 @@ impl Identities {
                 return Ok(None);
             };
             let canonical = canonical.value();
-            parse_canonical(canonical)
-                .map(Some)
-                .ok_or_else(|| IdentityError::Corrupt {
-                    id,
-                    labels: canonical.to_owned(),
-                })
+            parse_canonical(canonical).map(Some).ok_or_else(|| IdentityError::Corrupt { id, labels: canonical.to_owned() })
         })
     }
 
@@ -324,16 +300,9 @@ impl Identities {
             for row in labels.iter().db()? {
                 let (id, canonical) = row.db()?;
                 let (id, canonical) = (id.value(), canonical.value());
-                let labels = parse_canonical(canonical).ok_or_else(|| IdentityError::Corrupt {
-                    id,
-                    labels: canonical.to_owned(),
-                })?;
+                let labels = parse_canonical(canonical).ok_or_else(|| IdentityError::Corrupt { id, labels: canonical.to_owned() })?;
                 let references = refs.get(id).db()?.map_or(0, |r| r.value());
-                out.push(Identity {
-                    id,
-                    labels,
-                    references,
-                });
+                out.push(Identity { id, labels, references });
             }
             Ok(out)
         })
@@ -353,11 +322,7 @@ fn get_or_create(txn: &WriteTransaction, canonical: &str, given: Option<u32>) ->
         return Ok(id);
     }
     let mut meta = txn.open_table(META).db()?;
-    let id = meta
-        .get(NEXT_KEY)
-        .db()?
-        .map_or(FIRST_DYNAMIC, |n| n.value())
-        .max(FIRST_DYNAMIC);
+    let id = meta.get(NEXT_KEY).db()?.map_or(FIRST_DYNAMIC, |n| n.value()).max(FIRST_DYNAMIC);
     if id > MAX_IDENTITY {
         return Err(IdentityError::Exhausted);
     }
@@ -398,66 +363,34 @@ mod tests {
     }
 
     fn labels(pairs: &[(&str, &str)]) -> Labels {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     fn web() -> Labels {
-        labels(&[
-            ("k8s:io.kubernetes.pod.namespace", "default"),
-            ("k8s:app", "web"),
-        ])
+        labels(&[("k8s:io.kubernetes.pod.namespace", "default"), ("k8s:app", "web")])
     }
 
     fn db_app() -> Labels {
-        labels(&[
-            ("k8s:io.kubernetes.pod.namespace", "default"),
-            ("k8s:app", "db"),
-        ])
+        labels(&[("k8s:io.kubernetes.pod.namespace", "default"), ("k8s:app", "db")])
     }
 
     #[test]
     fn canonical_form_is_sorted_pairs() {
         let c = canonical_labels(&labels(&[("b", "2"), ("a", "1"), ("c", "x=y")])).unwrap();
         assert_eq!(c, "a=1,b=2,c=x=y", "sorted k=v joined by ','");
-        assert_eq!(
-            canonical_labels(&Labels::new()).unwrap(),
-            "",
-            "empty set is the empty string"
-        );
-        assert_eq!(
-            parse_canonical("a=1,b=2,c=x=y"),
-            Some(labels(&[("a", "1"), ("b", "2"), ("c", "x=y")])),
-            "canonical form parses back"
-        );
-        assert_eq!(
-            parse_canonical("a"),
-            None,
-            "a pair without '=' is not canonical"
-        );
+        assert_eq!(canonical_labels(&Labels::new()).unwrap(), "", "empty set is the empty string");
+        assert_eq!(parse_canonical("a=1,b=2,c=x=y"), Some(labels(&[("a", "1"), ("b", "2"), ("c", "x=y")])), "canonical form parses back");
+        assert_eq!(parse_canonical("a"), None, "a pair without '=' is not canonical");
     }
 
     #[test]
     fn ambiguous_and_reserved_labels_are_rejected() {
-        for bad in [
-            labels(&[("a", "1,b=2")]),
-            labels(&[("a,b", "1")]),
-            labels(&[("a=b", "1")]),
-            labels(&[("", "1")]),
-        ] {
+        for bad in [labels(&[("a", "1,b=2")]), labels(&[("a,b", "1")]), labels(&[("a=b", "1")]), labels(&[("", "1")])] {
             let err = canonical_labels(&bad).unwrap_err();
-            assert!(
-                matches!(err, IdentityError::InvalidLabel { .. }),
-                "{bad:?} is rejected: {err:?}"
-            );
+            assert!(matches!(err, IdentityError::InvalidLabel { .. }), "{bad:?} is rejected: {err:?}");
         }
         let err = canonical_labels(&labels(&[("reserved:host", "")])).unwrap_err();
-        assert!(
-            matches!(err, IdentityError::ReservedLabel { .. }),
-            "reserved source: {err:?}"
-        );
+        assert!(matches!(err, IdentityError::ReservedLabel { .. }), "reserved source: {err:?}");
     }
 
     #[test]
@@ -466,50 +399,23 @@ mod tests {
         let ids = open(dir.path());
         let a = ids.allocate(&web()).unwrap();
         assert_eq!(a, FIRST_DYNAMIC, "first dynamic identity is 256");
-        assert_eq!(
-            ids.allocate(&web()).unwrap(),
-            a,
-            "same label set gets the same identity"
-        );
+        assert_eq!(ids.allocate(&web()).unwrap(), a, "same label set gets the same identity");
         let b = ids.allocate(&db_app()).unwrap();
         assert_ne!(a, b, "different label sets get different identities");
         assert_eq!(b, FIRST_DYNAMIC + 1, "numbers are handed out in sequence");
-        assert_eq!(
-            ids.lookup(a).unwrap(),
-            Some(web()),
-            "lookup returns the label set"
-        );
-        assert_eq!(
-            ids.lookup(9999).unwrap(),
-            None,
-            "unknown number has no labels"
-        );
+        assert_eq!(ids.lookup(a).unwrap(), Some(web()), "lookup returns the label set");
+        assert_eq!(ids.lookup(9999).unwrap(), None, "unknown number has no labels");
     }
 
     #[test]
     fn reserved_identities_look_up_by_name() {
         let dir = tempfile::tempdir().unwrap();
         let ids = open(dir.path());
-        assert_eq!(
-            ids.lookup(RESERVED_HOST).unwrap(),
-            Some(labels(&[("reserved:host", "")])),
-            "host identity"
-        );
+        assert_eq!(ids.lookup(RESERVED_HOST).unwrap(), Some(labels(&[("reserved:host", "")])), "host identity");
         assert_eq!(reserved_name(RESERVED_WORLD), Some("world"), "world name");
-        assert_eq!(
-            reserved_name(RESERVED_REMOTE_NODE),
-            Some("remote-node"),
-            "remote-node"
-        );
-        assert_eq!(
-            reserved_name(FIRST_DYNAMIC),
-            None,
-            "dynamic numbers are not reserved"
-        );
-        assert!(
-            ids.list().unwrap().is_empty(),
-            "reserved identities are not listed"
-        );
+        assert_eq!(reserved_name(RESERVED_REMOTE_NODE), Some("remote-node"), "remote-node");
+        assert_eq!(reserved_name(FIRST_DYNAMIC), None, "dynamic numbers are not reserved");
+        assert!(ids.list().unwrap().is_empty(), "reserved identities are not listed");
     }
 
     #[test]
@@ -517,25 +423,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (a, b) = {
             let ids = open(dir.path());
-            (
-                ids.acquire(&web(), "ep-1").unwrap(),
-                ids.allocate(&db_app()).unwrap(),
-            )
+            (ids.acquire(&web(), "ep-1").unwrap(), ids.allocate(&db_app()).unwrap())
         };
         let ids = open(dir.path());
-        assert_eq!(
-            ids.allocate(&web()).unwrap(),
-            a,
-            "same id for the same labels after reopen"
-        );
+        assert_eq!(ids.allocate(&web()).unwrap(), a, "same id for the same labels after reopen");
         assert_eq!(ids.allocate(&db_app()).unwrap(), b, "second label set too");
         let c = ids.allocate(&labels(&[("k8s:app", "new")])).unwrap();
         assert_eq!(c, b + 1, "the counter continues after reopen");
-        assert_eq!(
-            ids.release("ep-1").unwrap(),
-            Some(a),
-            "the reference survived the reopen"
-        );
+        assert_eq!(ids.release("ep-1").unwrap(), Some(a), "the reference survived the reopen");
     }
 
     #[test]
@@ -543,60 +438,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ids = open(dir.path());
         let a = ids.acquire(&web(), "ep-1").unwrap();
-        assert_eq!(
-            ids.acquire(&web(), "ep-2").unwrap(),
-            a,
-            "second endpoint shares the identity"
-        );
-        assert_eq!(
-            ids.acquire(&web(), "ep-2").unwrap(),
-            a,
-            "re-acquire is idempotent"
-        );
-        assert_eq!(
-            ids.list().unwrap()[0].references,
-            2,
-            "two owners, not three"
-        );
+        assert_eq!(ids.acquire(&web(), "ep-2").unwrap(), a, "second endpoint shares the identity");
+        assert_eq!(ids.acquire(&web(), "ep-2").unwrap(), a, "re-acquire is idempotent");
+        assert_eq!(ids.list().unwrap()[0].references, 2, "two owners, not three");
 
-        assert_eq!(
-            ids.release("ep-1").unwrap(),
-            Some(a),
-            "release returns the identity held"
-        );
-        assert_eq!(
-            ids.release("ep-1").unwrap(),
-            None,
-            "second release holds nothing"
-        );
-        assert!(
-            ids.gc().unwrap().is_empty(),
-            "an identity still held is not freed"
-        );
-        assert_eq!(
-            ids.lookup(a).unwrap(),
-            Some(web()),
-            "held identity still resolves"
-        );
+        assert_eq!(ids.release("ep-1").unwrap(), Some(a), "release returns the identity held");
+        assert_eq!(ids.release("ep-1").unwrap(), None, "second release holds nothing");
+        assert!(ids.gc().unwrap().is_empty(), "an identity still held is not freed");
+        assert_eq!(ids.lookup(a).unwrap(), Some(web()), "held identity still resolves");
 
         ids.release("ep-2").unwrap();
         assert_eq!(ids.list().unwrap()[0].references, 0, "no owner left");
         assert_eq!(ids.gc().unwrap(), vec![a], "unheld identity is freed by gc");
-        assert_eq!(
-            ids.lookup(a).unwrap(),
-            None,
-            "freed identity no longer resolves"
-        );
-        assert!(
-            ids.list().unwrap().is_empty(),
-            "freed identity is not listed"
-        );
+        assert_eq!(ids.lookup(a).unwrap(), None, "freed identity no longer resolves");
+        assert!(ids.list().unwrap().is_empty(), "freed identity is not listed");
 
         let again = ids.acquire(&web(), "ep-3").unwrap();
-        assert!(
-            again > a,
-            "a freed number is not reused: got {again} after {a}"
-        );
+        assert!(again > a, "a freed number is not reused: got {again} after {a}");
     }
 
     #[test]
@@ -605,11 +463,7 @@ mod tests {
         let ids = open(dir.path());
         let a = ids.allocate(&web()).unwrap();
         let b = ids.acquire(&db_app(), "ep-1").unwrap();
-        assert_eq!(
-            ids.gc().unwrap(),
-            vec![a],
-            "only the unheld identity is freed"
-        );
+        assert_eq!(ids.gc().unwrap(), vec![a], "only the unheld identity is freed");
         assert_eq!(ids.lookup(b).unwrap(), Some(db_app()), "held identity kept");
     }
 
@@ -620,22 +474,9 @@ mod tests {
         let a = ids.acquire(&web(), "ep-1").unwrap();
         let b = ids.acquire(&db_app(), "ep-1").unwrap();
         assert_ne!(a, b, "new labels, new identity");
-        let refs: Vec<(u32, u64)> = ids
-            .list()
-            .unwrap()
-            .iter()
-            .map(|i| (i.id, i.references))
-            .collect();
-        assert_eq!(
-            refs,
-            vec![(a, 0), (b, 1)],
-            "the reference moved from the old to the new"
-        );
-        assert_eq!(
-            ids.release("ep-1").unwrap(),
-            Some(b),
-            "the owner holds the new identity"
-        );
+        let refs: Vec<(u32, u64)> = ids.list().unwrap().iter().map(|i| (i.id, i.references)).collect();
+        assert_eq!(refs, vec![(a, 0), (b, 1)], "the reference moved from the old to the new");
+        assert_eq!(ids.release("ep-1").unwrap(), Some(b), "the owner holds the new identity");
     }
 
     #[test]
@@ -644,40 +485,19 @@ mod tests {
         let db = Arc::new(AgentDb::open(dir.path()).unwrap());
         let ids = Identities::new(db.clone()).unwrap();
         db.write(|txn| -> Result<(), DbError> {
-            txn.open_table(META)
-                .db()?
-                .insert(NEXT_KEY, MAX_IDENTITY)
-                .db()?;
+            txn.open_table(META).db()?.insert(NEXT_KEY, MAX_IDENTITY).db()?;
             Ok(())
         })
         .unwrap();
-        assert_eq!(
-            ids.allocate(&web()).unwrap(),
-            MAX_IDENTITY,
-            "the maximum itself is usable"
-        );
+        assert_eq!(ids.allocate(&web()).unwrap(), MAX_IDENTITY, "the maximum itself is usable");
         let err = ids.allocate(&db_app()).unwrap_err();
-        assert!(
-            matches!(err, IdentityError::Exhausted),
-            "beyond the maximum: {err:?}"
-        );
-        assert_eq!(
-            ids.allocate(&web()).unwrap(),
-            MAX_IDENTITY,
-            "existing sets still resolve"
-        );
+        assert!(matches!(err, IdentityError::Exhausted), "beyond the maximum: {err:?}");
+        assert_eq!(ids.allocate(&web()).unwrap(), MAX_IDENTITY, "existing sets still resolve");
         db.write(|txn| -> Result<(), DbError> {
-            txn.open_table(META)
-                .db()?
-                .insert(NEXT_KEY, RESERVED_HOST)
-                .db()?;
+            txn.open_table(META).db()?.insert(NEXT_KEY, RESERVED_HOST).db()?;
             Ok(())
         })
         .unwrap();
-        assert_eq!(
-            ids.allocate(&db_app()).unwrap(),
-            FIRST_DYNAMIC,
-            "never below 256"
-        );
+        assert_eq!(ids.allocate(&db_app()).unwrap(), FIRST_DYNAMIC, "never below 256");
     }
 }

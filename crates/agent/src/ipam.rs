@@ -74,8 +74,7 @@ pub struct Ipam {
 type OwnerKey<'a> = (&'a str, &'a str);
 
 /// owner -> the addresses it holds (IPv4 as u32, IPv6 as u128).
-const OWNERS: TableDefinition<OwnerKey, (Option<u32>, Option<u128>)> =
-    TableDefinition::new("ipam_owners");
+const OWNERS: TableDefinition<OwnerKey, (Option<u32>, Option<u128>)> = TableDefinition::new("ipam_owners");
 /// IPv4 address -> its owner. Written in the same transaction as `OWNERS`, so an address
 /// present here is taken, whatever the pool configuration is now.
 const IPV4_ADDRS: TableDefinition<u32, OwnerKey> = TableDefinition::new("ipam_ipv4");
@@ -96,14 +95,7 @@ struct Pool<K: 'static> {
 
 /// Address integers of one family (u32 for IPv4, u128 for IPv6): one scan serves both.
 trait AddrInt:
-    'static
-    + redb::Key
-    + for<'a> redb::Value<SelfType<'a> = Self>
-    + Copy
-    + Ord
-    + std::fmt::Debug
-    + Into<u128>
-    + TryFrom<u128>
+    'static + redb::Key + for<'a> redb::Value<SelfType<'a> = Self> + Copy + Ord + std::fmt::Debug + Into<u128> + TryFrom<u128>
 {
     /// The family's address -> owner table.
     const ADDRS: TableDefinition<'static, Self, OwnerKey<'static>>;
@@ -159,11 +151,7 @@ impl Pool<u128> {
         let cidr = IpNet::V6(net);
         let network = u128::from(net.network());
         let host_bits = 128 - u32::from(net.prefix_len());
-        let size = if host_bits < 16 {
-            1u128 << host_bits
-        } else {
-            IPV6_SCAN_WINDOW
-        };
+        let size = if host_bits < 16 { 1u128 << host_bits } else { IPV6_SCAN_WINDOW };
         // No broadcast in IPv6: the window ends at its last address. `network + size - 1`
         // cannot overflow because the prefix contains the whole window.
         let last = network + (size - 1);
@@ -184,11 +172,7 @@ impl<K: AddrInt> Pool<K> {
     fn take(&self, txn: &WriteTransaction, owner: OwnerKey) -> Result<K, IpamError> {
         let mut addrs = txn.open_table(K::ADDRS).db()?;
         let mut cursors = txn.open_table(CURSORS).db()?;
-        let cursor = cursors
-            .get(K::CURSOR_KEY)
-            .db()?
-            .and_then(|c| K::try_from(c.value()).ok())
-            .filter(|c| self.contains(*c));
+        let cursor = cursors.get(K::CURSOR_KEY).db()?.and_then(|c| K::try_from(c.value()).ok()).filter(|c| self.contains(*c));
         let start = match cursor.and_then(AddrInt::succ) {
             Some(next) if next <= self.last => next,
             _ => self.first,
@@ -206,11 +190,7 @@ impl<K: AddrInt> Pool<K> {
 }
 
 /// First address in `[from, to]` with no entry in `addrs`.
-fn first_free<K: AddrInt>(
-    addrs: &Table<K, OwnerKey>,
-    from: K,
-    to: K,
-) -> Result<Option<K>, DbError> {
+fn first_free<K: AddrInt>(addrs: &Table<K, OwnerKey>, from: K, to: K) -> Result<Option<K>, DbError> {
     let mut candidate = from;
     for entry in addrs.range(from..=to).db()? {
         let (taken, _) = entry.db()?;
@@ -230,10 +210,7 @@ fn first_free<K: AddrInt>(
 
 impl Allocation {
     fn from_row((ipv4, ipv6): (Option<u32>, Option<u128>)) -> Self {
-        Self {
-            ipv4: ipv4.map(Ipv4Addr::from),
-            ipv6: ipv6.map(Ipv6Addr::from),
-        }
+        Self { ipv4: ipv4.map(Ipv4Addr::from), ipv6: ipv6.map(Ipv6Addr::from) }
     }
 
     fn to_row(self) -> (Option<u32>, Option<u128>) {
@@ -246,10 +223,7 @@ impl Allocation {
 impl Owner {
     /// A new owner from the CNI container id and interface name.
     pub fn new(container_id: impl Into<String>, ifname: impl Into<String>) -> Self {
-        Self {
-            container_id: container_id.into(),
-            ifname: ifname.into(),
-        }
+        Self { container_id: container_id.into(), ifname: ifname.into() }
     }
 
     fn key(&self) -> OwnerKey<'_> {
@@ -267,11 +241,7 @@ impl Ipam {
     /// An allocator over the node's pod CIDRs (host bits of the CIDRs are ignored). Allocations
     /// already in the database are kept even when the CIDRs changed: see
     /// [`Ipam::list_outside_pool`].
-    pub fn new(
-        db: Arc<AgentDb>,
-        v4: Option<Ipv4Net>,
-        v6: Option<Ipv6Net>,
-    ) -> Result<Self, IpamError> {
+    pub fn new(db: Arc<AgentDb>, v4: Option<Ipv4Net>, v6: Option<Ipv6Net>) -> Result<Self, IpamError> {
         if v4.is_none() && v6.is_none() {
             return Err(IpamError::NoPool);
         }
@@ -342,10 +312,7 @@ impl Ipam {
             let mut out = Vec::new();
             for row in owners.iter().db()? {
                 let (owner, allocation) = row.db()?;
-                out.push((
-                    Owner::from_key(owner.value()),
-                    Allocation::from_row(allocation.value()),
-                ));
+                out.push((Owner::from_key(owner.value()), Allocation::from_row(allocation.value())));
             }
             Ok(out)
         })
@@ -378,12 +345,8 @@ impl Ipam {
     /// caller decides whether to recreate those endpoints.
     pub fn list_outside_pool(&self) -> Result<Vec<(Owner, Allocation)>, IpamError> {
         let outside = |allocation: &Allocation| {
-            let v4_out = allocation
-                .ipv4
-                .is_some_and(|a| !self.v4.is_some_and(|p| p.contains(u32::from(a))));
-            let v6_out = allocation
-                .ipv6
-                .is_some_and(|a| !self.v6.is_some_and(|p| p.contains(u128::from(a))));
+            let v4_out = allocation.ipv4.is_some_and(|a| !self.v4.is_some_and(|p| p.contains(u32::from(a))));
+            let v6_out = allocation.ipv6.is_some_and(|a| !self.v6.is_some_and(|p| p.contains(u128::from(a))));
             v4_out || v6_out
         };
         let mut all = self.list()?;
@@ -394,12 +357,7 @@ impl Ipam {
 
 /// Removes `owner`'s row and its address entries inside `txn`.
 fn remove_owner(txn: &WriteTransaction, owner: OwnerKey) -> Result<Option<Allocation>, IpamError> {
-    let removed = txn
-        .open_table(OWNERS)
-        .db()?
-        .remove(owner)
-        .db()?
-        .map(|row| row.value());
+    let removed = txn.open_table(OWNERS).db()?.remove(owner).db()?.map(|row| row.value());
     let Some(row) = removed else { return Ok(None) };
     let allocation = Allocation::from_row(row);
     if let Some(addr) = row.0 {
@@ -412,15 +370,8 @@ fn remove_owner(txn: &WriteTransaction, owner: OwnerKey) -> Result<Option<Alloca
 }
 
 /// Frees `addr` if `owner` holds it; an entry of another owner is left alone.
-fn remove_addr<K: AddrInt>(
-    addrs: &mut Table<K, OwnerKey>,
-    addr: K,
-    owner: OwnerKey,
-) -> Result<(), DbError> {
-    let held_by_owner = addrs
-        .get(addr)
-        .db()?
-        .is_some_and(|held| held.value() == owner);
+fn remove_addr<K: AddrInt>(addrs: &mut Table<K, OwnerKey>, addr: K, owner: OwnerKey) -> Result<(), DbError> {
+    let held_by_owner = addrs.get(addr).db()?.is_some_and(|held| held.value() == owner);
     if held_by_owner {
         addrs.remove(addr).db()?;
     }
@@ -459,16 +410,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ipam = dual(open(dir.path()));
         let a = ipam.allocate(&owner(0)).unwrap();
-        assert_eq!(
-            a.ipv4,
-            Some("10.0.1.2".parse().unwrap()),
-            "first IPv4 is .2"
-        );
-        assert_eq!(
-            a.ipv6,
-            Some("fd00:1::2".parse().unwrap()),
-            "first IPv6 is ::2"
-        );
+        assert_eq!(a.ipv4, Some("10.0.1.2".parse().unwrap()), "first IPv4 is .2");
+        assert_eq!(a.ipv6, Some("fd00:1::2".parse().unwrap()), "first IPv6 is ::2");
     }
 
     #[test]
@@ -478,16 +421,9 @@ mod tests {
         let first = ipam.allocate(&owner(1)).unwrap();
         let again = ipam.allocate(&owner(1)).unwrap();
         assert_eq!(first, again, "a retried ADD gets the same addresses");
-        assert_eq!(
-            ipam.list().unwrap().len(),
-            1,
-            "a retried ADD holds one allocation"
-        );
+        assert_eq!(ipam.list().unwrap().len(), 1, "a retried ADD holds one allocation");
         let other_if = ipam.allocate(&Owner::new("container-1", "net1")).unwrap();
-        assert_ne!(
-            other_if, first,
-            "another interface of the same container is another owner"
-        );
+        assert_ne!(other_if, first, "another interface of the same container is another owner");
     }
 
     #[test]
@@ -496,17 +432,11 @@ mod tests {
         let db = open(dir.path());
         let only4 = Ipam::new(db.clone(), Some(v4("10.0.0.0/24")), None).unwrap();
         let a = only4.allocate(&owner(0)).unwrap();
-        assert!(
-            a.ipv4.is_some() && a.ipv6.is_none(),
-            "IPv4-only pool gives only IPv4: {a:?}"
-        );
+        assert!(a.ipv4.is_some() && a.ipv6.is_none(), "IPv4-only pool gives only IPv4: {a:?}");
         drop(only4);
         let only6 = Ipam::new(db, None, Some(v6("fd00::/120"))).unwrap();
         let b = only6.allocate(&owner(1)).unwrap();
-        assert!(
-            b.ipv4.is_none() && b.ipv6.is_some(),
-            "IPv6-only pool gives only IPv6: {b:?}"
-        );
+        assert!(b.ipv4.is_none() && b.ipv6.is_some(), "IPv6-only pool gives only IPv6: {b:?}");
     }
 
     #[test]
@@ -514,57 +444,28 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = open(dir.path());
         let none = Ipam::new(db.clone(), None, None);
-        assert!(
-            matches!(none, Err(IpamError::NoPool)),
-            "no CIDR at all is an error"
-        );
+        assert!(matches!(none, Err(IpamError::NoPool)), "no CIDR at all is an error");
         for cidr in ["10.0.0.0/31", "10.0.0.7/32"] {
             let r = Ipam::new(db.clone(), Some(v4(cidr)), None);
-            assert!(
-                matches!(r, Err(IpamError::EmptyPool { .. })),
-                "{cidr} has no usable address"
-            );
+            assert!(matches!(r, Err(IpamError::EmptyPool { .. })), "{cidr} has no usable address");
         }
-        for cidr in [
-            "fd00::/127",
-            "fd00::/128",
-            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128",
-        ] {
+        for cidr in ["fd00::/127", "fd00::/128", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128"] {
             let r = Ipam::new(db.clone(), None, Some(v6(cidr)));
-            assert!(
-                matches!(r, Err(IpamError::EmptyPool { .. })),
-                "{cidr} has no usable address"
-            );
+            assert!(matches!(r, Err(IpamError::EmptyPool { .. })), "{cidr} has no usable address");
         }
         let smallest = Ipam::new(db, Some(v4("10.0.0.0/30")), Some(v6("fd00::/126"))).unwrap();
         let a = smallest.allocate(&owner(0)).unwrap();
-        assert_eq!(
-            a.ipv4,
-            Some("10.0.0.2".parse().unwrap()),
-            "a /30 has exactly .2"
-        );
-        assert_eq!(
-            a.ipv6,
-            Some("fd00::2".parse().unwrap()),
-            "a /126 starts at ::2"
-        );
+        assert_eq!(a.ipv4, Some("10.0.0.2".parse().unwrap()), "a /30 has exactly .2");
+        assert_eq!(a.ipv6, Some("fd00::2".parse().unwrap()), "a /126 starts at ::2");
     }
 
     #[test]
     fn host_bits_of_the_cidr_are_ignored() {
         let dir = tempfile::tempdir().unwrap();
         let ipam = Ipam::new(open(dir.path()), Some(v4("10.0.1.77/24")), None).unwrap();
-        assert_eq!(
-            ipam.ipv4_cidr(),
-            Some("10.0.1.0/24".parse().unwrap()),
-            "CIDR is truncated"
-        );
+        assert_eq!(ipam.ipv4_cidr(), Some("10.0.1.0/24".parse().unwrap()), "CIDR is truncated");
         let a = ipam.allocate(&owner(0)).unwrap();
-        assert_eq!(
-            a.ipv4,
-            Some("10.0.1.2".parse().unwrap()),
-            "allocation starts at the network"
-        );
+        assert_eq!(a.ipv4, Some("10.0.1.2".parse().unwrap()), "allocation starts at the network");
     }
 
     #[test]
@@ -579,18 +480,9 @@ mod tests {
             let ip6 = a.ipv6.unwrap();
             assert!(seen4.insert(ip4), "IPv4 {ip4} handed out twice");
             assert!(seen6.insert(ip6), "IPv6 {ip6} handed out twice");
-            assert!(
-                ip4 != "10.0.1.0".parse::<Ipv4Addr>().unwrap(),
-                "network address handed out"
-            );
-            assert!(
-                ip4 != "10.0.1.1".parse::<Ipv4Addr>().unwrap(),
-                ".1 handed out"
-            );
-            assert!(
-                ip4 != "10.0.1.255".parse::<Ipv4Addr>().unwrap(),
-                "broadcast handed out"
-            );
+            assert!(ip4 != "10.0.1.0".parse::<Ipv4Addr>().unwrap(), "network address handed out");
+            assert!(ip4 != "10.0.1.1".parse::<Ipv4Addr>().unwrap(), ".1 handed out");
+            assert!(ip4 != "10.0.1.255".parse::<Ipv4Addr>().unwrap(), "broadcast handed out");
         }
         assert_eq!(ipam.list().unwrap().len(), 200, "200 owners are listed");
     }
@@ -599,54 +491,30 @@ mod tests {
     fn ipv4_slash29_has_five_addresses() {
         let dir = tempfile::tempdir().unwrap();
         let ipam = Ipam::new(open(dir.path()), Some(v4("10.9.0.8/29")), None).unwrap();
-        let got: Vec<Ipv4Addr> = (0..5)
-            .map(|i| ipam.allocate(&owner(i)).unwrap().ipv4.unwrap())
-            .collect();
-        let want: Vec<Ipv4Addr> = [
-            "10.9.0.10",
-            "10.9.0.11",
-            "10.9.0.12",
-            "10.9.0.13",
-            "10.9.0.14",
-        ]
-        .iter()
-        .map(|s| s.parse().unwrap())
-        .collect();
+        let got: Vec<Ipv4Addr> = (0..5).map(|i| ipam.allocate(&owner(i)).unwrap().ipv4.unwrap()).collect();
+        let want: Vec<Ipv4Addr> =
+            ["10.9.0.10", "10.9.0.11", "10.9.0.12", "10.9.0.13", "10.9.0.14"].iter().map(|s| s.parse().unwrap()).collect();
         assert_eq!(got, want, "a /29 yields .2 to .6 of the block, in order");
         match ipam.allocate(&owner(5)) {
             Err(IpamError::Exhausted { cidr }) => {
-                assert_eq!(
-                    cidr,
-                    "10.9.0.8/29".parse::<IpNet>().unwrap(),
-                    "error names the CIDR"
-                );
+                assert_eq!(cidr, "10.9.0.8/29".parse::<IpNet>().unwrap(), "error names the CIDR");
             }
             other => panic!("sixth allocation of a /29 must be Exhausted, got {other:?}"),
         }
         let msg = ipam.allocate(&owner(5)).unwrap_err().to_string();
         assert!(msg.contains("10.9.0.8/29"), "message names the CIDR: {msg}");
-        assert!(
-            ipam.get(&owner(5)).unwrap().is_none(),
-            "a failed allocation holds nothing"
-        );
+        assert!(ipam.get(&owner(5)).unwrap().is_none(), "a failed allocation holds nothing");
     }
 
     #[test]
     fn ipv6_slash125_has_six_addresses() {
         let dir = tempfile::tempdir().unwrap();
         let ipam = Ipam::new(open(dir.path()), None, Some(v6("fd00:9::/125"))).unwrap();
-        let got: Vec<Ipv6Addr> = (0..6)
-            .map(|i| ipam.allocate(&owner(i)).unwrap().ipv6.unwrap())
-            .collect();
-        let want: Vec<Ipv6Addr> = (2..8)
-            .map(|i| Ipv6Addr::new(0xfd00, 9, 0, 0, 0, 0, 0, i))
-            .collect();
+        let got: Vec<Ipv6Addr> = (0..6).map(|i| ipam.allocate(&owner(i)).unwrap().ipv6.unwrap()).collect();
+        let want: Vec<Ipv6Addr> = (2..8).map(|i| Ipv6Addr::new(0xfd00, 9, 0, 0, 0, 0, 0, i)).collect();
         assert_eq!(got, want, "a /125 yields ::2 to ::7 (no broadcast in IPv6)");
         let err = ipam.allocate(&owner(6)).unwrap_err();
-        assert!(
-            matches!(err, IpamError::Exhausted { .. }),
-            "seventh allocation: {err:?}"
-        );
+        assert!(matches!(err, IpamError::Exhausted { .. }), "seventh allocation: {err:?}");
     }
 
     #[test]
@@ -654,100 +522,43 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ipam = Ipam::new(open(dir.path()), None, Some(v6("fd00::/64"))).unwrap();
         let pool = ipam.v6.unwrap();
-        assert_eq!(
-            pool.first,
-            u128::from("fd00::2".parse::<Ipv6Addr>().unwrap()),
-            "first"
-        );
-        assert_eq!(
-            pool.last,
-            u128::from("fd00::ffff".parse::<Ipv6Addr>().unwrap()),
-            "last"
-        );
-        let top = Ipam::new(
-            open(&dir.path().join("top")),
-            None,
-            Some(v6("ffff:ffff:ffff:ffff::/64")),
-        );
+        assert_eq!(pool.first, u128::from("fd00::2".parse::<Ipv6Addr>().unwrap()), "first");
+        assert_eq!(pool.last, u128::from("fd00::ffff".parse::<Ipv6Addr>().unwrap()), "last");
+        let top = Ipam::new(open(&dir.path().join("top")), None, Some(v6("ffff:ffff:ffff:ffff::/64")));
         let top = top.unwrap().v6.unwrap();
-        assert_eq!(
-            top.last,
-            u128::from("ffff:ffff:ffff:ffff::ffff".parse::<Ipv6Addr>().unwrap()),
-            "window of the top /64"
-        );
-        let whole = Ipam::new(
-            open(&dir.path().join("whole")),
-            None,
-            Some(v6("ffff:ffff:ffff:ffff:ffff:ffff:ffff:0/112")),
-        );
-        assert_eq!(
-            whole.unwrap().v6.unwrap().last,
-            u128::MAX,
-            "a /112 is scanned whole"
-        );
+        assert_eq!(top.last, u128::from("ffff:ffff:ffff:ffff::ffff".parse::<Ipv6Addr>().unwrap()), "window of the top /64");
+        let whole = Ipam::new(open(&dir.path().join("whole")), None, Some(v6("ffff:ffff:ffff:ffff:ffff:ffff:ffff:0/112")));
+        assert_eq!(whole.unwrap().v6.unwrap().last, u128::MAX, "a /112 is scanned whole");
     }
 
     #[test]
     fn pool_at_the_top_of_the_address_space() {
         let dir = tempfile::tempdir().unwrap();
-        let ipam = Ipam::new(
-            open(dir.path()),
-            Some(v4("255.255.255.248/29")),
-            Some(v6("ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffc/126")),
-        )
-        .unwrap();
+        let ipam =
+            Ipam::new(open(dir.path()), Some(v4("255.255.255.248/29")), Some(v6("ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffc/126"))).unwrap();
         let a = ipam.allocate(&owner(0)).unwrap();
         let b = ipam.allocate(&owner(1)).unwrap();
-        assert_eq!(
-            b.ipv6,
-            Some(Ipv6Addr::from(u128::MAX)),
-            "the last IPv6 address is usable"
-        );
+        assert_eq!(b.ipv6, Some(Ipv6Addr::from(u128::MAX)), "the last IPv6 address is usable");
         let err = ipam.allocate(&owner(2)).unwrap_err();
-        assert!(
-            matches!(err, IpamError::Exhausted { .. }),
-            "cursor at the top wraps: {err:?}"
-        );
+        assert!(matches!(err, IpamError::Exhausted { .. }), "cursor at the top wraps: {err:?}");
         ipam.release(&owner(0)).unwrap();
         let c = ipam.allocate(&owner(3)).unwrap();
-        assert_eq!(
-            c.ipv6, a.ipv6,
-            "after the top, the scan wraps to the freed address"
-        );
-        assert_eq!(
-            c.ipv4,
-            Some("255.255.255.252".parse().unwrap()),
-            "IPv4 continues in order"
-        );
+        assert_eq!(c.ipv6, a.ipv6, "after the top, the scan wraps to the freed address");
+        assert_eq!(c.ipv4, Some("255.255.255.252".parse().unwrap()), "IPv4 continues in order");
     }
 
     #[test]
     fn dual_stack_exhaustion_is_atomic() {
         let dir = tempfile::tempdir().unwrap();
-        let ipam = Ipam::new(
-            open(dir.path()),
-            Some(v4("10.0.0.0/24")),
-            Some(v6("fd00::/126")),
-        )
-        .unwrap();
+        let ipam = Ipam::new(open(dir.path()), Some(v4("10.0.0.0/24")), Some(v6("fd00::/126"))).unwrap();
         ipam.allocate(&owner(0)).unwrap();
         ipam.allocate(&owner(1)).unwrap();
         let err = ipam.allocate(&owner(2)).unwrap_err();
-        assert!(
-            matches!(err, IpamError::Exhausted { cidr: IpNet::V6(_) }),
-            "IPv6 pool is the exhausted one: {err:?}"
-        );
-        assert!(
-            ipam.get(&owner(2)).unwrap().is_none(),
-            "nothing held after a failed ADD"
-        );
+        assert!(matches!(err, IpamError::Exhausted { cidr: IpNet::V6(_) }), "IPv6 pool is the exhausted one: {err:?}");
+        assert!(ipam.get(&owner(2)).unwrap().is_none(), "nothing held after a failed ADD");
         ipam.release(&owner(0)).unwrap();
         let a = ipam.allocate(&owner(2)).unwrap();
-        assert_eq!(
-            a.ipv4,
-            Some("10.0.0.4".parse().unwrap()),
-            "the IPv4 taken by the failed ADD was rolled back, and the cursor with it"
-        );
+        assert_eq!(a.ipv4, Some("10.0.0.4".parse().unwrap()), "the IPv4 taken by the failed ADD was rolled back, and the cursor with it");
     }
 
     #[test]
@@ -755,25 +566,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ipam = dual(open(dir.path()));
         let a = ipam.allocate(&owner(0)).unwrap();
-        assert_eq!(
-            ipam.release(&owner(0)).unwrap(),
-            Some(a),
-            "release returns what was held"
-        );
-        assert_eq!(
-            ipam.release(&owner(0)).unwrap(),
-            None,
-            "second release holds nothing"
-        );
-        assert_eq!(
-            ipam.release(&owner(9)).unwrap(),
-            None,
-            "unknown owner holds nothing"
-        );
-        assert!(
-            ipam.list().unwrap().is_empty(),
-            "nothing listed after release"
-        );
+        assert_eq!(ipam.release(&owner(0)).unwrap(), Some(a), "release returns what was held");
+        assert_eq!(ipam.release(&owner(0)).unwrap(), None, "second release holds nothing");
+        assert_eq!(ipam.release(&owner(9)).unwrap(), None, "unknown owner holds nothing");
+        assert!(ipam.list().unwrap().is_empty(), "nothing listed after release");
     }
 
     #[test]
@@ -790,10 +586,7 @@ mod tests {
         ipam.release(&owner(3)).unwrap();
         assert_eq!(ip(6), 5, "after wrapping the cursor finds the gap at .5");
         let err = ipam.allocate(&owner(7)).unwrap_err();
-        assert!(
-            matches!(err, IpamError::Exhausted { .. }),
-            "pool full again: {err:?}"
-        );
+        assert!(matches!(err, IpamError::Exhausted { .. }), "pool full again: {err:?}");
     }
 
     #[test]
@@ -808,27 +601,11 @@ mod tests {
             ipam.list().unwrap()
         };
         let ipam = dual(open(dir.path()));
-        assert_eq!(
-            ipam.list().unwrap(),
-            before,
-            "allocations are read back after reopen"
-        );
-        assert_eq!(
-            ipam.allocate(&owner(1)).unwrap(),
-            before[1].1,
-            "retried ADD after restart returns the stored addresses"
-        );
+        assert_eq!(ipam.list().unwrap(), before, "allocations are read back after reopen");
+        assert_eq!(ipam.allocate(&owner(1)).unwrap(), before[1].1, "retried ADD after restart returns the stored addresses");
         let next = ipam.allocate(&owner(5)).unwrap();
-        assert_eq!(
-            next.ipv4,
-            Some("10.0.1.5".parse().unwrap()),
-            "cursor persisted: .4 released before restart is not reused"
-        );
-        assert_eq!(
-            next.ipv6,
-            Some("fd00:1::5".parse().unwrap()),
-            "IPv6 cursor persisted"
-        );
+        assert_eq!(next.ipv4, Some("10.0.1.5".parse().unwrap()), "cursor persisted: .4 released before restart is not reused");
+        assert_eq!(next.ipv6, Some("fd00:1::5".parse().unwrap()), "IPv6 cursor persisted");
     }
 
     #[test]
@@ -838,26 +615,11 @@ mod tests {
         let held: Vec<Allocation> = (0..5).map(|i| ipam.allocate(&owner(i)).unwrap()).collect();
         let valid: BTreeSet<Owner> = [owner(1), owner(3), owner(42)].into_iter().collect();
         let released = ipam.release_all_except(&valid).unwrap();
-        assert_eq!(
-            released,
-            vec![owner(0), owner(2), owner(4)],
-            "stale owners are released"
-        );
+        assert_eq!(released, vec![owner(0), owner(2), owner(4)], "stale owners are released");
         let left: Vec<Owner> = ipam.list().unwrap().into_iter().map(|(o, _)| o).collect();
-        assert_eq!(
-            left,
-            vec![owner(1), owner(3)],
-            "valid owners keep their addresses"
-        );
-        assert_eq!(
-            ipam.get(&owner(3)).unwrap(),
-            Some(held[3]),
-            "kept addresses unchanged"
-        );
-        assert!(
-            ipam.release_all_except(&valid).unwrap().is_empty(),
-            "a second GC releases nothing"
-        );
+        assert_eq!(left, vec![owner(1), owner(3)], "valid owners keep their addresses");
+        assert_eq!(ipam.get(&owner(3)).unwrap(), Some(held[3]), "kept addresses unchanged");
+        assert!(ipam.release_all_except(&valid).unwrap().is_empty(), "a second GC releases nothing");
         // The released addresses are free again: a small pool proves it.
         let dir2 = tempfile::tempdir().unwrap();
         let small = Ipam::new(open(dir2.path()), Some(v4("10.0.0.0/29")), None).unwrap();
@@ -868,78 +630,33 @@ mod tests {
         for i in 10..15 {
             small.allocate(&owner(i)).unwrap();
         }
-        assert_eq!(
-            small.list().unwrap().len(),
-            5,
-            "all five addresses were freed by GC"
-        );
+        assert_eq!(small.list().unwrap().len(), 5, "all five addresses were freed by GC");
     }
 
     #[test]
     fn changed_cidr_reports_allocations_outside_pool() {
         let dir = tempfile::tempdir().unwrap();
         let (a, b) = {
-            let ipam = Ipam::new(
-                open(dir.path()),
-                Some(v4("10.0.0.0/24")),
-                Some(v6("fd00::/64")),
-            )
-            .unwrap();
-            (
-                ipam.allocate(&owner(0)).unwrap(),
-                ipam.allocate(&owner(1)).unwrap(),
-            )
+            let ipam = Ipam::new(open(dir.path()), Some(v4("10.0.0.0/24")), Some(v6("fd00::/64"))).unwrap();
+            (ipam.allocate(&owner(0)).unwrap(), ipam.allocate(&owner(1)).unwrap())
         };
         // Same IPv4 CIDR, IPv6 removed: both allocations hold an IPv6 no pool hands out.
         let ipam = Ipam::new(open(dir.path()), Some(v4("10.0.0.0/24")), None).unwrap();
         let outside = ipam.list_outside_pool().unwrap();
-        assert_eq!(
-            outside,
-            vec![(owner(0), a), (owner(1), b)],
-            "IPv6 family removed"
-        );
+        assert_eq!(outside, vec![(owner(0), a), (owner(1), b)], "IPv6 family removed");
         drop(ipam);
         // IPv4 moved to another block: everything is outside.
-        let ipam = Ipam::new(
-            open(dir.path()),
-            Some(v4("10.1.0.0/24")),
-            Some(v6("fd00::/64")),
-        )
-        .unwrap();
-        assert_eq!(
-            ipam.list_outside_pool().unwrap().len(),
-            2,
-            "IPv4 CIDR moved"
-        );
+        let ipam = Ipam::new(open(dir.path()), Some(v4("10.1.0.0/24")), Some(v6("fd00::/64"))).unwrap();
+        assert_eq!(ipam.list_outside_pool().unwrap().len(), 2, "IPv4 CIDR moved");
         drop(ipam);
         // Narrowed so .3 (owner 1) becomes the broadcast of 10.0.0.0/30.
-        let ipam = Ipam::new(
-            open(dir.path()),
-            Some(v4("10.0.0.0/30")),
-            Some(v6("fd00::/64")),
-        )
-        .unwrap();
-        assert_eq!(
-            ipam.list_outside_pool().unwrap(),
-            vec![(owner(1), b)],
-            "now the broadcast"
-        );
+        let ipam = Ipam::new(open(dir.path()), Some(v4("10.0.0.0/30")), Some(v6("fd00::/64"))).unwrap();
+        assert_eq!(ipam.list_outside_pool().unwrap(), vec![(owner(1), b)], "now the broadcast");
         let err = ipam.allocate(&owner(2)).unwrap_err();
-        assert!(
-            matches!(err, IpamError::Exhausted { .. }),
-            "the held .2 is still reserved under the new CIDR: {err:?}"
-        );
+        assert!(matches!(err, IpamError::Exhausted { .. }), "the held .2 is still reserved under the new CIDR: {err:?}");
         drop(ipam);
-        let ipam = Ipam::new(
-            open(dir.path()),
-            Some(v4("10.0.0.0/24")),
-            Some(v6("fd00::/64")),
-        )
-        .unwrap();
-        assert!(
-            ipam.list_outside_pool().unwrap().is_empty(),
-            "original CIDRs: all inside"
-        );
+        let ipam = Ipam::new(open(dir.path()), Some(v4("10.0.0.0/24")), Some(v6("fd00::/64"))).unwrap();
+        assert!(ipam.list_outside_pool().unwrap().is_empty(), "original CIDRs: all inside");
     }
 
     #[test]
@@ -949,20 +666,13 @@ mod tests {
         let handles: Vec<_> = (0..4)
             .map(|t| {
                 let ipam = ipam.clone();
-                std::thread::spawn(move || {
-                    (0..10)
-                        .map(|i| ipam.allocate(&owner(t * 100 + i)).unwrap())
-                        .collect::<Vec<_>>()
-                })
+                std::thread::spawn(move || (0..10).map(|i| ipam.allocate(&owner(t * 100 + i)).unwrap()).collect::<Vec<_>>())
             })
             .collect();
         let mut seen = HashSet::new();
         for h in handles {
             for a in h.join().unwrap() {
-                assert!(
-                    seen.insert(a.ipv4.unwrap()),
-                    "IPv4 handed out twice under concurrency"
-                );
+                assert!(seen.insert(a.ipv4.unwrap()), "IPv4 handed out twice under concurrency");
             }
         }
         assert_eq!(seen.len(), 40, "forty distinct addresses");
@@ -972,14 +682,8 @@ mod tests {
     fn owner_and_allocation_serde() {
         let o = Owner::new("abc", "eth0");
         let json = serde_json::to_string(&o).unwrap();
-        assert_eq!(
-            json, r#"{"container_id":"abc","ifname":"eth0"}"#,
-            "owner JSON shape"
-        );
-        let a = Allocation {
-            ipv4: Some("10.0.0.2".parse().unwrap()),
-            ipv6: None,
-        };
+        assert_eq!(json, r#"{"container_id":"abc","ifname":"eth0"}"#, "owner JSON shape");
+        let a = Allocation { ipv4: Some("10.0.0.2".parse().unwrap()), ipv6: None };
         let back: Allocation = serde_json::from_str(&serde_json::to_string(&a).unwrap()).unwrap();
         assert_eq!(back, a, "allocation round-trips through JSON");
     }

@@ -49,7 +49,12 @@ struct SnapshotCollector(Snapshot);
 impl prometheus_client::collector::Collector for SnapshotCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let s = &self.0;
-        let mut counter4 = |name: &str, help: &str, k1: &str, k2: &str, rows: &[(String, String, u64, u64)], pick: fn(&(String, String, u64, u64)) -> u64| {
+        let mut counter4 = |name: &str,
+                            help: &str,
+                            k1: &str,
+                            k2: &str,
+                            rows: &[(String, String, u64, u64)],
+                            pick: fn(&(String, String, u64, u64)) -> u64| {
             let mut m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
             for row in rows {
                 let labels = [(k1, row.0.as_str()), (k2, row.1.as_str())];
@@ -57,8 +62,17 @@ impl prometheus_client::collector::Collector for SnapshotCollector {
             }
             Ok::<(), std::fmt::Error>(())
         };
-        counter4("forwarded_packets", "Packets the datapath forwarded, by decision and direction.", "kind", "direction", &s.forwarded, |r| r.2)?;
-        counter4("forwarded_bytes", "Bytes the datapath forwarded, by decision and direction.", "kind", "direction", &s.forwarded, |r| r.3)?;
+        counter4(
+            "forwarded_packets",
+            "Packets the datapath forwarded, by decision and direction.",
+            "kind",
+            "direction",
+            &s.forwarded,
+            |r| r.2,
+        )?;
+        counter4("forwarded_bytes", "Bytes the datapath forwarded, by decision and direction.", "kind", "direction", &s.forwarded, |r| {
+            r.3
+        })?;
         counter4("drop_packets", "Packets the datapath dropped, by reason and direction.", "reason", "direction", &s.drops, |r| r.2)?;
         counter4("drop_bytes", "Bytes the datapath dropped, by reason and direction.", "reason", "direction", &s.drops, |r| r.3)?;
         {
@@ -79,9 +93,24 @@ impl prometheus_client::collector::Collector for SnapshotCollector {
                 ConstCounter::new(*n).encode(m.encode_family(&[("reason", reason.as_str())])?)?;
             }
         }
-        ConstCounter::new(s.flows_observed).encode(encoder.encode_descriptor("flows_observed", "Datapath events decoded into flows.", None, MetricType::Counter)?)?;
-        ConstGauge::new(s.endpoints as i64).encode(encoder.encode_descriptor("endpoints", "Endpoints on this node.", None, MetricType::Gauge)?)?;
-        ConstGauge::new(s.identities as i64).encode(encoder.encode_descriptor("identities", "Security identities in use on this node.", None, MetricType::Gauge)?)?;
+        ConstCounter::new(s.flows_observed).encode(encoder.encode_descriptor(
+            "flows_observed",
+            "Datapath events decoded into flows.",
+            None,
+            MetricType::Counter,
+        )?)?;
+        ConstGauge::new(s.endpoints as i64).encode(encoder.encode_descriptor(
+            "endpoints",
+            "Endpoints on this node.",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        ConstGauge::new(s.identities as i64).encode(encoder.encode_descriptor(
+            "identities",
+            "Security identities in use on this node.",
+            None,
+            MetricType::Gauge,
+        )?)?;
         Ok(())
     }
 }

@@ -37,8 +37,8 @@ pub fn reconcile(desired: &[EndpointEntry], tables: &mut dyn DatapathTables, rea
     for entry in desired {
         let info = entry.info();
         let addrs: Vec<IpAddr> = [entry.ipv4.map(IpAddr::from), entry.ipv6.map(IpAddr::from)].into_iter().flatten().collect();
-        let current = addrs.iter().all(|a| programmed_addrs.get(a) == Some(&info))
-            && programmed_ifaces.get(&entry.host_ifindex) == Some(&info);
+        let current =
+            addrs.iter().all(|a| programmed_addrs.get(a) == Some(&info)) && programmed_ifaces.get(&entry.host_ifindex) == Some(&info);
         if !current {
             tables.upsert_endpoint(entry)?;
             report.upserted += 1;

@@ -346,7 +346,8 @@ fn source_with(namespaces: Labelled<'_, &str>, pods: Labelled<'_, (&str, &str)>)
         store.namespaces.insert((*name).into(), Namespace { metadata: meta, ..Default::default() });
     }
     for ((ns, name), labels) in pods {
-        let meta = ObjectMeta { name: Some((*name).into()), namespace: Some((*ns).into()), labels: Some((*labels).clone()), ..Default::default() };
+        let meta =
+            ObjectMeta { name: Some((*name).into()), namespace: Some((*ns).into()), labels: Some((*labels).clone()), ..Default::default() };
         store.pods.insert(sluice_state::Store::pod_key(ns, name), Pod { metadata: meta, ..Default::default() });
     }
     let publisher = sluice_state::SnapshotPublisher::new("test");
@@ -484,19 +485,41 @@ impl Harness {
         for ep in &endpoints {
             let name = &ep.container_id;
             let owner = Owner::new(ep.container_id.clone(), ep.ifname.clone());
-            assert_eq!(held.get(&owner), Some(&Allocation { ipv4: ep.ipv4, ipv6: ep.ipv6 }), "{context}: the IPAM must hold the addresses of endpoint {name}");
-            assert_eq!(interfaces.get(&ep.host_ifname).map(|i| i.ifindex), Some(ep.host_ifindex), "{context}: the host interface of {name} must exist with the recorded ifindex");
-            let info = tables.ifindexes.get(&ep.host_ifindex).unwrap_or_else(|| panic!("{context}: endpoint {name} must have its ifindex entry"));
-            assert_eq!((info.endpoint_id, info.identity), (ep.id, ep.identity), "{context}: the ifindex entry of {name} must carry its number and identity");
+            assert_eq!(
+                held.get(&owner),
+                Some(&Allocation { ipv4: ep.ipv4, ipv6: ep.ipv6 }),
+                "{context}: the IPAM must hold the addresses of endpoint {name}"
+            );
+            assert_eq!(
+                interfaces.get(&ep.host_ifname).map(|i| i.ifindex),
+                Some(ep.host_ifindex),
+                "{context}: the host interface of {name} must exist with the recorded ifindex"
+            );
+            let info =
+                tables.ifindexes.get(&ep.host_ifindex).unwrap_or_else(|| panic!("{context}: endpoint {name} must have its ifindex entry"));
+            assert_eq!(
+                (info.endpoint_id, info.identity),
+                (ep.id, ep.identity),
+                "{context}: the ifindex entry of {name} must carry its number and identity"
+            );
             for addr in [ep.ipv4.map(IpAddr::from), ep.ipv6.map(IpAddr::from)].into_iter().flatten() {
                 addresses += 1;
-                assert_eq!(tables.addresses.get(&addr), Some(info), "{context}: address {addr} of {name} must map to the same value as its interface");
+                assert_eq!(
+                    tables.addresses.get(&addr),
+                    Some(info),
+                    "{context}: address {addr} of {name} must map to the same value as its interface"
+                );
             }
             assert!(tables.attached.contains(&ep.host_ifname), "{context}: from-pod must be attached on {}", ep.host_ifname);
         }
         assert_eq!(held.len(), endpoints.len(), "{context}: the IPAM must hold addresses for the endpoints only: {held:?}");
         assert_eq!(tables.addresses.len(), addresses, "{context}: no address entry without an endpoint: {:?}", tables.addresses.keys());
-        assert_eq!(tables.ifindexes.len(), endpoints.len(), "{context}: no ifindex entry without an endpoint: {:?}", tables.ifindexes.keys());
+        assert_eq!(
+            tables.ifindexes.len(),
+            endpoints.len(),
+            "{context}: no ifindex entry without an endpoint: {:?}",
+            tables.ifindexes.keys()
+        );
         assert_eq!(tables.attached.len(), endpoints.len(), "{context}: no attachment without an endpoint: {:?}", tables.attached);
         assert_eq!(interfaces.len(), endpoints.len(), "{context}: no interface without an endpoint: {:?}", interfaces.keys());
         let references: u64 = self.identity_refs().values().sum();
@@ -514,7 +537,13 @@ fn state_dir(dir: &TempDir) -> PathBuf {
     dir.path().join("state")
 }
 
-fn start(config: &AgentConfig, db: &Arc<AgentDb>, datapath: &SharedFake, plumber: &FakePlumber, state: &Option<Arc<dyn StateSource>>) -> Agent {
+fn start(
+    config: &AgentConfig,
+    db: &Arc<AgentDb>,
+    datapath: &SharedFake,
+    plumber: &FakePlumber,
+    state: &Option<Arc<dyn StateSource>>,
+) -> Agent {
     Agent::new(AgentParts {
         services: None,
         policies: None,
@@ -592,7 +621,11 @@ async fn add_returns_both_interfaces_and_programs_the_endpoint() {
     assert_eq!(ep.host_ifindex, iface.ifindex, "the record holds the plumbed ifindex");
     assert!(ep.identity >= FIRST_DYNAMIC, "a pod gets a dynamic identity, got {}", ep.identity);
     let plumbed = (iface.netns.display().to_string(), iface.ifname.as_str(), iface.ipv4, iface.ipv6, iface.mtu);
-    assert_eq!(plumbed, (netns.clone(), "eth0", Some(v4), Some(v6), 1500), "the plumber was asked for the pod's namespace, name, addresses and MTU");
+    assert_eq!(
+        plumbed,
+        (netns.clone(), "eth0", Some(v4), Some(v6), 1500),
+        "the plumber was asked for the pod's namespace, name, addresses and MTU"
+    );
 
     let tables = h.tables();
     let info = tables.ifindexes.get(&iface.ifindex).expect("the ifindex entry is programmed");
@@ -799,7 +832,10 @@ async fn check_passes_for_a_programmed_endpoint_and_fails_otherwise() {
     let ep = h.endpoint("c1");
     h.datapath.lock().tables.ifindexes.remove(&ep.host_ifindex);
     let err = h.agent.cni_check(h.request("c1")).await.expect_err("CHECK fails when the map entry is missing");
-    assert!(matches!(&err, AgentError::CheckFailed { reason, .. } if reason.contains("datapath")), "the missing entry is the reason: {err:?}");
+    assert!(
+        matches!(&err, AgentError::CheckFailed { reason, .. } if reason.contains("datapath")),
+        "the missing entry is the reason: {err:?}"
+    );
     h.agent.resync(false).await.expect("resync");
     h.agent.cni_check(h.request("c1")).await.expect("CHECK passes again once resync restored the entry");
 
@@ -826,7 +862,11 @@ async fn gc_releases_every_attachment_not_listed() {
     let kept = h.endpoint("b");
 
     let released = h.gc(&["b", "ghost"]).await;
-    assert_eq!(released, vec![attachment("a"), attachment("c"), attachment("orphan")], "endpoints not listed, then bare allocations, are released");
+    assert_eq!(
+        released,
+        vec![attachment("a"), attachment("c"), attachment("orphan")],
+        "endpoints not listed, then bare allocations, are released"
+    );
     assert_eq!(h.container_ids(), vec!["b"], "only the listed endpoint remains");
     let tables = h.tables();
     let addrs: BTreeSet<IpAddr> = tables.addresses.keys().copied().collect();
@@ -909,8 +949,16 @@ async fn cluster_mode_add_of_an_unknown_pod_waits_then_fails_with_code_11() {
     let published = |pods: &[&str]| {
         let mut store = sluice_state::Store::default();
         for name in pods {
-            let meta = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta { name: Some((*name).into()), namespace: Some("default".into()), labels: Some(web.clone()), ..Default::default() };
-            store.pods.insert(sluice_state::Store::pod_key("default", name), k8s_openapi::api::core::v1::Pod { metadata: meta, ..Default::default() });
+            let meta = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                name: Some((*name).into()),
+                namespace: Some("default".into()),
+                labels: Some(web.clone()),
+                ..Default::default()
+            };
+            store.pods.insert(
+                sluice_state::Store::pod_key("default", name),
+                k8s_openapi::api::core::v1::Pod { metadata: meta, ..Default::default() },
+            );
         }
         store
     };
@@ -926,7 +974,10 @@ async fn cluster_mode_add_of_an_unknown_pod_waits_then_fails_with_code_11() {
     let waited = started.elapsed();
     assert_eq!(err.cni_code(), 11, "try again later: {err}");
     assert!(err.to_string().contains("default/unknown"), "the error names the pod: {err}");
-    assert!(waited >= std::time::Duration::from_millis(900) && waited < std::time::Duration::from_secs(3), "the wait is bounded by podWaitSeconds: {waited:?}");
+    assert!(
+        waited >= std::time::Duration::from_millis(900) && waited < std::time::Duration::from_secs(3),
+        "the wait is bounded by podWaitSeconds: {waited:?}"
+    );
     assert_eq!(h.endpoints().len(), 1, "the refused ADD left no endpoint behind");
     assert_eq!(h.held().len(), 1, "and no address held");
 
@@ -951,7 +1002,10 @@ async fn pods_with_equal_labels_share_an_identity() {
     let ns_labels = sluice_model::labels::namespace_labels("default", Some(&team));
     let web = LabelSet::for_pod(&web_labels, "default", &ns_labels);
     let db = LabelSet::for_pod(&db_labels, "default", &ns_labels);
-    let h = Harness::with_source(source_with(&[("default", &team)], &[(("default", "web-1"), &web_labels), (("default", "web-2"), &web_labels), (("default", "db-1"), &db_labels)]));
+    let h = Harness::with_source(source_with(
+        &[("default", &team)],
+        &[(("default", "web-1"), &web_labels), (("default", "web-2"), &web_labels), (("default", "db-1"), &db_labels)],
+    ));
     for (cid, name) in [("w1", "web-1"), ("w2", "web-2"), ("d1", "db-1"), ("u1", "unknown")] {
         h.agent.cni_add(h.pod_request(cid, "default", name)).await.expect("ADD of a pod");
     }
@@ -964,7 +1018,11 @@ async fn pods_with_equal_labels_share_an_identity() {
     assert_ne!(d1.identity, w1.identity, "pods with other labels get another identity");
     assert_eq!(&w1.labels, web.as_map(), "the endpoint records the label set its identity stands for");
     assert_eq!(&d1.labels, db.as_map(), "the endpoint records its own labels");
-    assert_eq!(&u1.labels, LabelSet::for_pod(&BTreeMap::new(), "default", &ns_labels).as_map(), "a pod the state source does not know gets its namespace's labels only");
+    assert_eq!(
+        &u1.labels,
+        LabelSet::for_pod(&BTreeMap::new(), "default", &ns_labels).as_map(),
+        "a pod the state source does not know gets its namespace's labels only"
+    );
     assert!(bare.labels.is_empty(), "an attachment without pod arguments has no labels");
     let ids = BTreeSet::from([w1.identity, d1.identity, u1.identity, bare.identity]);
     assert_eq!(ids.len(), 4, "four distinct label sets, four identities: {ids:?}");
@@ -1001,7 +1059,11 @@ async fn restart_reattaches_every_endpoint_without_duplicates_or_leaks() {
 
     let retried = h.agent.cni_add(h.request("b")).await.expect("a retried ADD after restart");
     let b = before.iter().find(|e| e.container_id == "b").expect("b before restart");
-    assert_eq!(retried.ips.iter().map(|i| i.address.addr()).collect::<Vec<_>>(), vec![IpAddr::from(b.ipv4.expect("IPv4")), IpAddr::from(b.ipv6.expect("IPv6"))], "a retried ADD after restart returns the stored addresses");
+    assert_eq!(
+        retried.ips.iter().map(|i| i.address.addr()).collect::<Vec<_>>(),
+        vec![IpAddr::from(b.ipv4.expect("IPv4")), IpAddr::from(b.ipv6.expect("IPv6"))],
+        "a retried ADD after restart returns the stored addresses"
+    );
     h.add("d").await;
     let d = h.endpoint("d");
     assert_eq!(d.id, 4, "a new endpoint after restart gets a new number");

@@ -237,33 +237,15 @@ mod tests {
 
     #[test]
     fn names_on_the_wire() {
-        let counts = serde_json::to_value(FirewallCounts {
-            owned: 1,
-            harmless: 2,
-            kube_proxy: 3,
-            bypassed: 4,
-        })
-        .unwrap();
-        assert_eq!(
-            counts,
-            serde_json::json!({"owned": 1, "harmless": 2, "kube_proxy": 3, "bypassed": 4}),
-            "the counts' field names"
-        );
-        let actions = serde_json::to_value([
-            RuleAction::Drop,
-            RuleAction::Jump("KUBE-SVC".into()),
-            RuleAction::Nat(NatKind::Masquerade),
-        ])
-        .unwrap();
+        let counts = serde_json::to_value(FirewallCounts { owned: 1, harmless: 2, kube_proxy: 3, bypassed: 4 }).unwrap();
+        assert_eq!(counts, serde_json::json!({"owned": 1, "harmless": 2, "kube_proxy": 3, "bypassed": 4}), "the counts' field names");
+        let actions =
+            serde_json::to_value([RuleAction::Drop, RuleAction::Jump("KUBE-SVC".into()), RuleAction::Nat(NatKind::Masquerade)]).unwrap();
         assert_eq!(
             actions,
             serde_json::json!(["drop", {"jump": "KUBE-SVC"}, {"nat": "masquerade"}]),
             "actions are externally tagged, kebab-case"
         );
-        assert_eq!(
-            serde_json::to_value(RuleClass::KubeProxy).unwrap(),
-            "kube-proxy",
-            "class name"
-        );
+        assert_eq!(serde_json::to_value(RuleClass::KubeProxy).unwrap(), "kube-proxy", "class name");
     }
 }

@@ -22,9 +22,8 @@ pub use client::{Client, ClientError};
 pub use firewall::{FirewallReport, PreflightResponse};
 pub use flows::{Flow, FlowFilter, FlowMessage, FlowPeer, FlowsResponse, LostEvents};
 pub use policy::{
-    EndpointPolicyResponse, PolicyDirection, PolicyEntry, PolicyEntryKey, PolicyMatchedEntry,
-    PolicyMode, PolicyRef, PolicyRuleRef, PolicyTrace, PolicyTracePeer, PolicyTraceResponse,
-    PolicyTraceSide, PolicyVerdict,
+    EndpointPolicyResponse, PolicyDirection, PolicyEntry, PolicyEntryKey, PolicyMatchedEntry, PolicyMode, PolicyRef, PolicyRuleRef,
+    PolicyTrace, PolicyTracePeer, PolicyTraceResponse, PolicyTraceSide, PolicyVerdict,
 };
 pub use types::*;
 

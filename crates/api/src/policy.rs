@@ -195,36 +195,15 @@ mod tests {
 
     #[test]
     fn entry_key_keeps_its_wire_names() {
-        let key = PolicyEntryKey {
-            identity: 0,
-            proto: Some(6),
-            port: 80,
-            port_prefix: 16,
-        };
+        let key = PolicyEntryKey { identity: 0, proto: Some(6), port: 80, port_prefix: 16 };
         let json = serde_json::to_value(key).unwrap();
-        assert_eq!(
-            json,
-            serde_json::json!({"identity": 0, "proto": 6, "port": 80, "port_prefix": 16}),
-            "the entry key's field names"
-        );
+        assert_eq!(json, serde_json::json!({"identity": 0, "proto": 6, "port": 80, "port_prefix": 16}), "the entry key's field names");
     }
 
     #[test]
     fn verdicts_and_modes_are_named_as_the_engine_names_them() {
-        assert_eq!(
-            serde_json::to_value(PolicyVerdict::Deny).unwrap(),
-            "Deny",
-            "verdict name"
-        );
-        assert_eq!(
-            serde_json::to_value(PolicyMode::DefaultAllow).unwrap(),
-            "DefaultAllow",
-            "mode name"
-        );
-        assert_eq!(
-            PolicyVerdict::Audit.to_string(),
-            "Audit",
-            "Display matches the wire name"
-        );
+        assert_eq!(serde_json::to_value(PolicyVerdict::Deny).unwrap(), "Deny", "verdict name");
+        assert_eq!(serde_json::to_value(PolicyMode::DefaultAllow).unwrap(), "DefaultAllow", "mode name");
+        assert_eq!(PolicyVerdict::Audit.to_string(), "Audit", "Display matches the wire name");
     }
 }

@@ -35,7 +35,14 @@ pub struct ClusterOptions {
 
 impl ClusterOptions {
     pub fn new(sluice: PathBuf) -> Self {
-        Self { sluice, nodes: 3, pods: 100, runs: 3, lab_prefix: format!("bcl-{}", std::process::id() % 100_000), command: "sluice bench cluster".into() }
+        Self {
+            sluice,
+            nodes: 3,
+            pods: 100,
+            runs: 3,
+            lab_prefix: format!("bcl-{}", std::process::id() % 100_000),
+            command: "sluice bench cluster".into(),
+        }
     }
 }
 
@@ -68,7 +75,10 @@ pub struct ClusterRun {
 
 pub async fn cluster(opts: &ClusterOptions, progress: &mut dyn FnMut(&str)) -> Result<ClusterResult, BenchError> {
     if opts.nodes < 2 || opts.pods == 0 {
-        return Err(BenchError::Invalid(format!("--nodes {} and --pods {}: a cluster needs two nodes or more and one pod or more", opts.nodes, opts.pods)));
+        return Err(BenchError::Invalid(format!(
+            "--nodes {} and --pods {}: a cluster needs two nodes or more and one pod or more",
+            opts.nodes, opts.pods
+        )));
     }
     let mut runs = Vec::new();
     let (mut all_pod, mut all_addr, mut all_policy) = (Vec::new(), Vec::new(), Vec::new());
@@ -120,7 +130,11 @@ async fn measure(lab: &mut Lab, opts: &ClusterOptions, progress: &mut dyn FnMut(
         let started = Instant::now();
         lab.apply("bench.yaml", &manifest, TIMEOUT, &mut |_| {}).await?;
         let running = started.elapsed();
-        let pod = lab.pods(Some("default"))?.into_iter().find(|p| p.metadata.name.as_deref() == Some(&format!("bench-{i}"))).ok_or_else(|| BenchError::Check(format!("pod bench-{i} not listed")))?;
+        let pod = lab
+            .pods(Some("default"))?
+            .into_iter()
+            .find(|p| p.metadata.name.as_deref() == Some(&format!("bench-{i}")))
+            .ok_or_else(|| BenchError::Check(format!("pod bench-{i} not listed")))?;
         let ip: IpAddr = pod
             .status
             .and_then(|s| s.pod_ip)
@@ -131,7 +145,9 @@ async fn measure(lab: &mut Lab, opts: &ClusterOptions, progress: &mut dyn FnMut(
         let everywhere = started.elapsed();
         let first = ids[0];
         if ids.iter().any(|id| *id != first) {
-            return Err(BenchError::Check(format!("pod bench-{i} ({ip}) has identities {ids:?} on the nodes: not one cluster-wide number")));
+            return Err(BenchError::Check(format!(
+                "pod bench-{i} ({ip}) has identities {ids:?} on the nodes: not one cluster-wide number"
+            )));
         }
         identities.insert(first, ());
         pod_ms.push(everywhere.as_secs_f64() * 1e3);
@@ -149,7 +165,12 @@ async fn measure(lab: &mut Lab, opts: &ClusterOptions, progress: &mut dyn FnMut(
     let policy_ms = started.elapsed().as_secs_f64() * 1e3;
 
     let summary = |v: &[f64]| Summary::of(v).ok_or_else(|| BenchError::Check("no samples".into()));
-    let run = ClusterRun { pod_to_every_ipcache_ms: summary(&pod_ms)?, address_to_every_ipcache_ms: summary(&addr_ms)?, policy_to_every_node_ms: policy_ms, identities: identities.len() };
+    let run = ClusterRun {
+        pod_to_every_ipcache_ms: summary(&pod_ms)?,
+        address_to_every_ipcache_ms: summary(&addr_ms)?,
+        policy_to_every_node_ms: policy_ms,
+        identities: identities.len(),
+    };
     Ok((run, pod_ms, addr_ms, policy_ms))
 }
 
@@ -180,7 +201,10 @@ async fn wait_enforced(pins: &[(String, PathBuf)], pods: usize) -> Result<(), Be
     loop {
         let mut enforced = 0;
         for (_, pin) in pins {
-            enforced += sluice_datapath::policy::pinned_policy_endpoints(pin)?.iter().filter(|(_, e)| u32::from(e.ingress_mode) == sluice_abi::SLUICE_POLICY_MODE_ENFORCE).count();
+            enforced += sluice_datapath::policy::pinned_policy_endpoints(pin)?
+                .iter()
+                .filter(|(_, e)| u32::from(e.ingress_mode) == sluice_abi::SLUICE_POLICY_MODE_ENFORCE)
+                .count();
         }
         if enforced >= pods {
             return Ok(());
@@ -208,7 +232,10 @@ impl ClusterResult {
         ));
         out.push_str("| measure | p50 / p99 (ms) |\n|---|---|\n");
         out.push_str(&format!("| pod applied → in every node's ipcache | {} |\n", cell(&self.pod_to_every_ipcache_ms)));
-        out.push_str(&format!("| pod has its address (CNI ADD done) → in every node's ipcache | {} |\n", cell(&self.address_to_every_ipcache_ms)));
+        out.push_str(&format!(
+            "| pod has its address (CNI ADD done) → in every node's ipcache | {} |\n",
+            cell(&self.address_to_every_ipcache_ms)
+        ));
         out.push_str(&format!("| policy written → enforced on every node (per run) | {} |\n", cell(&self.policy_to_every_node_ms)));
         out.push_str("\nEvery pod had the same identity number in every node's ipcache (checked for each pod).\n");
         out

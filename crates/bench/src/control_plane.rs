@@ -94,7 +94,8 @@ async fn restarts(lab: &mut Lab, n: usize, endpoints: usize) -> Result<Summary, 
 
 pub(crate) fn agent_rss_mib(lab: &Lab) -> Result<f64, BenchError> {
     let pid = lab.state().nodes.first().and_then(|n| n.agent_pid).ok_or_else(|| BenchError::Check("node0 has no agent".into()))?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| BenchError::Check(format!("reading the agent's memory: {e}")))?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|e| BenchError::Check(format!("reading the agent's memory: {e}")))?;
     let kib: f64 = status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))

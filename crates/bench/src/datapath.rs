@@ -169,7 +169,9 @@ async fn rounds(
                 let service = match w.services() {
                     None => None,
                     Some(_) if !c.has_services() => continue,
-                    Some(count) => Some(b.service_target(count).ok_or_else(|| BenchError::Check(format!("{c} has no {count} services programmed")))?),
+                    Some(count) => {
+                        Some(b.service_target(count).ok_or_else(|| BenchError::Check(format!("{c} has no {count} services programmed")))?)
+                    }
                 };
                 if w.cross_node() && !c.has_second_node() {
                     continue;
@@ -257,7 +259,11 @@ fn select(only: &[String], services: &[usize]) -> Result<(Vec<Configuration>, Ve
         }
     }
     // Keep the canonical order whatever order they were named in: pod to pod, then services by count.
-    let configurations = if configurations.is_empty() { Configuration::ALL.to_vec() } else { Configuration::ALL.into_iter().filter(|c| configurations.contains(c)).collect() };
+    let configurations = if configurations.is_empty() {
+        Configuration::ALL.to_vec()
+    } else {
+        Configuration::ALL.into_iter().filter(|c| configurations.contains(c)).collect()
+    };
     let workloads = if workloads.is_empty() {
         Workload::ALL.into_iter().chain(service_workloads).collect()
     } else {
@@ -372,7 +378,11 @@ mod tests {
     #[test]
     fn services_alone_build_only_the_configurations_that_balance_them() {
         let (c, _) = select(&["tcp-crr-svc".into()], &[10]).unwrap();
-        assert_eq!(c, vec![Configuration::SluiceBpf, Configuration::Classic, Configuration::ClassicNft], "nothing is built that would run nothing");
+        assert_eq!(
+            c,
+            vec![Configuration::SluiceBpf, Configuration::Classic, Configuration::ClassicNft],
+            "nothing is built that would run nothing"
+        );
     }
 
     #[test]

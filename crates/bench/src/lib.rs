@@ -20,8 +20,8 @@ mod machine;
 mod observer_rate;
 mod policy;
 mod process;
-mod services;
 pub mod report;
+mod services;
 mod stats;
 pub mod workloads;
 

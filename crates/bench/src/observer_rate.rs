@@ -47,9 +47,7 @@ pub async fn observer_rate(sluice: PathBuf, runs: usize, seconds: u64, progress:
 async fn measure(lab: &mut Lab, runs: usize, seconds: u64, progress: &mut dyn FnMut(&str)) -> Result<ObserverRate, BenchError> {
     lab.apply("observer-bench.yaml", PODS, Duration::from_secs(60), &mut |_| {}).await?;
     let sink = lab.pods(Some("default"))?.into_iter().find(|p| p.metadata.name.as_deref() == Some("sink"));
-    let ip = sink
-        .and_then(|p| p.status?.pod_ip)
-        .ok_or_else(|| BenchError::Check("the sink pod has no address".into()))?;
+    let ip = sink.and_then(|p| p.status?.pod_ip).ok_or_else(|| BenchError::Check("the sink pod has no address".into()))?;
     let socket = lab.node_socket(None)?;
     let mut samples = Vec::new();
     for run in 0..runs.max(1) {
@@ -111,7 +109,14 @@ impl ObserverRate {
     pub fn markdown(&self) -> String {
         let mut out = format!("Machine: {}\n\n| run | packets forwarded (each an event) | events decoded | lost (ring full) | decoded per second |\n|---|---|---|---|---|\n", self.machine);
         for (i, r) in self.runs.iter().enumerate() {
-            out.push_str(&format!("| {} | {} | {} | {} | {:.0} |\n", i + 1, r.forwarded, r.decoded, r.lost_ring_full, r.decoded as f64 / r.elapsed_seconds));
+            out.push_str(&format!(
+                "| {} | {} | {} | {} | {:.0} |\n",
+                i + 1,
+                r.forwarded,
+                r.decoded,
+                r.lost_ring_full,
+                r.decoded as f64 / r.elapsed_seconds
+            ));
         }
         out.push_str(&format!(
             "\nMedian: {:.0} events/s decoded of {:.0}/s produced.\n",

@@ -84,7 +84,14 @@ pub fn policy(opts: &PolicyOptions, progress: &mut dyn FnMut(&str)) -> Result<Po
             let program = started.elapsed();
             let per: Vec<usize> = compiled.endpoints.values().map(|e| e.ingress.entries.len() + e.egress.entries.len()).collect();
             let identities: std::collections::BTreeSet<u32> = cluster.endpoints.iter().map(|e| e.identity).collect();
-            counts = (lowered.len(), cluster.endpoints.len(), identities.len(), per.iter().sum::<usize>() as f64 / per.len().max(1) as f64, per.iter().copied().max().unwrap_or(0), programmer.entry_count());
+            counts = (
+                lowered.len(),
+                cluster.endpoints.len(),
+                identities.len(),
+                per.iter().sum::<usize>() as f64 / per.len().max(1) as f64,
+                per.iter().copied().max().unwrap_or(0),
+                programmer.entry_count(),
+            );
             // One policy changes (a port): recompile everything, write what changed.
             let started = Instant::now();
             let lowered: Vec<_> = changed.iter().map(sluice_policy::lower_network_policy).collect();
@@ -114,7 +121,9 @@ pub fn policy(opts: &PolicyOptions, progress: &mut dyn FnMut(&str)) -> Result<Po
         ));
         runs.push(run);
     }
-    let summary = |f: &dyn Fn(&PolicyRun) -> f64| Summary::of(&runs.iter().map(f).collect::<Vec<_>>()).ok_or_else(|| BenchError::Check("no runs".into()));
+    let summary = |f: &dyn Fn(&PolicyRun) -> f64| {
+        Summary::of(&runs.iter().map(f).collect::<Vec<_>>()).ok_or_else(|| BenchError::Check("no runs".into()))
+    };
     Ok(PolicyReport {
         machine: Machine::describe(),
         command: opts.command.clone(),
@@ -140,7 +149,14 @@ impl PolicyReport {
             "{} NetworkPolicies over {} pods ({} identities); this node holds {} of the pods.\n\
              Entries per local endpoint: mean {:.0}, max {}; {} entries in the policy map.\n\n\
              | step (ms, {} runs) | median | min | max |\n|---|---|---|---|\n",
-            self.policies, self.pods, self.identities, self.local_pods, self.entries_mean, self.entries_max, self.entries_total, self.runs.len()
+            self.policies,
+            self.pods,
+            self.identities,
+            self.local_pods,
+            self.entries_mean,
+            self.entries_max,
+            self.entries_total,
+            self.runs.len()
         );
         out += &row("compile (lower, view, compile)", &self.compile_ms);
         out += &row("program the maps", &self.program_ms);

@@ -129,7 +129,10 @@ impl Server {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                return Err(BenchError::tool(&self.tool, format!("server not listening on port {port} after {} s: {}", timeout.as_secs(), self.log_tail())));
+                return Err(BenchError::tool(
+                    &self.tool,
+                    format!("server not listening on port {port} after {} s: {}", timeout.as_secs(), self.log_tail()),
+                ));
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }

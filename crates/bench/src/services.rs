@@ -140,7 +140,9 @@ pub async fn services(opts: &ServicesOptions, progress: &mut dyn FnMut(&str)) ->
             progress(&format!("{n} services x {} backends, run {run}/{}: lab {name}", opts.backends, opts.runs.max(1)));
             runs.push(measure_in_fresh_lab(&name, opts, &ranges, &objects, progress).await?);
         }
-        let summary = |f: fn(&ServicesRun) -> f64| Summary::of(&runs.iter().map(f).collect::<Vec<_>>()).ok_or_else(|| BenchError::Check("no run".into()));
+        let summary = |f: fn(&ServicesRun) -> f64| {
+            Summary::of(&runs.iter().map(f).collect::<Vec<_>>()).ok_or_else(|| BenchError::Check("no run".into()))
+        };
         points.push(ServicesPoint {
             services: n,
             backends_per_service: opts.backends,
@@ -156,14 +158,24 @@ pub async fn services(opts: &ServicesOptions, progress: &mut dyn FnMut(&str)) ->
             runs,
         });
     }
-    Ok(ServicesResult { machine: Machine::describe(), command: opts.command.clone(), backends_per_service: opts.backends, datastore: opts.datastore.clone(), service_cidr: SERVICE_CIDR, points })
+    Ok(ServicesResult {
+        machine: Machine::describe(),
+        command: opts.command.clone(),
+        backends_per_service: opts.backends,
+        datastore: opts.datastore.clone(),
+        service_cidr: SERVICE_CIDR,
+        points,
+    })
 }
 
 /// Removes every lab of a services run (`<prefix>-*`): after an interruption, or a crash.
 pub async fn remove_service_labs(prefix: &str) -> Result<(), BenchError> {
     let Ok(dir) = std::fs::read_dir(sluice_lab::names::LABS_DIR) else { return Ok(()) };
-    let mine: Vec<String> =
-        dir.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with(&format!("{prefix}-"))).collect();
+    let mine: Vec<String> = dir
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&format!("{prefix}-")))
+        .collect();
     for name in mine {
         Lab::down(&name, &mut |_| {}).await?;
     }
@@ -175,7 +187,13 @@ fn service_ranges() -> Result<ServiceRanges, BenchError> {
     ServiceRanges::new(vec![cidr], 30000..=32767).map_err(|e| BenchError::Invalid(e.to_string()))
 }
 
-async fn measure_in_fresh_lab(name: &str, opts: &ServicesOptions, ranges: &ServiceRanges, objects: &Objects, progress: &mut dyn FnMut(&str)) -> Result<ServicesRun, BenchError> {
+async fn measure_in_fresh_lab(
+    name: &str,
+    opts: &ServicesOptions,
+    ranges: &ServiceRanges,
+    objects: &Objects,
+    progress: &mut dyn FnMut(&str),
+) -> Result<ServicesRun, BenchError> {
     let up = UpOptions { service_ranges: ranges.clone(), datastore: opts.datastore.clone(), ..UpOptions::new(name, opts.sluice.clone()) };
     let lab = Lab::up(up, &mut |_| {}).await?;
     let result = measure(&lab, opts, objects).await;
@@ -216,11 +234,16 @@ async fn measure(lab: &Lab, opts: &ServicesOptions, objects: &Objects) -> Result
     // earlier revisions hold part of it).
     let status = wait_for(&client, opts.timeout, |s| {
         s.services.as_ref().is_some_and(|sv| {
-            sv.frontends == n && sv.last_error.is_none() && Some(sv.last_program_micros) != previous_round && sv.store_generation >= Some(revision)
+            sv.frontends == n
+                && sv.last_error.is_none()
+                && Some(sv.last_program_micros) != previous_round
+                && sv.store_generation >= Some(revision)
         })
     })
     .await
-    .map_err(|last| BenchError::Check(format!("the agent did not program {n} services within {:?}: {}", opts.timeout, describe(last.as_ref()))))?;
+    .map_err(|last| {
+        BenchError::Check(format!("the agent did not program {n} services within {:?}: {}", opts.timeout, describe(last.as_ref())))
+    })?;
     let write_to_programmed_ms = ms(t0.elapsed());
     let rss_programmed_mib = agent_rss_mib(lab)?;
     let services_status = status.services.clone().ok_or_else(|| BenchError::Check("the agent reports no services".into()))?;
@@ -228,7 +251,8 @@ async fn measure(lab: &Lab, opts: &ServicesOptions, objects: &Objects) -> Result
 
     // The configuration must be what it claims: every frontend, set slot and backend in the maps.
     let full: Status = client.get(paths::STATUS).await?;
-    let entries: BTreeMap<String, usize> = full.maps.iter().filter(|m| m.map.starts_with("lb_")).map(|m| (m.map.clone(), m.entries)).collect();
+    let entries: BTreeMap<String, usize> =
+        full.maps.iter().filter(|m| m.map.starts_with("lb_")).map(|m| (m.map.clone(), m.entries)).collect();
     for (map, want) in [("lb_frontends", n), ("lb_slots", n * opts.backends), ("lb_backends", objects.distinct_backends)] {
         let got = entries.get(map).copied();
         if got != Some(want) {
@@ -255,10 +279,18 @@ async fn measure(lab: &Lab, opts: &ServicesOptions, objects: &Objects) -> Result
     let deadline = t0 + opts.timeout;
     let (one_change_round_ms, one_change_wall_ms, one_change_after_write_ms) = loop {
         let round = wait_for(&client, deadline.saturating_duration_since(Instant::now()), |s| {
-            s.services.as_ref().is_some_and(|sv| sv.last_error.is_none() && sv.last_program_micros != seen_round && sv.store_generation >= Some(revision))
+            s.services
+                .as_ref()
+                .is_some_and(|sv| sv.last_error.is_none() && sv.last_program_micros != seen_round && sv.store_generation >= Some(revision))
         })
         .await
-        .map_err(|last| BenchError::Check(format!("the agent did not program the one-service change within {:?}: {}", opts.timeout, describe(last.as_ref()))))?;
+        .map_err(|last| {
+            BenchError::Check(format!(
+                "the agent did not program the one-service change within {:?}: {}",
+                opts.timeout,
+                describe(last.as_ref())
+            ))
+        })?;
         let wall = ms(t0.elapsed());
         let after_write = ms(written.elapsed());
         let micros = round.services.as_ref().map(|s| s.last_program_micros).unwrap_or_default();
@@ -333,7 +365,12 @@ fn build_objects(n: usize, backends: usize, ranges: &ServiceRanges) -> Result<Ob
         let name = format!("svc-{i:05}");
         let (addresses, port) = backend_set(i, backends);
         let mut service = Service {
-            metadata: ObjectMeta { name: Some(name.clone()), namespace: Some(NAMESPACE.into()), uid: Some(format!("bench-svc-{i}")), ..Default::default() },
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                namespace: Some(NAMESPACE.into()),
+                uid: Some(format!("bench-svc-{i}")),
+                ..Default::default()
+            },
             spec: Some(ServiceSpec {
                 type_: Some("ClusterIP".into()),
                 ip_family_policy: Some("SingleStack".into()),
@@ -386,7 +423,8 @@ fn backend_set(i: usize, backends: usize) -> (Vec<IpAddr>, u16) {
     // s / groups_per_port < 60,000: the port stays well inside u16.
     let port = FIRST_PORT + u16::try_from(s / groups_per_port).unwrap_or(u16::MAX - FIRST_PORT);
     let first = FIRST_HOST as usize + (s % groups_per_port) * backends;
-    let addresses = (first..first + backends).map(|h| IpAddr::V4(Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 19, 0, 0)) + h as u32))).collect();
+    let addresses =
+        (first..first + backends).map(|h| IpAddr::V4(Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 19, 0, 0)) + h as u32))).collect();
     (addresses, port)
 }
 

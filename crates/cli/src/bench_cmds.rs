@@ -81,7 +81,11 @@ async fn observer(runs: usize, seconds: u64, out: Option<&Path>) -> anyhow::Resu
 }
 
 fn policy(runs: usize, out: &Path) -> anyhow::Result<ExitCode> {
-    let opts = sluice_bench::PolicyOptions { runs, shape: sluice_policy::synthetic::Shape::THOUSAND, command: std::env::args().collect::<Vec<_>>().join(" ") };
+    let opts = sluice_bench::PolicyOptions {
+        runs,
+        shape: sluice_policy::synthetic::Shape::THOUSAND,
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+    };
     eprintln!("policy benchmark: 1,000 NetworkPolicies over 1,000 pods, {runs} run(s), each on a fresh datapath");
     let report = sluice_bench::policy(&opts, &mut |line| eprintln!("  {line}"))?;
     let markdown = report.markdown();
@@ -95,7 +99,13 @@ fn policy(runs: usize, out: &Path) -> anyhow::Result<ExitCode> {
 
 async fn cluster(nodes: usize, pods: usize, runs: usize, out: &Path) -> anyhow::Result<ExitCode> {
     let sluice = std::env::current_exe().context("finding the sluice binary")?;
-    let opts = sluice_bench::ClusterOptions { nodes, pods, runs, command: std::env::args().collect::<Vec<_>>().join(" "), ..sluice_bench::ClusterOptions::new(sluice) };
+    let opts = sluice_bench::ClusterOptions {
+        nodes,
+        pods,
+        runs,
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        ..sluice_bench::ClusterOptions::new(sluice)
+    };
     eprintln!("cluster benchmark: {nodes} nodes on etcd, {pods} pods, {runs} run(s), a fresh lab per run");
     let mut print = |line: &str| eprintln!("  {line}");
     let result = until_interrupted(sluice_bench::cluster(&opts, &mut print), &opts.lab_prefix).await?;
@@ -103,7 +113,10 @@ async fn cluster(nodes: usize, pods: usize, runs: usize, out: &Path) -> anyhow::
 }
 
 /// Runs a benchmark of labs named `<prefix>-*`; Ctrl-C drops it mid-way and removes its labs.
-async fn until_interrupted<T>(run: impl std::future::Future<Output = Result<T, sluice_bench::BenchError>>, prefix: &str) -> anyhow::Result<T> {
+async fn until_interrupted<T>(
+    run: impl std::future::Future<Output = Result<T, sluice_bench::BenchError>>,
+    prefix: &str,
+) -> anyhow::Result<T> {
     tokio::select! {
         result = run => Ok(result?),
         _ = tokio::signal::ctrl_c() => {

@@ -24,7 +24,17 @@ fn step(line: &str) {
 }
 
 #[allow(clippy::too_many_arguments)] // one per `sluice up` flag
-pub async fn up(lab: &str, nodes: usize, host_routing: String, guard: String, monitor: String, service_cidrs: &[String], node_port_range: &str, xdp: String, datastore: String) -> anyhow::Result<ExitCode> {
+pub async fn up(
+    lab: &str,
+    nodes: usize,
+    host_routing: String,
+    guard: String,
+    monitor: String,
+    service_cidrs: &[String],
+    node_port_range: &str,
+    xdp: String,
+    datastore: String,
+) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let service_ranges = service_ranges(service_cidrs, node_port_range)?;
     eprintln!("Starting lab {lab:?} with {nodes} node(s)...");
@@ -100,8 +110,12 @@ pub fn get(lab: &str, resource: &str, name: Option<&str>, namespace: &str, all: 
         "namespaces" | "namespace" | "ns" => get_namespaces(&lab, name, output),
         "services" | "service" | "svc" => get_services(&lab, name, if all { None } else { Some(namespace) }, output),
         "endpointslices" | "endpointslice" => get_endpoint_slices(&lab, name, if all { None } else { Some(namespace) }, output),
-        "networkpolicies" | "networkpolicy" | "netpol" => get_network_policies(&lab, name, if all { None } else { Some(namespace) }, output),
-        "sluicenetworkpolicies" | "sluicenetworkpolicy" | "snp" => get_sluice_policies(&lab, name, if all { None } else { Some(namespace) }, output),
+        "networkpolicies" | "networkpolicy" | "netpol" => {
+            get_network_policies(&lab, name, if all { None } else { Some(namespace) }, output)
+        }
+        "sluicenetworkpolicies" | "sluicenetworkpolicy" | "snp" => {
+            get_sluice_policies(&lab, name, if all { None } else { Some(namespace) }, output)
+        }
         "sluiceclusterwidenetworkpolicies" | "sluiceclusterwidenetworkpolicy" | "scnp" => get_clusterwide_policies(&lab, name, output),
         other => bail!("unknown resource type {other:?} (supported: {GET_RESOURCES})"),
     }
@@ -132,7 +146,11 @@ fn in_namespace(namespace: Option<&str>) -> String {
 }
 
 /// `-o json|yaml`: one object as itself when `single` and exactly one is left, else a List.
-fn print_objects<T: k8s_openapi::ListableResource + serde::Serialize + Clone>(items: Vec<T>, single: bool, output: Output) -> anyhow::Result<()> {
+fn print_objects<T: k8s_openapi::ListableResource + serde::Serialize + Clone>(
+    items: Vec<T>,
+    single: bool,
+    output: Output,
+) -> anyhow::Result<()> {
     match items.as_slice() {
         [one] if single => print_structured(one, output),
         _ => print_structured(&k8s_openapi::List::<T> { items, metadata: Default::default() }, output),
@@ -158,7 +176,8 @@ fn get_pods(lab: &Lab, name: Option<&str>, namespace: Option<&str>, output: Opti
             let mut table = Table::new(&header);
             for p in &pods {
                 let status = p.status.as_ref();
-                let ips: Vec<String> = status.and_then(|s| s.pod_ips.as_ref()).map(|v| v.iter().map(|i| i.ip.clone()).collect()).unwrap_or_default();
+                let ips: Vec<String> =
+                    status.and_then(|s| s.pod_ips.as_ref()).map(|v| v.iter().map(|i| i.ip.clone()).collect()).unwrap_or_default();
                 let mut row = vec![];
                 if all {
                     row.push(p.metadata.namespace.clone().unwrap_or_default());
@@ -220,8 +239,18 @@ fn get_namespaces(lab: &Lab, name: Option<&str>, output: Option<Output>) -> anyh
         _ => {
             let mut table = Table::new(&["NAME", "STATUS", "AGE", "LABELS"]);
             for ns in &namespaces {
-                let labels = ns.metadata.labels.as_ref().map(|l| l.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")).unwrap_or_default();
-                table.row(vec![ns.metadata.name.clone().unwrap_or_default(), "Active".into(), age(ns.metadata.creation_timestamp.as_ref()), labels]);
+                let labels = ns
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .map(|l| l.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","))
+                    .unwrap_or_default();
+                table.row(vec![
+                    ns.metadata.name.clone().unwrap_or_default(),
+                    "Active".into(),
+                    age(ns.metadata.creation_timestamp.as_ref()),
+                    labels,
+                ]);
             }
             table.print();
         }
@@ -253,7 +282,10 @@ fn get_services(lab: &Lab, name: Option<&str>, namespace: Option<&str>, output: 
                 table.row(row);
             }
             if services.is_empty() {
-                eprintln!("No services found in {}.", namespace.map(|n| format!("namespace {n}")).unwrap_or_else(|| "any namespace".into()));
+                eprintln!(
+                    "No services found in {}.",
+                    namespace.map(|n| format!("namespace {n}")).unwrap_or_else(|| "any namespace".into())
+                );
             } else {
                 table.print();
             }
@@ -324,7 +356,10 @@ fn get_endpoint_slices(lab: &Lab, name: Option<&str>, namespace: Option<&str>, o
                 table.row(row);
             }
             if slices.is_empty() {
-                eprintln!("No endpoint slices found in {}.", namespace.map(|n| format!("namespace {n}")).unwrap_or_else(|| "any namespace".into()));
+                eprintln!(
+                    "No endpoint slices found in {}.",
+                    namespace.map(|n| format!("namespace {n}")).unwrap_or_else(|| "any namespace".into())
+                );
             } else {
                 table.print();
             }
@@ -357,7 +392,10 @@ fn get_network_policies(lab: &Lab, name: Option<&str>, namespace: Option<&str>, 
     }
     let rows = policies.iter().map(|p| {
         let selector = p.spec.as_ref().map(|s| selector_text(&s.pod_selector)).unwrap_or_else(|| "<none>".into());
-        (p.metadata.namespace.clone(), vec![p.metadata.name.clone().unwrap_or_default(), selector, age(p.metadata.creation_timestamp.as_ref())])
+        (
+            p.metadata.namespace.clone(),
+            vec![p.metadata.name.clone().unwrap_or_default(), selector, age(p.metadata.creation_timestamp.as_ref())],
+        )
     });
     print_policy_table(&["NAME", "POD-SELECTOR", "AGE"], rows, namespace, "network policies");
     Ok(ExitCode::SUCCESS)

@@ -77,9 +77,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 lab_cmds::get(&cli.lab, &resource, name.as_deref(), &namespace, all_namespaces, output)
             }
             Command::Delete { file, resource, namespace } => lab_cmds::delete(&cli.lab, file.as_deref(), &resource, &namespace).await,
-            Command::Exec { pod, external, namespace, argv } => lab_cmds::exec(&cli.lab, pod.as_deref().filter(|_| !external), &namespace, &argv),
+            Command::Exec { pod, external, namespace, argv } => {
+                lab_cmds::exec(&cli.lab, pod.as_deref().filter(|_| !external), &namespace, &argv)
+            }
             Command::Bench { bench, datapath } => bench_cmds::bench(bench, datapath).await,
-            Command::LabShim { .. } | Command::SvcServer { .. } | Command::SvcClient { .. } | Command::SvcProbe { .. } => Ok(ExitCode::SUCCESS),
+            Command::LabShim { .. } | Command::SvcServer { .. } | Command::SvcClient { .. } | Command::SvcProbe { .. } => {
+                Ok(ExitCode::SUCCESS)
+            }
         }
     })
 }

@@ -33,13 +33,19 @@ fn socket(target: &Target, node: Option<&str>) -> anyhow::Result<PathBuf> {
 
 pub async fn status(target: &Target, node: Option<&str>, output: Option<Output>) -> anyhow::Result<ExitCode> {
     let socket = socket(target, node)?;
-    let status: Status = Client::new(&socket).get(paths::STATUS).await.with_context(|| format!("asking the agent at {}", socket.display()))?;
+    let status: Status =
+        Client::new(&socket).get(paths::STATUS).await.with_context(|| format!("asking the agent at {}", socket.display()))?;
     if let Some(o @ (Output::Json | Output::Yaml)) = output {
         print_structured(&status, o)?;
         return Ok(ExitCode::SUCCESS);
     }
     println!("Node:          {}", status.node_name);
-    println!("Agent:         {} (version {}, up {} s)", if status.healthy { "ok" } else { "unhealthy" }, status.version, status.uptime_seconds);
+    println!(
+        "Agent:         {} (version {}, up {} s)",
+        if status.healthy { "ok" } else { "unhealthy" },
+        status.version,
+        status.uptime_seconds
+    );
     println!("Host routing:  {} (requested {}): {}", status.host_routing.mode, status.host_routing.requested, status.host_routing.reason);
     println!("Pod CIDRs:     {}", status.pod_cidrs.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(", "));
     println!("Endpoints:     {}", status.endpoint_count);
@@ -123,7 +129,14 @@ pub async fn service_list(target: &Target, node: Option<&str>, output: Option<Ou
             (Some(s), None) => s.clone(),
             _ => "-".into(),
         };
-        table.row(vec![service, frontend, f.kind.clone(), f.scope.clone(), if f.flags.is_empty() { "-".into() } else { f.flags.join(",") }, backends]);
+        table.row(vec![
+            service,
+            frontend,
+            f.kind.clone(),
+            f.scope.clone(),
+            if f.flags.is_empty() { "-".into() } else { f.flags.join(",") },
+            backends,
+        ]);
     }
     table.print();
     Ok(ExitCode::SUCCESS)
@@ -131,7 +144,8 @@ pub async fn service_list(target: &Target, node: Option<&str>, output: Option<Ou
 
 pub async fn preflight(target: &Target, node: Option<&str>, all: bool, output: Option<Output>) -> anyhow::Result<ExitCode> {
     let socket = socket(target, node)?;
-    let answer: PreflightResponse = Client::new(&socket).get(paths::PREFLIGHT).await.with_context(|| format!("asking the agent at {}", socket.display()))?;
+    let answer: PreflightResponse =
+        Client::new(&socket).get(paths::PREFLIGHT).await.with_context(|| format!("asking the agent at {}", socket.display()))?;
     match output {
         Some(o @ (Output::Json | Output::Yaml)) => print_structured(&answer, o)?,
         _ => {

@@ -7,7 +7,6 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-
 use anyhow::Context;
 use sluice_api::{paths, Client, Flow, FlowFilter, FlowMessage, FlowPeer, FlowsResponse};
 
@@ -205,4 +204,3 @@ pub async fn metrics(target: &Target, node: Option<&str>) -> anyhow::Result<Exit
     print!("{text}");
     Ok(ExitCode::SUCCESS)
 }
-

@@ -31,7 +31,12 @@ fn find_pod(lab: &sluice_lab::Lab, name: &str) -> anyhow::Result<PodRef> {
     let Some(p) = pods.iter().find(|p| p.metadata.name.as_deref() == Some(pod)) else {
         bail!("pod {namespace}/{pod} not found in lab {}", lab.names().lab);
     };
-    let ips = p.status.as_ref().and_then(|s| s.pod_ips.as_ref()).map(|v| v.iter().filter_map(|i| i.ip.parse().ok()).collect()).unwrap_or_default();
+    let ips = p
+        .status
+        .as_ref()
+        .and_then(|s| s.pod_ips.as_ref())
+        .map(|v| v.iter().filter_map(|i| i.ip.parse().ok()).collect())
+        .unwrap_or_default();
     let node = p.spec.as_ref().and_then(|s| s.node_name.clone()).with_context(|| format!("pod {namespace}/{pod} is not on a node"))?;
     Ok(PodRef { key: format!("{namespace}/{pod}"), node, ips })
 }
@@ -57,7 +62,15 @@ fn open(lab: &str) -> anyhow::Result<sluice_lab::Lab> {
 }
 
 #[allow(clippy::too_many_arguments)]
-pub async fn trace(lab_name: &str, from: &str, to: &str, port: u16, proto: &str, v6: bool, output: Option<Output>) -> anyhow::Result<ExitCode> {
+pub async fn trace(
+    lab_name: &str,
+    from: &str,
+    to: &str,
+    port: u16,
+    proto: &str,
+    v6: bool,
+    output: Option<Output>,
+) -> anyhow::Result<ExitCode> {
     let lab = open(lab_name)?;
     let src_pod = find_pod(&lab, from)?;
     let (dst, dst_node) = match to.parse::<IpAddr>() {

@@ -35,7 +35,9 @@ pub fn probe(targets: &[String], timeout: Duration) -> anyhow::Result<ExitCode> 
             other => anyhow::bail!("target {t:?}: protocol {other:?} is not tcp or udp"),
         };
         let t = t.clone();
-        handles.push(std::thread::spawn(move || (t, if udp { udp_exchange(addr, timeout).is_ok() } else { tcp_exchange(addr, timeout).is_ok() })));
+        handles.push(std::thread::spawn(move || {
+            (t, if udp { udp_exchange(addr, timeout).is_ok() } else { tcp_exchange(addr, timeout).is_ok() })
+        }));
     }
     let mut out = serde_json::Map::new();
     for h in handles {

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use common::{privileged, sluice_bin, text};
 
-const CONFIGURATIONS: [&str; 7] = ["limit", "sluice-bpf", "sluice-bpf-nomon", "sluice-bpf-policy", "sluice-legacy", "classic", "classic-nft"];
+const CONFIGURATIONS: [&str; 7] =
+    ["limit", "sluice-bpf", "sluice-bpf-nomon", "sluice-bpf-policy", "sluice-legacy", "classic", "classic-nft"];
 const WORKLOADS: [&str; 4] = ["tcp-stream-1", "tcp-stream-4", "tcp-rr", "tcp-crr"];
 const SERVICE_CONFIGURATIONS: [&str; 3] = ["sluice-bpf", "classic", "classic-nft"];
 const SERVICE_WORKLOAD: &str = "tcp-crr-svc-10";
@@ -46,7 +47,8 @@ fn quick_datapath_benchmark_measures_every_configuration_and_writes_its_results(
     assert!(took < Duration::from_secs(120), "the quick benchmark took {took:?}, more than 2 minutes");
 
     let json: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out_dir.path().join("results.json")).expect("results.json written")).expect("results.json parses");
+        serde_json::from_slice(&std::fs::read(out_dir.path().join("results.json")).expect("results.json written"))
+            .expect("results.json parses");
     let built: Vec<&str> = json["configurations"].as_array().expect("configurations").iter().map(|c| c["name"].as_str().unwrap()).collect();
     assert_eq!(built, CONFIGURATIONS, "every configuration was built");
 
@@ -92,7 +94,10 @@ fn quick_datapath_benchmark_measures_every_configuration_and_writes_its_results(
     assert_eq!(service_runs, SERVICE_CONFIGURATIONS.len() * 3, "only sluice-bpf, classic and classic-nft run {SERVICE_WORKLOAD}");
     let programming = json["programming"].as_array().expect("programming");
     assert_eq!(programming.len(), SERVICE_CONFIGURATIONS.len(), "one programming time per configuration: {programming:?}");
-    assert!(programming.iter().all(|p| p["services"] == 10 && p["seconds"].as_f64().is_some_and(|s| s > 0.0)), "programming times of 10 services: {programming:?}");
+    assert!(
+        programming.iter().all(|p| p["services"] == 10 && p["seconds"].as_f64().is_some_and(|s| s > 0.0)),
+        "programming times of 10 services: {programming:?}"
+    );
 
     let checks = json["checks"].as_array().expect("checks");
     assert_eq!(
@@ -107,7 +112,12 @@ fn quick_datapath_benchmark_measures_every_configuration_and_writes_its_results(
     }
 
     let md = std::fs::read_to_string(out_dir.path().join("results.md")).expect("results.md written");
-    assert!(md.contains("| workload | metric | limit | sluice-bpf | sluice-bpf-nomon | sluice-bpf-policy | sluice-legacy | classic | classic-nft |"), "results.md has the table: {md}");
+    assert!(
+        md.contains(
+            "| workload | metric | limit | sluice-bpf | sluice-bpf-nomon | sluice-bpf-policy | sluice-legacy | classic | classic-nft |"
+        ),
+        "results.md has the table: {md}"
+    );
     assert!(md.contains("| services | sluice-bpf | classic | classic-nft |"), "results.md has the programming times: {md}");
     let png = std::fs::read(out_dir.path().join("results.png")).expect("results.png written");
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "results.png is a PNG");

@@ -32,13 +32,16 @@ fn services_benchmark_at_ten_services_writes_positive_figures_and_removes_its_la
     assert!(out.status.success(), "sluice bench services failed: {}", text(&out));
 
     let json: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out_dir.path().join("results.json")).expect("results.json written")).expect("results.json parses");
+        serde_json::from_slice(&std::fs::read(out_dir.path().join("results.json")).expect("results.json written"))
+            .expect("results.json parses");
     let points = json["points"].as_array().expect("points");
     assert_eq!(points.len(), 1, "one point for --counts 10: {json}");
     let point = &points[0];
     assert_eq!(point["services"], 10, "the point is 10 services: {point}");
     assert_eq!(point["distinctBackends"], 30, "10 services x 3 distinct backends: {point}");
-    for figure in ["writeToProgrammedMs", "agentRoundMs", "rssEmptyMib", "rssProgrammedMib", "oneChangeAgentRoundMs", "oneChangeWriteToProgrammedMs"] {
+    for figure in
+        ["writeToProgrammedMs", "agentRoundMs", "rssEmptyMib", "rssProgrammedMib", "oneChangeAgentRoundMs", "oneChangeWriteToProgrammedMs"]
+    {
         let median = point[figure]["p50"].as_f64().unwrap_or(0.0);
         assert!(median > 0.0, "{figure} is positive: {point}");
     }

@@ -119,7 +119,10 @@ fn nodes(lab: &TestLab) -> Vec<serde_json::Value> {
 fn identity(lab: &TestLab, node: &str, pod: &str) -> u64 {
     let list = lab.json(&["endpoint", "list", "--node", node, "-o", "json"]);
     let all = list.as_array().cloned().or_else(|| list["items"].as_array().cloned()).expect("endpoints");
-    all.iter().find(|e| e["podName"] == pod).and_then(|e| e["identity"].as_u64()).unwrap_or_else(|| panic!("{pod} listed on {node}: {list}"))
+    all.iter()
+        .find(|e| e["podName"] == pod)
+        .and_then(|e| e["identity"].as_u64())
+        .unwrap_or_else(|| panic!("{pod} listed on {node}: {list}"))
 }
 
 /// Routes the agent of `node` installed (route protocol 197).
@@ -160,14 +163,23 @@ fn pods_services_and_policy_work_across_three_nodes_on_etcd() {
     assert_ne!(identity(&lab, "node0", "client"), id1, "another label set, another number");
 
     let svc = lab.json(&["get", "services", "echo", "-o", "json"]);
-    let cluster_ips: Vec<String> = svc["spec"]["clusterIPs"].as_array().expect("clusterIPs").iter().map(|i| i.as_str().unwrap().to_owned()).collect();
+    let cluster_ips: Vec<String> =
+        svc["spec"]["clusterIPs"].as_array().expect("clusterIPs").iter().map(|i| i.as_str().unwrap().to_owned()).collect();
     assert_eq!(cluster_ips.len(), 2, "dual-stack ClusterIPs: {svc}");
     for ip in &cluster_ips {
         let seen = backends_seen(&lab, Some("client"), &target(ip, 80), CONVERGE);
-        assert_eq!(seen, BTreeSet::from(["echo-1".to_owned(), "echo-2".to_owned()]), "ClusterIP {ip} from node0 reaches both backends on the other nodes");
+        assert_eq!(
+            seen,
+            BTreeSet::from(["echo-1".to_owned(), "echo-2".to_owned()]),
+            "ClusterIP {ip} from node0 reaches both backends on the other nodes"
+        );
     }
     let seen = backends_seen(&lab, None, &target(NODE_V4[0], 30090), CONVERGE);
-    assert_eq!(seen, BTreeSet::from(["echo-1".to_owned(), "echo-2".to_owned()]), "node0's NodePort reaches both backends, neither on node0");
+    assert_eq!(
+        seen,
+        BTreeSet::from(["echo-1".to_owned(), "echo-2".to_owned()]),
+        "node0's NodePort reaches both backends, neither on node0"
+    );
 
     // Only app=client may reach the echo pods: guest (same node as client) is denied on node1
     // and node2, which enforce ingress by the identity the packet came from.
@@ -239,9 +251,11 @@ fn the_datapath_rides_out_etcd_faults_and_a_dead_agent_is_withdrawn() {
     drop(tx);
 
     // node2's agent killed: the other nodes withdraw it once its lease (5 s) expires.
-    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(lab.lab_dir().join("lab.json")).expect("lab.json")).expect("lab.json parses");
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(lab.lab_dir().join("lab.json")).expect("lab.json")).expect("lab.json parses");
     let pid = state["nodes"][2]["agentPid"].as_i64().expect("node2's agent pid") as i32;
-    let node2_cidr = nodes(&lab).iter().find(|n| n["name"] == "node2").map(|n| n["podCIDRs"][0].as_str().unwrap().to_owned()).expect("node2 listed");
+    let node2_cidr =
+        nodes(&lab).iter().find(|n| n["name"] == "node2").map(|n| n["podCIDRs"][0].as_str().unwrap().to_owned()).expect("node2 listed");
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).expect("kill node2's agent");
     let killed = Instant::now();
     let withdrawn = loop {
@@ -274,7 +288,11 @@ fn eight_agents_starting_at_once_get_disjoint_pod_cidrs() {
     for n in &listed {
         for c in n["podCIDRs"].as_array().expect("podCIDRs") {
             let net: ipnet::IpNet = c.as_str().unwrap().parse().expect("a CIDR");
-            if net.addr().is_ipv4() { v4.push(net) } else { v6.push(net) }
+            if net.addr().is_ipv4() {
+                v4.push(net)
+            } else {
+                v6.push(net)
+            }
         }
     }
     assert_eq!((v4.len(), v6.len()), (8, 8), "one subnet per family per node: {listed:?}");

@@ -94,7 +94,8 @@ fn exec_passes_stdio_and_exit_code_and_runs_in_the_pod() {
     lab.apply_ok(TWO_PODS);
     let out = lab.exec("demo", "client", &["sh", "-c", "exit 7"]);
     assert_eq!(out.status.code(), Some(7), "exit code passes through: {}", text(&out));
-    let mut child = lab.cmd(&["exec", "client", "-n", "demo", "--", "cat"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("spawn");
+    let mut child =
+        lab.cmd(&["exec", "client", "-n", "demo", "--", "cat"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("spawn");
     child.stdin.take().expect("stdin").write_all(b"hello pod\n").expect("write");
     let out = child.wait_with_output().expect("wait");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello pod\n", "stdin and stdout pass through");

@@ -29,7 +29,8 @@ fn node_counters(lab: &TestLab) -> (u64, u64, u64) {
 
 fn add_counting_rules(lab: &TestLab) {
     for (tool, cidr) in [("iptables", "198.19.0.0/16"), ("ip6tables", "2001:2::/48")] {
-        let out = lab.in_node("node0", &[tool, "-w", "-I", "FORWARD", "-s", cidr, "-m", "comment", "--comment", "sluice-test", "-j", "ACCEPT"]);
+        let out =
+            lab.in_node("node0", &[tool, "-w", "-I", "FORWARD", "-s", cidr, "-m", "comment", "--comment", "sluice-test", "-j", "ACCEPT"]);
         assert!(out.status.success(), "{tool} rule: {}", text(&out));
     }
 }
@@ -78,7 +79,13 @@ fn bpf_host_routing_bypasses_the_node_stack_and_legacy_does_not() {
 
 fn drops(lab: &TestLab, reason: &str) -> u64 {
     let status = lab.json(&["status", "-o", "json"]);
-    status["drops"].as_array().expect("drops").iter().find(|d| d["reason"] == reason).and_then(|d| d["packets"].as_u64()).expect("reason listed")
+    status["drops"]
+        .as_array()
+        .expect("drops")
+        .iter()
+        .find(|d| d["reason"] == reason)
+        .and_then(|d| d["packets"].as_u64())
+        .expect("reason listed")
 }
 
 #[test]
@@ -160,13 +167,22 @@ fn node_forwarded(lab: &TestLab, node: &str) -> (u64, u64) {
     let idx = names.split_whitespace().position(|n| n == "ForwDatagrams").expect("ForwDatagrams column");
     let fwd4 = values.split_whitespace().nth(idx).and_then(|v| v.parse().ok()).expect("ForwDatagrams value");
     let snmp6 = String::from_utf8_lossy(&lab.in_node(node, &["cat", "/proc/net/snmp6"]).stdout).to_string();
-    let fwd6 = snmp6.lines().find_map(|l| l.strip_prefix("Ip6OutForwDatagrams").map(|v| v.trim().parse().unwrap_or(0))).expect("Ip6OutForwDatagrams");
+    let fwd6 = snmp6
+        .lines()
+        .find_map(|l| l.strip_prefix("Ip6OutForwDatagrams").map(|v| v.trim().parse().unwrap_or(0)))
+        .expect("Ip6OutForwDatagrams");
     (fwd4, fwd6)
 }
 
 fn node_forwards(lab: &TestLab, node: &str, kind: &str) -> u64 {
     let status = lab.json(&["status", "--node", node, "-o", "json"]);
-    status["forwards"].as_array().expect("forwards").iter().find(|d| d["reason"] == kind).and_then(|d| d["packets"].as_u64()).expect("kind listed")
+    status["forwards"]
+        .as_array()
+        .expect("forwards")
+        .iter()
+        .find(|d| d["reason"] == kind)
+        .and_then(|d| d["packets"].as_u64())
+        .expect("kind listed")
 }
 
 #[test]

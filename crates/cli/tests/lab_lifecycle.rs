@@ -22,10 +22,16 @@ fn invalid_manifests_are_rejected_whole_and_name_what_is_wrong() {
     let cases = [
         (format!("{ns}{}", pod("{\"-bad\": x}", "")), vec!["document 2", "metadata.labels"]),
         (format!("{ns}apiVersion: v1\nkind: Gadget\nmetadata:\n  name: g\n"), vec!["document 2", "Gadget"]),
-        (format!("{ns}apiVersion: v1\nkind: Pod\nmetadata:\n  namespace: fresh\nspec:\n  containers:\n  - name: c\n"), vec!["document 2", "metadata.name"]),
+        (
+            format!("{ns}apiVersion: v1\nkind: Pod\nmetadata:\n  namespace: fresh\nspec:\n  containers:\n  - name: c\n"),
+            vec!["document 2", "metadata.name"],
+        ),
         (format!("{ns}apiVersion: v1\nkind: Pod\nmetadata: [unclosed\n"), vec!["document 2"]),
         (pod("{app: x}", "").replace("namespace: fresh", "namespace: nowhere"), vec!["document 1", "namespace", "nowhere"]),
-        (format!("{ns}{}", pod("{app: x}", "").replace("  containers:", "  nodeName: node9\n  containers:")), vec!["document 2", "nodeName", "node9"]),
+        (
+            format!("{ns}{}", pod("{app: x}", "").replace("  containers:", "  nodeName: node9\n  containers:")),
+            vec!["document 2", "nodeName", "node9"],
+        ),
     ];
     for (yaml, expected) in cases {
         let out = lab.apply(&yaml);
@@ -36,7 +42,8 @@ fn invalid_manifests_are_rejected_whole_and_name_what_is_wrong() {
             assert!(err.contains(word), "error for\n{yaml}\nmust mention {word:?}: {err}");
         }
         let namespaces = lab.json(&["get", "namespaces", "-o", "json"]);
-        let names: Vec<&str> = namespaces["items"].as_array().expect("items").iter().filter_map(|n| n["metadata"]["name"].as_str()).collect();
+        let names: Vec<&str> =
+            namespaces["items"].as_array().expect("items").iter().filter_map(|n| n["metadata"]["name"].as_str()).collect();
         assert!(!names.contains(&"fresh"), "nothing of a rejected manifest is applied, yet found {names:?}");
         let pods = lab.json(&["get", "pods", "-A", "-o", "json"]);
         assert_eq!(pods["items"].as_array().map(Vec::len), Some(0), "no pod applied");
@@ -50,12 +57,14 @@ fn down_leaves_nothing_behind() {
     }
     let lab = TestLab::up("down", &[]);
     lab.apply_ok(TWO_PODS);
-    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(lab.lab_dir().join("lab.json")).expect("lab.json")).expect("lab state");
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(lab.lab_dir().join("lab.json")).expect("lab.json")).expect("lab state");
     let out = lab.run(&["down"]);
     assert!(out.status.success(), "down: {}", text(&out));
 
     assert!(!lab.lab_dir().exists(), "lab directory removed");
-    let mut netns: Vec<String> = state["nodes"].as_array().expect("nodes").iter().map(|n| n["netns"].as_str().expect("netns").to_owned()).collect();
+    let mut netns: Vec<String> =
+        state["nodes"].as_array().expect("nodes").iter().map(|n| n["netns"].as_str().expect("netns").to_owned()).collect();
     netns.extend(state["pods"].as_object().expect("pods").values().map(|p| p["netns"].as_str().expect("netns").to_owned()));
     assert_eq!(netns.len(), 3, "one node and two pods were recorded");
     for ns in &netns {

@@ -117,9 +117,8 @@ fn a_flood_of_drops_stays_bounded_and_losses_are_counted() {
     let out = lab.exec("demo", "client", &["sh", "-c", &flood]);
     assert!(out.status.success(), "{}", text(&out));
     let metrics = String::from_utf8_lossy(&lab.run(&["metrics"]).stdout).to_string();
-    let metric = |name: &str| -> u64 {
-        metrics.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or(0)
-    };
+    let metric =
+        |name: &str| -> u64 { metrics.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or(0) };
     let dropped = metric(r#"sluice_drop_packets_total{reason="invalid source IP",direction="from-pod"}"#);
     let limited = metric(r#"sluice_events_lost_total{reason="rate-limited"}"#);
     let observed = metric("sluice_flows_observed_total");
@@ -171,7 +170,10 @@ fn prometheus_scrapes_the_agent_and_sees_a_drop_counter_move() {
     }
     let _server = Kill(std::mem::replace(&mut server, Command::new("true").spawn().expect("true")));
     let query = |q: &str| -> Option<f64> {
-        let out = lab.in_node("node0", &["curl", "-s", "--max-time", "2", "--data-urlencode", &format!("query={q}"), "http://127.0.0.1:9090/api/v1/query"]);
+        let out = lab.in_node(
+            "node0",
+            &["curl", "-s", "--max-time", "2", "--data-urlencode", &format!("query={q}"), "http://127.0.0.1:9090/api/v1/query"],
+        );
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
         v["data"]["result"].as_array()?.first()?["value"][1].as_str()?.parse().ok()
     };

@@ -173,10 +173,12 @@ impl Cluster {
                         }
                         let key = &pod_keys()[from];
                         let (ns, pod) = key.split_once('/').unwrap();
-                        let argv: Vec<&str> = [bin, "svc-probe", "--timeout", "700ms"].into_iter().chain(targets.iter().map(String::as_str)).collect();
+                        let argv: Vec<&str> =
+                            [bin, "svc-probe", "--timeout", "700ms"].into_iter().chain(targets.iter().map(String::as_str)).collect();
                         let out = self.lab.exec(ns, pod, &argv);
                         assert!(out.status.success(), "svc-probe in {key}: {}", text(&out));
-                        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_else(|e| panic!("svc-probe in {key} printed invalid JSON ({e}): {}", text(&out)))
+                        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+                            .unwrap_or_else(|e| panic!("svc-probe in {key} printed invalid JSON ({e}): {}", text(&out)))
                     })
                 })
                 .collect();
@@ -188,7 +190,8 @@ impl Cluster {
                 for (s, (proto, port)) in SERVICES.iter().enumerate() {
                     for v6 in [false, true] {
                         let target = format!("{proto}:{}", self.addr(to, v6, *port));
-                        seen[s][usize::from(v6)][from][to] = row[&target].as_bool().unwrap_or_else(|| panic!("svc-probe from {} reports {target}: {row}", pod_keys()[from]));
+                        seen[s][usize::from(v6)][from][to] =
+                            row[&target].as_bool().unwrap_or_else(|| panic!("svc-probe from {} reports {target}: {row}", pod_keys()[from]));
                     }
                 }
             }
@@ -219,7 +222,13 @@ impl Cluster {
                 eprintln!("{scenario}: as expected after {:?}", started.elapsed());
                 return;
             }
-            assert!(started.elapsed() < CONVERGE, "{} grid(s) differ after {:?}:\n{}", mismatches.len(), started.elapsed(), mismatches.join("\n"));
+            assert!(
+                started.elapsed() < CONVERGE,
+                "{} grid(s) differ after {:?}:\n{}",
+                mismatches.len(),
+                started.elapsed(),
+                mismatches.join("\n")
+            );
         }
     }
 
@@ -238,7 +247,8 @@ impl Cluster {
     /// `svc-probe` from the external client: target -> reached.
     fn probe_external(&self, targets: &[String]) -> serde_json::Value {
         let bin = sluice_bin();
-        let argv: Vec<&str> = [bin.to_str().unwrap(), "svc-probe", "--timeout", "700ms"].into_iter().chain(targets.iter().map(String::as_str)).collect();
+        let argv: Vec<&str> =
+            [bin.to_str().unwrap(), "svc-probe", "--timeout", "700ms"].into_iter().chain(targets.iter().map(String::as_str)).collect();
         let out = self.lab.run(&[&["exec", "--external", "--"], argv.as_slice()].concat());
         assert!(out.status.success(), "svc-probe in the external client: {}", text(&out));
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("invalid JSON ({e}): {}", text(&out)))
@@ -276,7 +286,8 @@ fn side_by_side(want: &[char], seen: &[[bool; 9]; 9]) -> String {
     let header = "     xa xb xc ya yb yc za zb zc";
     let mut out = format!("expected{}   observed\n{header}   {header}\n", " ".repeat(header.len() - 5));
     for (from, key) in pod_keys().iter().enumerate() {
-        let row = |cell: &dyn Fn(usize) -> char| (0..9).map(|to| format!(" {} ", if to == from { '-' } else { cell(to) })).collect::<String>();
+        let row =
+            |cell: &dyn Fn(usize) -> char| (0..9).map(|to| format!(" {} ", if to == from { '-' } else { cell(to) })).collect::<String>();
         let expected = row(&|to| want[from * 9 + to]);
         let observed = row(&|to| if seen[from][to] { '.' } else { 'X' });
         let mark = if expected == observed { "" } else { "   <-" };
@@ -382,7 +393,9 @@ z/b XXX ... ...
 z/c XXX ... ...
 ";
     let xa_ingress_on = |ports: &str| {
-        np(&format!("metadata: {{name: ports, namespace: x}}\nspec:\n  podSelector: {{matchLabels: {{pod: a}}}}\n  ingress: [{{ports: {ports}}}]\n"))
+        np(&format!(
+            "metadata: {{name: ports, namespace: x}}\nspec:\n  podSelector: {{matchLabels: {{pod: a}}}}\n  ingress: [{{ports: {ports}}}]\n"
+        ))
     };
     vec![
         grids("no policy", String::new(), same(ALL)),
@@ -577,7 +590,10 @@ fn explain_deny_all(c: &Cluster) {
         assert!(f["policy"].as_str().is_some_and(|p| !p.is_empty()), "a policy drop says which policy or default deny dropped it: {f}");
         assert!(f["peerIdentity"].as_u64().is_some_and(|i| i > 0), "a policy drop carries the peer identity: {f}");
     }
-    let sources: BTreeSet<String> = policy_drops.iter().map(|f| format!("{}/{}", f["source"]["namespace"].as_str().unwrap_or("?"), f["source"]["pod"].as_str().unwrap_or("?"))).collect();
+    let sources: BTreeSet<String> = policy_drops
+        .iter()
+        .map(|f| format!("{}/{}", f["source"]["namespace"].as_str().unwrap_or("?"), f["source"]["pod"].as_str().unwrap_or("?")))
+        .collect();
     assert!(sources.contains("y/a"), "drops from y/a (node1: cross-node) are seen: {sources:?}");
     assert!(sources.contains("y/b"), "drops from y/b (node0: same node as x/a) are seen: {sources:?}");
 
@@ -595,7 +611,11 @@ fn ip_block(c: &Cluster, s: &Scenario) {
     let xa_v6 = format!("tcp:{}", c.addr(0, true, 80));
     let xb = format!("tcp:{}", c.addr(1, false, 80));
     let before = c.probe_external(&[xa_v4("tcp"), xa_v6.clone()]);
-    assert_eq!((before[&xa_v4("tcp")].as_bool(), before[&xa_v6].as_bool()), (Some(true), Some(true)), "without policy the external client reaches x/a over both families: {before}");
+    assert_eq!(
+        (before[&xa_v4("tcp")].as_bool(), before[&xa_v6].as_bool()),
+        (Some(true), Some(true)),
+        "without policy the external client reaches x/a over both families: {before}"
+    );
 
     c.apply(&s.policies);
     c.expect(&format!("{}: pods", s.name), &same(XA_CLOSED));
@@ -630,11 +650,19 @@ fn deny_wins(c: &Cluster, s: &Scenario) {
     let trace = c.stdout(&["policy", "trace", "--from", "z/b", "--to", "x/a", "--port", "81", "--proto", "udp"]);
     assert!(trace.contains("Verdict: ALLOWED"), "trace z/b -> x/a udp/81 is allowed: {trace}");
     assert!(trace.contains("x/allow-all-to-a"), "trace names the allowing policy: {trace}");
-    let drops: Vec<_> = c.flows(&["--verdict", "DROPPED", "--to-pod", "x/a", "--namespace", "y"]).into_iter().filter(|f| f["timeUnixNanos"].as_u64() > Some(applied)).collect();
-    let policies: BTreeSet<&str> = drops.iter().filter(|f| f["dropReason"] == "policy denied ingress").filter_map(|f| f["policy"].as_str()).collect();
+    let drops: Vec<_> = c
+        .flows(&["--verdict", "DROPPED", "--to-pod", "x/a", "--namespace", "y"])
+        .into_iter()
+        .filter(|f| f["timeUnixNanos"].as_u64() > Some(applied))
+        .collect();
+    let policies: BTreeSet<&str> =
+        drops.iter().filter(|f| f["dropReason"] == "policy denied ingress").filter_map(|f| f["policy"].as_str()).collect();
     assert!(!policies.is_empty(), "observe shows policy drops from y to x/a: {:?}", &drops[..drops.len().min(3)]);
     for p in policies {
-        assert_eq!(p, "SluiceNetworkPolicy x/deny-from-y (ingress rule 0)", "a drop names the deny rule behind it, not the allow it overrode");
+        assert_eq!(
+            p, "SluiceNetworkPolicy x/deny-from-y (ingress rule 0)",
+            "a drop names the deny rule behind it, not the allow it overrode"
+        );
     }
 }
 
@@ -660,7 +688,11 @@ fn audit(c: &Cluster, s: &Scenario) {
     c.expect(s.name, &same(ALL));
     let started = Instant::now();
     let audited = loop {
-        let flows: Vec<_> = c.flows(&["--verdict", "AUDIT", "--type", "policy-verdict", "--namespace", "x"]).into_iter().filter(|f| f["timeUnixNanos"].as_u64() > Some(applied)).collect();
+        let flows: Vec<_> = c
+            .flows(&["--verdict", "AUDIT", "--type", "policy-verdict", "--namespace", "x"])
+            .into_iter()
+            .filter(|f| f["timeUnixNanos"].as_u64() > Some(applied))
+            .collect();
         if !flows.is_empty() || started.elapsed() > CONVERGE {
             break flows;
         }
@@ -672,7 +704,11 @@ fn audit(c: &Cluster, s: &Scenario) {
         assert_eq!(f["destination"]["namespace"], "x", "audited traffic is ingress into x: {f}");
     }
     let drops = c.flows(&["--verdict", "DROPPED", "--namespace", "x"]);
-    let policy_drops: Vec<_> = drops.iter().filter(|f| f["timeUnixNanos"].as_u64() > Some(applied) && f["dropReason"].as_str().is_some_and(|r| r.starts_with("policy"))).take(3).collect();
+    let policy_drops: Vec<_> = drops
+        .iter()
+        .filter(|f| f["timeUnixNanos"].as_u64() > Some(applied) && f["dropReason"].as_str().is_some_and(|r| r.starts_with("policy")))
+        .take(3)
+        .collect();
     assert!(policy_drops.is_empty(), "audit mode drops nothing: {policy_drops:?}");
 }
 
@@ -683,14 +719,20 @@ fn established(c: &Cluster, s: &Scenario) {
     let (_kept, kept_lines) = hold(&c.lab, "x", "c", &target);
     for (who, lines) in [("y/a", &denied_lines), ("x/c", &kept_lines)] {
         let first = collect(lines, Duration::from_secs(1));
-        assert!(first.iter().filter(|(_, l)| l.contains("echo")).count() >= 3, "{who} -> x/a: the held connection works before the policy: {first:?}");
+        assert!(
+            first.iter().filter(|(_, l)| l.contains("echo")).count() >= 3,
+            "{who} -> x/a: the held connection works before the policy: {first:?}"
+        );
     }
     c.apply(&s.policies);
     let applied = Instant::now();
     let after = collect(&denied_lines, Duration::from_secs(6));
     let last_echo = after.iter().filter(|(_, l)| l.contains("echo")).map(|(t, _)| t.duration_since(applied)).max();
     let closed = after.iter().find(|(_, l)| l.contains("closed")).map(|(t, l)| (t.duration_since(applied), l));
-    assert!(last_echo.is_none_or(|t| t < CONVERGE), "y/a -> x/a: echoes stop within {CONVERGE:?} of the policy (last {last_echo:?} after): {after:?}");
+    assert!(
+        last_echo.is_none_or(|t| t < CONVERGE),
+        "y/a -> x/a: echoes stop within {CONVERGE:?} of the policy (last {last_echo:?} after): {after:?}"
+    );
     assert!(closed.is_some(), "y/a -> x/a: the held connection fails once denied: {after:?}");
     let kept_after = collect(&kept_lines, Duration::from_millis(500));
     assert!(kept_after.iter().filter(|(_, l)| l.contains("echo")).count() >= 2, "x/c -> x/a (allowed) keeps working: {kept_after:?}");
@@ -710,7 +752,8 @@ fn upstream_scenarios_over_real_pods_on_two_nodes() {
     for s in scenarios() {
         let began = Instant::now();
         if let Err(e) = catch_unwind(AssertUnwindSafe(|| (s.run)(&cluster, &s))) {
-            let message = e.downcast_ref::<String>().cloned().or_else(|| e.downcast_ref::<&str>().map(|m| m.to_string())).unwrap_or_default();
+            let message =
+                e.downcast_ref::<String>().cloned().or_else(|| e.downcast_ref::<&str>().map(|m| m.to_string())).unwrap_or_default();
             failures.push(format!("=== {} ===\n{message}", s.name));
         }
         eprintln!("scenario {:?}: {:?}", s.name, began.elapsed());

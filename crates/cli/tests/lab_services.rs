@@ -160,16 +160,25 @@ fn cluster_ips_reach_every_backend_and_show_the_service_address() {
             let mut names = BTreeSet::new();
             for _ in 0..24 {
                 let v = probe(&lab, Some("client"), &target(&ip, 80), udp);
-                assert_eq!(v["peer"].as_str(), Some(target(&ip, 80).as_str()), "{ip} udp={udp}: the socket API shows the service address: {v}");
+                assert_eq!(
+                    v["peer"].as_str(),
+                    Some(target(&ip, 80).as_str()),
+                    "{ip} udp={udp}: the socket API shows the service address: {v}"
+                );
                 names.insert(replied(&v).0);
             }
-            assert_eq!(names, BTreeSet::from(["web-1".to_string(), "web-2".to_string()]), "{ip} udp={udp}: both backends (one per node) answer");
+            assert_eq!(
+                names,
+                BTreeSet::from(["web-1".to_string(), "web-2".to_string()]),
+                "{ip} udp={udp}: both backends (one per node) answer"
+            );
         }
     }
 
     // As programmed in the datapath.
     let list = lab.json(&["service", "list", "--node", "node1", "-o", "json"]);
-    let web: Vec<&serde_json::Value> = list.as_array().unwrap().iter().filter(|f| f["service"] == "default/web" && f["kind"] == "ClusterIP").collect();
+    let web: Vec<&serde_json::Value> =
+        list.as_array().unwrap().iter().filter(|f| f["service"] == "default/web" && f["kind"] == "ClusterIP").collect();
     assert_eq!(web.len(), 4, "ClusterIP frontends of web: TCP and UDP, IPv4 and IPv6: {list}");
     assert!(web.iter().all(|f| f["backends"].as_array().unwrap().len() == 2), "each with two backends: {list}");
 
@@ -215,11 +224,19 @@ fn nodeport_and_external_ips_from_outside_the_cluster() {
     for (node, backend) in [("198.18.0.10", "web-1"), ("198.18.0.11", "web-2")] {
         for _ in 0..4 {
             let (name, source) = replied(&probe(&lab, None, &target(node, 30083), false));
-            assert_eq!((name.as_str(), source.as_str()), (backend, ext4), "{node}:30083 (Local) goes to the node's own backend and keeps the client source");
+            assert_eq!(
+                (name.as_str(), source.as_str()),
+                (backend, ext4),
+                "{node}:30083 (Local) goes to the node's own backend and keeps the client source"
+            );
         }
     }
     let (name, source) = replied(&probe(&lab, None, "198.51.100.7:83", false));
-    assert_eq!((name.as_str(), source.as_str()), ("web-1", ext4), "the external IP (routed via node0) reaches node0's backend with the client source kept");
+    assert_eq!(
+        (name.as_str(), source.as_str()),
+        ("web-1", ext4),
+        "the external IP (routed via node0) reaches node0's backend with the client source kept"
+    );
 
     // An established NodePort connection survives an agent restart on the node that translates it.
     let mut hold = spawn_hold(&lab, None, &target("198.18.0.10", 30080));
@@ -297,6 +314,12 @@ fn xdp_carries_established_nodeport_flows_to_other_nodes() {
         assert_eq!(seen.len(), 2, "{node}: NodePort reaches both backends with XDP on");
     }
     let status = lab.json(&["status", "--node", "node0", "-o", "json"]);
-    let forwarded = status["forwards"].as_array().unwrap().iter().find(|f| f["reason"] == "xdp forward").and_then(|f| f["packets"].as_u64()).unwrap_or(0);
+    let forwarded = status["forwards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["reason"] == "xdp forward")
+        .and_then(|f| f["packets"].as_u64())
+        .unwrap_or(0);
     assert!(forwarded > 0, "packets of SNAT'd flows to node1 were forwarded from XDP: {status}");
 }

@@ -85,43 +85,28 @@ impl CniVersion {
 impl NetConf {
     pub fn parse(stdin: &[u8]) -> Result<Self, CniError> {
         // Decoding into a map first separates "not a JSON object" (6) from "wrong fields" (7).
-        let object: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_slice(stdin).map_err(CniError::Decode)?;
-        let raw: RawNetConf = serde_json::from_value(serde_json::Value::Object(object))
-            .map_err(|e| invalid("a field has the wrong type", &e.to_string()))?;
+        let object: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(stdin).map_err(CniError::Decode)?;
+        let raw: RawNetConf =
+            serde_json::from_value(serde_json::Value::Object(object)).map_err(|e| invalid("a field has the wrong type", &e.to_string()))?;
 
-        let version = raw
-            .cni_version
-            .ok_or_else(|| invalid("missing field cniVersion", ""))?;
-        let cni_version =
-            CniVersion::parse(&version).ok_or_else(|| CniError::IncompatibleVersion {
-                details: format!("supported versions: {}", supported_list()),
-                version,
-            })?;
+        let version = raw.cni_version.ok_or_else(|| invalid("missing field cniVersion", ""))?;
+        let cni_version = CniVersion::parse(&version)
+            .ok_or_else(|| CniError::IncompatibleVersion { details: format!("supported versions: {}", supported_list()), version })?;
         let name = raw.name.ok_or_else(|| invalid("missing field name", ""))?;
         validate_name(&name)?;
-        let plugin_type = raw
-            .plugin_type
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| invalid("missing field type", ""))?;
+        let plugin_type = raw.plugin_type.filter(|t| !t.is_empty()).ok_or_else(|| invalid("missing field type", ""))?;
         if raw.mtu == Some(0) {
             return Err(invalid("mtu must be greater than zero", ""));
         }
-        let valid_attachments = raw.valid_attachments.or(raw.attachments).map(|list| {
-            list.into_iter()
-                .map(|a| CniAttachment {
-                    container_id: a.container_id,
-                    ifname: a.ifname,
-                })
-                .collect()
-        });
+        let valid_attachments = raw
+            .valid_attachments
+            .or(raw.attachments)
+            .map(|list| list.into_iter().map(|a| CniAttachment { container_id: a.container_id, ifname: a.ifname }).collect());
         Ok(Self {
             cni_version,
             name,
             plugin_type,
-            agent_socket: raw
-                .agent_socket
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_AGENT_SOCKET)),
+            agent_socket: raw.agent_socket.unwrap_or_else(|| PathBuf::from(DEFAULT_AGENT_SOCKET)),
             mtu: raw.mtu,
             valid_attachments,
         })
@@ -133,11 +118,7 @@ impl NetConf {
 pub fn reply_version(stdin: &[u8]) -> CniVersion {
     serde_json::from_slice::<serde_json::Value>(stdin)
         .ok()
-        .and_then(|v| {
-            v.get("cniVersion")
-                .and_then(|v| v.as_str())
-                .and_then(CniVersion::parse)
-        })
+        .and_then(|v| v.get("cniVersion").and_then(|v| v.as_str()).and_then(CniVersion::parse))
         .unwrap_or(CniVersion::CURRENT)
 }
 
@@ -152,15 +133,15 @@ fn validate_name(name: &str) -> Result<(), CniError> {
     if first_ok && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')) {
         Ok(())
     } else {
-        Err(invalid(&format!("invalid network name {name:?}"), "a network name starts with a letter or digit and contains only letters, digits, '_', '.' and '-'"))
+        Err(invalid(
+            &format!("invalid network name {name:?}"),
+            "a network name starts with a letter or digit and contains only letters, digits, '_', '.' and '-'",
+        ))
     }
 }
 
 fn invalid(reason: &str, details: &str) -> CniError {
-    CniError::InvalidConfig {
-        reason: reason.to_string(),
-        details: details.to_string(),
-    }
+    CniError::InvalidConfig { reason: reason.to_string(), details: details.to_string() }
 }
 
 #[cfg(test)]
@@ -173,82 +154,28 @@ mod tests {
             ("not json", "{", 6, ""),
             ("empty stdin", "", 6, ""),
             ("array", "[]", 6, ""),
-            (
-                "missing cniVersion",
-                r#"{"name":"sluice","type":"sluice-cni"}"#,
-                7,
-                "cniVersion",
-            ),
-            (
-                "missing name",
-                r#"{"cniVersion":"1.1.0","type":"sluice-cni"}"#,
-                7,
-                "name",
-            ),
-            (
-                "missing type",
-                r#"{"cniVersion":"1.1.0","name":"sluice"}"#,
-                7,
-                "type",
-            ),
-            (
-                "empty type",
-                r#"{"cniVersion":"1.1.0","name":"sluice","type":""}"#,
-                7,
-                "type",
-            ),
-            (
-                "bad name",
-                r#"{"cniVersion":"1.1.0","name":"-x","type":"sluice-cni"}"#,
-                7,
-                "name",
-            ),
-            (
-                "mtu string",
-                r#"{"cniVersion":"1.1.0","name":"s","type":"t","mtu":"big"}"#,
-                7,
-                "",
-            ),
-            (
-                "mtu zero",
-                r#"{"cniVersion":"1.1.0","name":"s","type":"t","mtu":0}"#,
-                7,
-                "mtu",
-            ),
-            (
-                "old version",
-                r#"{"cniVersion":"0.3.1","name":"s","type":"t"}"#,
-                1,
-                "0.3.1",
-            ),
-            (
-                "future version",
-                r#"{"cniVersion":"2.0.0","name":"s","type":"t"}"#,
-                1,
-                "2.0.0",
-            ),
-            (
-                "version not a string",
-                r#"{"cniVersion":1,"name":"s","type":"t"}"#,
-                7,
-                "",
-            ),
+            ("missing cniVersion", r#"{"name":"sluice","type":"sluice-cni"}"#, 7, "cniVersion"),
+            ("missing name", r#"{"cniVersion":"1.1.0","type":"sluice-cni"}"#, 7, "name"),
+            ("missing type", r#"{"cniVersion":"1.1.0","name":"sluice"}"#, 7, "type"),
+            ("empty type", r#"{"cniVersion":"1.1.0","name":"sluice","type":""}"#, 7, "type"),
+            ("bad name", r#"{"cniVersion":"1.1.0","name":"-x","type":"sluice-cni"}"#, 7, "name"),
+            ("mtu string", r#"{"cniVersion":"1.1.0","name":"s","type":"t","mtu":"big"}"#, 7, ""),
+            ("mtu zero", r#"{"cniVersion":"1.1.0","name":"s","type":"t","mtu":0}"#, 7, "mtu"),
+            ("old version", r#"{"cniVersion":"0.3.1","name":"s","type":"t"}"#, 1, "0.3.1"),
+            ("future version", r#"{"cniVersion":"2.0.0","name":"s","type":"t"}"#, 1, "2.0.0"),
+            ("version not a string", r#"{"cniVersion":1,"name":"s","type":"t"}"#, 7, ""),
         ];
         for (what, input, code, mentions) in cases {
             let error = NetConf::parse(input.as_bytes()).unwrap_err();
             assert_eq!(error.code(), code, "{what}: {error}");
-            assert!(
-                error.to_string().contains(mentions),
-                "{what}: message mentions {mentions:?}: {error}"
-            );
+            assert!(error.to_string().contains(mentions), "{what}: message mentions {mentions:?}: {error}");
         }
     }
 
     #[test]
     fn supported_versions_parse() {
         for version in ["0.4.0", "1.0.0", "1.1.0"] {
-            let input =
-                format!(r#"{{"cniVersion":"{version}","name":"sluice","type":"sluice-cni"}}"#);
+            let input = format!(r#"{{"cniVersion":"{version}","name":"sluice","type":"sluice-cni"}}"#);
             let conf = NetConf::parse(input.as_bytes()).unwrap();
             assert_eq!(conf.cni_version.as_str(), version, "version {version}");
         }
@@ -260,30 +187,18 @@ mod tests {
             "mtu":1450,"prevResult":{"cniVersion":"1.1.0"},"runtimeConfig":{},
             "cni.dev/valid-attachments":[{"containerID":"c1","ifname":"eth0"}]}"#;
         let conf = NetConf::parse(input.as_bytes()).unwrap();
-        assert_eq!(
-            conf.agent_socket,
-            PathBuf::from("/tmp/a.sock"),
-            "agent socket"
-        );
+        assert_eq!(conf.agent_socket, PathBuf::from("/tmp/a.sock"), "agent socket");
         assert_eq!(conf.mtu, Some(1450), "mtu");
         assert_eq!(conf.name, "sluice", "name");
         assert_eq!(conf.plugin_type, "sluice-cni", "type");
-        let want = vec![CniAttachment {
-            container_id: "c1".into(),
-            ifname: "eth0".into(),
-        }];
+        let want = vec![CniAttachment { container_id: "c1".into(), ifname: "eth0".into() }];
         assert_eq!(conf.valid_attachments, Some(want), "valid attachments");
     }
 
     #[test]
     fn defaults_apply() {
-        let conf = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"sluice","type":"sluice-cni"}"#)
-            .unwrap();
-        assert_eq!(
-            conf.agent_socket,
-            PathBuf::from(DEFAULT_AGENT_SOCKET),
-            "default agent socket"
-        );
+        let conf = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"sluice","type":"sluice-cni"}"#).unwrap();
+        assert_eq!(conf.agent_socket, PathBuf::from(DEFAULT_AGENT_SOCKET), "default agent socket");
         assert_eq!(conf.mtu, None, "no mtu");
         assert_eq!(conf.valid_attachments, None, "no attachments");
     }
@@ -297,11 +212,7 @@ mod tests {
             ("garbage", "1.1.0"),
         ];
         for (input, want) in cases {
-            assert_eq!(
-                reply_version(input.as_bytes()).as_str(),
-                want,
-                "reply version for {input}"
-            );
+            assert_eq!(reply_version(input.as_bytes()).as_str(), want, "reply version for {input}");
         }
     }
 }

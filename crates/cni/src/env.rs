@@ -63,10 +63,7 @@ impl Command {
 impl Attachment {
     /// Reads and validates the variables `command` requires. CNI_NETNS is required for ADD and
     /// CHECK only: on DEL the namespace may already be gone.
-    pub fn from_env(
-        command: Command,
-        vars: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Self, CniError> {
+    pub fn from_env(command: Command, vars: &dyn Fn(&str) -> Option<String>) -> Result<Self, CniError> {
         let container_id = required(vars, "CNI_CONTAINERID")?;
         validate_container_id(&container_id)?;
         let netns = match command {
@@ -76,12 +73,7 @@ impl Attachment {
         let ifname = required(vars, "CNI_IFNAME")?;
         validate_ifname(&ifname)?;
         let args = PodArgs::parse(&vars("CNI_ARGS").unwrap_or_default())?;
-        Ok(Self {
-            container_id,
-            netns,
-            ifname,
-            args,
-        })
+        Ok(Self { container_id, netns, ifname, args })
     }
 }
 
@@ -94,10 +86,7 @@ impl PodArgs {
         let mut args = Self::default();
         for pair in cni_args.split(';').filter(|pair| !pair.is_empty()) {
             let Some((key, value)) = pair.split_once('=') else {
-                return Err(CniError::InvalidEnv {
-                    var: "CNI_ARGS",
-                    reason: format!("invalid pair {pair:?}"),
-                });
+                return Err(CniError::InvalidEnv { var: "CNI_ARGS", reason: format!("invalid pair {pair:?}") });
             };
             let value = (!value.is_empty()).then(|| value.to_string());
             match key {
@@ -112,9 +101,7 @@ impl PodArgs {
 
 /// An absent and an empty variable are the same to the runtime: not given.
 fn required(vars: &dyn Fn(&str) -> Option<String>, var: &'static str) -> Result<String, CniError> {
-    vars(var)
-        .filter(|value| !value.is_empty())
-        .ok_or(CniError::MissingEnv { var })
+    vars(var).filter(|value| !value.is_empty()).ok_or(CniError::MissingEnv { var })
 }
 
 /// Alphanumeric first, then alphanumerics, `_`, `.` and `-` (the specification's rule).
@@ -138,19 +125,13 @@ fn validate_ifname(ifname: &str) -> Result<(), CniError> {
         Some(format!("{ifname:?} is longer than {MAX_IFNAME_LEN} bytes"))
     } else if ifname == "." || ifname == ".." {
         Some(format!("{ifname:?} is not an interface name"))
-    } else if ifname
-        .chars()
-        .any(|c| c == '/' || c == ':' || c.is_whitespace())
-    {
+    } else if ifname.chars().any(|c| c == '/' || c == ':' || c.is_whitespace()) {
         Some(format!("{ifname:?} contains '/', ':' or whitespace"))
     } else {
         None
     };
     match reason {
-        Some(reason) => Err(CniError::InvalidEnv {
-            var: "CNI_IFNAME",
-            reason,
-        }),
+        Some(reason) => Err(CniError::InvalidEnv { var: "CNI_IFNAME", reason }),
         None => Ok(()),
     }
 }
@@ -161,10 +142,7 @@ mod tests {
 
     /// A lookup over fixed pairs, so tests never touch the process environment.
     fn lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let pairs: Vec<(String, String)> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let pairs: Vec<(String, String)> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         move |key| pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
     }
 
@@ -197,10 +175,7 @@ mod tests {
             let pairs: Vec<(&str, &str)> = value.map(|v| ("CNI_COMMAND", v)).into_iter().collect();
             let error = Command::from_env(&lookup(&pairs)).unwrap_err();
             assert_eq!(error.code(), 4, "CNI_COMMAND={value:?}");
-            assert!(
-                error.to_string().contains("CNI_COMMAND"),
-                "message names CNI_COMMAND: {error}"
-            );
+            assert!(error.to_string().contains("CNI_COMMAND"), "message names CNI_COMMAND: {error}");
         }
     }
 
@@ -223,13 +198,7 @@ mod tests {
             for absent_as_empty in [false, true] {
                 let pairs: Vec<(&str, &str)> = FULL
                     .iter()
-                    .map(|&(k, v)| {
-                        if k == missing && absent_as_empty {
-                            (k, "")
-                        } else {
-                            (k, v)
-                        }
-                    })
+                    .map(|&(k, v)| if k == missing && absent_as_empty { (k, "") } else { (k, v) })
                     .filter(|&(k, _)| k != missing || absent_as_empty)
                     .collect();
                 let got = Attachment::from_env(command, &lookup(&pairs));
@@ -237,10 +206,7 @@ mod tests {
                     (true, Ok(_)) => panic!("{command:?} without {missing} must fail"),
                     (true, Err(error)) => {
                         assert_eq!(error.code(), 4, "{command:?} without {missing}");
-                        assert!(
-                            error.to_string().contains(missing),
-                            "{command:?}: message names {missing}: {error}"
-                        );
+                        assert!(error.to_string().contains(missing), "{command:?}: message names {missing}: {error}");
                     }
                     (false, Err(error)) => {
                         panic!("{command:?} without {missing} must succeed: {error}")
@@ -257,16 +223,8 @@ mod tests {
         assert_eq!(attachment.container_id, "abc123", "container id");
         assert_eq!(attachment.netns, "/var/run/netns/pod", "netns");
         assert_eq!(attachment.ifname, "eth0", "ifname");
-        assert_eq!(
-            attachment.args.pod_namespace.as_deref(),
-            Some("default"),
-            "pod namespace"
-        );
-        assert_eq!(
-            attachment.args.pod_name.as_deref(),
-            Some("web-0"),
-            "pod name"
-        );
+        assert_eq!(attachment.args.pod_namespace.as_deref(), Some("default"), "pod namespace");
+        assert_eq!(attachment.args.pod_name.as_deref(), Some("web-0"), "pod name");
     }
 
     #[test]
@@ -282,11 +240,7 @@ mod tests {
         ];
         for (input, namespace, name) in cases {
             let args = PodArgs::parse(input).unwrap();
-            assert_eq!(
-                args.pod_namespace.as_deref(),
-                namespace,
-                "namespace of {input:?}"
-            );
+            assert_eq!(args.pod_namespace.as_deref(), namespace, "namespace of {input:?}");
             assert_eq!(args.pod_name.as_deref(), name, "name of {input:?}");
         }
     }
@@ -295,10 +249,7 @@ mod tests {
     fn cni_args_without_equals_is_code_4() {
         let error = PodArgs::parse("K8S_POD_NAME=p;garbage").unwrap_err();
         assert_eq!(error.code(), 4, "pair without '='");
-        assert!(
-            error.to_string().contains("CNI_ARGS"),
-            "message names CNI_ARGS: {error}"
-        );
+        assert!(error.to_string().contains("CNI_ARGS"), "message names CNI_ARGS: {error}");
     }
 
     #[test]
@@ -314,25 +265,13 @@ mod tests {
             ("abc;x", false),
         ];
         for (id, valid) in cases {
-            let pairs: Vec<(&str, &str)> = FULL
-                .iter()
-                .map(|&(k, v)| {
-                    if k == "CNI_CONTAINERID" {
-                        (k, id)
-                    } else {
-                        (k, v)
-                    }
-                })
-                .collect();
+            let pairs: Vec<(&str, &str)> = FULL.iter().map(|&(k, v)| if k == "CNI_CONTAINERID" { (k, id) } else { (k, v) }).collect();
             match Attachment::from_env(Command::Add, &lookup(&pairs)) {
                 Ok(_) => assert!(valid, "container id {id:?} must be rejected"),
                 Err(error) => {
                     assert!(!valid, "container id {id:?} must be accepted: {error}");
                     assert_eq!(error.code(), 4, "code for container id {id:?}");
-                    assert!(
-                        error.to_string().contains("CNI_CONTAINERID"),
-                        "message names the variable: {error}"
-                    );
+                    assert!(error.to_string().contains("CNI_CONTAINERID"), "message names the variable: {error}");
                 }
             }
         }
@@ -353,28 +292,13 @@ mod tests {
             ("eth\t0", false),
         ];
         for (ifname, valid) in cases {
-            let pairs: Vec<(&str, &str)> = FULL
-                .iter()
-                .map(|&(k, v)| {
-                    if k == "CNI_IFNAME" {
-                        (k, ifname)
-                    } else {
-                        (k, v)
-                    }
-                })
-                .collect();
+            let pairs: Vec<(&str, &str)> = FULL.iter().map(|&(k, v)| if k == "CNI_IFNAME" { (k, ifname) } else { (k, v) }).collect();
             match Attachment::from_env(Command::Add, &lookup(&pairs)) {
                 Ok(_) => assert!(valid, "interface name {ifname:?} must be rejected"),
                 Err(error) => {
-                    assert!(
-                        !valid,
-                        "interface name {ifname:?} must be accepted: {error}"
-                    );
+                    assert!(!valid, "interface name {ifname:?} must be accepted: {error}");
                     assert_eq!(error.code(), 4, "code for interface name {ifname:?}");
-                    assert!(
-                        error.to_string().contains("CNI_IFNAME"),
-                        "message names the variable: {error}"
-                    );
+                    assert!(error.to_string().contains("CNI_IFNAME"), "message names the variable: {error}");
                 }
             }
         }

@@ -65,11 +65,7 @@ pub enum CniError {
     PluginNotAvailable { details: String },
     /// The agent refused the call; its CNI code, message and details are passed through.
     #[error("{message}")]
-    Agent {
-        code: u32,
-        message: String,
-        details: String,
-    },
+    Agent { code: u32, message: String, details: String },
     /// The agent answered with a body this plugin cannot decode.
     #[error("unexpected answer from the sluice agent")]
     UnexpectedAgentAnswer { details: String },
@@ -92,9 +88,7 @@ impl CniError {
     pub fn code(&self) -> u32 {
         match self {
             Self::IncompatibleVersion { .. } => code::INCOMPATIBLE_VERSION,
-            Self::UnknownCommand(_) | Self::MissingEnv { .. } | Self::InvalidEnv { .. } => {
-                code::INVALID_ENV
-            }
+            Self::UnknownCommand(_) | Self::MissingEnv { .. } | Self::InvalidEnv { .. } => code::INVALID_ENV,
             Self::Stdin(_) | Self::Runtime(_) => code::IO_FAILURE,
             Self::Decode(_) => code::DECODE_FAILURE,
             Self::InvalidConfig { .. } => code::INVALID_CONFIG,
@@ -116,28 +110,17 @@ impl CniError {
             | Self::UnexpectedAgentAnswer { details } => details.clone(),
             Self::Stdin(e) | Self::Runtime(e) => e.to_string(),
             Self::Decode(e) => e.to_string(),
-            Self::UnknownCommand(_) | Self::MissingEnv { .. } | Self::InvalidEnv { .. } => {
-                String::new()
-            }
+            Self::UnknownCommand(_) | Self::MissingEnv { .. } | Self::InvalidEnv { .. } => String::new(),
         }
     }
 
     /// The error object for stdout, tagged with the CNI version of the call.
     pub fn to_json(&self, cni_version: &str) -> String {
-        let object = ErrorObject {
-            cni_version,
-            code: self.code(),
-            msg: self.to_string(),
-            details: self.details(),
-        };
+        let object = ErrorObject { cni_version, code: self.code(), msg: self.to_string(), details: self.details() };
         // A struct of strings and a number always serialises; fall back to a fixed text anyway so
         // the runtime still gets an error object.
-        serde_json::to_string(&object).unwrap_or_else(|_| {
-            format!(
-                r#"{{"cniVersion":"{cni_version}","code":{},"msg":"error","details":""}}"#,
-                self.code()
-            )
-        })
+        serde_json::to_string(&object)
+            .unwrap_or_else(|_| format!(r#"{{"cniVersion":"{cni_version}","code":{},"msg":"error","details":""}}"#, self.code()))
     }
 }
 
@@ -148,43 +131,17 @@ mod tests {
     #[test]
     fn error_object_has_the_spec_shape() {
         let cases: Vec<(CniError, u32, &str)> = vec![
-            (
-                CniError::MissingEnv { var: "CNI_IFNAME" },
-                4,
-                "missing environment variable CNI_IFNAME",
-            ),
-            (
-                CniError::UnknownCommand("FOO".into()),
-                4,
-                "unknown CNI_COMMAND \"FOO\"",
-            ),
-            (
-                CniError::Agent {
-                    code: 3,
-                    message: "no such container".into(),
-                    details: "abc".into(),
-                },
-                3,
-                "no such container",
-            ),
-            (
-                CniError::AgentUnreachable {
-                    details: "x".into(),
-                },
-                11,
-                "sluice agent unreachable, try again later",
-            ),
+            (CniError::MissingEnv { var: "CNI_IFNAME" }, 4, "missing environment variable CNI_IFNAME"),
+            (CniError::UnknownCommand("FOO".into()), 4, "unknown CNI_COMMAND \"FOO\""),
+            (CniError::Agent { code: 3, message: "no such container".into(), details: "abc".into() }, 3, "no such container"),
+            (CniError::AgentUnreachable { details: "x".into() }, 11, "sluice agent unreachable, try again later"),
         ];
         for (error, want_code, want_msg) in cases {
             let json: serde_json::Value = serde_json::from_str(&error.to_json("1.0.0")).unwrap();
             let object = json.as_object().unwrap();
             let mut keys: Vec<&str> = object.keys().map(String::as_str).collect();
             keys.sort_unstable();
-            assert_eq!(
-                keys,
-                ["cniVersion", "code", "details", "msg"],
-                "keys of {error:?}"
-            );
+            assert_eq!(keys, ["cniVersion", "code", "details", "msg"], "keys of {error:?}");
             assert_eq!(json["cniVersion"], "1.0.0", "cniVersion of {error:?}");
             assert_eq!(json["code"], want_code, "code of {error:?}");
             assert_eq!(json["msg"], want_msg, "msg of {error:?}");
@@ -193,15 +150,8 @@ mod tests {
 
     #[test]
     fn agent_details_pass_through() {
-        let error = CniError::Agent {
-            code: 7,
-            message: "bad".into(),
-            details: "the detail".into(),
-        };
+        let error = CniError::Agent { code: 7, message: "bad".into(), details: "the detail".into() };
         let json: serde_json::Value = serde_json::from_str(&error.to_json("1.1.0")).unwrap();
-        assert_eq!(
-            json["details"], "the detail",
-            "agent details are passed through"
-        );
+        assert_eq!(json["details"], "the detail", "agent details are passed through");
     }
 }

@@ -14,20 +14,11 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let mut stdin = Vec::new();
     let reply = match std::io::stdin().read_to_end(&mut stdin) {
-        Ok(_) => run::execute(&|key| std::env::var(key).ok(), &stdin, &|socket| {
-            Box::new(run::SocketAgent::new(socket))
-        }),
-        Err(e) => run::Reply {
-            stdout: error::CniError::Stdin(e).to_json(config::CniVersion::CURRENT.as_str()),
-            success: false,
-        },
+        Ok(_) => run::execute(&|key| std::env::var(key).ok(), &stdin, &|socket| Box::new(run::SocketAgent::new(socket))),
+        Err(e) => run::Reply { stdout: error::CniError::Stdin(e).to_json(config::CniVersion::CURRENT.as_str()), success: false },
     };
     let mut stdout = std::io::stdout().lock();
-    let written = if reply.stdout.is_empty() {
-        Ok(())
-    } else {
-        writeln!(stdout, "{}", reply.stdout)
-    };
+    let written = if reply.stdout.is_empty() { Ok(()) } else { writeln!(stdout, "{}", reply.stdout) };
     match (reply.success, written.and_then(|()| stdout.flush())) {
         (true, Ok(())) => ExitCode::SUCCESS,
         _ => ExitCode::FAILURE,

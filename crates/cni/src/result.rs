@@ -54,11 +54,7 @@ struct VersionResult {
 pub fn encode_add(result: &CniAddResult, version: CniVersion) -> String {
     let add = AddResult {
         cni_version: version.as_str(),
-        interfaces: result
-            .interfaces
-            .iter()
-            .map(|i| interface(i, version))
-            .collect(),
+        interfaces: result.interfaces.iter().map(|i| interface(i, version)).collect(),
         ips: result.ips.iter().map(|ip| ip_config(ip, version)).collect(),
         routes: &result.routes,
         dns: Dns::default(),
@@ -68,10 +64,7 @@ pub fn encode_add(result: &CniAddResult, version: CniVersion) -> String {
 
 /// The VERSION answer: the current version and every version this plugin speaks.
 pub fn encode_version() -> String {
-    to_json(&VersionResult {
-        cni_version: CniVersion::CURRENT.as_str(),
-        supported_versions: CniVersion::SUPPORTED.map(CniVersion::as_str),
-    })
+    to_json(&VersionResult { cni_version: CniVersion::CURRENT.as_str(), supported_versions: CniVersion::SUPPORTED.map(CniVersion::as_str) })
 }
 
 fn interface(interface: &CniInterface, version: CniVersion) -> Interface<'_> {
@@ -88,10 +81,7 @@ fn ip_config(ip: &CniIpConfig, version: CniVersion) -> IpConfig<'_> {
         ipnet::IpNet::V4(_) => "4",
         ipnet::IpNet::V6(_) => "6",
     };
-    IpConfig {
-        version: (version == CniVersion::V0_4_0).then_some(family),
-        ip,
-    }
+    IpConfig { version: (version == CniVersion::V0_4_0).then_some(family), ip }
 }
 
 /// Structs of strings, numbers and addresses always serialise.
@@ -125,79 +115,38 @@ mod tests {
     #[test]
     fn add_result_per_version() {
         // (version, ips carry "version", interfaces carry "mtu")
-        let cases = [
-            (CniVersion::V0_4_0, true, false),
-            (CniVersion::V1_0_0, false, false),
-            (CniVersion::V1_1_0, false, true),
-        ];
+        let cases = [(CniVersion::V0_4_0, true, false), (CniVersion::V1_0_0, false, false), (CniVersion::V1_1_0, false, true)];
         for (version, ip_version, mtu) in cases {
             let json: Value = serde_json::from_str(&encode_add(&sample(), version)).unwrap();
             let v = version.as_str();
             assert_eq!(json["cniVersion"], v, "{v}: cniVersion");
             assert_eq!(json["dns"], json!({}), "{v}: dns");
-            assert_eq!(
-                json["interfaces"][1]["name"], "eth0",
-                "{v}: pod interface name"
-            );
-            assert_eq!(
-                json["interfaces"][1]["mac"], "aa:bb:cc:00:00:02",
-                "{v}: pod interface mac"
-            );
-            assert_eq!(
-                json["interfaces"][1]["sandbox"], "/var/run/netns/pod",
-                "{v}: pod sandbox"
-            );
-            assert!(
-                json["interfaces"][0].get("sandbox").is_none(),
-                "{v}: host interface has no sandbox"
-            );
-            assert_eq!(
-                json["interfaces"][1].get("mtu").is_some(),
-                mtu,
-                "{v}: mtu present"
-            );
+            assert_eq!(json["interfaces"][1]["name"], "eth0", "{v}: pod interface name");
+            assert_eq!(json["interfaces"][1]["mac"], "aa:bb:cc:00:00:02", "{v}: pod interface mac");
+            assert_eq!(json["interfaces"][1]["sandbox"], "/var/run/netns/pod", "{v}: pod sandbox");
+            assert!(json["interfaces"][0].get("sandbox").is_none(), "{v}: host interface has no sandbox");
+            assert_eq!(json["interfaces"][1].get("mtu").is_some(), mtu, "{v}: mtu present");
             if mtu {
                 assert_eq!(json["interfaces"][1]["mtu"], 1500, "{v}: mtu value");
             }
-            assert_eq!(
-                json["ips"][0]["address"], "198.19.0.5/24",
-                "{v}: v4 address"
-            );
+            assert_eq!(json["ips"][0]["address"], "198.19.0.5/24", "{v}: v4 address");
             assert_eq!(json["ips"][0]["gateway"], "169.254.1.1", "{v}: v4 gateway");
             assert_eq!(json["ips"][0]["interface"], 1, "{v}: v4 interface index");
-            assert_eq!(
-                json["ips"][1]["address"], "fd00:10::5/64",
-                "{v}: v6 address"
-            );
+            assert_eq!(json["ips"][1]["address"], "fd00:10::5/64", "{v}: v6 address");
             if ip_version {
                 assert_eq!(json["ips"][0]["version"], "4", "{v}: v4 version");
                 assert_eq!(json["ips"][1]["version"], "6", "{v}: v6 version");
             } else {
-                assert!(
-                    json["ips"][0].get("version").is_none(),
-                    "{v}: no ip version field"
-                );
+                assert!(json["ips"][0].get("version").is_none(), "{v}: no ip version field");
             }
-            assert_eq!(
-                json["routes"][0],
-                json!({"dst": "0.0.0.0/0", "gw": "169.254.1.1"}),
-                "{v}: v4 route"
-            );
-            assert_eq!(
-                json["routes"][1],
-                json!({"dst": "::/0", "gw": "fe80::1"}),
-                "{v}: v6 route"
-            );
+            assert_eq!(json["routes"][0], json!({"dst": "0.0.0.0/0", "gw": "169.254.1.1"}), "{v}: v4 route");
+            assert_eq!(json["routes"][1], json!({"dst": "::/0", "gw": "fe80::1"}), "{v}: v6 route");
         }
     }
 
     #[test]
     fn version_answer() {
         let json: Value = serde_json::from_str(&encode_version()).unwrap();
-        assert_eq!(
-            json,
-            json!({"cniVersion": "1.1.0", "supportedVersions": ["0.4.0", "1.0.0", "1.1.0"]}),
-            "VERSION answer"
-        );
+        assert_eq!(json, json!({"cniVersion": "1.1.0", "supportedVersions": ["0.4.0", "1.0.0", "1.1.0"]}), "VERSION answer");
     }
 }

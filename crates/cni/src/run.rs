@@ -51,28 +51,14 @@ pub struct Reply {
 
 /// Runs one CNI call. `vars` looks up environment variables and `connect` opens the agent at a
 /// socket path; both are parameters so tests need neither a process environment nor an agent.
-pub fn execute(
-    vars: &dyn Fn(&str) -> Option<String>,
-    stdin: &[u8],
-    connect: &dyn Fn(&Path) -> Box<dyn Agent>,
-) -> Reply {
+pub fn execute(vars: &dyn Fn(&str) -> Option<String>, stdin: &[u8], connect: &dyn Fn(&Path) -> Box<dyn Agent>) -> Reply {
     match dispatch(vars, stdin, connect) {
-        Ok(stdout) => Reply {
-            stdout,
-            success: true,
-        },
-        Err(error) => Reply {
-            stdout: error.to_json(reply_version(stdin).as_str()),
-            success: false,
-        },
+        Ok(stdout) => Reply { stdout, success: true },
+        Err(error) => Reply { stdout: error.to_json(reply_version(stdin).as_str()), success: false },
     }
 }
 
-fn dispatch(
-    vars: &dyn Fn(&str) -> Option<String>,
-    stdin: &[u8],
-    connect: &dyn Fn(&Path) -> Box<dyn Agent>,
-) -> Result<String, CniError> {
+fn dispatch(vars: &dyn Fn(&str) -> Option<String>, stdin: &[u8], connect: &dyn Fn(&Path) -> Box<dyn Agent>) -> Result<String, CniError> {
     let command = Command::from_env(vars)?;
     if command == Command::Version {
         // The configuration on stdin, if any, only tells which version the runtime prefers; the
@@ -83,18 +69,14 @@ fn dispatch(
     match command {
         Command::Add => {
             let request = request(&Attachment::from_env(command, vars)?, &conf);
-            let added = connect(&conf.agent_socket)
-                .add(&request)
-                .map_err(from_agent)?;
+            let added = connect(&conf.agent_socket).add(&request).map_err(from_agent)?;
             Ok(result::encode_add(&added, conf.cni_version))
         }
         Command::Del => {
             let request = request(&Attachment::from_env(command, vars)?, &conf);
             match connect(&conf.agent_socket).del(&request) {
                 // DEL must succeed for an attachment that is already gone, so runtimes can retry.
-                Err(AgentError::Client(ClientError::Api { status, error }))
-                    if error.code == code::UNKNOWN_CONTAINER || status == 404 =>
-                {
+                Err(AgentError::Client(ClientError::Api { status, error })) if error.code == code::UNKNOWN_CONTAINER || status == 404 => {
                     Ok(String::new())
                 }
                 other => other.map(|()| String::new()).map_err(from_agent),
@@ -102,38 +84,27 @@ fn dispatch(
         }
         Command::Check => {
             let request = request(&Attachment::from_env(command, vars)?, &conf);
-            connect(&conf.agent_socket)
-                .check(&request)
-                .map_err(from_agent)?;
+            connect(&conf.agent_socket).check(&request).map_err(from_agent)?;
             Ok(String::new())
         }
         Command::Status => {
             require_version(&conf, CniVersion::V1_1_0, "STATUS")?;
-            connect(&conf.agent_socket)
-                .status()
-                .map_err(|error| match error {
-                    AgentError::Client(
-                        e @ (ClientError::Unreachable { .. } | ClientError::Http(_)),
-                    ) => CniError::PluginNotAvailable {
-                        details: e.to_string(),
-                    },
-                    other => from_agent(other),
-                })?;
+            connect(&conf.agent_socket).status().map_err(|error| match error {
+                AgentError::Client(e @ (ClientError::Unreachable { .. } | ClientError::Http(_))) => {
+                    CniError::PluginNotAvailable { details: e.to_string() }
+                }
+                other => from_agent(other),
+            })?;
             Ok(String::new())
         }
         Command::Gc => {
             require_version(&conf, CniVersion::V1_1_0, "GC")?;
             // Without the list every attachment would look stale; refuse rather than release all.
-            let valid_attachments =
-                conf.valid_attachments
-                    .clone()
-                    .ok_or_else(|| CniError::InvalidConfig {
-                        reason: "GC needs cni.dev/valid-attachments".to_string(),
-                        details: String::new(),
-                    })?;
-            connect(&conf.agent_socket)
-                .gc(&CniGcRequest { valid_attachments })
-                .map_err(from_agent)?;
+            let valid_attachments = conf.valid_attachments.clone().ok_or_else(|| CniError::InvalidConfig {
+                reason: "GC needs cni.dev/valid-attachments".to_string(),
+                details: String::new(),
+            })?;
+            connect(&conf.agent_socket).gc(&CniGcRequest { valid_attachments }).map_err(from_agent)?;
             Ok(String::new())
         }
         Command::Version => Ok(result::encode_version()),
@@ -158,10 +129,7 @@ fn require_version(conf: &NetConf, at_least: CniVersion, operation: &str) -> Res
     } else {
         Err(CniError::IncompatibleVersion {
             version: conf.cni_version.as_str().to_string(),
-            details: format!(
-                "{operation} needs cniVersion {} or later",
-                at_least.as_str()
-            ),
+            details: format!("{operation} needs cniVersion {} or later", at_least.as_str()),
         })
     }
 }
@@ -171,18 +139,12 @@ fn require_version(conf: &NetConf, at_least: CniVersion, operation: &str) -> Res
 fn from_agent(error: AgentError) -> CniError {
     match error {
         AgentError::Client(e @ (ClientError::Unreachable { .. } | ClientError::Http(_))) => {
-            CniError::AgentUnreachable {
-                details: e.to_string(),
-            }
+            CniError::AgentUnreachable { details: e.to_string() }
         }
-        AgentError::Client(ClientError::Api { error, .. }) => CniError::Agent {
-            code: error.code,
-            message: error.message,
-            details: error.details,
-        },
-        AgentError::Client(e @ ClientError::Decode(_)) => CniError::UnexpectedAgentAnswer {
-            details: e.to_string(),
-        },
+        AgentError::Client(ClientError::Api { error, .. }) => {
+            CniError::Agent { code: error.code, message: error.message, details: error.details }
+        }
+        AgentError::Client(e @ ClientError::Decode(_)) => CniError::UnexpectedAgentAnswer { details: e.to_string() },
         AgentError::Runtime(e) => CniError::Runtime(e),
     }
 }
@@ -191,19 +153,11 @@ fn from_agent(error: AgentError) -> CniError {
 
 impl SocketAgent {
     pub fn new(socket: &Path) -> Self {
-        Self {
-            client: Client::new(socket),
-        }
+        Self { client: Client::new(socket) }
     }
 
-    fn block_on<T>(
-        &self,
-        call: impl Future<Output = Result<T, ClientError>>,
-    ) -> Result<T, AgentError> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(AgentError::Runtime)?;
+    fn block_on<T>(&self, call: impl Future<Output = Result<T, ClientError>>) -> Result<T, AgentError> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(AgentError::Runtime)?;
         Ok(runtime.block_on(call)?)
     }
 }
@@ -214,19 +168,11 @@ impl Agent for SocketAgent {
     }
 
     fn del(&self, request: &CniRequest) -> Result<(), AgentError> {
-        self.block_on(
-            self.client
-                .post::<_, serde_json::Value>(paths::CNI_DEL, request),
-        )
-        .map(drop)
+        self.block_on(self.client.post::<_, serde_json::Value>(paths::CNI_DEL, request)).map(drop)
     }
 
     fn check(&self, request: &CniRequest) -> Result<(), AgentError> {
-        self.block_on(
-            self.client
-                .post::<_, serde_json::Value>(paths::CNI_CHECK, request),
-        )
-        .map(drop)
+        self.block_on(self.client.post::<_, serde_json::Value>(paths::CNI_CHECK, request)).map(drop)
     }
 
     fn gc(&self, request: &CniGcRequest) -> Result<CniGcResult, AgentError> {
@@ -234,8 +180,7 @@ impl Agent for SocketAgent {
     }
 
     fn status(&self) -> Result<(), AgentError> {
-        self.block_on(self.client.get::<serde_json::Value>(paths::CNI_STATUS))
-            .map(drop)
+        self.block_on(self.client.get::<serde_json::Value>(paths::CNI_STATUS)).map(drop)
     }
 }
 
@@ -267,10 +212,7 @@ mod tests {
 
     impl FakeAgent {
         fn new(answer: Answer) -> Self {
-            Self {
-                answer,
-                calls: Rc::default(),
-            }
+            Self { answer, calls: Rc::default() }
         }
 
         fn answer<T>(&self, op: &'static str, request: Value, ok: T) -> Result<T, AgentError> {
@@ -279,11 +221,7 @@ mod tests {
                 Answer::Ok => Ok(ok),
                 Answer::Refuse { status, code } => Err(AgentError::Client(ClientError::Api {
                     status,
-                    error: ApiError {
-                        code,
-                        message: format!("agent says no ({code})"),
-                        details: "why".into(),
-                    },
+                    error: ApiError { code, message: format!("agent says no ({code})"), details: "why".into() },
                 })),
             }
         }
@@ -313,11 +251,7 @@ mod tests {
             self.answer("check", serde_json::to_value(request).unwrap(), ())
         }
         fn gc(&self, request: &CniGcRequest) -> Result<CniGcResult, AgentError> {
-            self.answer(
-                "gc",
-                serde_json::to_value(request).unwrap(),
-                CniGcResult { released: vec![] },
-            )
+            self.answer("gc", serde_json::to_value(request).unwrap(), CniGcResult { released: vec![] })
         }
         fn status(&self) -> Result<(), AgentError> {
             self.answer("status", Value::Null, ())
@@ -344,9 +278,7 @@ mod tests {
 
     fn run_fake(command: &str, conf: &str, agent: &FakeAgent) -> Reply {
         let agent = agent.clone();
-        execute(&vars(command), conf.as_bytes(), &move |_| {
-            Box::new(agent.clone())
-        })
+        execute(&vars(command), conf.as_bytes(), &move |_| Box::new(agent.clone()))
     }
 
     fn error_of(reply: &Reply) -> Value {
@@ -364,11 +296,7 @@ mod tests {
         assert_eq!(out["ips"][0]["address"], "198.19.0.5/24", "result address");
         let want = json!({"containerId": "c1", "ifname": "eth0", "netns": "/run/netns/p",
             "podNamespace": "default", "podName": "web-0", "mtu": 1450});
-        assert_eq!(
-            agent.calls(),
-            vec![("add", want)],
-            "request sent to the agent"
-        );
+        assert_eq!(agent.calls(), vec![("add", want)], "request sent to the agent");
     }
 
     #[test]
@@ -376,14 +304,7 @@ mod tests {
         for command in ["DEL", "CHECK", "STATUS", "GC"] {
             let agent = FakeAgent::new(Answer::Ok);
             let reply = run_fake(command, CONF, &agent);
-            assert_eq!(
-                reply,
-                Reply {
-                    stdout: String::new(),
-                    success: true
-                },
-                "{command} prints nothing"
-            );
+            assert_eq!(reply, Reply { stdout: String::new(), success: true }, "{command} prints nothing");
             assert_eq!(agent.calls().len(), 1, "{command} calls the agent once");
         }
     }
@@ -399,31 +320,20 @@ mod tests {
     #[test]
     fn gc_without_valid_attachments_is_refused() {
         let agent = FakeAgent::new(Answer::Ok);
-        let reply = run_fake(
-            "GC",
-            r#"{"cniVersion":"1.1.0","name":"sluice","type":"sluice-cni"}"#,
-            &agent,
-        );
+        let reply = run_fake("GC", r#"{"cniVersion":"1.1.0","name":"sluice","type":"sluice-cni"}"#, &agent);
         assert_eq!(error_of(&reply)["code"], 7, "GC without attachments");
-        assert!(
-            agent.calls().is_empty(),
-            "the agent is not asked to release everything"
-        );
+        assert!(agent.calls().is_empty(), "the agent is not asked to release everything");
     }
 
     #[test]
     fn status_and_gc_need_version_1_1_0() {
         for command in ["STATUS", "GC"] {
             for version in ["0.4.0", "1.0.0"] {
-                let conf =
-                    format!(r#"{{"cniVersion":"{version}","name":"sluice","type":"sluice-cni"}}"#);
+                let conf = format!(r#"{{"cniVersion":"{version}","name":"sluice","type":"sluice-cni"}}"#);
                 let reply = run_fake(command, &conf, &FakeAgent::new(Answer::Ok));
                 let error = error_of(&reply);
                 assert_eq!(error["code"], 1, "{command} with {version}");
-                assert_eq!(
-                    error["cniVersion"], version,
-                    "{command} with {version}: error version"
-                );
+                assert_eq!(error["cniVersion"], version, "{command} with {version}: error version");
             }
         }
     }
@@ -438,26 +348,11 @@ mod tests {
             (StatusCode::SERVICE_UNAVAILABLE, 11, false),
         ];
         for (status, code, success) in cases {
-            let reply = run_fake(
-                "DEL",
-                CONF,
-                &FakeAgent::new(Answer::Refuse { status, code }),
-            );
+            let reply = run_fake("DEL", CONF, &FakeAgent::new(Answer::Refuse { status, code }));
             if success {
-                assert_eq!(
-                    reply,
-                    Reply {
-                        stdout: String::new(),
-                        success: true
-                    },
-                    "DEL with {status} code {code}"
-                );
+                assert_eq!(reply, Reply { stdout: String::new(), success: true }, "DEL with {status} code {code}");
             } else {
-                assert_eq!(
-                    error_of(&reply)["code"],
-                    code,
-                    "DEL with {status} code {code}"
-                );
+                assert_eq!(error_of(&reply)["code"], code, "DEL with {status} code {code}");
             }
         }
     }
@@ -465,10 +360,7 @@ mod tests {
     #[test]
     fn agent_refusals_pass_through() {
         for command in ["ADD", "CHECK", "STATUS", "GC"] {
-            let agent = FakeAgent::new(Answer::Refuse {
-                status: StatusCode::BAD_REQUEST,
-                code: 7,
-            });
+            let agent = FakeAgent::new(Answer::Refuse { status: StatusCode::BAD_REQUEST, code: 7 });
             let error = error_of(&run_fake(command, CONF, &agent));
             assert_eq!(error["code"], 7, "{command}: code");
             assert_eq!(error["msg"], "agent says no (7)", "{command}: msg");
@@ -484,13 +376,7 @@ mod tests {
         let conf = json!({"cniVersion": "1.1.0", "name": "sluice", "type": "sluice-cni",
             "agentSocket": socket, "cni.dev/valid-attachments": []})
         .to_string();
-        let cases = [
-            ("ADD", 11),
-            ("DEL", 11),
-            ("CHECK", 11),
-            ("GC", 11),
-            ("STATUS", 50),
-        ];
+        let cases = [("ADD", 11), ("DEL", 11), ("CHECK", 11), ("GC", 11), ("STATUS", 50)];
         for (command, code) in cases {
             let connected: Rc<RefCell<Vec<PathBuf>>> = Rc::default();
             let seen = connected.clone();
@@ -500,36 +386,18 @@ mod tests {
             });
             let error = error_of(&reply);
             assert_eq!(error["code"], code, "{command}: code");
-            assert!(
-                error["details"].as_str().unwrap().contains("agent.sock"),
-                "{command}: details name the socket"
-            );
-            assert_eq!(
-                *connected.borrow(),
-                vec![socket.clone()],
-                "{command}: connects to the configured socket"
-            );
+            assert!(error["details"].as_str().unwrap().contains("agent.sock"), "{command}: details name the socket");
+            assert_eq!(*connected.borrow(), vec![socket.clone()], "{command}: connects to the configured socket");
         }
     }
 
     #[test]
     fn version_needs_no_agent_and_no_configuration() {
-        for stdin in [
-            "",
-            r#"{"cniVersion":"1.1.0"}"#,
-            r#"{"cniVersion":"0.4.0"}"#,
-            "not json",
-        ] {
-            let reply = execute(&vars("VERSION"), stdin.as_bytes(), &|_| {
-                panic!("VERSION must not call the agent")
-            });
+        for stdin in ["", r#"{"cniVersion":"1.1.0"}"#, r#"{"cniVersion":"0.4.0"}"#, "not json"] {
+            let reply = execute(&vars("VERSION"), stdin.as_bytes(), &|_| panic!("VERSION must not call the agent"));
             assert!(reply.success, "VERSION with stdin {stdin:?}");
             let out: Value = serde_json::from_str(&reply.stdout).unwrap();
-            assert_eq!(
-                out["supportedVersions"],
-                json!(["0.4.0", "1.0.0", "1.1.0"]),
-                "supported versions"
-            );
+            assert_eq!(out["supportedVersions"], json!(["0.4.0", "1.0.0", "1.1.0"]), "supported versions");
         }
     }
 
@@ -538,27 +406,9 @@ mod tests {
         // (command, stdin, variable removed, code, error cniVersion)
         let cases = [
             ("ADD", "{", None, 6, "1.1.0"),
-            (
-                "ADD",
-                r#"{"cniVersion":"0.4.0","name":"sluice"}"#,
-                None,
-                7,
-                "0.4.0",
-            ),
-            (
-                "ADD",
-                r#"{"cniVersion":"0.3.1","name":"sluice","type":"t"}"#,
-                None,
-                1,
-                "1.1.0",
-            ),
-            (
-                "ADD",
-                r#"{"cniVersion":"1.0.0","name":"sluice","type":"t"}"#,
-                Some("CNI_NETNS"),
-                4,
-                "1.0.0",
-            ),
+            ("ADD", r#"{"cniVersion":"0.4.0","name":"sluice"}"#, None, 7, "0.4.0"),
+            ("ADD", r#"{"cniVersion":"0.3.1","name":"sluice","type":"t"}"#, None, 1, "1.1.0"),
+            ("ADD", r#"{"cniVersion":"1.0.0","name":"sluice","type":"t"}"#, Some("CNI_NETNS"), 4, "1.0.0"),
             ("BOGUS", CONF, None, 4, "1.1.0"),
         ];
         for (command, stdin, removed, code, version) in cases {
@@ -575,14 +425,8 @@ mod tests {
             let reply = execute(&lookup, stdin.as_bytes(), &move |_| Box::new(fake.clone()));
             let error = error_of(&reply);
             assert_eq!(error["code"], code, "{command} {stdin} without {removed:?}");
-            assert_eq!(
-                error["cniVersion"], version,
-                "{command} {stdin}: error version"
-            );
-            assert!(
-                agent.calls().is_empty(),
-                "{command} {stdin}: agent not called"
-            );
+            assert_eq!(error["cniVersion"], version, "{command} {stdin}: error version");
+            assert!(agent.calls().is_empty(), "{command} {stdin}: agent not called");
         }
     }
 }

@@ -19,25 +19,13 @@ fn run_plugin(vars: &[(&str, &str)], stdin: &str) -> (Option<i32>, String) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn sluice-cni");
-    child
-        .stdin
-        .take()
-        .expect("stdin is piped")
-        .write_all(stdin.as_bytes())
-        .expect("write stdin");
+    child.stdin.take().expect("stdin is piped").write_all(stdin.as_bytes()).expect("write stdin");
     let output = child.wait_with_output().expect("wait for sluice-cni");
-    (
-        output.status.code(),
-        String::from_utf8(output.stdout).expect("stdout is UTF-8"),
-    )
+    (output.status.code(), String::from_utf8(output.stdout).expect("stdout is UTF-8"))
 }
 
-const ATTACHMENT: [(&str, &str); 4] = [
-    ("CNI_CONTAINERID", "0123abcd"),
-    ("CNI_NETNS", "/var/run/netns/pod"),
-    ("CNI_IFNAME", "eth0"),
-    ("CNI_PATH", "/opt/cni/bin"),
-];
+const ATTACHMENT: [(&str, &str); 4] =
+    [("CNI_CONTAINERID", "0123abcd"), ("CNI_NETNS", "/var/run/netns/pod"), ("CNI_IFNAME", "eth0"), ("CNI_PATH", "/opt/cni/bin")];
 
 #[test]
 fn version_prints_supported_versions() {
@@ -45,11 +33,7 @@ fn version_prints_supported_versions() {
         let (code, stdout) = run_plugin(&[("CNI_COMMAND", "VERSION")], stdin);
         assert_eq!(code, Some(0), "VERSION exit code with stdin {stdin:?}");
         let out: Value = serde_json::from_str(&stdout).expect("VERSION prints JSON");
-        assert_eq!(
-            out,
-            json!({"cniVersion": "1.1.0", "supportedVersions": ["0.4.0", "1.0.0", "1.1.0"]}),
-            "VERSION answer"
-        );
+        assert_eq!(out, json!({"cniVersion": "1.1.0", "supportedVersions": ["0.4.0", "1.0.0", "1.1.0"]}), "VERSION answer");
     }
 }
 
@@ -60,84 +44,26 @@ fn bad_calls_exit_1_with_an_error_object() {
     let good = json!({"cniVersion": "1.0.0", "name": "sluice", "type": "sluice-cni", "agentSocket": socket}).to_string();
     // (what, command, drop variable, stdin, expected code, expected cniVersion)
     let cases = [
-        (
-            "malformed JSON",
-            "ADD",
-            None,
-            "{\"cniVersion\":",
-            6,
-            "1.1.0",
-        ),
-        (
-            "missing type",
-            "ADD",
-            None,
-            r#"{"cniVersion":"0.4.0","name":"sluice"}"#,
-            7,
-            "0.4.0",
-        ),
-        (
-            "unsupported version",
-            "ADD",
-            None,
-            r#"{"cniVersion":"0.2.0","name":"s","type":"t"}"#,
-            1,
-            "1.1.0",
-        ),
+        ("malformed JSON", "ADD", None, "{\"cniVersion\":", 6, "1.1.0"),
+        ("missing type", "ADD", None, r#"{"cniVersion":"0.4.0","name":"sluice"}"#, 7, "0.4.0"),
+        ("unsupported version", "ADD", None, r#"{"cniVersion":"0.2.0","name":"s","type":"t"}"#, 1, "1.1.0"),
         ("unknown command", "FROB", None, good.as_str(), 4, "1.0.0"),
-        (
-            "missing container id",
-            "ADD",
-            Some("CNI_CONTAINERID"),
-            good.as_str(),
-            4,
-            "1.0.0",
-        ),
-        (
-            "missing ifname",
-            "DEL",
-            Some("CNI_IFNAME"),
-            good.as_str(),
-            4,
-            "1.0.0",
-        ),
+        ("missing container id", "ADD", Some("CNI_CONTAINERID"), good.as_str(), 4, "1.0.0"),
+        ("missing ifname", "DEL", Some("CNI_IFNAME"), good.as_str(), 4, "1.0.0"),
         ("agent unreachable", "ADD", None, good.as_str(), 11, "1.0.0"),
-        (
-            "agent unreachable on DEL",
-            "DEL",
-            None,
-            good.as_str(),
-            11,
-            "1.0.0",
-        ),
+        ("agent unreachable on DEL", "DEL", None, good.as_str(), 11, "1.0.0"),
     ];
     for (what, command, dropped, stdin, want_code, want_version) in cases {
-        let mut vars: Vec<(&str, &str)> = ATTACHMENT
-            .iter()
-            .copied()
-            .filter(|&(k, _)| Some(k) != dropped)
-            .collect();
+        let mut vars: Vec<(&str, &str)> = ATTACHMENT.iter().copied().filter(|&(k, _)| Some(k) != dropped).collect();
         vars.push(("CNI_COMMAND", command));
         let (code, stdout) = run_plugin(&vars, stdin);
         assert_eq!(code, Some(1), "{what}: exit code");
         let error: Value = serde_json::from_str(&stdout).expect("the error is JSON on stdout");
-        assert_eq!(
-            error["code"], want_code,
-            "{what}: CNI error code in {stdout}"
-        );
-        assert_eq!(
-            error["cniVersion"], want_version,
-            "{what}: cniVersion in {stdout}"
-        );
-        assert!(
-            error["msg"].as_str().is_some_and(|m| !m.is_empty()),
-            "{what}: msg in {stdout}"
-        );
+        assert_eq!(error["code"], want_code, "{what}: CNI error code in {stdout}");
+        assert_eq!(error["cniVersion"], want_version, "{what}: cniVersion in {stdout}");
+        assert!(error["msg"].as_str().is_some_and(|m| !m.is_empty()), "{what}: msg in {stdout}");
         if let Some(var) = dropped {
-            assert!(
-                error["msg"].as_str().is_some_and(|m| m.contains(var)),
-                "{what}: msg names {var}"
-            );
+            assert!(error["msg"].as_str().is_some_and(|m| m.contains(var)), "{what}: msg names {var}");
         }
     }
 }

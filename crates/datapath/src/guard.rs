@@ -132,7 +132,10 @@ pub fn cgroup2_mount() -> Result<PathBuf, DatapathError> {
     let path = "/proc/self/mountinfo";
     let text = fs::read_to_string(path).map_err(|e| DatapathError::os(format!("reading {path}"), e))?;
     cgroup2_mount_in(&text).ok_or_else(|| {
-        DatapathError::os("finding the cgroup2 mount", std::io::Error::new(std::io::ErrorKind::NotFound, "no cgroup2 filesystem in /proc/self/mountinfo"))
+        DatapathError::os(
+            "finding the cgroup2 mount",
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no cgroup2 filesystem in /proc/self/mountinfo"),
+        )
     })
 }
 
@@ -183,7 +186,6 @@ fn open_cgroup2(dir: &Path) -> Result<File, DatapathError> {
     }
     Ok(file)
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -519,12 +519,20 @@ fn load_object(name: &'static str, bytes: &[u8], pin_dir: &Path, opts: &LoadOpti
 
 fn program<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a SchedClassifier, DatapathError> {
     let prog = ebpf.program(name).ok_or_else(|| missing_program(name))?;
-    prog.try_into().map_err(|source| DatapathError::Program { program: name, action: "expecting a classifier".into(), source: Box::new(source) })
+    prog.try_into().map_err(|source| DatapathError::Program {
+        program: name,
+        action: "expecting a classifier".into(),
+        source: Box::new(source),
+    })
 }
 
 fn program_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut SchedClassifier, DatapathError> {
     let prog = ebpf.program_mut(name).ok_or_else(|| missing_program(name))?;
-    prog.try_into().map_err(|source| DatapathError::Program { program: name, action: "expecting a classifier".into(), source: Box::new(source) })
+    prog.try_into().map_err(|source| DatapathError::Program {
+        program: name,
+        action: "expecting a classifier".into(),
+        source: Box::new(source),
+    })
 }
 
 fn missing_program(name: &'static str) -> DatapathError {
@@ -568,8 +576,8 @@ fn attach(ebpf: &mut Ebpf, name: &'static str, ifname: &str, hook: TcAttachType,
         .attach_with_options(ifname, hook, TcAttachOptions::TcxOrder(LinkOrder::default()))
         .map_err(err(format!("attaching to {ifname} (tcx {hook:?})")))?;
     let link = prog.take_link(id).map_err(err(format!("taking the link on {ifname}")))?;
-    let link = FdLink::try_from(link)
-        .map_err(|e| DatapathError::LinkPin { path: pin.to_path_buf(), message: format!("not an fd link: {e}") })?;
+    let link =
+        FdLink::try_from(link).map_err(|e| DatapathError::LinkPin { path: pin.to_path_buf(), message: format!("not an fd link: {e}") })?;
     link.pin(pin).map_err(|e| DatapathError::LinkPin { path: pin.to_path_buf(), message: with_sources(&e) })?;
     Ok(())
 }

@@ -256,7 +256,9 @@ impl Netlink {
     pub async fn networks(&self, index: u32) -> Result<Vec<IpNet>, DatapathError> {
         let mut out = Vec::new();
         let mut stream = self.handle.address().get().set_link_index_filter(index).execute();
-        while let Some(msg) = stream.try_next().await.map_err(|e| DatapathError::netlink(format!("listing addresses of link {index}"), e))? {
+        while let Some(msg) =
+            stream.try_next().await.map_err(|e| DatapathError::netlink(format!("listing addresses of link {index}"), e))?
+        {
             for attr in &msg.attributes {
                 if let AddressAttribute::Address(a) = attr {
                     if let Ok(net) = IpNet::new(*a, msg.header.prefix_len) {
@@ -272,7 +274,9 @@ impl Netlink {
     pub async fn addresses(&self, index: u32) -> Result<Vec<IpAddr>, DatapathError> {
         let mut out = Vec::new();
         let mut stream = self.handle.address().get().set_link_index_filter(index).execute();
-        while let Some(msg) = stream.try_next().await.map_err(|e| DatapathError::netlink(format!("listing addresses of link {index}"), e))? {
+        while let Some(msg) =
+            stream.try_next().await.map_err(|e| DatapathError::netlink(format!("listing addresses of link {index}"), e))?
+        {
             for attr in msg.attributes {
                 if let AddressAttribute::Address(a) = attr {
                     out.push(a);

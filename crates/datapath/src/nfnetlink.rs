@@ -22,18 +22,9 @@ impl NftablesNotifications {
     /// caller then has to poll the rulesets instead).
     pub fn subscribe() -> Result<Self, DatapathError> {
         // SAFETY: plain socket(2); the descriptor is owned right away.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_NETFILTER,
-            )
-        };
+        let raw = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_NETFILTER) };
         if raw < 0 {
-            return Err(DatapathError::os(
-                "opening an nfnetlink socket",
-                std::io::Error::last_os_error(),
-            ));
+            return Err(DatapathError::os("opening an nfnetlink socket", std::io::Error::last_os_error()));
         }
         // SAFETY: raw is a new descriptor nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
@@ -50,10 +41,7 @@ impl NftablesNotifications {
             )
         };
         if rc < 0 {
-            return Err(DatapathError::os(
-                "joining the nfnetlink NFNLGRP_NFTABLES group",
-                std::io::Error::last_os_error(),
-            ));
+            return Err(DatapathError::os("joining the nfnetlink NFNLGRP_NFTABLES group", std::io::Error::last_os_error()));
         }
         Ok(Self { fd })
     }
@@ -64,11 +52,7 @@ impl NftablesNotifications {
     /// finished state.
     pub fn wait(&self, timeout: Duration) -> bool {
         let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-        let mut pfd = libc::pollfd {
-            fd: self.fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
+        let mut pfd = libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
         // SAFETY: one valid pollfd.
         let n = unsafe { libc::poll(&mut pfd, 1, millis) };
         if n <= 0 {
@@ -79,23 +63,12 @@ impl NftablesNotifications {
         loop {
             loop {
                 // SAFETY: reading into a buffer of the size given.
-                let r = unsafe {
-                    libc::recv(
-                        self.fd.as_raw_fd(),
-                        buf.as_mut_ptr().cast(),
-                        buf.len(),
-                        libc::MSG_DONTWAIT,
-                    )
-                };
+                let r = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
                 if r <= 0 {
                     break;
                 }
             }
-            let mut pfd = libc::pollfd {
-                fd: self.fd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
+            let mut pfd = libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
             // SAFETY: one valid pollfd.
             let more = unsafe { libc::poll(&mut pfd, 1, 200) };
             if more <= 0 || Instant::now() >= settle_until {
@@ -119,18 +92,10 @@ mod tests {
         }
         // The namespace belongs to this thread only; `nft` forked from it runs there too.
         std::thread::spawn(|| {
-            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
-                .expect("a network namespace of its own");
-            let notifications =
-                NftablesNotifications::subscribe().expect("subscribed to NFNLGRP_NFTABLES");
-            assert!(
-                !notifications.wait(Duration::from_millis(50)),
-                "no change announced while nothing changes"
-            );
-            let added = match std::process::Command::new("nft")
-                .args(["add", "table", "inet", "sluice_nfnetlink_test"])
-                .status()
-            {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("a network namespace of its own");
+            let notifications = NftablesNotifications::subscribe().expect("subscribed to NFNLGRP_NFTABLES");
+            assert!(!notifications.wait(Duration::from_millis(50)), "no change announced while nothing changes");
+            let added = match std::process::Command::new("nft").args(["add", "table", "inet", "sluice_nfnetlink_test"]).status() {
                 Ok(status) => status,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     eprintln!("SKIPPED the change half: nft is not installed");
@@ -139,10 +104,7 @@ mod tests {
                 Err(e) => panic!("running nft: {e}"),
             };
             assert!(added.success(), "nft adds a table in the test's namespace");
-            assert!(
-                notifications.wait(Duration::from_secs(2)),
-                "the new table is announced"
-            );
+            assert!(notifications.wait(Duration::from_secs(2)), "the new table is announced");
         })
         .join()
         .expect("the test thread finishes");

@@ -14,9 +14,8 @@ use crate::{DatapathError, Mac};
 /// The pod's IPv4 gateway (answered by the datapath), from the ABI header.
 pub const GATEWAY_V4: Ipv4Addr = Ipv4Addr::from_bits(sluice_abi::SLUICE_GATEWAY_IPV4);
 /// The pod's IPv6 gateway (answered by the datapath), from the ABI header.
-pub const GATEWAY_V6: Ipv6Addr = Ipv6Addr::from_bits(
-    ((sluice_abi::SLUICE_GATEWAY_IPV6_WORD0 as u128) << 96) | sluice_abi::SLUICE_GATEWAY_IPV6_WORD3 as u128,
-);
+pub const GATEWAY_V6: Ipv6Addr =
+    Ipv6Addr::from_bits(((sluice_abi::SLUICE_GATEWAY_IPV6_WORD0 as u128) << 96) | sluice_abi::SLUICE_GATEWAY_IPV6_WORD3 as u128);
 
 #[derive(Debug, Clone)]
 pub struct PlumbRequest {

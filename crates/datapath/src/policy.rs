@@ -164,7 +164,8 @@ fn read_ipcache(trie: &LpmTrie<MapData, IpcacheData, IpcacheValue>) -> Result<Ve
 /// read from outside the agent.
 pub fn pinned_policy_endpoints(pin_dir: &std::path::Path) -> Result<Vec<(u32, policy_endpoint)>, DatapathError> {
     let data = MapData::from_pin(pin_dir.join("policy_endpoints")).map_err(map_err("policy_endpoints"))?;
-    let map: HashMap<MapData, u32, EndpointValue> = HashMap::try_from(aya::maps::Map::HashMap(data)).map_err(map_err("policy_endpoints"))?;
+    let map: HashMap<MapData, u32, EndpointValue> =
+        HashMap::try_from(aya::maps::Map::HashMap(data)).map_err(map_err("policy_endpoints"))?;
     map.iter().map(|r| r.map(|(k, v)| (k, v.0)).map_err(map_err("policy_endpoints"))).collect()
 }
 
@@ -234,7 +235,11 @@ impl PolicyTables for PolicyMaps {
         vec![
             MapPressure { map: "ipcache", entries: self.ipcache.keys().count(), capacity: sluice_abi::SLUICE_IPCACHE_ENTRIES as usize },
             MapPressure { map: "policy", entries: self.policy.keys().count(), capacity: sluice_abi::SLUICE_POLICY_ENTRIES as usize },
-            MapPressure { map: "policy_endpoints", entries: self.endpoints.keys().count(), capacity: sluice_abi::SLUICE_MAX_ENDPOINTS as usize },
+            MapPressure {
+                map: "policy_endpoints",
+                entries: self.endpoints.keys().count(),
+                capacity: sluice_abi::SLUICE_MAX_ENDPOINTS as usize,
+            },
             MapPressure { map: "policy_ct", entries: self.conntrack.keys().count(), capacity: self.conntrack_capacity },
         ]
     }

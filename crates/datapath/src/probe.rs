@@ -19,10 +19,8 @@ pub fn probe_host_routing() -> HostRoutingProbe {
         Err(e) => return HostRoutingProbe { supported: false, reason: format!("probe object did not load: {e}") },
     };
     for (name, helper) in [("probe_redirect_peer", "bpf_redirect_peer"), ("probe_redirect_neigh", "bpf_redirect_neigh")] {
-        let loaded = ebpf
-            .program_mut(name)
-            .and_then(|p| <&mut SchedClassifier>::try_from(p).ok())
-            .map(|p| p.load().map_err(|e| e.to_string()));
+        let loaded =
+            ebpf.program_mut(name).and_then(|p| <&mut SchedClassifier>::try_from(p).ok()).map(|p| p.load().map_err(|e| e.to_string()));
         match loaded {
             Some(Ok(())) => {}
             Some(Err(e)) => return HostRoutingProbe { supported: false, reason: format!("kernel lacks {helper}: {e}") },

@@ -155,7 +155,11 @@ impl ServiceTables for ServiceMaps {
 
     fn service_pressure(&self) -> Vec<MapPressure> {
         vec![
-            MapPressure { map: "lb_frontends", entries: self.frontends.keys().count(), capacity: sluice_abi::SLUICE_MAX_FRONTENDS as usize },
+            MapPressure {
+                map: "lb_frontends",
+                entries: self.frontends.keys().count(),
+                capacity: sluice_abi::SLUICE_MAX_FRONTENDS as usize,
+            },
             MapPressure { map: "lb_backends", entries: self.backends.keys().count(), capacity: sluice_abi::SLUICE_MAX_BACKENDS as usize },
             MapPressure { map: "lb_slots", entries: self.slots.keys().count(), capacity: sluice_abi::SLUICE_MAX_SLOTS as usize },
             MapPressure { map: "lb_maglev", entries: self.maglev.keys().count(), capacity: sluice_abi::SLUICE_MAX_MAGLEV_CHUNKS as usize },
@@ -193,7 +197,8 @@ impl SocketLb {
 
     /// Loads the hooks against the maps pinned in `pin_dir` and attaches them to `cgroup_dir`.
     pub fn attach(pin_dir: &Path, cgroup_dir: &Path) -> Result<SocketLb, DatapathError> {
-        let cgroup = File::open(cgroup_dir).map_err(|e| DatapathError::os(format!("opening cgroup {} for socket LB", cgroup_dir.display()), e))?;
+        let cgroup =
+            File::open(cgroup_dir).map_err(|e| DatapathError::os(format!("opening cgroup {} for socket LB", cgroup_dir.display()), e))?;
         let mut ebpf = EbpfLoader::new()
             .btf(None)
             .map_pin_path(pin_dir)
@@ -204,11 +209,16 @@ impl SocketLb {
             let err = |action: String| move |source| DatapathError::Program { program: name, action, source: Box::new(source) };
             let prog: &mut CgroupSockAddr = ebpf
                 .program_mut(name)
-                .ok_or_else(|| DatapathError::Program { program: name, action: "finding it in sock_lb.o".into(), source: Box::new(aya::programs::ProgramError::UnexpectedProgramType) })?
+                .ok_or_else(|| DatapathError::Program {
+                    program: name,
+                    action: "finding it in sock_lb.o".into(),
+                    source: Box::new(aya::programs::ProgramError::UnexpectedProgramType),
+                })?
                 .try_into()
                 .map_err(err("expecting a cgroup sock_addr program".into()))?;
             prog.load().map_err(err("verifying".into()))?;
-            let id = prog.attach(&cgroup, CgroupAttachMode::default()).map_err(err(format!("attaching to cgroup {}", cgroup_dir.display())))?;
+            let id =
+                prog.attach(&cgroup, CgroupAttachMode::default()).map_err(err(format!("attaching to cgroup {}", cgroup_dir.display())))?;
             links.push(prog.take_link(id).map_err(err("taking its link".into()))?);
         }
         Ok(SocketLb { cgroup: cgroup_dir.to_path_buf(), _links: links, _ebpf: ebpf })

@@ -358,7 +358,8 @@ mod tests {
     #[test]
     fn messages_are_split_on_4_byte_boundaries_and_truncation_is_an_error() {
         let mut datagram = Vec::new();
-        for (kind, payload) in [(libc::NLMSG_ERROR as u16, &[0xfe, 0xff, 0xff, 0xff, 9][..]), (libc::NLMSG_DONE as u16, &[0, 0, 0, 0][..])] {
+        for (kind, payload) in [(libc::NLMSG_ERROR as u16, &[0xfe, 0xff, 0xff, 0xff, 9][..]), (libc::NLMSG_DONE as u16, &[0, 0, 0, 0][..])]
+        {
             datagram.extend_from_slice(&((NLMSG_HDRLEN + payload.len()) as u32).to_ne_bytes());
             datagram.extend_from_slice(&kind.to_ne_bytes());
             datagram.extend_from_slice(&[0; 10]);

@@ -43,17 +43,21 @@ const BPF_PROG_TEST_RUN: libc::c_long = 10;
 /// Runs `prog` once on `packet` (an Ethernet frame). The skb's device is the loopback device
 /// of the calling thread's namespace, so `skb->ifindex` is 1.
 pub fn run(prog: &SchedClassifier, packet: &[u8]) -> Result<TestRun, DatapathError> {
-    let fd = prog
-        .fd()
-        .map_err(|source| DatapathError::Program { program: "test run", action: "getting its fd".into(), source: Box::new(source) })?;
+    let fd = prog.fd().map_err(|source| DatapathError::Program {
+        program: "test run",
+        action: "getting its fd".into(),
+        source: Box::new(source),
+    })?;
     run_fd(fd.as_fd().as_raw_fd(), packet)
 }
 
 /// As [`run`], for an XDP program (the verdict is an XDP action).
 pub fn run_xdp(prog: &aya::programs::Xdp, packet: &[u8]) -> Result<TestRun, DatapathError> {
-    let fd = prog
-        .fd()
-        .map_err(|source| DatapathError::Program { program: "test run", action: "getting its fd".into(), source: Box::new(source) })?;
+    let fd = prog.fd().map_err(|source| DatapathError::Program {
+        program: "test run",
+        action: "getting its fd".into(),
+        source: Box::new(source),
+    })?;
     run_fd(fd.as_fd().as_raw_fd(), packet)
 }
 

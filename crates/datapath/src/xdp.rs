@@ -93,7 +93,13 @@ impl XdpNetdev {
     pub fn attach(&mut self, ifname: &str, mode: Option<XdpMode>) -> Result<XdpMode, DatapathError> {
         let prog = program_mut(&mut self.ebpf)?;
         let tries: &[XdpMode] = match mode {
-            Some(m) => if m == XdpMode::Native { &[XdpMode::Native] } else { &[XdpMode::Generic] },
+            Some(m) => {
+                if m == XdpMode::Native {
+                    &[XdpMode::Native]
+                } else {
+                    &[XdpMode::Generic]
+                }
+            }
             None => &[XdpMode::Native, XdpMode::Generic],
         };
         let mut last = None;
@@ -153,7 +159,11 @@ fn program_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp, DatapathError> {
 }
 
 fn missing() -> DatapathError {
-    DatapathError::Program { program: PROGRAM, action: "finding it in its object".into(), source: Box::new(aya::programs::ProgramError::UnexpectedProgramType) }
+    DatapathError::Program {
+        program: PROGRAM,
+        action: "finding it in its object".into(),
+        source: Box::new(aya::programs::ProgramError::UnexpectedProgramType),
+    }
 }
 
 fn prog_err(action: &'static str) -> impl Fn(aya::programs::ProgramError) -> DatapathError {

@@ -319,7 +319,13 @@ fn decodes_a_guard_event_record() {
     record.extend_from_slice(&SLUICE_IPT_SO_SET_REPLACE.to_ne_bytes());
     record.extend_from_slice(b"ip6tables-legac\0");
     record.extend_from_slice(&0u32.to_ne_bytes());
-    let want = GuardEvent { time_ns: 123_456_789, pid: 4242, level: SLUICE_SOL_IPV6, optname: SLUICE_IPT_SO_SET_REPLACE, comm: "ip6tables-legac".into() };
+    let want = GuardEvent {
+        time_ns: 123_456_789,
+        pid: 4242,
+        level: SLUICE_SOL_IPV6,
+        optname: SLUICE_IPT_SO_SET_REPLACE,
+        comm: "ip6tables-legac".into(),
+    };
     assert_eq!(decode_guard_event(&record), Some(want), "fields at the offsets of struct guard_event");
     assert_eq!(decode_guard_event(&record[..39]), None, "a truncated record is refused");
 }

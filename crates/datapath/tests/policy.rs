@@ -231,12 +231,20 @@ fn deny_wins_over_allow_between_identity_and_wildcard_entries() {
     set_modes(&mut lab, B_EP, ENFORCE, NONE);
     entry(&mut lab, B_EP, INGRESS, sluice_abi::SLUICE_IDENTITY_ANY, None, 0, 0, ALLOW, 1); // allow everyone
     entry(&mut lab, B_EP, INGRESS, A_ID, Some(TCP), 80, 16, DENY, 2); // but deny A on tcp/80
-    assert_eq!(from_pod(&lab, &tcp(A_MAC, A4.into(), B4.into(), 40000, 80, SYN)).verdict, TC_ACT_SHOT, "the deny of A's identity wins over the wildcard allow");
+    assert_eq!(
+        from_pod(&lab, &tcp(A_MAC, A4.into(), B4.into(), 40000, 80, SYN)).verdict,
+        TC_ACT_SHOT,
+        "the deny of A's identity wins over the wildcard allow"
+    );
     assert_eq!(from_pod(&lab, &tcp(A_MAC, A4.into(), B4.into(), 40000, 81, SYN)).verdict, TC_ACT_REDIRECT, "other ports stay allowed");
     // And the other way round: an allow for A's identity does not beat a wildcard deny.
     entry(&mut lab, B_EP, INGRESS, A_ID, Some(TCP), 81, 16, ALLOW, 3);
     entry(&mut lab, B_EP, INGRESS, sluice_abi::SLUICE_IDENTITY_ANY, Some(TCP), 81, 16, DENY, 4);
-    assert_eq!(from_pod(&lab, &tcp(A_MAC, A4.into(), B4.into(), 40000, 81, SYN)).verdict, TC_ACT_SHOT, "a wildcard deny wins over an identity allow");
+    assert_eq!(
+        from_pod(&lab, &tcp(A_MAC, A4.into(), B4.into(), 40000, 81, SYN)).verdict,
+        TC_ACT_SHOT,
+        "a wildcard deny wins over an identity allow"
+    );
 }
 
 #[test]
@@ -262,7 +270,15 @@ fn port_ranges_match_by_prefix() {
     for (i, (port, bits)) in prefixes.iter().enumerate() {
         entry(&mut lab, B_EP, INGRESS, A_ID, Some(UDP), *port, *bits, ALLOW, i as u32 + 1);
     }
-    for (port, want) in [(999, TC_ACT_SHOT), (1000, TC_ACT_REDIRECT), (1023, TC_ACT_REDIRECT), (1500, TC_ACT_REDIRECT), (2000, TC_ACT_REDIRECT), (2001, TC_ACT_SHOT), (3000, TC_ACT_SHOT)] {
+    for (port, want) in [
+        (999, TC_ACT_SHOT),
+        (1000, TC_ACT_REDIRECT),
+        (1023, TC_ACT_REDIRECT),
+        (1500, TC_ACT_REDIRECT),
+        (2000, TC_ACT_REDIRECT),
+        (2001, TC_ACT_SHOT),
+        (3000, TC_ACT_SHOT),
+    ] {
         let out = from_pod(&lab, &ports(A_MAC, A4.into(), B4.into(), UDP, 5353, port));
         assert_eq!(out.verdict, want, "udp/{port} against the range 1000-2000");
     }
@@ -291,18 +307,19 @@ fn egress_is_checked_at_the_sender_and_replies_pass_by_conntrack() {
     assert!(drops(&lab, Point::SLUICE_POINT_TO_POD, Reason::SLUICE_DROP_POLICY_INGRESS) >= 1, "counted at to-pod");
 
     // The policy changes: the established connection's next packet is refused.
-    lab.dp.remove_policy_entry(&policy_key {
-        prefixlen: sluice_abi::SLUICE_POLICY_FULL_BITS,
-        endpoint_id: A_EP,
-        identity: B_ID,
-        direction: EGRESS,
-        revision: 0,
-        pad: 0,
-        proto: TCP,
-        port: 80u16.to_be(),
-        pad2: [0; 2],
-    })
-    .expect("remove entry");
+    lab.dp
+        .remove_policy_entry(&policy_key {
+            prefixlen: sluice_abi::SLUICE_POLICY_FULL_BITS,
+            endpoint_id: A_EP,
+            identity: B_ID,
+            direction: EGRESS,
+            revision: 0,
+            pad: 0,
+            proto: TCP,
+            port: 80u16.to_be(),
+            pad2: [0; 2],
+        })
+        .expect("remove entry");
     let ack = tcp(A_MAC, A4.into(), B4.into(), 41000, 80, ACK);
     assert_eq!(from_pod(&lab, &ack).verdict, TC_ACT_SHOT, "an established connection the new policy denies stops");
 }
@@ -314,8 +331,16 @@ fn replies_of_accepted_connections_leave_an_egress_denied_pod() {
     set_modes(&mut lab, A_EP, ENFORCE, ENFORCE);
     entry(&mut lab, A_EP, INGRESS, B_ID, Some(TCP), 8080, 16, ALLOW, 1);
     assert_eq!(to_pod(&lab, &tcp(B_MAC, B4.into(), A4.into(), 42000, 8080, SYN)).verdict, TC_ACT_OK, "B -> A tcp/8080 allowed");
-    assert_eq!(from_pod(&lab, &tcp(A_MAC, A4.into(), B4.into(), 8080, 42000, SYN_ACK)).verdict, TC_ACT_REDIRECT, "A's reply leaves by the conntrack");
-    assert_eq!(from_pod(&lab, &tcp(A_MAC, A4.into(), B4.into(), 8080, 42000, SYN)).verdict, TC_ACT_SHOT, "a bare SYN on the tuple is a new connection, not a reply");
+    assert_eq!(
+        from_pod(&lab, &tcp(A_MAC, A4.into(), B4.into(), 8080, 42000, SYN_ACK)).verdict,
+        TC_ACT_REDIRECT,
+        "A's reply leaves by the conntrack"
+    );
+    assert_eq!(
+        from_pod(&lab, &tcp(A_MAC, A4.into(), B4.into(), 8080, 42000, SYN)).verdict,
+        TC_ACT_SHOT,
+        "a bare SYN on the tuple is a new connection, not a reply"
+    );
 }
 
 /// Every event waiting: (type, code, policy rule, peer identity).
@@ -348,7 +373,10 @@ fn audit_mode_reports_what_enforce_mode_drops() {
     set_modes(&mut lab, A_EP, ENFORCE, NONE);
     entry(&mut lab, A_EP, INGRESS, B_ID, Some(TCP), 80, 16, AUDIT, 7);
     assert_eq!(to_pod(&lab, &tcp(B_MAC, B4.into(), A4.into(), 43001, 80, SYN)).verdict, TC_ACT_OK);
-    assert!(drain(&mut ring).contains(&(audit, Reason::SLUICE_DROP_POLICY_INGRESS as u8, 7, B_ID)), "the audit event names the entry's rule");
+    assert!(
+        drain(&mut ring).contains(&(audit, Reason::SLUICE_DROP_POLICY_INGRESS as u8, 7, B_ID)),
+        "the audit event names the entry's rule"
+    );
 
     // Enforced without an entry: dropped, and the drop event names the peer.
     assert_eq!(to_pod(&lab, &tcp(B_MAC, B4.into(), A4.into(), 43002, 81, SYN)).verdict, TC_ACT_SHOT);

@@ -148,11 +148,8 @@ fn parse(p: &[u8]) -> Seen {
     let with_pseudo = proto != 1;
     let sum = if with_pseudo { csum_add(l4, pseudo(src, dst, proto, l4.len())) } else { csum_add(l4, 0) };
     assert_eq!(fold(sum), 0, "the L4 checksum (proto {proto}) must verify after translation");
-    let (sport, dport) = if proto == TCP || proto == UDP {
-        (u16::from_be_bytes([l4[0], l4[1]]), u16::from_be_bytes([l4[2], l4[3]]))
-    } else {
-        (0, 0)
-    };
+    let (sport, dport) =
+        if proto == TCP || proto == UDP { (u16::from_be_bytes([l4[0], l4[1]]), u16::from_be_bytes([l4[2], l4[3]])) } else { (0, 0) };
     Seen { src, dst, proto, sport, dport }
 }
 
@@ -187,8 +184,17 @@ fn lab() -> Lab {
     opts.node_ipv6 = Some(NODE6);
     let mut dp = BpfDatapath::load_with(dir.path(), &opts).expect("datapath loads and passes the verifier");
     for (id, ifindex, v4, v6, mac, node_mac) in [(1, 1, A4, A6, POD_MAC, NODE_MAC), (2, 77, B4, B6, PEER_MAC, PEER_NODE_MAC)] {
-        dp.upsert_endpoint(&EndpointEntry { endpoint_id: id, host_ifindex: ifindex, host_ifname: format!("lxc{id}"), identity: 256 + id, ipv4: Some(v4), ipv6: Some(v6), mac, node_mac })
-            .expect("endpoint");
+        dp.upsert_endpoint(&EndpointEntry {
+            endpoint_id: id,
+            host_ifindex: ifindex,
+            host_ifname: format!("lxc{id}"),
+            identity: 256 + id,
+            ipv4: Some(v4),
+            ipv6: Some(v6),
+            mac,
+            node_mac,
+        })
+        .expect("endpoint");
     }
     Lab { dir, dp }
 }
@@ -208,12 +214,26 @@ fn addr16(a: IpAddr) -> ([u8; 16], u8) {
 fn service(lab: &mut Lab, set_id: u32, fe: (IpAddr, u16, u8), flags: u16, backends: &[(u32, IpAddr, u16, bool)]) {
     for (slot, &(id, addr, port, local)) in backends.iter().enumerate() {
         let (a, family) = addr16(addr);
-        let be = lb_backend { addr: a, port: port.to_be(), proto: fe.2, family, flags: if local { sluice_abi::SLUICE_LB_BE_LOCAL as u8 } else { 0 }, ..Default::default() };
+        let be = lb_backend {
+            addr: a,
+            port: port.to_be(),
+            proto: fe.2,
+            family,
+            flags: if local { sluice_abi::SLUICE_LB_BE_LOCAL as u8 } else { 0 },
+            ..Default::default()
+        };
         lab.dp.upsert_backend(id, &be).expect("backend");
         lab.dp.upsert_slot(&lb_slot_key { set_id, slot: slot as u16 + 1, revision: 0, pad: 0 }, id).expect("slot");
     }
     let (a, family) = addr16(fe.0);
-    let key = lb_frontend_key { addr: a, port: fe.1.to_be(), proto: fe.2, family, scope: sluice_abi::SLUICE_LB_SCOPE_EXTERNAL as u8, pad: [0; 3] };
+    let key = lb_frontend_key {
+        addr: a,
+        port: fe.1.to_be(),
+        proto: fe.2,
+        family,
+        scope: sluice_abi::SLUICE_LB_SCOPE_EXTERNAL as u8,
+        pad: [0; 3],
+    };
     let value = lb_frontend { set_id, count: backends.len() as u16, flags, ..Default::default() };
     lab.dp.upsert_frontend(&key, &value).expect("frontend");
 }
@@ -256,7 +276,11 @@ fn pod_to_cluster_ip_is_translated_to_the_backend_tcp_udp_v4_v6() {
         service(&mut lab, set * 10 + proto as u32, (svc, 80, proto), 0, &[(set * 100 + proto as u32, backend, 8080, true)]);
         let out = from_pod(&lab, &packet(client, svc, proto, 40000, 80));
         assert_eq!(out.verdict, TC_ACT_REDIRECT, "{svc} proto {proto}: translated to the local backend and redirected to it");
-        assert_eq!(parse(&out.packet), seen(client, 40000, backend, 8080, proto), "{svc} proto {proto}: destination rewritten to the backend");
+        assert_eq!(
+            parse(&out.packet),
+            seen(client, 40000, backend, 8080, proto),
+            "{svc} proto {proto}: destination rewritten to the backend"
+        );
         assert_eq!(&out.packet[0..6], &PEER_MAC.0, "delivered to the backend pod's MAC");
     }
     assert_eq!(lab.dp.conntrack().unwrap().len(), 8, "each flow has a forward and a reply entry");
@@ -270,7 +294,13 @@ fn nodeport_to_a_local_backend_keeps_the_client_and_the_reply_is_reverse_transla
         (IpAddr::from(NODE4), IpAddr::from(CLIENT4), IpAddr::from(A4), TCP),
         (IpAddr::from(NODE6), IpAddr::from(CLIENT6), IpAddr::from(A6), UDP),
     ] {
-        service(&mut lab, if node.is_ipv4() { 1 } else { 2 }, (node, 30080, proto), NODEPORT, &[(if node.is_ipv4() { 11 } else { 12 }, backend, 8080, true)]);
+        service(
+            &mut lab,
+            if node.is_ipv4() { 1 } else { 2 },
+            (node, 30080, proto),
+            NODEPORT,
+            &[(if node.is_ipv4() { 11 } else { 12 }, backend, 8080, true)],
+        );
         let out = from_netdev(&lab, &packet(client, node, proto, 5555, 30080));
         assert_eq!(out.verdict, TC_ACT_REDIRECT, "{node}: NodePort to a local backend goes straight to the pod");
         assert_eq!(parse(&out.packet), seen(client, 5555, backend, 8080, proto), "{node}: client kept, destination is the backend");
@@ -303,7 +333,12 @@ fn maglev_table_picks_the_backend_of_the_entry() {
     // Every entry of the table names backend 2: Maglev must choose it, whatever the hash.
     let size = sluice_abi::SLUICE_MAGLEV_DEFAULT_SIZE;
     for chunk in 0..size.div_ceil(sluice_abi::SLUICE_MAGLEV_CHUNK) {
-        lab.dp.upsert_maglev(&lb_maglev_key { set_id: 5, chunk: chunk as u16, revision: 0, pad: 0 }, &lb_maglev_chunk { backend_ids: [2; 1024] }).unwrap();
+        lab.dp
+            .upsert_maglev(
+                &lb_maglev_key { set_id: 5, chunk: chunk as u16, revision: 0, pad: 0 },
+                &lb_maglev_chunk { backend_ids: [2; 1024] },
+            )
+            .unwrap();
     }
     for sport in [1000, 2000, 3000] {
         let out = from_netdev(&lab, &packet(CLIENT4.into(), NODE4.into(), UDP, sport, 30081));
@@ -360,8 +395,16 @@ fn quoted(p: &[u8]) -> Seen {
 fn icmp_errors_about_translated_flows_are_translated_back_v4_v6() {
     privileged!();
     let mut lab = lab();
-    for (node, client, backend) in [(IpAddr::from(NODE4), IpAddr::from(CLIENT4), IpAddr::from(A4)), (IpAddr::from(NODE6), IpAddr::from(CLIENT6), IpAddr::from(A6))] {
-        service(&mut lab, if node.is_ipv4() { 1 } else { 2 }, (node, 30053, UDP), NODEPORT, &[(if node.is_ipv4() { 11 } else { 12 }, backend, 8080, true)]);
+    for (node, client, backend) in
+        [(IpAddr::from(NODE4), IpAddr::from(CLIENT4), IpAddr::from(A4)), (IpAddr::from(NODE6), IpAddr::from(CLIENT6), IpAddr::from(A6))]
+    {
+        service(
+            &mut lab,
+            if node.is_ipv4() { 1 } else { 2 },
+            (node, 30053, UDP),
+            NODEPORT,
+            &[(if node.is_ipv4() { 11 } else { 12 }, backend, 8080, true)],
+        );
         let request = packet(client, node, UDP, 5555, 30053);
         let delivered = from_netdev(&lab, &request);
         assert_eq!(parse(&delivered.packet), seen(client, 5555, backend, 8080, UDP), "{node}: NodePort to the local backend");
@@ -385,7 +428,11 @@ fn icmp_errors_about_snatted_flows_reach_the_client() {
     let error = icmp_error(REMOTE4.into(), NODE4.into(), &out.packet);
     let back = from_netdev(&lab, &error);
     let outer = parse(&back.packet);
-    assert_eq!((outer.src, outer.dst, back.verdict), (IpAddr::from(NODE4), IpAddr::from(CLIENT4), 0), "the error reaches the client from the NodePort's address (no route here: handed to the stack)");
+    assert_eq!(
+        (outer.src, outer.dst, back.verdict),
+        (IpAddr::from(NODE4), IpAddr::from(CLIENT4), 0),
+        "the error reaches the client from the NodePort's address (no route here: handed to the stack)"
+    );
     assert_eq!(quoted(&back.packet), seen(CLIENT4, 5555, NODE4, 30053, UDP), "the quote is the client's own packet again");
 }
 
@@ -402,7 +449,13 @@ fn ip(args: &str) {
 }
 
 fn xdp(lab: &Lab, drop_unmatched: bool) -> sluice_datapath::XdpNetdev {
-    let opts = sluice_datapath::XdpOptions { mode: None, drop_unmatched, node_ports: (30000, 32767), node_ipv4: Some(NODE4), node_ipv6: Some(NODE6) };
+    let opts = sluice_datapath::XdpOptions {
+        mode: None,
+        drop_unmatched,
+        node_ports: (30000, 32767),
+        node_ipv4: Some(NODE4),
+        node_ipv6: Some(NODE6),
+    };
     sluice_datapath::XdpNetdev::load(lab.dir.path(), &opts).expect("XDP program loads and passes the verifier")
 }
 
@@ -448,7 +501,9 @@ fn xdp_drops_unmatched_nodeport_traffic_only_when_asked() {
     let mut lab = lab();
     service(&mut lab, 1, (NODE4.into(), 30080, TCP), NODEPORT, &[(1, A4.into(), 8080, true)]);
     let strict = xdp(&lab, true);
-    let run = |x: &sluice_datapath::XdpNetdev, dport: u16| sluice_datapath::test_run::run_xdp(x.program().unwrap(), &packet(CLIENT4.into(), NODE4.into(), TCP, 5555, dport)).unwrap().verdict;
+    let run = |x: &sluice_datapath::XdpNetdev, dport: u16| {
+        sluice_datapath::test_run::run_xdp(x.program().unwrap(), &packet(CLIENT4.into(), NODE4.into(), TCP, 5555, dport)).unwrap().verdict
+    };
     assert_eq!(run(&strict, 31000), XDP_DROP, "a NodePort without a frontend is dropped");
     assert_eq!(run(&strict, 30080), XDP_PASS, "a NodePort with a frontend passes to tc");
     assert_eq!(run(&strict, 22), XDP_PASS, "other ports of the node pass");

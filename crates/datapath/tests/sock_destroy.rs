@@ -64,7 +64,11 @@ fn still_works(client: &mut TcpStream, server: &mut TcpStream) -> bool {
     client.set_read_timeout(Some(PROMPTLY)).unwrap();
     server.set_read_timeout(Some(PROMPTLY)).unwrap();
     let mut byte = [0u8; 1];
-    client.write_all(b"x").is_ok() && server.read_exact(&mut byte).is_ok() && server.write_all(&byte).is_ok() && client.read_exact(&mut byte).is_ok() && byte == *b"x"
+    client.write_all(b"x").is_ok()
+        && server.read_exact(&mut byte).is_ok()
+        && server.write_all(&byte).is_ok()
+        && client.read_exact(&mut byte).is_ok()
+        && byte == *b"x"
 }
 
 /// Two clients of the backend, one of a second backend of the other family and one of an

@@ -62,7 +62,12 @@ async fn spawn(names: &LabNames, state: &EtcdState, cgroup: &Path, timeout: Dura
         name: "lab".into(),
         client_addr: SocketAddr::new(IpAddr::V4(names::CONTROL_PLANE_IPV4), names::ETCD_CLIENT_PORT),
         peer_port: names::ETCD_CLIENT_PORT + 1,
-        tls: Some(ServerTls { cert_file: pki.join("server.pem"), key_file: pki.join("server-key.pem"), ca_file: pki.join("ca.pem"), client_cert_auth: true }),
+        tls: Some(ServerTls {
+            cert_file: pki.join("server.pem"),
+            key_file: pki.join("server-key.pem"),
+            ca_file: pki.join("ca.pem"),
+            client_cert_auth: true,
+        }),
         log_file: dir.join("etcd.log"),
         max_txn_ops: 10_000,
         extra_args: Vec::new(),
@@ -71,8 +76,10 @@ async fn spawn(names: &LabNames, state: &EtcdState, cgroup: &Path, timeout: Dura
     let (binary, args) = options.command_line().map_err(|e| LabError::Invalid(e.to_string()))?;
     // etcd wants its data for itself.
     std::fs::create_dir_all(&options.data_dir).map_err(|e| LabError::io("creating etcd's data directory", e))?;
-    std::fs::set_permissions(&options.data_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).map_err(|e| LabError::io("restricting etcd's data directory", e))?;
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(&options.log_file).map_err(|e| LabError::io("opening etcd.log", e))?;
+    std::fs::set_permissions(&options.data_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .map_err(|e| LabError::io("restricting etcd's data directory", e))?;
+    let log =
+        std::fs::OpenOptions::new().create(true).append(true).open(&options.log_file).map_err(|e| LabError::io("opening etcd.log", e))?;
     let log2 = log.try_clone().map_err(|e| LabError::io("opening etcd.log", e))?;
     let etcd_cgroup = cgroup.join("etcd");
     crate::cgroup::create(&etcd_cgroup)?;
@@ -101,7 +108,10 @@ pub fn agent_etcd_config(lab_dir: &Path, node: &str) -> EtcdConfig {
 }
 
 async fn wait_ready(state: &EtcdState, pid: i32, log: &Path, timeout: Duration) -> Result<(), LabError> {
-    let store = sluice_state::Datastore::Etcd(sluice_state::EtcdAccess { config: state.client.clone(), netns: Some(sluice_datapath::netns::named_netns_path(&state.netns)) });
+    let store = sluice_state::Datastore::Etcd(sluice_state::EtcdAccess {
+        config: state.client.clone(),
+        netns: Some(sluice_datapath::netns::named_netns_path(&state.netns)),
+    });
     let started = Instant::now();
     loop {
         let err = match store.load() {
@@ -111,7 +121,11 @@ async fn wait_ready(state: &EtcdState, pid: i32, log: &Path, timeout: Duration) 
         if !alive(pid) || started.elapsed() > timeout {
             let tail = std::fs::read_to_string(log).unwrap_or_default();
             let tail: Vec<&str> = tail.lines().rev().take(5).collect();
-            return Err(LabError::Invalid(format!("the lab's etcd did not answer within {timeout:?} ({err}); log {}:\n{}", log.display(), tail.into_iter().rev().collect::<Vec<_>>().join("\n"))));
+            return Err(LabError::Invalid(format!(
+                "the lab's etcd did not answer within {timeout:?} ({err}); log {}:\n{}",
+                log.display(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            )));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -186,7 +186,11 @@ impl Lab {
         if etcd {
             let nodes: Vec<String> = (0..opts.nodes).map(LabNames::node_name).collect();
             // Recorded before it starts, so `down` removes the host even when etcd fails.
-            self.state.etcd = Some(crate::state::EtcdState { netns: self.names.control_plane_netns(), pid: None, client: crate::etcd::agent_etcd_config(&self.names.dir(), "cli") });
+            self.state.etcd = Some(crate::state::EtcdState {
+                netns: self.names.control_plane_netns(),
+                pid: None,
+                client: crate::etcd::agent_etcd_config(&self.names.dir(), "cli"),
+            });
             self.save()?;
             let started = crate::etcd::start(&self.names, &nodes, &cg, opts.agent_timeout).await;
             if let Ok(state) = &started {
@@ -195,7 +199,10 @@ impl Lab {
             self.save()?;
             started?;
             self.store = self.state.datastore(&self.names);
-            progress(&format!("etcd up on the control-plane host {} (TLS, one client certificate per agent)", crate::names::CONTROL_PLANE_IPV4));
+            progress(&format!(
+                "etcd up on the control-plane host {} (TLS, one client certificate per agent)",
+                crate::names::CONTROL_PLANE_IPV4
+            ));
         }
         for index in 0..opts.nodes {
             let name = LabNames::node_name(index);
@@ -224,7 +231,10 @@ impl Lab {
             self.save()?;
             if !etcd {
                 let status = agents::wait_ready(&node, pid, opts.agent_timeout).await?;
-                progress(&format!("{}: agent ready, host routing {} ({})", node.name, status.host_routing.mode, status.host_routing.reason));
+                progress(&format!(
+                    "{}: agent ready, host routing {} ({})",
+                    node.name, status.host_routing.mode, status.host_routing.reason
+                ));
             }
         }
         if etcd {
@@ -233,7 +243,10 @@ impl Lab {
             for node in self.state.nodes.clone() {
                 let pid = node.agent_pid.ok_or_else(|| LabError::Invalid(format!("{}: agent not started", node.name)))?;
                 let status = agents::wait_ready(&node, pid, opts.agent_timeout).await?;
-                progress(&format!("{}: agent ready, pod CIDRs {:?}, host routing {} ({})", node.name, status.pod_cidrs, status.host_routing.mode, status.host_routing.reason));
+                progress(&format!(
+                    "{}: agent ready, pod CIDRs {:?}, host routing {} ({})",
+                    node.name, status.pod_cidrs, status.host_routing.mode, status.host_routing.reason
+                ));
             }
         }
         let ext = self.names.external_netns();
@@ -304,7 +317,8 @@ impl Lab {
                 Err(e)
             }
             None => {
-                std::fs::remove_dir_all(self.names.dir()).map_err(|e| LabError::io(format!("removing {}", self.names.dir().display()), e))?;
+                std::fs::remove_dir_all(self.names.dir())
+                    .map_err(|e| LabError::io(format!("removing {}", self.names.dir().display()), e))?;
                 progress("lab removed");
                 Ok(())
             }
@@ -315,7 +329,13 @@ impl Lab {
     /// update (nothing changes when any document is invalid or any allocation fails), then
     /// new pods are started. Returns when every new pod runs with addresses, or with the
     /// first failure.
-    pub async fn apply(&mut self, file: &str, text: &str, timeout: Duration, progress: &mut dyn FnMut(&str)) -> Result<Vec<AppliedObject>, LabError> {
+    pub async fn apply(
+        &mut self,
+        file: &str,
+        text: &str,
+        timeout: Duration,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<Vec<AppliedObject>, LabError> {
         let objects = sluice_model::parse_manifests(file, text)?;
         let nodes: Vec<String> = self.state.nodes.iter().map(|n| n.name.clone()).collect();
         let ranges = self.state.service_ranges()?;
@@ -330,7 +350,8 @@ impl Lab {
         let pod = self.store.load()?.pods.get(key).cloned().ok_or_else(|| LabError::Invalid(format!("pod {key} vanished")))?;
         let (ns, name) = key.split_once('/').unwrap_or(("default", key));
         let node_name = pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
-        let node = self.state.node(&node_name).cloned().ok_or_else(|| LabError::Invalid(format!("pod {key}: node {node_name} not in the lab")))?;
+        let node =
+            self.state.node(&node_name).cloned().ok_or_else(|| LabError::Invalid(format!("pod {key}: node {node_name} not in the lab")))?;
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         let spec = PodSpec { namespace: ns, name, uid: &uid, argv: pod_argv(&pod) };
         let started = runtime::start_pod(&self.names, &node, &self.bins, &spec, timeout).await;
@@ -354,7 +375,11 @@ impl Lab {
                     }
                     Ok(())
                 })?;
-                progress(&format!("pod {key} running on {} with {}", node.name, addrs.ips.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", ")));
+                progress(&format!(
+                    "pod {key} running on {} with {}",
+                    node.name,
+                    addrs.ips.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", ")
+                ));
                 Ok(())
             }
             Err(e) => {
@@ -417,28 +442,52 @@ impl Lab {
     }
 
     /// Deletes a service; its cluster IPs and node ports are free again.
-    pub fn delete_service(&mut self, namespace: &str, name: &str, missing_ok: bool, progress: &mut dyn FnMut(&str)) -> Result<(), LabError> {
+    pub fn delete_service(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        missing_ok: bool,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<(), LabError> {
         let key = Store::key(namespace, name);
         let existed = self.store.update(|s| Ok(s.services.remove(&key).is_some()))?;
         report_delete("service", namespace, name, existed, missing_ok, progress)
     }
 
     /// Deletes an endpoint slice applied by hand (derived slices go with their pods).
-    pub fn delete_endpoint_slice(&mut self, namespace: &str, name: &str, missing_ok: bool, progress: &mut dyn FnMut(&str)) -> Result<(), LabError> {
+    pub fn delete_endpoint_slice(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        missing_ok: bool,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<(), LabError> {
         let key = Store::key(namespace, name);
         let existed = self.store.update(|s| Ok(s.endpoint_slices.remove(&key).is_some()))?;
         report_delete("endpointslice", namespace, name, existed, missing_ok, progress)
     }
 
     /// Deletes a NetworkPolicy.
-    pub fn delete_network_policy(&mut self, namespace: &str, name: &str, missing_ok: bool, progress: &mut dyn FnMut(&str)) -> Result<(), LabError> {
+    pub fn delete_network_policy(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        missing_ok: bool,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<(), LabError> {
         let key = Store::key(namespace, name);
         let existed = self.store.update(|s| Ok(s.network_policies.remove(&key).is_some()))?;
         report_delete("networkpolicy", namespace, name, existed, missing_ok, progress)
     }
 
     /// Deletes a SluiceNetworkPolicy.
-    pub fn delete_sluice_policy(&mut self, namespace: &str, name: &str, missing_ok: bool, progress: &mut dyn FnMut(&str)) -> Result<(), LabError> {
+    pub fn delete_sluice_policy(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        missing_ok: bool,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<(), LabError> {
         let key = Store::key(namespace, name);
         let existed = self.store.update(|s| Ok(s.sluice_policies.remove(&key).is_some()))?;
         report_delete("sluicenetworkpolicy", namespace, name, existed, missing_ok, progress)
@@ -459,7 +508,13 @@ impl Lab {
     /// Deletes a pod in Kubernetes' order: marked terminating first (services stop choosing it
     /// for new connections on every node), then stopped, its network released, and removed from
     /// the store (every node then closes the connections still open to it).
-    pub async fn delete_pod(&mut self, namespace: &str, name: &str, missing_ok: bool, progress: &mut dyn FnMut(&str)) -> Result<(), LabError> {
+    pub async fn delete_pod(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        missing_ok: bool,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<(), LabError> {
         let key = Store::pod_key(namespace, name);
         let known = self.store.load()?.pods.contains_key(&key);
         if !known && !self.state.pods.contains_key(&key) {
@@ -515,7 +570,12 @@ impl Lab {
     /// returns when the new agent is ready. Pod traffic keeps flowing meanwhile: programs and
     /// maps stay pinned.
     pub async fn restart_agent(&mut self, node: &str, timeout: Duration) -> Result<(sluice_api::Status, Duration), LabError> {
-        let index = self.state.nodes.iter().position(|n| n.name == node).ok_or_else(|| LabError::Invalid(format!("no node {node:?} in lab {}", self.state.name)))?;
+        let index = self
+            .state
+            .nodes
+            .iter()
+            .position(|n| n.name == node)
+            .ok_or_else(|| LabError::Invalid(format!("no node {node:?} in lab {}", self.state.name)))?;
         if let Some(pid) = self.state.nodes[index].agent_pid {
             agents::stop_agent(pid);
         }
@@ -555,7 +615,10 @@ impl Lab {
     /// resynchronise when it is back.
     pub async fn restart_etcd(&mut self, timeout: Duration) -> Result<Duration, LabError> {
         let Some(etcd) = self.state.etcd.clone() else {
-            return Err(LabError::Invalid(format!("lab {} runs on its local store, not etcd (start it with --datastore etcd)", self.state.name)));
+            return Err(LabError::Invalid(format!(
+                "lab {} runs on its local store, not etcd (start it with --datastore etcd)",
+                self.state.name
+            )));
         };
         let cgroup = self.state.cgroup.clone().ok_or_else(|| LabError::Invalid("the lab has no cgroup".into()))?;
         let started = std::time::Instant::now();
@@ -625,7 +688,8 @@ impl Lab {
     pub fn endpoint_slices(&self, namespace: Option<&str>) -> Result<Vec<EndpointSlice>, LabError> {
         let store = self.store.load()?;
         let pods = self.pods(namespace)?;
-        let mut slices: Vec<EndpointSlice> = store.endpoint_slices.into_iter().filter(|(key, _)| in_namespace(key, namespace)).map(|(_, s)| s).collect();
+        let mut slices: Vec<EndpointSlice> =
+            store.endpoint_slices.into_iter().filter(|(key, _)| in_namespace(key, namespace)).map(|(_, s)| s).collect();
         for (_, service) in store.services.iter().filter(|(key, _)| in_namespace(key, namespace)) {
             slices.extend(sluice_model::derive_endpoint_slices(service, &pods));
         }
@@ -641,7 +705,11 @@ impl Lab {
 
     /// Runs `argv` in the external client's namespace (outside every node, on the underlay).
     pub fn exec_external(&self, argv: &[String]) -> Result<i32, LabError> {
-        let ns = self.state.external_netns.as_ref().ok_or_else(|| LabError::Invalid(format!("lab {} has no external client (made by a newer sluice up)", self.state.name)))?;
+        let ns = self
+            .state
+            .external_netns
+            .as_ref()
+            .ok_or_else(|| LabError::Invalid(format!("lab {} has no external client (made by a newer sluice up)", self.state.name)))?;
         let Some((program, args)) = argv.split_first() else { return Err(LabError::Invalid("exec needs a command".into())) };
         let mut cmd = std::process::Command::new(program);
         cmd.args(args);
@@ -656,7 +724,9 @@ impl Lab {
             Some(n) => self.state.node(n),
             None => self.state.nodes.first(),
         };
-        found.map(|n| n.socket.clone()).ok_or_else(|| LabError::Invalid(format!("no node {:?} in lab {}", node.unwrap_or("node0"), self.state.name)))
+        found
+            .map(|n| n.socket.clone())
+            .ok_or_else(|| LabError::Invalid(format!("no node {:?} in lab {}", node.unwrap_or("node0"), self.state.name)))
     }
 
     fn save(&self) -> Result<(), LabError> {
@@ -695,7 +765,13 @@ fn namespace_object(name: &str, labels: BTreeMap<String, String>) -> Namespace {
 
 /// Validates and stores a manifest's objects into `store`; returns the report and the keys of
 /// pods to start. Runs inside one store update: any error leaves the store as it was.
-fn apply_objects(store: &mut Store, file: &str, objects: &[Object], nodes: &[String], ranges: &ServiceRanges) -> Result<(Vec<AppliedObject>, Vec<String>), StoreError> {
+fn apply_objects(
+    store: &mut Store,
+    file: &str,
+    objects: &[Object],
+    nodes: &[String],
+    ranges: &ServiceRanges,
+) -> Result<(Vec<AppliedObject>, Vec<String>), StoreError> {
     let mut applied = Vec::new();
     let mut to_start = Vec::new();
     let new_namespaces: Vec<&str> = objects.iter().filter(|&o| matches!(o, Object::Namespace(_))).map(|o| o.name()).collect();
@@ -722,9 +798,15 @@ fn apply_objects(store: &mut Store, file: &str, objects: &[Object], nodes: &[Str
                 applied.push(result);
             }
             Object::EndpointSlice(slice) => applied.push(apply_endpoint_slice(store, slice, ns)),
-            Object::NetworkPolicy(policy) => applied.push(apply_as_given(&mut store.network_policies, Store::key(ns, object.name()), policy, Some(ns))),
-            Object::SluiceNetworkPolicy(policy) => applied.push(apply_as_given(&mut store.sluice_policies, Store::key(ns, object.name()), policy, Some(ns))),
-            Object::SluiceClusterwideNetworkPolicy(policy) => applied.push(apply_as_given(&mut store.clusterwide_policies, object.name().to_owned(), policy, None)),
+            Object::NetworkPolicy(policy) => {
+                applied.push(apply_as_given(&mut store.network_policies, Store::key(ns, object.name()), policy, Some(ns)))
+            }
+            Object::SluiceNetworkPolicy(policy) => {
+                applied.push(apply_as_given(&mut store.sluice_policies, Store::key(ns, object.name()), policy, Some(ns)))
+            }
+            Object::SluiceClusterwideNetworkPolicy(policy) => {
+                applied.push(apply_as_given(&mut store.clusterwide_policies, object.name().to_owned(), policy, None))
+            }
         }
     }
     Ok((applied, to_start))
@@ -820,7 +902,14 @@ fn in_namespace(key: &str, namespace: Option<&str>) -> bool {
     namespace.is_none_or(|ns| key.split_once('/').is_some_and(|(k, _)| k == ns))
 }
 
-fn report_delete(kind: &str, namespace: &str, name: &str, existed: bool, missing_ok: bool, progress: &mut dyn FnMut(&str)) -> Result<(), LabError> {
+fn report_delete(
+    kind: &str,
+    namespace: &str,
+    name: &str,
+    existed: bool,
+    missing_ok: bool,
+    progress: &mut dyn FnMut(&str),
+) -> Result<(), LabError> {
     if existed {
         progress(&format!("{kind}/{name} deleted (namespace {namespace})"));
     } else if missing_ok {
@@ -912,7 +1001,11 @@ where
             let meta = wanted.metadata_mut();
             meta.uid = existing.metadata().uid.clone();
             meta.creation_timestamp = existing.metadata().creation_timestamp.clone();
-            if *existing == wanted { "unchanged" } else { "configured" }
+            if *existing == wanted {
+                "unchanged"
+            } else {
+                "configured"
+            }
         }
         None => {
             let meta = wanted.metadata_mut();
@@ -939,7 +1032,8 @@ mod tests {
 
     fn apply_text(store: &mut Store, text: &str) -> Result<Vec<(String, &'static str)>, String> {
         let objects = sluice_model::parse_manifests("m.yaml", text).map_err(|e| e.to_string())?;
-        let (applied, _) = apply_objects(store, "m.yaml", &objects, &["node0".into()], &ServiceRanges::default()).map_err(|e| e.to_string())?;
+        let (applied, _) =
+            apply_objects(store, "m.yaml", &objects, &["node0".into()], &ServiceRanges::default()).map_err(|e| e.to_string())?;
         Ok(applied.into_iter().map(|a| (a.name, a.action)).collect())
     }
 
@@ -1010,13 +1104,24 @@ spec: {endpointSelector: {}, enforcementMode: audit}
     fn policies_are_stored_and_reapply_is_unchanged() {
         let mut store = store_with_default_namespace();
         let first = apply_text(&mut store, POLICIES);
-        assert_eq!(first, Ok(vec![("web".into(), "created"), ("web".into(), "created"), ("audit".into(), "created")]), "first apply creates");
+        assert_eq!(
+            first,
+            Ok(vec![("web".into(), "created"), ("web".into(), "created"), ("audit".into(), "created")]),
+            "first apply creates"
+        );
         assert!(store.network_policies.contains_key("default/web"), "NetworkPolicy stored by namespace/name");
         assert!(store.sluice_policies.contains_key("default/web"), "SluiceNetworkPolicy stored by namespace/name");
         let audit = store.clusterwide_policies.get("audit");
-        assert!(audit.is_some_and(|p| p.metadata.namespace.is_none() && p.metadata.uid.is_some()), "cluster-wide policy stored by name, with a uid and no namespace");
+        assert!(
+            audit.is_some_and(|p| p.metadata.namespace.is_none() && p.metadata.uid.is_some()),
+            "cluster-wide policy stored by name, with a uid and no namespace"
+        );
         let again = apply_text(&mut store, POLICIES);
-        assert_eq!(again, Ok(vec![("web".into(), "unchanged"), ("web".into(), "unchanged"), ("audit".into(), "unchanged")]), "re-apply is unchanged");
+        assert_eq!(
+            again,
+            Ok(vec![("web".into(), "unchanged"), ("web".into(), "unchanged"), ("audit".into(), "unchanged")]),
+            "re-apply is unchanged"
+        );
         let changed = apply_text(&mut store, &POLICIES.replace("enforcementMode: audit", "enforcementMode: enforce"));
         assert_eq!(changed.map(|a| a[2].1), Ok("configured"), "a changed spec is configured");
     }

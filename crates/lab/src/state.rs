@@ -52,7 +52,10 @@ impl LabState {
     /// store file.
     pub fn datastore(&self, names: &crate::names::LabNames) -> sluice_state::Datastore {
         match &self.etcd {
-            Some(etcd) => sluice_state::Datastore::Etcd(sluice_state::EtcdAccess { config: etcd.client.clone(), netns: Some(sluice_datapath::netns::named_netns_path(&etcd.netns)) }),
+            Some(etcd) => sluice_state::Datastore::Etcd(sluice_state::EtcdAccess {
+                config: etcd.client.clone(),
+                netns: Some(sluice_datapath::netns::named_netns_path(&etcd.netns)),
+            }),
             None => sluice_state::Datastore::Local(sluice_state::LocalStore::new(names.dir().join("store.json"))),
         }
     }
@@ -106,9 +109,9 @@ impl LabState {
 
     pub fn load(lab_dir: &Path) -> Result<Option<Self>, LabError> {
         match std::fs::read(Self::path(lab_dir)) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| LabError::io(format!("reading {}", Self::path(lab_dir).display()), e)),
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes).map(Some).map_err(|e| LabError::io(format!("reading {}", Self::path(lab_dir).display()), e))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(LabError::io(format!("reading {}", Self::path(lab_dir).display()), e)),
         }

@@ -60,7 +60,8 @@ async fn underlay_host(names: &LabNames, netns_name: &str, outer: &str, v4: Ipv4
 /// Creates node `index`: its namespace, uplink (eth0) with underlay addresses, and routes to the
 /// pod CIDRs of the other `nodes - 1` nodes via their uplink addresses.
 pub async fn create_node(names: &LabNames, index: usize, nodes: usize, netns_name: &str) -> Result<(), LabError> {
-    let (node, uplink) = underlay_host(names, netns_name, &names.uplink_root_side(index), names::node_ipv4(index), names::node_ipv6(index)).await?;
+    let (node, uplink) =
+        underlay_host(names, netns_name, &names.uplink_root_side(index), names::node_ipv4(index), names::node_ipv6(index)).await?;
     for other in (0..nodes).filter(|o| *o != index) {
         node.add_route(IpNet::V4(names::pod_cidr_v4(other)), Some(IpAddr::V4(names::node_ipv4(other))), uplink).await?;
         node.add_route(IpNet::V6(names::pod_cidr_v6(other)), Some(IpAddr::V6(names::node_ipv6(other))), uplink).await?;

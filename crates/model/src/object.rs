@@ -185,17 +185,9 @@ mod tests {
             assert_eq!(kind.as_str(), name, "{kind:?} name");
             assert_eq!(kind.api_version(), api_version, "{kind:?} apiVersion");
             assert_eq!(kind.is_namespaced(), namespaced, "{kind:?} scope");
-            assert_eq!(
-                Kind::from_name(name),
-                Some(kind),
-                "{name} looks up {kind:?}"
-            );
+            assert_eq!(Kind::from_name(name), Some(kind), "{name} looks up {kind:?}");
         }
-        assert_eq!(
-            Kind::from_name("Ingress"),
-            None,
-            "Ingress is not supported"
-        );
+        assert_eq!(Kind::from_name("Ingress"), None, "Ingress is not supported");
     }
 
     #[test]
@@ -205,11 +197,7 @@ mod tests {
         let object = Object::Pod(pod);
         assert_eq!(object.kind(), Kind::Pod, "kind");
         assert_eq!(object.name(), "web", "name");
-        assert_eq!(
-            object.namespace(),
-            None,
-            "no namespace outside parse_manifests"
-        );
+        assert_eq!(object.namespace(), None, "no namespace outside parse_manifests");
         assert!(object.labels().is_empty(), "no labels");
     }
 }

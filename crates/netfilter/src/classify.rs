@@ -25,8 +25,7 @@ use ipnet::IpNet;
 use serde::Serialize;
 
 use crate::model::{
-    Action, AddrMatch, Backend, Chain, Direction, Family, Hook, IfaceMatch, IfacePattern, Matches,
-    Policy, Rule, RuleKind, Ruleset, Source,
+    Action, AddrMatch, Backend, Chain, Direction, Family, Hook, IfaceMatch, IfacePattern, Matches, Policy, Rule, RuleKind, Ruleset, Source,
 };
 
 /// What classification needs to know about the node.
@@ -96,12 +95,7 @@ pub fn classify(ruleset: &Ruleset, ctx: &Context) -> Vec<Verdict> {
 impl Context {
     /// A context with the `lxc` pod interface prefix and no known local networks.
     pub fn new(pod_cidrs: Vec<IpNet>, devices: Vec<String>) -> Context {
-        Context {
-            pod_cidrs,
-            pod_iface_prefix: "lxc".to_string(),
-            devices,
-            local_networks: Vec::new(),
-        }
+        Context { pod_cidrs, pod_iface_prefix: "lxc".to_string(), devices, local_networks: Vec::new() }
     }
 
     /// Adds the networks of the node's other interfaces (see [`Context::local_networks`]).
@@ -120,10 +114,7 @@ impl Context {
 }
 
 fn of_family(nets: &[IpNet], v6: bool) -> Vec<IpNet> {
-    nets.iter()
-        .filter(|net| is_v6(net) == v6)
-        .copied()
-        .collect()
+    nets.iter().filter(|net| is_v6(net) == v6).copied().collect()
 }
 
 fn is_v6(net: &IpNet) -> bool {
@@ -131,11 +122,7 @@ fn is_v6(net: &IpNet) -> bool {
 }
 
 fn join<T: fmt::Display>(items: &[T]) -> String {
-    items
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
+    items.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
 }
 
 // === impl Class ===
@@ -156,9 +143,7 @@ impl fmt::Display for Class {
 impl Report {
     /// Classifies `ruleset` for the node `ctx` describes.
     pub fn new(ruleset: &Ruleset, ctx: &Context) -> Report {
-        Report {
-            verdicts: classify(ruleset, ctx),
-        }
+        Report { verdicts: classify(ruleset, ctx) }
     }
 
     /// The rules that would silently stop applying to pod traffic.
@@ -233,10 +218,7 @@ impl Report {
         };
         let mut out = String::new();
         line(&mut out, &header);
-        let shown = self
-            .verdicts
-            .iter()
-            .filter(|v| include_harmless || v.class != Class::Harmless);
+        let shown = self.verdicts.iter().filter(|v| include_harmless || v.class != Class::Harmless);
         for (row, verdict) in rows.iter().zip(shown) {
             line(&mut out, row);
             if verdict.class == Class::Bypassed {
@@ -290,12 +272,7 @@ impl Serialize for Report {
             counts: Counts,
             verdicts: &'a [Verdict],
         }
-        Json {
-            clean: self.clean(),
-            counts: self.counts(),
-            verdicts: &self.verdicts,
-        }
-        .serialize(serializer)
+        Json { clean: self.clean(), counts: self.counts(), verdicts: &self.verdicts }.serialize(serializer)
     }
 }
 
@@ -311,22 +288,10 @@ struct Flow {
 type FlowSet = u8;
 
 const FLOWS: [Flow; 4] = [
-    Flow {
-        to_pod: false,
-        v6: false,
-    },
-    Flow {
-        to_pod: true,
-        v6: false,
-    },
-    Flow {
-        to_pod: false,
-        v6: true,
-    },
-    Flow {
-        to_pod: true,
-        v6: true,
-    },
+    Flow { to_pod: false, v6: false },
+    Flow { to_pod: true, v6: false },
+    Flow { to_pod: false, v6: true },
+    Flow { to_pod: true, v6: true },
 ];
 
 impl Flow {
@@ -464,26 +429,12 @@ impl<'a> Walker<'a> {
     fn new(rs: &'a Ruleset, ctx: &'a Context) -> Walker<'a> {
         let mut index = HashMap::new();
         for (i, chain) in rs.chains.iter().enumerate() {
-            index
-                .entry((
-                    chain.source,
-                    chain.backend,
-                    chain.family,
-                    chain.table.as_str(),
-                    chain.name.as_str(),
-                ))
-                .or_insert(i);
+            index.entry((chain.source, chain.backend, chain.family, chain.table.as_str(), chain.name.as_str())).or_insert(i);
         }
         let mut chain_rules = vec![Vec::new(); rs.chains.len()];
         let mut orphans = Vec::new();
         for (r, rule) in rs.rules.iter().enumerate() {
-            match index.get(&(
-                rule.source,
-                rule.backend,
-                rule.family,
-                rule.table.as_str(),
-                rule.chain.as_str(),
-            )) {
+            match index.get(&(rule.source, rule.backend, rule.family, rule.table.as_str(), rule.chain.as_str())) {
                 Some(&c) => chain_rules[c].push(r),
                 None => orphans.push(r),
             }
@@ -525,10 +476,7 @@ impl<'a> Walker<'a> {
             verdicts.push(Verdict {
                 rule: rule.clone(),
                 class: Class::Harmless,
-                reason: format!(
-                    "its chain {} is not in the ruleset, so the rule never runs",
-                    rule.chain
-                ),
+                reason: format!("its chain {} is not in the ruleset, so the rule never runs", rule.chain),
             });
         }
         verdicts
@@ -548,70 +496,36 @@ impl<'a> Walker<'a> {
                     Hook::Output => "OUTPUT is not skipped by eBPF host routing: the node's own traffic still passes it",
                     _ => "INPUT is not skipped by eBPF host routing: traffic to the node itself (from pods too) still passes it",
                 };
-                *slot = Some(Why {
-                    text: text.to_string(),
-                    absent: false,
-                });
+                *slot = Some(Why { text: text.to_string(), absent: false });
                 continue;
             }
             let family = if flow.v6 { "IPv6" } else { "IPv4" };
             if self.ctx.pods(flow.v6).is_empty() {
-                let text = format!(
-                    "no {family} pod CIDR is configured, so no {family} pod traffic is host-routed"
-                );
+                let text = format!("no {family} pod CIDR is configured, so no {family} pod traffic is host-routed");
                 *slot = Some(Why { text, absent: true });
                 continue;
             }
             if flow.to_pod && self.ctx.devices.is_empty() {
-                let text =
-                    "no device is configured, so traffic arriving for pods is not host-routed"
-                        .to_string();
+                let text = "no device is configured, so traffic arriving for pods is not host-routed".to_string();
                 *slot = Some(Why { text, absent: true });
                 continue;
             }
             if hook == Hook::Ingress && !chain.devices.is_empty() {
-                let patterns = chain
-                    .devices
-                    .iter()
-                    .map(|d| IfacePattern::parse(d))
-                    .collect();
-                let bound = IfaceMatch {
-                    patterns,
-                    negated: false,
-                };
+                let patterns = chain.devices.iter().map(|d| IfacePattern::parse(d)).collect();
+                let bound = IfaceMatch { patterns, negated: false };
                 if let Err(reason) = self.iface_may(&bound, flow.in_set(), "input") {
-                    let text = format!(
-                        "{}: the chain is bound to {}: {reason}",
-                        flow.label(chain.family),
-                        join(&chain.devices)
-                    );
-                    *slot = Some(Why {
-                        text,
-                        absent: false,
-                    });
+                    let text = format!("{}: the chain is bound to {}: {reason}", flow.label(chain.family), join(&chain.devices));
+                    *slot = Some(Why { text, absent: false });
                     continue;
                 }
             }
             live |= flow.bit();
         }
-        Entry {
-            base: c,
-            hook,
-            live,
-            why,
-        }
+        Entry { base: c, hook, live, why }
     }
 
     fn chain_of_target(&self, rule: &Rule, target: &str) -> Option<usize> {
-        self.index
-            .get(&(
-                rule.source,
-                rule.backend,
-                rule.family,
-                rule.table.as_str(),
-                target,
-            ))
-            .copied()
+        self.index.get(&(rule.source, rule.backend, rule.family, rule.table.as_str(), target)).copied()
     }
 
     /// Walks chain `c` with the flows of `entry`; returns the first rule inside (or below) it
@@ -647,10 +561,7 @@ impl<'a> Walker<'a> {
                     Err(reason) => {
                         own = true;
                         let text = format!("{}: {reason}", flow.label(rule.family));
-                        rule_why[flow.index()] = Some(Why {
-                            text,
-                            absent: false,
-                        });
+                        rule_why[flow.index()] = Some(Why { text, absent: false });
                     }
                 }
             }
@@ -662,43 +573,20 @@ impl<'a> Walker<'a> {
                     continue;
                 };
                 let mut target_why = rule_why.clone();
-                for flow in FLOWS
-                    .into_iter()
-                    .filter(|f| live & f.bit() != 0 && matched & f.bit() == 0)
-                {
-                    let text = format!(
-                        "reached only through `{}`, which cannot match pod traffic",
-                        rule.text
-                    );
-                    target_why[flow.index()] = Some(Why {
-                        text,
-                        absent: false,
-                    });
+                for flow in FLOWS.into_iter().filter(|f| live & f.bit() != 0 && matched & f.bit() == 0) {
+                    let text = format!("reached only through `{}`, which cannot match pod traffic", rule.text);
+                    target_why[flow.index()] = Some(Why { text, absent: false });
                 }
-                let sub = Entry {
-                    base: entry.base,
-                    hook: entry.hook,
-                    live: matched,
-                    why: target_why,
-                };
+                let sub = Entry { base: entry.base, hook: entry.hook, live: matched, why: target_why };
                 if let Some(harm) = self.walk(tc, &sub) {
                     inner_harm.get_or_insert((target.clone(), harm));
                 }
             }
 
             let outcome = if matched == 0 {
-                let rank = if entry.hook.skipped_by_host_routing() {
-                    2
-                } else {
-                    1
-                };
+                let rank = if entry.hook.skipped_by_host_routing() { 2 } else { 1 };
                 let reason = dead_reason(&place, &rule_why, rule.family, own);
-                Outcome {
-                    rank,
-                    class: Class::Harmless,
-                    reason,
-                    hook: entry.hook,
-                }
+                Outcome { rank, class: Class::Harmless, reason, hook: entry.hook }
             } else {
                 let evidence = describe_evidence(&evidence, &rule.matches);
                 let hook = entry.hook;
@@ -706,35 +594,17 @@ impl<'a> Walker<'a> {
                     let reason = format!(
                         "{place} {evidence}: under eBPF host routing pod traffic skips {hook}, so this {action} would no longer apply"
                     );
-                    Outcome {
-                        rank: 4,
-                        class: Class::Bypassed,
-                        reason,
-                        hook,
-                    }
+                    Outcome { rank: 4, class: Class::Bypassed, reason, hook }
                 } else if let Some((target, harm)) = &inner_harm {
                     let inner = &rs.rules[*harm];
                     let reason = format!(
                         "{place} {evidence} and jumps to {target}, which holds `{}`: under eBPF host routing pod traffic skips {hook}, so that rule would no longer apply",
                         inner.text
                     );
-                    Outcome {
-                        rank: 4,
-                        class: Class::Bypassed,
-                        reason,
-                        hook,
-                    }
+                    Outcome { rank: 4, class: Class::Bypassed, reason, hook }
                 } else {
-                    let reason = format!(
-                        "{place} {evidence}, but {}",
-                        harmless_because(rule, &targets)
-                    );
-                    Outcome {
-                        rank: 3,
-                        class: Class::Harmless,
-                        reason,
-                        hook,
-                    }
+                    let reason = format!("{place} {evidence}, but {}", harmless_because(rule, &targets));
+                    Outcome { rank: 3, class: Class::Harmless, reason, hook }
                 }
             };
             if outcome.class == Class::Bypassed && ownership(rule).is_none() {
@@ -750,14 +620,8 @@ impl<'a> Walker<'a> {
                         if rule.actions.contains(&Action::Return) {
                             returned |= flow.bit();
                         }
-                        let text = format!(
-                            "pod traffic never gets here: rule {} (`{}`) decides it first",
-                            rule.position, rule.text
-                        );
-                        why[flow.index()] = Some(Why {
-                            text,
-                            absent: false,
-                        });
+                        let text = format!("pod traffic never gets here: rule {} (`{}`) decides it first", rule.position, rule.text);
+                        why[flow.index()] = Some(Why { text, absent: false });
                     }
                 }
             }
@@ -781,37 +645,17 @@ impl<'a> Walker<'a> {
         let label = policy_label(chain, entry.hook, policy);
         let hook = entry.hook;
         let outcome = if !hook.skipped_by_host_routing() {
-            Outcome {
-                rank: 1,
-                class: Class::Harmless,
-                reason: dead_reason(&label, why, chain.family, false),
-                hook,
-            }
+            Outcome { rank: 1, class: Class::Harmless, reason: dead_reason(&label, why, chain.family, false), hook }
         } else if policy == Policy::Accept {
             let reason = format!("{label}: skipping an accepting policy changes nothing");
-            Outcome {
-                rank: 3,
-                class: Class::Harmless,
-                reason,
-                hook,
-            }
+            Outcome { rank: 3, class: Class::Harmless, reason, hook }
         } else if live != 0 {
             let reason = format!(
                 "{label} drops pod traffic that no rule accepts: under eBPF host routing pod traffic skips {hook}, so it would pass instead"
             );
-            Outcome {
-                rank: 4,
-                class: Class::Bypassed,
-                reason,
-                hook,
-            }
+            Outcome { rank: 4, class: Class::Bypassed, reason, hook }
         } else {
-            Outcome {
-                rank: 2,
-                class: Class::Harmless,
-                reason: dead_reason(&label, why, chain.family, false),
-                hook,
-            }
+            Outcome { rank: 2, class: Class::Harmless, reason: dead_reason(&label, why, chain.family, false), hook }
         };
         keep_best(&mut self.policies[c], outcome);
     }
@@ -832,10 +676,7 @@ impl<'a> Walker<'a> {
             if named_after_hook {
                 format!("rule in chain {} (reached from {hook})", chain.name)
             } else {
-                format!(
-                    "rule in chain {} (reached from chain {} on the {hook} hook)",
-                    chain.name, base.name
-                )
+                format!("rule in chain {} (reached from chain {} on the {hook} hook)", chain.name, base.name)
             }
         }
     }
@@ -845,10 +686,7 @@ impl<'a> Walker<'a> {
         let outcome = self.outcomes[r].clone().unwrap_or_else(|| Outcome {
             rank: 0,
             class: Class::Harmless,
-            reason: format!(
-                "chain {} is not reached from any base chain, so the rule never runs",
-                rule.chain
-            ),
+            reason: format!("chain {} is not reached from any base chain, so the rule never runs", rule.chain),
             hook: Hook::Input,
         });
         let (class, reason) = match ownership(rule) {
@@ -856,11 +694,7 @@ impl<'a> Walker<'a> {
             Some((class, basis)) => (class, kube_reason(&basis, &outcome)),
             None => (outcome.class, outcome.reason),
         };
-        Verdict {
-            rule: rule.clone(),
-            class,
-            reason,
-        }
+        Verdict { rule: rule.clone(), class, reason }
     }
 
     fn policy_verdict(&self, c: usize, chain: &Chain, hook: Hook, policy: Policy) -> Verdict {
@@ -895,11 +729,7 @@ impl<'a> Walker<'a> {
             Some((class, basis)) => (class, kube_reason(&basis, &outcome)),
             None => (outcome.class, outcome.reason),
         };
-        Verdict {
-            rule,
-            class,
-            reason,
-        }
+        Verdict { rule, class, reason }
     }
 
     // === matching ===
@@ -908,19 +738,12 @@ impl<'a> Walker<'a> {
     fn eval(&self, m: &Matches, flow: Flow) -> Result<Evidence, String> {
         let mut evidence = Evidence::default();
         for iface in &m.in_iface {
-            evidence
-                .strong
-                .extend(self.iface_may(iface, flow.in_set(), "input")?);
+            evidence.strong.extend(self.iface_may(iface, flow.in_set(), "input")?);
         }
         for iface in &m.out_iface {
-            evidence
-                .strong
-                .extend(self.iface_may(iface, flow.out_set(), "output")?);
+            evidence.strong.extend(self.iface_may(iface, flow.out_set(), "output")?);
         }
-        for (addrs, set, direction) in [
-            (&m.source, flow.source_set(), "source"),
-            (&m.destination, flow.destination_set(), "destination"),
-        ] {
+        for (addrs, set, direction) in [(&m.source, flow.source_set(), "source"), (&m.destination, flow.destination_set(), "destination")] {
             for addr in addrs {
                 let (strong, weak) = self.addr_may(addr, set, flow, direction)?;
                 evidence.strong.extend(strong);
@@ -928,12 +751,13 @@ impl<'a> Walker<'a> {
             }
         }
         for addr_type in &m.addr_type {
-            let only_local = !addr_type.negated
-                && !addr_type.types.is_empty()
-                && addr_type.types.iter().all(|t| t == "LOCAL");
+            let only_local = !addr_type.negated && !addr_type.types.is_empty() && addr_type.types.iter().all(|t| t == "LOCAL");
             if only_local {
                 return Err(match addr_type.direction {
-                    Direction::Destination => "it matches only packets addressed to the node itself (address type LOCAL), which host routing hands to the stack".to_string(),
+                    Direction::Destination => {
+                        "it matches only packets addressed to the node itself (address type LOCAL), which host routing hands to the stack"
+                            .to_string()
+                    }
                     Direction::Source => "it matches only packets from the node's own addresses (address type LOCAL)".to_string(),
                 });
             }
@@ -963,12 +787,7 @@ impl<'a> Walker<'a> {
         }
     }
 
-    fn iface_may(
-        &self,
-        m: &IfaceMatch,
-        set: IfaceSet,
-        direction: &str,
-    ) -> Result<Option<String>, String> {
+    fn iface_may(&self, m: &IfaceMatch, set: IfaceSet, direction: &str) -> Result<Option<String>, String> {
         let ifaces = self.ifaces(set);
         if m.negated {
             if ifaces.iter().all(|iface| covers(&m.patterns, iface)) {
@@ -996,21 +815,13 @@ impl<'a> Walker<'a> {
     fn iface_must(&self, m: &IfaceMatch, set: IfaceSet) -> bool {
         let ifaces = self.ifaces(set);
         if m.negated {
-            ifaces
-                .iter()
-                .all(|iface| !m.patterns.iter().any(|p| compatible(p, iface)))
+            ifaces.iter().all(|iface| !m.patterns.iter().any(|p| compatible(p, iface)))
         } else {
             ifaces.iter().all(|iface| covers(&m.patterns, iface))
         }
     }
 
-    fn addr_may(
-        &self,
-        m: &AddrMatch,
-        set: AddrSet,
-        flow: Flow,
-        direction: &str,
-    ) -> Result<(Option<String>, Option<String>), String> {
+    fn addr_may(&self, m: &AddrMatch, set: AddrSet, flow: Flow, direction: &str) -> Result<(Option<String>, Option<String>), String> {
         let nets = of_family(&m.nets, flow.v6);
         if nets.is_empty() {
             let family = if flow.v6 { "IPv4" } else { "IPv6" };
@@ -1020,20 +831,9 @@ impl<'a> Walker<'a> {
             AddrSet::Pods => {
                 let pods = self.ctx.pods(flow.v6);
                 if m.negated {
-                    return match pods
-                        .iter()
-                        .find(|pod| !nets.iter().any(|n| n.contains(*pod)))
-                    {
-                        Some(pod) => Ok((
-                            Some(format!(
-                                "matches {direction} {m}, which does not exclude pod CIDR {pod}"
-                            )),
-                            None,
-                        )),
-                        None => Err(format!(
-                            "{direction} {m} excludes every pod CIDR ({})",
-                            join(&pods)
-                        )),
+                    return match pods.iter().find(|pod| !nets.iter().any(|n| n.contains(*pod))) {
+                        Some(pod) => Ok((Some(format!("matches {direction} {m}, which does not exclude pod CIDR {pod}")), None)),
+                        None => Err(format!("{direction} {m} excludes every pod CIDR ({})", join(&pods))),
                     };
                 }
                 for net in &nets {
@@ -1050,10 +850,7 @@ impl<'a> Walker<'a> {
                         return Ok((Some(format!("matches {direction} {net}, {relation}")), None));
                     }
                 }
-                Err(format!(
-                    "{direction} {m} holds no pod address (pod CIDRs: {})",
-                    join(&pods)
-                ))
+                Err(format!("{direction} {m} holds no pod address (pod CIDRs: {})", join(&pods)))
             }
             AddrSet::Remote => {
                 let locals = self.ctx.locals(flow.v6);
@@ -1063,10 +860,7 @@ impl<'a> Walker<'a> {
                     }
                     return Ok((None, None));
                 }
-                let containing: Vec<IpNet> = nets
-                    .iter()
-                    .filter_map(|n| locals.iter().find(|l| l.contains(n)).copied())
-                    .collect();
+                let containing: Vec<IpNet> = nets.iter().filter_map(|n| locals.iter().find(|l| l.contains(n)).copied()).collect();
                 if containing.len() == nets.len() {
                     let mut distinct = containing;
                     distinct.dedup();
@@ -1075,11 +869,7 @@ impl<'a> Walker<'a> {
                         join(&distinct)
                     ));
                 }
-                let phrase = if direction == "source" {
-                    "which can send to pods"
-                } else {
-                    "which pods can send to"
-                };
+                let phrase = if direction == "source" { "which can send to pods" } else { "which pods can send to" };
                 Ok((None, Some(format!("matches {direction} {m}, {phrase}"))))
             }
         }
@@ -1094,8 +884,7 @@ impl<'a> Walker<'a> {
             AddrSet::Pods => {
                 let pods = self.ctx.pods(flow.v6);
                 if m.negated {
-                    pods.iter()
-                        .all(|pod| !nets.iter().any(|n| n.contains(pod) || pod.contains(n)))
+                    pods.iter().all(|pod| !nets.iter().any(|n| n.contains(pod) || pod.contains(n)))
                 } else {
                     pods.iter().all(|pod| nets.iter().any(|n| n.contains(pod)))
                 }
@@ -1117,15 +906,9 @@ impl<'a> Walker<'a> {
             && m.other.is_empty()
             && m.addr_type.is_empty()
             && m.in_iface.iter().all(|i| self.iface_must(i, flow.in_set()))
-            && m.out_iface
-                .iter()
-                .all(|i| self.iface_must(i, flow.out_set()))
-            && m.source
-                .iter()
-                .all(|a| self.addr_must(a, flow.source_set(), flow))
-            && m.destination
-                .iter()
-                .all(|a| self.addr_must(a, flow.destination_set(), flow))
+            && m.out_iface.iter().all(|i| self.iface_must(i, flow.out_set()))
+            && m.source.iter().all(|a| self.addr_must(a, flow.source_set(), flow))
+            && m.destination.iter().all(|a| self.addr_must(a, flow.destination_set(), flow))
     }
 }
 
@@ -1140,10 +923,7 @@ fn keep_best(slot: &mut Option<Outcome>, outcome: Outcome) {
 /// Whether some name of `iface` matches `pattern`.
 fn compatible(pattern: &IfacePattern, iface: &Iface<'_>) -> bool {
     match iface {
-        Iface::Prefix(prefix) => {
-            pattern.name.starts_with(prefix)
-                || (pattern.wildcard && prefix.starts_with(&pattern.name))
-        }
+        Iface::Prefix(prefix) => pattern.name.starts_with(prefix) || (pattern.wildcard && prefix.starts_with(&pattern.name)),
         Iface::Device(device) => pattern.matches(device),
     }
 }
@@ -1174,8 +954,7 @@ fn harmless_because(rule: &Rule, targets: &[String]) -> String {
         return format!("{} holds no rule pod traffic would skip", join(targets));
     }
     if rule.actions.contains(&Action::Accept) {
-        "its verdict ACCEPT has no side effect: skipping it lets through only what it would accept"
-            .to_string()
+        "its verdict ACCEPT has no side effect: skipping it lets through only what it would accept".to_string()
     } else if rule.actions.contains(&Action::Return) {
         "RETURN has no side effect: skipping it changes nothing".to_string()
     } else {
@@ -1185,11 +964,7 @@ fn harmless_because(rule: &Rule, targets: &[String]) -> String {
 
 fn describe_evidence(evidence: &Evidence, matches: &Matches) -> String {
     let mut seen = Vec::new();
-    let chosen = if evidence.strong.is_empty() {
-        &evidence.weak
-    } else {
-        &evidence.strong
-    };
+    let chosen = if evidence.strong.is_empty() { &evidence.weak } else { &evidence.strong };
     for item in chosen {
         if !seen.contains(item) {
             seen.push(item.clone());
@@ -1201,10 +976,7 @@ fn describe_evidence(evidence: &Evidence, matches: &Matches) -> String {
     if matches.is_unconditional() {
         "matches all traffic (pod traffic included)".to_string()
     } else if !matches.other.is_empty() {
-        format!(
-            "has no address or interface match that excludes pod traffic (only {})",
-            matches.other.join(", ")
-        )
+        format!("has no address or interface match that excludes pod traffic (only {})", matches.other.join(", "))
     } else {
         "has no address or interface match that excludes pod traffic".to_string()
     }
@@ -1212,17 +984,9 @@ fn describe_evidence(evidence: &Evidence, matches: &Matches) -> String {
 
 /// "FORWARD rule cannot match pod traffic: from pods: ...; to pods: ...".
 fn dead_reason(place: &str, why: &Whys, family: Family, own: bool) -> String {
-    let relevant: Vec<&Why> = FLOWS
-        .iter()
-        .filter(|f| f.in_family(family))
-        .filter_map(|f| why[f.index()].as_ref())
-        .collect();
+    let relevant: Vec<&Why> = FLOWS.iter().filter(|f| f.in_family(family)).filter_map(|f| why[f.index()].as_ref()).collect();
     let present: Vec<&Why> = relevant.iter().copied().filter(|w| !w.absent).collect();
-    let chosen = if present.is_empty() {
-        relevant
-    } else {
-        present
-    };
+    let chosen = if present.is_empty() { relevant } else { present };
     let mut texts: Vec<&str> = Vec::new();
     for why in chosen {
         if !texts.contains(&why.text.as_str()) {
@@ -1276,9 +1040,7 @@ fn ownership(rule: &Rule) -> Option<(Class, String)> {
     if let Some(kube) = chain_ownership(&rule.table, &rule.chain) {
         return Some(kube);
     }
-    rule.jump_targets()
-        .find(|target| target.starts_with("KUBE-"))
-        .map(|target| (Class::KubeProxy, format!("jumps to {target}")))
+    rule.jump_targets().find(|target| target.starts_with("KUBE-")).map(|target| (Class::KubeProxy, format!("jumps to {target}")))
 }
 
 fn chain_ownership(table: &str, chain: &str) -> Option<(Class, String)> {

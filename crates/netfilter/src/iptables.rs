@@ -8,8 +8,8 @@ use std::net::IpAddr;
 use ipnet::{IpNet, Ipv4Subnets, Ipv6Subnets};
 
 use crate::model::{
-    Action, AddrMatch, AddrTypeMatch, Backend, Chain, Direction, Family, Hook, IfaceMatch,
-    IfacePattern, Matches, NatKind, Policy, ProtoMatch, Rule, RuleKind, Ruleset, Source,
+    Action, AddrMatch, AddrTypeMatch, Backend, Chain, Direction, Family, Hook, IfaceMatch, IfacePattern, Matches, NatKind, Policy,
+    ProtoMatch, Rule, RuleKind, Ruleset, Source,
 };
 
 /// Why iptables-save output could not be read. Every variant names the 1-based line.
@@ -20,43 +20,25 @@ pub enum IptablesError {
     UnsupportedFamily(Family),
     /// The header says the dump is of the other family (ip6tables-save read as IPv4, or back).
     #[error("line {line}: header says `{program}`, but the dump was read as {expected}")]
-    FamilyMismatch {
-        line: usize,
-        program: String,
-        expected: Family,
-    },
+    FamilyMismatch { line: usize, program: String, expected: Family },
     /// A chain or rule line outside `*table` ... `COMMIT`.
     #[error("line {line}: `{text}` is outside a table (no `*table` line before it)")]
     OutsideTable { line: usize, text: String },
     /// `*table` while the previous table has no `COMMIT` yet.
     #[error("line {line}: table `{table}` starts before table `{open}` is committed")]
-    NestedTable {
-        line: usize,
-        table: String,
-        open: String,
-    },
+    NestedTable { line: usize, table: String, open: String },
     /// The input ends inside a table.
     #[error("line {line}: table `{table}` has no COMMIT")]
     MissingCommit { line: usize, table: String },
     /// A `:CHAIN POLICY [packets:bytes]` line that does not have that shape.
-    #[error(
-        "line {line}: malformed chain line `{text}` (expected `:NAME POLICY [packets:bytes]`)"
-    )]
+    #[error("line {line}: malformed chain line `{text}` (expected `:NAME POLICY [packets:bytes]`)")]
     MalformedChain { line: usize, text: String },
     /// A chain policy other than ACCEPT, DROP or `-`.
     #[error("line {line}: chain {chain} has unknown policy `{policy}`")]
-    UnknownPolicy {
-        line: usize,
-        chain: String,
-        policy: String,
-    },
+    UnknownPolicy { line: usize, chain: String, policy: String },
     /// A rule appended to, or a goto to, a chain the table does not declare.
     #[error("line {line}: chain `{chain}` is not declared in table {table}")]
-    UnknownChain {
-        line: usize,
-        table: String,
-        chain: String,
-    },
+    UnknownChain { line: usize, table: String, chain: String },
     /// A line that is neither a comment, table, chain, rule nor COMMIT.
     #[error("line {line}: unexpected `{text}`")]
     UnexpectedLine { line: usize, text: String },
@@ -77,11 +59,7 @@ pub enum IptablesError {
     UnterminatedQuote { line: usize },
     /// An address, network or range that does not parse, or is of the other family.
     #[error("line {line}: `{value}` is not an {family} address, network or range")]
-    InvalidAddress {
-        line: usize,
-        value: String,
-        family: Family,
-    },
+    InvalidAddress { line: usize, value: String, family: Family },
 }
 
 /// Parses the output of `iptables-save` (`family` IPv4) or `ip6tables-save` (IPv6), with or
@@ -91,20 +69,12 @@ pub fn parse(input: &str, family: Family) -> Result<Ruleset, IptablesError> {
     if family == Family::Inet {
         return Err(IptablesError::UnsupportedFamily(family));
     }
-    let mut parser = Parser {
-        family,
-        backend: Backend::IptablesLegacy,
-        ruleset: Ruleset::default(),
-        table: None,
-    };
+    let mut parser = Parser { family, backend: Backend::IptablesLegacy, ruleset: Ruleset::default(), table: None };
     for (index, raw) in input.lines().enumerate() {
         parser.line(index + 1, raw.trim())?;
     }
     if let Some(table) = parser.table {
-        return Err(IptablesError::MissingCommit {
-            line: table.line,
-            table: table.name,
-        });
+        return Err(IptablesError::MissingCommit { line: table.line, table: table.name });
     }
     Ok(parser.ruleset)
 }
@@ -149,35 +119,20 @@ impl Parser {
         }
         if let Some(name) = text.strip_prefix('*') {
             if let Some(open) = &self.table {
-                return Err(IptablesError::NestedTable {
-                    line,
-                    table: name.to_string(),
-                    open: open.name.clone(),
-                });
+                return Err(IptablesError::NestedTable { line, table: name.to_string(), open: open.name.clone() });
             }
-            self.table = Some(OpenTable {
-                name: name.to_string(),
-                line,
-                chains: Vec::new(),
-                rules: Vec::new(),
-            });
+            self.table = Some(OpenTable { name: name.to_string(), line, chains: Vec::new(), rules: Vec::new() });
             return Ok(());
         }
         if text == "COMMIT" {
             return match self.table.take() {
                 Some(table) => self.commit(table),
-                None => Err(IptablesError::OutsideTable {
-                    line,
-                    text: text.to_string(),
-                }),
+                None => Err(IptablesError::OutsideTable { line, text: text.to_string() }),
             };
         }
         let (family, backend) = (self.family, self.backend);
         let Some(table) = self.table.as_mut() else {
-            return Err(IptablesError::OutsideTable {
-                line,
-                text: text.to_string(),
-            });
+            return Err(IptablesError::OutsideTable { line, text: text.to_string() });
         };
         if let Some(decl) = text.strip_prefix(':') {
             let chain = parse_chain(line, decl, text, family, backend, &table.name)?;
@@ -190,10 +145,7 @@ impl Parser {
             table.rules.push(pending);
             return Ok(());
         }
-        Err(IptablesError::UnexpectedLine {
-            line,
-            text: text.to_string(),
-        })
+        Err(IptablesError::UnexpectedLine { line, text: text.to_string() })
     }
 
     /// `# Generated by ip6tables-nft-save v1.8.9 (nf_tables) on ...`: backend and family.
@@ -204,44 +156,24 @@ impl Parser {
         let program = rest.split_whitespace().next().unwrap_or_default();
         let says_ipv6 = program.starts_with("ip6tables");
         if says_ipv6 != (self.family == Family::Ipv6) {
-            return Err(IptablesError::FamilyMismatch {
-                line,
-                program: program.to_string(),
-                expected: self.family,
-            });
+            return Err(IptablesError::FamilyMismatch { line, program: program.to_string(), expected: self.family });
         }
-        self.backend = if rest.contains("(nf_tables)") {
-            Backend::IptablesNft
-        } else {
-            Backend::IptablesLegacy
-        };
+        self.backend = if rest.contains("(nf_tables)") { Backend::IptablesNft } else { Backend::IptablesLegacy };
         Ok(())
     }
 
     fn commit(&mut self, table: OpenTable) -> Result<(), IptablesError> {
         let mut positions: HashMap<String, usize> = HashMap::new();
         for pending in table.rules {
-            let PendingRule {
-                line,
-                mut rule,
-                target,
-            } = pending;
+            let PendingRule { line, mut rule, target } = pending;
             if !table.chains.iter().any(|chain| chain.name == rule.chain) {
-                return Err(IptablesError::UnknownChain {
-                    line,
-                    table: table.name.clone(),
-                    chain: rule.chain,
-                });
+                return Err(IptablesError::UnknownChain { line, table: table.name.clone(), chain: rule.chain });
             }
             if let Some((name, goto)) = target {
                 let declared = table.chains.iter().any(|chain| chain.name == name);
                 let action = if goto {
                     if !declared {
-                        return Err(IptablesError::UnknownChain {
-                            line,
-                            table: table.name.clone(),
-                            chain: name,
-                        });
+                        return Err(IptablesError::UnknownChain { line, table: table.name.clone(), chain: name });
                     }
                     Action::Goto(name)
                 } else if declared {
@@ -272,47 +204,25 @@ fn strip_counters(text: &str) -> &str {
 }
 
 /// `FORWARD DROP [0:0]` (after the `:`).
-fn parse_chain(
-    line: usize,
-    decl: &str,
-    text: &str,
-    family: Family,
-    backend: Backend,
-    table: &str,
-) -> Result<Chain, IptablesError> {
+fn parse_chain(line: usize, decl: &str, text: &str, family: Family, backend: Backend, table: &str) -> Result<Chain, IptablesError> {
     let mut words = decl.split_whitespace();
     let (Some(name), Some(policy)) = (words.next(), words.next()) else {
-        return Err(IptablesError::MalformedChain {
-            line,
-            text: text.to_string(),
-        });
+        return Err(IptablesError::MalformedChain { line, text: text.to_string() });
     };
     match words.next() {
         Some(counters) if !(counters.starts_with('[') && counters.ends_with(']')) => {
-            return Err(IptablesError::MalformedChain {
-                line,
-                text: text.to_string(),
-            });
+            return Err(IptablesError::MalformedChain { line, text: text.to_string() });
         }
         _ => {}
     }
     if words.next().is_some() {
-        return Err(IptablesError::MalformedChain {
-            line,
-            text: text.to_string(),
-        });
+        return Err(IptablesError::MalformedChain { line, text: text.to_string() });
     }
     let policy = match policy {
         "-" => None,
         "ACCEPT" => Some(Policy::Accept),
         "DROP" => Some(Policy::Drop),
-        other => {
-            return Err(IptablesError::UnknownPolicy {
-                line,
-                chain: name.to_string(),
-                policy: other.to_string(),
-            })
-        }
+        other => return Err(IptablesError::UnknownPolicy { line, chain: name.to_string(), policy: other.to_string() }),
     };
     Ok(Chain {
         family,
@@ -424,10 +334,7 @@ impl<'a> Cursor<'a> {
     /// The value of `option`; old-style `-s ! 10.0.0.0/8` negates through `negated`.
     fn value(&mut self, option: &str, negated: &mut bool) -> Result<&'a str, IptablesError> {
         let line = self.line;
-        let missing = || IptablesError::MissingValue {
-            line,
-            option: option.to_string(),
-        };
+        let missing = || IptablesError::MissingValue { line, option: option.to_string() };
         let mut token = self.next().ok_or_else(missing)?;
         if !token.quoted && token.text == "!" {
             *negated = true;
@@ -449,31 +356,12 @@ impl<'a> Cursor<'a> {
     }
 }
 
-fn parse_rule(
-    line: usize,
-    text: &str,
-    family: Family,
-    backend: Backend,
-    table: &OpenTable,
-) -> Result<PendingRule, IptablesError> {
+fn parse_rule(line: usize, text: &str, family: Family, backend: Backend, table: &OpenTable) -> Result<PendingRule, IptablesError> {
     let tokens = tokenize(line, text)?;
-    let mut cursor = Cursor {
-        line,
-        tokens: &tokens,
-        at: 0,
-    };
+    let mut cursor = Cursor { line, tokens: &tokens, at: 0 };
     let chain = match (cursor.next(), cursor.next()) {
-        (Some(append), Some(chain))
-            if matches!(append.text.as_str(), "-A" | "--append") && is_value(chain) =>
-        {
-            chain.text.clone()
-        }
-        _ => {
-            return Err(IptablesError::MissingAppend {
-                line,
-                text: text.to_string(),
-            })
-        }
+        (Some(append), Some(chain)) if matches!(append.text.as_str(), "-A" | "--append") && is_value(chain) => chain.text.clone(),
+        _ => return Err(IptablesError::MissingAppend { line, text: text.to_string() }),
     };
     let mut matches = Matches::default();
     let mut target = None;
@@ -488,18 +376,12 @@ fn parse_rule(
             continue;
         }
         if token.quoted || !option.starts_with('-') {
-            return Err(IptablesError::UnexpectedToken {
-                line,
-                token: option.to_string(),
-            });
+            return Err(IptablesError::UnexpectedToken { line, token: option.to_string() });
         }
         match option {
             "-s" | "--source" | "--src" | "-d" | "--destination" | "--dst" => {
                 let value = cursor.value(option, &mut negated)?;
-                let nets = value
-                    .split(',')
-                    .map(|part| parse_net(line, part, family))
-                    .collect::<Result<Vec<_>, _>>()?;
+                let nets = value.split(',').map(|part| parse_net(line, part, family)).collect::<Result<Vec<_>, _>>()?;
                 let addr = AddrMatch { nets, negated };
                 if option.starts_with("-s") || option.starts_with("--s") {
                     matches.source.push(addr);
@@ -509,10 +391,7 @@ fn parse_rule(
             }
             "-i" | "--in-interface" | "-o" | "--out-interface" => {
                 let value = cursor.value(option, &mut negated)?;
-                let iface = IfaceMatch {
-                    patterns: vec![IfacePattern::parse(value)],
-                    negated,
-                };
+                let iface = IfaceMatch { patterns: vec![IfacePattern::parse(value)], negated };
                 if matches!(option, "-i" | "--in-interface") {
                     matches.in_iface.push(iface);
                 } else {
@@ -521,10 +400,7 @@ fn parse_rule(
             }
             "-p" | "--protocol" => {
                 let value = cursor.value(option, &mut negated)?;
-                matches.protocol = Some(ProtoMatch {
-                    name: value.to_string(),
-                    negated,
-                });
+                matches.protocol = Some(ProtoMatch { name: value.to_string(), negated });
             }
             "-m" | "--match" => {
                 let name = cursor.value(option, &mut negated)?;
@@ -533,10 +409,7 @@ fn parse_rule(
             "-j" | "--jump" | "-g" | "--goto" => {
                 let name = cursor.value(option, &mut negated)?;
                 // Target options (`--to-destination`, `--log-prefix`, ...) stay in the text.
-                while cursor
-                    .peek()
-                    .is_some_and(|t| !is_rule_option(t) && (t.quoted || t.text != "!"))
-                {
+                while cursor.peek().is_some_and(|t| !is_rule_option(t) && (t.quoted || t.text != "!")) {
                     cursor.next();
                 }
                 target = Some((name.to_string(), matches!(option, "-g" | "--goto")));
@@ -578,12 +451,7 @@ fn parse_rule(
 
 /// Options of `-m NAME`, up to the next rule option. Known modules fill `matches`; the others
 /// are kept verbatim in `matches.other`.
-fn parse_module(
-    cursor: &mut Cursor<'_>,
-    name: &str,
-    family: Family,
-    matches: &mut Matches,
-) -> Result<(), IptablesError> {
+fn parse_module(cursor: &mut Cursor<'_>, name: &str, family: Family, matches: &mut Matches) -> Result<(), IptablesError> {
     let line = cursor.line;
     let start = cursor.at;
     let mut options: Vec<(bool, &str, Vec<&str>)> = Vec::new();
@@ -603,10 +471,7 @@ fn parse_module(
             break;
         }
         if token.quoted || !token.text.starts_with("--") {
-            return Err(IptablesError::UnexpectedToken {
-                line,
-                token: token.text.clone(),
-            });
+            return Err(IptablesError::UnexpectedToken { line, token: token.text.clone() });
         }
         cursor.next();
         let mut old_style_negation = false;
@@ -640,32 +505,19 @@ fn parse_module(
                     }
                 };
                 let Some(types) = values.first() else {
-                    return Err(IptablesError::MissingValue {
-                        line,
-                        option: option.to_string(),
-                    });
+                    return Err(IptablesError::MissingValue { line, option: option.to_string() });
                 };
                 let types = types.split(',').map(str::to_ascii_uppercase).collect();
-                matches.addr_type.push(AddrTypeMatch {
-                    direction,
-                    types,
-                    negated: *negated,
-                });
+                matches.addr_type.push(AddrTypeMatch { direction, types, negated: *negated });
             }
         }
         "iprange" => {
             for (negated, option, values) in &options {
                 let Some(range) = values.first() else {
-                    return Err(IptablesError::MissingValue {
-                        line,
-                        option: option.to_string(),
-                    });
+                    return Err(IptablesError::MissingValue { line, option: option.to_string() });
                 };
                 let nets = parse_range(line, range, family)?;
-                let addr = AddrMatch {
-                    nets,
-                    negated: *negated,
-                };
+                let addr = AddrMatch { nets, negated: *negated };
                 match *option {
                     "--src-range" => matches.source.push(addr),
                     "--dst-range" => matches.destination.push(addr),
@@ -684,11 +536,7 @@ fn parse_module(
 /// `10.0.0.0/8`, `10.0.0.1`, `10.0.0.0/255.0.0.0`. A non-contiguous mask is widened to its
 /// leading ones: a larger network can only make a rule look like it matches more.
 fn parse_net(line: usize, text: &str, family: Family) -> Result<IpNet, IptablesError> {
-    let invalid = || IptablesError::InvalidAddress {
-        line,
-        value: text.to_string(),
-        family,
-    };
+    let invalid = || IptablesError::InvalidAddress { line, value: text.to_string(), family };
     let (addr, len) = match text.split_once('/') {
         Some((addr, mask)) => {
             let addr: IpAddr = addr.parse().map_err(|_| invalid())?;
@@ -709,30 +557,20 @@ fn parse_net(line: usize, text: &str, family: Family) -> Result<IpNet, IptablesE
     if addr.is_ipv4() != (family == Family::Ipv4) {
         return Err(invalid());
     }
-    IpNet::new(addr, len)
-        .map(|net| net.trunc())
-        .map_err(|_| invalid())
+    IpNet::new(addr, len).map(|net| net.trunc()).map_err(|_| invalid())
 }
 
 /// `10.0.0.1-10.0.0.9` as the networks that cover exactly that range.
 pub(crate) fn range_nets(start: IpAddr, end: IpAddr) -> Option<Vec<IpNet>> {
     match (start, end) {
-        (IpAddr::V4(s), IpAddr::V4(e)) if s <= e => {
-            Some(Ipv4Subnets::new(s, e, 0).map(IpNet::V4).collect())
-        }
-        (IpAddr::V6(s), IpAddr::V6(e)) if s <= e => {
-            Some(Ipv6Subnets::new(s, e, 0).map(IpNet::V6).collect())
-        }
+        (IpAddr::V4(s), IpAddr::V4(e)) if s <= e => Some(Ipv4Subnets::new(s, e, 0).map(IpNet::V4).collect()),
+        (IpAddr::V6(s), IpAddr::V6(e)) if s <= e => Some(Ipv6Subnets::new(s, e, 0).map(IpNet::V6).collect()),
         _ => None,
     }
 }
 
 fn parse_range(line: usize, text: &str, family: Family) -> Result<Vec<IpNet>, IptablesError> {
-    let invalid = || IptablesError::InvalidAddress {
-        line,
-        value: text.to_string(),
-        family,
-    };
+    let invalid = || IptablesError::InvalidAddress { line, value: text.to_string(), family };
     let (start, end) = match text.split_once('-') {
         Some((start, end)) => (start, end),
         None => (text, text),
@@ -785,129 +623,52 @@ COMMIT
         let ruleset = parse(DUMP, Family::Ipv4).unwrap();
         assert_eq!(ruleset.chains.len(), 4);
         let forward = &ruleset.chains[1];
-        assert_eq!(
-            (forward.hook, forward.policy),
-            (Some(Hook::Forward), Some(Policy::Drop))
-        );
+        assert_eq!((forward.hook, forward.policy), (Some(Hook::Forward), Some(Policy::Drop)));
         assert_eq!(ruleset.chains[3].hook, None, "user chain has no hook");
         assert_eq!(forward.backend, Backend::IptablesNft);
 
         let first = &ruleset.rules[0];
         assert_eq!(first.position, 1);
-        assert!(
-            first.text.starts_with("-A FORWARD ! -s"),
-            "counters are not part of the text"
-        );
-        assert_eq!(
-            first.matches.source,
-            vec![AddrMatch {
-                nets: vec!["10.244.0.0/16".parse().unwrap()],
-                negated: true
-            }]
-        );
-        assert_eq!(
-            first.matches.in_iface[0].patterns[0],
-            IfacePattern {
-                name: "lxc".into(),
-                wildcard: true
-            }
-        );
-        assert_eq!(
-            first.matches.comment.as_deref(),
-            Some(r#"say "hi" \ there"#)
-        );
+        assert!(first.text.starts_with("-A FORWARD ! -s"), "counters are not part of the text");
+        assert_eq!(first.matches.source, vec![AddrMatch { nets: vec!["10.244.0.0/16".parse().unwrap()], negated: true }]);
+        assert_eq!(first.matches.in_iface[0].patterns[0], IfacePattern { name: "lxc".into(), wildcard: true });
+        assert_eq!(first.matches.comment.as_deref(), Some(r#"say "hi" \ there"#));
         assert_eq!(first.actions, vec![Action::Jump("MY-CHAIN".into())]);
 
         let second = &ruleset.rules[1];
-        assert_eq!(
-            second.matches.source[0].nets[0].to_string(),
-            "10.0.0.0/8",
-            "mask widened to leading ones"
-        );
-        assert_eq!(
-            second.matches.protocol,
-            Some(ProtoMatch {
-                name: "tcp".into(),
-                negated: false
-            })
-        );
-        assert_eq!(
-            second.matches.other,
-            vec!["-m tcp --dport 80", "-m conntrack ! --ctstate NEW"]
-        );
+        assert_eq!(second.matches.source[0].nets[0].to_string(), "10.0.0.0/8", "mask widened to leading ones");
+        assert_eq!(second.matches.protocol, Some(ProtoMatch { name: "tcp".into(), negated: false }));
+        assert_eq!(second.matches.other, vec!["-m tcp --dport 80", "-m conntrack ! --ctstate NEW"]);
         assert_eq!(second.actions, vec![Action::Log]);
 
         let third = &ruleset.rules[2];
         assert_eq!(third.matches.addr_type[0].types, vec!["LOCAL", "BROADCAST"]);
         assert!(third.matches.addr_type[0].negated);
-        assert_eq!(
-            third.matches.source[0].nets.len(),
-            4,
-            "10.0.0.1-9 is .1/32 .2/31 .4/30 .8/31"
-        );
+        assert_eq!(third.matches.source[0].nets.len(), 4, "10.0.0.1-9 is .1/32 .2/31 .4/30 .8/31");
         assert_eq!(third.actions, vec![Action::Goto("MY-CHAIN".into())]);
 
-        assert_eq!(
-            ruleset.rules[3].actions,
-            vec![Action::Other("CLASSIFY".into())]
-        );
+        assert_eq!(ruleset.rules[3].actions, vec![Action::Other("CLASSIFY".into())]);
         assert_eq!(ruleset.rules[3].position, 1);
     }
 
     #[test]
     fn errors_name_the_line() {
         let cases: &[(&str, &str)] = &[
-            (
-                "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -s 10.0.0.0/33 -j DROP\nCOMMIT\n",
-                "line 3: `10.0.0.0/33`",
-            ),
-            (
-                "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -s\nCOMMIT\n",
-                "line 3: option `-s` has no value",
-            ),
-            (
-                "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -m comment --comment \"open\nCOMMIT\n",
-                "line 3: unterminated",
-            ),
-            (
-                "*filter\n:INPUT ACCEPT [0:0]\n-A NOPE -j DROP\nCOMMIT\n",
-                "line 3: chain `NOPE` is not declared",
-            ),
-            (
-                "*filter\n:INPUT ACCEPT [0:0]\n",
-                "line 1: table `filter` has no COMMIT",
-            ),
-            (
-                "-A INPUT -j DROP\n",
-                "line 1: `-A INPUT -j DROP` is outside a table",
-            ),
-            (
-                "*filter\n:INPUT MAYBE [0:0]\nCOMMIT\n",
-                "line 2: chain INPUT has unknown policy `MAYBE`",
-            ),
-            (
-                "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -j DROP !\nCOMMIT\n",
-                "line 3: `!` is not followed",
-            ),
-            (
-                "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -s fd00::/8 -j DROP\nCOMMIT\n",
-                "line 3: `fd00::/8` is not an IPv4",
-            ),
-            (
-                "# Generated by ip6tables-save v1.8.9 (nf_tables)\n",
-                "line 1: header says `ip6tables-save`",
-            ),
-            (
-                "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT stray -j DROP\nCOMMIT\n",
-                "line 3: unexpected `stray`",
-            ),
+            ("*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -s 10.0.0.0/33 -j DROP\nCOMMIT\n", "line 3: `10.0.0.0/33`"),
+            ("*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -s\nCOMMIT\n", "line 3: option `-s` has no value"),
+            ("*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -m comment --comment \"open\nCOMMIT\n", "line 3: unterminated"),
+            ("*filter\n:INPUT ACCEPT [0:0]\n-A NOPE -j DROP\nCOMMIT\n", "line 3: chain `NOPE` is not declared"),
+            ("*filter\n:INPUT ACCEPT [0:0]\n", "line 1: table `filter` has no COMMIT"),
+            ("-A INPUT -j DROP\n", "line 1: `-A INPUT -j DROP` is outside a table"),
+            ("*filter\n:INPUT MAYBE [0:0]\nCOMMIT\n", "line 2: chain INPUT has unknown policy `MAYBE`"),
+            ("*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -j DROP !\nCOMMIT\n", "line 3: `!` is not followed"),
+            ("*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -s fd00::/8 -j DROP\nCOMMIT\n", "line 3: `fd00::/8` is not an IPv4"),
+            ("# Generated by ip6tables-save v1.8.9 (nf_tables)\n", "line 1: header says `ip6tables-save`"),
+            ("*filter\n:INPUT ACCEPT [0:0]\n-A INPUT stray -j DROP\nCOMMIT\n", "line 3: unexpected `stray`"),
         ];
         for (input, expected) in cases {
             let error = parse(input, Family::Ipv4).unwrap_err().to_string();
-            assert!(
-                error.contains(expected),
-                "for {input:?}: expected {expected:?} in {error:?}"
-            );
+            assert!(error.contains(expected), "for {input:?}: expected {expected:?} in {error:?}");
         }
     }
 
@@ -926,10 +687,7 @@ COMMIT
         let input = "*filter\n:FORWARD ACCEPT [0:0]\n-A FORWARD -s fd00::/8 -s ! fd00:1::/32 -j REJECT --reject-with icmp6-port-unreachable\nCOMMIT\n";
         let ruleset = parse(input, Family::Ipv6).unwrap();
         assert_eq!(ruleset.rules[0].backend, Backend::IptablesLegacy);
-        assert!(
-            ruleset.rules[0].matches.source[1].negated,
-            "old-style `-s ! x` negates"
-        );
+        assert!(ruleset.rules[0].matches.source[1].negated, "old-style `-s ! x` negates");
         assert_eq!(ruleset.rules[0].actions, vec![Action::Reject]);
     }
 }

@@ -300,10 +300,7 @@ impl Hook {
     /// Whether pod traffic that eBPF host routing redirects at tc ingress never passes this
     /// hook. INPUT and OUTPUT still see traffic to and from the node itself.
     pub fn skipped_by_host_routing(self) -> bool {
-        matches!(
-            self,
-            Hook::Ingress | Hook::Prerouting | Hook::Forward | Hook::Postrouting
-        )
+        matches!(self, Hook::Ingress | Hook::Prerouting | Hook::Forward | Hook::Postrouting)
     }
 }
 
@@ -329,15 +326,11 @@ impl fmt::Display for Policy {
 impl Chain {
     /// Whether `rule` belongs to this chain.
     pub fn holds(&self, rule: &Rule) -> bool {
-        self.same_table(rule.source, rule.backend, rule.family, &rule.table)
-            && self.name == rule.chain
+        self.same_table(rule.source, rule.backend, rule.family, &rule.table) && self.name == rule.chain
     }
 
     fn same_table(&self, source: Source, backend: Backend, family: Family, table: &str) -> bool {
-        self.source == source
-            && self.backend == backend
-            && self.family == family
-            && self.table == table
+        self.source == source && self.backend == backend && self.family == family && self.table == table
     }
 }
 
@@ -402,14 +395,8 @@ impl IfacePattern {
     /// Parses an iptables (`lxc+`) or nftables (`lxc*`) interface name.
     pub fn parse(text: &str) -> IfacePattern {
         match text.strip_suffix('+').or_else(|| text.strip_suffix('*')) {
-            Some(prefix) => IfacePattern {
-                name: prefix.to_string(),
-                wildcard: true,
-            },
-            None => IfacePattern {
-                name: text.to_string(),
-                wildcard: false,
-            },
+            Some(prefix) => IfacePattern { name: prefix.to_string(), wildcard: true },
+            None => IfacePattern { name: text.to_string(), wildcard: false },
         }
     }
 
@@ -439,24 +426,12 @@ impl Action {
     /// Whether skipping this action changes nothing for a packet that would have been
     /// delivered anyway: it neither drops, rewrites, marks nor logs.
     pub fn is_side_effect_free(&self) -> bool {
-        matches!(
-            self,
-            Action::Accept | Action::Return | Action::Continue | Action::Counter
-        )
+        matches!(self, Action::Accept | Action::Return | Action::Continue | Action::Counter)
     }
 
     /// Whether a packet the rule matches leaves the chain here (never reaches the next rule).
     pub fn is_terminal(&self) -> bool {
-        matches!(
-            self,
-            Action::Accept
-                | Action::Drop
-                | Action::Reject
-                | Action::Return
-                | Action::Queue
-                | Action::Goto(_)
-                | Action::Nat(_)
-        )
+        matches!(self, Action::Accept | Action::Drop | Action::Reject | Action::Return | Action::Queue | Action::Goto(_) | Action::Nat(_))
     }
 }
 
@@ -508,20 +483,14 @@ impl Ruleset {
         let saved: Vec<(Family, String)> = all
             .chains
             .iter()
-            .filter(|chain| {
-                chain.source == Source::IptablesSave && chain.backend == Backend::IptablesNft
-            })
+            .filter(|chain| chain.source == Source::IptablesSave && chain.backend == Backend::IptablesNft)
             .map(|chain| (chain.family, chain.table.clone()))
             .collect();
         let is_copy = |source: Source, backend: Backend, family: Family, table: &str| {
-            source == Source::NftJson
-                && backend == Backend::IptablesNft
-                && saved.iter().any(|(f, t)| *f == family && t == table)
+            source == Source::NftJson && backend == Backend::IptablesNft && saved.iter().any(|(f, t)| *f == family && t == table)
         };
-        all.chains
-            .retain(|c| !is_copy(c.source, c.backend, c.family, &c.table));
-        all.rules
-            .retain(|r| !is_copy(r.source, r.backend, r.family, &r.table));
+        all.chains.retain(|c| !is_copy(c.source, c.backend, c.family, &c.table));
+        all.rules.retain(|r| !is_copy(r.source, r.backend, r.family, &r.table));
         all
     }
 

@@ -10,8 +10,8 @@ use serde_json::{Map, Value};
 
 use crate::iptables::{range_nets, target_action};
 use crate::model::{
-    Action, AddrMatch, AddrTypeMatch, Backend, Chain, Direction, Family, Hook, IfaceMatch,
-    IfacePattern, Matches, NatKind, Policy, ProtoMatch, Rule, RuleKind, Ruleset, Source,
+    Action, AddrMatch, AddrTypeMatch, Backend, Chain, Direction, Family, Hook, IfaceMatch, IfacePattern, Matches, NatKind, Policy,
+    ProtoMatch, Rule, RuleKind, Ruleset, Source,
 };
 
 /// Why `nft -j list ruleset` output could not be read.
@@ -25,19 +25,10 @@ pub enum NftError {
     NotNftables,
     /// An object of the document lacks a field it must have.
     #[error("nftables[{index}] ({kind}) has no `{field}`")]
-    MissingField {
-        index: usize,
-        kind: &'static str,
-        field: &'static str,
-    },
+    MissingField { index: usize, kind: &'static str, field: &'static str },
     /// A rule of a chain the document does not list.
     #[error("nftables[{index}]: rule in {family} table {table} names chain `{chain}`, which is not listed")]
-    UnknownChain {
-        index: usize,
-        family: &'static str,
-        table: String,
-        chain: String,
-    },
+    UnknownChain { index: usize, family: &'static str, table: String, chain: String },
 }
 
 /// Tables iptables-nft creates; a table of one of these names whose base chains are named
@@ -52,10 +43,7 @@ pub fn parse(json: &str) -> Result<Ruleset, NftError> {
 
 /// Parses an already decoded `nft -j` document.
 pub fn parse_value(document: &Value) -> Result<Ruleset, NftError> {
-    let items = document
-        .get("nftables")
-        .and_then(Value::as_array)
-        .ok_or(NftError::NotNftables)?;
+    let items = document.get("nftables").and_then(Value::as_array).ok_or(NftError::NotNftables)?;
     let mut doc = Document::default();
     let mut rules = Vec::new();
     for (index, item) in items.iter().enumerate() {
@@ -78,14 +66,9 @@ pub fn parse_value(document: &Value) -> Result<Ruleset, NftError> {
         let Some(rule) = doc.rule(index, body, &mut xt_tables)? else {
             continue;
         };
-        let position = positions
-            .entry((rule.family, rule.table.clone(), rule.chain.clone()))
-            .or_insert(0);
+        let position = positions.entry((rule.family, rule.table.clone(), rule.chain.clone())).or_insert(0);
         *position += 1;
-        ruleset.rules.push(Rule {
-            position: *position,
-            ..rule
-        });
+        ruleset.rules.push(Rule { position: *position, ..rule });
     }
     ruleset.chains = doc.chains;
     mark_iptables_nft(&mut ruleset, &xt_tables);
@@ -110,32 +93,12 @@ fn family_of(name: &str) -> Option<Family> {
     }
 }
 
-fn field<'a>(
-    body: &'a Value,
-    index: usize,
-    kind: &'static str,
-    name: &'static str,
-) -> Result<&'a Value, NftError> {
-    body.get(name).ok_or(NftError::MissingField {
-        index,
-        kind,
-        field: name,
-    })
+fn field<'a>(body: &'a Value, index: usize, kind: &'static str, name: &'static str) -> Result<&'a Value, NftError> {
+    body.get(name).ok_or(NftError::MissingField { index, kind, field: name })
 }
 
-fn str_field<'a>(
-    body: &'a Value,
-    index: usize,
-    kind: &'static str,
-    name: &'static str,
-) -> Result<&'a str, NftError> {
-    field(body, index, kind, name)?
-        .as_str()
-        .ok_or(NftError::MissingField {
-            index,
-            kind,
-            field: name,
-        })
+fn str_field<'a>(body: &'a Value, index: usize, kind: &'static str, name: &'static str) -> Result<&'a str, NftError> {
+    field(body, index, kind, name)?.as_str().ok_or(NftError::MissingField { index, kind, field: name })
 }
 
 // === impl Document ===
@@ -148,21 +111,14 @@ impl Document {
         let table = str_field(body, index, "chain", "table")?;
         let name = str_field(body, index, "chain", "name")?;
         // A hook this crate does not know (egress, ...) leaves the chain as a regular one.
-        let hook = body
-            .get("hook")
-            .and_then(Value::as_str)
-            .and_then(Hook::from_nft);
+        let hook = body.get("hook").and_then(Value::as_str).and_then(Hook::from_nft);
         let policy = hook.map(|_| match body.get("policy").and_then(Value::as_str) {
             Some("drop") => Policy::Drop,
             _ => Policy::Accept,
         });
         let devices = match body.get("dev") {
             Some(Value::String(dev)) => vec![dev.clone()],
-            Some(Value::Array(devs)) => devs
-                .iter()
-                .filter_map(Value::as_str)
-                .map(str::to_string)
-                .collect(),
+            Some(Value::Array(devs)) => devs.iter().filter_map(Value::as_str).map(str::to_string).collect(),
             _ => Vec::new(),
         };
         self.chains.push(Chain {
@@ -184,53 +140,23 @@ impl Document {
         };
         let table = str_field(body, index, "set", "table")?;
         let name = str_field(body, index, "set", "name")?;
-        let elements = body
-            .get("elem")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
-        self.sets
-            .insert((family, table.to_string(), name.to_string()), elements);
+        let elements = body.get("elem").and_then(Value::as_array).cloned().unwrap_or_default();
+        self.sets.insert((family, table.to_string(), name.to_string()), elements);
         Ok(())
     }
 
-    fn rule(
-        &self,
-        index: usize,
-        body: &Value,
-        xt_tables: &mut HashSet<(Family, String)>,
-    ) -> Result<Option<Rule>, NftError> {
+    fn rule(&self, index: usize, body: &Value, xt_tables: &mut HashSet<(Family, String)>) -> Result<Option<Rule>, NftError> {
         let family_name = str_field(body, index, "rule", "family")?;
         let Some(family) = family_of(family_name) else {
             return Ok(None);
         };
         let table = str_field(body, index, "rule", "table")?;
         let chain = str_field(body, index, "rule", "chain")?;
-        if !self
-            .chains
-            .iter()
-            .any(|c| c.family == family && c.table == table && c.name == chain)
-        {
-            return Err(NftError::UnknownChain {
-                index,
-                family: family.nft_name(),
-                table: table.to_string(),
-                chain: chain.to_string(),
-            });
+        if !self.chains.iter().any(|c| c.family == family && c.table == table && c.name == chain) {
+            return Err(NftError::UnknownChain { index, family: family.nft_name(), table: table.to_string(), chain: chain.to_string() });
         }
-        let exprs =
-            field(body, index, "rule", "expr")?
-                .as_array()
-                .ok_or(NftError::MissingField {
-                    index,
-                    kind: "rule",
-                    field: "expr",
-                })?;
-        let scope = Scope {
-            doc: self,
-            family,
-            table,
-        };
+        let exprs = field(body, index, "rule", "expr")?.as_array().ok_or(NftError::MissingField { index, kind: "rule", field: "expr" })?;
+        let scope = Scope { doc: self, family, table };
         let mut matches = Matches::default();
         let mut actions = Vec::new();
         let mut words = Vec::new();
@@ -268,11 +194,7 @@ impl Document {
 /// expression, or the iptables table and chain names (a table with only native-looking rules).
 fn mark_iptables_nft(ruleset: &mut Ruleset, xt_tables: &HashSet<(Family, String)>) {
     let mut compat: HashSet<(Family, String)> = xt_tables.clone();
-    let tables: HashSet<(Family, &str)> = ruleset
-        .chains
-        .iter()
-        .map(|c| (c.family, c.table.as_str()))
-        .collect();
+    let tables: HashSet<(Family, &str)> = ruleset.chains.iter().map(|c| (c.family, c.table.as_str())).collect();
     for (family, table) in tables {
         if family == Family::Inet || !IPTABLES_TABLES.contains(&table) {
             continue;
@@ -317,13 +239,7 @@ struct Scope<'a> {
 }
 
 impl Scope<'_> {
-    fn statement(
-        &self,
-        kind: &str,
-        inner: &Value,
-        matches: &mut Matches,
-        actions: &mut Vec<Action>,
-    ) {
+    fn statement(&self, kind: &str, inner: &Value, matches: &mut Matches, actions: &mut Vec<Action>) {
         let action = match kind {
             "match" => {
                 if !self.add_match(inner, matches) {
@@ -354,11 +270,7 @@ impl Scope<'_> {
             "continue" => Action::Continue,
             "queue" => Action::Queue,
             "jump" | "goto" => {
-                let target = inner
-                    .get("target")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string();
+                let target = inner.get("target").and_then(Value::as_str).unwrap_or_default().to_string();
                 if kind == "jump" {
                     Action::Jump(target)
                 } else {
@@ -375,11 +287,7 @@ impl Scope<'_> {
                 if let Some(data) = inner.get("data") {
                     let entries = match data.as_str().and_then(|name| name.strip_prefix('@')) {
                         Some(name) => self.set_elements(name).cloned().unwrap_or_default(),
-                        None => data
-                            .get("set")
-                            .and_then(Value::as_array)
-                            .cloned()
-                            .unwrap_or_default(),
+                        None => data.get("set").and_then(Value::as_array).cloned().unwrap_or_default(),
                     };
                     for entry in &entries {
                         if let Some(verdict) = entry.as_array().and_then(|pair| pair.get(1)) {
@@ -425,11 +333,7 @@ impl Scope<'_> {
                         let Some(nets) = self.addresses(right) else {
                             return false;
                         };
-                        if nets.is_empty()
-                            || nets
-                                .iter()
-                                .any(|n| n.addr().is_ipv4() != (family == Family::Ipv4))
-                        {
+                        if nets.is_empty() || nets.iter().any(|n| n.addr().is_ipv4() != (family == Family::Ipv4)) {
                             return false;
                         }
                         let addr = AddrMatch { nets, negated };
@@ -481,11 +385,7 @@ impl Scope<'_> {
                     return false;
                 };
                 let types = types.iter().map(|t| t.to_ascii_uppercase()).collect();
-                matches.addr_type.push(AddrTypeMatch {
-                    direction,
-                    types,
-                    negated,
-                });
+                matches.addr_type.push(AddrTypeMatch { direction, types, negated });
                 true
             }
             _ => false,
@@ -503,9 +403,7 @@ impl Scope<'_> {
     }
 
     fn set_elements(&self, name: &str) -> Option<&Vec<Value>> {
-        self.doc
-            .sets
-            .get(&(self.family, self.table.to_string(), name.to_string()))
+        self.doc.sets.get(&(self.family, self.table.to_string(), name.to_string()))
     }
 
     /// Addresses, prefixes, ranges, anonymous and named sets of them; None when anything in
@@ -591,16 +489,12 @@ fn collect_verdicts(value: &Value, chains: &mut Vec<String>, verdicts: &mut Vec<
                             chains.push(target.to_string());
                         }
                     }
-                    "accept" | "drop" | "reject" | "return" | "continue" | "queue" => {
-                        verdicts.push(key.clone())
-                    }
+                    "accept" | "drop" | "reject" | "return" | "continue" | "queue" => verdicts.push(key.clone()),
                     _ => collect_verdicts(inner, chains, verdicts),
                 }
             }
         }
-        Value::Array(items) => items
-            .iter()
-            .for_each(|item| collect_verdicts(item, chains, verdicts)),
+        Value::Array(items) => items.iter().for_each(|item| collect_verdicts(item, chains, verdicts)),
         _ => {}
     }
 }
@@ -613,20 +507,7 @@ fn quote(text: &str) -> String {
 
 /// Meta keys nft prints without the `meta` keyword.
 fn unqualified_meta(key: &str) -> bool {
-    matches!(
-        key,
-        "iif"
-            | "oif"
-            | "iifname"
-            | "oifname"
-            | "iiftype"
-            | "oiftype"
-            | "skuid"
-            | "skgid"
-            | "pkttype"
-            | "iifgroup"
-            | "oifgroup"
-    )
+    matches!(key, "iif" | "oif" | "iifname" | "oifname" | "iiftype" | "oiftype" | "skuid" | "skgid" | "pkttype" | "iifgroup" | "oifgroup")
 }
 
 fn render_statement(kind: &str, inner: &Value) -> String {
@@ -640,13 +521,9 @@ fn render_statement(kind: &str, inner: &Value) -> String {
                 .and_then(|m| m.get("key"))
                 .and_then(Value::as_str)
                 .is_some_and(|k| matches!(k, "iifname" | "oifname"));
-            let right = get("right")
-                .map(|r| if iface { render_quoted(r) } else { render(r) })
-                .unwrap_or_default();
+            let right = get("right").map(|r| if iface { render_quoted(r) } else { render(r) }).unwrap_or_default();
             // nft leaves out `==` except after a bitwise expression (`meta mark & 0x4000 == 0`).
-            let binop = get("left")
-                .and_then(single)
-                .is_some_and(|(k, _)| matches!(k, "&" | "|" | "^" | "<<" | ">>"));
+            let binop = get("left").and_then(single).is_some_and(|(k, _)| matches!(k, "&" | "|" | "^" | "<<" | ">>"));
             match get("op").and_then(Value::as_str) {
                 Some("==") if binop => format!("{left} == {right}"),
                 Some("==") | Some("in") | None => format!("{left} {right}"),
@@ -687,9 +564,7 @@ fn render_statement(kind: &str, inner: &Value) -> String {
             if let Some(addr) = get("addr") {
                 let addr = render(addr);
                 match get("port") {
-                    Some(port) if addr.contains(':') => {
-                        out.push_str(&format!(" to [{addr}]:{}", render(port)))
-                    }
+                    Some(port) if addr.contains(':') => out.push_str(&format!(" to [{addr}]:{}", render(port))),
                     Some(port) => out.push_str(&format!(" to {addr}:{}", render(port))),
                     None => out.push_str(&format!(" to {addr}")),
                 }
@@ -715,11 +590,7 @@ fn render_statement(kind: &str, inner: &Value) -> String {
         "vmap" => format!("{} vmap {}", text("key"), text("data")),
         "xt" => format!("xt {} {}", text("type"), text("name")),
         "limit" => {
-            let over = if get("inv").and_then(Value::as_bool) == Some(true) {
-                "over "
-            } else {
-                ""
-            };
+            let over = if get("inv").and_then(Value::as_bool) == Some(true) { "over " } else { "" };
             format!("limit rate {over}{}/{}", text("rate"), text("per"))
         }
         other => match inner {
@@ -734,11 +605,7 @@ fn render_quoted(value: &Value) -> String {
     match value {
         Value::String(text) if !text.starts_with('@') => quote(text),
         Value::Object(object) if object.contains_key("set") => {
-            let items = object
-                .get("set")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
+            let items = object.get("set").and_then(Value::as_array).cloned().unwrap_or_default();
             let items: Vec<String> = items.iter().map(render_quoted).collect();
             format!("{{ {} }}", items.join(", "))
         }
@@ -786,9 +653,7 @@ fn render_object(kind: &str, inner: &Value) -> String {
         },
         "fib" => {
             let flags = match inner.get("flags") {
-                Some(Value::Array(flags)) => {
-                    flags.iter().map(render).collect::<Vec<_>>().join(" . ")
-                }
+                Some(Value::Array(flags)) => flags.iter().map(render).collect::<Vec<_>>().join(" . "),
                 Some(other) => render(other),
                 None => String::new(),
             };
@@ -827,11 +692,7 @@ fn render_object(kind: &str, inner: &Value) -> String {
         }
         "jhash" | "symhash" => format!("{kind} mod {}", get("mod")),
         "&" | "|" | "^" | "<<" | ">>" => match inner.as_array() {
-            Some(operands) => operands
-                .iter()
-                .map(render)
-                .collect::<Vec<_>>()
-                .join(&format!(" {kind} ")),
+            Some(operands) => operands.iter().map(render).collect::<Vec<_>>().join(&format!(" {kind} ")),
             None => render(inner),
         },
         "map" => format!("{} map {}", get("key"), get("data")),
@@ -879,30 +740,14 @@ mod tests {
         );
         assert_eq!(rule.matches.in_iface[0].patterns.len(), 2);
         assert!(rule.matches.destination[0].negated);
-        assert_eq!(
-            rule.matches.destination[0].nets.len(),
-            2,
-            "named set resolved"
-        );
+        assert_eq!(rule.matches.destination[0].nets.len(), 2, "named set resolved");
         assert_eq!(rule.matches.other, vec!["ct state established,related"]);
-        assert_eq!(
-            rule.actions,
-            vec![Action::Counter, Action::Log, Action::Drop]
-        );
+        assert_eq!(rule.actions, vec![Action::Counter, Action::Log, Action::Drop]);
         assert_eq!((rule.position, rule.handle), (1, Some(5)));
         let second = &ruleset.rules[1];
         assert_eq!(second.matches.addr_type[0].types, vec!["LOCAL"]);
-        assert_eq!(
-            second.actions,
-            vec![Action::VerdictMap {
-                chains: vec!["extra".into()],
-                verdicts: vec!["drop".into()]
-            }]
-        );
-        assert_eq!(
-            second.text,
-            "fib daddr type local iifname vmap { br-1 : goto extra, x : drop }"
-        );
+        assert_eq!(second.actions, vec![Action::VerdictMap { chains: vec!["extra".into()], verdicts: vec!["drop".into()] }]);
+        assert_eq!(second.text, "fib daddr type local iifname vmap { br-1 : goto extra, x : drop }");
         assert_eq!(rule.backend, Backend::Nftables);
     }
 
@@ -911,15 +756,8 @@ mod tests {
         assert!(matches!(parse("{"), Err(NftError::Json(_))));
         assert!(matches!(parse("{}"), Err(NftError::NotNftables)));
         let missing = r#"{"nftables": [{"chain": {"family": "ip", "table": "t"}}]}"#;
-        assert_eq!(
-            parse(missing).unwrap_err().to_string(),
-            "nftables[0] (chain) has no `name`"
-        );
-        let orphan =
-            r#"{"nftables": [{"rule": {"family": "ip", "table": "t", "chain": "c", "expr": []}}]}"#;
-        assert_eq!(
-            parse(orphan).unwrap_err().to_string(),
-            "nftables[0]: rule in ip table t names chain `c`, which is not listed"
-        );
+        assert_eq!(parse(missing).unwrap_err().to_string(), "nftables[0] (chain) has no `name`");
+        let orphan = r#"{"nftables": [{"rule": {"family": "ip", "table": "t", "chain": "c", "expr": []}}]}"#;
+        assert_eq!(parse(orphan).unwrap_err().to_string(), "nftables[0]: rule in ip table t names chain `c`, which is not listed");
     }
 }

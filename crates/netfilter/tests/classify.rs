@@ -26,12 +26,7 @@ struct Case {
 }
 
 const fn counts(owned: usize, harmless: usize, kube_proxy: usize, bypassed: usize) -> Counts {
-    Counts {
-        owned,
-        harmless,
-        kube_proxy,
-        bypassed,
-    }
+    Counts { owned, harmless, kube_proxy, bypassed }
 }
 
 use Dump::{Iptables, Nft};
@@ -224,9 +219,7 @@ fn fixture(name: &str) -> String {
 
 fn load(dumps: &[Dump]) -> Ruleset {
     Ruleset::merge(dumps.iter().map(|dump| match *dump {
-        Iptables(name, family) => {
-            iptables::parse(&fixture(name), family).unwrap_or_else(|e| panic!("{name}: {e}"))
-        }
+        Iptables(name, family) => iptables::parse(&fixture(name), family).unwrap_or_else(|e| panic!("{name}: {e}")),
         Nft(name) => nft::parse(&fixture(name)).unwrap_or_else(|e| panic!("{name}: {e}")),
     }))
 }
@@ -236,44 +229,21 @@ fn nets(list: &[&str]) -> Vec<IpNet> {
 }
 
 fn node() -> Context {
-    Context::new(
-        nets(&["10.244.1.0/24", "fd00:10:244:1::/64"]),
-        vec!["eth0".to_string()],
-    )
+    Context::new(nets(&["10.244.1.0/24", "fd00:10:244:1::/64"]), vec!["eth0".to_string()])
 }
 
 fn node_with_local_networks() -> Context {
-    node().with_local_networks(nets(&[
-        "172.17.0.0/16",
-        "172.18.0.0/16",
-        "192.168.122.0/24",
-        "10.8.0.0/24",
-    ]))
+    node().with_local_networks(nets(&["172.17.0.0/16", "172.18.0.0/16", "192.168.122.0/24", "10.8.0.0/24"]))
 }
 
 #[test]
 fn fixtures() {
     for case in CASES {
         let ruleset = load(case.dumps);
-        let ctx = if case.local_networks {
-            node_with_local_networks()
-        } else {
-            node()
-        };
+        let ctx = if case.local_networks { node_with_local_networks() } else { node() };
         let report = Report::new(&ruleset, &ctx);
-        assert_eq!(
-            report.counts(),
-            case.counts,
-            "{}: counts per class\n{}",
-            case.name,
-            report.render_table(true)
-        );
-        assert_eq!(
-            report.clean(),
-            case.bypassed.is_empty(),
-            "{}: clean()",
-            case.name
-        );
+        assert_eq!(report.counts(), case.counts, "{}: counts per class\n{}", case.name, report.render_table(true));
+        assert_eq!(report.clean(), case.bypassed.is_empty(), "{}: clean()", case.name);
         let bypassed: Vec<_> = report.bypassed().collect();
         let texts: Vec<&str> = bypassed.iter().map(|v| v.rule.text.as_str()).collect();
         let expected: Vec<&str> = case.bypassed.iter().map(|(text, _)| *text).collect();
@@ -571,16 +541,8 @@ fn single_rules() {
         };
         let report = Report::new(&ruleset, &ctx);
         let text = case.rules.last().unwrap();
-        let verdict = report
-            .verdicts
-            .iter()
-            .find(|v| v.rule.text == *text)
-            .unwrap();
-        assert_eq!(
-            verdict.class, case.class,
-            "{text} ({}): class; reason: {}",
-            case.ctx, verdict.reason
-        );
+        let verdict = report.verdicts.iter().find(|v| v.rule.text == *text).unwrap();
+        assert_eq!(verdict.class, case.class, "{text} ({}): class; reason: {}", case.ctx, verdict.reason);
         assert!(
             verdict.reason.contains(case.reason),
             "{text} ({}): reason should contain {:?}, is {:?}",
@@ -595,40 +557,20 @@ fn single_rules() {
 fn nft_marks_iptables_nft_tables() {
     let ruleset = nft::parse(&fixture("clean.nft.json")).unwrap();
     for chain in &ruleset.chains {
-        let expected = if chain.family == Family::Inet {
-            Backend::Nftables
-        } else {
-            Backend::IptablesNft
-        };
-        assert_eq!(
-            chain.backend, expected,
-            "{} {} {}",
-            chain.family, chain.table, chain.name
-        );
+        let expected = if chain.family == Family::Inet { Backend::Nftables } else { Backend::IptablesNft };
+        assert_eq!(chain.backend, expected, "{} {} {}", chain.family, chain.table, chain.name);
     }
     assert!(
-        ruleset
-            .chains
-            .iter()
-            .any(|c| c.table == "raw" && c.backend == Backend::IptablesNft),
+        ruleset.chains.iter().any(|c| c.table == "raw" && c.backend == Backend::IptablesNft),
         "the raw table holds no xt rule, yet its iptables chain names mark it as iptables-nft's"
     );
-    let merged = Ruleset::merge([
-        ruleset,
-        iptables::parse(&fixture("clean.iptables-save"), Ipv4).unwrap(),
-    ]);
+    let merged = Ruleset::merge([ruleset, iptables::parse(&fixture("clean.iptables-save"), Ipv4).unwrap()]);
     assert!(
-        merged
-            .chains
-            .iter()
-            .all(|c| !(c.source == Source::NftJson && c.family == Family::Ipv4)),
+        merged.chains.iter().all(|c| !(c.source == Source::NftJson && c.family == Family::Ipv4)),
         "IPv4 copies from the nft JSON are dropped when iptables-save covers them"
     );
     assert!(
-        merged
-            .chains
-            .iter()
-            .any(|c| c.source == Source::NftJson && c.family == Family::Ipv6),
+        merged.chains.iter().any(|c| c.source == Source::NftJson && c.family == Family::Ipv6),
         "IPv6 copies stay: no ip6tables-save was given"
     );
 }
@@ -646,63 +588,29 @@ fn nft_jump_loops_terminate() {
     ]}"#;
     let report = Report::new(&nft::parse(json).unwrap(), &node());
     let bypassed: Vec<&str> = report.bypassed().map(|v| v.rule.text.as_str()).collect();
-    assert_eq!(
-        bypassed,
-        vec!["jump a", "jump b", "drop"],
-        "the drop in the loop is found, the walk ends"
-    );
+    assert_eq!(bypassed, vec!["jump a", "jump b", "drop"], "the drop in the loop is found, the walk ends");
 }
 
 #[test]
 fn report_json_and_table() {
-    let report = Report::new(
-        &load(&[Iptables("forward-drop.iptables-save", Ipv4)]),
-        &node(),
-    );
+    let report = Report::new(&load(&[Iptables("forward-drop.iptables-save", Ipv4)]), &node());
     let json = serde_json::to_value(&report).unwrap();
     assert_eq!(json["clean"], false, "clean flag");
     assert_eq!(json["counts"]["bypassed"], 6, "counts");
-    let first_bypassed = json["verdicts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|v| v["class"] == "bypassed")
-        .unwrap();
+    let first_bypassed = json["verdicts"].as_array().unwrap().iter().find(|v| v["class"] == "bypassed").unwrap();
     assert_eq!(first_bypassed["rule"]["family"], "ipv4", "family spelling");
-    assert_eq!(
-        first_bypassed["rule"]["backend"], "iptables-nft",
-        "backend spelling"
-    );
-    assert_eq!(
-        first_bypassed["rule"]["actions"],
-        serde_json::json!(["drop"]),
-        "actions"
-    );
-    assert_eq!(
-        first_bypassed["rule"]["matches"]["other"][0], "-m conntrack --ctstate INVALID",
-        "kept match"
-    );
+    assert_eq!(first_bypassed["rule"]["backend"], "iptables-nft", "backend spelling");
+    assert_eq!(first_bypassed["rule"]["actions"], serde_json::json!(["drop"]), "actions");
+    assert_eq!(first_bypassed["rule"]["matches"]["other"][0], "-m conntrack --ctstate INVALID", "kept match");
 
     let table = report.render_table(false);
     let lines: Vec<&str> = table.lines().collect();
     assert!(lines[0].starts_with("CLASS"), "header first: {table}");
+    assert!(table.contains("  why: FORWARD rule matches source 10.244.0.0/16"), "reasons under bypassed rows: {table}");
+    assert!(!table.contains("harmless "), "harmless rows hidden: {table}");
     assert!(
-        table.contains("  why: FORWARD rule matches source 10.244.0.0/16"),
-        "reasons under bypassed rows: {table}"
-    );
-    assert!(
-        !table.contains("harmless "),
-        "harmless rows hidden: {table}"
-    );
-    assert!(
-        lines
-            .last()
-            .unwrap()
-            .starts_with("14 rules: 6 bypassed, 0 kube-proxy, 0 owned, 8 harmless; NOT clean"),
+        lines.last().unwrap().starts_with("14 rules: 6 bypassed, 0 kube-proxy, 0 owned, 8 harmless; NOT clean"),
         "summary last: {table}"
     );
-    assert!(
-        report.render_table(true).contains("harmless"),
-        "harmless rows shown on request"
-    );
+    assert!(report.render_table(true).contains("harmless"), "harmless rows shown on request");
 }

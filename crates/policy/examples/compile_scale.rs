@@ -25,7 +25,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let entries: Vec<usize> = compiled.endpoints.values().map(|e| e.ingress.entries.len() + e.egress.entries.len()).collect();
     let total: usize = entries.iter().sum();
     let identities: std::collections::BTreeSet<u32> = view.endpoints.iter().map(|e| e.identity).collect();
-    println!("{} policies, {} pods ({} identities), {} CIDR identities", lowered.len(), view.endpoints.len(), identities.len(), view.cidr_identities.len());
+    println!(
+        "{} policies, {} pods ({} identities), {} CIDR identities",
+        lowered.len(),
+        view.endpoints.len(),
+        identities.len(),
+        view.cidr_identities.len()
+    );
     println!("lowering: {:.1} ms", lowering.as_secs_f64() * 1e3);
     println!("compile:  {:.1} ms", compiling.as_secs_f64() * 1e3);
     println!(

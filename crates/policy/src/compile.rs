@@ -12,8 +12,8 @@ use sluice_model::LabelSet;
 use crate::entries::{self, Atom, Class};
 use crate::ir::{Action, Entity, Peer, Policy, PortMatch, Rule, Selector};
 use crate::output::{
-    ClusterView, Compiled, DirectionTable, EndpointPolicy, EntryKey, Mode, RuleRef, IDENTITY_ANY,
-    IDENTITY_HOST, IDENTITY_REMOTE_NODE, IDENTITY_WORLD,
+    ClusterView, Compiled, DirectionTable, EndpointPolicy, EntryKey, Mode, RuleRef, IDENTITY_ANY, IDENTITY_HOST, IDENTITY_REMOTE_NODE,
+    IDENTITY_WORLD,
 };
 use crate::ports::{port_keys, protocol_numbers};
 
@@ -26,12 +26,7 @@ pub fn required_cidrs(policies: &[Policy]) -> BTreeSet<IpNet> {
     let mut out = BTreeSet::new();
     for policy in policies {
         for rules in [&policy.ingress, &policy.egress].into_iter().flatten() {
-            for peer in rules
-                .rules
-                .iter()
-                .filter_map(|r| r.peers.as_ref())
-                .flatten()
-            {
+            for peer in rules.rules.iter().filter_map(|r| r.peers.as_ref()).flatten() {
                 if let Peer::Cidr { cidr, except } = peer {
                     out.insert(cidr.trunc());
                     out.extend(except.iter().map(IpNet::trunc));
@@ -46,10 +41,7 @@ pub fn required_cidrs(policies: &[Policy]) -> BTreeSet<IpNet> {
 pub fn compile(policies: &[Policy], view: &ClusterView) -> Compiled {
     let mut index = Index::new(view);
     let mut refs = Vec::new();
-    let resolved: Vec<Resolved> = policies
-        .iter()
-        .map(|p| Resolved::new(p, &mut index, &mut refs))
-        .collect();
+    let resolved: Vec<Resolved> = policies.iter().map(|p| Resolved::new(p, &mut index, &mut refs)).collect();
     // Per label class, the policies selecting it.
     let mut selecting: Vec<Vec<usize>> = vec![Vec::new(); index.classes.len()];
     for (i, r) in resolved.iter().enumerate() {
@@ -57,29 +49,19 @@ pub fn compile(policies: &[Policy], view: &ClusterView) -> Compiled {
             selecting[*class].push(i);
         }
     }
-    let ctx = Ctx {
-        policies,
-        resolved: &resolved,
-        refs: &refs,
-    };
+    let ctx = Ctx { policies, resolved: &resolved, refs: &refs };
     // Local endpoints that share tables: same labels (egress), and the same named ports
     // too when a selecting policy names an ingress port.
     let mut ingress_groups: HashMap<(usize, Option<&NamedPorts>), Vec<usize>> = HashMap::new();
     let mut egress_groups: HashMap<usize, Vec<usize>> = HashMap::new();
     for (ep_index, ep) in view.endpoints.iter().enumerate().filter(|(_, e)| e.local) {
         let class = index.class_of[ep_index];
-        let named = selecting[class].iter().any(|i| {
-            resolved[*i]
-                .ingress
-                .as_ref()
-                .is_some_and(|d| !d.named.is_empty())
-        });
+        let named = selecting[class].iter().any(|i| resolved[*i].ingress.as_ref().is_some_and(|d| !d.named.is_empty()));
         let key = (class, named.then_some(&ep.named_ports));
         ingress_groups.entry(key).or_default().push(ep_index);
         egress_groups.entry(class).or_default().push(ep_index);
     }
-    let mut policies_of: Vec<EndpointPolicy> =
-        vec![EndpointPolicy::default(); view.endpoints.len()];
+    let mut policies_of: Vec<EndpointPolicy> = vec![EndpointPolicy::default(); view.endpoints.len()];
     for ((class, _), members) in &ingress_groups {
         let named_ports = &view.endpoints[members[0]].named_ports;
         let table = ctx.table(&selecting[*class], true, named_ports);
@@ -89,17 +71,9 @@ pub fn compile(policies: &[Policy], view: &ClusterView) -> Compiled {
         let table = ctx.table(&selecting[*class], false, &NamedPorts::new());
         share(table, members, |i, t| policies_of[i].egress = t);
     }
-    let endpoints = view
-        .endpoints
-        .iter()
-        .zip(policies_of)
-        .filter(|(ep, _)| ep.local)
-        .map(|(ep, policy)| (ep.key.clone(), policy))
-        .collect();
-    Compiled {
-        endpoints,
-        ipcache: ipcache(view),
-    }
+    let endpoints =
+        view.endpoints.iter().zip(policies_of).filter(|(ep, _)| ep.local).map(|(ep, policy)| (ep.key.clone(), policy)).collect();
+    Compiled { endpoints, ipcache: ipcache(view) }
 }
 
 /// Gives `table` to every member: clones for all but the last, which takes it.
@@ -115,11 +89,7 @@ fn share(table: DirectionTable, members: &[usize], mut give: impl FnMut(usize, D
 /// Address prefix -> identity. Host prefixes of endpoints and nodes are written last so they
 /// win over an equal CIDR prefix.
 fn ipcache(view: &ClusterView) -> BTreeMap<IpNet, u32> {
-    let mut out: BTreeMap<IpNet, u32> = view
-        .cidr_identities
-        .iter()
-        .map(|(cidr, id)| (cidr.trunc(), *id))
-        .collect();
+    let mut out: BTreeMap<IpNet, u32> = view.cidr_identities.iter().map(|(cidr, id)| (cidr.trunc(), *id)).collect();
     for ip in &view.remote_node_ips {
         out.insert(IpNet::from(*ip), IDENTITY_REMOTE_NODE);
     }
@@ -162,30 +132,19 @@ impl<'a> Index<'a> {
             classes[class].1.push(i);
             class_of.push(class);
         }
-        Index {
-            view,
-            classes,
-            class_of,
-            selections: HashMap::new(),
-        }
+        Index { view, classes, class_of, selections: HashMap::new() }
     }
 
     fn select(&mut self, selector: &'a Selector) -> Rc<Selection> {
         if let Some(s) = self.selections.get(selector) {
             return s.clone();
         }
-        let mut selection = Selection {
-            classes: Vec::new(),
-            identities: BTreeSet::new(),
-            endpoints: Vec::new(),
-        };
+        let mut selection = Selection { classes: Vec::new(), identities: BTreeSet::new(), endpoints: Vec::new() };
         for (class, (labels, members)) in self.classes.iter().enumerate() {
             if selector.matches(labels) {
                 selection.classes.push(class);
                 selection.endpoints.extend(members);
-                selection
-                    .identities
-                    .extend(members.iter().map(|m| self.view.endpoints[*m].identity));
+                selection.identities.extend(members.iter().map(|m| self.view.endpoints[*m].identity));
             }
         }
         let selection = Rc::new(selection);
@@ -206,8 +165,7 @@ impl<'a> Index<'a> {
                 (s.identities.clone(), s.endpoints.clone())
             }
             Peer::Cidr { cidr, except } => {
-                let (cidr, except): (IpNet, Vec<IpNet>) =
-                    (cidr.trunc(), except.iter().map(IpNet::trunc).collect());
+                let (cidr, except): (IpNet, Vec<IpNet>) = (cidr.trunc(), except.iter().map(IpNet::trunc).collect());
                 let ids = view
                     .cidr_identities
                     .iter()
@@ -256,17 +214,9 @@ impl Resolved {
         let subject = index.select(&policy.subject).classes.clone();
         let mut direction = |rules: &'a Option<crate::ir::DirectionRules>, ingress: bool| {
             rules.as_ref().map(|d| {
-                let mut out = ResolvedDirection {
-                    default_deny: d.default_deny,
-                    atoms: Vec::new(),
-                    named: Vec::new(),
-                };
+                let mut out = ResolvedDirection { default_deny: d.default_deny, atoms: Vec::new(), named: Vec::new() };
                 for (i, rule) in d.rules.iter().enumerate() {
-                    refs.push(RuleRef {
-                        policy: policy.id.clone(),
-                        ingress,
-                        index: i,
-                    });
+                    refs.push(RuleRef { policy: policy.id.clone(), ingress, index: i });
                     resolve_rule(rule, policy.audit, ingress, refs.len() - 1, index, &mut out);
                 }
                 out
@@ -274,22 +224,11 @@ impl Resolved {
         };
         let ingress = direction(&policy.ingress, true);
         let egress = direction(&policy.egress, false);
-        Resolved {
-            subject,
-            ingress,
-            egress,
-        }
+        Resolved { subject, ingress, egress }
     }
 }
 
-fn resolve_rule<'a>(
-    rule: &'a Rule,
-    audit: bool,
-    ingress: bool,
-    rule_ref: usize,
-    index: &mut Index<'a>,
-    out: &mut ResolvedDirection,
-) {
+fn resolve_rule<'a>(rule: &'a Rule, audit: bool, ingress: bool, rule_ref: usize, index: &mut Index<'a>, out: &mut ResolvedDirection) {
     let class = match (rule.action, audit) {
         (Action::Allow, _) => Class::Allow,
         (Action::Deny, true) => Class::AuditDeny,
@@ -308,35 +247,21 @@ fn resolve_rule<'a>(
             (ids, eps.into_iter().collect())
         }
     };
-    let atom = |identity, (proto, port, port_prefix)| Atom {
-        key: EntryKey {
-            identity,
-            proto,
-            port,
-            port_prefix,
-        },
-        class,
-        rule: rule_ref,
-    };
+    let atom = |identity, (proto, port, port_prefix)| Atom { key: EntryKey { identity, proto, port, port_prefix }, class, rule: rule_ref };
     if rule.ports.is_empty() {
-        out.atoms
-            .extend(identities.iter().map(|id| atom(*id, (None, 0, 0))));
+        out.atoms.extend(identities.iter().map(|id| atom(*id, (None, 0, 0))));
         return;
     }
     let identities = Rc::new(identities);
     for port in &rule.ports {
         match port {
-            PortMatch::Named { .. } if ingress => {
-                out.named
-                    .push((identities.clone(), class, rule_ref, port.clone()))
-            }
+            PortMatch::Named { .. } if ingress => out.named.push((identities.clone(), class, rule_ref, port.clone())),
             // Egress: each peer endpoint's own number for the name, keyed by its identity.
             PortMatch::Named { protocol, name } => {
                 for ep in peer_endpoints.iter().map(|i| &index.view.endpoints[*i]) {
                     if let Some((proto, number)) = ep.named_ports.get(name) {
                         if protocol_numbers(*protocol).contains(proto) {
-                            out.atoms
-                                .push(atom(ep.identity, (Some(*proto), *number, 16)));
+                            out.atoms.push(atom(ep.identity, (Some(*proto), *number, 16)));
                         }
                     }
                 }
@@ -359,28 +284,15 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     /// The table of one direction for an endpoint selected by `selecting`.
-    fn table(
-        &self,
-        selecting: &[usize],
-        ingress: bool,
-        named_ports: &NamedPorts,
-    ) -> DirectionTable {
+    fn table(&self, selecting: &[usize], ingress: bool, named_ports: &NamedPorts) -> DirectionTable {
         let dirs: Vec<(usize, &ResolvedDirection)> = selecting
             .iter()
             .filter_map(|i| {
                 let r = &self.resolved[*i];
-                if ingress {
-                    r.ingress.as_ref()
-                } else {
-                    r.egress.as_ref()
-                }
-                .map(|d| (*i, d))
+                if ingress { r.ingress.as_ref() } else { r.egress.as_ref() }.map(|d| (*i, d))
             })
             .collect();
-        let deny_by = |audit: bool| {
-            dirs.iter()
-                .any(|(i, d)| d.default_deny && self.policies[*i].audit == audit)
-        };
+        let deny_by = |audit: bool| dirs.iter().any(|(i, d)| d.default_deny && self.policies[*i].audit == audit);
         let mode = if deny_by(false) {
             Mode::Enforce
         } else if deny_by(true) {
@@ -393,9 +305,7 @@ impl Ctx<'_> {
         let mut atoms = Vec::new();
         for (i, d) in &dirs {
             // Under Enforce an audit policy's allow opens nothing.
-            let keep = |a: &Atom| {
-                !(mode == Mode::Enforce && self.policies[*i].audit && a.class == Class::Allow)
-            };
+            let keep = |a: &Atom| !(mode == Mode::Enforce && self.policies[*i].audit && a.class == Class::Allow);
             atoms.extend(d.atoms.iter().filter(|a| keep(a)).copied());
             for (ids, class, rule, port) in &d.named {
                 let PortMatch::Named { protocol, name } = port else {
@@ -410,12 +320,7 @@ impl Ctx<'_> {
                 atoms.extend(
                     ids.iter()
                         .map(|id| Atom {
-                            key: EntryKey {
-                                identity: *id,
-                                proto: Some(*proto),
-                                port: *number,
-                                port_prefix: 16,
-                            },
+                            key: EntryKey { identity: *id, proto: Some(*proto), port: *number, port_prefix: 16 },
                             class: *class,
                             rule: *rule,
                         })
@@ -426,10 +331,7 @@ impl Ctx<'_> {
         DirectionTable {
             mode,
             entries: entries::build(&atoms, mode, self.refs),
-            policies: dirs
-                .iter()
-                .map(|(i, _)| self.policies[*i].id.clone())
-                .collect(),
+            policies: dirs.iter().map(|(i, _)| self.policies[*i].id.clone()).collect(),
         }
     }
 }

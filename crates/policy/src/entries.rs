@@ -87,12 +87,8 @@ pub(crate) fn build(atoms: &[Atom], mode: Mode, refs: &[RuleRef]) -> BTreeMap<En
         }
     }
     if mode == Mode::Enforce {
-        let pick = |f: fn(&Said) -> bool| -> Vec<EntryKey> {
-            keys.iter()
-                .copied()
-                .filter(|k| said.get(&pack(*k)).is_some_and(f))
-                .collect()
-        };
+        let pick =
+            |f: fn(&Said) -> bool| -> Vec<EntryKey> { keys.iter().copied().filter(|k| said.get(&pack(*k)).is_some_and(f)).collect() };
         let (audits, allows) = (pick(|s| s.audit_deny), pick(|s| s.allow));
         keys.extend(audit_intersections(&audits, &allows));
     }
@@ -125,11 +121,7 @@ pub(crate) fn build(atoms: &[Atom], mode: Mode, refs: &[RuleRef]) -> BTreeMap<En
             Verdict::Audit => Class::AuditDeny,
             Verdict::Allow => Class::Allow,
         };
-        let mut named: Vec<usize> = rules
-            .iter()
-            .filter(|(c, _)| *c == behind)
-            .map(|(_, i)| *i)
-            .collect();
+        let mut named: Vec<usize> = rules.iter().filter(|(c, _)| *c == behind).map(|(_, i)| *i).collect();
         named.sort_unstable();
         named.dedup();
         let rules = named.iter().filter_map(|i| refs.get(*i).cloned()).collect();
@@ -143,27 +135,18 @@ pub(crate) fn build(atoms: &[Atom], mode: Mode, refs: &[RuleRef]) -> BTreeMap<En
 /// lengths set in `lengths` are tried.
 pub(crate) fn covering_keys(key: EntryKey, lengths: u32) -> impl Iterator<Item = EntryKey> {
     let any = (key.identity != IDENTITY_ANY).then_some(IDENTITY_ANY);
-    std::iter::once(key.identity)
-        .chain(any)
-        .flat_map(move |identity| {
-            let any_proto = EntryKey {
+    std::iter::once(key.identity).chain(any).flat_map(move |identity| {
+        let any_proto = EntryKey { identity, proto: None, port: 0, port_prefix: 0 };
+        let ports = key.proto.map(|proto| {
+            (0..=key.port_prefix).filter(move |len| lengths & (1 << len) != 0).map(move |len| EntryKey {
                 identity,
-                proto: None,
-                port: 0,
-                port_prefix: 0,
-            };
-            let ports = key.proto.map(|proto| {
-                (0..=key.port_prefix)
-                    .filter(move |len| lengths & (1 << len) != 0)
-                    .map(move |len| EntryKey {
-                        identity,
-                        proto: Some(proto),
-                        port: mask(key.port, len),
-                        port_prefix: len,
-                    })
-            });
-            std::iter::once(any_proto).chain(ports.into_iter().flatten())
-        })
+                proto: Some(proto),
+                port: mask(key.port, len),
+                port_prefix: len,
+            })
+        });
+        std::iter::once(any_proto).chain(ports.into_iter().flatten())
+    })
 }
 
 /// Intersections of audit-deny and allow keys where one is specific and the other is
@@ -195,8 +178,7 @@ pub(crate) fn intersect(a: EntryKey, b: EntryKey) -> Option<EntryKey> {
         _ if a.port_prefix >= b.port_prefix => (a, b),
         _ => (b, a),
     };
-    (mask(narrow.port, wide.port_prefix) == wide.port || wide.proto.is_none())
-        .then_some(EntryKey { identity, ..narrow })
+    (mask(narrow.port, wide.port_prefix) == wide.port || wide.proto.is_none()).then_some(EntryKey { identity, ..narrow })
 }
 
 #[cfg(test)]
@@ -204,61 +186,29 @@ mod tests {
     use super::*;
 
     fn key(identity: u32, proto: Option<u8>, port: u16, port_prefix: u8) -> EntryKey {
-        EntryKey {
-            identity,
-            proto,
-            port,
-            port_prefix,
-        }
+        EntryKey { identity, proto, port, port_prefix }
     }
 
     #[test]
     fn intersections() {
         let any_tcp = key(0, Some(6), 0, 0);
         let i_80 = key(7, Some(6), 80, 16);
-        assert_eq!(
-            intersect(any_tcp, i_80),
-            Some(i_80),
-            "wide any and narrow specific"
-        );
-        assert_eq!(
-            intersect(key(7, None, 0, 0), key(0, Some(17), 53, 16)),
-            Some(key(7, Some(17), 53, 16)),
-            "every protocol and one port"
-        );
+        assert_eq!(intersect(any_tcp, i_80), Some(i_80), "wide any and narrow specific");
+        assert_eq!(intersect(key(7, None, 0, 0), key(0, Some(17), 53, 16)), Some(key(7, Some(17), 53, 16)), "every protocol and one port");
         assert_eq!(intersect(i_80, key(0, Some(6), 81, 16)), None, "other port");
-        assert_eq!(
-            intersect(i_80, key(8, Some(6), 80, 16)),
-            None,
-            "other identity"
-        );
-        assert_eq!(
-            intersect(i_80, key(0, Some(17), 80, 16)),
-            None,
-            "other protocol"
-        );
+        assert_eq!(intersect(i_80, key(8, Some(6), 80, 16)), None, "other identity");
+        assert_eq!(intersect(i_80, key(0, Some(17), 80, 16)), None, "other protocol");
     }
 
     #[test]
     fn wider_deny_covers_narrower_allow() {
         let atoms = [
-            Atom {
-                key: key(7, Some(6), 80, 16),
-                class: Class::Allow,
-                rule: 0,
-            },
-            Atom {
-                key: key(7, Some(6), 0, 0),
-                class: Class::Deny,
-                rule: 1,
-            },
+            Atom { key: key(7, Some(6), 80, 16), class: Class::Allow, rule: 0 },
+            Atom { key: key(7, Some(6), 0, 0), class: Class::Deny, rule: 1 },
         ];
         let entries = build(&atoms, Mode::Enforce, &[]);
         assert_eq!(entries.len(), 2, "both keys kept");
-        assert!(
-            entries.values().all(|e| e.verdict == Verdict::Deny),
-            "the narrower allow is denied too: {entries:?}"
-        );
+        assert!(entries.values().all(|e| e.verdict == Verdict::Deny), "the narrower allow is denied too: {entries:?}");
     }
 
     #[test]
@@ -266,71 +216,30 @@ mod tests {
         let refs: Vec<RuleRef> = ["allow-all", "deny-7", "audit-8"]
             .iter()
             .map(|name| RuleRef {
-                policy: crate::ir::PolicyRef {
-                    kind: "SluiceNetworkPolicy".into(),
-                    namespace: Some("x".into()),
-                    name: (*name).into(),
-                },
+                policy: crate::ir::PolicyRef { kind: "SluiceNetworkPolicy".into(), namespace: Some("x".into()), name: (*name).into() },
                 ingress: true,
                 index: 0,
             })
             .collect();
         let atoms = [
-            Atom {
-                key: key(IDENTITY_ANY, None, 0, 0),
-                class: Class::Allow,
-                rule: 0,
-            },
-            Atom {
-                key: key(7, None, 0, 0),
-                class: Class::Deny,
-                rule: 1,
-            },
-            Atom {
-                key: key(8, None, 0, 0),
-                class: Class::AuditDeny,
-                rule: 2,
-            },
+            Atom { key: key(IDENTITY_ANY, None, 0, 0), class: Class::Allow, rule: 0 },
+            Atom { key: key(7, None, 0, 0), class: Class::Deny, rule: 1 },
+            Atom { key: key(8, None, 0, 0), class: Class::AuditDeny, rule: 2 },
         ];
         let entries = build(&atoms, Mode::Enforce, &refs);
         let named = |identity| {
             let e = &entries[&key(identity, None, 0, 0)];
-            (
-                e.verdict,
-                e.rules
-                    .iter()
-                    .map(|r| r.policy.name.as_str())
-                    .collect::<Vec<_>>(),
-            )
+            (e.verdict, e.rules.iter().map(|r| r.policy.name.as_str()).collect::<Vec<_>>())
         };
-        assert_eq!(
-            named(7),
-            (Verdict::Deny, vec!["deny-7"]),
-            "a deny names its deny rule, not the allow it overrides"
-        );
-        assert_eq!(
-            named(8),
-            (Verdict::Audit, vec!["audit-8"]),
-            "an audit names the audit deny"
-        );
-        assert_eq!(
-            named(IDENTITY_ANY),
-            (Verdict::Allow, vec!["allow-all"]),
-            "an allow names the allow"
-        );
+        assert_eq!(named(7), (Verdict::Deny, vec!["deny-7"]), "a deny names its deny rule, not the allow it overrides");
+        assert_eq!(named(8), (Verdict::Audit, vec!["audit-8"]), "an audit names the audit deny");
+        assert_eq!(named(IDENTITY_ANY), (Verdict::Allow, vec!["allow-all"]), "an allow names the allow");
     }
 
     #[test]
     fn audit_deny_alone_opens_nothing_under_enforce() {
-        let atoms = [Atom {
-            key: key(7, Some(6), 80, 16),
-            class: Class::AuditDeny,
-            rule: 0,
-        }];
-        assert!(
-            build(&atoms, Mode::Enforce, &[]).is_empty(),
-            "no entry under Enforce"
-        );
+        let atoms = [Atom { key: key(7, Some(6), 80, 16), class: Class::AuditDeny, rule: 0 }];
+        assert!(build(&atoms, Mode::Enforce, &[]).is_empty(), "no entry under Enforce");
         let audit = build(&atoms, Mode::Audit, &[]);
         assert_eq!(audit.len(), 1, "an entry under Audit");
     }
@@ -352,9 +261,7 @@ mod tests {
             Mode::Enforce if has(Class::AuditDeny) => Verdict::Audit,
             Mode::Enforce => Verdict::Allow,
             _ if has(Class::Deny) => Verdict::Deny,
-            _ if has(Class::AuditDeny) || (hits.is_empty() && mode == Mode::Audit) => {
-                Verdict::Audit
-            }
+            _ if has(Class::AuditDeny) || (hits.is_empty() && mode == Mode::Audit) => Verdict::Audit,
             _ => Verdict::Allow,
         }
     }
@@ -364,9 +271,7 @@ mod tests {
         // A fixed linear congruential sequence: random tables, reproducible failures.
         let mut state: u64 = 0x5eed;
         let mut next = |n: u64| {
-            state = state
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
+            state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
             (state >> 33) % n
         };
         let identities = [IDENTITY_ANY, 7, 8];
@@ -382,21 +287,12 @@ mod tests {
                             key(identity, Some(if n == 1 { 17 } else { 6 }), port, len)
                         }
                     };
-                    let class = [Class::Allow, Class::Allow, Class::AuditDeny, Class::Deny]
-                        [next(4) as usize];
-                    Atom {
-                        key,
-                        class,
-                        rule: rule as usize,
-                    }
+                    let class = [Class::Allow, Class::Allow, Class::AuditDeny, Class::Deny][next(4) as usize];
+                    Atom { key, class, rule: rule as usize }
                 })
                 .collect();
             for mode in [Mode::Enforce, Mode::Audit, Mode::DefaultAllow] {
-                let table = crate::output::DirectionTable {
-                    mode,
-                    entries: build(&atoms, mode, &[]),
-                    policies: vec![],
-                };
+                let table = crate::output::DirectionTable { mode, entries: build(&atoms, mode, &[]), policies: vec![] };
                 for peer in [7, 8, 9] {
                     for proto in [6, 17, 132] {
                         for port in (0..140).chain([1000, 65535]) {

@@ -77,7 +77,10 @@ pub enum Peer {
     /// Addresses in `cidr` but not in any of `except` (ipBlock, toCIDR, toCIDRSet). Like
     /// ipBlock in most implementations, it matches addresses outside the cluster's pods and
     /// nodes: those resolve to their own identities first.
-    Cidr { cidr: IpNet, except: Vec<IpNet> },
+    Cidr {
+        cidr: IpNet,
+        except: Vec<IpNet>,
+    },
     Entity(Entity),
 }
 

@@ -10,10 +10,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use sluice_model::labels::{NAMESPACE_LABEL, NAMESPACE_LABELS_PREFIX};
 
-use crate::ir::{
-    Action, DirectionRules, Operator, Peer, Policy, PolicyRef, PortMatch, Protocol, Requirement,
-    Rule, Selector,
-};
+use crate::ir::{Action, DirectionRules, Operator, Peer, Policy, PolicyRef, PortMatch, Protocol, Requirement, Rule, Selector};
 
 /// Lowers a NetworkPolicy. Its pod selector and bare peer pod selectors are confined to the
 /// policy's namespace; `policyTypes` defaults to Ingress, plus Egress when egress rules exist.
@@ -26,81 +23,43 @@ pub fn lower_network_policy(np: &NetworkPolicy) -> Policy {
     };
     let Some(spec) = &np.spec else {
         // No spec: Ingress type with no rules, selecting every pod of the namespace.
-        return Policy {
-            id,
-            subject: in_namespace(Selector::default(), namespace),
-            ingress: Some(deny_all()),
-            egress: None,
-            audit: false,
-        };
+        return Policy { id, subject: in_namespace(Selector::default(), namespace), ingress: Some(deny_all()), egress: None, audit: false };
     };
-    let subject = lower_selector(&spec.pod_selector, "")
-        .map_or_else(Selector::nothing, |s| in_namespace(s, namespace));
+    let subject = lower_selector(&spec.pod_selector, "").map_or_else(Selector::nothing, |s| in_namespace(s, namespace));
     let ingress_rules = spec.ingress.as_deref().unwrap_or_default();
     let egress_rules = spec.egress.as_deref().unwrap_or_default();
     let (has_ingress, has_egress) = match &spec.policy_types {
-        Some(types) => (
-            types.iter().any(|t| t == "Ingress"),
-            types.iter().any(|t| t == "Egress"),
-        ),
+        Some(types) => (types.iter().any(|t| t == "Ingress"), types.iter().any(|t| t == "Egress")),
         None => (true, !egress_rules.is_empty()),
     };
     let ingress = has_ingress.then(|| DirectionRules {
-        rules: ingress_rules
-            .iter()
-            .filter_map(|r| lower_rule(r.from.as_deref(), r.ports.as_deref(), namespace))
-            .collect(),
+        rules: ingress_rules.iter().filter_map(|r| lower_rule(r.from.as_deref(), r.ports.as_deref(), namespace)).collect(),
         default_deny: true,
     });
     let egress = has_egress.then(|| DirectionRules {
-        rules: egress_rules
-            .iter()
-            .filter_map(|r| lower_rule(r.to.as_deref(), r.ports.as_deref(), namespace))
-            .collect(),
+        rules: egress_rules.iter().filter_map(|r| lower_rule(r.to.as_deref(), r.ports.as_deref(), namespace)).collect(),
         default_deny: true,
     });
-    Policy {
-        id,
-        subject,
-        ingress,
-        egress,
-        audit: false,
-    }
+    Policy { id, subject, ingress, egress, audit: false }
 }
 
 fn deny_all() -> DirectionRules {
-    DirectionRules {
-        rules: Vec::new(),
-        default_deny: true,
-    }
+    DirectionRules { rules: Vec::new(), default_deny: true }
 }
 
 /// One allow rule; `None` when its ports were given but none could be read (an empty port
 /// list would mean "every port").
-fn lower_rule(
-    peers: Option<&[NetworkPolicyPeer]>,
-    ports: Option<&[NetworkPolicyPort]>,
-    namespace: &str,
-) -> Option<Rule> {
+fn lower_rule(peers: Option<&[NetworkPolicyPeer]>, ports: Option<&[NetworkPolicyPort]>, namespace: &str) -> Option<Rule> {
     let peers = match peers {
         None | Some([]) => None,
-        Some(peers) => Some(
-            peers
-                .iter()
-                .filter_map(|p| lower_peer(p, namespace))
-                .collect(),
-        ),
+        Some(peers) => Some(peers.iter().filter_map(|p| lower_peer(p, namespace)).collect()),
     };
     let given = ports.unwrap_or_default();
     let ports: Vec<PortMatch> = given.iter().filter_map(lower_port).collect();
     if ports.is_empty() && !given.is_empty() {
         return None;
     }
-    Some(Rule {
-        action: Action::Allow,
-        peers,
-        ports,
-    })
+    Some(Rule { action: Action::Allow, peers, ports })
 }
 
 /// podSelector alone: pods of the policy's namespace; namespaceSelector alone: every pod of
@@ -108,13 +67,7 @@ fn lower_rule(
 fn lower_peer(peer: &NetworkPolicyPeer, namespace: &str) -> Option<Peer> {
     if let Some(block) = &peer.ip_block {
         let cidr = block.cidr.parse::<IpNet>().ok()?.trunc();
-        let except = block
-            .except
-            .iter()
-            .flatten()
-            .map(|e| e.parse::<IpNet>().map(|n| n.trunc()))
-            .collect::<Result<Vec<_>, _>>()
-            .ok()?;
+        let except = block.except.iter().flatten().map(|e| e.parse::<IpNet>().map(|n| n.trunc())).collect::<Result<Vec<_>, _>>().ok()?;
         return Some(Peer::Cidr { cidr, except });
     }
     // A selector present but unreadable drops the peer.
@@ -141,20 +94,14 @@ fn lower_peer(peer: &NetworkPolicyPeer, namespace: &str) -> Option<Peer> {
 }
 
 fn in_namespace(mut selector: Selector, namespace: &str) -> Selector {
-    selector
-        .match_labels
-        .insert(NAMESPACE_LABEL.to_owned(), namespace.to_owned());
+    selector.match_labels.insert(NAMESPACE_LABEL.to_owned(), namespace.to_owned());
     selector
 }
 
 /// A label selector with every key prefixed by `prefix`; `None` if an operator is unknown.
 fn lower_selector(selector: &LabelSelector, prefix: &str) -> Option<Selector> {
-    let match_labels: BTreeMap<String, String> = selector
-        .match_labels
-        .iter()
-        .flatten()
-        .map(|(k, v)| (format!("{prefix}{k}"), v.clone()))
-        .collect();
+    let match_labels: BTreeMap<String, String> =
+        selector.match_labels.iter().flatten().map(|(k, v)| (format!("{prefix}{k}"), v.clone())).collect();
     let match_expressions = selector
         .match_expressions
         .iter()
@@ -167,17 +114,10 @@ fn lower_selector(selector: &LabelSelector, prefix: &str) -> Option<Selector> {
                 "DoesNotExist" => Operator::DoesNotExist,
                 _ => return None,
             };
-            Some(Requirement {
-                key: format!("{prefix}{}", e.key),
-                operator,
-                values: e.values.clone().unwrap_or_default(),
-            })
+            Some(Requirement { key: format!("{prefix}{}", e.key), operator, values: e.values.clone().unwrap_or_default() })
         })
         .collect::<Option<Vec<_>>>()?;
-    Some(Selector {
-        match_labels,
-        match_expressions,
-    })
+    Some(Selector { match_labels, match_expressions })
 }
 
 /// Protocol defaults to TCP; no `port` is every port; `endPort` makes a range.
@@ -190,21 +130,14 @@ fn lower_port(port: &NetworkPolicyPort) -> Option<PortMatch> {
     };
     Some(match &port.port {
         None => PortMatch::AllPorts(protocol),
-        Some(IntOrString::String(name)) => PortMatch::Named {
-            protocol,
-            name: name.clone(),
-        },
+        Some(IntOrString::String(name)) => PortMatch::Named { protocol, name: name.clone() },
         Some(IntOrString::Int(first)) => {
             let first = u16::try_from(*first).ok().filter(|p| *p != 0)?;
             let last = match port.end_port {
                 None => first,
                 Some(end) => u16::try_from(end).ok().filter(|e| *e >= first)?,
             };
-            PortMatch::Range {
-                protocol,
-                first,
-                last,
-            }
+            PortMatch::Range { protocol, first, last }
         }
     })
 }
@@ -224,17 +157,12 @@ mod tests {
             "metadata: {name: p, namespace: x}\n\
              spec:\n  podSelector: {}\n  egress: [{}]\n",
         );
-        assert_eq!(
-            p.ingress,
-            Some(deny_all()),
-            "ingress implied, no rules: deny all"
-        );
+        assert_eq!(p.ingress, Some(deny_all()), "ingress implied, no rules: deny all");
         let egress = p.egress.expect("egress implied by egress rules");
         assert_eq!(egress.rules.len(), 1, "one egress rule");
         assert_eq!(egress.rules[0].peers, None, "empty rule: any peer");
         assert!(egress.rules[0].ports.is_empty(), "empty rule: any port");
-        let p =
-            lower("metadata: {name: p, namespace: x}\nspec:\n  podSelector: {}\n  egress: []\n");
+        let p = lower("metadata: {name: p, namespace: x}\nspec:\n  podSelector: {}\n  egress: []\n");
         assert_eq!(p.egress, None, "an empty egress list does not imply Egress");
     }
 
@@ -260,59 +188,24 @@ spec:
 "#,
         );
         assert_eq!(p.ingress, None, "explicit types: no ingress");
-        assert_eq!(
-            p.subject
-                .match_labels
-                .get(NAMESPACE_LABEL)
-                .map(String::as_str),
-            Some("x"),
-            "subject confined to the namespace"
-        );
+        assert_eq!(p.subject.match_labels.get(NAMESPACE_LABEL).map(String::as_str), Some("x"), "subject confined to the namespace");
         let rule = &p.egress.expect("egress").rules[0];
         let peers = rule.peers.as_ref().expect("peers");
-        let Peer::Endpoints(sel) = &peers[0] else {
-            panic!("first peer is endpoints: {peers:?}")
-        };
-        assert_eq!(
-            sel.match_labels.get("pod").map(String::as_str),
-            Some("b"),
-            "pod part"
-        );
-        assert_eq!(
-            sel.match_labels.get(NAMESPACE_LABEL),
-            None,
-            "ns selector replaces ns"
-        );
-        assert_eq!(
-            sel.match_expressions[0].key,
-            format!("{NAMESPACE_LABELS_PREFIX}ns"),
-            "namespace expression prefixed"
-        );
+        let Peer::Endpoints(sel) = &peers[0] else { panic!("first peer is endpoints: {peers:?}") };
+        assert_eq!(sel.match_labels.get("pod").map(String::as_str), Some("b"), "pod part");
+        assert_eq!(sel.match_labels.get(NAMESPACE_LABEL), None, "ns selector replaces ns");
+        assert_eq!(sel.match_expressions[0].key, format!("{NAMESPACE_LABELS_PREFIX}ns"), "namespace expression prefixed");
         assert_eq!(
             peers[1],
-            Peer::Cidr {
-                cidr: "198.18.0.0/24".parse().expect("cidr"),
-                except: vec!["198.18.0.128/25".parse().expect("cidr")],
-            },
+            Peer::Cidr { cidr: "198.18.0.0/24".parse().expect("cidr"), except: vec!["198.18.0.128/25".parse().expect("cidr")] },
             "ipBlock normalized"
         );
         assert_eq!(
             rule.ports,
             vec![
-                PortMatch::Range {
-                    protocol: Protocol::Tcp,
-                    first: 80,
-                    last: 80
-                },
-                PortMatch::Range {
-                    protocol: Protocol::Udp,
-                    first: 1000,
-                    last: 2000
-                },
-                PortMatch::Named {
-                    protocol: Protocol::Sctp,
-                    name: "serve".into()
-                },
+                PortMatch::Range { protocol: Protocol::Tcp, first: 80, last: 80 },
+                PortMatch::Range { protocol: Protocol::Udp, first: 1000, last: 2000 },
+                PortMatch::Named { protocol: Protocol::Sctp, name: "serve".into() },
                 PortMatch::AllPorts(Protocol::Udp),
             ],
             "ports lowered; the unknown protocol dropped"
@@ -325,10 +218,6 @@ spec:
             "metadata: {name: p, namespace: x}\nspec:\n  podSelector: {}\n  \
              ingress: [{ports: [{protocol: ICMP}]}]\n",
         );
-        assert_eq!(
-            p.ingress,
-            Some(deny_all()),
-            "rule with no readable port dropped"
-        );
+        assert_eq!(p.ingress, Some(deny_all()), "rule with no readable port dropped");
     }
 }

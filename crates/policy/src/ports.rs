@@ -20,24 +20,10 @@ pub fn protocol_numbers(protocol: Protocol) -> &'static [u8] {
 /// Keys of a port match that needs no endpoint to resolve; named ports yield nothing here.
 pub fn port_keys(port: &PortMatch) -> Vec<PortKey> {
     match port {
-        PortMatch::AllPorts(p) => protocol_numbers(*p)
-            .iter()
-            .map(|n| (Some(*n), 0, 0))
-            .collect(),
-        PortMatch::Range {
-            protocol,
-            first,
-            last,
-        } => {
+        PortMatch::AllPorts(p) => protocol_numbers(*p).iter().map(|n| (Some(*n), 0, 0)).collect(),
+        PortMatch::Range { protocol, first, last } => {
             let prefixes = range_prefixes(*first, *last);
-            protocol_numbers(*protocol)
-                .iter()
-                .flat_map(|n| {
-                    prefixes
-                        .iter()
-                        .map(move |(port, len)| (Some(*n), *port, *len))
-                })
-                .collect()
+            protocol_numbers(*protocol).iter().flat_map(|n| prefixes.iter().map(move |(port, len)| (Some(*n), *port, *len))).collect()
         }
         PortMatch::Named { .. } => Vec::new(),
         PortMatch::Icmp { ipv6, icmp_type } => {
@@ -81,40 +67,21 @@ mod tests {
     use super::*;
 
     fn covered(prefixes: &[(u16, u8)]) -> Vec<u16> {
-        let mut ports: Vec<u16> = (0..=u16::MAX)
-            .filter(|p| prefixes.iter().any(|(base, len)| mask(*p, *len) == *base))
-            .collect();
+        let mut ports: Vec<u16> = (0..=u16::MAX).filter(|p| prefixes.iter().any(|(base, len)| mask(*p, *len) == *base)).collect();
         ports.dedup();
         ports
     }
 
     #[test]
     fn ranges_are_covered_exactly_and_minimally() {
-        for (first, last, count) in [
-            (80, 80, 1),
-            (0, u16::MAX, 1),
-            (1000, 2000, 8),
-            (1024, 2047, 1),
-            (1, u16::MAX, 16),
-            (65535, 65535, 1),
-        ] {
+        for (first, last, count) in [(80, 80, 1), (0, u16::MAX, 1), (1000, 2000, 8), (1024, 2047, 1), (1, u16::MAX, 16), (65535, 65535, 1)]
+        {
             let prefixes = range_prefixes(first, last);
             assert_eq!(prefixes.len(), count, "{first}-{last}: {prefixes:?}");
-            assert_eq!(
-                covered(&prefixes),
-                (first..=last).collect::<Vec<_>>(),
-                "{first}-{last} covered exactly"
-            );
+            assert_eq!(covered(&prefixes), (first..=last).collect::<Vec<_>>(), "{first}-{last} covered exactly");
         }
-        assert_eq!(
-            range_prefixes(80, 80),
-            vec![(80, 16)],
-            "a single port is a /16"
-        );
-        assert!(
-            range_prefixes(2, 1).is_empty(),
-            "an inverted range is empty"
-        );
+        assert_eq!(range_prefixes(80, 80), vec![(80, 16)], "a single port is a /16");
+        assert!(range_prefixes(2, 1).is_empty(), "an inverted range is empty");
     }
 
     #[test]

@@ -10,9 +10,7 @@ use crate::ir::{Operator, Requirement, Selector};
 impl Selector {
     /// Whether `labels` satisfy every `match_labels` pair and every requirement.
     pub fn matches(&self, labels: &LabelSet) -> bool {
-        self.match_labels
-            .iter()
-            .all(|(key, value)| labels.get(key) == Some(value.as_str()))
+        self.match_labels.iter().all(|(key, value)| labels.get(key) == Some(value.as_str()))
             && self.match_expressions.iter().all(|r| r.matches(labels))
     }
 
@@ -54,11 +52,7 @@ mod tests {
     }
 
     fn req(key: &str, operator: Operator, values: &[&str]) -> Requirement {
-        Requirement {
-            key: key.to_owned(),
-            operator,
-            values: values.iter().map(|v| v.to_string()).collect(),
-        }
+        Requirement { key: key.to_owned(), operator, values: values.iter().map(|v| v.to_string()).collect() }
     }
 
     #[test]
@@ -81,19 +75,13 @@ mod tests {
     #[test]
     fn empty_selects_all_and_nothing_selects_none() {
         let web = labels(&[("app", "web")]);
-        assert!(
-            Selector::default().matches(&web),
-            "empty selector selects all"
-        );
+        assert!(Selector::default().matches(&web), "empty selector selects all");
         assert!(!Selector::nothing().matches(&web), "nothing() selects none");
         let sel = Selector {
             match_labels: [("app".to_owned(), "web".to_owned())].into(),
             match_expressions: vec![req("tier", Operator::DoesNotExist, &[])],
         };
         assert!(sel.matches(&web), "labels and expressions both hold");
-        assert!(
-            !sel.matches(&labels(&[("app", "web"), ("tier", "x")])),
-            "an expression fails"
-        );
+        assert!(!sel.matches(&labels(&[("app", "web"), ("tier", "x")])), "an expression fails");
     }
 }

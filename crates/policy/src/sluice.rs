@@ -55,13 +55,21 @@ pub enum LowerError {
 /// Lowers a `SluiceNetworkPolicy`; its namespace defaults to `default` when unset.
 pub fn lower_namespaced(policy: &SluiceNetworkPolicy) -> Result<Policy, LowerError> {
     let namespace = policy.metadata.namespace.as_deref().unwrap_or("default");
-    let id = PolicyRef { kind: "SluiceNetworkPolicy".into(), namespace: Some(namespace.into()), name: policy.metadata.name.clone().unwrap_or_default() };
+    let id = PolicyRef {
+        kind: "SluiceNetworkPolicy".into(),
+        namespace: Some(namespace.into()),
+        name: policy.metadata.name.clone().unwrap_or_default(),
+    };
     Lowering { id, namespace: Some(namespace) }.policy(policy.spec.as_ref())
 }
 
 /// Lowers a `SluiceClusterwideNetworkPolicy`.
 pub fn lower_clusterwide(policy: &SluiceClusterwideNetworkPolicy) -> Result<Policy, LowerError> {
-    let id = PolicyRef { kind: "SluiceClusterwideNetworkPolicy".into(), namespace: None, name: policy.metadata.name.clone().unwrap_or_default() };
+    let id = PolicyRef {
+        kind: "SluiceClusterwideNetworkPolicy".into(),
+        namespace: None,
+        name: policy.metadata.name.clone().unwrap_or_default(),
+    };
     Lowering { id, namespace: None }.policy(policy.spec.as_ref())
 }
 
@@ -82,8 +90,10 @@ impl Lowering<'_> {
             pin_namespace(&mut subject, namespace);
         }
         let default_deny = spec.enable_default_deny.unwrap_or_default();
-        let ingress = spec.ingress_lists().map(|(field, rules, deny)| (field, rules.iter().map(model::IngressRule::view).collect::<Vec<_>>(), deny));
-        let egress = spec.egress_lists().map(|(field, rules, deny)| (field, rules.iter().map(model::EgressRule::view).collect::<Vec<_>>(), deny));
+        let ingress =
+            spec.ingress_lists().map(|(field, rules, deny)| (field, rules.iter().map(model::IngressRule::view).collect::<Vec<_>>(), deny));
+        let egress =
+            spec.egress_lists().map(|(field, rules, deny)| (field, rules.iter().map(model::EgressRule::view).collect::<Vec<_>>(), deny));
         Ok(Policy {
             ingress: self.direction(&ingress, default_deny.ingress)?,
             egress: self.direction(&egress, default_deny.egress)?,
@@ -95,7 +105,11 @@ impl Lowering<'_> {
 
     /// The rules of one direction (allow list, then deny list), or `None` when the policy has
     /// no rules in it and so does not select its endpoints in that direction.
-    fn direction(&self, lists: &[(&'static str, Vec<RuleView<'_>>, bool); 2], default_deny: Option<bool>) -> Result<Option<DirectionRules>, LowerError> {
+    fn direction(
+        &self,
+        lists: &[(&'static str, Vec<RuleView<'_>>, bool); 2],
+        default_deny: Option<bool>,
+    ) -> Result<Option<DirectionRules>, LowerError> {
         if lists.iter().all(|(_, rules, _)| rules.is_empty()) {
             return Ok(None);
         }
@@ -131,7 +145,13 @@ impl Lowering<'_> {
         let (field, sets) = view.cidr_set;
         for (i, set) in sets.into_iter().flatten().enumerate() {
             let at = format!("{at}.{field}[{i}]");
-            let except = set.except.iter().flatten().enumerate().map(|(j, e)| self.cidr(&format!("{at}.except[{j}]"), e)).collect::<Result<_, _>>()?;
+            let except = set
+                .except
+                .iter()
+                .flatten()
+                .enumerate()
+                .map(|(j, e)| self.cidr(&format!("{at}.except[{j}]"), e))
+                .collect::<Result<_, _>>()?;
             peers.push(Peer::Cidr { cidr: self.cidr(&format!("{at}.cidr"), &set.cidr)?, except });
         }
         let ports = self.ports(at, view)?;
@@ -155,7 +175,10 @@ impl Lowering<'_> {
                     Ok(first) => {
                         let last = match port.end_port {
                             None => first,
-                            Some(end) => u16::try_from(end).ok().filter(|end| *end >= first).ok_or_else(|| self.invalid(&format!("{at}.endPort"), &end.to_string()))?,
+                            Some(end) => u16::try_from(end)
+                                .ok()
+                                .filter(|end| *end >= first)
+                                .ok_or_else(|| self.invalid(&format!("{at}.endPort"), &end.to_string()))?,
                         };
                         PortMatch::Range { protocol, first, last }
                     }
@@ -189,7 +212,11 @@ impl Lowering<'_> {
                 "DoesNotExist" => Operator::DoesNotExist,
                 other => return Err(self.invalid(&format!("{at}.matchExpressions[{i}].operator"), other)),
             };
-            match_expressions.push(Requirement { key: identity_key(&requirement.key), operator, values: requirement.values.clone().unwrap_or_default() });
+            match_expressions.push(Requirement {
+                key: identity_key(&requirement.key),
+                operator,
+                values: requirement.values.clone().unwrap_or_default(),
+            });
         }
         Ok(Selector { match_labels, match_expressions })
     }
@@ -242,7 +269,11 @@ fn pin_namespace(subject: &mut Selector, namespace: &str) {
             subject.match_labels.insert(NAMESPACE_LABEL.to_owned(), namespace.to_owned());
         }
         Some(named) if named == namespace => {}
-        Some(_) => subject.match_expressions.push(Requirement { key: NAMESPACE_LABEL.to_owned(), operator: Operator::In, values: vec![namespace.to_owned()] }),
+        Some(_) => subject.match_expressions.push(Requirement {
+            key: NAMESPACE_LABEL.to_owned(),
+            operator: Operator::In,
+            values: vec![namespace.to_owned()],
+        }),
     }
 }
 

@@ -26,7 +26,8 @@ pub struct Shape {
 
 impl Shape {
     /// 1,000 policies over 1,000 pods in 10 namespaces, 4 replicas per app, 100 local pods.
-    pub const THOUSAND: Shape = Shape { namespaces: 10, pods_per_namespace: 100, policies_per_namespace: 100, replicas: 4, local_every: 10 };
+    pub const THOUSAND: Shape =
+        Shape { namespaces: 10, pods_per_namespace: 100, policies_per_namespace: 100, replicas: 4, local_every: 10 };
 
     fn apps(&self) -> usize {
         (self.pods_per_namespace / self.replicas.max(1)).max(1)

@@ -11,9 +11,8 @@ use sluice_model::LabelSet;
 use crate::eval::{identity_of, local_endpoint, lookup};
 use crate::ir::{Policy, PolicyRef};
 use crate::output::{
-    ClusterView, Compiled, EntryKey, Mode, RuleRef, Verdict, IDENTITY_ANY, IDENTITY_HOST,
-    IDENTITY_REMOTE_NODE, IDENTITY_WORLD, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP,
-    PROTO_UDP,
+    ClusterView, Compiled, EntryKey, Mode, RuleRef, Verdict, IDENTITY_ANY, IDENTITY_HOST, IDENTITY_REMOTE_NODE, IDENTITY_WORLD, PROTO_ICMP,
+    PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
 };
 
 /// The explanation of one connection's verdict.
@@ -63,60 +62,27 @@ pub struct MatchedEntry {
 }
 
 /// Explains [`crate::eval::connection`]'s verdict for the same arguments.
-pub fn trace(
-    policies: &[Policy],
-    view: &ClusterView,
-    compiled: &Compiled,
-    src: IpAddr,
-    dst: IpAddr,
-    proto: u8,
-    dport: u16,
-) -> Trace {
+pub fn trace(policies: &[Policy], view: &ClusterView, compiled: &Compiled, src: IpAddr, dst: IpAddr, proto: u8, dport: u16) -> Trace {
     let side = |local: IpAddr, peer: IpAddr, ingress: bool| {
         let ep = local_endpoint(view, local)?;
         let policy = compiled.endpoints.get(&ep.key)?;
-        let table = if ingress {
-            &policy.ingress
-        } else {
-            &policy.egress
-        };
+        let table = if ingress { &policy.ingress } else { &policy.egress };
         let peer = describe_peer(view, compiled, peer);
         let (verdict, matched) = lookup(table, peer.identity, proto, dport);
-        let matched: Vec<MatchedEntry> = matched
-            .into_iter()
-            .map(|(key, e)| MatchedEntry {
-                key,
-                verdict: e.verdict,
-                rules: e.rules,
-            })
-            .collect();
+        let matched: Vec<MatchedEntry> =
+            matched.into_iter().map(|(key, e)| MatchedEntry { key, verdict: e.verdict, rules: e.rules }).collect();
         let direction = if ingress { "ingress" } else { "egress" };
         let service = format!("{}/{dport}", proto_name(proto));
         let reason = match (table.mode, matched.iter().find(|m| m.verdict == verdict)) {
             (Mode::None, _) => format!("allowed: no policy selects {} for {direction}", ep.key),
-            (_, Some(m)) => format!(
-                "{} by {}",
-                verdict_word(verdict),
-                m.rules
-                    .iter()
-                    .map(|r| rule_name(policies, r))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
+            (_, Some(m)) => {
+                format!("{} by {}", verdict_word(verdict), m.rules.iter().map(|r| rule_name(policies, r)).collect::<Vec<_>>().join(", "))
+            }
             (mode, None) => format!(
                 "{} by default: selected by {}, no rule {} identity {} on {service}",
                 verdict_word(verdict),
-                table
-                    .policies
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                if mode == Mode::DefaultAllow {
-                    "matches"
-                } else {
-                    "allows"
-                },
+                table.policies.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+                if mode == Mode::DefaultAllow { "matches" } else { "allows" },
                 peer.identity,
             ),
         };
@@ -134,21 +100,8 @@ pub fn trace(
     };
     let egress = side(src, dst, false);
     let ingress = side(dst, src, true);
-    let verdict = egress
-        .iter()
-        .chain(&ingress)
-        .map(|s| s.verdict)
-        .max()
-        .unwrap_or(Verdict::Allow);
-    Trace {
-        src,
-        dst,
-        proto,
-        dport,
-        egress,
-        ingress,
-        verdict,
-    }
+    let verdict = egress.iter().chain(&ingress).map(|s| s.verdict).max().unwrap_or(Verdict::Allow);
+    Trace { src, dst, proto, dport, egress, ingress, verdict }
 }
 
 fn describe_peer(view: &ClusterView, compiled: &Compiled, ip: IpAddr) -> PeerTrace {
@@ -182,15 +135,7 @@ fn verdict_word(v: Verdict) -> &'static str {
 /// `NetworkPolicy x/p ingress rule 0 (deny, audit)`.
 fn rule_name(policies: &[Policy], r: &RuleRef) -> String {
     let policy = policies.iter().find(|p| p.id == r.policy);
-    let rule = policy
-        .and_then(|p| {
-            if r.ingress {
-                p.ingress.as_ref()
-            } else {
-                p.egress.as_ref()
-            }
-        })
-        .and_then(|d| d.rules.get(r.index));
+    let rule = policy.and_then(|p| if r.ingress { p.ingress.as_ref() } else { p.egress.as_ref() }).and_then(|d| d.rules.get(r.index));
     let mut notes = Vec::new();
     if let Some(rule) = rule {
         notes.push(format!("{:?}", rule.action).to_lowercase());
@@ -199,16 +144,8 @@ fn rule_name(policies: &[Policy], r: &RuleRef) -> String {
         notes.push("audit".to_owned());
     }
     let direction = if r.ingress { "ingress" } else { "egress" };
-    let notes = if notes.is_empty() {
-        String::new()
-    } else {
-        format!(" ({})", notes.join(", "))
-    };
-    format!(
-        "{} {direction} rule {}{notes}",
-        r.policy,
-        r.index
-    )
+    let notes = if notes.is_empty() { String::new() } else { format!(" ({})", notes.join(", ")) };
+    format!("{} {direction} rule {}{notes}", r.policy, r.index)
 }
 
 fn proto_name(proto: u8) -> String {
@@ -238,40 +175,23 @@ fn key_text(k: &EntryKey) -> String {
 impl fmt::Display for Trace {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let service = format!("{}/{}", proto_name(self.proto), self.dport);
-        writeln!(
-            f,
-            "{} -> {} {service}: {:?}",
-            self.src, self.dst, self.verdict
-        )?;
+        writeln!(f, "{} -> {} {service}: {:?}", self.src, self.dst, self.verdict)?;
         for (name, side) in [("egress", &self.egress), ("ingress", &self.ingress)] {
             let Some(s) = side else {
                 writeln!(f, "  {name}: not a local endpoint, no lookup")?;
                 continue;
             };
-            writeln!(
-                f,
-                "  {name} of {} (identity {}, {})",
-                s.endpoint, s.identity, s.labels
-            )?;
+            writeln!(f, "  {name} of {} (identity {}, {})", s.endpoint, s.identity, s.labels)?;
             writeln!(f, "    mode: {:?}", s.mode)?;
             for p in &s.policies {
                 writeln!(f, "    selected by {}", p)?;
             }
-            writeln!(
-                f,
-                "    peer {}: identity {} ({})",
-                s.peer.ip, s.peer.identity, s.peer.what
-            )?;
+            writeln!(f, "    peer {}: identity {} ({})", s.peer.ip, s.peer.identity, s.peer.what)?;
             for m in &s.matched {
                 writeln!(f, "    entry {} -> {:?}", key_text(&m.key), m.verdict)?;
                 for r in &m.rules {
                     let direction = if r.ingress { "ingress" } else { "egress" };
-                    writeln!(
-                        f,
-                        "      from {} {direction} rule {}",
-                        r.policy,
-                        r.index
-                    )?;
+                    writeln!(f, "      from {} {direction} rule {}", r.policy, r.index)?;
                 }
             }
             writeln!(f, "    => {:?}: {}", s.verdict, s.reason)?;

@@ -41,31 +41,12 @@ spec:
         (xa(false), "198.18.0.5", Verdict::Allow, "inside the block"),
         (xa(false), "198.18.0.250", Verdict::Deny, "inside except"),
         (xa(false), "198.18.1.5", Verdict::Deny, "outside the block"),
-        (
-            xa(false),
-            "198.18.0.1",
-            Verdict::Deny,
-            "the node: host, not the block",
-        ),
-        (
-            xa(true),
-            "fd00:198::5",
-            Verdict::Allow,
-            "inside the IPv6 block",
-        ),
-        (
-            xa(true),
-            "fd00:198::fffa",
-            Verdict::Deny,
-            "inside the IPv6 except",
-        ),
+        (xa(false), "198.18.0.1", Verdict::Deny, "the node: host, not the block"),
+        (xa(true), "fd00:198::5", Verdict::Allow, "inside the IPv6 block"),
+        (xa(true), "fd00:198::fffa", Verdict::Deny, "inside the IPv6 except"),
     ];
     for (src, dst, want, what) in cases {
-        assert_eq!(
-            connection(&compiled, &view, src, ip(dst), PROTO_TCP, 80),
-            want,
-            "x/a -> {dst}: {what}"
-        );
+        assert_eq!(connection(&compiled, &view, src, ip(dst), PROTO_TCP, 80), want, "x/a -> {dst}: {what}");
     }
     let pods = "
 x/a XXX XXX XXX
@@ -78,14 +59,7 @@ z/a ... ... ...
 z/b ... ... ...
 z/c ... ... ...
 ";
-    assert_grid(
-        "ipBlock egress, pod to pod",
-        &compiled,
-        &view,
-        PROTO_TCP,
-        80,
-        pods,
-    );
+    assert_grid("ipBlock egress, pod to pod", &compiled, &view, PROTO_TCP, 80, pods);
 }
 
 #[test]
@@ -113,11 +87,7 @@ spec:
         ("198.18.0.1", Verdict::Deny, "the local node"),
         ("198.18.0.2", Verdict::Deny, "a remote node"),
     ] {
-        assert_eq!(
-            connection(&compiled, &view, ip(src), xa, PROTO_TCP, 80),
-            want,
-            "{src} -> x/a: {what}"
-        );
+        assert_eq!(connection(&compiled, &view, ip(src), xa, PROTO_TCP, 80), want, "{src} -> x/a: {what}");
     }
     let pods = "
 x/a X.. ... ...
@@ -130,14 +100,7 @@ z/a X.. ... ...
 z/b X.. ... ...
 z/c X.. ... ...
 ";
-    assert_grid(
-        "ipBlock ingress, pod to pod",
-        &compiled,
-        &view,
-        PROTO_TCP,
-        80,
-        pods,
-    );
+    assert_grid("ipBlock ingress, pod to pod", &compiled, &view, PROTO_TCP, 80, pods);
 }
 
 #[test]
@@ -156,14 +119,7 @@ z/b X.. ... ...
 z/c X.. ... ...
 ";
     let view = cluster.view(&p);
-    assert_grid(
-        "before relabel",
-        &compile(&p, &view),
-        &view,
-        PROTO_TCP,
-        80,
-        before,
-    );
+    assert_grid("before relabel", &compile(&p, &view), &view, PROTO_TCP, 80, before);
     cluster.pod_mut("x/c").labels = labels(&[("pod", "b")]);
     let after = "
 x/a X.. ... ...
@@ -177,14 +133,7 @@ z/b X.. ... ...
 z/c X.. ... ...
 ";
     let view = cluster.view(&p);
-    assert_grid(
-        "x/c relabelled pod=b",
-        &compile(&p, &view),
-        &view,
-        PROTO_TCP,
-        80,
-        after,
-    );
+    assert_grid("x/c relabelled pod=b", &compile(&p, &view), &view, PROTO_TCP, 80, after);
 }
 
 #[test]
@@ -207,14 +156,7 @@ z/b XXX ... ...
 z/c XXX ... ...
 ";
     let view = cluster.view(&p);
-    assert_grid(
-        "no blue namespace",
-        &compile(&p, &view),
-        &view,
-        PROTO_TCP,
-        80,
-        closed,
-    );
+    assert_grid("no blue namespace", &compile(&p, &view), &view, PROTO_TCP, 80, closed);
     if let Some(z) = cluster.namespaces.get_mut("z") {
         z.insert("team".to_owned(), "blue".to_owned());
     }
@@ -230,14 +172,7 @@ z/b ... ... ...
 z/c ... ... ...
 ";
     let view = cluster.view(&p);
-    assert_grid(
-        "z labelled team=blue",
-        &compile(&p, &view),
-        &view,
-        PROTO_TCP,
-        80,
-        z_open,
-    );
+    assert_grid("z labelled team=blue", &compile(&p, &view), &view, PROTO_TCP, 80, z_open);
 }
 
 #[test]
@@ -256,19 +191,13 @@ z/a X.. ... ...
 z/b X.. ... ...
 z/c X.. ... ...
 ";
-    scenario(
-        "policy updated to pod=c",
-        &updated,
-        &[(PROTO_TCP, 80, expected)],
-    );
+    scenario("policy updated to pod=c", &updated, &[(PROTO_TCP, 80, expected)]);
 }
 
 #[test]
 fn only_local_endpoints_are_compiled() {
     // Namespace z lives on another node: its deny-all is that node's to enforce.
-    let p = policies(&format!(
-        "{HEADER}metadata: {{name: deny-all, namespace: z}}\nspec:\n  podSelector: {{}}\n"
-    ));
+    let p = policies(&format!("{HEADER}metadata: {{name: deny-all, namespace: z}}\nspec:\n  podSelector: {{}}\n"));
     let mut cluster = Cluster::new();
     for pod in &mut cluster.pods {
         pod.local = pod.namespace != "z";
@@ -279,9 +208,7 @@ fn only_local_endpoints_are_compiled() {
     assert!(!compiled.endpoints.contains_key("z/a"), "z/a is remote");
     assert_grid("remote deny-all", &compiled, &view, PROTO_TCP, 80, ALL);
     assert_eq!(
-        compiled
-            .ipcache
-            .get(&ipnet::IpNet::from(pod_addr("z/a", true))),
+        compiled.ipcache.get(&ipnet::IpNet::from(pod_addr("z/a", true))),
         Some(&view.endpoints[6].identity),
         "remote pods are still in the ipcache"
     );

@@ -34,39 +34,16 @@ z/c X.. ... ...
 #[test]
 fn port_by_number_defaults_to_tcp() {
     let p = policies(&xa_ingress_on("[{port: 80}]"));
-    scenario(
-        "port 80",
-        &p,
-        &[
-            (PROTO_TCP, 80, ALL),
-            (PROTO_TCP, 81, XA_CLOSED),
-            (PROTO_UDP, 80, XA_CLOSED),
-        ],
-    );
+    scenario("port 80", &p, &[(PROTO_TCP, 80, ALL), (PROTO_TCP, 81, XA_CLOSED), (PROTO_UDP, 80, XA_CLOSED)]);
 }
 
 #[test]
 fn port_by_name_is_resolved_on_the_destination_pod() {
-    let p = policies(&xa_ingress_on(
-        "[{port: serve-81-tcp}, {protocol: UDP, port: serve-80-udp}]",
-    ));
-    scenario(
-        "named ports",
-        &p,
-        &[
-            (PROTO_TCP, 81, ALL),
-            (PROTO_TCP, 80, XA_CLOSED),
-            (PROTO_UDP, 80, ALL),
-            (PROTO_UDP, 81, XA_CLOSED),
-        ],
-    );
+    let p = policies(&xa_ingress_on("[{port: serve-81-tcp}, {protocol: UDP, port: serve-80-udp}]"));
+    scenario("named ports", &p, &[(PROTO_TCP, 81, ALL), (PROTO_TCP, 80, XA_CLOSED), (PROTO_UDP, 80, ALL), (PROTO_UDP, 81, XA_CLOSED)]);
     // A TCP port named after a UDP container port resolves nowhere.
     let p = policies(&xa_ingress_on("[{port: serve-80-udp}]"));
-    scenario(
-        "named port, wrong protocol",
-        &p,
-        &[(PROTO_TCP, 80, XA_CLOSED), (PROTO_UDP, 80, XA_CLOSED)],
-    );
+    scenario("named port, wrong protocol", &p, &[(PROTO_TCP, 80, XA_CLOSED), (PROTO_UDP, 80, XA_CLOSED)]);
 }
 
 #[test]
@@ -98,11 +75,7 @@ z/a X.X ... ...
 z/b X.X ... ...
 z/c X.X ... ...
 ";
-    scenario(
-        "named port per pod",
-        &p,
-        &[(PROTO_TCP, 80, to_xa), (PROTO_TCP, 81, to_xb)],
-    );
+    scenario("named port per pod", &p, &[(PROTO_TCP, 80, to_xa), (PROTO_TCP, 81, to_xb)]);
 }
 
 #[test]
@@ -134,67 +107,31 @@ z/a ... ... ...
 z/b ... ... ...
 z/c ... ... ...
 ";
-    scenario(
-        "named egress port",
-        &p,
-        &[(PROTO_TCP, 80, tcp80), (PROTO_TCP, 81, tcp81)],
-    );
+    scenario("named egress port", &p, &[(PROTO_TCP, 80, tcp80), (PROTO_TCP, 81, tcp81)]);
 }
 
 #[test]
 fn end_port_makes_a_range() {
     let p = policies(&xa_ingress_on("[{port: 80, endPort: 81}]"));
-    scenario(
-        "endPort",
-        &p,
-        &[
-            (PROTO_TCP, 80, ALL),
-            (PROTO_TCP, 81, ALL),
-            (PROTO_UDP, 80, XA_CLOSED),
-        ],
-    );
+    scenario("endPort", &p, &[(PROTO_TCP, 80, ALL), (PROTO_TCP, 81, ALL), (PROTO_UDP, 80, XA_CLOSED)]);
 }
 
 #[test]
 fn protocol_without_port_is_every_port() {
     let p = policies(&xa_ingress_on("[{protocol: UDP}]"));
-    scenario(
-        "UDP, every port",
-        &p,
-        &[
-            (PROTO_UDP, 80, ALL),
-            (PROTO_UDP, 81, ALL),
-            (PROTO_TCP, 80, XA_CLOSED),
-        ],
-    );
+    scenario("UDP, every port", &p, &[(PROTO_UDP, 80, ALL), (PROTO_UDP, 81, ALL), (PROTO_TCP, 80, XA_CLOSED)]);
 }
 
 #[test]
 fn sctp() {
     let p = policies(&xa_ingress_on("[{protocol: SCTP, port: 80}]"));
-    scenario(
-        "SCTP 80",
-        &p,
-        &[
-            (PROTO_SCTP, 80, ALL),
-            (PROTO_SCTP, 81, XA_CLOSED),
-            (PROTO_TCP, 80, XA_CLOSED),
-        ],
-    );
+    scenario("SCTP 80", &p, &[(PROTO_SCTP, 80, ALL), (PROTO_SCTP, 81, XA_CLOSED), (PROTO_TCP, 80, XA_CLOSED)]);
 }
 
 #[test]
 fn empty_ports_means_every_port_and_protocol() {
     let p = policies(&xa_ingress_on("[]"));
-    scenario(
-        "ports: []",
-        &p,
-        &[
-            (PROTO_TCP, 81, ALL),
-            (PROTO_UDP, 80, ALL),
-            (PROTO_SCTP, 81, ALL),
-        ],
-    );
+    scenario("ports: []", &p, &[(PROTO_TCP, 81, ALL), (PROTO_UDP, 80, ALL), (PROTO_SCTP, 81, ALL)]);
 }
 
 #[test]
@@ -226,15 +163,7 @@ z/a ... ... ...
 z/b ... ... ...
 z/c ... ... ...
 ";
-    scenario(
-        "egress to y on 80",
-        &p,
-        &[
-            (PROTO_TCP, 80, tcp80),
-            (PROTO_TCP, 81, closed),
-            (PROTO_UDP, 80, closed),
-        ],
-    );
+    scenario("egress to y on 80", &p, &[(PROTO_TCP, 80, tcp80), (PROTO_TCP, 81, closed), (PROTO_UDP, 80, closed)]);
 }
 
 #[test]
@@ -256,11 +185,7 @@ z/a X.. ... ...
 z/b X.. ... ...
 z/c X.. ... ...
 ";
-    scenario(
-        "policyTypes Ingress, Egress",
-        &p,
-        &[(PROTO_TCP, 80, expected)],
-    );
+    scenario("policyTypes Ingress, Egress", &p, &[(PROTO_TCP, 80, expected)]);
     // Egress only: the ingress rules are ignored and ingress stays open.
     let p = policies(&format!(
         "{HEADER}metadata: {{name: egress-only, namespace: x}}\n\
@@ -289,9 +214,5 @@ z/a X.. ... ...
 z/b X.. ... ...
 z/c X.. ... ...
 ";
-    scenario(
-        "implied Ingress and Egress",
-        &p,
-        &[(PROTO_TCP, 80, expected)],
-    );
+    scenario("implied Ingress and Egress", &p, &[(PROTO_TCP, 80, expected)]);
 }

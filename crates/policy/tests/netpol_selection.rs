@@ -21,11 +21,7 @@ fn only_to_xa(allowed: &[&str]) -> String {
     for ns in common::NAMESPACES {
         for pod in common::PODS {
             let key = format!("{ns}/{pod}");
-            let cell = if allowed.contains(&key.as_str()) {
-                '.'
-            } else {
-                'X'
-            };
+            let cell = if allowed.contains(&key.as_str()) { '.' } else { 'X' };
             out.push_str(&format!("{key} {cell}.. ... ...\n"));
         }
     }
@@ -39,9 +35,7 @@ fn no_policy_allows_everything() {
 
 #[test]
 fn deny_all_ingress_by_selection() {
-    let p = policies(&np(
-        "metadata: {name: deny-all, namespace: x}\nspec:\n  podSelector: {}\n",
-    ));
+    let p = policies(&np("metadata: {name: deny-all, namespace: x}\nspec:\n  podSelector: {}\n"));
     let expected = "
 x/a XXX ... ...
 x/b XXX ... ...
@@ -53,11 +47,7 @@ z/a XXX ... ...
 z/b XXX ... ...
 z/c XXX ... ...
 ";
-    scenario(
-        "deny-all ingress in x",
-        &p,
-        &[(PROTO_TCP, 80, expected), (PROTO_TCP, 81, expected)],
-    );
+    scenario("deny-all ingress in x", &p, &[(PROTO_TCP, 80, expected), (PROTO_TCP, 81, expected)]);
 }
 
 #[test]
@@ -111,11 +101,7 @@ spec:
   - from:
     - namespaceSelector: {matchLabels: {ns: y}}
 "#));
-    scenario(
-        "namespaceSelector matchLabels",
-        &p,
-        &[(PROTO_TCP, 80, &only_to_xa(&["y/a", "y/b", "y/c"]))],
-    );
+    scenario("namespaceSelector matchLabels", &p, &[(PROTO_TCP, 80, &only_to_xa(&["y/a", "y/b", "y/c"]))]);
 }
 
 #[test]
@@ -130,11 +116,7 @@ spec:
         matchExpressions: [{key: ns, operator: In, values: [y, z]}]
 "#));
     let yz = ["y/a", "y/b", "y/c", "z/a", "z/b", "z/c"];
-    scenario(
-        "namespaceSelector In",
-        &p,
-        &[(PROTO_TCP, 80, &only_to_xa(&yz))],
-    );
+    scenario("namespaceSelector In", &p, &[(PROTO_TCP, 80, &only_to_xa(&yz))]);
     let p = policies(&np(r#"
 metadata: {name: not-from-y, namespace: x}
 spec:
@@ -147,11 +129,7 @@ spec:
         - {key: team, operator: DoesNotExist}
 "#));
     let xz = ["x/a", "x/b", "x/c", "z/a", "z/b", "z/c"];
-    scenario(
-        "namespaceSelector NotIn",
-        &p,
-        &[(PROTO_TCP, 80, &only_to_xa(&xz))],
-    );
+    scenario("namespaceSelector NotIn", &p, &[(PROTO_TCP, 80, &only_to_xa(&xz))]);
 }
 
 #[test]
@@ -165,11 +143,7 @@ spec:
     - namespaceSelector: {matchLabels: {ns: y}}
       podSelector: {matchLabels: {pod: b}}
 "#));
-    scenario(
-        "AND within a peer",
-        &p,
-        &[(PROTO_TCP, 80, &only_to_xa(&["y/b"]))],
-    );
+    scenario("AND within a peer", &p, &[(PROTO_TCP, 80, &only_to_xa(&["y/b"]))]);
 }
 
 #[test]
@@ -183,11 +157,7 @@ spec:
     - namespaceSelector: {matchLabels: {ns: y}}
     - podSelector: {matchLabels: {pod: b}}
 "#));
-    scenario(
-        "OR across peers",
-        &p,
-        &[(PROTO_TCP, 80, &only_to_xa(&["x/b", "y/a", "y/b", "y/c"]))],
-    );
+    scenario("OR across peers", &p, &[(PROTO_TCP, 80, &only_to_xa(&["x/b", "y/a", "y/b", "y/c"]))]);
 }
 
 #[test]
@@ -201,11 +171,7 @@ spec:
     - namespaceSelector: {}
       podSelector: {matchLabels: {pod: c}}
 "#));
-    scenario(
-        "any namespace, pod c",
-        &p,
-        &[(PROTO_TCP, 80, &only_to_xa(&["x/c", "y/c", "z/c"]))],
-    );
+    scenario("any namespace, pod c", &p, &[(PROTO_TCP, 80, &only_to_xa(&["x/c", "y/c", "z/c"]))]);
     let p = policies(&np(r#"
 metadata: {name: from-all-pods, namespace: x}
 spec:
@@ -225,11 +191,7 @@ fn several_policies_are_a_union() {
         np("metadata: {name: from-y-c, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  \
             ingress: [{from: [{namespaceSelector: {matchLabels: {ns: y}}, podSelector: {matchLabels: {pod: c}}}]}]\n"),
     ));
-    scenario(
-        "union of two policies",
-        &p,
-        &[(PROTO_TCP, 80, &only_to_xa(&["x/b", "y/c"]))],
-    );
+    scenario("union of two policies", &p, &[(PROTO_TCP, 80, &only_to_xa(&["x/b", "y/c"]))]);
 }
 
 #[test]
@@ -253,9 +215,5 @@ z/a X.. .X. ...
 z/b X.. .X. ...
 z/c X.. .X. ...
 ";
-    scenario(
-        "egress allowed, ingress denied",
-        &p,
-        &[(PROTO_TCP, 80, expected)],
-    );
+    scenario("egress allowed, ingress denied", &p, &[(PROTO_TCP, 80, expected)]);
 }

@@ -33,11 +33,7 @@ fn default_deny_names_the_policy_and_the_identity() {
     let (src, dst) = (pod_addr("y/a", false), pod_addr("x/a", false));
     let t = trace(&p, &view, &compiled, src, dst, PROTO_TCP, 80);
     assert_eq!(t.verdict, Verdict::Deny, "denied");
-    assert_eq!(
-        t.verdict,
-        connection(&compiled, &view, src, dst, PROTO_TCP, 80),
-        "same as the evaluator"
-    );
+    assert_eq!(t.verdict, connection(&compiled, &view, src, dst, PROTO_TCP, 80), "same as the evaluator");
     assert!(t.egress.is_some(), "y/a is local: its egress is traced");
     let side = t.ingress.as_ref().expect("x/a is local");
     assert_eq!(side.endpoint, "x/a", "destination endpoint");
@@ -60,35 +56,14 @@ fn allowed_names_the_rule() {
     let p = policies(POLICIES);
     let view = Cluster::new().view(&p);
     let compiled = compile(&p, &view);
-    let t = trace(
-        &p,
-        &view,
-        &compiled,
-        pod_addr("x/b", true),
-        pod_addr("x/a", true),
-        PROTO_TCP,
-        80,
-    );
+    let t = trace(&p, &view, &compiled, pod_addr("x/b", true), pod_addr("x/a", true), PROTO_TCP, 80);
     assert_eq!(t.verdict, Verdict::Allow, "allowed over IPv6 too");
     let side = t.ingress.as_ref().expect("x/a is local");
-    assert_eq!(
-        side.matched.len(),
-        1,
-        "one entry matched: {:?}",
-        side.matched
-    );
+    assert_eq!(side.matched.len(), 1, "one entry matched: {:?}", side.matched);
     assert_eq!(side.matched[0].rules[0].index, 0, "ingress rule 0");
-    assert_eq!(
-        side.reason, "allowed by NetworkPolicy x/allow-b ingress rule 0 (allow)",
-        "reason"
-    );
+    assert_eq!(side.reason, "allowed by NetworkPolicy x/allow-b ingress rule 0 (allow)", "reason");
     let text = t.to_string();
-    for line in [
-        "ingress of x/a",
-        "mode: Enforce",
-        "selected by NetworkPolicy x/deny-all",
-        "peer fd00:244:0:1::12",
-    ] {
+    for line in ["ingress of x/a", "mode: Enforce", "selected by NetworkPolicy x/deny-all", "peer fd00:244:0:1::12"] {
         assert!(text.contains(line), "text has {line:?}:\n{text}");
     }
     let json = serde_json::to_value(&t).expect("serializable");
@@ -113,18 +88,6 @@ fn peers_outside_the_pods_are_named() {
         assert_eq!(t.verdict, verdict, "{src} -> x/a udp/53");
         assert!(t.egress.is_none(), "{src} is not a local endpoint");
     }
-    let t = trace(
-        &p,
-        &view,
-        &compiled,
-        pod_addr("y/a", false),
-        pod_addr("y/b", false),
-        PROTO_TCP,
-        80,
-    );
-    assert_eq!(
-        t.ingress.expect("y/b is local").reason,
-        "allowed: no policy selects y/b for ingress",
-        "unselected endpoint"
-    );
+    let t = trace(&p, &view, &compiled, pod_addr("y/a", false), pod_addr("y/b", false), PROTO_TCP, 80);
+    assert_eq!(t.ingress.expect("y/b is local").reason, "allowed: no policy selects y/b for ingress", "unselected endpoint");
 }

@@ -217,11 +217,7 @@ impl Backend {
     /// The name the Maglev table hashes: `addr:port/PROTO`, IPv6 in brackets
     /// (`[fd00::1]:8080/TCP`). Every node derives the same name from the same endpoint.
     pub fn name(&self) -> String {
-        format!(
-            "{}/{}",
-            SocketAddr::new(self.addr, self.port),
-            self.protocol
-        )
+        format!("{}/{}", SocketAddr::new(self.addr, self.port), self.protocol)
     }
 }
 
@@ -229,20 +225,13 @@ impl Backend {
 
 /// Computes the frontends and backend sets this node must program. Pure and deterministic:
 /// the same objects give the same result whatever their order.
-pub fn desired_services(
-    services: &[Service],
-    slices: &[EndpointSlice],
-    node: &NodeInfo,
-) -> DesiredServices {
+pub fn desired_services(services: &[Service], slices: &[EndpointSlice], node: &NodeInfo) -> DesiredServices {
     let mut by_service: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();
     for slice in slices {
         let namespace = slice.metadata.namespace.as_deref().unwrap_or_default();
         let labels = slice.metadata.labels.as_ref();
         if let Some(service) = labels.and_then(|l| l.get(SERVICE_NAME_LABEL)) {
-            by_service
-                .entry((namespace, service.as_str()))
-                .or_default()
-                .push(slice);
+            by_service.entry((namespace, service.as_str())).or_default().push(slice);
         }
     }
 
@@ -259,19 +248,10 @@ pub fn desired_services(
     let mut fills: BTreeMap<SetKey, SetFill> = BTreeMap::new();
     for (key, (frontend, fill)) in plan.frontends {
         let first = *fills.entry(frontend.set.clone()).or_insert(fill);
-        debug_assert_eq!(
-            first, fill,
-            "frontends of set {:?} disagree on its endpoints",
-            frontend.set
-        );
+        debug_assert_eq!(first, fill, "frontends of set {:?} disagree on its endpoints", frontend.set);
         let set = sets.entry(frontend.set.clone()).or_insert_with(|| {
-            let slices = by_service
-                .get(&(
-                    frontend.set.namespace.as_str(),
-                    frontend.set.service.as_str(),
-                ))
-                .map(Vec::as_slice)
-                .unwrap_or_default();
+            let slices =
+                by_service.get(&(frontend.set.namespace.as_str(), frontend.set.service.as_str())).map(Vec::as_slice).unwrap_or_default();
             backend_set(&frontend.set, fill, slices, node)
         });
         if key.scope == Scope::External && frontend.kind != FrontendKind::ClusterIp {
@@ -318,17 +298,10 @@ impl Plan {
         // Headless ("None") and unset cluster IPs do not parse: such services yield nothing.
         let cluster_ips: Vec<IpAddr> = match spec.cluster_ips.as_deref() {
             Some(ips) if !ips.is_empty() => ips.iter().filter_map(|ip| ip.parse().ok()).collect(),
-            _ => spec
-                .cluster_ip
-                .iter()
-                .filter_map(|ip| ip.parse().ok())
-                .collect(),
+            _ => spec.cluster_ip.iter().filter_map(|ip| ip.parse().ok()).collect(),
         };
         let mut families: Vec<Family> = match spec.ip_families.as_deref() {
-            Some(families) if !families.is_empty() => families
-                .iter()
-                .filter_map(|f| Family::from_k8s(f))
-                .collect(),
+            Some(families) if !families.is_empty() => families.iter().filter_map(|f| Family::from_k8s(f)).collect(),
             _ => cluster_ips.iter().map(|ip| Family::of(*ip)).collect(),
         };
         families.dedup();
@@ -341,11 +314,7 @@ impl Plan {
             .collect();
 
         let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
-        let external_reach = if external_local {
-            Reach::Local
-        } else {
-            Reach::Cluster
-        };
+        let external_reach = if external_local { Reach::Local } else { Reach::Cluster };
         let cluster_ip_reach = match spec.internal_traffic_policy.as_deref() {
             Some("Local") => Reach::Local,
             _ => Reach::Cluster,
@@ -360,12 +329,7 @@ impl Plan {
                 .unwrap_or(DEFAULT_AFFINITY_TIMEOUT)
         });
         let has_node_ports = matches!(kind, "NodePort" | "LoadBalancer");
-        let external_ips: Vec<IpAddr> = spec
-            .external_ips
-            .iter()
-            .flatten()
-            .filter_map(|ip| ip.parse().ok())
-            .collect();
+        let external_ips: Vec<IpAddr> = spec.external_ips.iter().flatten().filter_map(|ip| ip.parse().ok()).collect();
         let ingress = service
             .status
             .as_ref()
@@ -386,10 +350,7 @@ impl Plan {
             let Some(service_port) = u16::try_from(port.port).ok().filter(|p| *p != 0) else {
                 continue;
             };
-            let node_port = port
-                .node_port
-                .and_then(|p| u16::try_from(p).ok())
-                .filter(|p| *p != 0 && has_node_ports);
+            let node_port = port.node_port.and_then(|p| u16::try_from(p).ok()).filter(|p| *p != 0 && has_node_ports);
             let port_name = port.name.clone().unwrap_or_default();
 
             for &(family, cluster_ip) in &cluster_ips {
@@ -402,75 +363,26 @@ impl Plan {
                 };
                 let frontend = |kind, set: &SetKey, reach, local_only| {
                     let fill = SetFill { reach, protocol };
-                    (
-                        Frontend {
-                            kind,
-                            set: set.clone(),
-                            affinity_timeout,
-                            local_only,
-                        },
-                        fill,
-                    )
+                    (Frontend { kind, set: set.clone(), affinity_timeout, local_only }, fill)
                 };
                 let external_set = set_key(Scope::External);
                 let internal_set = set_key(Scope::Internal);
 
-                let cluster_ip_set = if cluster_ip_reach == external_reach {
-                    &external_set
-                } else {
-                    &internal_set
-                };
-                let key = FrontendKey {
-                    addr: cluster_ip,
-                    port: service_port,
-                    protocol,
-                    scope: Scope::External,
-                };
-                self.frontend(
-                    key,
-                    frontend(
-                        FrontendKind::ClusterIp,
-                        cluster_ip_set,
-                        cluster_ip_reach,
-                        false,
-                    ),
-                );
+                let cluster_ip_set = if cluster_ip_reach == external_reach { &external_set } else { &internal_set };
+                let key = FrontendKey { addr: cluster_ip, port: service_port, protocol, scope: Scope::External };
+                self.frontend(key, frontend(FrontendKind::ClusterIp, cluster_ip_set, cluster_ip_reach, false));
 
-                let node_addresses = node
-                    .addresses
-                    .iter()
-                    .filter_map(|addr| Some((*addr, node_port?)));
+                let node_addresses = node.addresses.iter().filter_map(|addr| Some((*addr, node_port?)));
                 let outside = node_addresses
                     .map(|(addr, port)| (FrontendKind::NodePort, addr, port))
-                    .chain(
-                        external_ips
-                            .iter()
-                            .map(|ip| (FrontendKind::ExternalIp, *ip, service_port)),
-                    )
-                    .chain(
-                        load_balancer_ips
-                            .iter()
-                            .map(|ip| (FrontendKind::LoadBalancer, *ip, service_port)),
-                    )
+                    .chain(external_ips.iter().map(|ip| (FrontendKind::ExternalIp, *ip, service_port)))
+                    .chain(load_balancer_ips.iter().map(|ip| (FrontendKind::LoadBalancer, *ip, service_port)))
                     .filter(|(_, addr, _)| Family::of(*addr) == family);
                 for (kind, addr, port) in outside {
-                    let key = FrontendKey {
-                        addr,
-                        port,
-                        protocol,
-                        scope: Scope::External,
-                    };
-                    self.frontend(
-                        key,
-                        frontend(kind, &external_set, external_reach, external_local),
-                    );
+                    let key = FrontendKey { addr, port, protocol, scope: Scope::External };
+                    self.frontend(key, frontend(kind, &external_set, external_reach, external_local));
                     if external_local {
-                        let key = FrontendKey {
-                            addr,
-                            port,
-                            protocol,
-                            scope: Scope::Internal,
-                        };
+                        let key = FrontendKey { addr, port, protocol, scope: Scope::Internal };
                         self.frontend(key, frontend(kind, &internal_set, Reach::Cluster, false));
                     }
                 }
@@ -500,12 +412,7 @@ impl Candidate {
     }
 }
 
-fn backend_set(
-    key: &SetKey,
-    fill: SetFill,
-    slices: &[&EndpointSlice],
-    node: &NodeInfo,
-) -> BackendSet {
+fn backend_set(key: &SetKey, fill: SetFill, slices: &[&EndpointSlice], node: &NodeInfo) -> BackendSet {
     let mut candidates: BTreeMap<(IpAddr, u16), Candidate> = BTreeMap::new();
     for slice in slices {
         if Family::from_k8s(&slice.address_type) != Some(key.family) {
@@ -516,17 +423,14 @@ fn backend_set(
             .iter()
             .flatten()
             .find(|p| {
-                p.name.as_deref().unwrap_or_default() == key.port_name
-                    && Protocol::from_k8s(p.protocol.as_deref()) == Some(fill.protocol)
+                p.name.as_deref().unwrap_or_default() == key.port_name && Protocol::from_k8s(p.protocol.as_deref()) == Some(fill.protocol)
             })
             .and_then(|p| p.port)
             .and_then(|p| u16::try_from(p).ok());
         let Some(port) = port else { continue };
         let namespace = slice.metadata.namespace.as_deref().unwrap_or_default();
         for endpoint in &slice.endpoints {
-            let Some(candidate) =
-                candidate(endpoint, port, fill.protocol, key.family, namespace, node)
-            else {
+            let Some(candidate) = candidate(endpoint, port, fill.protocol, key.family, namespace, node) else {
                 continue;
             };
             if fill.reach == Reach::Local && !candidate.backend.local {
@@ -557,14 +461,7 @@ fn backend_set(
     set
 }
 
-fn candidate(
-    endpoint: &Endpoint,
-    port: u16,
-    protocol: Protocol,
-    family: Family,
-    namespace: &str,
-    node: &NodeInfo,
-) -> Option<Candidate> {
+fn candidate(endpoint: &Endpoint, port: u16, protocol: Protocol, family: Family, namespace: &str, node: &NodeInfo) -> Option<Candidate> {
     // The addresses of one endpoint are fungible; kube-proxy uses the first.
     let addr: IpAddr = endpoint.addresses.first()?.parse().ok()?;
     if Family::of(addr) != family {
@@ -574,14 +471,10 @@ fn candidate(
     let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
     let serving = conditions.and_then(|c| c.serving).unwrap_or(ready);
     let terminating = conditions.and_then(|c| c.terminating).unwrap_or(false);
-    let pod = endpoint
-        .target_ref
-        .as_ref()
-        .filter(|r| r.kind.as_deref() == Some("Pod"))
-        .and_then(|r| {
-            let pod_namespace = r.namespace.as_deref().unwrap_or(namespace);
-            Some((pod_namespace.to_string(), r.name.clone()?))
-        });
+    let pod = endpoint.target_ref.as_ref().filter(|r| r.kind.as_deref() == Some("Pod")).and_then(|r| {
+        let pod_namespace = r.namespace.as_deref().unwrap_or(namespace);
+        Some((pod_namespace.to_string(), r.name.clone()?))
+    });
     Some(Candidate {
         backend: Backend {
             addr,
@@ -604,35 +497,19 @@ mod tests {
 
     /// This node: `a`, with one address of each family.
     fn node() -> NodeInfo {
-        NodeInfo {
-            name: "a".into(),
-            addresses: vec![
-                "192.168.0.10".parse().unwrap(),
-                "2001:db8::10".parse().unwrap(),
-            ],
-        }
+        NodeInfo { name: "a".into(), addresses: vec!["192.168.0.10".parse().unwrap(), "2001:db8::10".parse().unwrap()] }
     }
 
     fn service(namespace: &str, name: &str, spec: Value) -> Service {
-        serde_json::from_value(
-            json!({"metadata": {"namespace": namespace, "name": name}, "spec": spec}),
-        )
-        .unwrap()
+        serde_json::from_value(json!({"metadata": {"namespace": namespace, "name": name}, "spec": spec})).unwrap()
     }
 
     fn with_ingress(mut service: Service, ingress: Value) -> Service {
-        service.status =
-            Some(serde_json::from_value(json!({"loadBalancer": {"ingress": ingress}})).unwrap());
+        service.status = Some(serde_json::from_value(json!({"loadBalancer": {"ingress": ingress}})).unwrap());
         service
     }
 
-    fn slice(
-        namespace: &str,
-        service: &str,
-        family: &str,
-        ports: Value,
-        endpoints: Value,
-    ) -> EndpointSlice {
+    fn slice(namespace: &str, service: &str, family: &str, ports: Value, endpoints: Value) -> EndpointSlice {
         serde_json::from_value(json!({
             "metadata": {
                 "namespace": namespace,
@@ -664,17 +541,9 @@ mod tests {
     /// `fe <addr:port/PROTO> <scope> <kind> -> <set> [affinity=N] [local_only]` and
     /// `set <ns>/<svc>:<port>/<family>/<scope> [maglev] [<backend>@<node> ...] [terminating ...]`.
     fn render(desired: &DesiredServices) -> Vec<String> {
-        let set_name = |k: &SetKey| {
-            format!(
-                "{}/{}:{}/{:?}/{:?}",
-                k.namespace, k.service, k.port_name, k.family, k.scope
-            )
-        };
+        let set_name = |k: &SetKey| format!("{}/{}:{}/{:?}/{:?}", k.namespace, k.service, k.port_name, k.family, k.scope);
         let backends = |list: &[Backend]| {
-            list.iter()
-                .map(|b| format!("{}@{}", b.name(), b.node.as_deref().unwrap_or("?")))
-                .collect::<Vec<_>>()
-                .join(" ")
+            list.iter().map(|b| format!("{}@{}", b.name(), b.node.as_deref().unwrap_or("?"))).collect::<Vec<_>>().join(" ")
         };
         let mut lines = Vec::new();
         for (key, fe) in &desired.frontends {
@@ -732,12 +601,18 @@ mod tests {
             },
             Scenario {
                 name: "multi-port service: each port takes the slice port of its name",
-                services: vec![service("default", "app", json!({
-                    "clusterIP": "10.96.0.11",
-                    "ports": [{"name": "http", "port": 80}, {"name": "metrics", "port": 9090}],
-                }))],
+                services: vec![service(
+                    "default",
+                    "app",
+                    json!({
+                        "clusterIP": "10.96.0.11",
+                        "ports": [{"name": "http", "port": 80}, {"name": "metrics", "port": 9090}],
+                    }),
+                )],
                 slices: vec![slice(
-                    "default", "app", "IPv4",
+                    "default",
+                    "app",
+                    "IPv4",
                     json!([{"name": "metrics", "port": 9100}, {"name": "http", "port": 8080}]),
                     json!([ep("10.0.1.1", "a")]),
                 )],
@@ -750,15 +625,21 @@ mod tests {
             },
             Scenario {
                 name: "port matching by name and protocol",
-                services: vec![service("kube-system", "dns", json!({
-                    "clusterIP": "10.96.0.53",
-                    "ports": [
-                        {"name": "dns", "port": 53, "protocol": "UDP"},
-                        {"name": "dns-tcp", "port": 53, "protocol": "TCP"},
-                    ],
-                }))],
+                services: vec![service(
+                    "kube-system",
+                    "dns",
+                    json!({
+                        "clusterIP": "10.96.0.53",
+                        "ports": [
+                            {"name": "dns", "port": 53, "protocol": "UDP"},
+                            {"name": "dns-tcp", "port": 53, "protocol": "TCP"},
+                        ],
+                    }),
+                )],
                 slices: vec![slice(
-                    "kube-system", "dns", "IPv4",
+                    "kube-system",
+                    "dns",
+                    "IPv4",
                     json!([
                         {"name": "dns", "port": 9999, "protocol": "TCP"},
                         {"name": "dns-tcp", "port": 5354, "protocol": "TCP"},
@@ -775,12 +656,16 @@ mod tests {
             },
             Scenario {
                 name: "dual stack: one frontend and set per family, backends from the slice of that family",
-                services: vec![service("default", "web", json!({
-                    "clusterIP": "fd00:96::10",
-                    "clusterIPs": ["fd00:96::10", "10.96.0.10"],
-                    "ipFamilies": ["IPv6", "IPv4"],
-                    "ports": [{"port": 80}],
-                }))],
+                services: vec![service(
+                    "default",
+                    "web",
+                    json!({
+                        "clusterIP": "fd00:96::10",
+                        "clusterIPs": ["fd00:96::10", "10.96.0.10"],
+                        "ipFamilies": ["IPv6", "IPv4"],
+                        "ports": [{"port": 80}],
+                    }),
+                )],
                 slices: vec![
                     web_slice(json!([ep("10.0.1.1", "a")])),
                     slice("default", "web", "IPv6", json!([{"port": 8080}]), json!([ep("fd00:1::1", "a")])),
@@ -794,12 +679,16 @@ mod tests {
             },
             Scenario {
                 name: "NodePort on each node address of the service's families",
-                services: vec![service("default", "web", json!({
-                    "type": "NodePort",
-                    "clusterIPs": ["10.96.0.10", "fd00:96::10"],
-                    "ipFamilies": ["IPv4", "IPv6"],
-                    "ports": [{"port": 80, "nodePort": 30080}],
-                }))],
+                services: vec![service(
+                    "default",
+                    "web",
+                    json!({
+                        "type": "NodePort",
+                        "clusterIPs": ["10.96.0.10", "fd00:96::10"],
+                        "ipFamilies": ["IPv4", "IPv6"],
+                        "ports": [{"port": 80, "nodePort": 30080}],
+                    }),
+                )],
                 slices: vec![
                     web_slice(json!([ep("10.0.1.1", "a"), ep("10.0.2.1", "b")])),
                     slice("default", "web", "IPv6", json!([{"port": 8080}]), json!([ep("fd00:2::1", "b")])),
@@ -816,12 +705,16 @@ mod tests {
             Scenario {
                 name: "LoadBalancer: ingress IPs (not hostnames, not ipMode Proxy) and externalIPs of the family",
                 services: vec![with_ingress(
-                    service("default", "web", json!({
-                        "type": "LoadBalancer",
-                        "clusterIP": "10.96.0.10",
-                        "externalIPs": ["203.0.113.5", "2001:db8::99"],
-                        "ports": [{"port": 443, "nodePort": 30443}],
-                    })),
+                    service(
+                        "default",
+                        "web",
+                        json!({
+                            "type": "LoadBalancer",
+                            "clusterIP": "10.96.0.10",
+                            "externalIPs": ["203.0.113.5", "2001:db8::99"],
+                            "ports": [{"port": 443, "nodePort": 30443}],
+                        }),
+                    ),
                     json!([{"ip": "198.51.100.1"}, {"hostname": "lb.example"}, {"ip": "198.51.100.2", "ipMode": "Proxy"}]),
                 )],
                 slices: vec![web_slice(json!([ep("10.0.1.1", "a")]))],
@@ -847,13 +740,17 @@ mod tests {
             },
             Scenario {
                 name: "externalTrafficPolicy Local: local-only External set, Internal set with all",
-                services: vec![service("default", "web", json!({
-                    "type": "NodePort",
-                    "clusterIP": "10.96.0.10",
-                    "externalIPs": ["203.0.113.5"],
-                    "externalTrafficPolicy": "Local",
-                    "ports": [{"port": 80, "nodePort": 30080}],
-                }))],
+                services: vec![service(
+                    "default",
+                    "web",
+                    json!({
+                        "type": "NodePort",
+                        "clusterIP": "10.96.0.10",
+                        "externalIPs": ["203.0.113.5"],
+                        "externalTrafficPolicy": "Local",
+                        "ports": [{"port": 80, "nodePort": 30080}],
+                    }),
+                )],
                 slices: vec![web_slice(json!([ep("10.0.1.1", "a"), ep("10.0.2.1", "b")]))],
                 want: &[
                     "fe 10.96.0.10:80/TCP External ClusterIp -> default/web:/V4/Internal",
@@ -867,11 +764,15 @@ mod tests {
             },
             Scenario {
                 name: "internalTrafficPolicy Local on a ClusterIP service",
-                services: vec![service("default", "web", json!({
-                    "clusterIP": "10.96.0.10",
-                    "internalTrafficPolicy": "Local",
-                    "ports": [{"port": 80}],
-                }))],
+                services: vec![service(
+                    "default",
+                    "web",
+                    json!({
+                        "clusterIP": "10.96.0.10",
+                        "internalTrafficPolicy": "Local",
+                        "ports": [{"port": 80}],
+                    }),
+                )],
                 slices: vec![web_slice(json!([ep("10.0.1.1", "a"), ep("10.0.2.1", "b")]))],
                 want: &[
                     "fe 10.96.0.10:80/TCP External ClusterIp -> default/web:/V4/Internal",
@@ -880,12 +781,16 @@ mod tests {
             },
             Scenario {
                 name: "internalTrafficPolicy Local with a cluster-wide NodePort: ClusterIP on its own local set",
-                services: vec![service("default", "web", json!({
-                    "type": "NodePort",
-                    "clusterIP": "10.96.0.10",
-                    "internalTrafficPolicy": "Local",
-                    "ports": [{"port": 80, "nodePort": 30080}],
-                }))],
+                services: vec![service(
+                    "default",
+                    "web",
+                    json!({
+                        "type": "NodePort",
+                        "clusterIP": "10.96.0.10",
+                        "internalTrafficPolicy": "Local",
+                        "ports": [{"port": 80, "nodePort": 30080}],
+                    }),
+                )],
                 slices: vec![web_slice(json!([ep("10.0.1.1", "a"), ep("10.0.2.1", "b")]))],
                 want: &[
                     "fe 10.96.0.10:80/TCP External ClusterIp -> default/web:/V4/Internal",
@@ -896,13 +801,17 @@ mod tests {
             },
             Scenario {
                 name: "both policies Local: ClusterIP shares the local External set",
-                services: vec![service("default", "web", json!({
-                    "type": "NodePort",
-                    "clusterIP": "10.96.0.10",
-                    "internalTrafficPolicy": "Local",
-                    "externalTrafficPolicy": "Local",
-                    "ports": [{"port": 80, "nodePort": 30080}],
-                }))],
+                services: vec![service(
+                    "default",
+                    "web",
+                    json!({
+                        "type": "NodePort",
+                        "clusterIP": "10.96.0.10",
+                        "internalTrafficPolicy": "Local",
+                        "externalTrafficPolicy": "Local",
+                        "ports": [{"port": 80, "nodePort": 30080}],
+                    }),
+                )],
                 slices: vec![web_slice(json!([ep("10.0.1.1", "a"), ep("10.0.2.1", "b")]))],
                 want: &[
                     "fe 10.96.0.10:80/TCP External ClusterIp -> default/web:/V4/External",
@@ -915,23 +824,35 @@ mod tests {
             Scenario {
                 name: "session affinity: default and explicit timeout",
                 services: vec![
-                    service("default", "sticky", json!({
-                        "clusterIP": "10.96.0.20",
-                        "sessionAffinity": "ClientIP",
-                        "ports": [{"port": 80}],
-                    })),
-                    service("default", "sticky-60", json!({
-                        "clusterIP": "10.96.0.21",
-                        "sessionAffinity": "ClientIP",
-                        "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}},
-                        "ports": [{"port": 80}],
-                    })),
-                    service("default", "none", json!({
-                        "clusterIP": "10.96.0.22",
-                        "sessionAffinity": "None",
-                        "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}},
-                        "ports": [{"port": 80}],
-                    })),
+                    service(
+                        "default",
+                        "sticky",
+                        json!({
+                            "clusterIP": "10.96.0.20",
+                            "sessionAffinity": "ClientIP",
+                            "ports": [{"port": 80}],
+                        }),
+                    ),
+                    service(
+                        "default",
+                        "sticky-60",
+                        json!({
+                            "clusterIP": "10.96.0.21",
+                            "sessionAffinity": "ClientIP",
+                            "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}},
+                            "ports": [{"port": 80}],
+                        }),
+                    ),
+                    service(
+                        "default",
+                        "none",
+                        json!({
+                            "clusterIP": "10.96.0.22",
+                            "sessionAffinity": "None",
+                            "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}},
+                            "ports": [{"port": 80}],
+                        }),
+                    ),
                 ],
                 slices: vec![],
                 want: &[
@@ -1000,16 +921,17 @@ mod tests {
             },
             Scenario {
                 name: "externalTrafficPolicy Local falls back among local endpoints only",
-                services: vec![service("default", "web", json!({
-                    "type": "NodePort",
-                    "clusterIP": "10.96.0.10",
-                    "externalTrafficPolicy": "Local",
-                    "ports": [{"port": 80, "nodePort": 30080}],
-                }))],
-                slices: vec![web_slice(json!([
-                    ep_in("10.0.1.2", "a", false, true, true),
-                    ep_in("10.0.2.1", "b", true, true, false),
-                ]))],
+                services: vec![service(
+                    "default",
+                    "web",
+                    json!({
+                        "type": "NodePort",
+                        "clusterIP": "10.96.0.10",
+                        "externalTrafficPolicy": "Local",
+                        "ports": [{"port": 80, "nodePort": 30080}],
+                    }),
+                )],
+                slices: vec![web_slice(json!([ep_in("10.0.1.2", "a", false, true, true), ep_in("10.0.2.1", "b", true, true, false),]))],
                 want: &[
                     "fe 10.96.0.10:80/TCP External ClusterIp -> default/web:/V4/Internal",
                     "fe 192.168.0.10:30080/TCP External NodePort -> default/web:/V4/External local_only",
@@ -1022,10 +944,7 @@ mod tests {
                 name: "no endpoints: the empty set is present",
                 services: vec![service("default", "web", json!({"clusterIP": "10.96.0.10", "ports": [{"port": 80}]}))],
                 slices: vec![],
-                want: &[
-                    "fe 10.96.0.10:80/TCP External ClusterIp -> default/web:/V4/External",
-                    "set default/web:/V4/External []",
-                ],
+                want: &["fe 10.96.0.10:80/TCP External ClusterIp -> default/web:/V4/External", "set default/web:/V4/External []"],
             },
             Scenario {
                 name: "an endpoint listed by two slices is one backend, the ready copy",
@@ -1043,7 +962,11 @@ mod tests {
                 name: "two services claiming one external IP: the first by namespace/name keeps it",
                 services: vec![
                     service("default", "zeta", json!({"clusterIP": "10.96.0.12", "externalIPs": ["203.0.113.5"], "ports": [{"port": 80}]})),
-                    service("default", "alpha", json!({"clusterIP": "10.96.0.11", "externalIPs": ["203.0.113.5"], "ports": [{"port": 80}]})),
+                    service(
+                        "default",
+                        "alpha",
+                        json!({"clusterIP": "10.96.0.11", "externalIPs": ["203.0.113.5"], "ports": [{"port": 80}]}),
+                    ),
                 ],
                 slices: vec![],
                 want: &[
@@ -1061,12 +984,7 @@ mod tests {
     fn scenarios_give_the_expected_tables() {
         for scenario in scenarios() {
             let desired = desired_services(&scenario.services, &scenario.slices, &node());
-            assert_eq!(
-                render(&desired),
-                scenario.want,
-                "scenario: {}",
-                scenario.name
-            );
+            assert_eq!(render(&desired), scenario.want, "scenario: {}", scenario.name);
         }
     }
 
@@ -1079,11 +997,7 @@ mod tests {
             services.reverse();
             slices.reverse();
             let reversed = desired_services(&services, &slices, &node());
-            assert_eq!(
-                reversed, forward,
-                "scenario with reversed inputs: {}",
-                scenario.name
-            );
+            assert_eq!(reversed, forward, "scenario with reversed inputs: {}", scenario.name);
         }
     }
 
@@ -1096,50 +1010,18 @@ mod tests {
                 assert!(pointed, "{}: set {key:?} has a frontend", scenario.name);
                 for backend in set.backends.iter().chain(&set.terminating) {
                     let here = backend.node.as_deref() == Some("a");
-                    assert_eq!(
-                        backend.local,
-                        here,
-                        "{}: {} is local iff on node a",
-                        scenario.name,
-                        backend.name()
-                    );
-                    assert_eq!(
-                        Family::of(backend.addr),
-                        key.family,
-                        "{}: {} in a set of its family",
-                        scenario.name,
-                        backend.name()
-                    );
+                    assert_eq!(backend.local, here, "{}: {} is local iff on node a", scenario.name, backend.name());
+                    assert_eq!(Family::of(backend.addr), key.family, "{}: {} in a set of its family", scenario.name, backend.name());
                 }
-                let sorted = |list: &[Backend]| {
-                    list.windows(2)
-                        .all(|w| (w[0].addr, w[0].port) < (w[1].addr, w[1].port))
-                };
-                assert!(
-                    sorted(&set.backends),
-                    "{}: backends of {key:?} sorted by (addr, port)",
-                    scenario.name
-                );
-                assert!(
-                    sorted(&set.terminating),
-                    "{}: terminating of {key:?} sorted by (addr, port)",
-                    scenario.name
-                );
+                let sorted = |list: &[Backend]| list.windows(2).all(|w| (w[0].addr, w[0].port) < (w[1].addr, w[1].port));
+                assert!(sorted(&set.backends), "{}: backends of {key:?} sorted by (addr, port)", scenario.name);
+                assert!(sorted(&set.terminating), "{}: terminating of {key:?} sorted by (addr, port)", scenario.name);
             }
             for (key, fe) in &desired.frontends {
                 let family = Family::of(key.addr);
-                assert_eq!(
-                    fe.set.family, family,
-                    "{}: frontend {key:?} on a set of its family",
-                    scenario.name
-                );
+                assert_eq!(fe.set.family, family, "{}: frontend {key:?} on a set of its family", scenario.name);
                 if fe.local_only {
-                    assert_eq!(
-                        key.scope,
-                        Scope::External,
-                        "{}: only External frontends are local_only",
-                        scenario.name
-                    );
+                    assert_eq!(key.scope, Scope::External, "{}: only External frontends are local_only", scenario.name);
                 }
             }
         }
@@ -1147,11 +1029,7 @@ mod tests {
 
     #[test]
     fn backend_fields_come_from_the_endpoint() {
-        let services = [service(
-            "shop",
-            "web",
-            json!({"clusterIP": "10.96.0.10", "ports": [{"port": 80}]}),
-        )];
+        let services = [service("shop", "web", json!({"clusterIP": "10.96.0.10", "ports": [{"port": 80}]}))];
         let slices = [slice(
             "shop",
             "web",
@@ -1185,19 +1063,9 @@ mod tests {
         };
         assert_eq!(set.backends[0], pod_0, "a local pod endpoint");
         assert_eq!(set.backends[1].node, None, "no nodeName, no node");
-        assert!(
-            !set.backends[1].local,
-            "an endpoint of unknown node is not local"
-        );
-        assert_eq!(
-            set.backends[1].pod,
-            Some(("shop".into(), "web-1".into())),
-            "a targetRef without namespace is in the slice's namespace"
-        );
-        assert_eq!(
-            set.backends[2].pod, None,
-            "a targetRef to a non-Pod is no pod"
-        );
+        assert!(!set.backends[1].local, "an endpoint of unknown node is not local");
+        assert_eq!(set.backends[1].pod, Some(("shop".into(), "web-1".into())), "a targetRef without namespace is in the slice's namespace");
+        assert_eq!(set.backends[2].pod, None, "a targetRef to a non-Pod is no pod");
     }
 
     #[test]
@@ -1211,18 +1079,9 @@ mod tests {
             terminating: false,
             pod: None,
         };
-        assert_eq!(
-            backend("10.0.0.1", Protocol::Tcp).name(),
-            "10.0.0.1:8080/TCP"
-        );
-        assert_eq!(
-            backend("fd00::1", Protocol::Udp).name(),
-            "[fd00::1]:8080/UDP"
-        );
-        assert_eq!(
-            backend("10.0.0.1", Protocol::Sctp).name(),
-            "10.0.0.1:8080/SCTP"
-        );
+        assert_eq!(backend("10.0.0.1", Protocol::Tcp).name(), "10.0.0.1:8080/TCP");
+        assert_eq!(backend("fd00::1", Protocol::Udp).name(), "[fd00::1]:8080/UDP");
+        assert_eq!(backend("10.0.0.1", Protocol::Sctp).name(), "10.0.0.1:8080/SCTP");
     }
 
     #[test]

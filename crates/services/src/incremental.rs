@@ -95,7 +95,8 @@ impl DesiredCache {
     /// Brings the tables to `inputs`, every service there is, computing each again (the
     /// start, and the periodic full round that heals whatever a missed change left).
     pub fn update(&mut self, inputs: BTreeMap<ServiceId, ServiceInput<'_>>) -> CacheUpdate {
-        let mut changed: BTreeMap<ServiceId, Option<ServiceInput<'_>>> = self.entries.keys().filter(|id| !inputs.contains_key(*id)).map(|id| (id.clone(), None)).collect();
+        let mut changed: BTreeMap<ServiceId, Option<ServiceInput<'_>>> =
+            self.entries.keys().filter(|id| !inputs.contains_key(*id)).map(|id| (id.clone(), None)).collect();
         changed.extend(inputs.into_iter().map(|(id, input)| (id, Some(input))));
         self.update_changed(changed)
     }
@@ -234,7 +235,11 @@ mod tests {
             address_type: "IPv4".into(),
             endpoints: backends
                 .iter()
-                .map(|a| Endpoint { addresses: vec![(*a).into()], conditions: Some(EndpointConditions { ready: Some(true), ..Default::default() }), ..Default::default() })
+                .map(|a| Endpoint {
+                    addresses: vec![(*a).into()],
+                    conditions: Some(EndpointConditions { ready: Some(true), ..Default::default() }),
+                    ..Default::default()
+                })
                 .collect(),
             ports: Some(vec![EndpointPort { port: Some(8080), protocol: Some("TCP".into()), ..Default::default() }]),
         }
@@ -246,11 +251,23 @@ mod tests {
 
     /// Runs the cache over `world` — every service, or only `changed` ones — and checks it
     /// against the full computation.
-    fn step(cache: &mut DesiredCache, world: &BTreeMap<String, (Service, Vec<EndpointSlice>)>, what: &str, changed: Option<&[&str]>) -> usize {
+    fn step(
+        cache: &mut DesiredCache,
+        world: &BTreeMap<String, (Service, Vec<EndpointSlice>)>,
+        what: &str,
+        changed: Option<&[&str]>,
+    ) -> usize {
         let recomputed = match changed {
-            None => cache.update(world.iter().map(|(name, (svc, slices))| (("default".to_owned(), name.clone()), input(svc, slices))).collect()).recomputed,
+            None => {
+                cache
+                    .update(world.iter().map(|(name, (svc, slices))| (("default".to_owned(), name.clone()), input(svc, slices))).collect())
+                    .recomputed
+            }
             Some(names) => {
-                let changes = names.iter().map(|n| (("default".to_owned(), (*n).to_owned()), world.get(*n).map(|(svc, slices)| input(svc, slices)))).collect();
+                let changes = names
+                    .iter()
+                    .map(|n| (("default".to_owned(), (*n).to_owned()), world.get(*n).map(|(svc, slices)| input(svc, slices))))
+                    .collect();
                 cache.update_changed(changes).recomputed
             }
         };
@@ -266,7 +283,10 @@ mod tests {
         let mut world = BTreeMap::new();
         for i in 0..50 {
             let name = format!("svc-{i:02}");
-            world.insert(name.clone(), (service(&name, &format!("10.96.0.{}", i + 1), None, None), vec![slice(&name, &["198.19.0.5", "198.19.1.5"])]));
+            world.insert(
+                name.clone(),
+                (service(&name, &format!("10.96.0.{}", i + 1), None, None), vec![slice(&name, &["198.19.0.5", "198.19.1.5"])]),
+            );
         }
         assert_eq!(step(&mut cache, &world, "first round", None), 50, "everything is new");
 
@@ -289,12 +309,14 @@ mod tests {
         world.insert("a".to_owned(), (service("a", "10.96.0.1", Some("203.0.113.7"), None), vec![slice("a", &["198.19.0.5"])]));
         world.insert("b".to_owned(), (service("b", "10.96.0.2", Some("203.0.113.7"), None), vec![slice("b", &["198.19.0.6"])]));
         step(&mut cache, &world, "two claimants", None);
-        let shared = cache.desired().frontends.iter().find(|(k, _)| k.addr.to_string() == "203.0.113.7").map(|(_, f)| f.set.service.clone());
+        let shared =
+            cache.desired().frontends.iter().find(|(k, _)| k.addr.to_string() == "203.0.113.7").map(|(_, f)| f.set.service.clone());
         assert_eq!(shared.as_deref(), Some("a"), "the first in order keeps the shared frontend");
 
         world.remove("a");
         step(&mut cache, &world, "the first claimant deleted", Some(&["a"]));
-        let shared = cache.desired().frontends.iter().find(|(k, _)| k.addr.to_string() == "203.0.113.7").map(|(_, f)| f.set.service.clone());
+        let shared =
+            cache.desired().frontends.iter().find(|(k, _)| k.addr.to_string() == "203.0.113.7").map(|(_, f)| f.set.service.clone());
         assert_eq!(shared.as_deref(), Some("b"), "the next claimant takes it over");
 
         world.insert("a".to_owned(), (service("a", "10.96.0.1", Some("203.0.113.7"), None), vec![slice("a", &["198.19.0.5"])]));

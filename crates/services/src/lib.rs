@@ -16,5 +16,5 @@
 //! ```
 
 pub mod desired;
-pub mod maglev;
 pub mod incremental;
+pub mod maglev;

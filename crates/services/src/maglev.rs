@@ -67,24 +67,17 @@ pub fn maglev_table(backends: &[&str], size: u32) -> Result<Vec<u32>, MaglevErro
         return Ok(Vec::new());
     }
     if backends.len() > size as usize {
-        return Err(MaglevError::SizeTooSmall {
-            size,
-            backends: backends.len(),
-        });
+        return Err(MaglevError::SizeTooSmall { size, backends: backends.len() });
     }
 
     // The rank order: by name, so that every node fills the table in the same order.
     // Indices fit: there are at most `size` backends. u32::MAX marks free slots below, and
     // no index reaches it.
-    let mut order: Vec<u32> = (0..backends.len())
-        .map(|i| u32::try_from(i).unwrap_or(u32::MAX))
-        .collect();
+    let mut order: Vec<u32> = (0..backends.len()).map(|i| u32::try_from(i).unwrap_or(u32::MAX)).collect();
     order.sort_by(|&a, &b| backends[a as usize].cmp(backends[b as usize]));
     for pair in order.windows(2) {
         if backends[pair[0] as usize].cmp(backends[pair[1] as usize]) == Ordering::Equal {
-            return Err(MaglevError::DuplicateBackend {
-                name: backends[pair[0] as usize].to_string(),
-            });
+            return Err(MaglevError::DuplicateBackend { name: backends[pair[0] as usize].to_string() });
         }
     }
 
@@ -170,9 +163,7 @@ mod tests {
     use super::*;
 
     fn names(n: usize) -> Vec<String> {
-        (0..n)
-            .map(|i| format!("10.0.{}.{}:8080/TCP", i / 250, i % 250 + 1))
-            .collect()
+        (0..n).map(|i| format!("10.0.{}.{}:8080/TCP", i / 250, i % 250 + 1)).collect()
     }
 
     fn refs(names: &[String]) -> Vec<&str> {
@@ -195,19 +186,12 @@ mod tests {
     #[test]
     fn primes() {
         let small: Vec<u32> = (0..40).filter(|&n| is_prime(n)).collect();
-        assert_eq!(
-            small,
-            [2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37],
-            "primes below 40"
-        );
+        assert_eq!(small, [2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37], "primes below 40");
         assert!(is_prime(DEFAULT_TABLE_SIZE), "the default size is prime");
         assert!(is_prime(65537), "65537 is prime");
         assert!(is_prime(4_294_967_291), "the largest u32 prime is prime");
         assert!(!is_prime(u32::MAX), "u32::MAX = 3 × 5 × 17 × 257 × 65537");
-        assert!(
-            !is_prime(65537 * 65521),
-            "a product of two large primes is not prime"
-        );
+        assert!(!is_prime(65537 * 65521), "a product of two large primes is not prime");
         assert!(!is_prime(1 << 20), "even numbers are not prime");
         assert!(!is_prime(16383), "16383 = 3 × 43 × 127");
     }
@@ -216,51 +200,23 @@ mod tests {
     fn non_prime_size_is_rejected_with_the_size() {
         let err = maglev_table(&["a"], 16383).unwrap_err();
         assert_eq!(err, MaglevError::SizeNotPrime { size: 16383 });
-        assert!(
-            err.to_string().contains("16383"),
-            "the message names the size: {err}"
-        );
-        assert_eq!(
-            maglev_table(&[], 0),
-            Err(MaglevError::SizeNotPrime { size: 0 }),
-            "0 is not prime"
-        );
-        assert_eq!(
-            maglev_table(&[], 1),
-            Err(MaglevError::SizeNotPrime { size: 1 }),
-            "1 is not prime"
-        );
+        assert!(err.to_string().contains("16383"), "the message names the size: {err}");
+        assert_eq!(maglev_table(&[], 0), Err(MaglevError::SizeNotPrime { size: 0 }), "0 is not prime");
+        assert_eq!(maglev_table(&[], 1), Err(MaglevError::SizeNotPrime { size: 1 }), "1 is not prime");
     }
 
     #[test]
     fn size_above_the_maximum_is_rejected() {
         let err = maglev_table(&["a"], 4_294_967_291).unwrap_err();
-        assert_eq!(
-            err,
-            MaglevError::SizeTooLarge {
-                size: 4_294_967_291
-            }
-        );
-        assert!(
-            is_prime(MAX_TABLE_SIZE),
-            "the maximum size is itself a valid size"
-        );
-        assert_eq!(
-            maglev_table(&["a"], MAX_TABLE_SIZE).map(|t| t.len()),
-            Ok(MAX_TABLE_SIZE as usize)
-        );
+        assert_eq!(err, MaglevError::SizeTooLarge { size: 4_294_967_291 });
+        assert!(is_prime(MAX_TABLE_SIZE), "the maximum size is itself a valid size");
+        assert_eq!(maglev_table(&["a"], MAX_TABLE_SIZE).map(|t| t.len()), Ok(MAX_TABLE_SIZE as usize));
     }
 
     #[test]
     fn size_smaller_than_backends_is_rejected() {
         let err = maglev_table(&["a", "b", "c", "d"], 3).unwrap_err();
-        assert_eq!(
-            err,
-            MaglevError::SizeTooSmall {
-                size: 3,
-                backends: 4
-            }
-        );
+        assert_eq!(err, MaglevError::SizeTooSmall { size: 3, backends: 4 });
     }
 
     #[test]
@@ -284,11 +240,7 @@ mod tests {
     fn as_many_backends_as_entries_get_one_each() {
         let names = names(7);
         let table = maglev_table(&refs(&names), 7).unwrap();
-        assert_eq!(
-            counts(&table, 7),
-            vec![1; 7],
-            "each of 7 backends owns one of 7 entries"
-        );
+        assert_eq!(counts(&table, 7), vec![1; 7], "each of 7 backends owns one of 7 entries");
     }
 
     #[test]
@@ -296,21 +248,14 @@ mod tests {
         for n in [2, 3, 10, 100] {
             let names = names(n);
             let table = maglev_table(&refs(&names), DEFAULT_TABLE_SIZE).unwrap();
-            assert_eq!(
-                table.len(),
-                DEFAULT_TABLE_SIZE as usize,
-                "N={n}: one entry per slot"
-            );
+            assert_eq!(table.len(), DEFAULT_TABLE_SIZE as usize, "N={n}: one entry per slot");
             let counts = counts(&table, n);
             let (min, max) = (*counts.iter().min().unwrap(), *counts.iter().max().unwrap());
             assert!(min > 0, "N={n}: every backend owns entries");
             // Maglev fills round-robin, so shares differ by at most the last partial round
             // plus what the permutation collisions leave; the paper reports < 1.2 at N/M=1%.
             let ratio = max as f64 / min as f64;
-            assert!(
-                ratio < 1.2,
-                "N={n}: max/min share ratio {ratio:.3} should be below 1.2 ({min}..{max})"
-            );
+            assert!(ratio < 1.2, "N={n}: max/min share ratio {ratio:.3} should be below 1.2 ({min}..{max})");
         }
     }
 
@@ -322,17 +267,10 @@ mod tests {
         reversed.reverse();
         let mut rotated = forward.clone();
         rotated.rotate_left(3);
-        let expected = by_name(
-            &forward,
-            &maglev_table(&forward, DEFAULT_TABLE_SIZE).unwrap(),
-        );
+        let expected = by_name(&forward, &maglev_table(&forward, DEFAULT_TABLE_SIZE).unwrap());
         for other in [reversed, rotated] {
             let table = maglev_table(&other, DEFAULT_TABLE_SIZE).unwrap();
-            assert_eq!(
-                by_name(&other, &table),
-                expected,
-                "same owners for permuted input {other:?}"
-            );
+            assert_eq!(by_name(&other, &table), expected, "same owners for permuted input {other:?}");
         }
     }
 
@@ -340,11 +278,7 @@ mod tests {
     fn table_is_stable_across_processes() {
         // Pinned: every node must compute this. A change here is a change of the table's
         // definition, which breaks flows during a mixed-version rollout.
-        let table = maglev_table(
-            &["10.0.0.1:80/TCP", "10.0.0.2:80/TCP", "10.0.0.3:80/TCP"],
-            13,
-        )
-        .unwrap();
+        let table = maglev_table(&["10.0.0.1:80/TCP", "10.0.0.2:80/TCP", "10.0.0.3:80/TCP"], 13).unwrap();
         assert_eq!(table, PINNED_13, "the table of three backends in 13 slots");
     }
     const PINNED_13: [u32; 13] = [1, 2, 2, 0, 1, 0, 1, 2, 1, 2, 0, 0, 0];
@@ -355,14 +289,8 @@ mod tests {
         let old = by_name(before, &maglev_table(before, size).unwrap());
         let new = by_name(after, &maglev_table(after, size).unwrap());
         let changed: Vec<(&str, &str)> = old.into_iter().zip(new).filter(|(o, n)| o != n).collect();
-        let others = changed
-            .iter()
-            .filter(|(o, n)| *o != moved && *n != moved)
-            .count();
-        (
-            changed.len() as f64 / f64::from(size),
-            others as f64 / f64::from(size),
-        )
+        let others = changed.iter().filter(|(o, n)| *o != moved && *n != moved).count();
+        (changed.len() as f64 / f64::from(size), others as f64 / f64::from(size))
     }
 
     /// How much one backend change may disturb, as multiples of `1/N`: all of the moved
@@ -385,8 +313,14 @@ mod tests {
                 let after: Vec<&str> = before.iter().copied().filter(|b| *b != removed).collect();
                 let (changed, others) = disruption(&before, &after, removed, size);
                 let (changed, others) = (changed * n as f64, others * n as f64);
-                assert!(changed < max_changed, "N={n} size={size} without {removed}: {changed:.2}/N of the table changed, expected < {max_changed}/N");
-                assert!(others < max_others, "N={n} size={size} without {removed}: {others:.2}/N moved between remaining backends, expected < {max_others}/N");
+                assert!(
+                    changed < max_changed,
+                    "N={n} size={size} without {removed}: {changed:.2}/N of the table changed, expected < {max_changed}/N"
+                );
+                assert!(
+                    others < max_others,
+                    "N={n} size={size} without {removed}: {others:.2}/N moved between remaining backends, expected < {max_others}/N"
+                );
             }
         }
     }
@@ -400,8 +334,14 @@ mod tests {
                 let before: Vec<&str> = after.iter().copied().filter(|b| *b != added).collect();
                 let (changed, others) = disruption(&before, &after, added, size);
                 let (changed, others) = (changed * n as f64, others * n as f64);
-                assert!(changed < max_changed, "N={n} size={size} adding {added}: {changed:.2}/N of the table changed, expected < {max_changed}/N");
-                assert!(others < max_others, "N={n} size={size} adding {added}: {others:.2}/N moved between old backends, expected < {max_others}/N");
+                assert!(
+                    changed < max_changed,
+                    "N={n} size={size} adding {added}: {changed:.2}/N of the table changed, expected < {max_changed}/N"
+                );
+                assert!(
+                    others < max_others,
+                    "N={n} size={size} adding {added}: {others:.2}/N moved between old backends, expected < {max_others}/N"
+                );
             }
         }
     }

@@ -83,7 +83,11 @@ impl EtcdAccess {
             if let Some(netns) = &self.netns {
                 enter_netns(netns)?;
             }
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|source| StoreError::Io { path: PathBuf::from("(etcd client runtime)"), action: "starting", source })?;
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|source| StoreError::Io {
+                path: PathBuf::from("(etcd client runtime)"),
+                action: "starting",
+                source,
+            })?;
             runtime.block_on(async move {
                 let store = EtcdStore::connect(&self.config).await?;
                 op(store).await

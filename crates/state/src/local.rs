@@ -10,11 +10,11 @@ use std::path::{Path, PathBuf};
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use sluice_model::policy::{SluiceClusterwideNetworkPolicy, SluiceNetworkPolicy};
 use nix::fcntl::{Flock, FlockArg};
-use sluice_model::labels::namespace_labels;
-use sluice_model::LabelSet;
 use serde::{Deserialize, Serialize};
+use sluice_model::labels::namespace_labels;
+use sluice_model::policy::{SluiceClusterwideNetworkPolicy, SluiceNetworkPolicy};
+use sluice_model::LabelSet;
 
 use crate::cluster::{EndpointRecord, IdentityRecord, NodeRecord};
 
@@ -194,7 +194,8 @@ impl LocalStore {
             std::fs::create_dir_all(dir).map_err(|e| self.io("creating its directory", e))?;
         }
         let lock_path = self.path.with_extension("lock");
-        let file = OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(|e| self.io("opening the lock", e))?;
+        let file =
+            OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(|e| self.io("opening the lock", e))?;
         Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| self.io("locking", e.into()))
     }
 
@@ -210,7 +211,10 @@ impl LocalStore {
             Some(p) if p >= now => p + std::time::Duration::from_micros(1),
             _ => now,
         };
-        file.write_all(&bytes).and_then(|_| file.set_modified(modified)).and_then(|_| file.sync_all()).map_err(|e| self.io("writing", e))?;
+        file.write_all(&bytes)
+            .and_then(|_| file.set_modified(modified))
+            .and_then(|_| file.sync_all())
+            .map_err(|e| self.io("writing", e))?;
         std::fs::rename(&tmp, &self.path).map_err(|e| self.io("replacing", e))
     }
 
@@ -234,7 +238,10 @@ mod tests {
         let store = LocalStore::new(dir.path().join("s.json"));
         store
             .update(|s| {
-                s.namespaces.insert("x".into(), Namespace { metadata: ObjectMeta { name: Some("x".into()), ..Default::default() }, ..Default::default() });
+                s.namespaces.insert(
+                    "x".into(),
+                    Namespace { metadata: ObjectMeta { name: Some("x".into()), ..Default::default() }, ..Default::default() },
+                );
                 Ok(())
             })
             .unwrap();
@@ -269,8 +276,25 @@ mod tests {
         let store = LocalStore::new(dir.path().join("s.json"));
         store
             .update(|s| {
-                s.namespaces.insert("x".into(), Namespace { metadata: ObjectMeta { name: Some("x".into()), labels: labels(&[("team", "a")]), ..Default::default() }, ..Default::default() });
-                s.pods.insert(Store::pod_key("x", "p"), Pod { metadata: ObjectMeta { name: Some("p".into()), namespace: Some("x".into()), labels: labels(&[("app", "web")]), ..Default::default() }, ..Default::default() });
+                s.namespaces.insert(
+                    "x".into(),
+                    Namespace {
+                        metadata: ObjectMeta { name: Some("x".into()), labels: labels(&[("team", "a")]), ..Default::default() },
+                        ..Default::default()
+                    },
+                );
+                s.pods.insert(
+                    Store::pod_key("x", "p"),
+                    Pod {
+                        metadata: ObjectMeta {
+                            name: Some("p".into()),
+                            namespace: Some("x".into()),
+                            labels: labels(&[("app", "web")]),
+                            ..Default::default()
+                        },
+                        ..Default::default()
+                    },
+                );
                 Ok(())
             })
             .unwrap();
@@ -286,12 +310,22 @@ mod tests {
         let store = LocalStore::new(dir.path().join("s.json"));
         store
             .update(|s| {
-                s.pods.insert(Store::pod_key("implicit", "p"), Pod { metadata: ObjectMeta { name: Some("p".into()), namespace: Some("implicit".into()), ..Default::default() }, ..Default::default() });
+                s.pods.insert(
+                    Store::pod_key("implicit", "p"),
+                    Pod {
+                        metadata: ObjectMeta { name: Some("p".into()), namespace: Some("implicit".into()), ..Default::default() },
+                        ..Default::default()
+                    },
+                );
                 Ok(())
             })
             .unwrap();
         let set = store.load().unwrap().pod_label_set("implicit", "p").expect("pod is known");
-        assert_eq!(set.get("k8s:io.kubernetes.pod.namespace.labels.kubernetes.io/metadata.name"), Some("implicit"), "the namespace's name label, though the namespace was never stored: {set}");
+        assert_eq!(
+            set.get("k8s:io.kubernetes.pod.namespace.labels.kubernetes.io/metadata.name"),
+            Some("implicit"),
+            "the namespace's name label, though the namespace was never stored: {set}"
+        );
     }
 
     #[test]
@@ -332,15 +366,18 @@ spec: {endpointSelector: {}, enforcementMode: audit, egress: [{toPorts: [{ports:
             match object {
                 sluice_model::Object::NetworkPolicy(p) => wanted.network_policies.insert(Store::key("x", "web"), p).is_none(),
                 sluice_model::Object::SluiceNetworkPolicy(p) => wanted.sluice_policies.insert(Store::key("x", "web"), p).is_none(),
-                sluice_model::Object::SluiceClusterwideNetworkPolicy(p) => wanted.clusterwide_policies.insert("audit-all".into(), p).is_none(),
+                sluice_model::Object::SluiceClusterwideNetworkPolicy(p) => {
+                    wanted.clusterwide_policies.insert("audit-all".into(), p).is_none()
+                }
                 other => panic!("unexpected {other:?}"),
             };
         }
-        store.update(|s| {
-            *s = wanted.clone();
-            Ok(())
-        })
-        .unwrap();
+        store
+            .update(|s| {
+                *s = wanted.clone();
+                Ok(())
+            })
+            .unwrap();
         let loaded = store.load().unwrap();
         assert_eq!(loaded.network_policies, wanted.network_policies, "network policies round trip");
         assert_eq!(loaded.sluice_policies, wanted.sluice_policies, "Sluice policies round trip");
@@ -355,7 +392,10 @@ spec: {endpointSelector: {}, enforcementMode: audit, egress: [{toPorts: [{ports:
         store
             .update(|s| {
                 s.services.insert(Store::key("x", "web"), Service { metadata: meta("web"), ..Default::default() });
-                s.endpoint_slices.insert(Store::key("x", "web-1"), EndpointSlice { metadata: meta("web-1"), address_type: "IPv4".into(), endpoints: vec![], ports: None });
+                s.endpoint_slices.insert(
+                    Store::key("x", "web-1"),
+                    EndpointSlice { metadata: meta("web-1"), address_type: "IPv4".into(), endpoints: vec![], ports: None },
+                );
                 Ok(())
             })
             .unwrap();

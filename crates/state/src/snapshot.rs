@@ -56,7 +56,11 @@ pub trait StateSource: Send + Sync {
 }
 
 /// Waits until `rx` holds a snapshot that satisfies `ready`, at most `timeout`.
-pub async fn wait_for(rx: &mut watch::Receiver<ClusterState>, timeout: Duration, mut ready: impl FnMut(&ClusterState) -> bool) -> Option<ClusterState> {
+pub async fn wait_for(
+    rx: &mut watch::Receiver<ClusterState>,
+    timeout: Duration,
+    mut ready: impl FnMut(&ClusterState) -> bool,
+) -> Option<ClusterState> {
     let wait = async {
         loop {
             {
@@ -78,7 +82,11 @@ pub async fn wait_synced(source: &dyn StateSource, timeout: Duration) -> Result<
     let mut rx = source.subscribe();
     wait_for(&mut rx, timeout, |s| s.synced).await.ok_or_else(|| {
         let health = source.health();
-        StoreError::NotSynced { kind: health.kind, waited: timeout, last_error: health.last_error.unwrap_or_else(|| "no error reported".into()) }
+        StoreError::NotSynced {
+            kind: health.kind,
+            waited: timeout,
+            last_error: health.last_error.unwrap_or_else(|| "no error reported".into()),
+        }
     })
 }
 

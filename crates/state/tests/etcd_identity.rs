@@ -13,7 +13,8 @@ use sluice_state::etcd::{EtcdStore, FIRST_CLUSTER_IDENTITY};
 use sluice_state::NodeRecord;
 
 fn labels(app: &str) -> (String, BTreeMap<String, String>) {
-    let map: BTreeMap<String, String> = [("k8s:app".to_string(), app.to_string()), ("k8s:io.kubernetes.pod.namespace".to_string(), "x".to_string())].into_iter().collect();
+    let map: BTreeMap<String, String> =
+        [("k8s:app".to_string(), app.to_string()), ("k8s:io.kubernetes.pod.namespace".to_string(), "x".to_string())].into_iter().collect();
     let canonical = map.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(";");
     (canonical, map)
 }
@@ -65,7 +66,15 @@ async fn unreferenced_identities_are_collected_after_the_grace() {
     let (free_canonical, free_labels) = labels("free");
     let held = store.allocate_identity(&held_canonical, &held_labels).await.unwrap();
     let free = store.allocate_identity(&free_canonical, &free_labels).await.unwrap();
-    let node = NodeRecord { name: "n1".into(), addresses: vec![], pod_cidrs: vec![], host_routing: String::new(), health: String::new(), agent_version: String::new(), registered: String::new() };
+    let node = NodeRecord {
+        name: "n1".into(),
+        addresses: vec![],
+        pod_cidrs: vec![],
+        host_routing: String::new(),
+        health: String::new(),
+        agent_version: String::new(),
+        registered: String::new(),
+    };
     let lease = store.register_node(&node, 30).await.unwrap();
     lease.hold_identity(held).await.unwrap();
 

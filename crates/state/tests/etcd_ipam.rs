@@ -65,7 +65,15 @@ async fn a_full_pool_says_so() {
 async fn orphaned_cidrs_are_released_after_the_grace() {
     let Some(etcd) = TestEtcd::start().await else { return };
     let store = etcd.store().await;
-    let record = |name: &str| NodeRecord { name: name.into(), addresses: vec![], pod_cidrs: vec![], host_routing: String::new(), health: String::new(), agent_version: String::new(), registered: String::new() };
+    let record = |name: &str| NodeRecord {
+        name: name.into(),
+        addresses: vec![],
+        pod_cidrs: vec![],
+        host_routing: String::new(),
+        health: String::new(),
+        agent_version: String::new(),
+        registered: String::new(),
+    };
     let live = store.register_node(&record("live"), 30).await.unwrap();
     let live_cidrs = store.allocate_pod_cidrs("live", &pools(), 24, 64).await.unwrap();
     let gone_cidrs = store.allocate_pod_cidrs("gone", &pools(), 24, 64).await.unwrap();

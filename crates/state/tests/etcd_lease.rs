@@ -12,7 +12,15 @@ use sluice_state::etcd::EtcdStore;
 use sluice_state::{EndpointRecord, NodeRecord};
 
 fn node(name: &str) -> NodeRecord {
-    NodeRecord { name: name.into(), addresses: vec!["198.19.0.1".parse().unwrap()], pod_cidrs: vec![], host_routing: "bpf".into(), health: "ready".into(), agent_version: "test".into(), registered: String::new() }
+    NodeRecord {
+        name: name.into(),
+        addresses: vec!["198.19.0.1".parse().unwrap()],
+        pod_cidrs: vec![],
+        host_routing: "bpf".into(),
+        health: "ready".into(),
+        agent_version: "test".into(),
+        registered: String::new(),
+    }
 }
 
 fn endpoint(name: &str, node: &str) -> EndpointRecord {
@@ -108,7 +116,8 @@ async fn writes_while_etcd_is_down_fail_and_are_published_when_it_is_back() {
     let err = lease.publish_endpoint(&endpoint("late", "n1")).await;
     assert!(err.is_err(), "a write to a stopped etcd fails instead of hanging or panicking");
     etcd.server.restart().await.unwrap();
-    let back = eventually(Duration::from_secs(15), || async { matches!(store.load().await, Ok(s) if s.endpoints.contains_key("x/late")) }).await;
+    let back =
+        eventually(Duration::from_secs(15), || async { matches!(store.load().await, Ok(s) if s.endpoints.contains_key("x/late")) }).await;
     assert!(back, "the keep-alive task published the endpoint once etcd was back");
     lease.revoke().await.unwrap();
 }

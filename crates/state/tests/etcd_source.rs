@@ -39,7 +39,9 @@ async fn first_snapshot_is_synced_and_changes_follow_within_a_second() {
 
     let mut rx = source.subscribe();
     let written = add_namespace(&store, "after").await;
-    let seen = wait_for(&mut rx, Duration::from_secs(1), |s| s.namespaces.contains_key("after")).await.expect("the change arrives within a second");
+    let seen = wait_for(&mut rx, Duration::from_secs(1), |s| s.namespaces.contains_key("after"))
+        .await
+        .expect("the change arrives within a second");
     assert!(seen.revision > synced.revision, "the revision grows: {} -> {}", synced.revision, seen.revision);
     assert_eq!(seen.revision, written, "the snapshot is at the write's revision");
     assert_eq!(seen.objects.generation, written, "the objects carry the revision as their generation");
@@ -71,14 +73,19 @@ async fn the_source_comes_back_after_etcd_restarts() {
     let synced = wait_synced(&source, Duration::from_secs(10)).await.unwrap();
 
     etcd.server.stop().unwrap();
-    assert!(eventually(Duration::from_secs(15), || async { !source.health().connected }).await, "the source notices etcd is gone: {:?}", source.health());
+    assert!(
+        eventually(Duration::from_secs(15), || async { !source.health().connected }).await,
+        "the source notices etcd is gone: {:?}",
+        source.health()
+    );
     assert!(source.health().last_error.is_some(), "and says why");
 
     etcd.server.restart().await.unwrap();
     let store = etcd.store().await;
     let written = add_namespace(&store, "two").await;
     let mut rx = source.subscribe();
-    let seen = wait_for(&mut rx, Duration::from_secs(15), |s| s.namespaces.contains_key("two")).await.expect("a change after the restart arrives");
+    let seen =
+        wait_for(&mut rx, Duration::from_secs(15), |s| s.namespaces.contains_key("two")).await.expect("a change after the restart arrives");
     assert!(seen.namespaces.contains_key("one"), "what did not change is still there");
     assert!(seen.revision >= written && seen.revision > synced.revision, "the revision moved on");
     assert!(eventually(Duration::from_secs(5), || async { source.health().connected }).await, "connected again: {:?}", source.health());
@@ -106,7 +113,8 @@ async fn a_compacted_revision_forces_a_full_read() {
     // be replaced by a full read.
     let mut stale = Store::default();
     stale.namespaces.insert("a".into(), namespace("a", "t"));
-    let source = EtcdSource::spawn_resuming(etcd.config(), ClusterState { revision: old, synced: true, objects: std::sync::Arc::new(stale) });
+    let source =
+        EtcdSource::spawn_resuming(etcd.config(), ClusterState { revision: old, synced: true, objects: std::sync::Arc::new(stale) });
     let mut rx = source.subscribe();
     let seen = wait_for(&mut rx, Duration::from_secs(10), |s| s.revision >= latest).await.expect("the source catches up");
     let names: Vec<&String> = seen.namespaces.keys().collect();
@@ -115,7 +123,8 @@ async fn a_compacted_revision_forces_a_full_read() {
 
     // It keeps watching afterwards.
     let written = add_namespace(&store, "d").await;
-    let seen = wait_for(&mut rx, Duration::from_secs(2), |s| s.namespaces.contains_key("d")).await.expect("changes after the resync arrive");
+    let seen =
+        wait_for(&mut rx, Duration::from_secs(2), |s| s.namespaces.contains_key("d")).await.expect("changes after the resync arrive");
     assert_eq!(seen.revision, written);
 }
 
@@ -139,5 +148,7 @@ async fn an_idle_watch_outlives_the_request_timeout() {
     assert!(source.health().connected && source.health().last_error.is_none(), "the idle watch is still up: {:?}", source.health());
     add_namespace(&store, "late").await;
     let mut rx = source.subscribe();
-    wait_for(&mut rx, Duration::from_secs(1), |s| s.namespaces.contains_key("late")).await.expect("a change after a long quiet arrives at once");
+    wait_for(&mut rx, Duration::from_secs(1), |s| s.namespaces.contains_key("late"))
+        .await
+        .expect("a change after a long quiet arrives at once");
 }

@@ -76,7 +76,10 @@ fn contents(store: &Store) -> serde_json::Value {
 }
 
 fn service(i: usize) -> Service {
-    Service { metadata: ObjectMeta { name: Some(format!("s{i}")), namespace: Some("bulk".into()), ..Default::default() }, ..Default::default() }
+    Service {
+        metadata: ObjectMeta { name: Some(format!("s{i}")), namespace: Some("bulk".into()), ..Default::default() },
+        ..Default::default()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -269,7 +272,15 @@ async fn an_update_of_300_objects_is_written_in_chunks() {
 async fn update_leaves_nodes_endpoints_and_identities_to_their_owners() {
     let Some(etcd) = TestEtcd::start().await else { return };
     let store = etcd.store().await;
-    let node = NodeRecord { name: "n1".into(), addresses: vec![], pod_cidrs: vec![], host_routing: "bpf".into(), health: "ready".into(), agent_version: "t".into(), registered: String::new() };
+    let node = NodeRecord {
+        name: "n1".into(),
+        addresses: vec![],
+        pod_cidrs: vec![],
+        host_routing: "bpf".into(),
+        health: "ready".into(),
+        agent_version: "t".into(),
+        registered: String::new(),
+    };
     let lease = store.register_node(&node, 30).await.unwrap();
     store
         .update(|s| {
@@ -281,7 +292,11 @@ async fn update_leaves_nodes_endpoints_and_identities_to_their_owners() {
         .await
         .unwrap();
     let loaded = store.load().await.unwrap();
-    assert!(loaded.nodes.contains_key("n1") && !loaded.nodes.contains_key("fake"), "update did not touch nodes: {:?}", loaded.nodes.keys().collect::<Vec<_>>());
+    assert!(
+        loaded.nodes.contains_key("n1") && !loaded.nodes.contains_key("fake"),
+        "update did not touch nodes: {:?}",
+        loaded.nodes.keys().collect::<Vec<_>>()
+    );
     assert!(loaded.namespaces.contains_key("x"), "the object change was written");
     lease.revoke().await.unwrap();
 }

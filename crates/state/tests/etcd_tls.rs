@@ -26,7 +26,12 @@ fn pki_writes_keys_for_their_owner_only() {
 async fn mutual_tls_admits_a_signed_client_only() {
     let pki_dir = tempfile::tempdir().unwrap();
     let pki = Pki::create(pki_dir.path(), &[], &["agent-1"]).unwrap();
-    let tls = ServerTls { cert_file: pki.server.cert.clone(), key_file: pki.server.key.clone(), ca_file: pki.ca.cert.clone(), client_cert_auth: true };
+    let tls = ServerTls {
+        cert_file: pki.server.cert.clone(),
+        key_file: pki.server.key.clone(),
+        ca_file: pki.ca.cert.clone(),
+        client_cert_auth: true,
+    };
     let Some(etcd) = TestEtcd::start_with(|options, _| options.tls = Some(tls.clone())).await else { return };
     let url = etcd.server.client_url();
     assert!(url.starts_with("https://127.0.0.1:"), "a TLS client URL: {url}");

@@ -32,7 +32,13 @@ impl Agent {
         for e in self.endpoints.list()? {
             let (Some(namespace), Some(name)) = (e.pod_namespace.clone(), e.pod_name.clone()) else { continue };
             let ips: Vec<IpAddr> = e.ipv4.map(IpAddr::from).into_iter().chain(e.ipv6.map(IpAddr::from)).collect();
-            let record = sluice_state::EndpointRecord { namespace: namespace.clone(), name: name.clone(), node: self.config.node_name.clone(), ips, identity: e.identity };
+            let record = sluice_state::EndpointRecord {
+                namespace: namespace.clone(),
+                name: name.clone(),
+                node: self.config.node_name.clone(),
+                ips,
+                identity: e.identity,
+            };
             endpoints.insert(sluice_state::Store::key(&namespace, &name), record);
         }
         cluster.publish_endpoints(endpoints).await?;

@@ -242,11 +242,17 @@ impl Agent {
     async fn label_set(&self, req: &CniRequest) -> Result<BTreeMap<String, String>, AgentError> {
         let (Some(ns), Some(name)) = (&req.pod_namespace, &req.pod_name) else { return Ok(BTreeMap::new()) };
         let Some(state) = &self.state else {
-            return Ok(sluice_model::LabelSet::for_pod(&BTreeMap::new(), ns, &sluice_model::labels::namespace_labels(ns, None)).as_map().clone());
+            return Ok(sluice_model::LabelSet::for_pod(&BTreeMap::new(), ns, &sluice_model::labels::namespace_labels(ns, None))
+                .as_map()
+                .clone());
         };
         let mut rx = state.subscribe();
         let cluster = self.config.state.is_cluster();
-        let waited = if cluster { std::time::Duration::from_secs(self.config.state.pod_wait_seconds) } else { std::time::Duration::from_millis(200) };
+        let waited = if cluster {
+            std::time::Duration::from_secs(self.config.state.pod_wait_seconds)
+        } else {
+            std::time::Duration::from_millis(200)
+        };
         let key = sluice_state::Store::pod_key(ns, name);
         if let Some(snapshot) = sluice_state::wait_for(&mut rx, waited, |s| s.synced && s.pods.contains_key(&key)).await {
             if let Some(set) = snapshot.pod_label_set(ns, name) {
@@ -255,7 +261,13 @@ impl Agent {
         }
         if cluster {
             let health = state.health();
-            return Err(AgentError::PodUnknown { namespace: ns.clone(), name: name.clone(), waited, source_kind: health.kind, connected: health.connected });
+            return Err(AgentError::PodUnknown {
+                namespace: ns.clone(),
+                name: name.clone(),
+                waited,
+                source_kind: health.kind,
+                connected: health.connected,
+            });
         }
         let snapshot = state.snapshot();
         let ns_labels = sluice_model::labels::namespace_labels(ns, snapshot.namespaces.get(ns).and_then(|n| n.metadata.labels.as_ref()));
@@ -275,11 +287,19 @@ struct Undo {
 fn validate_attachment(req: &CniRequest, need_netns: bool) -> Result<(), AgentError> {
     let bad = |code, message: String| Err(AgentError::InvalidRequest { code, message });
     let cid = &req.container_id;
-    if cid.is_empty() || !cid.chars().next().is_some_and(|c| c.is_ascii_alphanumeric()) || !cid.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)) {
+    if cid.is_empty()
+        || !cid.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        || !cid.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+    {
         return bad(4, format!("invalid container ID {cid:?}"));
     }
     let ifname = &req.ifname;
-    if ifname.is_empty() || ifname.len() > 15 || ifname == "." || ifname == ".." || ifname.chars().any(|c| c == '/' || c == ':' || c.is_whitespace()) {
+    if ifname.is_empty()
+        || ifname.len() > 15
+        || ifname == "."
+        || ifname == ".."
+        || ifname.chars().any(|c| c == '/' || c == ':' || c.is_whitespace())
+    {
         return bad(4, format!("invalid interface name {ifname:?}"));
     }
     if let Some(mtu) = req.mtu {

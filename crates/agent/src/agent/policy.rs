@@ -29,7 +29,9 @@ impl Agent {
             .collect();
         let report = {
             let mut guard = self.datapath.lock().unwrap_or_else(|p| p.into_inner());
-            policies.sync(guard.as_mut(), &self.identities, &self.cluster_snapshot(), local, force).map_err(|e| AgentError::Policy(e.to_string()))?
+            policies
+                .sync(guard.as_mut(), &self.identities, &self.cluster_snapshot(), local, force)
+                .map_err(|e| AgentError::Policy(e.to_string()))?
         };
         if report.as_ref().is_some_and(|r| r.entries_written > 0) {
             self.refresh_enrichment();

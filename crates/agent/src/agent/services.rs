@@ -43,7 +43,12 @@ impl Agent {
         let mut n = services.collect_conntrack(guard.as_mut())?;
         if let Some(policies) = &self.policies {
             let c = &self.config.services;
-            n += policies.collect_conntrack(guard.as_mut(), c.conntrack_tcp_timeout, c.conntrack_tcp_closing_timeout, c.conntrack_other_timeout)?;
+            n += policies.collect_conntrack(
+                guard.as_mut(),
+                c.conntrack_tcp_timeout,
+                c.conntrack_tcp_closing_timeout,
+                c.conntrack_other_timeout,
+            )?;
         }
         Ok(n)
     }
@@ -65,7 +70,11 @@ impl Agent {
                     "ClusterIP"
                 };
                 let mut flags = Vec::new();
-                for (bit, name) in [(sluice_abi::SLUICE_LB_F_LOCAL_ONLY, "local-only"), (sluice_abi::SLUICE_LB_F_AFFINITY, "affinity"), (sluice_abi::SLUICE_LB_F_MAGLEV, "maglev")] {
+                for (bit, name) in [
+                    (sluice_abi::SLUICE_LB_F_LOCAL_ONLY, "local-only"),
+                    (sluice_abi::SLUICE_LB_F_AFFINITY, "affinity"),
+                    (sluice_abi::SLUICE_LB_F_MAGLEV, "maglev"),
+                ] {
                     if flag(bit) {
                         flags.push(name.to_string());
                     }
@@ -73,9 +82,19 @@ impl Agent {
                 let mut backends: Vec<sluice_api::ServiceBackend> = f
                     .backends
                     .iter()
-                    .map(|((addr, port, _), local)| sluice_api::ServiceBackend { address: *addr, port: *port, state: "active".into(), local: *local })
+                    .map(|((addr, port, _), local)| sluice_api::ServiceBackend {
+                        address: *addr,
+                        port: *port,
+                        state: "active".into(),
+                        local: *local,
+                    })
                     .collect();
-                backends.extend(f.terminating.iter().map(|(addr, port, _)| sluice_api::ServiceBackend { address: *addr, port: *port, state: "terminating".into(), local: false }));
+                backends.extend(f.terminating.iter().map(|(addr, port, _)| sluice_api::ServiceBackend {
+                    address: *addr,
+                    port: *port,
+                    state: "terminating".into(),
+                    local: false,
+                }));
                 sluice_api::ServiceFrontend {
                     service: f.service.as_ref().map(|s| format!("{}/{}", s.namespace, s.service)),
                     port_name: f.service.as_ref().map(|s| s.port_name.clone()).filter(|n| !n.is_empty()),

@@ -75,7 +75,8 @@ impl Agent {
         let records = self.endpoints.list()?;
         snapshot.endpoints = records.len() as u64;
         snapshot.identities = records.iter().map(|r| r.identity).collect::<BTreeSet<_>>().len() as u64;
-        crate::metrics::render(&self.metrics, snapshot).map_err(|_| AgentError::InvalidRequest { code: 999, message: "metrics could not be encoded".into() })
+        crate::metrics::render(&self.metrics, snapshot)
+            .map_err(|_| AgentError::InvalidRequest { code: 999, message: "metrics could not be encoded".into() })
     }
 
     pub fn endpoints(&self) -> Result<Vec<sluice_api::Endpoint>, AgentError> {
@@ -85,7 +86,8 @@ impl Agent {
     /// The status; without map pressure (`maps` false) it does not iterate the maps.
     pub fn status_with(&self, maps: bool) -> Result<sluice_api::Status, AgentError> {
         let endpoint_count = self.endpoints.list()?.len();
-        let (attached, counters, fwd) = self.with_datapath(|dp| Ok((dp.attached_endpoints()?, dp.drop_counters()?, dp.forward_counters()?)))?;
+        let (attached, counters, fwd) =
+            self.with_datapath(|dp| Ok((dp.attached_endpoints()?, dp.drop_counters()?, dp.forward_counters()?)))?;
         let mut programs = vec![sluice_api::AttachedProgram {
             program: "from_pod".into(),
             interface: "pod veths (host side)".into(),
@@ -93,13 +95,23 @@ impl Agent {
             count: attached.len(),
         }];
         for dev in &self.netdevs {
-            programs.push(sluice_api::AttachedProgram { program: "from_netdev".into(), interface: dev.clone(), attach: "tcx/ingress".into(), count: 1 });
+            programs.push(sluice_api::AttachedProgram {
+                program: "from_netdev".into(),
+                interface: dev.clone(),
+                attach: "tcx/ingress".into(),
+                count: 1,
+            });
         }
         let mut xdp_counts = Vec::new();
         if let Some(x) = &self.xdp {
             let x = x.lock().unwrap_or_else(|p| p.into_inner());
             for (dev, mode) in x.attachments() {
-                programs.push(sluice_api::AttachedProgram { program: "xdp_netdev".into(), interface: dev, attach: format!("xdp/{}", mode.as_str()), count: 1 });
+                programs.push(sluice_api::AttachedProgram {
+                    program: "xdp_netdev".into(),
+                    interface: dev,
+                    attach: format!("xdp/{}", mode.as_str()),
+                    count: 1,
+                });
             }
             xdp_counts = x.counters()?;
         }

@@ -43,12 +43,20 @@ impl Cluster {
     /// the node under a lease. Returns the membership and the pod CIDRs in force.
     pub async fn join(config: &AgentConfig, addresses: Vec<IpAddr>) -> Result<(Self, Vec<IpNet>), AgentError> {
         let Some(etcd) = &config.state.etcd else {
-            return Err(AgentError::Startup { action: "joining the cluster".into(), source: std::io::Error::other("state.etcd is not set") });
+            return Err(AgentError::Startup {
+                action: "joining the cluster".into(),
+                source: std::io::Error::other("state.etcd is not set"),
+            });
         };
         let store = EtcdStore::connect(etcd).await.map_err(sluice_state::StoreError::from)?;
         let pod_cidrs = if config.pod_cidrs.is_empty() {
             store
-                .allocate_pod_cidrs(&config.node_name, &config.state.cluster_pool_cidrs, config.state.node_mask_v4, config.state.node_mask_v6)
+                .allocate_pod_cidrs(
+                    &config.node_name,
+                    &config.state.cluster_pool_cidrs,
+                    config.state.node_mask_v4,
+                    config.state.node_mask_v6,
+                )
                 .await
                 .map_err(sluice_state::StoreError::from)?
         } else {

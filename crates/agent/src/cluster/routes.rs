@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use sluice_datapath::netlink::{NodeRoute, Netlink};
+use sluice_datapath::netlink::{Netlink, NodeRoute};
 use sluice_state::NodeRecord;
 
 use crate::error::AgentError;
@@ -22,11 +22,19 @@ pub struct RouteReport {
 /// The routes this node wants: for every other node, each pod CIDR via that node's address of
 /// the same family that lies in one of `local_networks` (the networks of this node's devices,
 /// with the device's index).
-pub fn desired_routes<'a>(me: &str, nodes: impl IntoIterator<Item = &'a NodeRecord>, local_networks: &[(IpNet, u32)]) -> BTreeSet<NodeRoute> {
+pub fn desired_routes<'a>(
+    me: &str,
+    nodes: impl IntoIterator<Item = &'a NodeRecord>,
+    local_networks: &[(IpNet, u32)],
+) -> BTreeSet<NodeRoute> {
     let mut out = BTreeSet::new();
     for node in nodes.into_iter().filter(|n| n.name != me) {
         for cidr in &node.pod_cidrs {
-            let via = node.addresses.iter().filter(|a| a.is_ipv4() == cidr.addr().is_ipv4() && !is_link_local(a)).find_map(|a| local_networks.iter().find(|(net, _)| net.contains(a)).map(|(_, oif)| (*a, *oif)));
+            let via = node
+                .addresses
+                .iter()
+                .filter(|a| a.is_ipv4() == cidr.addr().is_ipv4() && !is_link_local(a))
+                .find_map(|a| local_networks.iter().find(|(net, _)| net.contains(a)).map(|(_, oif)| (*a, *oif)));
             if let Some((gateway, oif)) = via {
                 out.insert(NodeRoute { destination: *cidr, gateway, oif });
             }

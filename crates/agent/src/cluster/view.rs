@@ -11,13 +11,19 @@ use sluice_state::ClusterState;
 /// `state` with the statuses of pods that have none filled from their endpoint records.
 /// Copies the objects only when something is to be filled.
 pub fn with_published_endpoints(state: ClusterState) -> ClusterState {
-    let missing = |key: &String| state.pods.get(key).is_some_and(|p| p.status.as_ref().and_then(|s| s.pod_ips.as_ref()).is_none_or(|ips| ips.is_empty()));
+    let missing = |key: &String| {
+        state.pods.get(key).is_some_and(|p| p.status.as_ref().and_then(|s| s.pod_ips.as_ref()).is_none_or(|ips| ips.is_empty()))
+    };
     if !state.endpoints.keys().any(missing) {
         return state;
     }
     let mut objects = (*state.objects).clone();
     for (key, record) in &state.endpoints {
-        let host_ip = state.nodes.get(&record.node).and_then(|n| n.addresses.iter().find(|a| a.is_ipv4()).or(n.addresses.first())).map(|a| a.to_string());
+        let host_ip = state
+            .nodes
+            .get(&record.node)
+            .and_then(|n| n.addresses.iter().find(|a| a.is_ipv4()).or(n.addresses.first()))
+            .map(|a| a.to_string());
         let Some(pod) = objects.pods.get_mut(key) else { continue };
         let status = pod.status.get_or_insert_with(PodStatus::default);
         if status.pod_ips.as_ref().is_some_and(|ips| !ips.is_empty()) {

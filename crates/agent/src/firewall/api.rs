@@ -3,7 +3,10 @@
 
 use sluice_api::firewall as api;
 use sluice_netfilter::classify::{Class, Report, Verdict};
-use sluice_netfilter::model::{Action, AddrMatch, AddrTypeMatch, Backend, Direction, Family, IfaceMatch, IfacePattern, Matches, NatKind, ProtoMatch, Rule, RuleKind, Source};
+use sluice_netfilter::model::{
+    Action, AddrMatch, AddrTypeMatch, Backend, Direction, Family, IfaceMatch, IfacePattern, Matches, NatKind, ProtoMatch, Rule, RuleKind,
+    Source,
+};
 
 use crate::agent::Agent;
 
@@ -32,7 +35,12 @@ pub fn report_to_api(report: &Report) -> api::FirewallReport {
     let counts = report.counts();
     api::FirewallReport {
         clean: report.clean(),
-        counts: api::FirewallCounts { owned: counts.owned, harmless: counts.harmless, kube_proxy: counts.kube_proxy, bypassed: counts.bypassed },
+        counts: api::FirewallCounts {
+            owned: counts.owned,
+            harmless: counts.harmless,
+            kube_proxy: counts.kube_proxy,
+            bypassed: counts.bypassed,
+        },
         verdicts: report.verdicts.iter().map(verdict).collect(),
     }
 }
@@ -86,7 +94,11 @@ fn matches(m: &Matches) -> api::RuleMatches {
     let Matches { source, destination, in_iface, out_iface, protocol, addr_type, comment, other } = m;
     let addr = |a: &AddrMatch| api::AddrMatch { nets: a.nets.clone(), negated: a.negated };
     let iface = |i: &IfaceMatch| api::IfaceMatch {
-        patterns: i.patterns.iter().map(|IfacePattern { name, wildcard }| api::IfacePattern { name: name.clone(), wildcard: *wildcard }).collect(),
+        patterns: i
+            .patterns
+            .iter()
+            .map(|IfacePattern { name, wildcard }| api::IfacePattern { name: name.clone(), wildcard: *wildcard })
+            .collect(),
         negated: i.negated,
     };
     api::RuleMatches {
@@ -171,7 +183,18 @@ COMMIT
         assert!(!report.clean(), "the fixture has a bypassed rule, so every class field is exercised");
         let analyser = serde_json::to_value(&report).unwrap();
         let text = analyser.to_string();
-        for shape in ["\"source\":[", "\"in_iface\"", "\"out_iface\"", "\"protocol\"", "\"addr_type\"", "\"comment\"", "\"other\"", "\"jump\"", "\"nat\"", "\"policy\""] {
+        for shape in [
+            "\"source\":[",
+            "\"in_iface\"",
+            "\"out_iface\"",
+            "\"protocol\"",
+            "\"addr_type\"",
+            "\"comment\"",
+            "\"other\"",
+            "\"jump\"",
+            "\"nat\"",
+            "\"policy\"",
+        ] {
             assert!(text.contains(shape), "the fixture exercises {shape}: {text}");
         }
         let answer = serde_json::to_value(report_to_api(&report)).unwrap();

@@ -15,10 +15,11 @@ use sluice_datapath::nfnetlink::NftablesNotifications;
 pub fn spawn_guard(ctx: super::AuditContext, events: std::sync::Arc<crate::events::Events>) {
     use crate::events::Reason;
     use std::collections::BTreeMap;
-    let key = |v: &sluice_netfilter::classify::Verdict| format!("{:?}|{:?}|{}|{}|{}", v.rule.backend, v.rule.family, v.rule.table, v.rule.chain, v.rule.text);
-    let bypassed = move |audit: &super::Audit| -> BTreeMap<String, String> {
-        audit.report.bypassed().map(|v| (key(v), super::describe(v))).collect()
+    let key = |v: &sluice_netfilter::classify::Verdict| {
+        format!("{:?}|{:?}|{}|{}|{}", v.rule.backend, v.rule.family, v.rule.table, v.rule.chain, v.rule.text)
     };
+    let bypassed =
+        move |audit: &super::Audit| -> BTreeMap<String, String> { audit.report.bypassed().map(|v| (key(v), super::describe(v))).collect() };
     let spawned = std::thread::Builder::new().name("firewall-guard".into()).spawn(move || {
         let notifications = match NftablesNotifications::subscribe() {
             Ok(n) => Some(n),
@@ -28,7 +29,8 @@ pub fn spawn_guard(ctx: super::AuditContext, events: std::sync::Arc<crate::event
             }
         };
         let mut known = bypassed(&super::audit(&ctx, None));
-        let mut legacy_known: BTreeMap<String, String> = known.iter().filter(|(k, _)| k.starts_with("IptablesLegacy")).map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut legacy_known: BTreeMap<String, String> =
+            known.iter().filter(|(k, _)| k.starts_with("IptablesLegacy")).map(|(k, v)| (k.clone(), v.clone())).collect();
         loop {
             let changed = match &notifications {
                 Some(n) => n.wait(Duration::from_secs(1)),
@@ -46,7 +48,8 @@ pub fn spawn_guard(ctx: super::AuditContext, events: std::sync::Arc<crate::event
             };
             for (k, text) in &now {
                 if !scope.contains_key(k) {
-                    let _ = events.record(Reason::BypassedRuleDetected, format!("new rule that pod traffic skips under eBPF host routing: {text}"));
+                    let _ = events
+                        .record(Reason::BypassedRuleDetected, format!("new rule that pod traffic skips under eBPF host routing: {text}"));
                 }
             }
             for (k, text) in scope {
@@ -72,7 +75,10 @@ pub fn spawn_guard(ctx: super::AuditContext, events: std::sync::Arc<crate::event
 /// `guard: enforce`: attaches the guard program to `cgroup` (refusing iptables-legacy rule
 /// installs from its processes) and turns each refusal into a `GuardBlocked` event. The guard
 /// lives as long as the returned handle: it is not pinned, so enforcement ends with the agent.
-pub fn enforce(cgroup: &std::path::Path, events: std::sync::Arc<crate::events::Events>) -> Result<sluice_datapath::Guard, sluice_datapath::DatapathError> {
+pub fn enforce(
+    cgroup: &std::path::Path,
+    events: std::sync::Arc<crate::events::Events>,
+) -> Result<sluice_datapath::Guard, sluice_datapath::DatapathError> {
     use crate::events::Reason;
     let mut guard = sluice_datapath::Guard::attach(cgroup)?;
     if let Some(ring) = guard.take_events() {

@@ -212,7 +212,8 @@ mod tests {
     }
 
     fn event(kind: u8, code: u8, data: &[u8]) -> datapath_event {
-        let mut ev = datapath_event { timestamp_ns: 1_000, ifindex: 7, orig_len: data.len() as u32, type_: kind, code, ..Default::default() };
+        let mut ev =
+            datapath_event { timestamp_ns: 1_000, ifindex: 7, orig_len: data.len() as u32, type_: kind, code, ..Default::default() };
         ev.cap_len = data.len() as u16;
         ev.data[..data.len()].copy_from_slice(data);
         ev

@@ -154,7 +154,12 @@ impl PolicyProgrammer {
     }
 
     /// Makes the maps hold `compiled` for `endpoints`; endpoints not listed lose their policy.
-    pub fn program(&mut self, dp: &mut dyn PolicyTables, compiled: &Compiled, endpoints: &[LocalEndpoint]) -> Result<PolicyReport, DatapathError> {
+    pub fn program(
+        &mut self,
+        dp: &mut dyn PolicyTables,
+        compiled: &Compiled,
+        endpoints: &[LocalEndpoint],
+    ) -> Result<PolicyReport, DatapathError> {
         let mut report = PolicyReport::default();
         // The ipcache first: new identities must resolve before entries name them.
         for (prefix, id) in &compiled.ipcache {
@@ -183,7 +188,8 @@ impl PolicyProgrammer {
                 && (old_pe.ingress_mode, old_pe.egress_mode) == modes
                 && old_entries.len() == new_entries.len()
                 && old_entries.values().zip(new_entries.values()).all(|((ok, ov), (nk, nv))| {
-                    (ok.prefixlen, ok.identity, ok.direction, ok.proto, ok.port) == (nk.prefixlen, nk.identity, nk.direction, nk.proto, nk.port)
+                    (ok.prefixlen, ok.identity, ok.direction, ok.proto, ok.port)
+                        == (nk.prefixlen, nk.identity, nk.direction, nk.proto, nk.port)
                         && ov.verdict == nv.verdict
                         && ov.rule == nv.rule
                 });
@@ -245,13 +251,20 @@ impl PolicyProgrammer {
 mod tests {
     use super::*;
     use sluice_datapath::fake::FakeDatapath;
-    use sluice_policy::{Entry, EndpointPolicy, PolicyRef};
+    use sluice_policy::{EndpointPolicy, Entry, PolicyRef};
 
     fn compiled(pod: &str, ports: &[u16]) -> Compiled {
         let mut table = DirectionTable { mode: Mode::Enforce, ..Default::default() };
         for p in ports {
-            let rule = RuleRef { policy: PolicyRef { kind: "NetworkPolicy".into(), namespace: Some("x".into()), name: "web".into() }, ingress: true, index: 0 };
-            table.entries.insert(EntryKey { identity: 300, proto: Some(6), port: *p, port_prefix: 16 }, Entry { verdict: Verdict::Allow, rules: vec![rule] });
+            let rule = RuleRef {
+                policy: PolicyRef { kind: "NetworkPolicy".into(), namespace: Some("x".into()), name: "web".into() },
+                ingress: true,
+                index: 0,
+            };
+            table.entries.insert(
+                EntryKey { identity: 300, proto: Some(6), port: *p, port_prefix: 16 },
+                Entry { verdict: Verdict::Allow, rules: vec![rule] },
+            );
         }
         let mut c = Compiled::default();
         c.endpoints.insert(pod.into(), EndpointPolicy { ingress: table, egress: DirectionTable::default() });

@@ -104,7 +104,14 @@ impl Policies {
     }
 
     /// One round; `None` when nothing changed.
-    pub fn sync(&self, datapath: &mut dyn DatapathTables, identities: &Identities, objects: &ClusterState, local: Vec<LocalEndpoint>, force: bool) -> Result<Option<PolicyReport>, PolicyError> {
+    pub fn sync(
+        &self,
+        datapath: &mut dyn DatapathTables,
+        identities: &Identities,
+        objects: &ClusterState,
+        local: Vec<LocalEndpoint>,
+        force: bool,
+    ) -> Result<Option<PolicyReport>, PolicyError> {
         if !objects.synced {
             return Ok(None);
         }
@@ -132,7 +139,14 @@ impl Policies {
         result.map(Some)
     }
 
-    fn round(&self, objects: &ClusterState, datapath: &mut dyn DatapathTables, identities: &Identities, local: &[LocalEndpoint], started: Instant) -> Result<PolicyReport, PolicyError> {
+    fn round(
+        &self,
+        objects: &ClusterState,
+        datapath: &mut dyn DatapathTables,
+        identities: &Identities,
+        local: &[LocalEndpoint],
+        started: Instant,
+    ) -> Result<PolicyReport, PolicyError> {
         let policies = lowered(objects);
         let local_pods: BTreeMap<&str, &LocalEndpoint> = local.iter().map(|e| (e.pod.as_str(), e)).collect();
         let mut wanted: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
@@ -141,7 +155,12 @@ impl Policies {
         let empty = BTreeMap::new();
         let mut namespace_labels: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
         for (key, pod) in &objects.pods {
-            let mut ips: Vec<IpAddr> = pod.status.as_ref().and_then(|s| s.pod_ips.as_ref()).map(|ips| ips.iter().filter_map(|i| i.ip.parse().ok()).collect()).unwrap_or_default();
+            let mut ips: Vec<IpAddr> = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.pod_ips.as_ref())
+                .map(|ips| ips.iter().filter_map(|i| i.ip.parse().ok()).collect())
+                .unwrap_or_default();
             if let Some(ep) = local_pods.get(key.as_str()) {
                 // A pod being added: its addresses are known here before the store has them.
                 ips.clone_from(&ep.ips);
@@ -152,7 +171,10 @@ impl Policies {
             let namespace = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
             let ns_labels = namespace_labels.entry(namespace.clone()).or_insert_with(|| {
                 // As the API server does: every namespace carries its name as a label.
-                sluice_model::labels::namespace_labels(&namespace, objects.namespaces.get(&namespace).and_then(|n| n.metadata.labels.as_ref()))
+                sluice_model::labels::namespace_labels(
+                    &namespace,
+                    objects.namespaces.get(&namespace).and_then(|n| n.metadata.labels.as_ref()),
+                )
             });
             let labels = LabelSet::for_pod(pod.metadata.labels.as_ref().unwrap_or(&empty), &namespace, ns_labels);
             let owner = format!("policy:pod:{key}");
@@ -163,7 +185,10 @@ impl Policies {
                     remote_nodes.insert(host);
                 }
             }
-            endpoints.push((owner, EndpointView { key: key.clone(), namespace, labels, identity: 0, ips, local: is_local, named_ports: named_ports(pod) }));
+            endpoints.push((
+                owner,
+                EndpointView { key: key.clone(), namespace, labels, identity: 0, ips, local: is_local, named_ports: named_ports(pod) },
+            ));
         }
         for cidr in sluice_policy::required_cidrs(&policies) {
             let mut labels = BTreeMap::new();
@@ -204,7 +229,11 @@ impl Policies {
 
     /// Holds an identity for every wanted owner (acquiring only what is new or changed) and
     /// releases the rest; returns owner -> identity.
-    fn hold(&self, identities: &Identities, wanted: &BTreeMap<String, BTreeMap<String, String>>) -> Result<BTreeMap<String, u32>, PolicyError> {
+    fn hold(
+        &self,
+        identities: &Identities,
+        wanted: &BTreeMap<String, BTreeMap<String, String>>,
+    ) -> Result<BTreeMap<String, u32>, PolicyError> {
         let mut held = lock(&self.held);
         let gone: Vec<String> = held.keys().filter(|k| !wanted.contains_key(*k)).cloned().collect();
         for owner in gone {
@@ -227,7 +256,13 @@ impl Policies {
     }
 
     /// Removes policy conntrack entries idle past their timeout (the service timeouts).
-    pub fn collect_conntrack(&self, datapath: &mut dyn PolicyTables, tcp: u64, closing: u64, other: u64) -> Result<usize, sluice_datapath::DatapathError> {
+    pub fn collect_conntrack(
+        &self,
+        datapath: &mut dyn PolicyTables,
+        tcp: u64,
+        closing: u64,
+        other: u64,
+    ) -> Result<usize, sluice_datapath::DatapathError> {
         let now = crate::services::sync::monotonic_ns();
         let secs = |s: u64| s.saturating_mul(1_000_000_000);
         let mut removed = 0;
@@ -267,7 +302,11 @@ fn describe(rules: &[sluice_policy::RuleRef]) -> String {
 /// Whether two snapshots agree on everything a policy round reads: pods, namespaces and the
 /// policy kinds. Snapshots share structure, so this costs what differs.
 fn same_policy_inputs(a: &sluice_state::Store, b: &sluice_state::Store) -> bool {
-    a.pods == b.pods && a.namespaces == b.namespaces && a.network_policies == b.network_policies && a.sluice_policies == b.sluice_policies && a.clusterwide_policies == b.clusterwide_policies
+    a.pods == b.pods
+        && a.namespaces == b.namespaces
+        && a.network_policies == b.network_policies
+        && a.sluice_policies == b.sluice_policies
+        && a.clusterwide_policies == b.clusterwide_policies
 }
 
 fn lowered(store: &sluice_state::Store) -> Vec<Policy> {
@@ -319,7 +358,12 @@ mod tests {
 
     fn pod(name: &str, app: &str, ip: &str) -> Pod {
         Pod {
-            metadata: ObjectMeta { name: Some(name.into()), namespace: Some("default".into()), labels: Some(BTreeMap::from([("app".to_owned(), app.to_owned())])), ..Default::default() },
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("default".into()),
+                labels: Some(BTreeMap::from([("app".to_owned(), app.to_owned())])),
+                ..Default::default()
+            },
             spec: None,
             status: Some(PodStatus { pod_ips: Some(vec![PodIP { ip: ip.into() }]), ..Default::default() }),
         }
@@ -341,7 +385,10 @@ mod tests {
             policies.sync(&mut dp, &identities, &state, local.clone(), false).unwrap()
         };
         assert!(sync(&store).is_some(), "the first snapshot makes a round");
-        store.services.insert(Store::key("default", "svc"), Service { metadata: ObjectMeta { name: Some("svc".into()), ..Default::default() }, ..Default::default() });
+        store.services.insert(
+            Store::key("default", "svc"),
+            Service { metadata: ObjectMeta { name: Some("svc".into()), ..Default::default() }, ..Default::default() },
+        );
         assert!(sync(&store).is_none(), "a Service changed: policy reads nothing of it, no round");
         store.pods.insert(Store::key("default", "db"), pod("db", "db", "198.19.1.2"));
         assert!(sync(&store).is_some(), "a pod appeared: a round");

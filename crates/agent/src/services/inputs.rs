@@ -71,14 +71,19 @@ impl Inputs {
         let candidates: Vec<&Service> = if namespaces.is_empty() {
             changed.iter().filter_map(|id| objects.services.get(&Store::key(&id.0, &id.1))).collect()
         } else {
-            objects.services.values().filter(|s| namespaces.contains(s.metadata.namespace.as_deref().unwrap_or("default")) || changed.contains(&service_id(s))).collect()
+            objects
+                .services
+                .values()
+                .filter(|s| namespaces.contains(s.metadata.namespace.as_deref().unwrap_or("default")) || changed.contains(&service_id(s)))
+                .collect()
         };
         let rederive: Vec<&Service> = candidates.into_iter().filter(|s| is_selector(s)).collect();
         if !rederive.is_empty() {
             let pods = pods_by_namespace(objects);
             for svc in rederive {
                 let id = service_id(svc);
-                self.derived.insert(id.clone(), sluice_model::derive_endpoint_slices(svc, pods.get(id.0.as_str()).into_iter().flatten().copied()));
+                self.derived
+                    .insert(id.clone(), sluice_model::derive_endpoint_slices(svc, pods.get(id.0.as_str()).into_iter().flatten().copied()));
                 changed.insert(id);
             }
         }
@@ -97,7 +102,8 @@ impl Inputs {
 
     fn input<'a>(&'a self, objects: &'a Store, svc: &'a Service) -> ServiceInput<'a> {
         let id = service_id(svc);
-        let mut slices: Vec<Cow<'a, EndpointSlice>> = self.slices_of.get(&id).into_iter().flatten().filter_map(|key| objects.endpoint_slices.get(key)).map(Cow::Borrowed).collect();
+        let mut slices: Vec<Cow<'a, EndpointSlice>> =
+            self.slices_of.get(&id).into_iter().flatten().filter_map(|key| objects.endpoint_slices.get(key)).map(Cow::Borrowed).collect();
         slices.extend(self.derived.get(&id).into_iter().flatten().map(Cow::Borrowed));
         ServiceInput { service: svc, slices }
     }

@@ -122,11 +122,21 @@ impl ServiceProgrammer {
     /// Brings the `touched` frontends and sets to what `desired` says of them (programmed when
     /// there, removed when not), leaving the rest alone: a change costs what it touches. The
     /// first round after a start looks at everything.
-    pub fn program_touched(&mut self, tables: &mut dyn ServiceTables, desired: &DesiredServices, touched: &Touched) -> Result<ProgramReport, ProgramError> {
+    pub fn program_touched(
+        &mut self,
+        tables: &mut dyn ServiceTables,
+        desired: &DesiredServices,
+        touched: &Touched,
+    ) -> Result<ProgramReport, ProgramError> {
         self.program_in(tables, desired, Some(touched))
     }
 
-    fn program_in(&mut self, tables: &mut dyn ServiceTables, desired: &DesiredServices, touched: Option<&Touched>) -> Result<ProgramReport, ProgramError> {
+    fn program_in(
+        &mut self,
+        tables: &mut dyn ServiceTables,
+        desired: &DesiredServices,
+        touched: Option<&Touched>,
+    ) -> Result<ProgramReport, ProgramError> {
         let mut report = ProgramReport::default();
         let mut touched = touched;
         if let Some(adopted) = self.adopted_frontends.take() {
@@ -270,7 +280,9 @@ impl ServiceProgrammer {
         // 4. Removals, frontends before the sets and backends they point at.
         let stale: Vec<FrontendKey> = match touched {
             None => self.frontends.keys().filter(|k| !desired.frontends.contains_key(*k)).cloned().collect(),
-            Some(t) => t.frontends.iter().filter(|k| !desired.frontends.contains_key(*k) && self.frontends.contains_key(*k)).cloned().collect(),
+            Some(t) => {
+                t.frontends.iter().filter(|k| !desired.frontends.contains_key(*k) && self.frontends.contains_key(*k)).cloned().collect()
+            }
         };
         for key in stale {
             tables.remove_frontend(&abi_frontend_key(&key))?;
@@ -304,13 +316,16 @@ impl ServiceProgrammer {
     /// Frontends as programmed, with their live backends, for `sluice service list`.
     pub fn list(&self) -> Vec<ProgrammedFrontend> {
         let by_id: HashMap<u32, BackendAddr> = self.backends.iter().map(|(a, (id, _))| (*id, *a)).collect();
-        let local: HashMap<u32, bool> = self.backends.values().map(|(id, b)| (*id, b.flags & sluice_abi::SLUICE_LB_BE_LOCAL as u8 != 0)).collect();
+        let local: HashMap<u32, bool> =
+            self.backends.values().map(|(id, b)| (*id, b.flags & sluice_abi::SLUICE_LB_BE_LOCAL as u8 != 0)).collect();
         let sets: HashMap<u32, (&SetKey, &ProgrammedSet)> = self.sets.iter().map(|(k, s)| (s.id, (k, s))).collect();
         self.frontends
             .iter()
             .map(|(key, fe)| {
                 let set = sets.get(&fe.set_id);
-                let ids = |v: &[u32]| v.iter().filter_map(|id| by_id.get(id).map(|a| (*a, local.get(id).copied().unwrap_or(false)))).collect::<Vec<_>>();
+                let ids = |v: &[u32]| {
+                    v.iter().filter_map(|id| by_id.get(id).map(|a| (*a, local.get(id).copied().unwrap_or(false)))).collect::<Vec<_>>()
+                };
                 ProgrammedFrontend {
                     key: key.clone(),
                     service: set.map(|(k, _)| (*k).clone()),
@@ -324,7 +339,12 @@ impl ServiceProgrammer {
 
     /// After a restart: each desired set takes the id, revision and contents its frontends
     /// point at in the maps, so unchanged services are not rewritten.
-    fn adopt_sets(&mut self, tables: &dyn ServiceTables, desired: &DesiredServices, adopted: BTreeMap<FrontendKey, lb_frontend>) -> Result<(), ProgramError> {
+    fn adopt_sets(
+        &mut self,
+        tables: &dyn ServiceTables,
+        desired: &DesiredServices,
+        adopted: BTreeMap<FrontendKey, lb_frontend>,
+    ) -> Result<(), ProgramError> {
         let mut slots_of: HashMap<(u32, u8), BTreeMap<u16, u32>> = HashMap::new();
         for (k, id) in tables.slots()? {
             slots_of.entry((k.set_id, k.revision)).or_default().insert(k.slot, id);
@@ -339,13 +359,26 @@ impl ServiceProgrammer {
                 self.frontends.insert(key.clone(), *found);
                 continue;
             }
-            let live: Vec<u32> = slots_of.get(&(found.set_id, found.revision)).map(|m| m.values().copied().take(found.count as usize).collect()).unwrap_or_default();
+            let live: Vec<u32> = slots_of
+                .get(&(found.set_id, found.revision))
+                .map(|m| m.values().copied().take(found.count as usize).collect())
+                .unwrap_or_default();
             // The Maglev table is not read back (16 chunks of 4 KiB per set); a set that has one
             // is rewritten once into its spare revision, which moves no flow: same names, same
             // table.
             let maglev = if maglev_sets.contains(&(found.set_id, found.revision)) { Some(Vec::new()) } else { None };
             let written = |rev: u8| slots_of.get(&(found.set_id, rev)).map(|m| m.len()).unwrap_or(0);
-            self.sets.insert(fe.set.clone(), ProgrammedSet { id: found.set_id, revision: found.revision, slots: live, maglev, written: [written(0), written(1)], terminating: Vec::new() });
+            self.sets.insert(
+                fe.set.clone(),
+                ProgrammedSet {
+                    id: found.set_id,
+                    revision: found.revision,
+                    slots: live,
+                    maglev,
+                    written: [written(0), written(1)],
+                    terminating: Vec::new(),
+                },
+            );
             self.frontends.insert(key.clone(), *found);
         }
         // Frontends in the maps that nobody wants any more are removed by the next diff.
@@ -374,7 +407,14 @@ fn set_name(key: &SetKey) -> String {
 
 /// Writes slots 1..n (and the Maglev table) of `revision`, removing slots beyond n left there
 /// by an older write.
-fn write_set(tables: &mut dyn ServiceTables, set_id: u32, revision: u8, slots: &[u32], maglev: Option<&[u32]>, previously: usize) -> Result<(), ProgramError> {
+fn write_set(
+    tables: &mut dyn ServiceTables,
+    set_id: u32,
+    revision: u8,
+    slots: &[u32],
+    maglev: Option<&[u32]>,
+    previously: usize,
+) -> Result<(), ProgramError> {
     for (i, id) in slots.iter().enumerate() {
         tables.upsert_slot(&lb_slot_key { set_id, slot: (i + 1) as u16, revision, pad: 0 }, *id)?;
     }
@@ -488,23 +528,48 @@ mod tests {
     }
 
     fn backend(last: u8) -> Backend {
-        Backend { addr: IpAddr::from([198, 19, 0, last]), port: 8080, protocol: Protocol::Tcp, node: Some("n1".into()), local: true, terminating: false, pod: None }
+        Backend {
+            addr: IpAddr::from([198, 19, 0, last]),
+            port: 8080,
+            protocol: Protocol::Tcp,
+            node: Some("n1".into()),
+            local: true,
+            terminating: false,
+            pod: None,
+        }
     }
 
     fn desired(services: &[(&str, u8, &[u8], bool)]) -> DesiredServices {
         let mut d = DesiredServices::default();
         for (name, ip, backends, maglev) in services {
             let key = FrontendKey { addr: IpAddr::from([198, 18, 128, *ip]), port: 80, protocol: Protocol::Tcp, scope: Scope::External };
-            d.frontends.insert(key, Frontend { kind: FrontendKind::ClusterIp, set: set_key(name), affinity_timeout: None, local_only: false });
-            d.sets.insert(set_key(name), BackendSet { backends: backends.iter().map(|b| backend(*b)).collect(), terminating: vec![], maglev: *maglev });
+            d.frontends
+                .insert(key, Frontend { kind: FrontendKind::ClusterIp, set: set_key(name), affinity_timeout: None, local_only: false });
+            d.sets.insert(
+                set_key(name),
+                BackendSet { backends: backends.iter().map(|b| backend(*b)).collect(), terminating: vec![], maglev: *maglev },
+            );
         }
         d
     }
 
     fn live_backends(dp: &FakeDatapath, ip: u8) -> Vec<u32> {
-        let key = abi_frontend_key(&FrontendKey { addr: IpAddr::from([198, 18, 128, ip]), port: 80, protocol: Protocol::Tcp, scope: Scope::External });
+        let key = abi_frontend_key(&FrontendKey {
+            addr: IpAddr::from([198, 18, 128, ip]),
+            port: 80,
+            protocol: Protocol::Tcp,
+            scope: Scope::External,
+        });
         let (_, fe) = dp.frontends().unwrap().into_iter().find(|(k, _)| *k == key).expect("frontend programmed");
-        (1..=fe.count).map(|slot| dp.lb_slots.values().find(|(k, _)| k.set_id == fe.set_id && k.revision == fe.revision && k.slot == slot).expect("live slot").1).collect()
+        (1..=fe.count)
+            .map(|slot| {
+                dp.lb_slots
+                    .values()
+                    .find(|(k, _)| k.set_id == fe.set_id && k.revision == fe.revision && k.slot == slot)
+                    .expect("live slot")
+                    .1
+            })
+            .collect()
     }
 
     #[test]

@@ -33,7 +33,6 @@ pub struct ServiceStats {
     pub last_recomputed: usize,
 }
 
-
 pub struct Services {
     node: NodeInfo,
     config: ServicesConfig,
@@ -72,7 +71,12 @@ impl Services {
     /// when `force`). Returns the round's report, `None` when nothing was to be done. Only the
     /// services that changed since the last snapshot are computed and programmed again; a
     /// forced round (the periodic resync) compares and programs everything.
-    pub fn sync(&self, datapath: &mut dyn DatapathTables, objects: &sluice_state::ClusterState, force: bool) -> Result<Option<ProgramReport>, ProgramError> {
+    pub fn sync(
+        &self,
+        datapath: &mut dyn DatapathTables,
+        objects: &sluice_state::ClusterState,
+        force: bool,
+    ) -> Result<Option<ProgramReport>, ProgramError> {
         if !objects.synced {
             // A partial view would withdraw every service it has not seen yet.
             return Ok(None);
@@ -242,7 +246,11 @@ mod tests {
             address_type: "IPv4".into(),
             endpoints: backends
                 .iter()
-                .map(|b| Endpoint { addresses: vec![format!("198.19.1.{b}")], conditions: Some(EndpointConditions { ready: Some(true), ..Default::default() }), ..Default::default() })
+                .map(|b| Endpoint {
+                    addresses: vec![format!("198.19.1.{b}")],
+                    conditions: Some(EndpointConditions { ready: Some(true), ..Default::default() }),
+                    ..Default::default()
+                })
                 .collect(),
             ports: Some(vec![EndpointPort { port: Some(8080), protocol: Some("TCP".into()), ..Default::default() }]),
         }
@@ -256,7 +264,11 @@ mod tests {
                 phase: Some("Running".into()),
                 pod_ip: Some(ip.into()),
                 pod_ips: Some(vec![PodIP { ip: ip.into() }]),
-                conditions: Some(vec![k8s_openapi::api::core::v1::PodCondition { type_: "Ready".into(), status: "True".into(), ..Default::default() }]),
+                conditions: Some(vec![k8s_openapi::api::core::v1::PodCondition {
+                    type_: "Ready".into(),
+                    status: "True".into(),
+                    ..Default::default()
+                }]),
                 ..Default::default()
             }),
         }
@@ -311,7 +323,11 @@ mod tests {
             services.sync(&mut dp, &state, false).unwrap_or_else(|e| panic!("{what}: {e}"));
             let (want, frontends, backends) = from_scratch(store);
             assert_eq!(programmed(services.list()), want, "{what}: programmed as a full computation would");
-            assert_eq!((dp.lb_frontends.len(), dp.lb_backends.len()), (frontends, backends), "{what}: no stale frontend or backend in the maps");
+            assert_eq!(
+                (dp.lb_frontends.len(), dp.lb_backends.len()),
+                (frontends, backends),
+                "{what}: no stale frontend or backend in the maps"
+            );
             if let Some(n) = expect_recomputed {
                 assert_eq!(services.stats().last_recomputed, n, "{what}: services computed again");
             }

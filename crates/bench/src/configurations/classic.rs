@@ -94,7 +94,9 @@ pub async fn build(env: &BuildEnv, proxy: Proxy) -> Result<(Pods, ClassicNodes, 
         for (pod, id) in &node.pods {
             let pod_path = netns::create_named_netns(pod)?;
             let result = cni(&node_path, "ADD", id, &pod_path, &node.config).await?;
-            ips.push(first_ipv4(&result).ok_or_else(|| BenchError::tool("bridge", format!("ADD for {pod} gave no IPv4 address: {result}")))?);
+            ips.push(
+                first_ipv4(&result).ok_or_else(|| BenchError::tool("bridge", format!("ADD for {pod} gave no IPv4 address: {result}")))?,
+            );
         }
         // Every node runs kube-proxy: the same rules on both.
         let services = kube_proxy::SERVICES.list();

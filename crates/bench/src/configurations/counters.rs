@@ -10,7 +10,8 @@ use crate::BenchError;
 /// IpForwDatagrams of the namespace at `netns`: datagrams its IP stack forwarded.
 pub async fn ip_forwarded(netns: &Path) -> Result<u64, BenchError> {
     let snmp = in_netns(netns, || read("/proc/thread-self/net/snmp")).await?;
-    snmp_counter(&snmp, "Ip:", "ForwDatagrams").ok_or_else(|| BenchError::Check(format!("no Ip ForwDatagrams in /proc/net/snmp of {}", netns.display())))
+    snmp_counter(&snmp, "Ip:", "ForwDatagrams")
+        .ok_or_else(|| BenchError::Check(format!("no Ip ForwDatagrams in /proc/net/snmp of {}", netns.display())))
 }
 
 /// (received, sent) packets of interface `ifname` in the namespace at `netns`.
@@ -102,7 +103,8 @@ mod tests {
 
     #[test]
     fn forwarded_datagrams_come_from_the_ip_lines() {
-        let snmp = "Ip: Forwarding DefaultTTL InReceives InHdrErrors InAddrErrors ForwDatagrams\nIp: 1 64 100 0 0 42\nIcmp: InMsgs\nIcmp: 3\n";
+        let snmp =
+            "Ip: Forwarding DefaultTTL InReceives InHdrErrors InAddrErrors ForwDatagrams\nIp: 1 64 100 0 0 42\nIcmp: InMsgs\nIcmp: 3\n";
         assert_eq!(snmp_counter(snmp, "Ip:", "ForwDatagrams"), Some(42));
         assert_eq!(snmp_counter(snmp, "Ip:", "Missing"), None);
     }

@@ -171,7 +171,8 @@ pub async fn jump_packets(node: &Path, table: &str, chain: &str, target: &str) -
     let args: Vec<String> = ["-w", "-t", table, "-L", chain, "-n", "-v", "-x"].iter().map(|s| s.to_string()).collect();
     let cmd = process::command("iptables", &args, &place)?;
     let listing = process::output(cmd, "iptables", None, Duration::from_secs(30)).await?;
-    listed_packets(&listing, target).ok_or_else(|| BenchError::Check(format!("no jump to {target} in {table} {chain} of {}", node.display())))
+    listed_packets(&listing, target)
+        .ok_or_else(|| BenchError::Check(format!("no jump to {target} in {table} {chain} of {}", node.display())))
 }
 
 /// The packet counter of the first rule jumping to `target` in an `iptables -L -v -x` listing.

@@ -120,7 +120,8 @@ pub fn ruleset(services: &[BenchService], counted: Option<&str>) -> String {
 fn write_service(out: &mut String, service: &BenchService, counted: bool) {
     let (cluster_ip, port) = (service.cluster_ip, service.port);
     let chain = service_chain(service);
-    let endpoints: Vec<(String, String)> = service.backends.iter().map(|b| (endpoint_chain(service, &b.to_string()), b.to_string())).collect();
+    let endpoints: Vec<(String, String)> =
+        service.backends.iter().map(|b| (endpoint_chain(service, &b.to_string()), b.to_string())).collect();
     for (endpoint, _) in &endpoints {
         let _ = writeln!(out, "add chain {TABLE} {endpoint}");
     }
@@ -129,7 +130,10 @@ fn write_service(out: &mut String, service: &BenchService, counted: bool) {
     let _ = writeln!(out, "add element {TABLE} service-ips {{ {cluster_ip} . tcp . {port} : goto {chain} }}");
     // Off-cluster clients of the ClusterIP are masqueraded (kube-proxy's local-traffic detector
     // by cluster CIDR).
-    let _ = writeln!(out, "add rule {TABLE} {chain} ip daddr {cluster_ip} tcp dport {port} ip saddr != {CLUSTER_CIDR} jump mark-for-masquerade");
+    let _ = writeln!(
+        out,
+        "add rule {TABLE} {chain} ip daddr {cluster_ip} tcp dport {port} ip saddr != {CLUSTER_CIDR} jump mark-for-masquerade"
+    );
     let choices: Vec<String> = endpoints.iter().enumerate().map(|(i, (endpoint, _))| format!("{i} : goto {endpoint}")).collect();
     let _ = writeln!(out, "add rule {TABLE} {chain} numgen random mod {} vmap {{ {} }}", endpoints.len(), choices.join(" , "));
     let counter = if counted { "counter " } else { "" };
@@ -180,7 +184,8 @@ pub async fn chain_packets(node: &Path, chain: &str) -> Result<u64, BenchError> 
 /// node must not hold iptables rules too (iptables-nft would show as `ip filter`, `ip nat`).
 pub async fn check_alone(node: &Path) -> Result<(), BenchError> {
     let listing = nft(node, &["-j", "list", "tables"], None).await?;
-    let tables = table_names(&listing).ok_or_else(|| BenchError::tool("nft", format!("printed unreadable JSON: {}", process::tail(&listing, 300))))?;
+    let tables = table_names(&listing)
+        .ok_or_else(|| BenchError::tool("nft", format!("printed unreadable JSON: {}", process::tail(&listing, 300))))?;
     if tables != [TABLE] {
         return Err(BenchError::Check(format!("the classic-nft node must hold kube-proxy's nftables table only; it holds {tables:?}")));
     }
@@ -207,7 +212,12 @@ fn first_counter(listing: &str) -> Option<u64> {
 fn table_names(listing: &str) -> Option<Vec<String>> {
     let json: serde_json::Value = serde_json::from_str(listing).ok()?;
     let items = json["nftables"].as_array()?;
-    Some(items.iter().filter_map(|item| Some(format!("{} {}", item["table"]["family"].as_str()?, item["table"]["name"].as_str()?))).collect())
+    Some(
+        items
+            .iter()
+            .filter_map(|item| Some(format!("{} {}", item["table"]["family"].as_str()?, item["table"]["name"].as_str()?)))
+            .collect(),
+    )
 }
 
 #[cfg(test)]
@@ -250,9 +260,17 @@ mod tests {
             let wanted = format!("{{ {} . tcp . 80 : goto {} }}", s.cluster_ip, service_chain(s));
             assert!(elements.iter().any(|e| e.ends_with(&wanted)), "{wanted} in {elements:?}");
         }
-        assert_eq!(rules_of(&text, "services")[0], "ip daddr . meta l4proto . th dport vmap @service-ips", "services dispatches through the map first");
+        assert_eq!(
+            rules_of(&text, "services")[0],
+            "ip daddr . meta l4proto . th dport vmap @service-ips",
+            "services dispatches through the map first"
+        );
         assert!(text.contains("add map ip kube-proxy service-ips { type ipv4_addr . inet_proto . inet_service : verdict ;"), "map type");
-        assert_eq!(text.lines().filter(|l| l.starts_with("add element ip kube-proxy cluster-ips ")).count(), 2, "every ClusterIP in cluster-ips");
+        assert_eq!(
+            text.lines().filter(|l| l.starts_with("add element ip kube-proxy cluster-ips ")).count(),
+            2,
+            "every ClusterIP in cluster-ips"
+        );
     }
 
     #[test]
@@ -265,7 +283,10 @@ mod tests {
             let n = s.backends.len();
             assert!(pick.starts_with(&format!("numgen random mod {n} vmap {{ ")), "mod {n}: {pick}");
             for (i, b) in s.backends.iter().enumerate() {
-                assert!(pick.contains(&format!("{i} : goto {}", endpoint_chain(s, &b.to_string()))), "choice {i} goes to {b}'s chain: {pick}");
+                assert!(
+                    pick.contains(&format!("{i} : goto {}", endpoint_chain(s, &b.to_string()))),
+                    "choice {i} goes to {b}'s chain: {pick}"
+                );
             }
             assert_eq!(pick.matches(" : goto ").count(), n, "one choice per endpoint: {pick}");
         }
@@ -292,7 +313,10 @@ mod tests {
         assert!(rules_of(&text, FORWARD_CHAIN)[0].starts_with("counter "), "the forward hook counts every packet first");
         assert_eq!(rules_of(&text, SERVICES_JUMP_CHAIN), vec!["counter jump services"], "prerouting counts connections into services");
         assert!(!text.contains(" masquerade"), "the lab never masquerades");
-        assert!(text.starts_with("add table ip kube-proxy\ndelete table ip kube-proxy\nadd table ip kube-proxy "), "the table is replaced in one transaction");
+        assert!(
+            text.starts_with("add table ip kube-proxy\ndelete table ip kube-proxy\nadd table ip kube-proxy "),
+            "the table is replaced in one transaction"
+        );
     }
 
     #[test]

@@ -144,8 +144,15 @@ enum Node {
 // === impl Configuration ===
 
 impl Configuration {
-    pub const ALL: [Self; 7] =
-        [Self::Limit, Self::SluiceBpf, Self::SluiceBpfNoMonitor, Self::SluiceBpfPolicy, Self::SluiceLegacy, Self::Classic, Self::ClassicNft];
+    pub const ALL: [Self; 7] = [
+        Self::Limit,
+        Self::SluiceBpf,
+        Self::SluiceBpfNoMonitor,
+        Self::SluiceBpfPolicy,
+        Self::SluiceLegacy,
+        Self::Classic,
+        Self::ClassicNft,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -353,7 +360,8 @@ impl Built {
 
     /// Whether the counters moved as this configuration claims; the error says how not.
     pub fn verify(&self, workload: Workload, before: &Counters, after: &Counters) -> Result<Evidence, String> {
-        let deltas: BTreeMap<&'static str, u64> = after.iter().map(|(k, v)| (*k, v.saturating_sub(before.get(k).copied().unwrap_or(0)))).collect();
+        let deltas: BTreeMap<&'static str, u64> =
+            after.iter().map(|(k, v)| (*k, v.saturating_sub(before.get(k).copied().unwrap_or(0)))).collect();
         let d = |key: &str| deltas.get(key).copied().unwrap_or(0);
         let claim = if workload.cross_node() { self.configuration.cross_node_claim() } else { self.configuration.claim() };
         let evidence = Evidence { claim, deltas: deltas.clone() };

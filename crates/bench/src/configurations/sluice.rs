@@ -186,7 +186,9 @@ pub async fn program_services(node: &Node, services: &[BenchService]) -> Result<
             s.services.retain(|_, svc| !is_bench(&svc.metadata.labels));
             s.endpoint_slices.retain(|_, slice| !is_bench(&slice.metadata.labels));
             for (service, slice) in objects.iter().cloned() {
-                let name = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| Store::key(NAMESPACE, m.name.as_deref().unwrap_or_default());
+                let name = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+                    Store::key(NAMESPACE, m.name.as_deref().unwrap_or_default())
+                };
                 s.services.insert(name(&service.metadata), service);
                 s.endpoint_slices.insert(name(&slice.metadata), slice);
             }

@@ -28,14 +28,19 @@ const PANEL_HEIGHT: u32 = 330;
 pub fn draw(r: &Report, path: &Path) -> Result<(), BenchError> {
     register_font()?;
     let configs = r.configuration_names();
-    let panels: Vec<(Workload, &str, Metric)> = r.workloads.iter().flat_map(|w| w.metrics.iter().map(move |m| (w.name, w.title.as_str(), *m))).collect();
+    let panels: Vec<(Workload, &str, Metric)> =
+        r.workloads.iter().flat_map(|w| w.metrics.iter().map(move |m| (w.name, w.title.as_str(), *m))).collect();
     let cols = if panels.len() > 1 { 2 } else { 1 };
     let rows = panels.len().div_ceil(cols).max(1);
     let height = HEADER + PANEL_HEIGHT * rows as u32;
     let root = BitMapBackend::new(path, (WIDTH, height)).into_drawing_area();
     root.fill(&WHITE).map_err(chart_error)?;
     let (header, body) = root.split_vertically(HEADER);
-    let title = if r.method.quick { "Sluice datapath benchmark (--quick: a harness check, not a measurement)" } else { "Sluice datapath benchmark" };
+    let title = if r.method.quick {
+        "Sluice datapath benchmark (--quick: a harness check, not a measurement)"
+    } else {
+        "Sluice datapath benchmark"
+    };
     header.draw_text(title, &(FONT, 26).into_font().color(&BLACK), (20, 10)).map_err(chart_error)?;
     let subtitle = format!(
         "{} | {} round(s) x {} s, configurations interleaved | bars: median, whiskers: min-max | client CPU {}, server CPU {}",

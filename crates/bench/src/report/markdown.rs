@@ -47,7 +47,11 @@ pub fn render(r: &Report) -> String {
     let pairs = ratio_columns(&configs);
     if !pairs.is_empty() {
         out.push_str("\nRatios of medians (for latency, below 1 is faster):\n\n");
-        let _ = writeln!(out, "| workload | metric | {} |", pairs.iter().map(|(c, against)| format!("{c} ÷ {against}")).collect::<Vec<_>>().join(" | "));
+        let _ = writeln!(
+            out,
+            "| workload | metric | {} |",
+            pairs.iter().map(|(c, against)| format!("{c} ÷ {against}")).collect::<Vec<_>>().join(" | ")
+        );
         let _ = writeln!(out, "|---|---|{}", "---|".repeat(pairs.len()));
         for w in &r.workloads {
             for &metric in &w.metrics {
@@ -76,7 +80,8 @@ pub fn render(r: &Report) -> String {
     }
 
     if !r.programming.is_empty() {
-        let programmed: Vec<Configuration> = configs.iter().copied().filter(|c| r.programming.iter().any(|p| p.configuration == *c)).collect();
+        let programmed: Vec<Configuration> =
+            configs.iter().copied().filter(|c| r.programming.iter().any(|p| p.configuration == *c)).collect();
         let mut counts: Vec<usize> = r.programming.iter().map(|p| p.services).collect();
         counts.dedup();
         out.push_str("\nService programming time (s), once per count: sluice-bpf from the store update to the agent reporting every frontend, classic the iptables-restore of kube-proxy's rules, classic-nft the nft -f of its nftables ruleset:\n\n");
@@ -85,7 +90,12 @@ pub fn render(r: &Report) -> String {
         for n in counts {
             let cells: Vec<String> = programmed
                 .iter()
-                .map(|&c| r.programming.iter().find(|p| p.configuration == c && p.services == n).map_or("–".into(), |p| format!("{:.3}", p.seconds)))
+                .map(|&c| {
+                    r.programming
+                        .iter()
+                        .find(|p| p.configuration == c && p.services == n)
+                        .map_or("–".into(), |p| format!("{:.3}", p.seconds))
+                })
                 .collect();
             let _ = writeln!(out, "| {} | {} |", thousands(n as u64), cells.join(" | "));
         }
@@ -104,7 +114,15 @@ pub fn render(r: &Report) -> String {
         }
         let moved: Vec<String> = sums
             .iter()
-            .map(|(name, sum)| if still.get(name).copied().unwrap_or(false) { format!("{name}: 0 in every run") } else { format!("{name}: +{sum}") })
+            .map(
+                |(name, sum)| {
+                    if still.get(name).copied().unwrap_or(false) {
+                        format!("{name}: 0 in every run")
+                    } else {
+                        format!("{name}: +{sum}")
+                    }
+                },
+            )
             .collect();
         let _ = writeln!(out, "| {c} | {} | {} | {} |", c.claim(), checks.len(), moved.join("; "));
     }

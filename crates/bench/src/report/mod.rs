@@ -214,8 +214,14 @@ impl Report {
         Self {
             machine,
             method,
-            configurations: configurations.iter().map(|&c| ConfigurationInfo { name: c, description: c.description(), claim: c.claim() }).collect(),
-            workloads: workloads.iter().map(|&w| WorkloadInfo { name: w, title: w.title(), tool: w.tool(), metrics: w.metrics().to_vec() }).collect(),
+            configurations: configurations
+                .iter()
+                .map(|&c| ConfigurationInfo { name: c, description: c.description(), claim: c.claim() })
+                .collect(),
+            workloads: workloads
+                .iter()
+                .map(|&w| WorkloadInfo { name: w, title: w.title(), tool: w.tool(), metrics: w.metrics().to_vec() })
+                .collect(),
             results,
             targets,
             checks,
@@ -268,7 +274,12 @@ pub(crate) mod tests {
         for round in 1..=3 {
             for &(c, gbps, tps) in &figures {
                 let wiggle = round as f64 - 2.0;
-                samples.push(Sample { round, configuration: c, workload: Workload::TcpStream1, measurement: vec![(Metric::Throughput, gbps + wiggle)] });
+                samples.push(Sample {
+                    round,
+                    configuration: c,
+                    workload: Workload::TcpStream1,
+                    measurement: vec![(Metric::Throughput, gbps + wiggle)],
+                });
                 samples.push(Sample {
                     round,
                     configuration: c,

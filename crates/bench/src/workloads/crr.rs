@@ -90,14 +90,17 @@ pub async fn measure(run: &Run) -> Result<Measurement, BenchError> {
 pub async fn measure_to(run: &Run, connect: SocketAddr) -> Result<Measurement, BenchError> {
     let listen = SocketAddr::from((run.server_ip, PORT)).to_string();
     let server_args = vec!["bench".into(), "crr-server".into(), "--listen".into(), listen];
-    let mut server = Server::start(process::command(&run.sluice, &server_args, &run.server)?, "crr-server", run.log_dir.join("crr-server.log"))?;
+    let mut server =
+        Server::start(process::command(&run.sluice, &server_args, &run.server)?, "crr-server", run.log_dir.join("crr-server.log"))?;
     server.wait_listening(PORT, Duration::from_secs(10)).await?;
-    let client_args = vec!["bench".into(), "crr-client".into(), "--connect".into(), connect.to_string(), "--seconds".into(), run.seconds.to_string()];
+    let client_args =
+        vec!["bench".into(), "crr-client".into(), "--connect".into(), connect.to_string(), "--seconds".into(), run.seconds.to_string()];
     let client = process::command(&run.sluice, &client_args, &run.client)?;
     let result = process::output(client, "crr-client", None, Duration::from_secs(run.seconds + 30)).await;
     server.stop().await;
     let out = result?;
-    let report: CrrReport = serde_json::from_str(out.trim()).map_err(|e| BenchError::tool("crr-client", format!("invalid report ({e}): {out}")))?;
+    let report: CrrReport =
+        serde_json::from_str(out.trim()).map_err(|e| BenchError::tool("crr-client", format!("invalid report ({e}): {out}")))?;
     if report.transactions == 0 {
         return Err(BenchError::tool("crr-client", "no transaction completed"));
     }

@@ -17,14 +17,14 @@ pub async fn stream(run: &Run, streams: usize) -> Result<Measurement, BenchError
     let iperf3 = find_on_path("iperf3").ok_or(BenchError::MissingTool { tool: "iperf3".into(), package: "iperf3" })?;
     let ip = run.server_ip.to_string();
     let server_args: Vec<String> = vec!["-s".into(), "-1".into(), "-p".into(), PORT.to_string(), "-B".into(), ip.clone()];
-    let mut server = Server::start(process::command(&iperf3, &server_args, &run.server)?, "iperf3 server", run.log_dir.join("iperf3-server.log"))?;
+    let mut server =
+        Server::start(process::command(&iperf3, &server_args, &run.server)?, "iperf3 server", run.log_dir.join("iperf3-server.log"))?;
     server.wait_listening(PORT, Duration::from_secs(10)).await?;
-    let client_args: Vec<String> = [
-        "-c", &ip, "-p", &PORT.to_string(), "-t", &run.seconds.to_string(), "-O", "1", "-P", &streams.to_string(), "-J",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let client_args: Vec<String> =
+        ["-c", &ip, "-p", &PORT.to_string(), "-t", &run.seconds.to_string(), "-O", "1", "-P", &streams.to_string(), "-J"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
     let client = process::command(&iperf3, &client_args, &run.client)?;
     let client = tokio::spawn(process::output(client, "iperf3", None, Duration::from_secs(run.seconds + 30)));
     // The CPU window opens when iperf3 starts counting (after the omitted second).
@@ -48,7 +48,8 @@ const OMITTED: Duration = Duration::from_secs(1);
 
 /// Gbit/s the server received, from iperf3's JSON report.
 fn received_gbps(json: &str) -> Result<f64, BenchError> {
-    let report: serde_json::Value = serde_json::from_str(json).map_err(|e| BenchError::tool("iperf3", format!("invalid JSON report: {e}")))?;
+    let report: serde_json::Value =
+        serde_json::from_str(json).map_err(|e| BenchError::tool("iperf3", format!("invalid JSON report: {e}")))?;
     if let Some(error) = report["error"].as_str() {
         return Err(BenchError::tool("iperf3", error.to_owned()));
     }

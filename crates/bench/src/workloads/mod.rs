@@ -152,7 +152,8 @@ impl Workload {
             Self::TcpRr => sockperf::ping_pong(run).await,
             Self::TcpCrr => crr::measure(run).await,
             Self::TcpCrrService(_) => {
-                let service = run.service.ok_or_else(|| BenchError::Invalid(format!("{self}: the configuration has no services programmed")))?;
+                let service =
+                    run.service.ok_or_else(|| BenchError::Invalid(format!("{self}: the configuration has no services programmed")))?;
                 crr::measure_to(run, service.into()).await
             }
         }

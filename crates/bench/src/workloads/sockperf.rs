@@ -14,10 +14,21 @@ pub async fn ping_pong(run: &Run) -> Result<Measurement, BenchError> {
     let sockperf = find_on_path("sockperf").ok_or(BenchError::MissingTool { tool: "sockperf".into(), package: "sockperf" })?;
     let ip = run.server_ip.to_string();
     let server_args: Vec<String> = ["server", "--tcp", "-i", &ip, "-p", &PORT.to_string()].iter().map(|s| s.to_string()).collect();
-    let mut server = Server::start(process::command(&sockperf, &server_args, &run.server)?, "sockperf server", run.log_dir.join("sockperf-server.log"))?;
+    let mut server =
+        Server::start(process::command(&sockperf, &server_args, &run.server)?, "sockperf server", run.log_dir.join("sockperf-server.log"))?;
     server.wait_listening(PORT, Duration::from_secs(10)).await?;
     let client_args: Vec<String> = [
-        "ping-pong", "--tcp", "-i", &ip, "-p", &PORT.to_string(), "-t", &run.seconds.to_string(), "-m", &MESSAGE_BYTES.to_string(), "--full-rtt",
+        "ping-pong",
+        "--tcp",
+        "-i",
+        &ip,
+        "-p",
+        &PORT.to_string(),
+        "-t",
+        &run.seconds.to_string(),
+        "-m",
+        &MESSAGE_BYTES.to_string(),
+        "--full-rtt",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -55,9 +66,8 @@ fn parse(output: &str) -> Result<Summary, BenchError> {
     if seconds <= 0.0 || replies <= 0.0 {
         return Err(BenchError::tool("sockperf", format!("measured nothing: {valid}")));
     }
-    let percentile = |p: &str| -> Option<f64> {
-        text.lines().find_map(|l| l.split_once(&format!("percentile {p} ="))?.1.trim().parse().ok())
-    };
+    let percentile =
+        |p: &str| -> Option<f64> { text.lines().find_map(|l| l.split_once(&format!("percentile {p} ="))?.1.trim().parse().ok()) };
     Ok(Summary {
         transactions_per_second: replies / seconds,
         p50_us: percentile("50.000").ok_or_else(|| missing("50th percentile"))?,

@@ -2,14 +2,13 @@
 //! the real `sluice` binary and removes it when dropped, even when the test fails.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a test fails loudly on what it did not expect
-
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 pub fn sluice_bin() -> PathBuf {
@@ -91,7 +90,8 @@ impl TestLab {
         let list = self.json(&["get", "pods", "-n", ns, "-o", "json"]);
         let items = list["items"].as_array().expect("items");
         let p = items.iter().find(|p| p["metadata"]["name"] == pod).unwrap_or_else(|| panic!("pod {pod} not listed: {list}"));
-        let ips: Vec<String> = p["status"]["podIPs"].as_array().expect("podIPs").iter().map(|i| i["ip"].as_str().expect("ip").to_owned()).collect();
+        let ips: Vec<String> =
+            p["status"]["podIPs"].as_array().expect("podIPs").iter().map(|i| i["ip"].as_str().expect("ip").to_owned()).collect();
         let v4 = ips.iter().find(|i| !i.contains(':')).expect("an IPv4 address").clone();
         let v6 = ips.iter().find(|i| i.contains(':')).expect("an IPv6 address").clone();
         (v4, v6)

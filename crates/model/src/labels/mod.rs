@@ -6,6 +6,6 @@ mod validate;
 
 pub use set::{namespace_labels, LabelSet, NAMESPACE_LABEL, NAMESPACE_LABELS_PREFIX, NAMESPACE_NAME_LABEL};
 pub use validate::{
-    validate_dns1035_label, validate_dns1123_label, validate_dns1123_subdomain,
-    validate_iana_svc_name, validate_label_key, validate_label_value,
+    validate_dns1035_label, validate_dns1123_label, validate_dns1123_subdomain, validate_iana_svc_name, validate_label_key,
+    validate_label_value,
 };

@@ -35,11 +35,7 @@ impl LabelSet {
     /// The identity labels of a pod: its own labels as they are, the name of its namespace
     /// under [`NAMESPACE_LABEL`], and each namespace label under [`NAMESPACE_LABELS_PREFIX`].
     /// The added keys contain `:`, which valid label keys cannot, so they never collide.
-    pub fn for_pod(
-        pod_labels: &BTreeMap<String, String>,
-        namespace: &str,
-        namespace_labels: &BTreeMap<String, String>,
-    ) -> Self {
+    pub fn for_pod(pod_labels: &BTreeMap<String, String>, namespace: &str, namespace_labels: &BTreeMap<String, String>) -> Self {
         let mut labels = pod_labels.clone();
         labels.insert(NAMESPACE_LABEL.to_owned(), namespace.to_owned());
         for (key, value) in namespace_labels {
@@ -101,11 +97,7 @@ impl From<BTreeMap<String, String>> for LabelSet {
 
 impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for LabelSet {
     fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
-        LabelSet(
-            iter.into_iter()
-                .map(|(k, v)| (k.into(), v.into()))
-                .collect(),
-        )
+        LabelSet(iter.into_iter().map(|(k, v)| (k.into(), v.into())).collect())
     }
 }
 
@@ -114,10 +106,7 @@ mod tests {
     use super::*;
 
     fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     #[test]
@@ -130,18 +119,11 @@ mod tests {
         let expected = [
             ("app", "web"),
             ("k8s:io.kubernetes.pod.namespace", "shop"),
-            (
-                "k8s:io.kubernetes.pod.namespace.labels.kubernetes.io/metadata.name",
-                "shop",
-            ),
+            ("k8s:io.kubernetes.pod.namespace.labels.kubernetes.io/metadata.name", "shop"),
             ("k8s:io.kubernetes.pod.namespace.labels.team", "a"),
             ("tier", ""),
         ];
-        assert_eq!(
-            set.iter().collect::<Vec<_>>(),
-            expected,
-            "labels in key order"
-        );
+        assert_eq!(set.iter().collect::<Vec<_>>(), expected, "labels in key order");
         assert_eq!(
             set.canonical_string(),
             "app=web,k8s:io.kubernetes.pod.namespace=shop,\
@@ -157,11 +139,7 @@ mod tests {
         let backward: LabelSet = [("c", "3"), ("b", "2"), ("a", "1")].into_iter().collect();
         assert_eq!(forward, backward, "sets with the same labels are equal");
         assert_eq!(forward.canonical_string(), "a=1,b=2,c=3", "sorted by key");
-        assert_eq!(
-            forward.canonical_string(),
-            backward.canonical_string(),
-            "same string"
-        );
+        assert_eq!(forward.canonical_string(), backward.canonical_string(), "same string");
     }
 
     #[test]
@@ -170,16 +148,9 @@ mod tests {
         let prod = LabelSet::for_pod(&pod, "shop", &map(&[("env", "prod")]));
         let test = LabelSet::for_pod(&pod, "shop", &map(&[("env", "test")]));
         let other_ns = LabelSet::for_pod(&pod, "bank", &map(&[("env", "prod")]));
-        assert_ne!(
-            prod, test,
-            "namespace label values are part of the identity"
-        );
+        assert_ne!(prod, test, "namespace label values are part of the identity");
         assert_ne!(prod, other_ns, "the namespace name is part of the identity");
-        assert_eq!(
-            prod.get(NAMESPACE_LABEL),
-            Some("shop"),
-            "namespace label present"
-        );
+        assert_eq!(prod.get(NAMESPACE_LABEL), Some("shop"), "namespace label present");
     }
 
     #[test]
@@ -189,9 +160,6 @@ mod tests {
         assert_eq!(set.canonical_string(), "", "empty canonical string");
         let only_ns = LabelSet::for_pod(&BTreeMap::new(), "default", &BTreeMap::new());
         assert_eq!(only_ns.len(), 1, "only the namespace label");
-        assert_eq!(
-            only_ns.canonical_string(),
-            "k8s:io.kubernetes.pod.namespace=default"
-        );
+        assert_eq!(only_ns.canonical_string(), "k8s:io.kubernetes.pod.namespace=default");
     }
 }

@@ -88,10 +88,7 @@ pub fn validate_label_value(value: &str) -> Result<(), String> {
 fn check_max_len(value: &str, max: usize) -> Result<(), String> {
     // Kubernetes counts bytes; anything non-ASCII is rejected by the character rules anyway.
     if value.len() > max {
-        return Err(format!(
-            "must be no more than {max} characters (it has {})",
-            value.len()
-        ));
+        return Err(format!("must be no more than {max} characters (it has {})", value.len()));
     }
     Ok(())
 }
@@ -158,21 +155,14 @@ pub fn validate_iana_svc_name(value: &str) -> Result<(), String> {
 mod tests {
     use super::*;
 
-    fn check(
-        what: &str,
-        validate: fn(&str) -> Result<(), String>,
-        cases: &[(&str, Result<(), &str>)],
-    ) {
+    fn check(what: &str, validate: fn(&str) -> Result<(), String>, cases: &[(&str, Result<(), &str>)]) {
         for (input, expected) in cases {
             let got = validate(input);
             match expected {
                 Ok(()) => assert!(got.is_ok(), "{what} {input:?}: expected valid, got {got:?}"),
                 Err(fragment) => {
                     let message = got.err().unwrap_or_default();
-                    assert!(
-                        message.contains(fragment),
-                        "{what} {input:?}: expected an error containing {fragment:?}, got {message:?}"
-                    );
+                    assert!(message.contains(fragment), "{what} {input:?}: expected an error containing {fragment:?}, got {message:?}");
                 }
             }
         }
@@ -184,10 +174,7 @@ mod tests {
         let n64 = "a".repeat(64);
         let prefixed63 = format!("example.com/{n63}");
         let prefixed64 = format!("example.com/{n64}");
-        let prefix253 = format!(
-            "{}/x",
-            vec!["a".repeat(63); 4].join(".").get(..253).unwrap_or("")
-        );
+        let prefix253 = format!("{}/x", vec!["a".repeat(63); 4].join(".").get(..253).unwrap_or(""));
         let prefix254 = format!("{}/x", "a".repeat(254));
         check(
             "label key",
@@ -200,44 +187,20 @@ mod tests {
                 ("app.kubernetes.io/name", Ok(())),
                 ("k8s.io/Name", Ok(())),
                 (&n63, Ok(())),
-                (
-                    &n64,
-                    Err("name part must be no more than 63 characters (it has 64)"),
-                ),
+                (&n64, Err("name part must be no more than 63 characters (it has 64)")),
                 (&prefixed63, Ok(())),
-                (
-                    &prefixed64,
-                    Err("name part must be no more than 63 characters"),
-                ),
+                (&prefixed64, Err("name part must be no more than 63 characters")),
                 (&prefix253, Ok(())),
-                (
-                    &prefix254,
-                    Err("prefix part must be no more than 253 characters"),
-                ),
+                (&prefix254, Err("prefix part must be no more than 253 characters")),
                 ("", Err("name part must be non-empty")),
-                (
-                    "-bad",
-                    Err("name part must consist of alphanumeric characters"),
-                ),
-                (
-                    "bad-",
-                    Err("name part must consist of alphanumeric characters"),
-                ),
+                ("-bad", Err("name part must consist of alphanumeric characters")),
+                ("bad-", Err("name part must consist of alphanumeric characters")),
                 ("_bad", Err("name part must consist")),
                 ("has space", Err("name part must consist")),
                 ("é", Err("name part must consist")),
-                (
-                    "Example.com/name",
-                    Err("prefix part a lowercase RFC 1123 subdomain"),
-                ),
-                (
-                    "example..com/name",
-                    Err("prefix part a lowercase RFC 1123 subdomain"),
-                ),
-                (
-                    "-example.com/name",
-                    Err("prefix part a lowercase RFC 1123 subdomain"),
-                ),
+                ("Example.com/name", Err("prefix part a lowercase RFC 1123 subdomain")),
+                ("example..com/name", Err("prefix part a lowercase RFC 1123 subdomain")),
+                ("-example.com/name", Err("prefix part a lowercase RFC 1123 subdomain")),
                 ("/name", Err("prefix part must be non-empty")),
                 ("example.com/", Err("name part must be non-empty")),
                 ("a/b/c", Err("a qualified name must consist of")),
@@ -260,10 +223,7 @@ mod tests {
                 ("12345", Ok(())),
                 (&v63, Ok(())),
                 (&v64, Err("must be no more than 63 characters (it has 64)")),
-                (
-                    "-web",
-                    Err("a valid label must be an empty string or consist of"),
-                ),
+                ("-web", Err("a valid label must be an empty string or consist of")),
                 ("web.", Err("a valid label must be an empty string")),
                 ("a/b", Err("a valid label must be an empty string")),
                 ("two words", Err("a valid label must be an empty string")),
@@ -308,10 +268,7 @@ mod tests {
                 ("example.com", Ok(())),
                 (&long_part, Ok(())),
                 (&s253, Ok(())),
-                (
-                    &s254,
-                    Err("must be no more than 253 characters (it has 254)"),
-                ),
+                (&s254, Err("must be no more than 253 characters (it has 254)")),
                 ("", Err("must not be empty")),
                 ("Web", Err("a lowercase RFC 1123 subdomain")),
                 ("web.", Err("a lowercase RFC 1123 subdomain")),

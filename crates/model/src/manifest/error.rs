@@ -50,10 +50,7 @@ pub enum ManifestError {
     },
 
     /// The `kind` is not one Sluice reads (see [`crate::Kind::ALL`]).
-    #[error(
-        "{doc}: kind: {kind:?} is not supported (supported: {})",
-        supported_kinds()
-    )]
+    #[error("{doc}: kind: {kind:?} is not supported (supported: {})", supported_kinds())]
     UnsupportedKind {
         /// The document (boxed, to keep the error small).
         doc: Box<DocumentRef>,
@@ -127,12 +124,7 @@ impl DocumentRef {
     }
 
     pub(crate) fn new(file: &str, index: usize) -> Self {
-        DocumentRef {
-            file: file.to_owned(),
-            index,
-            kind: None,
-            name: None,
-        }
+        DocumentRef { file: file.to_owned(), index, kind: None, name: None }
     }
 }
 
@@ -167,10 +159,7 @@ impl ManifestError {
 }
 
 fn supported_kinds() -> String {
-    let kinds: Vec<String> = crate::Kind::ALL
-        .iter()
-        .map(|kind| format!("{} {kind}", kind.api_version()))
-        .collect();
+    let kinds: Vec<String> = crate::Kind::ALL.iter().map(|kind| format!("{} {kind}", kind.api_version())).collect();
     kinds.join(", ")
 }
 

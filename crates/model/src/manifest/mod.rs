@@ -5,15 +5,15 @@
 mod error;
 mod path;
 mod policy_rules;
+#[cfg(test)]
+mod policy_tests;
 pub(crate) mod rules;
 mod service_rules;
+#[cfg(test)]
+mod service_tests;
 mod strict;
 #[cfg(test)]
 mod tests;
-#[cfg(test)]
-mod service_tests;
-#[cfg(test)]
-mod policy_tests;
 
 use std::collections::HashMap;
 
@@ -40,28 +40,15 @@ pub fn parse_manifests(file: &str, text: &str) -> Result<Vec<Object>, ManifestEr
         let mut doc = DocumentRef::new(file, i + 1);
         let value = match Value::deserialize(document) {
             Ok(value) => value,
-            Err(error) => {
-                return Err(ManifestError::Yaml {
-                    doc: Box::new(doc),
-                    error,
-                })
-            }
+            Err(error) => return Err(ManifestError::Yaml { doc: Box::new(doc), error }),
         };
         let Some(object) = parse_document(&mut doc, value)? else {
             continue;
         };
         let namespace = object.namespace().map(str::to_owned);
-        let key = (
-            object.kind(),
-            namespace.clone().unwrap_or_default(),
-            object.name().to_owned(),
-        );
+        let key = (object.kind(), namespace.clone().unwrap_or_default(), object.name().to_owned());
         if let Some(&first) = seen.get(&key) {
-            return Err(ManifestError::Duplicate {
-                doc: Box::new(doc),
-                namespace,
-                first,
-            });
+            return Err(ManifestError::Duplicate { doc: Box::new(doc), namespace, first });
         }
         seen.insert(key, doc.index);
         objects.push(object);
@@ -71,29 +58,18 @@ pub fn parse_manifests(file: &str, text: &str) -> Result<Vec<Object>, ManifestEr
 
 /// One document to an object; `None` for an empty document. Fills in `doc.kind` and
 /// `doc.name` as soon as they are read, so later errors name the object.
-fn parse_document(
-    doc: &mut DocumentRef,
-    mut value: Value,
-) -> Result<Option<Object>, ManifestError> {
+fn parse_document(doc: &mut DocumentRef, mut value: Value) -> Result<Option<Object>, ManifestError> {
     if value.is_null() {
         return Ok(None);
     }
     if let Err(error) = value.apply_merge() {
-        return Err(ManifestError::Yaml {
-            doc: doc.boxed(),
-            error,
-        });
+        return Err(ManifestError::Yaml { doc: doc.boxed(), error });
     }
     let Value::Mapping(fields) = &value else {
-        return Err(ManifestError::NotAnObject {
-            doc: doc.boxed(),
-            found: describe(&value),
-        });
+        return Err(ManifestError::NotAnObject { doc: doc.boxed(), found: describe(&value) });
     };
     let non_empty = |field: Option<&Value>| {
-        let text = field
-            .and_then(Value::as_str)
-            .filter(|text| !text.is_empty());
+        let text = field.and_then(Value::as_str).filter(|text| !text.is_empty());
         text.map(str::to_owned)
     };
     doc.kind = non_empty(fields.get("kind"));
@@ -102,32 +78,19 @@ fn parse_document(
     let kind_name = required_string(doc, fields, "kind")?;
 
     let Some(kind) = Kind::from_name(kind_name) else {
-        return Err(ManifestError::UnsupportedKind {
-            doc: doc.boxed(),
-            kind: kind_name.to_owned(),
-        });
+        return Err(ManifestError::UnsupportedKind { doc: doc.boxed(), kind: kind_name.to_owned() });
     };
     if api_version != kind.api_version() {
-        return Err(ManifestError::WrongApiVersion {
-            doc: doc.boxed(),
-            kind,
-            found: api_version.to_owned(),
-            expected: kind.api_version(),
-        });
+        return Err(ManifestError::WrongApiVersion { doc: doc.boxed(), kind, found: api_version.to_owned(), expected: kind.api_version() });
     }
 
-    let mut object = kind
-        .decode(value.clone())
-        .map_err(|error| ManifestError::Schema {
-            doc: doc.boxed(),
-            path: path::from_serde(error.path()),
-            reason: error.into_inner().to_string(),
-        })?;
+    let mut object = kind.decode(value.clone()).map_err(|error| ManifestError::Schema {
+        doc: doc.boxed(),
+        path: path::from_serde(error.path()),
+        reason: error.into_inner().to_string(),
+    })?;
     if let Some(path) = strict::first_unknown_field(&value, &object) {
-        return Err(ManifestError::UnknownField {
-            doc: doc.boxed(),
-            path,
-        });
+        return Err(ManifestError::UnknownField { doc: doc.boxed(), path });
     }
     apply_namespace_default(&mut object);
     let checked = rules::check(&object);
@@ -140,25 +103,14 @@ fn parse_document(
         _ => {}
     }
     checked.map_err(|error| match error {
-        FieldError::Missing(path) => ManifestError::MissingField {
-            doc: doc.boxed(),
-            path,
-        },
-        FieldError::Invalid { path, reason } => ManifestError::InvalidField {
-            doc: doc.boxed(),
-            path,
-            reason,
-        },
+        FieldError::Missing(path) => ManifestError::MissingField { doc: doc.boxed(), path },
+        FieldError::Invalid { path, reason } => ManifestError::InvalidField { doc: doc.boxed(), path, reason },
     })?;
     Ok(Some(object))
 }
 
 /// A top-level string field that must be present and non-empty.
-fn required_string<'v>(
-    doc: &DocumentRef,
-    fields: &'v Mapping,
-    name: &str,
-) -> Result<&'v str, ManifestError> {
+fn required_string<'v>(doc: &DocumentRef, fields: &'v Mapping, name: &str) -> Result<&'v str, ManifestError> {
     match fields.get(name) {
         None | Some(Value::Null) => {}
         Some(Value::String(s)) if s.is_empty() => {}
@@ -171,10 +123,7 @@ fn required_string<'v>(
             })
         }
     }
-    Err(ManifestError::MissingField {
-        doc: doc.boxed(),
-        path: name.to_owned(),
-    })
+    Err(ManifestError::MissingField { doc: doc.boxed(), path: name.to_owned() })
 }
 
 /// Defaults the namespace of namespaced objects and clears it on cluster-scoped ones, as the

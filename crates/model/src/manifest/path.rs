@@ -10,10 +10,7 @@ pub(crate) fn map_key(base: &str, key: &str) -> String {
 
 /// Appends a field or key: `.name` when it is a plain word, `["app/x"]` otherwise.
 pub(crate) fn push_field(path: &mut String, key: &str) {
-    let plain = key
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+    let plain = key.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
     if !plain {
         *path = map_key(path, key);
@@ -61,14 +58,7 @@ mod tests {
 
         let mut path = "metadata.labels".to_owned();
         push_field(&mut path, "app/x");
-        assert_eq!(
-            path, r#"metadata.labels["app/x"]"#,
-            "keys that are not words"
-        );
-        assert_eq!(
-            map_key("metadata.labels", "a\"b"),
-            r#"metadata.labels["a\"b"]"#,
-            "escaped"
-        );
+        assert_eq!(path, r#"metadata.labels["app/x"]"#, "keys that are not words");
+        assert_eq!(map_key("metadata.labels", "a\"b"), r#"metadata.labels["a\"b"]"#, "escaped");
     }
 }

@@ -64,7 +64,10 @@ fn check_selector(at: &str, selector: &LabelSelector, keys: Keys) -> Result<(), 
             "In" | "NotIn" | "Exists" | "DoesNotExist" => {}
             "" => return Err(FieldError::Missing(format!("{at}.operator"))),
             other => {
-                return Err(reject(format!("{at}.operator"), format!("{other:?} is not a valid label selector operator: must be one of In, NotIn, Exists, DoesNotExist")));
+                return Err(reject(
+                    format!("{at}.operator"),
+                    format!("{other:?} is not a valid label selector operator: must be one of In, NotIn, Exists, DoesNotExist"),
+                ));
             }
         }
         for (j, value) in values.iter().enumerate() {
@@ -266,7 +269,8 @@ fn check_sluice_rule(at: &str, rule: RuleView<'_>) -> Result<(), FieldError> {
             let first = match port.port.as_deref() {
                 None => None,
                 Some(text) if text.parse::<i64>().is_ok() || text.starts_with(|c: char| c.is_ascii_digit()) => {
-                    let number = text.parse::<i64>().map_err(|_| invalid(&at("port"), text, "must be a port number or a port name".to_owned()))?;
+                    let number =
+                        text.parse::<i64>().map_err(|_| invalid(&at("port"), text, "must be a port number or a port name".to_owned()))?;
                     port_range(&at("port"), number, 0)?;
                     Some(number)
                 }
@@ -280,7 +284,9 @@ fn check_sluice_rule(at: &str, rule: RuleView<'_>) -> Result<(), FieldError> {
             };
             let Some(end) = port.end_port else { continue };
             match first {
-                None | Some(0) => return Err(reject(at("endPort"), "may not be specified without a port number (absent or 0 means every port)")),
+                None | Some(0) => {
+                    return Err(reject(at("endPort"), "may not be specified without a port number (absent or 0 means every port)"))
+                }
                 Some(first) if i64::from(end) < first => {
                     return Err(reject(at("endPort"), format!("{end} is invalid: must be greater than or equal to port ({first})")));
                 }

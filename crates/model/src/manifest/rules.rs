@@ -7,9 +7,7 @@ use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::path;
-use crate::labels::{
-    validate_dns1123_label, validate_dns1123_subdomain, validate_label_key, validate_label_value,
-};
+use crate::labels::{validate_dns1123_label, validate_dns1123_subdomain, validate_label_key, validate_label_value};
 use crate::{Kind, Object};
 
 /// A broken rule, located by field path; the caller adds the file and document.
@@ -45,11 +43,9 @@ fn check_metadata(kind: Kind, meta: &ObjectMeta) -> Result<(), FieldError> {
     if name.is_empty() {
         return Err(FieldError::Missing("metadata.name".to_owned()));
     }
-    kind.check_name(name)
-        .map_err(|reason| invalid("metadata.name", name, reason))?;
+    kind.check_name(name).map_err(|reason| invalid("metadata.name", name, reason))?;
     if let Some(namespace) = &meta.namespace {
-        validate_dns1123_label(namespace)
-            .map_err(|reason| invalid("metadata.namespace", namespace, reason))?;
+        validate_dns1123_label(namespace).map_err(|reason| invalid("metadata.namespace", namespace, reason))?;
     }
     check_labels("metadata.labels", meta.labels.as_ref())
 }
@@ -57,22 +53,16 @@ fn check_metadata(kind: Kind, meta: &ObjectMeta) -> Result<(), FieldError> {
 /// Checks a label map at `path`; a bad key is reported on the map, a bad value on its key.
 pub(super) fn check_labels(path: &str, labels: Option<&BTreeMap<String, String>>) -> Result<(), FieldError> {
     for (key, value) in labels.into_iter().flatten() {
-        validate_label_key(key).map_err(|reason| FieldError::Invalid {
-            path: path.to_owned(),
-            reason: format!("key {key:?} is invalid: {reason}"),
-        })?;
-        validate_label_value(value)
-            .map_err(|reason| invalid(&path::map_key(path, key), value, reason))?;
+        validate_label_key(key)
+            .map_err(|reason| FieldError::Invalid { path: path.to_owned(), reason: format!("key {key:?} is invalid: {reason}") })?;
+        validate_label_value(value).map_err(|reason| invalid(&path::map_key(path, key), value, reason))?;
     }
     Ok(())
 }
 
 /// `path: "value" is invalid: reason`
 pub(super) fn invalid(path: &str, value: &str, reason: String) -> FieldError {
-    FieldError::Invalid {
-        path: path.to_owned(),
-        reason: format!("{value:?} is invalid: {reason}"),
-    }
+    FieldError::Invalid { path: path.to_owned(), reason: format!("{value:?} is invalid: {reason}") }
 }
 
 // === impl Rules ===
@@ -103,22 +93,17 @@ impl Rules for Pod {
             }
             validate_dns1123_label(name).map_err(|reason| invalid(&at("name"), name, reason))?;
             if !names.insert(name) {
-                return Err(FieldError::Invalid {
-                    path: at("name"),
-                    reason: format!("duplicate container name {name:?}"),
-                });
+                return Err(FieldError::Invalid { path: at("name"), reason: format!("duplicate container name {name:?}") });
             }
             if container.command.as_ref().is_some_and(Vec::is_empty) {
                 return Err(FieldError::Invalid {
                     path: at("command"),
-                    reason: "must not be an empty list; omit it to use the image's entrypoint"
-                        .to_owned(),
+                    reason: "must not be an empty list; omit it to use the image's entrypoint".to_owned(),
                 });
             }
         }
         match spec.node_name.as_deref() {
-            Some(node) if !node.is_empty() => validate_dns1123_subdomain(node)
-                .map_err(|reason| invalid("spec.nodeName", node, reason)),
+            Some(node) if !node.is_empty() => validate_dns1123_subdomain(node).map_err(|reason| invalid("spec.nodeName", node, reason)),
             _ => Ok(()),
         }
     }

@@ -69,7 +69,10 @@ impl Rules for Service {
             one_of("spec.externalTrafficPolicy", policy, &["Cluster", "Local"])?;
             let external_ips = spec.external_ips.as_ref().is_some_and(|ips| !ips.is_empty());
             if type_ == "ClusterIP" && !external_ips {
-                return Err(reject("spec.externalTrafficPolicy", "may only be set for externally-accessible services (NodePort, LoadBalancer, or with spec.externalIPs)"));
+                return Err(reject(
+                    "spec.externalTrafficPolicy",
+                    "may only be set for externally-accessible services (NodePort, LoadBalancer, or with spec.externalIPs)",
+                ));
             }
         }
         let ingress = self.status.as_ref().and_then(|s| s.load_balancer.as_ref()).and_then(|lb| lb.ingress.as_ref());
@@ -93,7 +96,8 @@ fn check_cluster_ips(spec: &ServiceSpec, type_: &str) -> Result<bool, FieldError
     let mut parsed = Vec::new();
     for (i, name) in families.iter().enumerate() {
         let path = format!("spec.ipFamilies[{i}]");
-        let family = IpFamily::from_name(name).ok_or_else(|| reject(&path, format!("{name:?} is not supported: must be one of IPv4, IPv6")))?;
+        let family =
+            IpFamily::from_name(name).ok_or_else(|| reject(&path, format!("{name:?} is not supported: must be one of IPv4, IPv6")))?;
         if parsed.contains(&family) {
             return Err(reject(path, format!("duplicate family {name:?}")));
         }
@@ -139,7 +143,10 @@ fn check_cluster_ips(spec: &ServiceSpec, type_: &str) -> Result<bool, FieldError
         }
         if let Some(expected) = parsed.get(i) {
             if *expected != family {
-                return Err(reject(path, format!("{value:?} is {family} but spec.ipFamilies[{i}] is {expected}: clusterIPs must follow the order of ipFamilies")));
+                return Err(reject(
+                    path,
+                    format!("{value:?} is {family} but spec.ipFamilies[{i}] is {expected}: clusterIPs must follow the order of ipFamilies"),
+                ));
             }
         }
         ip_families.push(family);
@@ -240,7 +247,12 @@ impl Rules for EndpointSlice {
         let family = match self.address_type.as_str() {
             "IPv4" => IpFamily::V4,
             "IPv6" => IpFamily::V6,
-            "FQDN" => return Err(reject("addressType", "\"FQDN\" is not supported by Sluice: the datapath needs IP addresses (use IPv4 or IPv6)")),
+            "FQDN" => {
+                return Err(reject(
+                    "addressType",
+                    "\"FQDN\" is not supported by Sluice: the datapath needs IP addresses (use IPv4 or IPv6)",
+                ))
+            }
             "" => return Err(FieldError::Missing("addressType".to_owned())),
             other => return Err(reject("addressType", format!("{other:?} is not supported: must be one of IPv4, IPv6"))),
         };
@@ -259,7 +271,8 @@ impl Rules for EndpointSlice {
                 }
             }
             if let Some(node) = endpoint.node_name.as_deref().filter(|n| !n.is_empty()) {
-                crate::labels::validate_dns1123_subdomain(node).map_err(|reason| invalid(&format!("endpoints[{i}].nodeName"), node, reason))?;
+                crate::labels::validate_dns1123_subdomain(node)
+                    .map_err(|reason| invalid(&format!("endpoints[{i}].nodeName"), node, reason))?;
             }
         }
         let ports = self.ports.as_deref().unwrap_or_default();

@@ -208,7 +208,12 @@ impl RuleView<'_> {
     /// True when the rule names no peer at all (absent and empty lists alike): it then speaks
     /// of every peer.
     pub fn has_no_peer_field(&self) -> bool {
-        let lengths = [self.endpoints.1.map(<[_]>::len), self.entities.1.map(<[_]>::len), self.cidr.1.map(<[_]>::len), self.cidr_set.1.map(<[_]>::len)];
+        let lengths = [
+            self.endpoints.1.map(<[_]>::len),
+            self.entities.1.map(<[_]>::len),
+            self.cidr.1.map(<[_]>::len),
+            self.cidr_set.1.map(<[_]>::len),
+        ];
         lengths.iter().all(|n| n.unwrap_or(0) == 0)
     }
 }
@@ -242,12 +247,18 @@ impl EgressRule {
 impl PolicySpec {
     /// `(field name, rules, deny?)` of each ingress list, in spec order.
     pub fn ingress_lists(&self) -> [(&'static str, &[IngressRule], bool); 2] {
-        [("ingress", self.ingress.as_deref().unwrap_or_default(), false), ("ingressDeny", self.ingress_deny.as_deref().unwrap_or_default(), true)]
+        [
+            ("ingress", self.ingress.as_deref().unwrap_or_default(), false),
+            ("ingressDeny", self.ingress_deny.as_deref().unwrap_or_default(), true),
+        ]
     }
 
     /// `(field name, rules, deny?)` of each egress list, in spec order.
     pub fn egress_lists(&self) -> [(&'static str, &[EgressRule], bool); 2] {
-        [("egress", self.egress.as_deref().unwrap_or_default(), false), ("egressDeny", self.egress_deny.as_deref().unwrap_or_default(), true)]
+        [
+            ("egress", self.egress.as_deref().unwrap_or_default(), false),
+            ("egressDeny", self.egress_deny.as_deref().unwrap_or_default(), true),
+        ]
     }
 }
 

@@ -261,7 +261,8 @@ impl Allocator {
                 return Err(AllocError::Immutable { field: "spec.ipFamilies[0]".into(), old: old.to_string(), new: new.to_string() });
             }
         }
-        let cluster_ips = if headless { vec![HEADLESS.to_owned()] } else { self.cluster_ips(&key, &families, &requested, previous.as_ref())? };
+        let cluster_ips =
+            if headless { vec![HEADLESS.to_owned()] } else { self.cluster_ips(&key, &families, &requested, previous.as_ref())? };
         let node_ports = if needs_node_ports(service) { self.node_ports_of(&key, &spec, previous.as_ref())? } else { Vec::new() };
 
         for port in spec.ports.iter_mut().flatten() {
@@ -291,7 +292,13 @@ impl Allocator {
     }
 
     /// The families the service gets, primary first.
-    fn families(&self, spec: &ServiceSpec, requested: &[String], previous: Option<&Held>, policy: &str) -> Result<Vec<IpFamily>, AllocError> {
+    fn families(
+        &self,
+        spec: &ServiceSpec,
+        requested: &[String],
+        previous: Option<&Held>,
+        policy: &str,
+    ) -> Result<Vec<IpFamily>, AllocError> {
         let lab = self.ranges.families();
         let given: Vec<IpFamily> = spec.ip_families.iter().flatten().filter_map(|f| IpFamily::from_name(f)).collect();
         let mut families = if !given.is_empty() {
@@ -334,7 +341,13 @@ impl Allocator {
     }
 
     /// One cluster IP per family: the requested one (checked), the one held, or a new one.
-    fn cluster_ips(&mut self, key: &str, families: &[IpFamily], requested: &[String], previous: Option<&Held>) -> Result<Vec<String>, AllocError> {
+    fn cluster_ips(
+        &mut self,
+        key: &str,
+        families: &[IpFamily],
+        requested: &[String],
+        previous: Option<&Held>,
+    ) -> Result<Vec<String>, AllocError> {
         let mut out = Vec::new();
         for (i, family) in families.iter().enumerate() {
             let field = if i == 0 { "spec.clusterIP".to_owned() } else { format!("spec.clusterIPs[{i}]") };
@@ -353,9 +366,14 @@ impl Allocator {
 
     fn check_ip(&self, key: &str, pool: usize, field: &str, text: &str) -> Result<IpAddr, AllocError> {
         let pool = &self.pools[pool];
-        let ip: IpAddr = text.parse().map_err(|_| AllocError::OutOfRange { field: field.into(), value: text.into(), range: pool.net.to_string() })?;
+        let ip: IpAddr =
+            text.parse().map_err(|_| AllocError::OutOfRange { field: field.into(), value: text.into(), range: pool.net.to_string() })?;
         if pool.offset(ip).is_none() {
-            return Err(AllocError::OutOfRange { field: field.into(), value: text.into(), range: format!("{} (network and broadcast addresses excluded)", pool.net) });
+            return Err(AllocError::OutOfRange {
+                field: field.into(),
+                value: text.into(),
+                range: format!("{} (network and broadcast addresses excluded)", pool.net),
+            });
         }
         match self.ips.get(&ip) {
             Some(owner) if owner != key => Err(AllocError::InUse { field: field.into(), value: text.into(), owner: owner.clone() }),
@@ -379,7 +397,8 @@ impl Allocator {
     /// (port, protocol, nodePort) for every port: requested (checked), held, or new.
     fn node_ports_of(&mut self, key: &str, spec: &ServiceSpec, previous: Option<&Held>) -> Result<Vec<(i32, String, u16)>, AllocError> {
         let mut out: Vec<(i32, String, u16)> = Vec::new();
-        let taken = |out: &[(i32, String, u16)], protocol: &str, node_port: u16| out.iter().any(|(_, p, n)| p == protocol && *n == node_port);
+        let taken =
+            |out: &[(i32, String, u16)], protocol: &str, node_port: u16| out.iter().any(|(_, p, n)| p == protocol && *n == node_port);
         for (i, port) in spec.ports.iter().flatten().enumerate() {
             let field = format!("spec.ports[{i}].nodePort");
             let protocol = port.protocol.clone().unwrap_or_else(|| "TCP".to_owned());
@@ -424,7 +443,11 @@ impl Allocator {
                 return Ok(candidate);
             }
         }
-        Err(AllocError::Exhausted { field: field.into(), what: "node port", range: format!("{} ({protocol})", self.ranges.node_port_text()) })
+        Err(AllocError::Exhausted {
+            field: field.into(),
+            what: "node port",
+            range: format!("{} ({protocol})", self.ranges.node_port_text()),
+        })
     }
 
     fn claim(&mut self, key: &str, held: &Held) {
@@ -500,7 +523,13 @@ mod tests {
                 ports: Some(
                     ports
                         .iter()
-                        .map(|(port, node_port)| ServicePort { name: Some(format!("p{port}")), port: *port, node_port: *node_port, protocol: Some("TCP".into()), ..Default::default() })
+                        .map(|(port, node_port)| ServicePort {
+                            name: Some(format!("p{port}")),
+                            port: *port,
+                            node_port: *node_port,
+                            protocol: Some("TCP".into()),
+                            ..Default::default()
+                        })
                         .collect(),
                 ),
                 ..Default::default()
@@ -536,7 +565,10 @@ mod tests {
         assert_eq!(single.ip_families, strings(&["IPv4"]), "SingleStack: the first range's family");
         assert_eq!(single.ip_family_policy.as_deref(), Some("SingleStack"), "policy defaulted");
 
-        let dual = allocated(&mut allocator, with(service("b", "ClusterIP", &[(80, None)]), |s| s.ip_family_policy = Some("PreferDualStack".into())));
+        let dual = allocated(
+            &mut allocator,
+            with(service("b", "ClusterIP", &[(80, None)]), |s| s.ip_family_policy = Some("PreferDualStack".into())),
+        );
         let dual = dual.unwrap_or_default();
         assert_eq!(dual.cluster_ips, strings(&["198.18.128.2", "2001:2:0:fe::1"]), "PreferDualStack: both families");
         assert_eq!(dual.ip_families, strings(&["IPv4", "IPv6"]), "primary family first");
@@ -545,14 +577,21 @@ mod tests {
         assert_eq!(v6.map(|s| s.cluster_ip), Ok(Some("2001:2:0:fe::2".into())), "ipFamilies [IPv6] picks the IPv6 range");
 
         let mut single_family = Allocator::new(&v4_only(), []);
-        let prefer = allocated(&mut single_family, with(service("d", "ClusterIP", &[(80, None)]), |s| s.ip_family_policy = Some("PreferDualStack".into())));
+        let prefer = allocated(
+            &mut single_family,
+            with(service("d", "ClusterIP", &[(80, None)]), |s| s.ip_family_policy = Some("PreferDualStack".into())),
+        );
         assert_eq!(prefer.map(|s| s.ip_families), Ok(strings(&["IPv4"])), "PreferDualStack on a single-family lab is single stack");
-        let require = allocated(&mut single_family, with(service("e", "ClusterIP", &[(80, None)]), |s| s.ip_family_policy = Some("RequireDualStack".into())));
+        let require = allocated(
+            &mut single_family,
+            with(service("e", "ClusterIP", &[(80, None)]), |s| s.ip_family_policy = Some("RequireDualStack".into())),
+        );
         assert!(
             matches!(&require, Err(AllocError::FamilyNotConfigured { field, .. }) if field == "spec.ipFamilyPolicy"),
             "RequireDualStack on a single-family lab is an error, got {require:?}"
         );
-        let v6_missing = allocated(&mut single_family, with(service("f", "ClusterIP", &[(80, None)]), |s| s.ip_families = strings(&["IPv6"])));
+        let v6_missing =
+            allocated(&mut single_family, with(service("f", "ClusterIP", &[(80, None)]), |s| s.ip_families = strings(&["IPv6"])));
         assert!(
             matches!(&v6_missing, Err(AllocError::FamilyNotConfigured { field, .. }) if field == "spec.ipFamilies[0]"),
             "an unconfigured family is an error, got {v6_missing:?}"
@@ -565,7 +604,9 @@ mod tests {
         let request = |name: &str, ip: &str| with(service(name, "ClusterIP", &[(80, None)]), |s| s.cluster_ip = Some(ip.into()));
         let inside = allocated(&mut allocator, request("a", "198.18.140.7"));
         assert_eq!(inside.map(|s| s.cluster_ip), Ok(Some("198.18.140.7".into())), "an address in the range is kept");
-        for (ip, why) in [("10.0.0.1", "outside the range"), ("198.18.128.0", "the network address"), ("198.18.143.255", "the broadcast address")] {
+        for (ip, why) in
+            [("10.0.0.1", "outside the range"), ("198.18.128.0", "the network address"), ("198.18.143.255", "the broadcast address")]
+        {
             let result = allocated(&mut allocator, request("b", ip));
             assert!(
                 matches!(&result, Err(AllocError::OutOfRange { field, .. }) if field == "spec.clusterIP"),
@@ -586,18 +627,26 @@ mod tests {
     fn node_ports_are_allocated_checked_and_exhausted() {
         let ranges = ServiceRanges { node_ports: 30000..=30002, ..Default::default() };
         let mut allocator = Allocator::new(&ranges, []);
-        let node_ports = |spec: Result<ServiceSpec, AllocError>| spec.map(|s| s.ports.unwrap_or_default().iter().map(|p| p.node_port).collect::<Vec<_>>());
+        let node_ports = |spec: Result<ServiceSpec, AllocError>| {
+            spec.map(|s| s.ports.unwrap_or_default().iter().map(|p| p.node_port).collect::<Vec<_>>())
+        };
         let first = allocated(&mut allocator, service("a", "NodePort", &[(80, None), (443, Some(30002))]));
         assert_eq!(node_ports(first), Ok(vec![Some(30000), Some(30002)]), "free port allocated, requested port kept");
         let cluster_ip = allocated(&mut allocator, service("b", "ClusterIP", &[(80, None)]));
         assert_eq!(node_ports(cluster_ip), Ok(vec![None]), "ClusterIP services get no node port");
         let outside = allocated(&mut allocator, service("c", "NodePort", &[(80, Some(40000))]));
-        assert!(matches!(&outside, Err(AllocError::OutOfRange { field, .. }) if field == "spec.ports[0].nodePort"), "outside the range: {outside:?}");
+        assert!(
+            matches!(&outside, Err(AllocError::OutOfRange { field, .. }) if field == "spec.ports[0].nodePort"),
+            "outside the range: {outside:?}"
+        );
         let used = allocated(&mut allocator, service("c", "NodePort", &[(80, Some(30002))]));
         assert!(matches!(&used, Err(AllocError::InUse { owner, .. }) if owner == "default/a"), "used by another service: {used:?}");
-        let udp = allocated(&mut allocator, with(service("c", "NodePort", &[(53, Some(30002))]), |s| {
-            s.ports.iter_mut().flatten().for_each(|p| p.protocol = Some("UDP".into()))
-        }));
+        let udp = allocated(
+            &mut allocator,
+            with(service("c", "NodePort", &[(53, Some(30002))]), |s| {
+                s.ports.iter_mut().flatten().for_each(|p| p.protocol = Some("UDP".into()))
+            }),
+        );
         assert_eq!(node_ports(udp), Ok(vec![Some(30002)]), "the same number with another protocol is free");
         let exhausted = allocated(&mut allocator, service("d", "NodePort", &[(80, None), (81, None)]));
         assert_eq!(
@@ -628,9 +677,15 @@ mod tests {
         assert_eq!(reapplied.cluster_ips, stored_spec.cluster_ips, "cluster IPs kept");
         assert_eq!(reapplied.ports, stored_spec.ports, "node ports kept");
         let changed = allocated(&mut again, with(manifest, |s| s.cluster_ip = Some("198.18.130.1".into())));
-        assert!(matches!(&changed, Err(AllocError::Immutable { field, .. }) if field == "spec.clusterIP"), "clusterIP is immutable: {changed:?}");
+        assert!(
+            matches!(&changed, Err(AllocError::Immutable { field, .. }) if field == "spec.clusterIP"),
+            "clusterIP is immutable: {changed:?}"
+        );
         let flipped = allocated(&mut again, with(service("a", "NodePort", &[(80, None)]), |s| s.ip_families = strings(&["IPv6"])));
-        assert!(matches!(&flipped, Err(AllocError::Immutable { field, .. }) if field == "spec.ipFamilies[0]"), "the primary family is immutable: {flipped:?}");
+        assert!(
+            matches!(&flipped, Err(AllocError::Immutable { field, .. }) if field == "spec.ipFamilies[0]"),
+            "the primary family is immutable: {flipped:?}"
+        );
     }
 
     #[test]
@@ -642,7 +697,8 @@ mod tests {
 
     #[test]
     fn ten_thousand_services_allocate_well_under_a_second() {
-        let ranges = ServiceRanges::new(vec![ServiceRanges::parse_cidr("198.18.128.0/18").unwrap_or_else(|e| panic!("{e}"))], 30000..=32767);
+        let ranges =
+            ServiceRanges::new(vec![ServiceRanges::parse_cidr("198.18.128.0/18").unwrap_or_else(|e| panic!("{e}"))], 30000..=32767);
         let ranges = ranges.unwrap_or_else(|e| panic!("{e}"));
         let services: Vec<Service> = (0..10_000).map(|i| service(&format!("s{i}"), "ClusterIP", &[(80, None)])).collect();
         let started = std::time::Instant::now();

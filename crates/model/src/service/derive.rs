@@ -69,7 +69,8 @@ pub fn derive_endpoint_slices<'a>(service: &Service, pods: impl IntoIterator<Ite
 /// The families the service's slices are for.
 fn service_families(service: &Service) -> Vec<IpFamily> {
     let spec = service.spec.as_ref();
-    let mut families: Vec<IpFamily> = spec.and_then(|s| s.ip_families.as_ref()).into_iter().flatten().filter_map(|f| IpFamily::from_name(f)).collect();
+    let mut families: Vec<IpFamily> =
+        spec.and_then(|s| s.ip_families.as_ref()).into_iter().flatten().filter_map(|f| IpFamily::from_name(f)).collect();
     if families.is_empty() {
         families = spec.and_then(|s| s.cluster_ips.as_ref()).into_iter().flatten().filter_map(|ip| IpFamily::of_text(ip)).collect();
     }
@@ -103,7 +104,8 @@ fn resolve_port(port: &ServicePort, pod: &Pod) -> Option<ResolvedPort> {
         Some(IntOrString::String(name)) => {
             let containers = pod.spec.as_ref().map(|s| s.containers.as_slice()).unwrap_or_default();
             let mut container_ports = containers.iter().flat_map(|c| c.ports.iter().flatten());
-            let found = container_ports.find(|p| p.name.as_deref() == Some(name.as_str()) && p.protocol.as_deref().unwrap_or("TCP") == protocol)?;
+            let found =
+                container_ports.find(|p| p.name.as_deref() == Some(name.as_str()) && p.protocol.as_deref().unwrap_or("TCP") == protocol)?;
             found.container_port
         }
     };
@@ -138,14 +140,24 @@ fn target_name(endpoint: &Endpoint) -> &str {
     endpoint.target_ref.as_ref().and_then(|t| t.name.as_deref()).unwrap_or_default()
 }
 
-fn slice(namespace: &str, service: &str, name: String, family: IpFamily, ports: Vec<ResolvedPort>, endpoints: Vec<Endpoint>) -> EndpointSlice {
-    let labels = BTreeMap::from([
-        (SERVICE_NAME_LABEL.to_owned(), service.to_owned()),
-        (MANAGED_BY_LABEL.to_owned(), SLUICE_CONTROLLER.to_owned()),
-    ]);
+fn slice(
+    namespace: &str,
+    service: &str,
+    name: String,
+    family: IpFamily,
+    ports: Vec<ResolvedPort>,
+    endpoints: Vec<Endpoint>,
+) -> EndpointSlice {
+    let labels =
+        BTreeMap::from([(SERVICE_NAME_LABEL.to_owned(), service.to_owned()), (MANAGED_BY_LABEL.to_owned(), SLUICE_CONTROLLER.to_owned())]);
     let ports = ports
         .into_iter()
-        .map(|(name, port, protocol, app_protocol)| EndpointPort { name: Some(name), port: Some(port), protocol: Some(protocol), app_protocol })
+        .map(|(name, port, protocol, app_protocol)| EndpointPort {
+            name: Some(name),
+            port: Some(port),
+            protocol: Some(protocol),
+            app_protocol,
+        })
         .collect();
     EndpointSlice {
         metadata: ObjectMeta { name: Some(name), namespace: Some(namespace.to_owned()), labels: Some(labels), ..Default::default() },
@@ -170,7 +182,11 @@ mod tests {
                 labels: Some(BTreeMap::from([("app".to_owned(), app.to_owned())])),
                 ..Default::default()
             },
-            spec: Some(PodSpec { node_name: Some("node0".into()), containers: vec![Container { name: "c".into(), ..Default::default() }], ..Default::default() }),
+            spec: Some(PodSpec {
+                node_name: Some("node0".into()),
+                containers: vec![Container { name: "c".into(), ..Default::default() }],
+                ..Default::default()
+            }),
             status: Some(PodStatus {
                 phase: Some("Running".into()),
                 pod_ips: Some(ips.iter().map(|ip| PodIP { ip: ip.to_string() }).collect()),
@@ -192,7 +208,13 @@ mod tests {
             spec: Some(ServiceSpec {
                 selector: Some(BTreeMap::from([("app".to_owned(), "web".to_owned())])),
                 ip_families: Some(families.iter().map(|f| f.to_string()).collect()),
-                ports: Some(vec![ServicePort { name: Some("http".into()), port: 80, protocol: Some("TCP".into()), target_port: Some(target), ..Default::default() }]),
+                ports: Some(vec![ServicePort {
+                    name: Some("http".into()),
+                    port: 80,
+                    protocol: Some("TCP".into()),
+                    target_port: Some(target),
+                    ..Default::default()
+                }]),
                 ..Default::default()
             }),
             ..Default::default()
@@ -237,7 +259,11 @@ mod tests {
         assert_eq!(labels.get(SERVICE_NAME_LABEL).map(String::as_str), Some("web"), "service-name label");
         assert_eq!(labels.get(MANAGED_BY_LABEL).map(String::as_str), Some(SLUICE_CONTROLLER), "managed-by label");
         let target = slice.endpoints[0].target_ref.clone().unwrap_or_default();
-        assert_eq!((target.kind.as_deref(), target.namespace.as_deref(), target.uid.as_deref()), (Some("Pod"), Some("shop"), Some("uid-web-1")), "targetRef");
+        assert_eq!(
+            (target.kind.as_deref(), target.namespace.as_deref(), target.uid.as_deref()),
+            (Some("Pod"), Some("shop"), Some("uid-web-1")),
+            "targetRef"
+        );
         assert_eq!(slice.endpoints[0].node_name.as_deref(), Some("node0"), "nodeName");
     }
 

@@ -48,14 +48,21 @@ fn ingress_rules(policy: &Policy) -> Vec<Rule> {
 #[test]
 fn namespaced_policy_is_pinned_to_its_namespace() {
     let policy = snp("{endpointSelector: {matchLabels: {k8s:app: web}}, ingress: [{fromEndpoints: [{matchLabels: {app: client}}, {}, {matchLabels: {k8s:io.kubernetes.pod.namespace: ops}}, {matchExpressions: [{key: io.kubernetes.pod.namespace, operator: Exists}]}]}]}");
-    assert_eq!(policy.id, PolicyRef { kind: "SluiceNetworkPolicy".into(), namespace: Some("shop".into()), name: "p".into() }, "policy reference");
+    assert_eq!(
+        policy.id,
+        PolicyRef { kind: "SluiceNetworkPolicy".into(), namespace: Some("shop".into()), name: "p".into() },
+        "policy reference"
+    );
     assert_eq!(policy.subject, selector(&[("app", "web"), (NS, "shop")]), "subject: k8s: stripped, namespace added");
     let peers = ingress_rules(&policy)[0].peers.clone().unwrap_or_default();
     let expected = vec![
         Peer::Endpoints(selector(&[("app", "client"), (NS, "shop")])),
         Peer::Endpoints(selector(&[(NS, "shop")])),
         Peer::Endpoints(selector(&[(NS, "ops")])),
-        Peer::Endpoints(Selector { match_labels: BTreeMap::new(), match_expressions: vec![Requirement { key: NS.into(), operator: Operator::Exists, values: vec![] }] }),
+        Peer::Endpoints(Selector {
+            match_labels: BTreeMap::new(),
+            match_expressions: vec![Requirement { key: NS.into(), operator: Operator::Exists, values: vec![] }],
+        }),
     ];
     assert_eq!(peers, expected, "peers restricted to the namespace unless they name one (with or without k8s:)");
 }
@@ -64,7 +71,11 @@ fn namespaced_policy_is_pinned_to_its_namespace() {
 fn subject_naming_another_namespace_selects_nothing_rather_than_more() {
     let policy = snp("{endpointSelector: {matchLabels: {k8s:io.kubernetes.pod.namespace: ops}}, ingress: [{}]}");
     assert_eq!(policy.subject.match_labels.get(NS).map(String::as_str), Some("ops"), "the named namespace is kept");
-    assert_eq!(policy.subject.match_expressions, vec![Requirement { key: NS.into(), operator: Operator::In, values: vec!["shop".into()] }], "and the policy's own namespace is required too");
+    assert_eq!(
+        policy.subject.match_expressions,
+        vec![Requirement { key: NS.into(), operator: Operator::In, values: vec!["shop".into()] }],
+        "and the policy's own namespace is required too"
+    );
 }
 
 #[test]
@@ -102,7 +113,11 @@ fn peer_fields_are_a_union_and_no_peer_field_means_any_peer() {
 #[test]
 fn empty_rule_selects_the_direction_and_allows_nothing() {
     let policy = snp("{endpointSelector: {}, ingress: [{}]}");
-    assert_eq!(policy.ingress, Some(DirectionRules { rules: vec![], default_deny: true }), "ingress: [{{}}] is default deny with no rule (Cilium's deny-all idiom)");
+    assert_eq!(
+        policy.ingress,
+        Some(DirectionRules { rules: vec![], default_deny: true }),
+        "ingress: [{{}}] is default deny with no rule (Cilium's deny-all idiom)"
+    );
     assert_eq!(policy.egress, None, "egress not selected");
 }
 
@@ -131,7 +146,11 @@ fn default_deny_and_audit_follow_the_spec() {
     assert!(off.egress.as_ref().is_some_and(|d| d.default_deny), "egress keeps its default");
     assert!(off.audit, "audit mode");
     let no_rules = scnp("{endpointSelector: {}, enableDefaultDeny: {ingress: true}}");
-    assert_eq!((no_rules.ingress, no_rules.egress), (None, None), "without rules a direction is not selected, whatever enableDefaultDeny says");
+    assert_eq!(
+        (no_rules.ingress, no_rules.egress),
+        (None, None),
+        "without rules a direction is not selected, whatever enableDefaultDeny says"
+    );
 }
 
 #[test]
@@ -163,10 +182,18 @@ fn objects_not_validated_are_reported_not_lowered_wrongly() {
         Err(LowerError::Missing { policy: "SluiceNetworkPolicy default/p".into(), path: "spec".into() }),
         "no spec"
     );
-    policy.spec = Some(PolicySpec { endpoint_selector: Some(LabelSelector::default()), ingress: Some(vec![model::IngressRule { from_cidr: Some(vec!["nope".into()]), ..Default::default() }]), ..Default::default() });
+    policy.spec = Some(PolicySpec {
+        endpoint_selector: Some(LabelSelector::default()),
+        ingress: Some(vec![model::IngressRule { from_cidr: Some(vec!["nope".into()]), ..Default::default() }]),
+        ..Default::default()
+    });
     assert_eq!(
         lower_namespaced(&policy),
-        Err(LowerError::Invalid { policy: "SluiceNetworkPolicy default/p".into(), path: "spec.ingress[0].fromCIDR[0]".into(), value: "nope".into() }),
+        Err(LowerError::Invalid {
+            policy: "SluiceNetworkPolicy default/p".into(),
+            path: "spec.ingress[0].fromCIDR[0]".into(),
+            value: "nope".into()
+        }),
         "a bad CIDR is an error, never a dropped peer"
     );
 }

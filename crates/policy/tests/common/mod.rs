@@ -11,8 +11,8 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde::Deserialize;
 use sluice_model::LabelSet;
 use sluice_policy::{
-    compile, connection, lower_network_policy, required_cidrs, ClusterView, Compiled, EndpointView,
-    Policy, Verdict, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
+    compile, connection, lower_network_policy, required_cidrs, ClusterView, Compiled, EndpointView, Policy, Verdict, PROTO_SCTP, PROTO_TCP,
+    PROTO_UDP,
 };
 
 pub const NAMESPACES: [&str; 3] = ["x", "y", "z"];
@@ -27,10 +27,7 @@ pub const CIDR_IDENTITY_BASE: u32 = 1 << 24;
 pub type Labels = BTreeMap<String, String>;
 
 pub fn labels(pairs: &[(&str, &str)]) -> Labels {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
 pub struct Pod {
@@ -81,11 +78,7 @@ impl Cluster {
         let mut identities: BTreeMap<LabelSet, u32> = BTreeMap::new();
         let mut endpoints = Vec::new();
         for (i, pod) in self.pods.iter().enumerate() {
-            let set = LabelSet::for_pod(
-                &pod.labels,
-                &pod.namespace,
-                &self.namespaces[&pod.namespace],
-            );
+            let set = LabelSet::for_pod(&pod.labels, &pod.namespace, &self.namespaces[&pod.namespace]);
             let next = 256 + identities.len() as u32;
             let identity = *identities.entry(set.clone()).or_insert(next);
             endpoints.push(EndpointView {
@@ -134,10 +127,7 @@ pub fn ip(s: &str) -> IpAddr {
 
 pub fn pod_index(key: &str) -> usize {
     let (ns, pod) = key.split_once('/').expect("namespace/pod");
-    let n = NAMESPACES
-        .iter()
-        .position(|x| *x == ns)
-        .expect("namespace x, y or z");
+    let n = NAMESPACES.iter().position(|x| *x == ns).expect("namespace x, y or z");
     let p = PODS.iter().position(|x| *x == pod).expect("pod a, b or c");
     n * 3 + p
 }
@@ -180,14 +170,7 @@ pub fn grid(compiled: &Compiled, view: &ClusterView, proto: u8, port: u16, v6: b
     for from in 0..9 {
         out.push_str(&format!("{}/{} ", NAMESPACES[from / 3], PODS[from % 3]));
         for to in 0..9 {
-            let v = connection(
-                compiled,
-                view,
-                pod_ip(from, v6),
-                pod_ip(to, v6),
-                proto,
-                port,
-            );
+            let v = connection(compiled, view, pod_ip(from, v6), pod_ip(to, v6), proto, port);
             out.push_str(&format!(" {} ", cell(v)));
         }
         out.push('\n');
@@ -201,24 +184,12 @@ fn parse(expected: &str) -> Vec<char> {
     expected
         .lines()
         .filter_map(|l| l.trim().split_once(' ').filter(|(k, _)| k.contains('/')))
-        .flat_map(|(_, cells)| {
-            cells
-                .chars()
-                .filter(|c| matches!(c, '.' | 'X' | 'A'))
-                .collect::<Vec<_>>()
-        })
+        .flat_map(|(_, cells)| cells.chars().filter(|c| matches!(c, '.' | 'X' | 'A')).collect::<Vec<_>>())
         .collect()
 }
 
 /// Compares the engine's grid with `expected`, for IPv4 and IPv6; prints both on mismatch.
-pub fn assert_grid(
-    scenario: &str,
-    compiled: &Compiled,
-    view: &ClusterView,
-    proto: u8,
-    port: u16,
-    expected: &str,
-) {
+pub fn assert_grid(scenario: &str, compiled: &Compiled, view: &ClusterView, proto: u8, port: u16, expected: &str) {
     let want = parse(expected);
     assert_eq!(want.len(), 81, "{scenario}: the expected grid has 81 cells");
     for v6 in [false, true] {

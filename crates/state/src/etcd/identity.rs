@@ -63,8 +63,14 @@ impl EtcdStore {
             let id_key = self.keys().identity(id);
             let value = StoredIdentity { record: IdentityRecord { id, labels: labels.clone() }, unused_since: None };
             let txn = Txn::new()
-                .when([Compare::create_revision(labels_key.clone(), CompareOp::Equal, 0), Compare::create_revision(id_key.clone(), CompareOp::Equal, 0)])
-                .and_then([TxnOp::put(labels_key.clone(), id.to_string(), None), TxnOp::put(id_key.clone(), encode(&id_key, &value)?, None)])
+                .when([
+                    Compare::create_revision(labels_key.clone(), CompareOp::Equal, 0),
+                    Compare::create_revision(id_key.clone(), CompareOp::Equal, 0),
+                ])
+                .and_then([
+                    TxnOp::put(labels_key.clone(), id.to_string(), None),
+                    TxnOp::put(id_key.clone(), encode(&id_key, &value)?, None),
+                ])
                 .or_else([TxnOp::get(labels_key.clone(), None)]);
             let response = self.txn(txn, action).await?;
             if response.succeeded() {
@@ -94,11 +100,16 @@ impl EtcdStore {
             let Some(kv) = response.kvs().first() else {
                 return Ok(Some(id));
             };
-            let mut stored: StoredIdentity = serde_json::from_slice(kv.value()).map_err(|source| EtcdError::Decode { key: id_key.clone(), source })?;
+            let mut stored: StoredIdentity =
+                serde_json::from_slice(kv.value()).map_err(|source| EtcdError::Decode { key: id_key.clone(), source })?;
             if stored.unused_since.take().is_none() {
                 return Ok(Some(id));
             }
-            let txn = Txn::new().when([Compare::mod_revision(id_key.clone(), CompareOp::Equal, kv.mod_revision())]).and_then([TxnOp::put(id_key.clone(), encode(&id_key, &stored)?, None)]);
+            let txn = Txn::new().when([Compare::mod_revision(id_key.clone(), CompareOp::Equal, kv.mod_revision())]).and_then([TxnOp::put(
+                id_key.clone(),
+                encode(&id_key, &stored)?,
+                None,
+            )]);
             if self.txn(txn, action).await?.succeeded() {
                 return Ok(Some(id));
             }
@@ -133,10 +144,14 @@ impl EtcdStore {
         let prefix = self.keys().identity_ids();
         let options = etcd_client::GetOptions::new().with_range(prefix_end(&prefix)).with_keys_only();
         let response = self.get(prefix, Some(options), action).await?;
-        Ok(response.kvs().iter().filter_map(|kv| match self.keys().parse(kv.key_str().ok()?) {
-            Some(Key::Identity(id)) => Some(id),
-            _ => None,
-        }).collect())
+        Ok(response
+            .kvs()
+            .iter()
+            .filter_map(|kv| match self.keys().parse(kv.key_str().ok()?) {
+                Some(Key::Identity(id)) => Some(id),
+                _ => None,
+            })
+            .collect())
     }
 
     /// Looks at every identity: one no node holds is marked unused on first sight and deleted
@@ -192,7 +207,8 @@ impl EtcdStore {
             let Ok(key) = kv.key_str() else { continue };
             match self.keys().parse(key) {
                 Some(Key::Identity(id)) => {
-                    let stored: StoredIdentity = serde_json::from_slice(kv.value()).map_err(|source| EtcdError::Decode { key: key.to_string(), source })?;
+                    let stored: StoredIdentity =
+                        serde_json::from_slice(kv.value()).map_err(|source| EtcdError::Decode { key: key.to_string(), source })?;
                     out.ids.insert(id, (stored, kv.mod_revision()));
                 }
                 Some(Key::IdentityLabels(_)) => {

@@ -39,7 +39,13 @@ impl EtcdStore {
     /// The node's pod CIDRs, one from each pool (an IPv4 and/or an IPv6 one): its existing
     /// allocation when it has one, else the first free subnet of `/node_prefix_v4` or
     /// `/node_prefix_v6`.
-    pub async fn allocate_pod_cidrs(&self, node: &str, pools: &[IpNet], node_prefix_v4: u8, node_prefix_v6: u8) -> Result<Vec<IpNet>, EtcdError> {
+    pub async fn allocate_pod_cidrs(
+        &self,
+        node: &str,
+        pools: &[IpNet],
+        node_prefix_v4: u8,
+        node_prefix_v6: u8,
+    ) -> Result<Vec<IpNet>, EtcdError> {
         let mut out = Vec::new();
         for pool in pools {
             let pool = pool.trunc();
@@ -59,13 +65,17 @@ impl EtcdStore {
         let action = format!("allocating a pod CIDR for node {node} from {pool}");
         for _ in 0..ALLOCATE_ATTEMPTS {
             let held = self.read_allocations(Family::of(&pool), &action).await?;
-            if let Some(mine) = held.iter().find(|h| h.allocation.node == node && pool.contains(&h.cidr) && h.cidr.prefix_len() == prefix_len) {
+            if let Some(mine) =
+                held.iter().find(|h| h.allocation.node == node && pool.contains(&h.cidr) && h.cidr.prefix_len() == prefix_len)
+            {
                 if mine.allocation.orphaned_since.is_none() {
                     return Ok(mine.cidr);
                 }
                 // Back before its allocation was released: it is the node's again.
                 let value = Allocation { node: node.to_string(), orphaned_since: None };
-                let txn = Txn::new().when([Compare::mod_revision(mine.key.clone(), CompareOp::Equal, mine.mod_revision)]).and_then([TxnOp::put(mine.key.clone(), encode(&mine.key, &value)?, None)]);
+                let txn = Txn::new()
+                    .when([Compare::mod_revision(mine.key.clone(), CompareOp::Equal, mine.mod_revision)])
+                    .and_then([TxnOp::put(mine.key.clone(), encode(&mine.key, &value)?, None)]);
                 if self.txn(txn, &action).await?.succeeded() {
                     return Ok(mine.cidr);
                 }
@@ -79,7 +89,11 @@ impl EtcdStore {
             };
             let key = self.keys().ipam_cidr(&free);
             let value = Allocation { node: node.to_string(), orphaned_since: None };
-            let txn = Txn::new().when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)]).and_then([TxnOp::put(key.clone(), encode(&key, &value)?, None)]);
+            let txn = Txn::new().when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)]).and_then([TxnOp::put(
+                key.clone(),
+                encode(&key, &value)?,
+                None,
+            )]);
             if self.txn(txn, &action).await?.succeeded() {
                 return Ok(free);
             }
@@ -94,7 +108,11 @@ impl EtcdStore {
         let action = "releasing orphaned pod CIDRs";
         let nodes: BTreeSet<String> = {
             let response = self.get_prefix(&self.keys().nodes(), action).await?;
-            response.kvs().iter().filter_map(|kv| kv.key_str().ok().and_then(|k| k.strip_prefix(self.keys().nodes().as_str())).map(str::to_string)).collect()
+            response
+                .kvs()
+                .iter()
+                .filter_map(|kv| kv.key_str().ok().and_then(|k| k.strip_prefix(self.keys().nodes().as_str())).map(str::to_string))
+                .collect()
         };
         let now = unix_now();
         // Whole seconds, rounded up: the mark has a resolution of one second.
@@ -117,7 +135,8 @@ impl EtcdStore {
             match h.allocation.orphaned_since {
                 None => {
                     let value = Allocation { node: h.allocation.node.clone(), orphaned_since: Some(now) };
-                    let txn = Txn::new().when([unchanged, node_absent]).and_then([TxnOp::put(h.key.clone(), encode(&h.key, &value)?, None)]);
+                    let txn =
+                        Txn::new().when([unchanged, node_absent]).and_then([TxnOp::put(h.key.clone(), encode(&h.key, &value)?, None)]);
                     self.txn(txn, action).await?;
                 }
                 Some(since) if now.saturating_sub(since) >= grace_secs => {
@@ -149,7 +168,8 @@ impl EtcdStore {
                 tracing::debug!(key, "ignoring an IPAM key of no known shape");
                 continue;
             };
-            let allocation: Allocation = serde_json::from_slice(kv.value()).map_err(|source| EtcdError::Decode { key: key.to_string(), source })?;
+            let allocation: Allocation =
+                serde_json::from_slice(kv.value()).map_err(|source| EtcdError::Decode { key: key.to_string(), source })?;
             out.push(Held { key: key.to_string(), cidr, allocation, mod_revision: kv.mod_revision() });
         }
         Ok(out)

@@ -12,7 +12,6 @@
 //! <prefix>/ipam/<v4|v6>/<cidr, / as _>     a node's pod CIDR: {"node", "orphanedSince"?}
 //! ```
 
-
 use ipnet::IpNet;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -276,8 +275,12 @@ pub fn apply_put(keys: &Keys, store: &mut Store, key: &[u8], value: &[u8]) -> Re
                 ObjectKind::Services => store.services.insert(k, serde_json::from_slice(value).map_err(decode)?).map(drop),
                 ObjectKind::EndpointSlices => store.endpoint_slices.insert(k, serde_json::from_slice(value).map_err(decode)?).map(drop),
                 ObjectKind::NetworkPolicies => store.network_policies.insert(k, serde_json::from_slice(value).map_err(decode)?).map(drop),
-                ObjectKind::SluiceNetworkPolicies => store.sluice_policies.insert(k, serde_json::from_slice(value).map_err(decode)?).map(drop),
-                ObjectKind::SluiceClusterwideNetworkPolicies => store.clusterwide_policies.insert(k, serde_json::from_slice(value).map_err(decode)?).map(drop),
+                ObjectKind::SluiceNetworkPolicies => {
+                    store.sluice_policies.insert(k, serde_json::from_slice(value).map_err(decode)?).map(drop)
+                }
+                ObjectKind::SluiceClusterwideNetworkPolicies => {
+                    store.clusterwide_policies.insert(k, serde_json::from_slice(value).map_err(decode)?).map(drop)
+                }
             };
         }
         Key::Node(name) => {
@@ -350,7 +353,13 @@ pub fn object_changes(keys: &Keys, old: &Store, new: &Store) -> Result<Vec<Objec
     Ok(out)
 }
 
-fn diff_kind<T: Serialize + Clone + PartialEq>(keys: &Keys, kind: ObjectKind, old: &crate::ObjectMap<T>, new: &crate::ObjectMap<T>, out: &mut Vec<ObjectWrite>) -> Result<(), EtcdError> {
+fn diff_kind<T: Serialize + Clone + PartialEq>(
+    keys: &Keys,
+    kind: ObjectKind,
+    old: &crate::ObjectMap<T>,
+    new: &crate::ObjectMap<T>,
+    out: &mut Vec<ObjectWrite>,
+) -> Result<(), EtcdError> {
     for item in old.diff(new) {
         match item {
             imbl::ordmap::DiffItem::Add(k, v) | imbl::ordmap::DiffItem::Update { new: (k, v), .. } => {
@@ -401,7 +410,15 @@ mod tests {
     #[test]
     fn odd_keys_are_not_entries() {
         let keys = Keys::new("/sluice/v1");
-        for key in ["/other/objects/pods/a/b", "/sluice/v1/objects/widgets/a", "/sluice/v1/objects/pods/", "/sluice/v1/identities/id/007", "/sluice/v1/ipam/v6/198.19.0.0_24", "/sluice/v1/nodes/a/b", "/sluice/v1/x"] {
+        for key in [
+            "/other/objects/pods/a/b",
+            "/sluice/v1/objects/widgets/a",
+            "/sluice/v1/objects/pods/",
+            "/sluice/v1/identities/id/007",
+            "/sluice/v1/ipam/v6/198.19.0.0_24",
+            "/sluice/v1/nodes/a/b",
+            "/sluice/v1/x",
+        ] {
             assert_eq!(keys.parse(key), None, "{key} is no entry");
         }
         let mut store = Store::default();

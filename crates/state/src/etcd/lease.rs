@@ -64,7 +64,14 @@ impl EtcdStore {
             node: record.name.clone(),
             ttl_secs,
             lease_id: AtomicI64::new(lease),
-            held: tokio::sync::Mutex::new(Held { lease, record: record.clone(), endpoints: BTreeMap::new(), identities: BTreeSet::new(), stale: BTreeSet::new(), dirty: false }),
+            held: tokio::sync::Mutex::new(Held {
+                lease,
+                record: record.clone(),
+                endpoints: BTreeMap::new(),
+                identities: BTreeSet::new(),
+                stale: BTreeSet::new(),
+                dirty: false,
+            }),
         });
         let task = tokio::spawn(keep_alive(shared.clone()));
         Ok(NodeLease { shared, task })
@@ -72,7 +79,8 @@ impl EtcdStore {
 }
 
 async fn grant(store: &EtcdStore, ttl_secs: i64, node: &str) -> Result<i64, EtcdError> {
-    let response = store.client().lease_grant(ttl_secs, None).await.map_err(|e| store.error(format!("granting a lease for node {node}"), e))?;
+    let response =
+        store.client().lease_grant(ttl_secs, None).await.map_err(|e| store.error(format!("granting a lease for node {node}"), e))?;
     Ok(response.id())
 }
 
@@ -142,7 +150,12 @@ impl NodeLease {
             return Ok(());
         }
         let store = &self.shared.store;
-        store.client().lease_revoke(lease).await.map(drop).map_err(|e| store.error(format!("revoking the lease of node {}", self.shared.node), e))
+        store
+            .client()
+            .lease_revoke(lease)
+            .await
+            .map(drop)
+            .map_err(|e| store.error(format!("revoking the lease of node {}", self.shared.node), e))
     }
 
     /// Stops keeping the lease alive without revoking it, as if the agent had died: the keys

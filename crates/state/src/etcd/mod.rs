@@ -12,8 +12,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 mod identity;
-pub mod keys;
 mod ipam;
+pub mod keys;
 mod lease;
 pub mod pki;
 pub mod server;

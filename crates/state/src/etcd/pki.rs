@@ -86,7 +86,9 @@ impl Pki {
         let ca_cert = params.self_signed(&ca_key).map_err(|source| PkiError::Generate { what: "CA certificate".into(), source })?;
         let ca = write_pair(dir, "ca", &ca_cert, &ca_key)?;
 
-        let mut sans = vec![SanType::DnsName("localhost".try_into().map_err(|source| PkiError::Generate { what: "server certificate".into(), source })?)];
+        let mut sans = vec![SanType::DnsName(
+            "localhost".try_into().map_err(|source| PkiError::Generate { what: "server certificate".into(), source })?,
+        )];
         let mut ips = vec![IpAddr::V4(Ipv4Addr::LOCALHOST)];
         for ip in server_ips {
             if !ips.contains(ip) {
@@ -94,7 +96,15 @@ impl Pki {
             }
         }
         sans.extend(ips.into_iter().map(SanType::IpAddress));
-        let server = issue(dir, "server", "etcd", sans, vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth], &ca_cert, &ca_key)?;
+        let server = issue(
+            dir,
+            "server",
+            "etcd",
+            sans,
+            vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
+            &ca_cert,
+            &ca_key,
+        )?;
 
         let mut out = BTreeMap::new();
         for name in clients {
@@ -109,7 +119,15 @@ fn key(what: &str) -> Result<KeyPair, PkiError> {
     KeyPair::generate().map_err(|source| PkiError::Generate { what: what.into(), source })
 }
 
-fn issue(dir: &Path, file: &str, common_name: &str, sans: Vec<SanType>, usages: Vec<ExtendedKeyUsagePurpose>, ca_cert: &Certificate, ca_key: &KeyPair) -> Result<CertFiles, PkiError> {
+fn issue(
+    dir: &Path,
+    file: &str,
+    common_name: &str,
+    sans: Vec<SanType>,
+    usages: Vec<ExtendedKeyUsagePurpose>,
+    ca_cert: &Certificate,
+    ca_key: &KeyPair,
+) -> Result<CertFiles, PkiError> {
     let what = format!("{file} certificate");
     let key = key(&what)?;
     let mut params = CertificateParams::default();

@@ -193,12 +193,27 @@ impl EtcdServer {
 
     async fn spawn(&mut self) -> Result<(), ServerError> {
         let (binary, args) = self.options.command_line()?;
-        std::fs::create_dir_all(&self.options.data_dir).map_err(|source| ServerError::Io { action: "creating", path: self.options.data_dir.clone(), source })?;
+        std::fs::create_dir_all(&self.options.data_dir).map_err(|source| ServerError::Io {
+            action: "creating",
+            path: self.options.data_dir.clone(),
+            source,
+        })?;
         // etcd refuses a data directory others can read.
         set_mode(&self.options.data_dir, 0o700)?;
-        let log = File::options().create(true).append(true).open(&self.options.log_file).map_err(|source| ServerError::Io { action: "opening", path: self.options.log_file.clone(), source })?;
-        let log_err = log.try_clone().map_err(|source| ServerError::Io { action: "opening", path: self.options.log_file.clone(), source })?;
-        let child = Command::new(&binary).args(&args).stdin(Stdio::null()).stdout(log).stderr(log_err).spawn().map_err(|source| ServerError::Spawn { binary: binary.clone(), source })?;
+        let log = File::options().create(true).append(true).open(&self.options.log_file).map_err(|source| ServerError::Io {
+            action: "opening",
+            path: self.options.log_file.clone(),
+            source,
+        })?;
+        let log_err =
+            log.try_clone().map_err(|source| ServerError::Io { action: "opening", path: self.options.log_file.clone(), source })?;
+        let child = Command::new(&binary)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .spawn()
+            .map_err(|source| ServerError::Spawn { binary: binary.clone(), source })?;
         self.child = Some(child);
         if let Err(e) = self.wait_ready().await {
             self.stop_quietly();
@@ -215,7 +230,12 @@ impl EtcdServer {
             if let Some(child) = self.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
                     self.child = None;
-                    return Err(ServerError::Exited { url, status, log: self.options.log_file.clone(), tail: log_tail(&self.options.log_file) });
+                    return Err(ServerError::Exited {
+                        url,
+                        status,
+                        log: self.options.log_file.clone(),
+                        tail: log_tail(&self.options.log_file),
+                    });
                 }
             }
             let last_error = match tokio::time::timeout(Duration::from_secs(2), EtcdStore::connect(&config)).await {
@@ -224,7 +244,13 @@ impl EtcdServer {
                 Err(_) => "connecting took over 2 s".to_string(),
             };
             if started.elapsed() > self.options.start_timeout {
-                return Err(ServerError::NotReady { url, waited: self.options.start_timeout, last_error, log: self.options.log_file.clone(), tail: log_tail(&self.options.log_file) });
+                return Err(ServerError::NotReady {
+                    url,
+                    waited: self.options.start_timeout,
+                    last_error,
+                    log: self.options.log_file.clone(),
+                    tail: log_tail(&self.options.log_file),
+                });
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -301,7 +327,11 @@ impl Drop for EtcdServer {
 
 fn set_mode(path: &Path, mode: u32) -> Result<(), ServerError> {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|source| ServerError::Io { action: "setting the mode of", path: path.to_path_buf(), source })
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|source| ServerError::Io {
+        action: "setting the mode of",
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// The last lines of the log, for errors.

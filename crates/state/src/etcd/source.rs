@@ -161,7 +161,13 @@ async fn follow(store: &EtcdStore, keys: &Keys, publisher: &SnapshotPublisher, c
     loop {
         let first = match next(store, &root, &mut stream).await {
             Ok(Some(response)) => response,
-            Ok(None) => return WatchEnd::Failed(EtcdError::WatchCancelled { endpoints: store.endpoints().to_string(), prefix: root, reason: "the server ended the stream".into() }),
+            Ok(None) => {
+                return WatchEnd::Failed(EtcdError::WatchCancelled {
+                    endpoints: store.endpoints().to_string(),
+                    prefix: root,
+                    reason: "the server ended the stream".into(),
+                })
+            }
             Err(end) => return end,
         };
         if first.created() {
@@ -176,7 +182,11 @@ async fn follow(store: &EtcdStore, keys: &Keys, publisher: &SnapshotPublisher, c
             match tokio::time::timeout(Duration::ZERO, next(store, &root, &mut stream)).await {
                 Ok(Ok(Some(response))) => changed |= apply(keys, current, &response),
                 Ok(Ok(None)) => {
-                    end = Some(WatchEnd::Failed(EtcdError::WatchCancelled { endpoints: store.endpoints().to_string(), prefix: root.clone(), reason: "the server ended the stream".into() }));
+                    end = Some(WatchEnd::Failed(EtcdError::WatchCancelled {
+                        endpoints: store.endpoints().to_string(),
+                        prefix: root.clone(),
+                        reason: "the server ended the stream".into(),
+                    }));
                     break;
                 }
                 Ok(Err(e)) => {
@@ -216,7 +226,11 @@ async fn next(store: &EtcdStore, root: &str, stream: &mut WatchStream) -> Result
     }
     if response.canceled() {
         let reason = response.cancel_reason().to_string();
-        return Err(WatchEnd::Failed(EtcdError::WatchCancelled { endpoints: store.endpoints().to_string(), prefix: root.to_string(), reason }));
+        return Err(WatchEnd::Failed(EtcdError::WatchCancelled {
+            endpoints: store.endpoints().to_string(),
+            prefix: root.to_string(),
+            reason,
+        }));
     }
     Ok(Some(response))
 }

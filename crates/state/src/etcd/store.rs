@@ -4,7 +4,10 @@
 
 use std::time::Duration;
 
-use etcd_client::{Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, GetResponse, Identity, KvClient, TlsOptions, Txn, TxnOp, TxnResponse};
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, GetResponse, Identity, KvClient, TlsOptions, Txn, TxnOp,
+    TxnResponse,
+};
 
 use super::keys::{self, Keys};
 use super::{EtcdConfig, EtcdError};
@@ -59,11 +62,16 @@ impl EtcdStore {
         let kv = client.kv_client().max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES);
         let store = Self { keys: Keys::new(&config.prefix), config: config.clone(), endpoints, client, kv };
         // The channel connects lazily: one small read shows the cluster is there and accepts us.
-        let probe = store.get(store.keys.root().to_string(), Some(GetOptions::new().with_keys_only().with_limit(1)), "connecting (first read)");
+        let probe =
+            store.get(store.keys.root().to_string(), Some(GetOptions::new().with_keys_only().with_limit(1)), "connecting (first read)");
         match tokio::time::timeout(CONNECT_TIMEOUT, probe).await {
             Ok(Ok(_)) => Ok(store),
             Ok(Err(e)) => Err(e),
-            Err(_) => Err(EtcdError::Timeout { endpoints: store.endpoints.clone(), action: "connecting (first read)".into(), waited: CONNECT_TIMEOUT }),
+            Err(_) => Err(EtcdError::Timeout {
+                endpoints: store.endpoints.clone(),
+                action: "connecting (first read)".into(),
+                waited: CONNECT_TIMEOUT,
+            }),
         }
     }
 
@@ -117,7 +125,8 @@ impl EtcdStore {
                 return Ok((out, revision));
             }
         }
-        Err(EtcdError::Contention { endpoints: self.endpoints.clone(), action: "updating objects".into(), attempts: UPDATE_ATTEMPTS }.into())
+        Err(EtcdError::Contention { endpoints: self.endpoints.clone(), action: "updating objects".into(), attempts: UPDATE_ATTEMPTS }
+            .into())
     }
 
     /// Writes `ops` in transactions of at most [`MAX_TXN_OPS`], each committed only if no object
@@ -202,7 +211,12 @@ pub(crate) fn header_revision(header: Option<&etcd_client::ResponseHeader>) -> u
 
 fn tls_options(config: &EtcdConfig, endpoints: &str) -> Result<Option<TlsOptions>, EtcdError> {
     let read = |what: &'static str, path: &std::path::Path| {
-        std::fs::read(path).map_err(|source| EtcdError::TlsFile { endpoints: endpoints.to_string(), what, path: path.to_path_buf(), source })
+        std::fs::read(path).map_err(|source| EtcdError::TlsFile {
+            endpoints: endpoints.to_string(),
+            what,
+            path: path.to_path_buf(),
+            source,
+        })
     };
     let identity = match (&config.cert_file, &config.key_file) {
         (Some(cert), Some(key)) => Some(Identity::from_pem(read("client certificate", cert)?, read("client key", key)?)),

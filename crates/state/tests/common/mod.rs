@@ -81,7 +81,11 @@ where
 pub fn namespace(name: &str, label: &str) -> k8s_openapi::api::core::v1::Namespace {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
     k8s_openapi::api::core::v1::Namespace {
-        metadata: ObjectMeta { name: Some(name.into()), labels: Some([("team".to_string(), label.to_string())].into_iter().collect()), ..Default::default() },
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            labels: Some([("team".to_string(), label.to_string())].into_iter().collect()),
+            ..Default::default()
+        },
         ..Default::default()
     }
 }
