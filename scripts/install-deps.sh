@@ -14,7 +14,9 @@ for pair in clang:clang llvm-strip:llvm ip:iproute2 iperf3:iperf3 iptables:iptab
   cmd=${pair%%:*}; pkg=${pair#*:}
   have_cmd "$cmd" || need+=("$pkg")
 done
-for pkg in libclang-dev libbpf-dev linux-libc-dev containernetworking-plugins fonts-dejavu-core; do
+# libprotobuf-dev: protoc's well-known types (google/protobuf/*.proto), which etcd-client's
+# build imports; protobuf-compiler alone, without recommends, lacks them.
+for pkg in libclang-dev libbpf-dev libprotobuf-dev linux-libc-dev containernetworking-plugins fonts-dejavu-core; do
   have_pkg "$pkg" || need+=("$pkg")
 done
 
