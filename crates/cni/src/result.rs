@@ -62,9 +62,9 @@ pub fn encode_add(result: &CniAddResult, version: CniVersion) -> String {
     to_json(&add)
 }
 
-/// The VERSION answer: the current version and every version this plugin speaks.
-pub fn encode_version() -> String {
-    to_json(&VersionResult { cni_version: CniVersion::CURRENT.as_str(), supported_versions: CniVersion::SUPPORTED.map(CniVersion::as_str) })
+/// The VERSION answer, written in `version`: every version this plugin speaks.
+pub fn encode_version(version: CniVersion) -> String {
+    to_json(&VersionResult { cni_version: version.as_str(), supported_versions: CniVersion::SUPPORTED.map(CniVersion::as_str) })
 }
 
 fn interface(interface: &CniInterface, version: CniVersion) -> Interface<'_> {
@@ -146,7 +146,10 @@ mod tests {
 
     #[test]
     fn version_answer() {
-        let json: Value = serde_json::from_str(&encode_version()).unwrap();
-        assert_eq!(json, json!({"cniVersion": "1.1.0", "supportedVersions": ["0.4.0", "1.0.0", "1.1.0"]}), "VERSION answer");
+        for version in CniVersion::SUPPORTED {
+            let json: Value = serde_json::from_str(&encode_version(version)).unwrap();
+            let want = json!({"cniVersion": version.as_str(), "supportedVersions": ["0.4.0", "1.0.0", "1.1.0"]});
+            assert_eq!(json, want, "VERSION answer in {}", version.as_str());
+        }
     }
 }

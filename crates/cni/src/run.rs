@@ -61,9 +61,11 @@ pub fn execute(vars: &dyn Fn(&str) -> Option<String>, stdin: &[u8], connect: &dy
 fn dispatch(vars: &dyn Fn(&str) -> Option<String>, stdin: &[u8], connect: &dyn Fn(&Path) -> Box<dyn Agent>) -> Result<String, CniError> {
     let command = Command::from_env(vars)?;
     if command == Command::Version {
-        // The configuration on stdin, if any, only tells which version the runtime prefers; the
-        // answer lists every version regardless.
-        return Ok(result::encode_version());
+        // VERSION is how a runtime finds what this plugin speaks, so it never fails on the
+        // configuration: a version it asks in that this plugin speaks is echoed (the
+        // specification's "the value of cniVersion specified on input"); none, or one it does
+        // not speak, gets the answer in the current version, and the list says what to use.
+        return Ok(result::encode_version(reply_version(stdin)));
     }
     let conf = NetConf::parse(stdin)?;
     match command {
@@ -107,7 +109,7 @@ fn dispatch(vars: &dyn Fn(&str) -> Option<String>, stdin: &[u8], connect: &dyn F
             connect(&conf.agent_socket).gc(&CniGcRequest { valid_attachments }).map_err(from_agent)?;
             Ok(String::new())
         }
-        Command::Version => Ok(result::encode_version()),
+        Command::Version => Ok(result::encode_version(reply_version(stdin))),
     }
 }
 
@@ -392,12 +394,27 @@ mod tests {
     }
 
     #[test]
-    fn version_needs_no_agent_and_no_configuration() {
-        for stdin in ["", r#"{"cniVersion":"1.1.0"}"#, r#"{"cniVersion":"0.4.0"}"#, "not json"] {
+    fn version_answers_in_the_version_asked_and_needs_no_agent() {
+        // (stdin, the answer's cniVersion): a supported version is echoed; anything else gets the
+        // current one, never an error, since VERSION is how a runtime learns what to ask for.
+        let cases = [
+            (r#"{"cniVersion":"0.4.0"}"#, "0.4.0"),
+            (r#"{"cniVersion":"1.0.0"}"#, "1.0.0"),
+            (r#"{"cniVersion":"1.1.0"}"#, "1.1.0"),
+            (r#"{"cniVersion":"1.0.0","name":"sluice","type":"sluice-cni"}"#, "1.0.0"),
+            (r#"{"cniVersion":"0.3.1"}"#, "1.1.0"),
+            (r#"{"cniVersion":"9.9.9"}"#, "1.1.0"),
+            (r#"{"cniVersion":1}"#, "1.1.0"),
+            ("{}", "1.1.0"),
+            ("", "1.1.0"),
+            ("not json", "1.1.0"),
+        ];
+        for (stdin, version) in cases {
             let reply = execute(&vars("VERSION"), stdin.as_bytes(), &|_| panic!("VERSION must not call the agent"));
-            assert!(reply.success, "VERSION with stdin {stdin:?}");
+            assert!(reply.success, "VERSION with stdin {stdin:?} succeeds: {reply:?}");
             let out: Value = serde_json::from_str(&reply.stdout).unwrap();
-            assert_eq!(out["supportedVersions"], json!(["0.4.0", "1.0.0", "1.1.0"]), "supported versions");
+            assert_eq!(out["cniVersion"], version, "VERSION with stdin {stdin:?}: cniVersion");
+            assert_eq!(out["supportedVersions"], json!(["0.4.0", "1.0.0", "1.1.0"]), "VERSION with stdin {stdin:?}: supported versions");
         }
     }
 

@@ -28,12 +28,22 @@ const ATTACHMENT: [(&str, &str); 4] =
     [("CNI_CONTAINERID", "0123abcd"), ("CNI_NETNS", "/var/run/netns/pod"), ("CNI_IFNAME", "eth0"), ("CNI_PATH", "/opt/cni/bin")];
 
 #[test]
-fn version_prints_supported_versions() {
-    for stdin in [r#"{"cniVersion":"1.1.0"}"#, ""] {
+fn version_answers_in_the_version_it_was_asked_with() {
+    // (stdin as a runtime writes it, the answer's cniVersion): libcni asks with its own
+    // version; a version this plugin does not speak, or none, is answered in the current one.
+    let cases = [
+        (r#"{"cniVersion":"0.4.0"}"#, "0.4.0"),
+        (r#"{"cniVersion":"1.0.0"}"#, "1.0.0"),
+        (r#"{"cniVersion":"1.1.0"}"#, "1.1.0"),
+        (r#"{"cniVersion":"0.3.1"}"#, "1.1.0"),
+        ("", "1.1.0"),
+    ];
+    for (stdin, version) in cases {
         let (code, stdout) = run_plugin(&[("CNI_COMMAND", "VERSION")], stdin);
         assert_eq!(code, Some(0), "VERSION exit code with stdin {stdin:?}");
         let out: Value = serde_json::from_str(&stdout).expect("VERSION prints JSON");
-        assert_eq!(out, json!({"cniVersion": "1.1.0", "supportedVersions": ["0.4.0", "1.0.0", "1.1.0"]}), "VERSION answer");
+        let want = json!({"cniVersion": version, "supportedVersions": ["0.4.0", "1.0.0", "1.1.0"]});
+        assert_eq!(out, want, "VERSION answer with stdin {stdin:?}");
     }
 }
 
