@@ -29,7 +29,7 @@ impl IntoResponse for AgentError {
             AgentError::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
             AgentError::UnknownAttachment(_) => StatusCode::NOT_FOUND,
             AgentError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            AgentError::CheckFailed { .. } => StatusCode::CONFLICT,
+            AgentError::CheckFailed { .. } | AgentError::AttachmentExists { .. } => StatusCode::CONFLICT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         (status, Json(self.to_api())).into_response()

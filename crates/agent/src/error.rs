@@ -13,6 +13,10 @@ pub enum AgentError {
     /// The attachment is not known to this agent (CNI code 3).
     #[error("unknown attachment {0}")]
     UnknownAttachment(String),
+    /// ADD of an attachment that exists and works: refused, the attachment is left as it is
+    /// (plugin-specific CNI code 100).
+    #[error("attachment {key} exists (interface {host_ifname} to {netns}); DEL it before adding it again")]
+    AttachmentExists { key: String, host_ifname: String, netns: String },
     /// The attachment exists but is not as the agent programmed it (CHECK).
     #[error("attachment {key} is not as programmed: {reason}")]
     CheckFailed { key: String, reason: String },
@@ -70,6 +74,8 @@ impl AgentError {
         match self {
             AgentError::InvalidRequest { code, .. } => *code,
             AgentError::UnknownAttachment(_) => 3,
+            // The specification reserves no code for it; 100 and up are the plugin's own.
+            AgentError::AttachmentExists { .. } => 100,
             AgentError::Ipam(IpamError::Exhausted { .. }) => 11,
             AgentError::State(_) => 11,
             AgentError::PodUnknown { .. } => 11,

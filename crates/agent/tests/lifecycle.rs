@@ -649,27 +649,48 @@ async fn add_uses_the_mtu_of_the_request() {
 }
 
 #[tokio::test]
-async fn retried_add_keeps_addresses_and_number_and_replaces_the_interface() {
+async fn repeated_add_is_refused_and_leaves_the_attachment_as_it_was() {
     let h = Harness::new();
     let first = h.add("c1").await;
     h.add("c2").await;
+    let entries = |t: FakeDatapath| (t.ifindexes, t.addresses, t.attached);
+    let (endpoints, interfaces, tables, held, refs) =
+        (h.endpoints(), h.plumber.interfaces(), entries(h.tables()), h.held(), h.identity_refs());
+
+    let err = h.agent.cni_add(h.request("c1")).await.expect_err("a second ADD of an existing attachment is refused");
+    assert!(matches!(err, AgentError::AttachmentExists { .. }), "the refusal says the attachment exists: {err:?}");
+    assert_eq!(err.cni_code(), 100, "the refusal's CNI code");
+    let host_ifname = &first.interfaces[0].name;
+    assert!(err.to_string().contains(host_ifname.as_str()), "the message names the existing interface {host_ifname}: {err}");
+
+    assert_eq!(h.endpoints(), endpoints, "the endpoint records are unchanged (number, addresses, MACs, ifindex, identity)");
+    assert_eq!(h.plumber.interfaces(), interfaces, "the interfaces are unchanged (same ifindex and MACs)");
+    assert_eq!(h.plumber.lock().unplumbed, Vec::<String>::new(), "no interface was removed");
+    assert_eq!(entries(h.tables()), tables, "the map entries and attachments are unchanged");
+    assert_eq!(h.held(), held, "the addresses held are unchanged");
+    assert_eq!(h.identity_refs(), refs, "the identity references are unchanged");
+    h.assert_consistent("after a refused repeated ADD");
+
+    h.del("c1").await;
+    let again = h.add("c1").await;
+    assert_eq!(again.interfaces[0].name, *host_ifname, "after DEL the attachment is added again, under the same host name");
+    h.assert_consistent("after DEL and ADD of the refused attachment");
+}
+
+/// A record whose interface is gone describes no pod: a new ADD releases it and adds anew.
+#[tokio::test]
+async fn repeated_add_after_the_interface_vanished_adds_anew() {
+    let h = Harness::new();
+    h.add("c1").await;
     let before = h.endpoint("c1");
+    h.plumber.vanish(&before.host_ifname);
 
-    let retried = h.agent.cni_add(h.request("c1")).await.expect("a retried ADD succeeds");
+    h.agent.cni_add(h.request("c1")).await.expect("ADD of an attachment whose interface is gone succeeds");
     let after = h.endpoint("c1");
-
-    assert_eq!(retried.ips, first.ips, "a retried ADD returns the same addresses");
-    assert_eq!(after.id, before.id, "a retried ADD keeps the endpoint number");
-    assert_eq!(after.identity, before.identity, "a retried ADD keeps the identity");
-    assert_eq!(after.host_ifname, before.host_ifname, "the host interface name is stable across retries");
-    assert_ne!(after.host_ifindex, before.host_ifindex, "the interface was re-created, so it has a new ifindex");
-    assert_eq!(h.plumber.lock().unplumbed, vec![before.host_ifname.clone()], "the old interface was removed, once");
-    let tables = h.tables();
-    assert!(!tables.ifindexes.contains_key(&before.host_ifindex), "the old ifindex entry is gone");
-    let v4 = IpAddr::from(after.ipv4.expect("IPv4 address"));
-    assert_eq!(tables.addresses.get(&v4).map(|i| i.ifindex), Some(after.host_ifindex), "the address now points at the new interface");
-    assert_eq!(h.container_ids(), vec!["c1", "c2"], "no duplicate record, the other endpoint untouched");
-    h.assert_consistent("after a retried ADD");
+    assert_eq!(h.container_ids(), vec!["c1"], "one record for the attachment");
+    assert_ne!(after.host_ifindex, before.host_ifindex, "a new interface was created");
+    assert!(!h.tables().ifindexes.contains_key(&before.host_ifindex), "the old ifindex entry is gone");
+    h.assert_consistent("after re-adding an attachment whose interface vanished");
 }
 
 #[tokio::test]
@@ -718,16 +739,17 @@ async fn failed_attach_rolls_back_the_map_entries() {
     h.assert_clean("after a failed attach");
 }
 
-/// A retried ADD that fails must not leave a record whose addresses the IPAM gave back.
+/// Re-adding an attachment whose interface vanished, and failing, leaves nothing: neither the
+/// released record nor the new one, nor a record without addresses.
 #[tokio::test]
-
-async fn failed_retried_add_leaves_no_record_without_addresses() {
+async fn failed_re_add_after_the_interface_vanished_leaves_nothing() {
     let h = Harness::new();
     h.add("c1").await;
+    h.plumber.vanish(&h.endpoint("c1").host_ifname);
     h.plumber.fail_next_plumb();
-    let err = h.agent.cni_add(h.request("c1")).await.expect_err("the retried ADD fails when the interface cannot be created");
+    let err = h.agent.cni_add(h.request("c1")).await.expect_err("the ADD fails when the interface cannot be created");
     assert!(matches!(err, AgentError::Datapath(_)), "the plumbing error is returned: {err:?}");
-    h.assert_consistent("after a retried ADD failed");
+    h.assert_clean("after a failed re-ADD");
 }
 
 #[tokio::test]
@@ -1057,13 +1079,9 @@ async fn restart_reattaches_every_endpoint_without_duplicates_or_leaks() {
     assert_eq!(tables.attached, tables_before.attached, "every endpoint is attached");
     h.assert_consistent("after restart");
 
-    let retried = h.agent.cni_add(h.request("b")).await.expect("a retried ADD after restart");
-    let b = before.iter().find(|e| e.container_id == "b").expect("b before restart");
-    assert_eq!(
-        retried.ips.iter().map(|i| i.address.addr()).collect::<Vec<_>>(),
-        vec![IpAddr::from(b.ipv4.expect("IPv4")), IpAddr::from(b.ipv6.expect("IPv6"))],
-        "a retried ADD after restart returns the stored addresses"
-    );
+    let err = h.agent.cni_add(h.request("b")).await.expect_err("a repeated ADD after restart is refused");
+    assert!(matches!(err, AgentError::AttachmentExists { .. }), "the restarted agent knows the attachment exists: {err:?}");
+    assert_eq!(h.endpoints(), before, "the refused ADD changed no endpoint");
     h.add("d").await;
     let d = h.endpoint("d");
     assert_eq!(d.id, 4, "a new endpoint after restart gets a new number");

@@ -32,6 +32,9 @@ impl Agent {
         validate_attachment(&req, true)?;
         let _one = self.cni_lock.lock().await;
         let owner = Owner::new(req.container_id.clone(), req.ifname.clone());
+        // Before anything that a failure would roll back: the rollback releases whatever the
+        // attachment holds, which for a refused repeat is the working pod's.
+        self.refuse_existing(&owner).await?;
         let mut undo = Undo::default();
         let result = match self.add_locked(&req, &owner, &mut undo).await {
             Ok(record) => {
@@ -52,19 +55,23 @@ impl Agent {
         result
     }
 
+    /// A second ADD of an attachment that exists is refused and changes nothing (CNI
+    /// specification: "If an interface of the requested name already exists in the container,
+    /// the CNI plugin MUST return with an error"); the runtime DELs it first. A record whose
+    /// interface is gone describes no pod any more (its namespace was deleted, or an ADD was cut
+    /// short): it is released, as resync would, and the ADD goes ahead.
+    async fn refuse_existing(&self, owner: &Owner) -> Result<(), AgentError> {
+        let Some(old) = self.endpoints.get(owner)? else { return Ok(()) };
+        if self.plumber.host_ifindex(&old.host_ifname).await?.is_some() {
+            return Err(AgentError::AttachmentExists { key: old.key(), host_ifname: old.host_ifname, netns: old.netns });
+        }
+        tracing::info!(attachment = %old.key(), "interface {} is gone, releasing the endpoint before adding it again", old.host_ifname);
+        self.destroy(&old).await
+    }
+
     async fn add_locked(&self, req: &CniRequest, owner: &Owner, undo: &mut Undo) -> Result<EndpointRecord, AgentError> {
         let host_ifname = host_ifname(owner);
         undo.host_ifname = Some(host_ifname.clone());
-        let previous = self.endpoints.get(owner)?;
-        if let Some(old) = &previous {
-            // ADD retried: rebuild the interface, keep the addresses and the endpoint number.
-            undo.entry = Some(old.entry());
-            self.with_datapath(|dp| {
-                dp.detach_endpoint(&old.host_ifname)?;
-                dp.remove_endpoint(&old.entry())
-            })?;
-            self.plumber.unplumb(&old.host_ifname).await?;
-        }
         let t = Instant::now();
         let labels = self.label_set(req).await?;
         let alloc = self.ipam.allocate(owner)?;
@@ -80,12 +87,8 @@ impl Agent {
         let t = Instant::now();
         let plumbed = self.plumber.create_pair(&plumb).await?;
         tracing::debug!(ms = t.elapsed().as_secs_f64() * 1000.0, "ADD: pair created");
-        let id = match &previous {
-            Some(old) => old.id,
-            None => self.endpoints.next_id()?,
-        };
         let mut record = EndpointRecord {
-            id,
+            id: self.endpoints.next_id()?,
             container_id: req.container_id.clone(),
             ifname: req.ifname.clone(),
             netns: req.netns.clone(),
