@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "camelCase")]
 pub struct PreflightResponse {
     pub node: String,
-    /// The host routing mode in force (`bpf`, `legacy`).
+    /// The host routing mode in force (`bpf`, `legacy`); `none` from `sluice preflight
+    /// --local`, which audits without an agent.
     pub host_routing: String,
     pub report: FirewallReport,
     /// The report as a text table (harmless rules left out), for people.

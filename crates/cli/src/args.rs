@@ -110,14 +110,35 @@ pub enum Command {
     },
     /// Audit the node's netfilter rules: which would pod traffic skip under eBPF host routing?
     /// Exit code 0 when clean, 1 when a rule would be bypassed.
+    ///
+    /// By default the node's agent audits its own namespace (a lab node's, or `--socket`'s).
+    /// With `--local` no agent is needed: the rules of the network namespace this command runs
+    /// in are audited, for the pod CIDRs and devices given, before Sluice is installed.
     Preflight {
-        #[arg(long)]
+        /// Lab node to ask (default: the first).
+        #[arg(long, conflicts_with = "local")]
         node: Option<String>,
         /// Show harmless rules too.
         #[arg(long)]
         all: bool,
         #[arg(short, long)]
         output: Option<Output>,
+        /// Audit this network namespace without an agent; needs the pod CIDRs (`--pod-cidr` or
+        /// `--config`).
+        #[arg(long)]
+        local: bool,
+        /// With --local: the agent configuration the node is to run with; its podCIDRs (or
+        /// state.clusterPoolCIDRs), devices and nodeName are used.
+        #[arg(long, requires = "local", value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// With --local: a pod CIDR of the node, one per family (repeat for dual stack); replaces
+        /// the configuration's.
+        #[arg(long = "pod-cidr", requires = "local", value_name = "CIDR")]
+        pod_cidrs: Vec<ipnet::IpNet>,
+        /// With --local: a device that receives traffic for pods (the uplink), repeatable;
+        /// replaces the configuration's.
+        #[arg(long = "device", requires = "local", value_name = "DEV")]
+        devices: Vec<String>,
     },
     /// The node's events (Kubernetes Event objects): host routing decisions, detected rules,
     /// guard blocks, restarts.

@@ -67,7 +67,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Up { nodes, host_routing, guard, monitor, service_cidrs, node_port_range, xdp, datastore } => {
                 lab_cmds::up(&cli.lab, nodes, host_routing, guard, monitor, &service_cidrs, &node_port_range, xdp, datastore).await
             }
-            Command::Preflight { node, all, output } => node_cmds::preflight(&target, node.as_deref(), all, output).await,
+            Command::Preflight { node, all, output, local, config, pod_cidrs, devices } => {
+                let local = local.then_some(node_cmds::LocalAudit { config, pod_cidrs, devices });
+                node_cmds::preflight(&target, node.as_deref(), local, all, output).await
+            }
             Command::Events { node, follow, output } => node_cmds::events(&target, node.as_deref(), follow, output).await,
             Command::Down => lab_cmds::down(&cli.lab).await,
             Command::RestartAgent { node } => lab_cmds::restart_agent(&cli.lab, &node).await,

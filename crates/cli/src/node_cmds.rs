@@ -1,4 +1,5 @@
-//! Commands that talk to one node's agent: `agent`, `status`, `endpoint list`.
+//! Commands that talk to one node's agent: `agent`, `status`, `endpoint list`, `preflight` (which
+//! also audits without one).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -142,14 +143,67 @@ pub async fn service_list(target: &Target, node: Option<&str>, output: Option<Ou
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn preflight(target: &Target, node: Option<&str>, all: bool, output: Option<Output>) -> anyhow::Result<ExitCode> {
-    let socket = socket(target, node)?;
-    let answer: PreflightResponse =
-        Client::new(&socket).get(paths::PREFLIGHT).await.with_context(|| format!("asking the agent at {}", socket.display()))?;
+/// `sluice preflight --local`: what the node is to run with, from flags or its agent
+/// configuration (flags win).
+pub struct LocalAudit {
+    pub config: Option<PathBuf>,
+    pub pod_cidrs: Vec<ipnet::IpNet>,
+    pub devices: Vec<String>,
+}
+
+/// The audit without an agent, of the network namespace this process runs in.
+fn audit_here(local: LocalAudit) -> anyhow::Result<PreflightResponse> {
+    let config = local.config.as_deref().map(sluice_agent::AgentConfig::load).transpose()?;
+    let mut pod_cidrs = local.pod_cidrs;
+    let mut devices = local.devices;
+    let mut node = None;
+    if let Some(config) = config {
+        if pod_cidrs.is_empty() {
+            // A cluster node's CIDR is carved from the pools at start; the pools contain it.
+            pod_cidrs = if config.pod_cidrs.is_empty() { config.state.cluster_pool_cidrs } else { config.pod_cidrs };
+        }
+        if devices.is_empty() {
+            devices = config.devices;
+        }
+        node = Some(config.node_name);
+    }
+    if pod_cidrs.is_empty() {
+        // Without them no pod traffic is host-routed and every rule would look harmless.
+        anyhow::bail!("preflight --local needs the node's pod CIDRs: --pod-cidr CIDR (repeat for IPv6) or --config FILE");
+    }
+    let node = match node {
+        Some(n) => n,
+        None => nix::unistd::gethostname().context("reading the host name")?.to_string_lossy().into_owned(),
+    };
+    Ok(sluice_agent::firewall::api::preflight_local(node, &sluice_agent::firewall::AuditContext { pod_cidrs, devices }))
+}
+
+pub async fn preflight(
+    target: &Target,
+    node: Option<&str>,
+    local: Option<LocalAudit>,
+    all: bool,
+    output: Option<Output>,
+) -> anyhow::Result<ExitCode> {
+    let answer: PreflightResponse = match local {
+        Some(local) => audit_here(local)?,
+        None => {
+            const HINT: &str = "without an agent, `sluice preflight --local` audits the namespace it runs in";
+            let socket = socket(target, node).with_context(|| format!("finding the agent to ask ({HINT})"))?;
+            Client::new(&socket)
+                .get(paths::PREFLIGHT)
+                .await
+                .with_context(|| format!("asking the agent at {} ({HINT})", socket.display()))?
+        }
+    };
     match output {
         Some(o @ (Output::Json | Output::Yaml)) => print_structured(&answer, o)?,
         _ => {
-            println!("Node {} (host routing {}), rules read from: {}", answer.node, answer.host_routing, answer.sources_read.join(", "));
+            let routing = match answer.host_routing.as_str() {
+                sluice_agent::firewall::api::NO_AGENT => "audited here, without an agent".to_string(),
+                mode => format!("host routing {mode}"),
+            };
+            println!("Node {} ({routing}), rules read from: {}", answer.node, answer.sources_read.join(", "));
             if all {
                 // The agent's table leaves harmless rules out; list them here.
                 for v in answer.report.verdicts.iter().filter(|v| v.class == RuleClass::Harmless) {

@@ -1,5 +1,6 @@
 //! The firewall question the agent answers: `sluice preflight`, the audit of the host firewall
-//! now, in the analyser's findings translated to the API's types (`sluice_api::firewall`).
+//! now, in the analyser's findings translated to the API's types (`sluice_api::firewall`). The
+//! same answer is made without an agent for `sluice preflight --local`, before installing.
 
 use sluice_api::firewall as api;
 use sluice_netfilter::classify::{Class, Report, Verdict};
@@ -14,15 +15,28 @@ impl Agent {
     /// The host firewall audit, now, in the agent's namespace (`sluice preflight`).
     pub fn preflight(&self) -> api::PreflightResponse {
         let ctx = super::AuditContext { pod_cidrs: self.config().pod_cidrs.clone(), devices: self.config().devices.clone() };
-        let audit = super::audit(&ctx, None);
-        api::PreflightResponse {
-            node: self.config().node_name.clone(),
-            host_routing: self.host_routing().mode.as_str().into(),
-            table: audit.report.render_table(false),
-            report: report_to_api(&audit.report),
-            sources_read: audit.sources_read,
-            problems: audit.problems.into_iter().map(|p| api::SourceProblem { source: p.source, problem: p.problem }).collect(),
-        }
+        preflight_answer(self.config().node_name.clone(), self.host_routing().mode.as_str(), &ctx)
+    }
+}
+
+/// The host routing field of an answer made without an agent: nothing is in force.
+pub const NO_AGENT: &str = "none";
+
+/// The same audit without an agent, in the network namespace the caller runs in, for a node
+/// that is to run Sluice with `ctx` (`sluice preflight --local`, before installing).
+pub fn preflight_local(node: String, ctx: &super::AuditContext) -> api::PreflightResponse {
+    preflight_answer(node, NO_AGENT, ctx)
+}
+
+fn preflight_answer(node: String, host_routing: &str, ctx: &super::AuditContext) -> api::PreflightResponse {
+    let audit = super::audit(ctx, None);
+    api::PreflightResponse {
+        node,
+        host_routing: host_routing.into(),
+        table: audit.report.render_table(false),
+        report: report_to_api(&audit.report),
+        sources_read: audit.sources_read,
+        problems: audit.problems.into_iter().map(|p| api::SourceProblem { source: p.source, problem: p.problem }).collect(),
     }
 }
 
