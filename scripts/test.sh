@@ -1,10 +1,31 @@
 #!/usr/bin/env bash
-# The whole test suite: unit tests, BPF_PROG_RUN tests and the privileged lab tests.
+# The whole test suite: lints, unit tests, BPF_PROG_RUN tests and the privileged lab tests.
 # Run as root on Debian. Under CI=true a privileged test that cannot run fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Lints first, so a lint failure costs seconds rather than a whole build and test run.
+echo "==> lint: cargo fmt --check"
+if ! cargo fmt --version >/dev/null 2>&1; then
+  echo "error: rustfmt is missing; install it with 'rustup component add rustfmt'" >&2
+  exit 1
+fi
+if ! cargo fmt --all --check; then
+  echo "error: lint failed: the code above is not formatted as rustfmt.toml says; run 'cargo fmt --all' and commit the result" >&2
+  exit 1
+fi
+
 bash scripts/install-deps.sh
+
+echo "==> lint: cargo clippy --workspace --all-targets -- -D warnings"
+if ! cargo clippy --version >/dev/null 2>&1; then
+  echo "error: clippy is missing; install it with 'rustup component add clippy'" >&2
+  exit 1
+fi
+if ! cargo clippy --workspace --all-targets --quiet -- -D warnings; then
+  echo "error: lint failed: clippy reported the warnings above, and CI denies every one; fix them (or allow one where it is wrong, with the reason beside it)" >&2
+  exit 1
+fi
 
 if [ "$(id -u)" != 0 ]; then
   echo "warning: not root: privileged tests will be skipped (and fail under CI=true)" >&2
