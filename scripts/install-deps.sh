@@ -10,13 +10,14 @@ have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok
 # command -> Debian package
 for pair in clang:clang llvm-strip:llvm ip:iproute2 iperf3:iperf3 iptables:iptables nft:nftables ping:iputils-ping \
             nc:netcat-openbsd ps:procps curl:curl prometheus:prometheus sockperf:sockperf \
-            etcd:etcd-server protoc:protobuf-compiler; do
+            etcd:etcd-server protoc:protobuf-compiler containerd:containerd; do
   cmd=${pair%%:*}; pkg=${pair#*:}
   have_cmd "$cmd" || need+=("$pkg")
 done
 # libprotobuf-dev: protoc's well-known types (google/protobuf/*.proto), which etcd-client's
 # build imports; protobuf-compiler alone, without recommends, lacks them.
-for pkg in libclang-dev libbpf-dev libprotobuf-dev linux-libc-dev containernetworking-plugins fonts-dejavu-core; do
+# busybox-static: the containerd test builds its container image from the static busybox.
+for pkg in libclang-dev libbpf-dev libprotobuf-dev linux-libc-dev containernetworking-plugins fonts-dejavu-core busybox-static; do
   have_pkg "$pkg" || need+=("$pkg")
 done
 
