@@ -70,7 +70,7 @@ fn containerd_runs_containers_on_sluice_and_del_frees_their_addresses() {
     // === the image: built here, imported, nothing pulled ===
     let archive = runtime.dir.path().join("busybox.oci.tar");
     std::fs::write(&archive, oci_archive(&std::fs::read(&busybox).expect("read busybox"))).expect("write image archive");
-    let out = runtime.ctr(&["images", "import", "--snapshotter", "native", archive.to_str().unwrap()]);
+    let out = runtime.ctr(&["images", "import", "--snapshotter", "native", archive.to_str().unwrap()]); // see run_container
     assert!(out.status.success(), "ctr images import failed: {}\n{}", text(&out), runtime.log());
     let images = runtime.ctr(&["images", "ls", "-q"]);
     assert!(String::from_utf8_lossy(&images.stdout).lines().any(|l| l == IMAGE), "{IMAGE} is listed after import: {}", text(&images));
@@ -357,7 +357,8 @@ struct Containerd {
     /// The lab's cgroup relative to the cgroup root: the lab makes it in v2 only, so in a v1
     /// hierarchy everything below it is runc's.
     lab_cgroup: PathBuf,
-    /// Emptied after the processes above are gone, so nothing is mounted on them any more.
+    /// Dropped after the processes above are gone (fields drop after `drop`), when nothing is
+    /// mounted on them any more.
     _mount_points: Vec<HostDir>,
 }
 
@@ -478,6 +479,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.a
     /// before the task starts, and DEL and the container's removal once the task has exited.
     fn run_container(&self, id: &str, argv: &[&str]) -> Running {
         let cgroup = Path::new("/").join(&self.containers_cgroup).join(id);
+        // The native snapshotter works on any file system (overlayfs cannot stack its upper
+        // directory on overlayfs, as in many CI containers); the network path is the same.
         let mut args = vec!["run", "--rm", "--cni", "--snapshotter", "native", "--cgroup", cgroup.to_str().unwrap(), IMAGE, id];
         args.extend_from_slice(argv);
         let mut cmd = self.ctr_command(&args);
