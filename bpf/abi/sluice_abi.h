@@ -362,8 +362,19 @@ enum sluice_xdp_counter {
  * SLUICE_IDENTITY_ANY, and the stronger verdict wins (deny > audit > allow); a miss in both
  * follows the endpoint's mode. `policy_endpoints` holds each endpoint's modes and the revision
  * its entries are read under: the agent writes a new revision whole, then flips it.
+ *
+ * Kubernetes NetworkPolicy ipBlocks match every address in the block, pods' and nodes' too,
+ * which the peer's identity cannot tell (an identity is shared by every pod of a label set).
+ * `ipblocks` (an LPM trie like the ipcache, holding only the prefixes ipBlocks name, cidr and
+ * except alike) gives an address the identity of its longest such prefix. An endpoint whose
+ * policy in a direction has ipBlock rules carries SLUICE_POLICY_F_*_BY_ADDRESS; when both
+ * identity lookups miss, its packets are looked up once more with the ipblocks identity of the
+ * peer's address, among the entries of direction | SLUICE_POLICY_BY_ADDRESS. Those entries are
+ * allows only (NetworkPolicy has no deny), so asking them only on a miss gives the union of the
+ * allows; an endpoint without the flag never reads the ipblocks map.
  */
 #define SLUICE_IPCACHE_ENTRIES 262144
+#define SLUICE_IPBLOCK_ENTRIES 65536
 #define SLUICE_POLICY_ENTRIES 262144
 #define SLUICE_POLICY_CT_DEFAULT_ENTRIES 262144
 #define SLUICE_IDENTITY_WORLD 2
@@ -383,6 +394,8 @@ struct ipcache_entry {
 
 #define SLUICE_POLICY_INGRESS 0
 #define SLUICE_POLICY_EGRESS 1
+/* Or'ed into a direction: entries keyed by the peer's ipblocks identity, not its identity. */
+#define SLUICE_POLICY_BY_ADDRESS 2
 /* Bits of struct policy_key after prefixlen that are always matched; then 8 of protocol and
  * 16 of port. */
 #define SLUICE_POLICY_FIXED_BITS 88
@@ -392,7 +405,7 @@ struct policy_key {
 	__u32 prefixlen;
 	__u32 endpoint_id;
 	__u32 identity; /* peer identity or SLUICE_IDENTITY_ANY */
-	__u8 direction; /* SLUICE_POLICY_INGRESS / _EGRESS */
+	__u8 direction; /* SLUICE_POLICY_INGRESS / _EGRESS, | SLUICE_POLICY_BY_ADDRESS */
 	__u8 revision;  /* 0 or 1: the endpoint's current one is in policy_endpoints */
 	__u8 pad;
 	__u8 proto;     /* IP protocol */
@@ -415,11 +428,15 @@ struct policy_entry {
 #define SLUICE_POLICY_MODE_AUDIT 2         /* a miss is reported and allowed */
 #define SLUICE_POLICY_MODE_DEFAULT_ALLOW 3 /* a miss is allowed */
 
+/* Flags of policy_endpoint: the direction has entries by address (ipBlock rules). */
+#define SLUICE_POLICY_F_INGRESS_BY_ADDRESS (1 << 0)
+#define SLUICE_POLICY_F_EGRESS_BY_ADDRESS (1 << 1)
+
 struct policy_endpoint {
 	__u8 ingress_mode; /* SLUICE_POLICY_MODE_* */
 	__u8 egress_mode;
 	__u8 revision;
-	__u8 pad;
+	__u8 flags; /* SLUICE_POLICY_F_*, flipped with the revision */
 };
 
 /*

@@ -20,6 +20,17 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } ipcache SEC(".maps");
 
+/* The prefixes Kubernetes ipBlocks name -> their CIDR identity; read only for endpoints with
+ * SLUICE_POLICY_F_*_BY_ADDRESS. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct ipcache_key);
+	__type(value, struct ipcache_entry);
+	__uint(max_entries, SLUICE_IPBLOCK_ENTRIES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ipblocks SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__type(key, struct policy_key);
@@ -166,15 +177,27 @@ static __always_inline struct policy_scratch *scratch(void)
 }
 
 
-static __always_inline __u32 identity_of(struct policy_scratch *sc, __u8 family, const __u8 *addr)
+static __always_inline struct ipcache_key *address_key(struct policy_scratch *sc, __u8 family, const __u8 *addr)
 {
 	struct ipcache_key *k = &sc->ikey;
 	k->prefixlen = 32 + (family == SLUICE_AF_INET ? 32 : 128);
 	k->family = family;
 	k->pad[0] = k->pad[1] = k->pad[2] = 0;
 	__builtin_memcpy(k->addr, addr, 16);
-	struct ipcache_entry *e = bpf_map_lookup_elem(&ipcache, k);
+	return k;
+}
+
+static __always_inline __u32 identity_of(struct policy_scratch *sc, __u8 family, const __u8 *addr)
+{
+	struct ipcache_entry *e = bpf_map_lookup_elem(&ipcache, address_key(sc, family, addr));
 	return e ? e->identity : SLUICE_IDENTITY_WORLD;
+}
+
+/* The identity of the longest ipBlock prefix holding the address; 0 under none. */
+static __always_inline __u32 ipblock_of(struct policy_scratch *sc, __u8 family, const __u8 *addr)
+{
+	struct ipcache_entry *e = bpf_map_lookup_elem(&ipblocks, address_key(sc, family, addr));
+	return e ? e->identity : 0;
 }
 
 /* The verdict of the endpoint's entries for (identity, proto, port): the stronger of the
@@ -207,16 +230,46 @@ static __always_inline __u8 policy_lookup(struct policy_scratch *sc, __u32 endpo
 	return verdict;
 }
 
+/* The endpoint's entries by address for the peer: its ipblocks identity's longest match; 0 when
+ * the peer is under no ipBlock prefix or nothing matches. Called only after a miss by identity. */
+static __always_inline __u8 policy_lookup_by_address(struct policy_scratch *sc, __u32 endpoint_id, __u8 direction, __u8 revision,
+						     const struct policy_pkt *p, const __u8 *peer, __u32 *rule)
+{
+	__u32 block = ipblock_of(sc, p->t.family, peer);
+	if (!block)
+		return 0;
+	struct policy_key *k = &sc->pkey;
+	k->prefixlen = SLUICE_POLICY_FULL_BITS;
+	k->endpoint_id = endpoint_id;
+	k->identity = block;
+	k->direction = direction | SLUICE_POLICY_BY_ADDRESS;
+	k->revision = revision;
+	k->pad = 0;
+	k->proto = p->t.proto;
+	k->port = p->port;
+	k->pad2[0] = k->pad2[1] = 0;
+	struct policy_entry *e = bpf_map_lookup_elem(&policy, k);
+	if (!e)
+		return 0;
+	*rule = e->rule;
+	return e->verdict;
+}
+
 /* Decide a packet in one direction of an endpoint that its mode subjects to policy: returns
- * POLICY_CONTINUE to let it pass (audit verdicts reported), or the drop verdict. */
+ * POLICY_CONTINUE to let it pass (audit verdicts reported), or the drop verdict. `peer` is the
+ * other end's address (the source for ingress, the destination for egress). */
 static __always_inline int policy_decide(struct __sk_buff *skb, struct policy_scratch *sc, const struct policy_endpoint *pe,
-					 __u32 endpoint_id, __u8 direction, __u32 identity, const struct policy_pkt *p)
+					 __u32 endpoint_id, __u8 direction, __u32 identity, const struct policy_pkt *p,
+					 const __u8 *peer)
 {
 	__u8 mode = direction == SLUICE_POLICY_INGRESS ? pe->ingress_mode : pe->egress_mode;
 	if (mode == SLUICE_POLICY_MODE_NONE)
 		return POLICY_CONTINUE;
 	__u32 rule = 0;
 	__u8 verdict = policy_lookup(sc, endpoint_id, direction, pe->revision, identity, p->t.proto, p->port, &rule);
+	__u8 by_address = direction == SLUICE_POLICY_INGRESS ? SLUICE_POLICY_F_INGRESS_BY_ADDRESS : SLUICE_POLICY_F_EGRESS_BY_ADDRESS;
+	if (!verdict && (pe->flags & by_address))
+		verdict = policy_lookup_by_address(sc, endpoint_id, direction, pe->revision, p, peer, &rule);
 	if (!verdict)
 		verdict = mode == SLUICE_POLICY_MODE_ENFORCE ? SLUICE_POLICY_DENY
 			: mode == SLUICE_POLICY_MODE_AUDIT   ? SLUICE_POLICY_AUDIT
@@ -306,7 +359,7 @@ static __noinline __attribute__((unused)) int policy_egress_end(struct __sk_buff
 				return POLICY_CONTINUE;
 		}
 		__u32 id = identity_of(sc, now->t.family, now->t.daddr);
-		int v = policy_decide(skb, sc, pe, endpoint_id, SLUICE_POLICY_EGRESS, id, now);
+		int v = policy_decide(skb, sc, pe, endpoint_id, SLUICE_POLICY_EGRESS, id, now, now->t.daddr);
 		if (v != POLICY_CONTINUE)
 			return v;
 	}
@@ -337,7 +390,7 @@ static __noinline int policy_ingress(struct __sk_buff *skb, const struct endpoin
 	struct policy_endpoint *pe = bpf_map_lookup_elem(&policy_endpoints, &endpoint_id);
 	if (pe && pe->ingress_mode != SLUICE_POLICY_MODE_NONE) {
 		__u32 id = identity_of(sc, p->t.family, p->t.saddr);
-		int v = policy_decide(skb, sc, pe, endpoint_id, SLUICE_POLICY_INGRESS, id, p);
+		int v = policy_decide(skb, sc, pe, endpoint_id, SLUICE_POLICY_INGRESS, id, p, p->t.saddr);
 		if (v != POLICY_CONTINUE)
 			return v;
 	}

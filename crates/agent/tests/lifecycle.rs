@@ -72,6 +72,15 @@ impl sluice_datapath::PolicyTables for SharedFake {
     fn remove_ipcache(&mut self, prefix: ipnet::IpNet) -> Result<(), DatapathError> {
         self.lock().tables.remove_ipcache(prefix)
     }
+    fn ipblocks(&self) -> Result<Vec<(ipnet::IpNet, u32)>, DatapathError> {
+        self.lock().tables.ipblocks()
+    }
+    fn upsert_ipblock(&mut self, prefix: ipnet::IpNet, identity: u32) -> Result<(), DatapathError> {
+        self.lock().tables.upsert_ipblock(prefix, identity)
+    }
+    fn remove_ipblock(&mut self, prefix: ipnet::IpNet) -> Result<(), DatapathError> {
+        self.lock().tables.remove_ipblock(prefix)
+    }
     fn policy_entries(&self) -> Result<Vec<(sluice_abi::policy_key, sluice_abi::policy_entry)>, DatapathError> {
         self.lock().tables.policy_entries()
     }

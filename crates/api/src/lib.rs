@@ -23,7 +23,7 @@ pub use firewall::{FirewallReport, PreflightResponse};
 pub use flows::{Flow, FlowFilter, FlowMessage, FlowPeer, FlowsResponse, LostEvents};
 pub use policy::{
     EndpointPolicyResponse, PolicyDirection, PolicyEntry, PolicyEntryKey, PolicyMatchedEntry, PolicyMode, PolicyRef, PolicyRuleRef,
-    PolicyTrace, PolicyTracePeer, PolicyTraceResponse, PolicyTraceSide, PolicyVerdict,
+    PolicyTrace, PolicyTraceIpBlock, PolicyTracePeer, PolicyTraceResponse, PolicyTraceSide, PolicyVerdict,
 };
 pub use types::*;
 

@@ -107,7 +107,8 @@ pub struct PolicyTraceSide {
     pub mode: PolicyMode,
     pub policies: Vec<PolicyRef>,
     pub peer: PolicyTracePeer,
-    /// What the two lookups matched, the peer identity's first.
+    /// What the lookups matched: the peer identity's, the wildcard's, and by address when both
+    /// missed.
     pub matched: Vec<PolicyMatchedEntry>,
     pub verdict: PolicyVerdict,
     pub reason: String,
@@ -121,6 +122,17 @@ pub struct PolicyTracePeer {
     pub identity: u32,
     /// A pod key, `host`, `remote-node`, `world` or `cidr <prefix>`.
     pub what: String,
+    /// The longest prefix a Kubernetes ipBlock names that holds the address, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_block: Option<PolicyTraceIpBlock>,
+}
+
+/// An ipBlock prefix and its identity (what entries by address are keyed by).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyTraceIpBlock {
+    pub prefix: ipnet::IpNet,
+    pub identity: u32,
 }
 
 /// An entry a trace's lookup matched.
@@ -130,6 +142,9 @@ pub struct PolicyMatchedEntry {
     pub key: PolicyEntryKey,
     pub verdict: PolicyVerdict,
     pub rules: Vec<PolicyRuleRef>,
+    /// An entry by address: its key's identity is the peer's ipBlock identity.
+    #[serde(default)]
+    pub by_address: bool,
 }
 
 /// `GET /v1/policy/endpoint`: the compiled policy of one pod on the node, for people.
@@ -169,6 +184,10 @@ pub struct PolicyEntry {
     pub verdict: PolicyVerdict,
     /// The rules behind the entry, as `Kind namespace/name (ingress rule N)`.
     pub rules: Vec<String>,
+    /// An entry by address (a Kubernetes ipBlock): `identity` is an ipBlock prefix's, matched
+    /// against the peer's address when the entries by identity have no answer.
+    #[serde(default)]
+    pub by_address: bool,
 }
 
 // === impl PolicyVerdict ===

@@ -28,6 +28,7 @@ pub struct FakeDatapath {
     pub lb_ct: BTreeMap<Vec<u8>, (ct_key, ct_entry)>,
     /// The policy maps.
     pub ipcache: BTreeMap<ipnet::IpNet, u32>,
+    pub ipblocks: BTreeMap<ipnet::IpNet, u32>,
     pub policy: BTreeMap<Vec<u8>, (policy_key, policy_entry)>,
     pub policy_endpoints: BTreeMap<u32, policy_endpoint>,
     pub policy_ct: BTreeMap<Vec<u8>, (ct_key, policy_ct_entry)>,
@@ -198,6 +199,19 @@ impl PolicyTables for FakeDatapath {
         self.ipcache.remove(&prefix);
         Ok(())
     }
+    fn ipblocks(&self) -> Result<Vec<(ipnet::IpNet, u32)>, DatapathError> {
+        Ok(self.ipblocks.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+    fn upsert_ipblock(&mut self, prefix: ipnet::IpNet, identity: u32) -> Result<(), DatapathError> {
+        self.writes += 1;
+        self.ipblocks.insert(prefix, identity);
+        Ok(())
+    }
+    fn remove_ipblock(&mut self, prefix: ipnet::IpNet) -> Result<(), DatapathError> {
+        self.writes += 1;
+        self.ipblocks.remove(&prefix);
+        Ok(())
+    }
     fn policy_entries(&self) -> Result<Vec<(policy_key, policy_entry)>, DatapathError> {
         Ok(self.policy.values().copied().collect())
     }
@@ -235,6 +249,7 @@ impl PolicyTables for FakeDatapath {
     fn policy_pressure(&self) -> Vec<crate::MapPressure> {
         vec![
             crate::MapPressure { map: "ipcache", entries: self.ipcache.len(), capacity: sluice_abi::SLUICE_IPCACHE_ENTRIES as usize },
+            crate::MapPressure { map: "ipblocks", entries: self.ipblocks.len(), capacity: sluice_abi::SLUICE_IPBLOCK_ENTRIES as usize },
             crate::MapPressure { map: "policy", entries: self.policy.len(), capacity: sluice_abi::SLUICE_POLICY_ENTRIES as usize },
         ]
     }

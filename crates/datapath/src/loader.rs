@@ -407,6 +407,15 @@ impl PolicyTables for BpfDatapath {
     fn remove_ipcache(&mut self, prefix: ipnet::IpNet) -> Result<(), DatapathError> {
         self.policy.remove_ipcache(prefix)
     }
+    fn ipblocks(&self) -> Result<Vec<(ipnet::IpNet, u32)>, DatapathError> {
+        self.policy.ipblocks()
+    }
+    fn upsert_ipblock(&mut self, prefix: ipnet::IpNet, identity: u32) -> Result<(), DatapathError> {
+        self.policy.upsert_ipblock(prefix, identity)
+    }
+    fn remove_ipblock(&mut self, prefix: ipnet::IpNet) -> Result<(), DatapathError> {
+        self.policy.remove_ipblock(prefix)
+    }
     fn policy_entries(&self) -> Result<Vec<(sluice_abi::policy_key, sluice_abi::policy_entry)>, DatapathError> {
         self.policy.policy_entries()
     }

@@ -1,6 +1,7 @@
-//! The policy tables: `ipcache` (address prefix -> identity), `policy` (per-endpoint entries),
-//! `policy_endpoints` (each endpoint's modes and current revision) and `policy_ct` (the policy
-//! conntrack). [`PolicyTables`] is what the agent's policy programmer writes through;
+//! The policy tables: `ipcache` (address prefix -> identity), `ipblocks` (the prefixes of
+//! Kubernetes ipBlocks -> identity, for lookups by address), `policy` (per-endpoint entries),
+//! `policy_endpoints` (each endpoint's modes, flags and current revision) and `policy_ct` (the
+//! policy conntrack). [`PolicyTables`] is what the agent's policy programmer writes through;
 //! [`PolicyMaps`] implements it on the pinned maps, [`crate::fake::FakeDatapath`] in memory.
 
 use std::net::IpAddr;
@@ -19,6 +20,9 @@ pub trait PolicyTables: Send {
     fn ipcache(&self) -> Result<Vec<(IpNet, u32)>, DatapathError>;
     fn upsert_ipcache(&mut self, prefix: IpNet, identity: u32) -> Result<(), DatapathError>;
     fn remove_ipcache(&mut self, prefix: IpNet) -> Result<(), DatapathError>;
+    fn ipblocks(&self) -> Result<Vec<(IpNet, u32)>, DatapathError>;
+    fn upsert_ipblock(&mut self, prefix: IpNet, identity: u32) -> Result<(), DatapathError>;
+    fn remove_ipblock(&mut self, prefix: IpNet) -> Result<(), DatapathError>;
     fn policy_entries(&self) -> Result<Vec<(policy_key, policy_entry)>, DatapathError>;
     fn upsert_policy_entry(&mut self, key: &policy_key, value: &policy_entry) -> Result<(), DatapathError>;
     fn remove_policy_entry(&mut self, key: &policy_key) -> Result<(), DatapathError>;
@@ -143,14 +147,14 @@ pub fn pinned_ipcache(pin_dir: &std::path::Path) -> Result<Vec<(IpNet, u32)>, Da
     let path = pin_dir.join("ipcache");
     let data = MapData::from_pin(&path).map_err(map_err("ipcache"))?;
     let trie: LpmTrie<MapData, IpcacheData, IpcacheValue> = LpmTrie::try_from(aya::maps::Map::LpmTrie(data)).map_err(map_err("ipcache"))?;
-    read_ipcache(&trie)
+    read_ipcache(&trie, "ipcache")
 }
 
-/// Every ipcache entry: prefix -> identity.
-fn read_ipcache(trie: &LpmTrie<MapData, IpcacheData, IpcacheValue>) -> Result<Vec<(IpNet, u32)>, DatapathError> {
+/// Every entry of an ipcache-shaped trie (`ipcache`, `ipblocks`): prefix -> identity.
+fn read_ipcache(trie: &LpmTrie<MapData, IpcacheData, IpcacheValue>, map: &'static str) -> Result<Vec<(IpNet, u32)>, DatapathError> {
     let mut out = Vec::new();
     for r in trie.iter() {
-        let (k, v) = r.map_err(map_err("ipcache"))?;
+        let (k, v) = r.map_err(map_err(map))?;
         let d = k.data();
         let key = sluice_abi::ipcache_key { prefixlen: k.prefix_len(), family: d.family, pad: [0; 3], addr: d.addr };
         if let Some(prefix) = ipcache_prefix(&key) {
@@ -172,6 +176,7 @@ pub fn pinned_policy_endpoints(pin_dir: &std::path::Path) -> Result<Vec<(u32, po
 /// Handles to the pinned policy maps.
 pub struct PolicyMaps {
     ipcache: LpmTrie<MapData, IpcacheData, IpcacheValue>,
+    ipblocks: LpmTrie<MapData, IpcacheData, IpcacheValue>,
     policy: LpmTrie<MapData, PolicyData, PolicyValue>,
     endpoints: HashMap<MapData, u32, EndpointValue>,
     conntrack: HashMap<MapData, CtKey, CtValue>, // an LRU hash; aya reads both kinds the same way
@@ -188,6 +193,7 @@ impl PolicyMaps {
     pub(crate) fn take(ebpf: &mut Ebpf, conntrack_capacity: u32) -> Result<Self, DatapathError> {
         Ok(Self {
             ipcache: take_map(ebpf, "ipcache", LpmTrie::try_from)?,
+            ipblocks: take_map(ebpf, "ipblocks", LpmTrie::try_from)?,
             policy: take_map(ebpf, "policy", LpmTrie::try_from)?,
             endpoints: take_map(ebpf, "policy_endpoints", HashMap::try_from)?,
             conntrack: take_map(ebpf, "policy_ct", HashMap::try_from)?,
@@ -198,7 +204,7 @@ impl PolicyMaps {
 
 impl PolicyTables for PolicyMaps {
     fn ipcache(&self) -> Result<Vec<(IpNet, u32)>, DatapathError> {
-        read_ipcache(&self.ipcache)
+        read_ipcache(&self.ipcache, "ipcache")
     }
     fn upsert_ipcache(&mut self, prefix: IpNet, identity: u32) -> Result<(), DatapathError> {
         let value = IpcacheValue(ipcache_entry { identity, pad: 0 });
@@ -206,6 +212,16 @@ impl PolicyTables for PolicyMaps {
     }
     fn remove_ipcache(&mut self, prefix: IpNet) -> Result<(), DatapathError> {
         ignore_missing(self.ipcache.remove(&to_ipcache(&ipcache_key(prefix))), "ipcache")
+    }
+    fn ipblocks(&self) -> Result<Vec<(IpNet, u32)>, DatapathError> {
+        read_ipcache(&self.ipblocks, "ipblocks")
+    }
+    fn upsert_ipblock(&mut self, prefix: IpNet, identity: u32) -> Result<(), DatapathError> {
+        let value = IpcacheValue(ipcache_entry { identity, pad: 0 });
+        self.ipblocks.insert(&to_ipcache(&ipcache_key(prefix)), value, 0).map_err(map_err("ipblocks"))
+    }
+    fn remove_ipblock(&mut self, prefix: IpNet) -> Result<(), DatapathError> {
+        ignore_missing(self.ipblocks.remove(&to_ipcache(&ipcache_key(prefix))), "ipblocks")
     }
     fn policy_entries(&self) -> Result<Vec<(policy_key, policy_entry)>, DatapathError> {
         self.policy.iter().map(|r| r.map(|(k, v)| (from_policy(&k), v.0)).map_err(map_err("policy"))).collect()
@@ -234,6 +250,7 @@ impl PolicyTables for PolicyMaps {
     fn policy_pressure(&self) -> Vec<MapPressure> {
         vec![
             MapPressure { map: "ipcache", entries: self.ipcache.keys().count(), capacity: sluice_abi::SLUICE_IPCACHE_ENTRIES as usize },
+            MapPressure { map: "ipblocks", entries: self.ipblocks.keys().count(), capacity: sluice_abi::SLUICE_IPBLOCK_ENTRIES as usize },
             MapPressure { map: "policy", entries: self.policy.keys().count(), capacity: sluice_abi::SLUICE_POLICY_ENTRIES as usize },
             MapPressure {
                 map: "policy_endpoints",

@@ -2,7 +2,9 @@
 //! an L4 entry over the L3 wildcard of its identity, port ranges by prefix), the identity of
 //! an address through the ipcache (CIDRs and their exceptions), stateful replies through the
 //! policy conntrack, established flows re-checked after a policy change, audit mode, SCTP and
-//! ICMP types. Packets are built here; SCTP cannot be probed end to end on this kernel.
+//! ICMP types, and the lookup by address of Kubernetes ipBlocks (the `ipblocks` map, only for
+//! endpoints flagged to use it, only when the lookups by identity miss). Packets are built here;
+//! SCTP cannot be probed end to end on this kernel.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a test fails loudly on what it did not expect
 
@@ -139,7 +141,11 @@ const AUDIT_MODE: u8 = sluice_abi::SLUICE_POLICY_MODE_AUDIT as u8;
 const NONE: u8 = sluice_abi::SLUICE_POLICY_MODE_NONE as u8;
 
 fn set_modes(lab: &mut Lab, ep: u32, ingress: u8, egress: u8) {
-    let value = policy_endpoint { ingress_mode: ingress, egress_mode: egress, revision: 0, pad: 0 };
+    set_modes_and_flags(lab, ep, ingress, egress, 0);
+}
+
+fn set_modes_and_flags(lab: &mut Lab, ep: u32, ingress: u8, egress: u8, flags: u32) {
+    let value = policy_endpoint { ingress_mode: ingress, egress_mode: egress, revision: 0, flags: flags as u8 };
     lab.dp.upsert_policy_endpoint(ep, &value).expect("policy endpoint");
 }
 
@@ -441,6 +447,121 @@ fn the_entries_of_the_current_revision_are_the_ones_read() {
     lab.dp.upsert_policy_entry(&key, &policy_entry { verdict: ALLOW, pad: [0; 3], rule: 1 }).unwrap();
     let syn = tcp(A_MAC, A4.into(), B4.into(), 45000, 80, SYN);
     assert_eq!(from_pod(&lab, &syn).verdict, TC_ACT_SHOT, "revision 1 is not visible yet");
-    lab.dp.upsert_policy_endpoint(B_EP, &policy_endpoint { ingress_mode: ENFORCE, egress_mode: NONE, revision: 1, pad: 0 }).unwrap();
+    lab.dp.upsert_policy_endpoint(B_EP, &policy_endpoint { ingress_mode: ENFORCE, egress_mode: NONE, revision: 1, flags: 0 }).unwrap();
     assert_eq!(from_pod(&lab, &syn).verdict, TC_ACT_REDIRECT, "the flip makes revision 1 whole at once");
+}
+
+// === entries by address (Kubernetes ipBlocks) ===
+
+const BY_ADDRESS: u8 = sluice_abi::SLUICE_POLICY_BY_ADDRESS as u8;
+const F_INGRESS: u32 = sluice_abi::SLUICE_POLICY_F_INGRESS_BY_ADDRESS;
+const F_EGRESS: u32 = sluice_abi::SLUICE_POLICY_F_EGRESS_BY_ADDRESS;
+/// Identities of ipBlock prefixes, as the agent numbers CIDRs.
+const POD_BLOCK: u32 = 16_777_216 + 10;
+const A_ONLY: u32 = 16_777_216 + 11;
+const B_ONLY: u32 = 16_777_216 + 12;
+const NODE_BLOCK: u32 = 16_777_216 + 13;
+
+/// ipBlock prefixes: both pods' /24 and /64, and the nodes' /24. Host prefixes of one pod
+/// (`A_ONLY`, `B_ONLY`) are added where a case needs them.
+fn blocks(lab: &mut Lab) {
+    for (prefix, id) in [("198.19.0.0/24", POD_BLOCK), ("2001:2::/64", POD_BLOCK), ("198.18.0.0/24", NODE_BLOCK)] {
+        lab.dp.upsert_ipblock(prefix.parse().unwrap(), id).expect("ipblocks");
+    }
+}
+
+#[test]
+fn ingress_by_address_matches_a_pod_in_the_block_only_for_a_flagged_endpoint() {
+    privileged!();
+    let mut lab = lab();
+    blocks(&mut lab);
+    // B allows, by address, the pods' /24 and /64 on tcp/80.
+    entry(&mut lab, B_EP, INGRESS | BY_ADDRESS, POD_BLOCK, Some(TCP), 80, 16, ALLOW, 1);
+    set_modes(&mut lab, B_EP, ENFORCE, NONE);
+    let syn = |port| tcp(A_MAC, A4.into(), B4.into(), 46000, port, SYN);
+    assert_eq!(from_pod(&lab, &syn(80)).verdict, TC_ACT_SHOT, "without the flag the entries by address are not read");
+
+    set_modes_and_flags(&mut lab, B_EP, ENFORCE, NONE, F_INGRESS);
+    assert_eq!(from_pod(&lab, &syn(80)).verdict, TC_ACT_REDIRECT, "A's address is in the block: allowed");
+    assert_eq!(from_pod(&lab, &syn(81)).verdict, TC_ACT_SHOT, "tcp/81 has no entry by address either");
+    assert_eq!(
+        from_pod(&lab, &tcp(A_MAC, A6.into(), B6.into(), 46000, 80, SYN)).verdict,
+        TC_ACT_REDIRECT,
+        "the IPv6 block holds A's IPv6 address"
+    );
+    // The longest prefix decides: A's /32 with an identity of its own that no entry names (an
+    // except) takes A out of the block.
+    lab.dp.upsert_ipblock("198.19.0.10/32".parse().unwrap(), A_ONLY).unwrap();
+    assert_eq!(from_pod(&lab, &syn(80)).verdict, TC_ACT_SHOT, "A's own /32 (an except) takes it out of the block");
+    lab.dp.remove_ipblock("198.19.0.10/32".parse().unwrap()).unwrap();
+    assert_eq!(from_pod(&lab, &syn(80)).verdict, TC_ACT_REDIRECT, "without the except A is in the block again");
+
+    // Ingress matches the source's address: a block holding only the destination says
+    // nothing of A.
+    lab.dp.remove_ipblock("198.19.0.0/24".parse().unwrap()).unwrap();
+    lab.dp.upsert_ipblock("198.19.0.11/32".parse().unwrap(), B_ONLY).unwrap();
+    entry(&mut lab, B_EP, INGRESS | BY_ADDRESS, B_ONLY, Some(TCP), 80, 16, ALLOW, 2);
+    assert_eq!(from_pod(&lab, &syn(80)).verdict, TC_ACT_SHOT, "the block of the destination's address does not let A in");
+}
+#[test]
+fn a_match_by_identity_decides_before_the_lookup_by_address() {
+    privileged!();
+    let mut lab = lab();
+    blocks(&mut lab);
+    entry(&mut lab, B_EP, INGRESS | BY_ADDRESS, POD_BLOCK, None, 0, 0, ALLOW, 1);
+    set_modes_and_flags(&mut lab, B_EP, ENFORCE, NONE, F_INGRESS);
+    entry(&mut lab, B_EP, INGRESS, A_ID, Some(TCP), 80, 16, DENY, 2);
+    assert_eq!(
+        from_pod(&lab, &tcp(A_MAC, A4.into(), B4.into(), 47000, 80, SYN)).verdict,
+        TC_ACT_SHOT,
+        "a deny of A's identity wins over the allow by address"
+    );
+    assert_eq!(
+        from_pod(&lab, &tcp(A_MAC, A4.into(), B4.into(), 47000, 81, SYN)).verdict,
+        TC_ACT_REDIRECT,
+        "on other ports the identity lookups miss and the address allows"
+    );
+}
+
+#[test]
+fn egress_by_address_matches_the_destination() {
+    privileged!();
+    let mut lab = lab();
+    blocks(&mut lab);
+    let syn = tcp(A_MAC, A4.into(), B4.into(), 48000, 80, SYN);
+    // A's egress allows, by address, its own /32 only: the destination (B) is not in it.
+    lab.dp.upsert_ipblock("198.19.0.10/32".parse().unwrap(), A_ONLY).unwrap();
+    lab.dp.upsert_ipblock("198.19.0.11/32".parse().unwrap(), B_ONLY).unwrap();
+    entry(&mut lab, A_EP, EGRESS | BY_ADDRESS, A_ONLY, Some(TCP), 80, 16, ALLOW, 1);
+    set_modes_and_flags(&mut lab, A_EP, NONE, ENFORCE, F_EGRESS);
+    assert_eq!(from_pod(&lab, &syn).verdict, TC_ACT_SHOT, "egress matches the destination's address, not the source's");
+    entry(&mut lab, A_EP, EGRESS | BY_ADDRESS, B_ONLY, Some(TCP), 80, 16, ALLOW, 2);
+    assert_eq!(from_pod(&lab, &syn).verdict, TC_ACT_REDIRECT, "B's /32 is allowed by address");
+    // The ingress flag does not open egress.
+    set_modes_and_flags(&mut lab, A_EP, NONE, ENFORCE, F_INGRESS);
+    assert_eq!(
+        from_pod(&lab, &tcp(A_MAC, A4.into(), B4.into(), 48001, 80, SYN)).verdict,
+        TC_ACT_SHOT,
+        "the ingress flag leaves egress to the lookups by identity"
+    );
+}
+
+#[test]
+fn ingress_by_address_matches_a_node_through_to_pod_and_from_netdev() {
+    privileged!();
+    let mut lab = lab();
+    blocks(&mut lab);
+    let node: IpAddr = "198.18.0.1".parse().unwrap();
+    lab.dp.upsert_ipcache("198.18.0.1/32".parse().unwrap(), 1).unwrap(); // host
+    entry(&mut lab, A_EP, INGRESS | BY_ADDRESS, NODE_BLOCK, Some(TCP), 80, 16, ALLOW, 1);
+    set_modes_and_flags(&mut lab, A_EP, ENFORCE, NONE, F_INGRESS);
+    let from_node = |port| tcp(NODE_MAC, node, A4.into(), 49000, port, SYN);
+    assert_eq!(to_pod(&lab, &from_node(80)).verdict, TC_ACT_OK, "the node's address (identity host) is in the block");
+    assert_eq!(to_pod(&lab, &from_node(81)).verdict, TC_ACT_SHOT, "not on tcp/81");
+    let remote: IpAddr = "198.18.0.2".parse().unwrap();
+    lab.dp.upsert_ipcache("198.18.0.2/32".parse().unwrap(), 6).unwrap(); // remote-node
+    let from_remote = tcp(Mac([2, 9, 9, 9, 9, 9]), remote, A4.into(), 49001, 80, SYN);
+    assert_eq!(from_netdev(&lab, from_remote).verdict, TC_ACT_REDIRECT, "another node's address (remote-node) is in the block");
+    let outside = tcp(Mac([2, 9, 9, 9, 9, 9]), "192.0.2.1".parse().unwrap(), A4.into(), 49002, 80, SYN);
+    assert_eq!(from_netdev(&lab, outside).verdict, TC_ACT_SHOT, "an address under no ipBlock prefix is denied");
 }

@@ -1,7 +1,9 @@
 //! The compiler: policies and a view of the cluster in, per-endpoint tables and the ipcache
 //! out. Selectors are matched once per distinct label set and peers resolved once per
 //! policy; local endpoints with the same labels share their tables (ingress ones only when
-//! no selecting policy names a port, since named ports differ per pod).
+//! no selecting policy names a port, since named ports differ per pod). Kubernetes ipBlocks
+//! become entries of the CIDR identities (for addresses outside the cluster, which the ipcache
+//! resolves to them) and entries by address (for every address, pods' and nodes' included).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::rc::Rc;
@@ -23,11 +25,21 @@ type NamedPorts = BTreeMap<String, (u8, u16)>;
 /// Every CIDR the policies name, `except` prefixes included, normalized: the caller
 /// allocates an identity to each and passes them in [`ClusterView::cidr_identities`].
 pub fn required_cidrs(policies: &[Policy]) -> BTreeSet<IpNet> {
+    named_prefixes(policies, |peer| matches!(peer, Peer::Cidr { .. } | Peer::IpBlock { .. }))
+}
+
+/// The prefixes of the ipBlocks (cidr and except), normalized: the keys of
+/// [`Compiled::ipblocks`].
+fn ipblock_prefixes(policies: &[Policy]) -> BTreeSet<IpNet> {
+    named_prefixes(policies, |peer| matches!(peer, Peer::IpBlock { .. }))
+}
+
+fn named_prefixes(policies: &[Policy], wanted: impl Fn(&Peer) -> bool) -> BTreeSet<IpNet> {
     let mut out = BTreeSet::new();
     for policy in policies {
         for rules in [&policy.ingress, &policy.egress].into_iter().flatten() {
-            for peer in rules.rules.iter().filter_map(|r| r.peers.as_ref()).flatten() {
-                if let Peer::Cidr { cidr, except } = peer {
+            for peer in rules.rules.iter().filter_map(|r| r.peers.as_ref()).flatten().filter(|p| wanted(p)) {
+                if let Peer::Cidr { cidr, except } | Peer::IpBlock { cidr, except } = peer {
                     out.insert(cidr.trunc());
                     out.extend(except.iter().map(IpNet::trunc));
                 }
@@ -39,7 +51,10 @@ pub fn required_cidrs(policies: &[Policy]) -> BTreeSet<IpNet> {
 
 /// Compiles `policies` for the local endpoints of `view`.
 pub fn compile(policies: &[Policy], view: &ClusterView) -> Compiled {
-    let mut index = Index::new(view);
+    let blocks = ipblock_prefixes(policies);
+    let ipblocks: BTreeMap<IpNet, u32> =
+        view.cidr_identities.iter().map(|(cidr, id)| (cidr.trunc(), *id)).filter(|(cidr, _)| blocks.contains(cidr)).collect();
+    let mut index = Index::new(view, &ipblocks);
     let mut refs = Vec::new();
     let resolved: Vec<Resolved> = policies.iter().map(|p| Resolved::new(p, &mut index, &mut refs)).collect();
     // Per label class, the policies selecting it.
@@ -73,7 +88,7 @@ pub fn compile(policies: &[Policy], view: &ClusterView) -> Compiled {
     }
     let endpoints =
         view.endpoints.iter().zip(policies_of).filter(|(ep, _)| ep.local).map(|(ep, policy)| (ep.key.clone(), policy)).collect();
-    Compiled { endpoints, ipcache: ipcache(view) }
+    Compiled { endpoints, ipcache: ipcache(view), ipblocks }
 }
 
 /// Gives `table` to every member: clones for all but the last, which takes it.
@@ -105,11 +120,39 @@ fn ipcache(view: &ClusterView) -> BTreeMap<IpNet, u32> {
 /// The view's endpoints grouped by label set ("classes"), and selector results by selector.
 struct Index<'a> {
     view: &'a ClusterView,
+    /// The ipBlock prefixes and their identities.
+    ipblocks: &'a BTreeMap<IpNet, u32>,
     /// Distinct label sets, and the endpoints carrying each.
     classes: Vec<(&'a LabelSet, Vec<usize>)>,
     /// Endpoint index -> class.
     class_of: Vec<usize>,
     selections: HashMap<&'a Selector, Rc<Selection>>,
+}
+
+/// What a peer stands for.
+#[derive(Default)]
+struct PeerSet {
+    /// Identities, for the entries looked up by the peer's identity.
+    identities: BTreeSet<u32>,
+    /// The endpoints among them (egress named ports resolve against their ports).
+    endpoints: Vec<usize>,
+    /// ipBlock identities, for the entries looked up by the peer's address.
+    blocks: BTreeSet<u32>,
+}
+
+/// The identities of the prefixes of `prefixes` that lie in `cidr` and in none of `except`.
+/// Prefixes nest or are disjoint, so an address is in the block exactly when the longest of
+/// these prefixes holding it is.
+fn within(prefixes: &BTreeMap<IpNet, u32>, cidr: &IpNet, except: &[IpNet]) -> BTreeSet<u32> {
+    let (cidr, except): (IpNet, Vec<IpNet>) = (cidr.trunc(), except.iter().map(IpNet::trunc).collect());
+    prefixes
+        .iter()
+        .filter(|(p, _)| {
+            let p = p.trunc();
+            cidr.contains(&p) && !except.iter().any(|e| e.contains(&p))
+        })
+        .map(|(_, id)| *id)
+        .collect()
 }
 
 /// What a selector matches.
@@ -120,7 +163,7 @@ struct Selection {
 }
 
 impl<'a> Index<'a> {
-    fn new(view: &'a ClusterView) -> Self {
+    fn new(view: &'a ClusterView, ipblocks: &'a BTreeMap<IpNet, u32>) -> Self {
         let mut by_labels: HashMap<&LabelSet, usize> = HashMap::new();
         let mut classes: Vec<(&LabelSet, Vec<usize>)> = Vec::new();
         let mut class_of = Vec::with_capacity(view.endpoints.len());
@@ -132,7 +175,7 @@ impl<'a> Index<'a> {
             classes[class].1.push(i);
             class_of.push(class);
         }
-        Index { view, classes, class_of, selections: HashMap::new() }
+        Index { view, ipblocks, classes, class_of, selections: HashMap::new() }
     }
 
     fn select(&mut self, selector: &'a Selector) -> Rc<Selection> {
@@ -156,40 +199,38 @@ impl<'a> Index<'a> {
         (0..self.view.endpoints.len()).collect()
     }
 
-    /// Identities a peer stands for, and the endpoints among them (for named egress ports).
-    fn peer(&mut self, peer: &'a Peer) -> (BTreeSet<u32>, Vec<usize>) {
+    /// What a peer stands for.
+    fn peer(&mut self, peer: &'a Peer) -> PeerSet {
         let view = self.view;
+        let identities = |ids: &[u32]| PeerSet { identities: ids.iter().copied().collect(), ..Default::default() };
         match peer {
             Peer::Endpoints(selector) => {
                 let s = self.select(selector);
-                (s.identities.clone(), s.endpoints.clone())
+                PeerSet { identities: s.identities.clone(), endpoints: s.endpoints.clone(), blocks: BTreeSet::new() }
             }
-            Peer::Cidr { cidr, except } => {
-                let (cidr, except): (IpNet, Vec<IpNet>) = (cidr.trunc(), except.iter().map(IpNet::trunc).collect());
-                let ids = view
-                    .cidr_identities
-                    .iter()
-                    .filter(|(p, _)| {
-                        let p = p.trunc();
-                        cidr.contains(&p) && !except.iter().any(|e| e.contains(&p))
-                    })
-                    .map(|(_, id)| *id)
-                    .collect();
-                (ids, Vec::new())
-            }
-            Peer::Entity(Entity::Host) => ([IDENTITY_HOST].into(), Vec::new()),
-            Peer::Entity(Entity::RemoteNode) => ([IDENTITY_REMOTE_NODE].into(), Vec::new()),
+            Peer::Cidr { cidr, except } => PeerSet { identities: within(&view.cidr_identities, cidr, except), ..Default::default() },
+            // The CIDR identities answer for addresses outside the cluster; the entries by
+            // address for every address, pods' and nodes' included.
+            Peer::IpBlock { cidr, except } => PeerSet {
+                identities: within(&view.cidr_identities, cidr, except),
+                endpoints: Vec::new(),
+                blocks: within(self.ipblocks, cidr, except),
+            },
+            Peer::Entity(Entity::Host) => identities(&[IDENTITY_HOST]),
+            Peer::Entity(Entity::RemoteNode) => identities(&[IDENTITY_REMOTE_NODE]),
             Peer::Entity(Entity::World) => {
                 let mut ids: BTreeSet<u32> = view.cidr_identities.values().copied().collect();
                 ids.insert(IDENTITY_WORLD);
-                (ids, Vec::new())
+                PeerSet { identities: ids, ..Default::default() }
             }
             Peer::Entity(Entity::Cluster) => {
                 let mut ids: BTreeSet<u32> = view.endpoints.iter().map(|e| e.identity).collect();
                 ids.extend([IDENTITY_HOST, IDENTITY_REMOTE_NODE]);
-                (ids, self.all_endpoints())
+                PeerSet { identities: ids, endpoints: self.all_endpoints(), blocks: BTreeSet::new() }
             }
-            Peer::Entity(Entity::All) => ([IDENTITY_ANY].into(), self.all_endpoints()),
+            Peer::Entity(Entity::All) => {
+                PeerSet { identities: [IDENTITY_ANY].into(), endpoints: self.all_endpoints(), blocks: BTreeSet::new() }
+            }
         }
     }
 }
@@ -205,8 +246,20 @@ struct ResolvedDirection {
     default_deny: bool,
     /// Atoms that do not depend on the local endpoint.
     atoms: Vec<Atom>,
-    /// Ingress named ports, resolved per local endpoint: peers' identities, rule, match.
-    named: Vec<(Rc<BTreeSet<u32>>, Class, usize, PortMatch)>,
+    /// Atoms of the entries by address (ipBlock allows) that do not depend on the local endpoint.
+    by_address: Vec<Atom>,
+    /// Ingress named ports, resolved per local endpoint.
+    named: Vec<NamedIngress>,
+}
+
+/// An ingress named port of a rule, resolved per local endpoint.
+struct NamedIngress {
+    /// The peers' identities, and their ipBlock identities (entries by address).
+    identities: Rc<BTreeSet<u32>>,
+    blocks: Rc<BTreeSet<u32>>,
+    class: Class,
+    rule: usize,
+    port: PortMatch,
 }
 
 impl Resolved {
@@ -214,7 +267,8 @@ impl Resolved {
         let subject = index.select(&policy.subject).classes.clone();
         let mut direction = |rules: &'a Option<crate::ir::DirectionRules>, ingress: bool| {
             rules.as_ref().map(|d| {
-                let mut out = ResolvedDirection { default_deny: d.default_deny, atoms: Vec::new(), named: Vec::new() };
+                let mut out =
+                    ResolvedDirection { default_deny: d.default_deny, atoms: Vec::new(), by_address: Vec::new(), named: Vec::new() };
                 for (i, rule) in d.rules.iter().enumerate() {
                     refs.push(RuleRef { policy: policy.id.clone(), ingress, index: i });
                     resolve_rule(rule, policy.audit, ingress, refs.len() - 1, index, &mut out);
@@ -234,31 +288,46 @@ fn resolve_rule<'a>(rule: &'a Rule, audit: bool, ingress: bool, rule_ref: usize,
         (Action::Deny, true) => Class::AuditDeny,
         (Action::Deny, false) => Class::Deny,
     };
-    let (identities, peer_endpoints) = match &rule.peers {
-        None => ([IDENTITY_ANY].into(), index.all_endpoints()),
+    let peers = match &rule.peers {
+        None => PeerSet { identities: [IDENTITY_ANY].into(), endpoints: index.all_endpoints(), blocks: BTreeSet::new() },
         Some(peers) => {
-            let mut ids = BTreeSet::new();
+            let mut all = PeerSet::default();
             let mut eps = BTreeSet::new();
             for peer in peers {
-                let (i, e) = index.peer(peer);
-                ids.extend(i);
-                eps.extend(e);
+                let one = index.peer(peer);
+                all.identities.extend(one.identities);
+                eps.extend(one.endpoints);
+                all.blocks.extend(one.blocks);
             }
-            (ids, eps.into_iter().collect())
+            all.endpoints = eps.into_iter().collect();
+            all
         }
     };
+    // Entries by address are allows only: the datapath asks them when the lookups by identity
+    // miss, which gives the union of the allows but would let a deny there lose to an allow.
+    let blocks = if class == Class::Allow { peers.blocks } else { BTreeSet::new() };
     let atom = |identity, (proto, port, port_prefix)| Atom { key: EntryKey { identity, proto, port, port_prefix }, class, rule: rule_ref };
     if rule.ports.is_empty() {
-        out.atoms.extend(identities.iter().map(|id| atom(*id, (None, 0, 0))));
+        out.atoms.extend(peers.identities.iter().map(|id| atom(*id, (None, 0, 0))));
+        out.by_address.extend(blocks.iter().map(|id| atom(*id, (None, 0, 0))));
         return;
     }
-    let identities = Rc::new(identities);
+    let identities = Rc::new(peers.identities);
+    let blocks = Rc::new(blocks);
     for port in &rule.ports {
         match port {
-            PortMatch::Named { .. } if ingress => out.named.push((identities.clone(), class, rule_ref, port.clone())),
-            // Egress: each peer endpoint's own number for the name, keyed by its identity.
+            PortMatch::Named { .. } if ingress => out.named.push(NamedIngress {
+                identities: identities.clone(),
+                blocks: blocks.clone(),
+                class,
+                rule: rule_ref,
+                port: port.clone(),
+            }),
+            // Egress: each peer endpoint's own number for the name, keyed by its identity. An
+            // ipBlock names no endpoint: a pod's number cannot be keyed by an address block
+            // that other pods share.
             PortMatch::Named { protocol, name } => {
-                for ep in peer_endpoints.iter().map(|i| &index.view.endpoints[*i]) {
+                for ep in peers.endpoints.iter().map(|i| &index.view.endpoints[*i]) {
                     if let Some((proto, number)) = ep.named_ports.get(name) {
                         if protocol_numbers(*protocol).contains(proto) {
                             out.atoms.push(atom(ep.identity, (Some(*proto), *number, 16)));
@@ -269,6 +338,7 @@ fn resolve_rule<'a>(rule: &'a Rule, audit: bool, ingress: bool, rule_ref: usize,
             _ => {
                 for key in port_keys(port) {
                     out.atoms.extend(identities.iter().map(|id| atom(*id, key)));
+                    out.by_address.extend(blocks.iter().map(|id| atom(*id, key)));
                 }
             }
         }
@@ -302,13 +372,14 @@ impl Ctx<'_> {
         } else {
             return DirectionTable::default();
         };
-        let mut atoms = Vec::new();
+        let (mut atoms, mut by_address) = (Vec::new(), Vec::new());
         for (i, d) in &dirs {
             // Under Enforce an audit policy's allow opens nothing.
             let keep = |a: &Atom| !(mode == Mode::Enforce && self.policies[*i].audit && a.class == Class::Allow);
             atoms.extend(d.atoms.iter().filter(|a| keep(a)).copied());
-            for (ids, class, rule, port) in &d.named {
-                let PortMatch::Named { protocol, name } = port else {
+            by_address.extend(d.by_address.iter().filter(|a| keep(a)).copied());
+            for named in &d.named {
+                let PortMatch::Named { protocol, name } = &named.port else {
                     continue;
                 };
                 let Some((proto, number)) = named_ports.get(name) else {
@@ -317,20 +388,19 @@ impl Ctx<'_> {
                 if !protocol_numbers(*protocol).contains(proto) {
                     continue;
                 }
-                atoms.extend(
-                    ids.iter()
-                        .map(|id| Atom {
-                            key: EntryKey { identity: *id, proto: Some(*proto), port: *number, port_prefix: 16 },
-                            class: *class,
-                            rule: *rule,
-                        })
-                        .filter(|a| keep(a)),
-                );
+                let atom = |id: &u32| Atom {
+                    key: EntryKey { identity: *id, proto: Some(*proto), port: *number, port_prefix: 16 },
+                    class: named.class,
+                    rule: named.rule,
+                };
+                atoms.extend(named.identities.iter().map(atom).filter(|a| keep(a)));
+                by_address.extend(named.blocks.iter().map(atom).filter(|a| keep(a)));
             }
         }
         DirectionTable {
             mode,
             entries: entries::build(&atoms, mode, self.refs),
+            by_address: entries::build(&by_address, mode, self.refs),
             policies: dirs.iter().map(|(i, _)| self.policies[*i].id.clone()).collect(),
         }
     }

@@ -292,11 +292,12 @@ mod tests {
                 })
                 .collect();
             for mode in [Mode::Enforce, Mode::Audit, Mode::DefaultAllow] {
-                let table = crate::output::DirectionTable { mode, entries: build(&atoms, mode, &[]), policies: vec![] };
+                let table = crate::output::DirectionTable { mode, entries: build(&atoms, mode, &[]), ..Default::default() };
                 for peer in [7, 8, 9] {
                     for proto in [6, 17, 132] {
                         for port in (0..140).chain([1000, 65535]) {
-                            let (got, _) = crate::eval::lookup(&table, peer, proto, port);
+                            let peer_ids = crate::eval::PeerIds { identity: peer, ip_block: None };
+                            let (got, _) = crate::eval::lookup(&table, peer_ids, proto, port);
                             assert_eq!(
                                 got,
                                 meaning(&atoms, mode, peer, proto, port),

@@ -74,10 +74,18 @@ pub enum Entity {
 pub enum Peer {
     /// Endpoints whose identity labels match.
     Endpoints(Selector),
-    /// Addresses in `cidr` but not in any of `except` (ipBlock, toCIDR, toCIDRSet). Like
-    /// ipBlock in most implementations, it matches addresses outside the cluster's pods and
-    /// nodes: those resolve to their own identities first.
+    /// Addresses in `cidr` but not in any of `except`, outside the cluster's pods and nodes
+    /// (Sluice's `toCIDR`, `toCIDRSet` and their ingress forms, with Cilium's semantics): a pod's
+    /// or a node's address resolves to that pod's or node's identity first.
     Cidr {
+        cidr: IpNet,
+        except: Vec<IpNet>,
+    },
+    /// Every address in `cidr` but not in any of `except`, pods' and nodes' included (a
+    /// Kubernetes NetworkPolicy `ipBlock`, with upstream semantics). Matched by the peer's
+    /// address, not its identity: an identity is shared by pods that may lie on both sides of
+    /// the block.
+    IpBlock {
         cidr: IpNet,
         except: Vec<IpNet>,
     },

@@ -68,7 +68,7 @@ fn lower_peer(peer: &NetworkPolicyPeer, namespace: &str) -> Option<Peer> {
     if let Some(block) = &peer.ip_block {
         let cidr = block.cidr.parse::<IpNet>().ok()?.trunc();
         let except = block.except.iter().flatten().map(|e| e.parse::<IpNet>().map(|n| n.trunc())).collect::<Result<Vec<_>, _>>().ok()?;
-        return Some(Peer::Cidr { cidr, except });
+        return Some(Peer::IpBlock { cidr, except });
     }
     // A selector present but unreadable drops the peer.
     let pods = match &peer.pod_selector {
@@ -197,8 +197,8 @@ spec:
         assert_eq!(sel.match_expressions[0].key, format!("{NAMESPACE_LABELS_PREFIX}ns"), "namespace expression prefixed");
         assert_eq!(
             peers[1],
-            Peer::Cidr { cidr: "198.18.0.0/24".parse().expect("cidr"), except: vec!["198.18.0.128/25".parse().expect("cidr")] },
-            "ipBlock normalized"
+            Peer::IpBlock { cidr: "198.18.0.0/24".parse().expect("cidr"), except: vec!["198.18.0.128/25".parse().expect("cidr")] },
+            "ipBlock normalized, matched by address"
         );
         assert_eq!(
             rule.ports,

@@ -1,7 +1,8 @@
 //! The policy engine: pure code, no I/O. Policies of every kind are first lowered to one
 //! intermediate form ([`ir`]); [`compile`] turns them, with a view of the cluster's endpoints
 //! and identities, into per-endpoint policy entries (identity, protocol, port prefix ->
-//! verdict) and the ipcache (address prefix -> identity) that the datapath looks up.
+//! verdict) and the ipcache (address prefix -> identity) that the datapath looks up, plus the
+//! entries by address that give Kubernetes ipBlocks their upstream meaning.
 //! [`eval`] emulates that lookup and [`trace`] explains its verdicts.
 //!
 //! ```
@@ -44,7 +45,7 @@ pub mod synthetic;
 pub mod trace;
 
 pub use compile::{compile, required_cidrs};
-pub use eval::{connection, identity_of, lookup};
+pub use eval::{connection, identity_of, ip_block_of, lookup, peer_ids, Matched, PeerIds};
 pub use ir::*;
 pub use k8s::lower_network_policy;
 pub use output::*;

@@ -110,6 +110,12 @@ pub struct RuleRef {
 pub struct DirectionTable {
     pub mode: Mode,
     pub entries: BTreeMap<EntryKey, Entry>,
+    /// Entries keyed by the peer's ipBlock identity (the identity of the longest prefix of
+    /// [`Compiled::ipblocks`] holding its address) instead of its identity: the Kubernetes
+    /// ipBlock rules. Allows only; looked up when both lookups of `entries` miss. Empty when no
+    /// selecting policy has an ipBlock in this direction.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub by_address: BTreeMap<EntryKey, Entry>,
     /// The policies selecting the endpoint in this direction.
     pub policies: Vec<PolicyRef>,
 }
@@ -130,4 +136,8 @@ pub struct Compiled {
     /// (host), other nodes' (remote-node), and each policy CIDR. Addresses under no
     /// prefix are world.
     pub ipcache: BTreeMap<IpNet, u32>,
+    /// Every prefix a Kubernetes ipBlock names (cidr and except) -> its CIDR identity: what
+    /// [`DirectionTable::by_address`] entries are keyed by. An address under none has none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ipblocks: BTreeMap<IpNet, u32>,
 }

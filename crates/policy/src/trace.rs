@@ -1,14 +1,16 @@
 //! `policy trace`: why a connection gets its verdict. For each local side it shows the
-//! endpoint, the policies selecting it, what the peer's address resolves to, the entries the
-//! datapath's lookups match and the rules behind them, and a one-line reason.
+//! endpoint, the policies selecting it, what the peer's address resolves to (its identity, and
+//! the ipBlock prefix it falls under), the entries the datapath's lookups match and the rules
+//! behind them, and a one-line reason.
 
 use std::fmt;
 use std::net::IpAddr;
 
+use ipnet::IpNet;
 use serde::Serialize;
 use sluice_model::LabelSet;
 
-use crate::eval::{identity_of, local_endpoint, lookup};
+use crate::eval::{identity_of, ip_block_of, local_endpoint, lookup, PeerIds};
 use crate::ir::{Policy, PolicyRef};
 use crate::output::{
     ClusterView, Compiled, EntryKey, Mode, RuleRef, Verdict, IDENTITY_ANY, IDENTITY_HOST, IDENTITY_REMOTE_NODE, IDENTITY_WORLD, PROTO_ICMP,
@@ -39,7 +41,8 @@ pub struct SideTrace {
     pub mode: Mode,
     pub policies: Vec<PolicyRef>,
     pub peer: PeerTrace,
-    /// What the two lookups matched, the peer identity's first.
+    /// What the lookups matched: the peer identity's, IDENTITY_ANY's, and by address when
+    /// both missed.
     pub matched: Vec<MatchedEntry>,
     pub verdict: Verdict,
     pub reason: String,
@@ -52,6 +55,16 @@ pub struct PeerTrace {
     pub identity: u32,
     /// A pod key, `host`, `remote-node`, `world` or `cidr <prefix>`.
     pub what: String,
+    /// The longest ipBlock prefix holding the address, when a policy names one.
+    #[serde(rename = "ipBlock", skip_serializing_if = "Option::is_none")]
+    pub ip_block: Option<IpBlockTrace>,
+}
+
+/// An ipBlock prefix and its identity.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct IpBlockTrace {
+    pub prefix: IpNet,
+    pub identity: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -59,6 +72,9 @@ pub struct MatchedEntry {
     pub key: EntryKey,
     pub verdict: Verdict,
     pub rules: Vec<RuleRef>,
+    /// An entry by address: its key's identity is the peer's ipBlock identity.
+    #[serde(rename = "byAddress")]
+    pub by_address: bool,
 }
 
 /// Explains [`crate::eval::connection`]'s verdict for the same arguments.
@@ -68,9 +84,16 @@ pub fn trace(policies: &[Policy], view: &ClusterView, compiled: &Compiled, src: 
         let policy = compiled.endpoints.get(&ep.key)?;
         let table = if ingress { &policy.ingress } else { &policy.egress };
         let peer = describe_peer(view, compiled, peer);
-        let (verdict, matched) = lookup(table, peer.identity, proto, dport);
-        let matched: Vec<MatchedEntry> =
-            matched.into_iter().map(|(key, e)| MatchedEntry { key, verdict: e.verdict, rules: e.rules }).collect();
+        let ids = PeerIds { identity: peer.identity, ip_block: peer.ip_block.as_ref().map(|b| b.identity) };
+        let (verdict, matched) = lookup(table, ids, proto, dport);
+        let matched: Vec<MatchedEntry> = matched
+            .into_iter()
+            .map(|m| MatchedEntry { key: m.key, verdict: m.entry.verdict, rules: m.entry.rules, by_address: m.by_address })
+            .collect();
+        let address = match (&peer.ip_block, table.by_address.is_empty()) {
+            (Some(b), false) => format!(" or address in ipBlock {}", b.prefix),
+            _ => String::new(),
+        };
         let direction = if ingress { "ingress" } else { "egress" };
         let service = format!("{}/{dport}", proto_name(proto));
         let reason = match (table.mode, matched.iter().find(|m| m.verdict == verdict)) {
@@ -79,7 +102,7 @@ pub fn trace(policies: &[Policy], view: &ClusterView, compiled: &Compiled, src: 
                 format!("{} by {}", verdict_word(verdict), m.rules.iter().map(|r| rule_name(policies, r)).collect::<Vec<_>>().join(", "))
             }
             (mode, None) => format!(
-                "{} by default: selected by {}, no rule {} identity {} on {service}",
+                "{} by default: selected by {}, no rule {} identity {}{address} on {service}",
                 verdict_word(verdict),
                 table.policies.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
                 if mode == Mode::DefaultAllow { "matches" } else { "allows" },
@@ -121,7 +144,8 @@ fn describe_peer(view: &ClusterView, compiled: &Compiled, ip: IpAddr) -> PeerTra
                 .map_or_else(|| "unknown".to_owned(), |(net, _)| format!("cidr {net}")),
         }
     };
-    PeerTrace { ip, identity, what }
+    let ip_block = ip_block_of(compiled, ip).map(|(prefix, identity)| IpBlockTrace { prefix, identity });
+    PeerTrace { ip, identity, what, ip_block }
 }
 
 fn verdict_word(v: Verdict) -> &'static str {
@@ -186,9 +210,14 @@ impl fmt::Display for Trace {
             for p in &s.policies {
                 writeln!(f, "    selected by {}", p)?;
             }
-            writeln!(f, "    peer {}: identity {} ({})", s.peer.ip, s.peer.identity, s.peer.what)?;
+            write!(f, "    peer {}: identity {} ({})", s.peer.ip, s.peer.identity, s.peer.what)?;
+            match &s.peer.ip_block {
+                Some(b) => writeln!(f, ", in ipBlock {} (identity {})", b.prefix, b.identity)?,
+                None => writeln!(f)?,
+            }
             for m in &s.matched {
-                writeln!(f, "    entry {} -> {:?}", key_text(&m.key), m.verdict)?;
+                let by = if m.by_address { "by address " } else { "" };
+                writeln!(f, "    entry {by}{} -> {:?}", key_text(&m.key), m.verdict)?;
                 for r in &m.rules {
                     let direction = if r.ingress { "ingress" } else { "egress" };
                     writeln!(f, "      from {} {direction} rule {}", r.policy, r.index)?;

@@ -1,13 +1,12 @@
-//! Upstream NetworkPolicy semantics, part 3: ipBlock (with except, both families), and
-//! results that change with the cluster: pod and namespace labels, policy updates, pods on
-//! other nodes.
+//! Upstream NetworkPolicy semantics, part 3: results that change with the cluster: pod and
+//! namespace labels, policy updates, pods on other nodes. (ipBlock is part 4.)
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a test fails loudly on what it did not expect
 
 mod common;
 
-use common::{assert_grid, ip, labels, pod_addr, policies, scenario, Cluster, ALL};
-use sluice_policy::{compile, connection, Verdict, PROTO_TCP};
+use common::{assert_grid, labels, pod_addr, policies, scenario, Cluster, ALL};
+use sluice_policy::{compile, PROTO_TCP};
 
 const HEADER: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n";
 
@@ -18,89 +17,6 @@ fn xa_from_pod(from: &str) -> String {
          spec:\n  podSelector: {{matchLabels: {{pod: a}}}}\n  \
          ingress: [{{from: [{{podSelector: {{matchLabels: {{pod: {from}}}}}}}]}}]\n"
     )
-}
-
-#[test]
-fn ip_block_with_except_matches_external_addresses() {
-    let p = policies(&format!(
-        "{HEADER}{}",
-        r#"metadata: {name: to-lab, namespace: x}
-spec:
-  podSelector: {matchLabels: {pod: a}}
-  policyTypes: [Egress]
-  egress:
-  - to:
-    - ipBlock: {cidr: 198.18.0.0/24, except: [198.18.0.128/25]}
-    - ipBlock: {cidr: "fd00:198::/64", except: ["fd00:198::8000/113"]}
-"#
-    ));
-    let view = Cluster::new().view(&p);
-    let compiled = compile(&p, &view);
-    let xa = |v6| pod_addr("x/a", v6);
-    let cases = [
-        (xa(false), "198.18.0.5", Verdict::Allow, "inside the block"),
-        (xa(false), "198.18.0.250", Verdict::Deny, "inside except"),
-        (xa(false), "198.18.1.5", Verdict::Deny, "outside the block"),
-        (xa(false), "198.18.0.1", Verdict::Deny, "the node: host, not the block"),
-        (xa(true), "fd00:198::5", Verdict::Allow, "inside the IPv6 block"),
-        (xa(true), "fd00:198::fffa", Verdict::Deny, "inside the IPv6 except"),
-    ];
-    for (src, dst, want, what) in cases {
-        assert_eq!(connection(&compiled, &view, src, ip(dst), PROTO_TCP, 80), want, "x/a -> {dst}: {what}");
-    }
-    let pods = "
-x/a XXX XXX XXX
-x/b ... ... ...
-x/c ... ... ...
-y/a ... ... ...
-y/b ... ... ...
-y/c ... ... ...
-z/a ... ... ...
-z/b ... ... ...
-z/c ... ... ...
-";
-    assert_grid("ipBlock egress, pod to pod", &compiled, &view, PROTO_TCP, 80, pods);
-}
-
-#[test]
-fn ip_block_ingress_does_not_match_pods() {
-    // The block holds every pod address and the node, yet those keep their own identities.
-    let p = policies(&format!(
-        "{HEADER}{}",
-        r#"metadata: {name: from-blocks, namespace: x}
-spec:
-  podSelector: {matchLabels: {pod: a}}
-  ingress:
-  - from:
-    - ipBlock: {cidr: 10.0.0.0/8}
-    - ipBlock: {cidr: "fd00::/8"}
-    - ipBlock: {cidr: 198.18.0.0/16, except: [198.18.0.128/25]}
-"#
-    ));
-    let view = Cluster::new().view(&p);
-    let compiled = compile(&p, &view);
-    let xa = pod_addr("x/a", false);
-    for (src, want, what) in [
-        ("198.18.0.5", Verdict::Allow, "external, in the block"),
-        ("198.18.0.250", Verdict::Deny, "external, in except"),
-        ("10.9.9.9", Verdict::Allow, "external, in 10/8"),
-        ("198.18.0.1", Verdict::Deny, "the local node"),
-        ("198.18.0.2", Verdict::Deny, "a remote node"),
-    ] {
-        assert_eq!(connection(&compiled, &view, ip(src), xa, PROTO_TCP, 80), want, "{src} -> x/a: {what}");
-    }
-    let pods = "
-x/a X.. ... ...
-x/b X.. ... ...
-x/c X.. ... ...
-y/a X.. ... ...
-y/b X.. ... ...
-y/c X.. ... ...
-z/a X.. ... ...
-z/b X.. ... ...
-z/c X.. ... ...
-";
-    assert_grid("ipBlock ingress, pod to pod", &compiled, &view, PROTO_TCP, 80, pods);
 }
 
 #[test]

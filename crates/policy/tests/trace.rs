@@ -76,10 +76,11 @@ fn peers_outside_the_pods_are_named() {
     let view = Cluster::new().view(&p);
     let compiled = compile(&p, &view);
     let xa = pod_addr("x/a", false);
+    // The nodes' addresses are in the ipBlock 198.18.0.0/24: a Kubernetes ipBlock matches them.
     for (src, what, verdict) in [
         ("198.18.0.9", "cidr 198.18.0.0/24", Verdict::Allow),
-        ("198.18.0.1", "host", Verdict::Deny),
-        ("198.18.0.2", "remote-node", Verdict::Deny),
+        ("198.18.0.1", "host", Verdict::Allow),
+        ("198.18.0.2", "remote-node", Verdict::Allow),
         ("192.0.2.1", "world", Verdict::Deny),
     ] {
         let t = trace(&p, &view, &compiled, ip(src), xa, PROTO_UDP, 53);

@@ -3,7 +3,7 @@
 
 use serde::Deserialize;
 use sluice_api as api;
-use sluice_policy::trace::{MatchedEntry, PeerTrace, SideTrace, Trace};
+use sluice_policy::trace::{IpBlockTrace, MatchedEntry, PeerTrace, SideTrace, Trace};
 use sluice_policy::{DirectionTable, EntryKey, Mode, PolicyRef, RuleRef, Verdict, IDENTITY_ANY};
 
 use super::sync::PolicySnapshot;
@@ -79,19 +79,29 @@ fn identity_text(snap: &PolicySnapshot, id: u32) -> String {
     }
 }
 
+/// The peer of an entry by address: `address in 198.19.0.0/16`.
+fn ip_block_text(snap: &PolicySnapshot, id: u32) -> String {
+    match snap.compiled.ipblocks.iter().find(|(_, i)| **i == id) {
+        Some((prefix, _)) => format!("address in {prefix}"),
+        None => format!("address of ipBlock identity {id}"),
+    }
+}
+
 fn direction(snap: &PolicySnapshot, t: &DirectionTable) -> api::PolicyDirection {
+    let by_identity = t.entries.iter().map(|(k, e)| (k, e, false));
+    let by_address = t.by_address.iter().map(|(k, e)| (k, e, true));
     api::PolicyDirection {
         mode: mode_text(t.mode).into(),
         policies: t.policies.iter().map(ToString::to_string).collect(),
-        entries: t
-            .entries
-            .iter()
-            .map(|(k, e)| api::PolicyEntry {
-                peer: identity_text(snap, k.identity),
+        entries: by_identity
+            .chain(by_address)
+            .map(|(k, e, by_address)| api::PolicyEntry {
+                peer: if by_address { ip_block_text(snap, k.identity) } else { identity_text(snap, k.identity) },
                 identity: k.identity,
                 traffic: key_text(k),
                 verdict: verdict(e.verdict),
                 rules: e.rules.iter().map(super::sync::rule_text).collect(),
+                by_address,
             })
             .collect(),
     }
@@ -133,19 +143,32 @@ fn entry_key(k: &EntryKey) -> api::PolicyEntryKey {
 
 fn trace_side(s: &SideTrace) -> api::PolicyTraceSide {
     let SideTrace { endpoint, identity, labels, mode: m, policies, peer, matched, verdict: v, reason } = s;
-    let PeerTrace { ip, identity: peer_identity, what } = peer;
+    let PeerTrace { ip, identity: peer_identity, what, ip_block } = peer;
     api::PolicyTraceSide {
         endpoint: endpoint.clone(),
         identity: *identity,
         labels: labels.as_map().clone(),
         mode: mode(*m),
         policies: policies.iter().map(policy_ref).collect(),
-        peer: api::PolicyTracePeer { ip: *ip, identity: *peer_identity, what: what.clone() },
+        peer: api::PolicyTracePeer {
+            ip: *ip,
+            identity: *peer_identity,
+            what: what.clone(),
+            ip_block: ip_block.as_ref().map(|b| {
+                let IpBlockTrace { prefix, identity } = b;
+                api::PolicyTraceIpBlock { prefix: *prefix, identity: *identity }
+            }),
+        },
         matched: matched
             .iter()
             .map(|m| {
-                let MatchedEntry { key, verdict: v, rules } = m;
-                api::PolicyMatchedEntry { key: entry_key(key), verdict: verdict(*v), rules: rules.iter().map(rule_ref).collect() }
+                let MatchedEntry { key, verdict: v, rules, by_address } = m;
+                api::PolicyMatchedEntry {
+                    key: entry_key(key),
+                    verdict: verdict(*v),
+                    rules: rules.iter().map(rule_ref).collect(),
+                    by_address: *by_address,
+                }
             })
             .collect(),
         verdict: verdict(*v),
@@ -207,12 +230,26 @@ mod tests {
             labels: BTreeMap::from([("app".to_string(), "a".to_string())]).into(),
             mode: Mode::Enforce,
             policies: vec![policy.clone()],
-            peer: PeerTrace { ip: "10.0.0.2".parse().unwrap(), identity: 301, what: "y/a".into() },
-            matched: vec![MatchedEntry {
-                key: EntryKey { identity: IDENTITY_ANY, proto: Some(6), port: 80, port_prefix: 16 },
-                verdict: Verdict::Deny,
-                rules: vec![RuleRef { policy, ingress, index: 0 }],
-            }],
+            peer: PeerTrace {
+                ip: "10.0.0.2".parse().unwrap(),
+                identity: 301,
+                what: "y/a".into(),
+                ip_block: Some(IpBlockTrace { prefix: "10.0.0.0/24".parse().unwrap(), identity: 16_777_217 }),
+            },
+            matched: vec![
+                MatchedEntry {
+                    key: EntryKey { identity: IDENTITY_ANY, proto: Some(6), port: 80, port_prefix: 16 },
+                    verdict: Verdict::Deny,
+                    rules: vec![RuleRef { policy: policy.clone(), ingress, index: 0 }],
+                    by_address: false,
+                },
+                MatchedEntry {
+                    key: EntryKey { identity: 16_777_217, proto: Some(6), port: 80, port_prefix: 16 },
+                    verdict: Verdict::Allow,
+                    rules: vec![RuleRef { policy, ingress, index: 1 }],
+                    by_address: true,
+                },
+            ],
             verdict: Verdict::Deny,
             reason: "denied by default".into(),
         }

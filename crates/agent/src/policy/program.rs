@@ -1,7 +1,8 @@
-//! Writes a node's compiled policy into the datapath: the ipcache by difference, and each
-//! endpoint's entries under a fresh revision that becomes visible with one write to
-//! `policy_endpoints` (so no packet ever sees half a policy), after which the old revision's
-//! entries are deleted. An endpoint whose entries and modes did not change is not touched.
+//! Writes a node's compiled policy into the datapath: the ipcache and the ipBlock prefixes by
+//! difference, and each endpoint's entries (by identity and by address) under a fresh revision
+//! that becomes visible with one write to `policy_endpoints` (so no packet ever sees half a
+//! policy), after which the old revision's entries are deleted. An endpoint whose entries,
+//! modes and flags did not change is not touched.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -29,6 +30,8 @@ pub struct PolicyReport {
     pub entries_removed: usize,
     pub ipcache_written: usize,
     pub ipcache_removed: usize,
+    pub ipblocks_written: usize,
+    pub ipblocks_removed: usize,
 }
 
 /// One endpoint's entries as written, keyed by the key's bytes.
@@ -40,6 +43,7 @@ pub struct PolicyProgrammer {
     /// endpoint id -> (modes and revision, entries of that revision).
     endpoints: BTreeMap<u32, (policy_endpoint, Entries)>,
     ipcache: BTreeMap<IpNet, u32>,
+    ipblocks: BTreeMap<IpNet, u32>,
     /// Entries of no current revision (a round that stopped half-way): deleted next round.
     orphans: Vec<policy_key>,
     /// Rule cookies: the rules behind an entry, interned; 0 is "no rule" (the default).
@@ -64,6 +68,18 @@ fn mode_value(mode: Mode) -> u8 {
         Mode::Audit => sluice_abi::SLUICE_POLICY_MODE_AUDIT,
         Mode::DefaultAllow => sluice_abi::SLUICE_POLICY_MODE_DEFAULT_ALLOW,
     }) as u8
+}
+
+/// `policy_endpoint.flags`: the directions whose lookups go on by address.
+fn flags_value(ingress: &DirectionTable, egress: &DirectionTable) -> u8 {
+    let mut flags = 0;
+    if ingress.mode != Mode::None && !ingress.by_address.is_empty() {
+        flags |= sluice_abi::SLUICE_POLICY_F_INGRESS_BY_ADDRESS;
+    }
+    if egress.mode != Mode::None && !egress.by_address.is_empty() {
+        flags |= sluice_abi::SLUICE_POLICY_F_EGRESS_BY_ADDRESS;
+    }
+    flags as u8
 }
 
 fn verdict_value(v: Verdict) -> u8 {
@@ -112,6 +128,7 @@ impl PolicyProgrammer {
             }
         }
         me.ipcache = dp.ipcache()?.into_iter().collect();
+        me.ipblocks = dp.ipblocks()?.into_iter().collect();
         Ok(me)
     }
 
@@ -140,14 +157,17 @@ impl PolicyProgrammer {
 
     fn entries_of(&mut self, id: u32, revision: u8, ingress: &DirectionTable, egress: &DirectionTable) -> Entries {
         let mut out = BTreeMap::new();
+        let by_address = sluice_abi::SLUICE_POLICY_BY_ADDRESS as u8;
         for (dir, table) in [(sluice_abi::SLUICE_POLICY_INGRESS as u8, ingress), (sluice_abi::SLUICE_POLICY_EGRESS as u8, egress)] {
             if table.mode == Mode::None {
                 continue;
             }
-            for (k, e) in &table.entries {
-                let key = entry_key(id, dir, revision, k);
-                let value = policy_entry { verdict: verdict_value(e.verdict), pad: [0; 3], rule: self.cookie(&e.rules) };
-                out.insert(key_bytes(&key), (key, value));
+            for (dir, entries) in [(dir, &table.entries), (dir | by_address, &table.by_address)] {
+                for (k, e) in entries {
+                    let key = entry_key(id, dir, revision, k);
+                    let value = policy_entry { verdict: verdict_value(e.verdict), pad: [0; 3], rule: self.cookie(&e.rules) };
+                    out.insert(key_bytes(&key), (key, value));
+                }
             }
         }
         out
@@ -161,12 +181,20 @@ impl PolicyProgrammer {
         endpoints: &[LocalEndpoint],
     ) -> Result<PolicyReport, DatapathError> {
         let mut report = PolicyReport::default();
-        // The ipcache first: new identities must resolve before entries name them.
+        // The ipcache and the ipBlock prefixes first: new identities must resolve before
+        // entries name them.
         for (prefix, id) in &compiled.ipcache {
             if self.ipcache.get(prefix) != Some(id) {
                 dp.upsert_ipcache(*prefix, *id)?;
                 self.ipcache.insert(*prefix, *id);
                 report.ipcache_written += 1;
+            }
+        }
+        for (prefix, id) in &compiled.ipblocks {
+            if self.ipblocks.get(prefix) != Some(id) {
+                dp.upsert_ipblock(*prefix, *id)?;
+                self.ipblocks.insert(*prefix, *id);
+                report.ipblocks_written += 1;
             }
         }
         let default = sluice_policy::EndpointPolicy::default();
@@ -175,6 +203,7 @@ impl PolicyProgrammer {
             wanted.insert(ep.id);
             let policy = compiled.endpoints.get(&ep.pod).unwrap_or(&default);
             let modes = (mode_value(policy.ingress.mode), mode_value(policy.egress.mode));
+            let flags = flags_value(&policy.ingress, &policy.egress);
             let current = self.endpoints.get(&ep.id).cloned();
             let (old_pe, old_entries) = current.clone().unwrap_or_default();
             let unselected = policy.ingress.mode == Mode::None && policy.egress.mode == Mode::None;
@@ -186,6 +215,7 @@ impl PolicyProgrammer {
             // Unchanged (same modes, same entries once the revision is set aside): nothing to do.
             let same = current.is_some()
                 && (old_pe.ingress_mode, old_pe.egress_mode) == modes
+                && old_pe.flags == flags
                 && old_entries.len() == new_entries.len()
                 && old_entries.values().zip(new_entries.values()).all(|((ok, ov), (nk, nv))| {
                     (ok.prefixlen, ok.identity, ok.direction, ok.proto, ok.port)
@@ -201,7 +231,7 @@ impl PolicyProgrammer {
                 dp.upsert_policy_entry(k, v)?;
                 report.entries_written += 1;
             }
-            let pe = policy_endpoint { ingress_mode: modes.0, egress_mode: modes.1, revision, pad: 0 };
+            let pe = policy_endpoint { ingress_mode: modes.0, egress_mode: modes.1, revision, flags };
             if unselected {
                 dp.remove_policy_endpoint(ep.id)?;
             } else {
@@ -231,12 +261,18 @@ impl PolicyProgrammer {
                 }
             }
         }
-        // The ipcache last: an identity leaves once no entry needs it.
+        // The ipcache and the ipBlock prefixes last: an identity leaves once no entry needs it.
         let stale: Vec<IpNet> = self.ipcache.keys().copied().filter(|p| !compiled.ipcache.contains_key(p)).collect();
         for prefix in stale {
             dp.remove_ipcache(prefix)?;
             self.ipcache.remove(&prefix);
             report.ipcache_removed += 1;
+        }
+        let stale: Vec<IpNet> = self.ipblocks.keys().copied().filter(|p| !compiled.ipblocks.contains_key(p)).collect();
+        for prefix in stale {
+            dp.remove_ipblock(prefix)?;
+            self.ipblocks.remove(&prefix);
+            report.ipblocks_removed += 1;
         }
         Ok(report)
     }
@@ -303,6 +339,45 @@ mod tests {
         // Cookies are per process: the same rules get the same first cookie again.
         adopted.program(&mut dp, &compiled("x/a", &[80]), &ep()).unwrap();
         assert_eq!(dp.writes, writes, "adoption keeps what is programmed");
+    }
+
+    #[test]
+    fn entries_by_address_set_the_flag_and_the_ipblocks_map() {
+        let mut dp = FakeDatapath::default();
+        let mut p = PolicyProgrammer::default();
+        let block: IpNet = "198.19.0.0/16".parse().unwrap();
+        let mut with_block = compiled("x/a", &[80]);
+        let table = &mut with_block.endpoints.get_mut("x/a").unwrap().ingress;
+        let allow = table.entries.values().next().unwrap().clone();
+        table.by_address.insert(EntryKey { identity: 400, proto: Some(6), port: 80, port_prefix: 16 }, allow);
+        with_block.ipblocks.insert(block, 400);
+
+        let r = p.program(&mut dp, &compiled("x/a", &[80]), &ep()).unwrap();
+        assert_eq!(dp.policy_endpoints[&7].flags, 0, "no entries by address: no flag, the datapath never reads ipblocks");
+        assert_eq!(r.ipblocks_written, 0, "nothing in ipblocks");
+
+        let r = p.program(&mut dp, &with_block, &ep()).unwrap();
+        assert_eq!((r.endpoints_changed, r.ipblocks_written), (1, 1), "the endpoint is rewritten and the block written");
+        assert_eq!(dp.ipblocks.get(&block), Some(&400), "the block's identity is in ipblocks");
+        let pe = dp.policy_endpoints[&7];
+        assert_eq!(pe.flags, sluice_abi::SLUICE_POLICY_F_INGRESS_BY_ADDRESS as u8, "ingress goes on by address");
+        let by_address = (sluice_abi::SLUICE_POLICY_INGRESS | sluice_abi::SLUICE_POLICY_BY_ADDRESS) as u8;
+        let keys: Vec<(u32, u8, u8)> = dp.policy.values().map(|(k, _)| (k.identity, k.direction, k.revision)).collect();
+        assert!(keys.contains(&(400, by_address, pe.revision)), "the entry by address, under the current revision: {keys:?}");
+        assert!(keys.contains(&(300, sluice_abi::SLUICE_POLICY_INGRESS as u8, pe.revision)), "the entry by identity too: {keys:?}");
+
+        let writes = dp.writes;
+        p.program(&mut dp, &with_block, &ep()).unwrap();
+        assert_eq!(dp.writes, writes, "a converged round writes nothing");
+        let writes = dp.writes;
+        PolicyProgrammer::adopt(&dp).unwrap().program(&mut dp, &with_block, &ep()).unwrap();
+        assert_eq!(dp.writes, writes, "a restarted agent adopts the entries by address and ipblocks");
+
+        let r = p.program(&mut dp, &compiled("x/a", &[80]), &ep()).unwrap();
+        assert_eq!(r.ipblocks_removed, 1, "the block leaves ipblocks");
+        assert!(dp.ipblocks.is_empty(), "ipblocks is empty again");
+        assert_eq!(dp.policy_endpoints[&7].flags, 0, "the flag is cleared with the revision flip");
+        assert!(dp.policy.values().all(|(k, _)| k.direction & by_address != by_address), "no entry by address is left");
     }
 
     #[test]
