@@ -1,9 +1,12 @@
 //! Network policy end to end: the upstream 9x9 scenarios of the engine's tests
 //! (crates/policy/tests) in one two-node lab, with real pods x/a..z/c spread over both nodes
 //! and every pair probed over TCP 80, TCP 81 and UDP 80, IPv4 and IPv6. Also ipBlock from the
-//! external client, a Sluice deny rule over an allow, audit mode, label changes taking effect
-//! without re-applying policies, an established connection cut by a new policy, and what
-//! `policy trace`, `policy get`, `observe` and the drop counters say.
+//! external client, ipBlocks over pod addresses (the upstream CIDR tests: egress to a server in
+//! a block, except, an excepted address allowed by another policy, ingress with ports, a block
+//! holding one of two pods that share an identity) against a SluiceNetworkPolicy whose CIDR
+//! rules keep Cilium's meaning, a Sluice deny rule over an allow, audit mode, label changes
+//! taking effect without re-applying policies, an established connection cut by a new policy,
+//! and what `policy trace`, `policy get`, `observe` and the drop counters say.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a test fails loudly on what it did not expect
 
@@ -27,6 +30,10 @@ const EXTERNAL_V4: &str = "198.18.0.250";
 /// How long a store change may take to show in the datapath (the agent programs within
 /// ~200 ms; a denied probe takes the probe timeout to tell).
 const CONVERGE: Duration = Duration::from_secs(3);
+
+/// The lab's pod address pools: every pod of every node is in them.
+const POD_POOL_V4: &str = sluice_lab::names::POD_POOL_V4;
+const POD_POOL_V6: &str = sluice_lab::names::POD_POOL_V6;
 
 const NP: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n";
 const SNP: &str = "apiVersion: sluice.dev/v1\nkind: SluiceNetworkPolicy\n";
@@ -63,6 +70,15 @@ fn only_to_xa(allowed: &[&str]) -> String {
     for key in pod_keys() {
         let cell = if allowed.contains(&key.as_str()) { '.' } else { 'X' };
         out.push_str(&format!("{key} {cell}.. ... ...\n"));
+    }
+    out
+}
+
+/// Row x/a as given, the rest open.
+fn from_xa(row: &str) -> String {
+    let mut out = String::new();
+    for key in pod_keys() {
+        out.push_str(&format!("{key} {}\n", if key == "x/a" { row } else { "... ... ..." }));
     }
     out
 }
@@ -230,6 +246,18 @@ impl Cluster {
                 mismatches.join("\n")
             );
         }
+    }
+
+    /// `ipBlock` peers for pod `index`'s IPv4 /32 and IPv6 /128.
+    fn host_blocks(&self, index: usize) -> String {
+        let (v4, v6) = &self.ips[index];
+        format!("{{ipBlock: {{cidr: {v4}/32}}}}, {{ipBlock: {{cidr: '{v6}/128'}}}}")
+    }
+
+    /// `ipBlock` peers over the pod pools of both families, except pod `index`'s addresses.
+    fn pools_except(&self, index: usize) -> String {
+        let (v4, v6) = &self.ips[index];
+        format!("{{ipBlock: {{cidr: {POD_POOL_V4}, except: [{v4}/32]}}}}, {{ipBlock: {{cidr: '{POD_POOL_V6}', except: ['{v6}/128']}}}}")
     }
 
     fn apply(&self, yaml: &str) {
@@ -546,6 +574,53 @@ z/c ... ... ...
             np(&format!("metadata: {{name: from-external, namespace: x}}\nspec:\n  podSelector: {{matchLabels: {{pod: a}}}}\n  ingress: [{{from: [{{ipBlock: {{cidr: {EXTERNAL_V4}/32}}}}]}}]\n")),
             ip_block,
         ),
+        custom("ipBlock egress to one server's addresses", xa_egress("to-server", "[{to: [{ipBlock: {cidr: 192.0.2.0/24}}]}]"), |c, s| {
+            // "should allow egress access to server in CIDR block": x/a reaches y/b only.
+            c.apply(&xa_egress("to-server", &format!("[{{to: [{}]}}]", c.host_blocks(4))));
+            c.expect(s.name, &same(&from_xa("XXX X.X XXX")));
+        }),
+        custom(
+            "ipBlock except, and the excepted address allowed by another policy",
+            format!(
+                "{}---\n{}",
+                xa_egress("all-but-server", "[{to: [{ipBlock: {cidr: 192.0.2.0/24}}]}]"),
+                xa_egress("to-server", "[{to: [{ipBlock: {cidr: 192.0.2.0/24}}]}]")
+            ),
+            ip_block_except,
+        ),
+        custom(
+            "ipBlock ingress from pod addresses, except one, on one port",
+            xa_ingress_np("from-pods", "[{from: [{ipBlock: {cidr: 192.0.2.0/24}}]}]"),
+            |c, s| {
+                c.apply(&xa_ingress_np("from-pods", &format!("[{{from: [{}], ports: [{{port: 80}}]}}]", c.pools_except(4))));
+                let tcp80 = only_to_xa(&["x/a", "x/b", "x/c", "y/a", "y/c", "z/a", "z/b", "z/c"]);
+                c.expect(s.name, &[tcp80, XA_CLOSED.into(), XA_CLOSED.into()]);
+            },
+        ),
+        custom(
+            "ipBlock holding one of two pods that share an identity",
+            xa_egress("to-xb", "[{to: [{ipBlock: {cidr: 192.0.2.0/24}}]}]"),
+            |c, s| {
+                // x/c relabelled pod=b shares x/b's identity; the block holds x/b's addresses only.
+                c.apply(&cluster_manifest(&[("x/c", "{pod: b}")], &[]));
+                c.apply(&xa_egress("to-xb", &format!("[{{to: [{}]}}]", c.host_blocks(1))));
+                let started = Instant::now();
+                let (xb, xc) = loop {
+                    let ids = (peer_identity(c, 1), peer_identity(c, 2));
+                    if (ids.0.is_some() && ids.0 == ids.1) || started.elapsed() > CONVERGE {
+                        break ids;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                };
+                assert!(xb.is_some() && xb == xc, "x/b and x/c resolve to one identity on x/a's node: {xb:?} and {xc:?}");
+                c.expect(s.name, &same(&from_xa("X.X XXX XXX")));
+            },
+        ),
+        custom(
+            "SluiceNetworkPolicy CIDR rules keep Cilium's meaning; a NetworkPolicy ipBlock does not",
+            format!("{}---\n{}", sluice_cidrs(), np_ip_blocks()),
+            sluice_cidr_semantics,
+        ),
         custom(
             "SluiceNetworkPolicy ingressDeny wins over an allow",
             format!(
@@ -566,6 +641,74 @@ z/c ... ... ...
             established,
         ),
     ]
+}
+
+/// A NetworkPolicy in x selecting pod a with only Egress and the given rules (a YAML flow list).
+fn xa_egress(name: &str, egress: &str) -> String {
+    np(&format!(
+        "metadata: {{name: {name}, namespace: x}}\nspec:\n  podSelector: {{matchLabels: {{pod: a}}}}\n  policyTypes: [Egress]\n  egress: {egress}\n"
+    ))
+}
+
+/// A NetworkPolicy in x selecting pod a with the given ingress rules (a YAML flow list).
+fn xa_ingress_np(name: &str, ingress: &str) -> String {
+    np(&format!("metadata: {{name: {name}, namespace: x}}\nspec:\n  podSelector: {{matchLabels: {{pod: a}}}}\n  ingress: {ingress}\n"))
+}
+
+/// "should enforce except clause while egress access to server in CIDR block" and "should
+/// ensure an IP overlapping both IPBlock.CIDR and IPBlock.Except is allowed".
+fn ip_block_except(c: &Cluster, s: &Scenario) {
+    c.apply(&xa_egress("all-but-server", &format!("[{{to: [{}]}}]", c.pools_except(1))));
+    c.expect(&format!("{}: every pod but x/b", s.name), &same(&from_xa(".X. ... ...")));
+    let trace = c.stdout(&["policy", "trace", "--from", "x/a", "--to", "x/b", "--port", "80"]);
+    assert!(trace.contains("Verdict: DENIED"), "trace x/a -> x/b is denied: {trace}");
+    assert!(trace.contains(&format!("in ipBlock {}/32", c.ips[1].0)), "trace names x/b's except as its ipBlock prefix: {trace}");
+    let trace = c.stdout(&["policy", "trace", "--from", "x/a", "--to", "y/b", "--port", "80"]);
+    assert!(trace.contains("Verdict: ALLOWED"), "trace x/a -> y/b is allowed: {trace}");
+    assert!(trace.contains("entry by address"), "trace x/a -> y/b shows the entry by address: {trace}");
+    let get = c.stdout(&["policy", "get", "x/a"]);
+    assert!(get.contains(&format!("address in {POD_POOL_V4}")), "policy get x/a lists the entry by address: {get}");
+
+    c.apply(&xa_egress("to-server", &format!("[{{to: [{}]}}]", c.host_blocks(1))));
+    c.expect(&format!("{}: x/b allowed by a second policy", s.name), &same(&from_xa("... ... ...")));
+}
+
+/// A SluiceNetworkPolicy letting into x/a the pod pools and the underlay by CIDR.
+fn sluice_cidrs() -> String {
+    snp(&format!(
+        "metadata: {{name: from-cidrs, namespace: x}}\nspec:\n  endpointSelector: {{matchLabels: {{pod: a}}}}\n  \
+         ingress: [{{fromCIDRSet: [{{cidr: {POD_POOL_V4}}}, {{cidr: '{POD_POOL_V6}'}}, {{cidr: 198.18.0.0/16}}]}}]\n"
+    ))
+}
+
+/// The same blocks as a NetworkPolicy's ipBlocks.
+fn np_ip_blocks() -> String {
+    xa_ingress_np(
+        "from-blocks",
+        &format!("[{{from: [{{ipBlock: {{cidr: {POD_POOL_V4}}}}}, {{ipBlock: {{cidr: '{POD_POOL_V6}'}}}}, {{ipBlock: {{cidr: 198.18.0.0/16}}}}]}}]"),
+    )
+}
+
+/// The SluiceNetworkPolicy's CIDRs let the external client into x/a, not the pods (their
+/// addresses resolve to their identities); the NetworkPolicy's ipBlocks let the pods in too.
+fn sluice_cidr_semantics(c: &Cluster, s: &Scenario) {
+    c.apply(&sluice_cidrs());
+    c.expect(&format!("{}: SluiceNetworkPolicy", s.name), &same(XA_CLOSED));
+    let xa = format!("tcp:{}", c.addr(0, false, 80));
+    let seen = c.probe_external(std::slice::from_ref(&xa));
+    assert_eq!(seen[&xa].as_bool(), Some(true), "the external client ({EXTERNAL_V4}) is in the Sluice CIDR 198.18.0.0/16: {seen}");
+    c.apply(&np_ip_blocks());
+    c.expect(&format!("{}: and the same blocks in a NetworkPolicy", s.name), &same(ALL));
+}
+
+/// The identity x/a's node gives pod `index` (x/a..z/c order), as `policy trace` says it.
+fn peer_identity(c: &Cluster, index: usize) -> Option<u64> {
+    let to = &pod_keys()[index];
+    let trace = c.stdout(&["policy", "trace", "--from", "x/a", "--to", to, "--port", "80"]);
+    let peer = format!("peer {}: identity ", c.ips[index].0);
+    let line = trace.lines().find(|l| l.contains(&peer))?;
+    let after = line.split(&peer).nth(1)?;
+    after.split(|ch: char| !ch.is_ascii_digit()).next()?.parse().ok()
 }
 
 /// Under deny-all in x: trace, get, observe and the drop counters explain the drop.
