@@ -1,6 +1,6 @@
 //! `sluice agent`: start-up in order (database, pin directory, host routing decision, programs,
 //! restore and reconcile, then the API), the periodic resync, and a clean stop that leaves the
-//! datapath running.
+//! datapath running. A start that fails on the database or the pin directory has made nothing.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,10 +29,18 @@ pub async fn run(mut config: AgentConfig) -> Result<(), AgentError> {
         None
     };
     let state = state_source(&config);
-    let db = Arc::new(AgentDb::open(&config.state_dir)?);
+    // The database first: a damaged or unwritable one stops the start before anything is made.
+    let db = AgentDb::open(&config.state_dir)?;
+    if let Err(source) = sluice_datapath::ensure_bpffs(&config.bpffs) {
+        // Leave the state directory as it was: a database this start made holds nothing.
+        if let Err(e) = db.close_undoing_creation() {
+            tracing::warn!("removing the database this start made: {e}");
+        }
+        return Err(AgentError::PinDirectory { path: config.bpffs.clone(), source });
+    }
+    let db = Arc::new(db);
     let events = Arc::new(Events::new(db.clone(), &config.node_name, config.event_history)?);
     events.record(Reason::AgentStarted, format!("sluice agent {} started", env!("CARGO_PKG_VERSION")))?;
-    sluice_datapath::ensure_bpffs(&config.bpffs)?;
     let audit_ctx = firewall::AuditContext { pod_cidrs: config.pod_cidrs.clone(), devices: config.devices.clone() };
     let host_routing = decide_host_routing(config.host_routing, || firewall::audit(&audit_ctx, None), &events)?;
     enable_forwarding()?;

@@ -47,6 +47,17 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
+    /// The pin directory could not be made a bpffs: none is mounted there and the agent could
+    /// not mount one (no CAP_SYS_ADMIN, no bpffs in the kernel, a path that cannot be created).
+    #[error(
+        "cannot make {path} the pin directory (a bpffs): {source}; mount a bpffs there before starting the agent \
+         (mount -t bpf bpf {path}), or let the agent mount its own: it needs CAP_SYS_ADMIN and a kernel with bpffs"
+    )]
+    PinDirectory {
+        path: std::path::PathBuf,
+        #[source]
+        source: sluice_datapath::DatapathError,
+    },
     /// A blocking task of the agent panicked.
     #[error("{task} did not complete: {source}")]
     TaskFailed {
@@ -79,7 +90,22 @@ impl AgentError {
             AgentError::Ipam(IpamError::Exhausted { .. }) => 11,
             AgentError::State(_) => 11,
             AgentError::PodUnknown { .. } => 11,
+            // The state directory is full or read-only: nothing was kept, and the call works
+            // again once the disk does.
+            _ if self.database().is_some_and(DbError::is_transient) => 11,
             _ => 999,
+        }
+    }
+
+    /// The agent database's error behind this one, if that is what failed.
+    pub fn database(&self) -> Option<&DbError> {
+        match self {
+            AgentError::Db(e)
+            | AgentError::Ipam(IpamError::Db(e))
+            | AgentError::Identity(IdentityError::Db(e))
+            | AgentError::Endpoints(EndpointStoreError::Db(e))
+            | AgentError::Events(crate::events::EventError::Db(e)) => Some(e),
+            _ => None,
         }
     }
 

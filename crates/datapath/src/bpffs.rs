@@ -14,14 +14,28 @@ pub fn is_bpffs(dir: &Path) -> bool {
 }
 
 /// Makes `dir` a usable pin directory: creates it and, unless it already lies on a bpffs (as a
-/// sub-directory of /sys/fs/bpf does), mounts a private bpffs instance on it.
+/// sub-directory of /sys/fs/bpf does), mounts a private bpffs instance on it. When that fails,
+/// the directories this call created are removed again: a failed start leaves nothing behind.
 pub fn ensure_bpffs(dir: &Path) -> Result<(), DatapathError> {
-    std::fs::create_dir_all(dir).map_err(|e| DatapathError::os(format!("creating {}", dir.display()), e))?;
-    if is_bpffs(dir) {
-        return Ok(());
+    // The outermost directory this call creates, if any.
+    let made_from = dir.ancestors().take_while(|a| !a.as_os_str().is_empty() && !a.exists()).last().map(Path::to_path_buf);
+    let result = std::fs::create_dir_all(dir).map_err(|e| DatapathError::os(format!("creating {}", dir.display()), e)).and_then(|()| {
+        if is_bpffs(dir) {
+            return Ok(());
+        }
+        mount(Some("bpffs"), dir, Some("bpf"), MsFlags::empty(), Some("mode=0700"))
+            .map_err(|e| DatapathError::os(format!("mounting bpffs on {}", dir.display()), e))
+    });
+    if let (Err(_), Some(top)) = (&result, &made_from) {
+        // remove_dir only removes empty directories: nothing another process put there is lost.
+        for made in dir.ancestors() {
+            let _ = std::fs::remove_dir(made);
+            if made == top {
+                break;
+            }
+        }
     }
-    mount(Some("bpffs"), dir, Some("bpf"), MsFlags::empty(), Some("mode=0700"))
-        .map_err(|e| DatapathError::os(format!("mounting bpffs on {}", dir.display()), e))
+    result
 }
 
 /// Unmounts a bpffs mounted by [`ensure_bpffs`]; pins under it go with it. No-op when `dir` is
