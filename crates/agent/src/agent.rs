@@ -25,7 +25,7 @@ use crate::metrics::Metrics;
 use crate::observer::Observer;
 use crate::plumber::Plumber;
 
-pub use cni::host_ifname;
+pub use cni::{host_ifname, is_host_ifname};
 
 /// Host routing in force and why.
 #[derive(Debug, Clone, PartialEq, Eq)]

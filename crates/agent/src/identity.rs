@@ -2,7 +2,7 @@
 //! persisted in the agent database. Policy is compiled to maps keyed by these numbers, so a
 //! label set keeps its number for as long as any endpoint holds it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use redb::{ReadableTable, TableDefinition, WriteTransaction};
@@ -249,6 +249,30 @@ impl Identities {
         })
     }
 
+    /// Lets go of every hold whose owner is not in `kept` (holds an ADD cut short left, as
+    /// resync and CNI GC find them) in one transaction, and returns the owners released.
+    pub fn release_all_except(&self, kept: &BTreeSet<String>) -> Result<Vec<String>, IdentityError> {
+        self.db.write(|txn| {
+            let stale: Vec<(String, u32)> = {
+                let owners = txn.open_table(OWNERS).db()?;
+                let mut stale = Vec::new();
+                for row in owners.iter().db()? {
+                    let (owner, id) = row.db()?;
+                    if !kept.contains(owner.value()) {
+                        stale.push((owner.value().to_owned(), id.value()));
+                    }
+                }
+                stale
+            };
+            let mut owners = txn.open_table(OWNERS).db()?;
+            for (owner, id) in &stale {
+                owners.remove(owner.as_str()).db()?;
+                drop_reference(txn, *id)?;
+            }
+            Ok(stale.into_iter().map(|(owner, _)| owner).collect())
+        })
+    }
+
     /// Frees every identity no owner holds and returns the freed numbers. The numbers are not
     /// reused; the same labels get a new number when allocated again.
     pub fn gc(&self) -> Result<Vec<u32>, IdentityError> {
@@ -455,6 +479,21 @@ mod tests {
 
         let again = ids.acquire(&web(), "ep-3").unwrap();
         assert!(again > a, "a freed number is not reused: got {again} after {a}");
+    }
+
+    #[test]
+    fn holds_of_unrecorded_owners_are_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let ids = open(dir.path());
+        let a = ids.acquire(&web(), "kept").unwrap();
+        ids.acquire(&web(), "cut-short").unwrap();
+        let b = ids.acquire(&db_app(), "also-cut-short").unwrap();
+        let kept: BTreeSet<String> = ["kept".to_string(), "never-held".to_string()].into();
+        assert_eq!(ids.release_all_except(&kept).unwrap(), vec!["also-cut-short".to_string(), "cut-short".to_string()]);
+        let refs: Vec<(u32, u64)> = ids.list().unwrap().iter().map(|i| (i.id, i.references)).collect();
+        assert_eq!(refs, vec![(a, 1), (b, 0)], "the kept owner still holds its identity, the others none");
+        assert!(ids.release_all_except(&kept).unwrap().is_empty(), "a second pass releases nothing");
+        assert_eq!(ids.release("kept").unwrap(), Some(a), "the kept hold is intact");
     }
 
     #[test]

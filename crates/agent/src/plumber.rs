@@ -20,6 +20,9 @@ pub trait Plumber: Send + Sync {
     fn check<'a>(&'a self, req: &'a PlumbRequest) -> BoxFuture<'a, Result<(), String>>;
     /// The ifindex of a host interface, `None` when it no longer exists.
     fn host_ifindex<'a>(&'a self, host_ifname: &'a str) -> BoxFuture<'a, Result<Option<u32>, DatapathError>>;
+    /// The names of the veths on the node side: what resync compares with the records to find
+    /// interfaces an ADD cut short left behind.
+    fn veths(&self) -> BoxFuture<'_, Result<Vec<String>, DatapathError>>;
 }
 
 /// Plumbing with rtnetlink in the agent's network namespace. Lookups share one connection,
@@ -47,15 +50,25 @@ impl Plumber for NetlinkPlumber {
     }
 
     fn host_ifindex<'a>(&'a self, host_ifname: &'a str) -> BoxFuture<'a, Result<Option<u32>, DatapathError>> {
+        Box::pin(async move { Ok(self.lookups()?.link_by_name(host_ifname).await?.map(|l| l.index)) })
+    }
+
+    fn veths(&self) -> BoxFuture<'_, Result<Vec<String>, DatapathError>> {
         Box::pin(async move {
-            let nl = match self.lookups.get() {
-                Some(nl) => nl.clone(),
-                None => {
-                    let nl = sluice_datapath::netlink::Netlink::current()?;
-                    self.lookups.get_or_init(|| nl).clone()
-                }
-            };
-            Ok(nl.link_by_name(host_ifname).await?.map(|l| l.index))
+            let links = self.lookups()?.links().await?;
+            Ok(links.into_iter().filter(|l| l.kind.as_deref() == Some("veth")).map(|l| l.name).collect())
         })
+    }
+}
+
+impl NetlinkPlumber {
+    fn lookups(&self) -> Result<sluice_datapath::netlink::Netlink, DatapathError> {
+        match self.lookups.get() {
+            Some(nl) => Ok(nl.clone()),
+            None => {
+                let nl = sluice_datapath::netlink::Netlink::current()?;
+                Ok(self.lookups.get_or_init(|| nl).clone())
+            }
+        }
     }
 }

@@ -340,6 +340,11 @@ impl Plumber for FakePlumber {
         let index = self.lock().interfaces.get(host_ifname).map(|i| i.ifindex);
         Box::pin(async move { Ok(index) })
     }
+
+    fn veths(&self) -> BoxFuture<'_, Result<Vec<String>, DatapathError>> {
+        let names = self.lock().interfaces.keys().cloned().collect();
+        Box::pin(async move { Ok(names) })
+    }
 }
 
 /// Labels by object: a namespace's name, or a pod's (namespace, name).
@@ -1064,6 +1069,73 @@ async fn pods_with_equal_labels_share_an_identity() {
     h.del("w1").await;
     h.del("w2").await;
     assert_eq!(h.identity_refs().get(&w1.identity), Some(&0), "the web identity is no longer held once both pods are gone");
+}
+
+// === an ADD cut short ===
+
+impl Harness {
+    /// What an ADD killed after its interface was made and before its record was written
+    /// leaves: addresses, an identity hold and the interface pair, no record, no map entry.
+    async fn add_cut_short(&self, container_id: &str) -> String {
+        let owner = Owner::new(container_id, "eth0");
+        let ipam = Ipam::new(self.db.clone(), self.config.ipv4_cidr(), self.config.ipv6_cidr()).expect("IPAM view");
+        let alloc = ipam.allocate(&owner).expect("the cut-short ADD's addresses");
+        let key = format!("{container_id}/eth0");
+        Identities::new(self.db.clone()).expect("identity view").acquire(&BTreeMap::new(), &key).expect("its identity hold");
+        let host = host_ifname(&owner);
+        let req = self.request(container_id);
+        let plumb = PlumbRequest {
+            netns: req.netns.into(),
+            ifname: "eth0".into(),
+            host_ifname: host.clone(),
+            ipv4: alloc.ipv4,
+            ipv6: alloc.ipv6,
+            mtu: 1500,
+        };
+        self.plumber.create_pair(&plumb).await.expect("its interface pair");
+        host
+    }
+}
+
+#[tokio::test]
+async fn restart_releases_what_an_add_cut_short_left() {
+    let h = Harness::new();
+    h.add("a").await;
+    let host = h.add_cut_short("cut").await;
+    assert!(h.plumber.interfaces().contains_key(&host), "test setup: the cut-short ADD left its interface");
+
+    let h = h.restart();
+    h.agent.resync(true).await.expect("start-up resync");
+    assert!(!h.plumber.interfaces().contains_key(&host), "the interface no record holds is removed");
+    assert_eq!(h.held().get(&Owner::new("cut", "eth0")), None, "its addresses are freed");
+    assert_eq!(h.container_ids(), vec!["a"], "the recorded endpoint stays");
+    h.assert_consistent("after the start-up resync");
+
+    // The runtime's retry of the cut-short call: DEL, then ADD, both succeed.
+    h.del("cut").await;
+    h.add("cut").await;
+    h.assert_consistent("after the runtime's DEL and ADD");
+}
+
+#[tokio::test]
+async fn del_of_an_add_cut_short_removes_its_interface() {
+    let h = Harness::new();
+    let host = h.add_cut_short("cut").await;
+    h.del("cut").await;
+    assert!(!h.plumber.interfaces().contains_key(&host), "DEL removes the interface named after the attachment");
+    assert!(h.plumber.lock().unplumbed.contains(&host), "by unplumbing it");
+    h.assert_clean("after DEL of the cut-short ADD");
+}
+
+#[tokio::test]
+async fn gc_releases_what_an_add_cut_short_left_even_when_listed() {
+    let h = Harness::new();
+    h.add("a").await;
+    let host = h.add_cut_short("cut").await;
+    let released = h.gc(&["a", "cut"]).await;
+    assert_eq!(released, vec![attachment("cut")], "the runtime lists the attachment, but no record holds it: released");
+    assert!(!h.plumber.interfaces().contains_key(&host), "its interface is removed");
+    h.assert_consistent("after GC");
 }
 
 // === restart ===

@@ -63,6 +63,16 @@ impl Netlink {
         }
     }
 
+    /// Every link of the namespace.
+    pub async fn links(&self) -> Result<Vec<LinkInfo>, DatapathError> {
+        let mut links = self.handle.link().get().execute();
+        let mut out = Vec::new();
+        while let Some(msg) = links.try_next().await.map_err(|e| DatapathError::netlink("listing links", e))? {
+            out.push(link_info(&msg));
+        }
+        Ok(out)
+    }
+
     pub async fn link(&self, name: &str) -> Result<LinkInfo, DatapathError> {
         self.link_by_name(name).await?.ok_or_else(|| DatapathError::NoSuchInterface(name.to_owned()))
     }

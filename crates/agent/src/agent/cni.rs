@@ -24,6 +24,11 @@ pub fn host_ifname(owner: &Owner) -> String {
     format!("lxc{}", &hex::encode(digest)[..11])
 }
 
+/// Whether `name` is made as [`host_ifname`] makes names: "lxc" and 11 lowercase hex digits.
+pub fn is_host_ifname(name: &str) -> bool {
+    name.len() == 14 && name.starts_with("lxc") && name[3..].bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 // === impl Agent ===
 
 impl Agent {
@@ -168,7 +173,14 @@ impl Agent {
         match self.endpoints.get(&owner)? {
             Some(record) => self.destroy(&record).await,
             None => {
-                // Nothing recorded; make sure nothing is held either (idempotent DEL).
+                // Nothing recorded; make sure nothing is held either (idempotent DEL). An ADD cut
+                // short before its record was written (the agent was killed) may have left the
+                // interface: its name follows from the attachment.
+                let ifname = host_ifname(&owner);
+                self.with_datapath(|dp| dp.detach_endpoint(&ifname))?;
+                if self.plumber.unplumb(&ifname).await? {
+                    tracing::info!(attachment = %record_key(&owner), "DEL removed interface {ifname}, left by an ADD that was cut short");
+                }
                 self.identities.release(&record_key(&owner))?;
                 self.ipam.release(&owner)?;
                 Ok(())
@@ -212,6 +224,11 @@ impl Agent {
         }
         for owner in self.ipam.release_all_except(&valid)? {
             let _ = self.identities.release(&record_key(&owner));
+            released.push(CniAttachment { container_id: owner.container_id, ifname: owner.ifname });
+        }
+        // What no record holds at all, valid or not: an ADD cut short left it.
+        let kept = self.endpoints.list()?;
+        for owner in self.release_unrecorded(&kept).await? {
             released.push(CniAttachment { container_id: owner.container_id, ifname: owner.ifname });
         }
         self.identities.gc()?;

@@ -1,12 +1,14 @@
 //! The resync that heals the datapath from the endpoint records, level-triggered: whatever
-//! event was missed, endpoints whose interface vanished are released, addresses nobody holds
-//! are freed, and the maps and attachments are made to match the records.
+//! event was missed, endpoints whose interface vanished are released, interfaces, identity
+//! holds and addresses no record holds are freed, and the maps and attachments are made to
+//! match the records.
 
 use std::collections::BTreeSet;
 use std::time::Instant;
 
+use super::cni::is_host_ifname;
 use super::Agent;
-use crate::endpoints::record_key;
+use crate::endpoints::{record_key, EndpointRecord};
 use crate::error::AgentError;
 use crate::ipam::Owner;
 use crate::reconciler::{reconcile, ReconcileReport};
@@ -46,10 +48,7 @@ impl Agent {
             }
             desired.push(record);
         }
-        let held: BTreeSet<Owner> = desired.iter().map(|r| r.owner()).collect();
-        for leaked in self.ipam.release_all_except(&held)? {
-            tracing::info!(attachment = %record_key(&leaked), "released addresses no endpoint holds");
-        }
+        self.release_unrecorded(&desired).await?;
         let checked = started.elapsed();
         let entries: Vec<_> = desired.iter().map(|r| r.entry()).collect();
         let report = self.with_datapath(|dp| reconcile(&entries, dp, reattach_all))?;
@@ -63,5 +62,31 @@ impl Agent {
             tracing::info!(?report, "datapath reconciled");
         }
         Ok(report)
+    }
+
+    /// Releases what no endpoint in `records` holds, whatever left it: an ADD cut short before
+    /// its record was written (the agent killed mid-way) leaves an interface, an identity hold
+    /// and addresses; a DEL cut short leaves addresses. Interfaces are recognised by the name
+    /// `host_ifname` gives them. Runs under the CNI lock, so no ADD is half-way. Returns the
+    /// attachments whose addresses were released.
+    pub(super) async fn release_unrecorded(&self, records: &[EndpointRecord]) -> Result<Vec<Owner>, AgentError> {
+        let interfaces: BTreeSet<&str> = records.iter().map(|r| r.host_ifname.as_str()).collect();
+        for name in self.plumber.veths().await? {
+            if is_host_ifname(&name) && !interfaces.contains(name.as_str()) {
+                tracing::info!("removing interface {name}: no endpoint holds it (an ADD was cut short)");
+                self.with_datapath(|dp| dp.detach_endpoint(&name))?;
+                self.plumber.unplumb(&name).await?;
+            }
+        }
+        let keys: BTreeSet<String> = records.iter().map(|r| r.key()).collect();
+        for key in self.identities.release_all_except(&keys)? {
+            tracing::info!(attachment = %key, "released an identity hold no endpoint has");
+        }
+        let owners: BTreeSet<Owner> = records.iter().map(|r| r.owner()).collect();
+        let released = self.ipam.release_all_except(&owners)?;
+        for owner in &released {
+            tracing::info!(attachment = %record_key(owner), "released addresses no endpoint holds");
+        }
+        Ok(released)
     }
 }
