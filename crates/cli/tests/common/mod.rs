@@ -4,6 +4,8 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a test fails loudly on what it did not expect
 #![allow(dead_code)]
 
+pub mod runtime;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
