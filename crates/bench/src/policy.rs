@@ -2,7 +2,8 @@
 //! of 1,000 pods and to program the entries of its local pods into the real (pinned) kernel
 //! maps, how many entries each endpoint gets, and what a one-policy change costs. The engine
 //! and the agent's programmer run in this process against a datapath loaded on a private
-//! bpffs, as the agent's policy loop runs them; nothing is attached, no traffic flows.
+//! bpffs, as the agent's policy loop runs them; nothing is attached, no traffic flows. Then
+//! what policy costs a packet ([`crate::policy_packet`]).
 
 use std::time::{Duration, Instant};
 
@@ -11,6 +12,7 @@ use sluice_agent::policy::program::{LocalEndpoint, PolicyProgrammer};
 use sluice_datapath::BpfDatapath;
 use sluice_policy::synthetic::{network_policies, view, Shape};
 
+use crate::policy_packet::{per_packet, PacketCost};
 use crate::{BenchError, Machine, Summary};
 
 #[derive(Debug, Clone)]
@@ -48,7 +50,13 @@ pub struct PolicyReport {
     pub program_ms: Summary,
     pub total_ms: Summary,
     pub change_ms: Summary,
+    /// ns per packet of the from-pod program, per way the sender's egress policy answers.
+    pub per_packet: Vec<PacketCost>,
 }
+
+/// Samples per packet case, and runs per sample.
+const PACKET_SAMPLES: usize = 21;
+const PACKET_REPEAT: u32 = 300_000;
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
@@ -82,7 +90,11 @@ pub fn policy(opts: &PolicyOptions, progress: &mut dyn FnMut(&str)) -> Result<Po
             let mut programmer = PolicyProgrammer::default();
             programmer.program(&mut dp, &compiled, &locals)?;
             let program = started.elapsed();
-            let per: Vec<usize> = compiled.endpoints.values().map(|e| e.ingress.entries.len() + e.egress.entries.len()).collect();
+            let per: Vec<usize> = compiled
+                .endpoints
+                .values()
+                .map(|e| [&e.ingress, &e.egress].iter().map(|t| t.entries.len() + t.by_address.len()).sum())
+                .collect();
             let identities: std::collections::BTreeSet<u32> = cluster.endpoints.iter().map(|e| e.identity).collect();
             counts = (
                 lowered.len(),
@@ -121,6 +133,8 @@ pub fn policy(opts: &PolicyOptions, progress: &mut dyn FnMut(&str)) -> Result<Po
         ));
         runs.push(run);
     }
+    progress(&format!("per packet: {PACKET_SAMPLES} samples of {PACKET_REPEAT} runs per case"));
+    let per_packet = per_packet(PACKET_SAMPLES, PACKET_REPEAT)?;
     let summary = |f: &dyn Fn(&PolicyRun) -> f64| {
         Summary::of(&runs.iter().map(f).collect::<Vec<_>>()).ok_or_else(|| BenchError::Check("no runs".into()))
     };
@@ -139,6 +153,7 @@ pub fn policy(opts: &PolicyOptions, progress: &mut dyn FnMut(&str)) -> Result<Po
         total_ms: summary(&|r| r.compile_ms + r.program_ms)?,
         change_ms: summary(&|r| r.change_compile_ms + r.change_program_ms)?,
         runs,
+        per_packet,
     })
 }
 
@@ -162,6 +177,14 @@ impl PolicyReport {
         out += &row("program the maps", &self.program_ms);
         out += &row("total", &self.total_ms);
         out += &row("one policy changed: compile + program", &self.change_ms);
+        out += &format!(
+            "\nThe from-pod program per packet (BPF_PROG_TEST_RUN, {PACKET_SAMPLES} samples of {PACKET_REPEAT} runs; \
+             an established TCP flow, legacy host routing):\n\n\
+             | sender's egress policy | min ns | median | max |\n|---|---|---|---|\n"
+        );
+        for c in &self.per_packet {
+            out += &format!("| {} | {:.0} | {:.0} | {:.0} |\n", c.case, c.ns.min, c.ns.p50, c.ns.max);
+        }
         out
     }
 }
