@@ -28,9 +28,12 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+use crate::view::{EndpointView, ServiceView, SliceView};
 
 /// The label that ties an EndpointSlice to its Service (in the same namespace).
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -121,14 +124,10 @@ pub struct Backend {
     /// The endpoint's port (the service's target port, resolved by the EndpointSlice).
     pub port: u16,
     pub protocol: Protocol,
-    /// The node the endpoint runs on, when the slice says.
-    pub node: Option<String>,
     /// The endpoint runs on this node.
     pub local: bool,
     /// The endpoint's `terminating` condition.
     pub terminating: bool,
-    /// The Pod behind the endpoint (namespace, name), from its `targetRef`.
-    pub pod: Option<(String, String)>,
 }
 
 /// The backends of one set.
@@ -149,8 +148,9 @@ pub struct BackendSet {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DesiredServices {
     pub frontends: BTreeMap<FrontendKey, Frontend>,
-    /// Every set some frontend points at, and only those.
-    pub sets: BTreeMap<SetKey, BackendSet>,
+    /// Every set some frontend points at, and only those. Shared: the tables kept between
+    /// rounds hold each set once however many views of them there are.
+    pub sets: BTreeMap<SetKey, Arc<BackendSet>>,
 }
 
 // === impl Protocol ===
@@ -175,7 +175,7 @@ impl Protocol {
     }
 
     /// Reads a Kubernetes protocol field, which defaults to TCP when absent.
-    fn from_k8s(protocol: Option<&str>) -> Option<Self> {
+    pub(crate) fn from_k8s(protocol: Option<&str>) -> Option<Self> {
         match protocol {
             None | Some("TCP") => Some(Protocol::Tcp),
             Some("UDP") => Some(Protocol::Udp),
@@ -202,7 +202,7 @@ impl Family {
     }
 
     /// Reads `spec.ipFamilies[]` or an EndpointSlice `addressType` (`FQDN` is no family).
-    fn from_k8s(family: &str) -> Option<Self> {
+    pub(crate) fn from_k8s(family: &str) -> Option<Self> {
         match family {
             "IPv4" => Some(Family::V4),
             "IPv6" => Some(Family::V6),
@@ -226,17 +226,22 @@ impl Backend {
 /// Computes the frontends and backend sets this node must program. Pure and deterministic:
 /// the same objects give the same result whatever their order.
 pub fn desired_services(services: &[Service], slices: &[EndpointSlice], node: &NodeInfo) -> DesiredServices {
-    let mut by_service: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();
+    let services: Vec<ServiceView> = services.iter().map(ServiceView::of).collect();
+    let slices: Vec<SliceView> = slices.iter().map(SliceView::of).collect();
+    desired_from_views(&services.iter().collect::<Vec<_>>(), &slices.iter().collect::<Vec<_>>(), node)
+}
+
+/// [`desired_services`] from the objects' compact views, as an agent keeps them.
+pub fn desired_from_views(services: &[&ServiceView], slices: &[&SliceView], node: &NodeInfo) -> DesiredServices {
+    let mut by_service: BTreeMap<(&str, &str), Vec<&SliceView>> = BTreeMap::new();
     for slice in slices {
-        let namespace = slice.metadata.namespace.as_deref().unwrap_or_default();
-        let labels = slice.metadata.labels.as_ref();
-        if let Some(service) = labels.and_then(|l| l.get(SERVICE_NAME_LABEL)) {
-            by_service.entry((namespace, service.as_str())).or_default().push(slice);
+        if let Some(service) = &slice.service {
+            by_service.entry((slice.namespace.as_str(), service.as_str())).or_default().push(slice);
         }
     }
 
-    let mut ordered: Vec<&Service> = services.iter().collect();
-    ordered.sort_by_key(|s| (s.metadata.namespace.as_deref(), s.metadata.name.as_deref()));
+    let mut ordered: Vec<&ServiceView> = services.to_vec();
+    ordered.sort_by_key(|s| (s.namespace.as_str(), s.name.as_str()));
 
     let mut plan = Plan::default();
     for service in ordered {
@@ -259,7 +264,7 @@ pub fn desired_services(services: &[Service], slices: &[EndpointSlice], node: &N
         }
         frontends.insert(key, frontend);
     }
-    DesiredServices { frontends, sets }
+    DesiredServices { frontends, sets: sets.into_iter().map(|(k, v)| (k, Arc::new(v))).collect() }
 }
 
 /// Which endpoints a set draws from, as a traffic policy says.
@@ -284,76 +289,20 @@ struct Plan {
 }
 
 impl Plan {
-    fn service(&mut self, service: &Service, node: &NodeInfo) {
-        let Some(spec) = &service.spec else { return };
-        let Some(name) = service.metadata.name.as_deref() else {
-            return;
-        };
-        let namespace = service.metadata.namespace.as_deref().unwrap_or_default();
-        let kind = spec.type_.as_deref().unwrap_or("ClusterIP");
-        if kind == "ExternalName" {
+    fn service(&mut self, service: &ServiceView, node: &NodeInfo) {
+        if service.kind.is_none() {
             return;
         }
-
-        // Headless ("None") and unset cluster IPs do not parse: such services yield nothing.
-        let cluster_ips: Vec<IpAddr> = match spec.cluster_ips.as_deref() {
-            Some(ips) if !ips.is_empty() => ips.iter().filter_map(|ip| ip.parse().ok()).collect(),
-            _ => spec.cluster_ip.iter().filter_map(|ip| ip.parse().ok()).collect(),
-        };
-        let mut families: Vec<Family> = match spec.ip_families.as_deref() {
-            Some(families) if !families.is_empty() => families.iter().filter_map(|f| Family::from_k8s(f)).collect(),
-            _ => cluster_ips.iter().map(|ip| Family::of(*ip)).collect(),
-        };
-        families.dedup();
-        let cluster_ips: Vec<(Family, IpAddr)> = families
-            .into_iter()
-            .filter_map(|family| {
-                let ip = cluster_ips.iter().find(|ip| Family::of(**ip) == family)?;
-                Some((family, *ip))
-            })
-            .collect();
-
-        let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
+        let (namespace, name) = (service.namespace.as_str(), service.name.as_str());
+        let external_local = service.external_local;
         let external_reach = if external_local { Reach::Local } else { Reach::Cluster };
-        let cluster_ip_reach = match spec.internal_traffic_policy.as_deref() {
-            Some("Local") => Reach::Local,
-            _ => Reach::Cluster,
-        };
-        let affinity_timeout = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
-            spec.session_affinity_config
-                .as_ref()
-                .and_then(|c| c.client_ip.as_ref())
-                .and_then(|c| c.timeout_seconds)
-                .and_then(|t| u32::try_from(t).ok())
-                .filter(|t| *t > 0)
-                .unwrap_or(DEFAULT_AFFINITY_TIMEOUT)
-        });
-        let has_node_ports = matches!(kind, "NodePort" | "LoadBalancer");
-        let external_ips: Vec<IpAddr> = spec.external_ips.iter().flatten().filter_map(|ip| ip.parse().ok()).collect();
-        let ingress = service
-            .status
-            .as_ref()
-            .filter(|_| kind == "LoadBalancer")
-            .and_then(|s| s.load_balancer.as_ref())
-            .and_then(|lb| lb.ingress.as_ref());
-        let load_balancer_ips: Vec<IpAddr> = ingress
-            .into_iter()
-            .flatten()
-            .filter(|ingress| ingress.ip_mode.as_deref() != Some("Proxy"))
-            .filter_map(|ingress| ingress.ip.as_deref()?.parse().ok())
-            .collect();
+        let cluster_ip_reach = if service.internal_local { Reach::Local } else { Reach::Cluster };
+        let affinity_timeout = service.affinity_timeout;
 
-        for port in spec.ports.iter().flatten() {
-            let Some(protocol) = Protocol::from_k8s(port.protocol.as_deref()) else {
-                continue;
-            };
-            let Some(service_port) = u16::try_from(port.port).ok().filter(|p| *p != 0) else {
-                continue;
-            };
-            let node_port = port.node_port.and_then(|p| u16::try_from(p).ok()).filter(|p| *p != 0 && has_node_ports);
-            let port_name = port.name.clone().unwrap_or_default();
+        for port in service.ports.iter() {
+            let (protocol, service_port, node_port, port_name) = (port.protocol, port.port, port.node_port, &port.name);
 
-            for &(family, cluster_ip) in &cluster_ips {
+            for &(family, cluster_ip) in service.cluster_ips.iter() {
                 let set_key = |scope| SetKey {
                     namespace: namespace.to_string(),
                     service: name.to_string(),
@@ -375,8 +324,8 @@ impl Plan {
                 let node_addresses = node.addresses.iter().filter_map(|addr| Some((*addr, node_port?)));
                 let outside = node_addresses
                     .map(|(addr, port)| (FrontendKind::NodePort, addr, port))
-                    .chain(external_ips.iter().map(|ip| (FrontendKind::ExternalIp, *ip, service_port)))
-                    .chain(load_balancer_ips.iter().map(|ip| (FrontendKind::LoadBalancer, *ip, service_port)))
+                    .chain(service.external_ips.iter().map(|ip| (FrontendKind::ExternalIp, *ip, service_port)))
+                    .chain(service.load_balancer_ips.iter().map(|ip| (FrontendKind::LoadBalancer, *ip, service_port)))
                     .filter(|(_, addr, _)| Family::of(*addr) == family);
                 for (kind, addr, port) in outside {
                     let key = FrontendKey { addr, port, protocol, scope: Scope::External };
@@ -412,25 +361,16 @@ impl Candidate {
     }
 }
 
-fn backend_set(key: &SetKey, fill: SetFill, slices: &[&EndpointSlice], node: &NodeInfo) -> BackendSet {
+fn backend_set(key: &SetKey, fill: SetFill, slices: &[&SliceView], node: &NodeInfo) -> BackendSet {
     let mut candidates: BTreeMap<(IpAddr, u16), Candidate> = BTreeMap::new();
     for slice in slices {
-        if Family::from_k8s(&slice.address_type) != Some(key.family) {
+        if slice.family != Some(key.family) {
             continue;
         }
-        let port = slice
-            .ports
-            .iter()
-            .flatten()
-            .find(|p| {
-                p.name.as_deref().unwrap_or_default() == key.port_name && Protocol::from_k8s(p.protocol.as_deref()) == Some(fill.protocol)
-            })
-            .and_then(|p| p.port)
-            .and_then(|p| u16::try_from(p).ok());
+        let port = slice.ports.iter().find(|p| p.name == key.port_name && p.protocol == Some(fill.protocol)).and_then(|p| p.port);
         let Some(port) = port else { continue };
-        let namespace = slice.metadata.namespace.as_deref().unwrap_or_default();
-        for endpoint in &slice.endpoints {
-            let Some(candidate) = candidate(endpoint, port, fill.protocol, key.family, namespace, node) else {
+        for endpoint in slice.endpoints.iter() {
+            let Some(candidate) = candidate(endpoint, port, fill.protocol, key.family, node) else {
                 continue;
             };
             if fill.reach == Reach::Local && !candidate.backend.local {
@@ -461,32 +401,21 @@ fn backend_set(key: &SetKey, fill: SetFill, slices: &[&EndpointSlice], node: &No
     set
 }
 
-fn candidate(endpoint: &Endpoint, port: u16, protocol: Protocol, family: Family, namespace: &str, node: &NodeInfo) -> Option<Candidate> {
-    // The addresses of one endpoint are fungible; kube-proxy uses the first.
-    let addr: IpAddr = endpoint.addresses.first()?.parse().ok()?;
-    if Family::of(addr) != family {
+fn candidate(endpoint: &EndpointView, port: u16, protocol: Protocol, family: Family, node: &NodeInfo) -> Option<Candidate> {
+    // The addresses of one endpoint are fungible; kube-proxy uses the first (the view keeps it).
+    if Family::of(endpoint.addr) != family {
         return None;
     }
-    let conditions = endpoint.conditions.as_ref();
-    let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
-    let serving = conditions.and_then(|c| c.serving).unwrap_or(ready);
-    let terminating = conditions.and_then(|c| c.terminating).unwrap_or(false);
-    let pod = endpoint.target_ref.as_ref().filter(|r| r.kind.as_deref() == Some("Pod")).and_then(|r| {
-        let pod_namespace = r.namespace.as_deref().unwrap_or(namespace);
-        Some((pod_namespace.to_string(), r.name.clone()?))
-    });
     Some(Candidate {
         backend: Backend {
-            addr,
+            addr: endpoint.addr,
             port,
             protocol,
-            node: endpoint.node_name.clone(),
-            local: endpoint.node_name.as_deref() == Some(node.name.as_str()),
-            terminating,
-            pod,
+            local: endpoint.node.as_deref() == Some(node.name.as_str()),
+            terminating: endpoint.terminating,
         },
-        ready,
-        serving,
+        ready: endpoint.ready,
+        serving: endpoint.serving,
     })
 }
 
@@ -539,11 +468,12 @@ mod tests {
 
     /// One line per frontend and per set, in map order:
     /// `fe <addr:port/PROTO> <scope> <kind> -> <set> [affinity=N] [local_only]` and
-    /// `set <ns>/<svc>:<port>/<family>/<scope> [maglev] [<backend>@<node> ...] [terminating ...]`.
+    /// `set <ns>/<svc>:<port>/<family>/<scope> [maglev] [<backend>@<a: local, b: not> ...] [terminating ...]`
+    /// (the scenarios' endpoints run on nodes `a`, this one, and `b`).
     fn render(desired: &DesiredServices) -> Vec<String> {
         let set_name = |k: &SetKey| format!("{}/{}:{}/{:?}/{:?}", k.namespace, k.service, k.port_name, k.family, k.scope);
         let backends = |list: &[Backend]| {
-            list.iter().map(|b| format!("{}@{}", b.name(), b.node.as_deref().unwrap_or("?"))).collect::<Vec<_>>().join(" ")
+            list.iter().map(|b| format!("{}@{}", b.name(), if b.local { "a" } else { "b" })).collect::<Vec<_>>().join(" ")
         };
         let mut lines = Vec::new();
         for (key, fe) in &desired.frontends {
@@ -1009,8 +939,6 @@ mod tests {
                 let pointed = desired.frontends.values().any(|fe| &fe.set == key);
                 assert!(pointed, "{}: set {key:?} has a frontend", scenario.name);
                 for backend in set.backends.iter().chain(&set.terminating) {
-                    let here = backend.node.as_deref() == Some("a");
-                    assert_eq!(backend.local, here, "{}: {} is local iff on node a", scenario.name, backend.name());
                     assert_eq!(Family::of(backend.addr), key.family, "{}: {} in a set of its family", scenario.name, backend.name());
                 }
                 let sorted = |list: &[Backend]| list.windows(2).all(|w| (w[0].addr, w[0].port) < (w[1].addr, w[1].port));
@@ -1036,49 +964,23 @@ mod tests {
             "IPv4",
             json!([{"port": 8080}]),
             json!([
-                {
-                    "addresses": ["10.0.1.1"],
-                    "nodeName": "a",
-                    "conditions": {"ready": true},
-                    "targetRef": {"kind": "Pod", "namespace": "shop", "name": "web-0"},
-                },
-                {
-                    "addresses": ["10.0.1.2"],
-                    "conditions": {"ready": true},
-                    "targetRef": {"kind": "Pod", "name": "web-1"},
-                },
-                {"addresses": ["10.0.1.3"], "nodeName": "b", "targetRef": {"kind": "Node", "name": "b"}},
+                {"addresses": ["10.0.1.1"], "nodeName": "a", "conditions": {"ready": true}},
+                {"addresses": ["10.0.1.2"], "conditions": {"ready": true}},
+                {"addresses": ["10.0.1.3"], "nodeName": "b"},
             ]),
         )];
         let desired = desired_services(&services, &slices, &node());
         let set = desired.sets.values().next().expect("one set");
-        let pod_0 = Backend {
-            addr: "10.0.1.1".parse().unwrap(),
-            port: 8080,
-            protocol: Protocol::Tcp,
-            node: Some("a".into()),
-            local: true,
-            terminating: false,
-            pod: Some(("shop".into(), "web-0".into())),
-        };
-        assert_eq!(set.backends[0], pod_0, "a local pod endpoint");
-        assert_eq!(set.backends[1].node, None, "no nodeName, no node");
+        let local = Backend { addr: "10.0.1.1".parse().unwrap(), port: 8080, protocol: Protocol::Tcp, local: true, terminating: false };
+        assert_eq!(set.backends[0], local, "an endpoint on this node");
         assert!(!set.backends[1].local, "an endpoint of unknown node is not local");
-        assert_eq!(set.backends[1].pod, Some(("shop".into(), "web-1".into())), "a targetRef without namespace is in the slice's namespace");
-        assert_eq!(set.backends[2].pod, None, "a targetRef to a non-Pod is no pod");
+        assert!(!set.backends[2].local, "an endpoint on another node is not local");
     }
 
     #[test]
     fn backend_names_for_maglev() {
-        let backend = |addr: &str, protocol| Backend {
-            addr: addr.parse().unwrap(),
-            port: 8080,
-            protocol,
-            node: None,
-            local: false,
-            terminating: false,
-            pod: None,
-        };
+        let backend =
+            |addr: &str, protocol| Backend { addr: addr.parse().unwrap(), port: 8080, protocol, local: false, terminating: false };
         assert_eq!(backend("10.0.0.1", Protocol::Tcp).name(), "10.0.0.1:8080/TCP");
         assert_eq!(backend("fd00::1", Protocol::Udp).name(), "[fd00::1]:8080/UDP");
         assert_eq!(backend("10.0.0.1", Protocol::Sctp).name(), "10.0.0.1:8080/SCTP");

@@ -1,15 +1,15 @@
 //! The desired tables kept between rounds: a service's frontends and backend sets are computed
 //! again only when the caller says its Service or endpoint slices changed, and merged with the others in
 //! (namespace, name) order — the first service to claim a frontend keeps it — so the result is
-//! always what [`desired_services`] computes over everything, at the cost of what changed.
+//! always what [`desired_services`](crate::desired::desired_services) computes over everything, at the cost of what changed.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-
-use crate::desired::{desired_services, BackendSet, DesiredServices, Frontend, FrontendKey, FrontendKind, NodeInfo, Scope, SetKey};
+use crate::desired::{desired_from_views, BackendSet, DesiredServices, Frontend, FrontendKey, FrontendKind, NodeInfo, Scope, SetKey};
+use crate::small_set::SmallSet;
+use crate::view::{ServiceView, SliceView};
 
 /// A service by (namespace, name).
 pub type ServiceId = (String, String);
@@ -17,8 +17,8 @@ pub type ServiceId = (String, String);
 /// What a service's tables are computed from: the Service and its endpoint slices (applied
 /// ones borrowed, derived ones owned), in a stable order.
 pub struct ServiceInput<'a> {
-    pub service: &'a Service,
-    pub slices: Vec<Cow<'a, EndpointSlice>>,
+    pub service: &'a ServiceView,
+    pub slices: Vec<Cow<'a, SliceView>>,
 }
 
 /// What one service's inputs gave, in exact-size vectors (a service has a few frontends and
@@ -31,7 +31,7 @@ struct Entry {
 
 struct Partial {
     frontends: Vec<(FrontendKey, Frontend)>,
-    sets: Vec<(SetKey, BackendSet)>,
+    sets: Vec<(SetKey, Arc<BackendSet>)>,
 }
 
 impl Partial {
@@ -76,7 +76,7 @@ pub struct DesiredCache {
     node: NodeInfo,
     entries: BTreeMap<ServiceId, Entry>,
     /// Every service that claims a frontend; the first in order keeps it.
-    claims: BTreeMap<FrontendKey, BTreeSet<ServiceId>>,
+    claims: BTreeMap<FrontendKey, SmallSet<ServiceId>>,
     merged: DesiredServices,
 }
 
@@ -115,9 +115,8 @@ impl DesiredCache {
                 self.drop_sets(&old.partial);
             }
             if let Some(input) = input {
-                let slices: Vec<EndpointSlice> = input.slices.into_iter().map(Cow::into_owned).collect();
-                let partial = Partial::of(desired_services(std::slice::from_ref(input.service), &slices, &self.node));
-                drop(slices);
+                let slices: Vec<&SliceView> = input.slices.iter().map(|s| s.as_ref()).collect();
+                let partial = Partial::of(desired_from_views(&[input.service], &slices, &self.node));
                 for key in partial.frontend_keys() {
                     self.claims.entry(key.clone()).or_default().insert(id.clone());
                     affected.insert(key.clone());
@@ -180,10 +179,14 @@ impl DesiredCache {
         }
         for (set_key, backends) in &entry.partial.sets {
             match kept.get(set_key) {
+                // The service's own set when the merge does not change it: one copy, shared.
+                Some(maglev) if backends.maglev == *maglev => {
+                    self.merged.sets.insert(set_key.clone(), backends.clone());
+                }
                 Some(maglev) => {
-                    let mut set = backends.clone();
+                    let mut set = BackendSet::clone(backends);
                     set.maglev = *maglev;
-                    self.merged.sets.insert(set_key.clone(), set);
+                    self.merged.sets.insert(set_key.clone(), Arc::new(set));
                 }
                 None => {
                     self.merged.sets.remove(set_key);
@@ -202,7 +205,7 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     use super::*;
-    use crate::desired::SERVICE_NAME_LABEL;
+    use crate::desired::{desired_services, SERVICE_NAME_LABEL};
 
     fn node() -> NodeInfo {
         NodeInfo { name: "node0".into(), addresses: vec!["192.0.2.10".parse().unwrap()] }
@@ -245,7 +248,7 @@ mod tests {
         }
     }
 
-    fn input<'a>(svc: &'a Service, slices: &'a [EndpointSlice]) -> ServiceInput<'a> {
+    fn input<'a>(svc: &'a ServiceView, slices: &'a [SliceView]) -> ServiceInput<'a> {
         ServiceInput { service: svc, slices: slices.iter().map(Cow::Borrowed).collect() }
     }
 
@@ -257,16 +260,20 @@ mod tests {
         what: &str,
         changed: Option<&[&str]>,
     ) -> usize {
+        let views: BTreeMap<&String, (ServiceView, Vec<SliceView>)> =
+            world.iter().map(|(name, (svc, slices))| (name, (ServiceView::of(svc), slices.iter().map(SliceView::of).collect()))).collect();
         let recomputed = match changed {
             None => {
                 cache
-                    .update(world.iter().map(|(name, (svc, slices))| (("default".to_owned(), name.clone()), input(svc, slices))).collect())
+                    .update(
+                        views.iter().map(|(name, (svc, slices))| (("default".to_owned(), (*name).clone()), input(svc, slices))).collect(),
+                    )
                     .recomputed
             }
             Some(names) => {
                 let changes = names
                     .iter()
-                    .map(|n| (("default".to_owned(), (*n).to_owned()), world.get(*n).map(|(svc, slices)| input(svc, slices))))
+                    .map(|n| (("default".to_owned(), (*n).to_owned()), views.get(&(*n).to_owned()).map(|(svc, slices)| input(svc, slices))))
                     .collect();
                 cache.update_changed(changes).recomputed
             }

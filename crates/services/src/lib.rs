@@ -18,3 +18,5 @@
 pub mod desired;
 pub mod incremental;
 pub mod maglev;
+pub mod small_set;
+pub mod view;

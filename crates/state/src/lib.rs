@@ -26,6 +26,6 @@ mod snapshot;
 
 pub use cluster::{EndpointRecord, IdentityRecord, NodeRecord};
 pub use datastore::{Datastore, EtcdAccess};
-pub use local::{LocalStore, ObjectMap, ObjectMapExt, Store, StoreError, StoreStamp};
+pub use local::{LocalStore, ObjectMap, ObjectMapExt, ServiceViews, Store, StoreError, StoreStamp};
 pub use local_source::{LocalSource, DEFAULT_POLL};
 pub use snapshot::{wait_for, wait_synced, ClusterState, SnapshotPublisher, SourceHealth, StateSource};

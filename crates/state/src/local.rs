@@ -2,10 +2,12 @@
 //! file, then rename) under an exclusive lock, so readers never see half a write and two
 //! writers never interleave.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -15,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use sluice_model::labels::namespace_labels;
 use sluice_model::policy::{SluiceClusterwideNetworkPolicy, SluiceNetworkPolicy};
 use sluice_model::LabelSet;
+use sluice_services::view::{ServiceView, SliceView};
 
 use crate::cluster::{EndpointRecord, IdentityRecord, NodeRecord};
 
@@ -95,6 +98,18 @@ pub struct Store {
     /// Cluster-wide security identities by number (cluster datastores).
     #[serde(default)]
     pub identities: imbl::OrdMap<u32, IdentityRecord>,
+    /// Services and endpoint slices as compact views, kept in place of `services` and
+    /// `endpoint_slices` in an agent's snapshots ([`Store::compact`]); `None` in a writer's
+    /// store, which keeps the objects whole. Never written.
+    #[serde(skip)]
+    pub views: Option<ServiceViews>,
+}
+
+/// What the service tables are computed from, by the same keys as the objects.
+#[derive(Debug, Clone, Default)]
+pub struct ServiceViews {
+    pub services: ObjectMap<Arc<ServiceView>>,
+    pub endpoint_slices: ObjectMap<Arc<SliceView>>,
 }
 
 /// A kind's objects by key.
@@ -122,6 +137,83 @@ impl<T: Clone> ObjectMapExt<T> for ObjectMap<T> {
 }
 
 impl Store {
+    /// An empty store that keeps services and endpoint slices as views from the start, so a
+    /// source filling it never holds the whole objects.
+    pub fn compacting() -> Self {
+        Self { views: Some(ServiceViews::default()), ..Self::default() }
+    }
+
+    /// Replaces the services and endpoint slices by their views: an agent never reads the rest
+    /// of them, and at 10,000 services the whole objects are most of its memory. Idempotent;
+    /// objects put in later still go to the views (see [`Store::put_service`]).
+    pub fn compact(&mut self) {
+        let views = self.views.get_or_insert_with(ServiceViews::default);
+        for (key, service) in std::mem::take(&mut self.services) {
+            views.services.insert(key, Arc::new(ServiceView::of(&service)));
+        }
+        for (key, slice) in std::mem::take(&mut self.endpoint_slices) {
+            views.endpoint_slices.insert(key, Arc::new(SliceView::of(&slice)));
+        }
+    }
+
+    /// Whether the services and endpoint slices are views only.
+    pub fn is_compact(&self) -> bool {
+        self.views.is_some() && self.services.is_empty() && self.endpoint_slices.is_empty()
+    }
+
+    /// The services and endpoint slices as views: the kept ones of a compact store, else made
+    /// from the objects (a writer's store; costs a pass over them).
+    pub fn service_views(&self) -> Cow<'_, ServiceViews> {
+        match &self.views {
+            Some(views) if self.is_compact() => Cow::Borrowed(views),
+            _ => {
+                let mut copy = self.clone();
+                copy.compact();
+                Cow::Owned(copy.views.unwrap_or_default())
+            }
+        }
+    }
+
+    /// Puts a service, as a view in a compact store.
+    pub fn put_service(&mut self, key: String, service: Service) {
+        match &mut self.views {
+            Some(views) => {
+                views.services.insert(key, Arc::new(ServiceView::of(&service)));
+            }
+            None => {
+                self.services.insert(key, service);
+            }
+        }
+    }
+
+    /// Puts an endpoint slice, as a view in a compact store.
+    pub fn put_endpoint_slice(&mut self, key: String, slice: EndpointSlice) {
+        match &mut self.views {
+            Some(views) => {
+                views.endpoint_slices.insert(key, Arc::new(SliceView::of(&slice)));
+            }
+            None => {
+                self.endpoint_slices.insert(key, slice);
+            }
+        }
+    }
+
+    /// Removes a service, whichever form it is kept in.
+    pub fn remove_service(&mut self, key: &str) {
+        self.services.remove(key);
+        if let Some(views) = &mut self.views {
+            views.services.remove(key);
+        }
+    }
+
+    /// Removes an endpoint slice, whichever form it is kept in.
+    pub fn remove_endpoint_slice(&mut self, key: &str) {
+        self.endpoint_slices.remove(key);
+        if let Some(views) = &mut self.views {
+            views.endpoint_slices.remove(key);
+        }
+    }
+
     /// The key of a namespaced object (pod, service, endpoint slice): `namespace/name`.
     pub fn pod_key(namespace: &str, name: &str) -> String {
         Self::key(namespace, name)

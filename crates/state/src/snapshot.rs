@@ -105,8 +105,12 @@ impl SnapshotPublisher {
     }
 
     /// Publishes a snapshot; a revision that does not move forward is ignored, so readers never
-    /// go back in time.
-    pub fn publish(&self, state: ClusterState) {
+    /// go back in time. Snapshots are compact ([`Store::compact`]): services and endpoint
+    /// slices as views, whatever the source read.
+    pub fn publish(&self, mut state: ClusterState) {
+        if !state.objects.is_compact() {
+            Arc::make_mut(&mut state.objects).compact();
+        }
         self.tx.send_if_modified(|current| {
             if state.revision < current.revision || (state.revision == current.revision && state.synced == current.synced) {
                 return false;

@@ -9,41 +9,59 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use imbl::ordmap::DiffItem;
-use k8s_openapi::api::core::v1::{Pod, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-use sluice_services::desired::SERVICE_NAME_LABEL;
+use k8s_openapi::api::core::v1::Pod;
 use sluice_services::incremental::{ServiceId, ServiceInput};
-use sluice_state::Store;
+use sluice_services::small_set::SmallSet;
+use sluice_services::view::{ServiceView, SliceView};
+use sluice_state::{ServiceViews, Store};
 
 /// The inputs as of the last snapshot seen.
 #[derive(Default)]
 pub struct Inputs {
-    /// The snapshot the index and the derived slices are of.
+    /// The snapshot the index and the derived slices are of (compact).
     seen: Option<Arc<Store>>,
     /// Applied slice keys by the service they name.
-    slices_of: BTreeMap<ServiceId, BTreeSet<String>>,
+    slices_of: BTreeMap<ServiceId, SmallSet<String>>,
     /// Slices derived from pods, per selector service.
-    derived: BTreeMap<ServiceId, Vec<EndpointSlice>>,
+    derived: BTreeMap<ServiceId, Vec<SliceView>>,
+}
+
+/// `objects` with services and endpoint slices as views: the snapshot itself when it is (a
+/// source's always are), else a compacted copy.
+pub fn compact(objects: &Arc<Store>) -> Arc<Store> {
+    if objects.is_compact() {
+        return objects.clone();
+    }
+    let mut copy = Store::clone(objects);
+    copy.compact();
+    Arc::new(copy)
+}
+
+fn views(objects: &Store) -> &ServiceViews {
+    static EMPTY: std::sync::LazyLock<ServiceViews> = std::sync::LazyLock::new(ServiceViews::default);
+    objects.views.as_ref().unwrap_or(&EMPTY)
 }
 
 // === impl Inputs ===
 
 impl Inputs {
-    /// Moves to `objects` and returns the services whose inputs changed since the last
-    /// snapshot, or `None` when everything must be looked at (the first snapshot).
+    /// Moves to `objects` (compact: see [`compact`]) and returns the services whose inputs
+    /// changed since the last snapshot, or `None` when everything must be looked at (the
+    /// first snapshot).
     pub fn advance(&mut self, objects: &Arc<Store>) -> Option<BTreeSet<ServiceId>> {
         let Some(prev) = self.seen.replace(objects.clone()) else {
             self.rebuild(objects);
             return None;
         };
         let mut changed = BTreeSet::new();
-        for item in prev.services.diff(&objects.services) {
+        let (before, now) = (views(&prev), views(objects));
+        for item in before.services.diff(&now.services) {
             let svc = match item {
                 DiffItem::Add(_, s) | DiffItem::Update { new: (_, s), .. } | DiffItem::Remove(_, s) => s,
             };
             changed.insert(service_id(svc));
         }
-        for item in prev.endpoint_slices.diff(&objects.endpoint_slices) {
+        for item in before.endpoint_slices.diff(&now.endpoint_slices) {
             match item {
                 DiffItem::Add(key, slice) => self.index(key, slice, &mut changed),
                 DiffItem::Remove(key, slice) => self.unindex(key, slice, &mut changed),
@@ -68,22 +86,21 @@ impl Inputs {
         }
         // Without pod changes only the changed services need looking at; with them, every
         // selector service of those namespaces.
-        let candidates: Vec<&Service> = if namespaces.is_empty() {
-            changed.iter().filter_map(|id| objects.services.get(&Store::key(&id.0, &id.1))).collect()
+        let candidates: Vec<&ServiceView> = if namespaces.is_empty() {
+            changed.iter().filter_map(|id| now.services.get(&Store::key(&id.0, &id.1))).map(|s| &**s).collect()
         } else {
-            objects
-                .services
+            now.services
                 .values()
-                .filter(|s| namespaces.contains(s.metadata.namespace.as_deref().unwrap_or("default")) || changed.contains(&service_id(s)))
+                .map(|s| &**s)
+                .filter(|s| namespaces.contains(&service_id(s).0) || changed.contains(&service_id(s)))
                 .collect()
         };
-        let rederive: Vec<&Service> = candidates.into_iter().filter(|s| is_selector(s)).collect();
+        let rederive: Vec<&ServiceView> = candidates.into_iter().filter(|s| s.derivable().is_some()).collect();
         if !rederive.is_empty() {
             let pods = pods_by_namespace(objects);
             for svc in rederive {
                 let id = service_id(svc);
-                self.derived
-                    .insert(id.clone(), sluice_model::derive_endpoint_slices(svc, pods.get(id.0.as_str()).into_iter().flatten().copied()));
+                self.derived.insert(id.clone(), derive(svc, &pods));
                 changed.insert(id);
             }
         }
@@ -92,18 +109,26 @@ impl Inputs {
 
     /// The inputs of the services in `ids` (`None` for those gone), from `objects`.
     pub fn of<'a>(&'a self, objects: &'a Store, ids: &BTreeSet<ServiceId>) -> BTreeMap<ServiceId, Option<ServiceInput<'a>>> {
-        ids.iter().map(|id| (id.clone(), objects.services.get(&Store::key(&id.0, &id.1)).map(|svc| self.input(objects, svc)))).collect()
+        let views = views(objects);
+        ids.iter().map(|id| (id.clone(), views.services.get(&Store::key(&id.0, &id.1)).map(|svc| self.input(views, svc)))).collect()
     }
 
     /// The inputs of every service in `objects`.
     pub fn all<'a>(&'a self, objects: &'a Store) -> BTreeMap<ServiceId, ServiceInput<'a>> {
-        objects.services.values().map(|svc| (service_id(svc), self.input(objects, svc))).collect()
+        let views = views(objects);
+        views.services.values().map(|svc| (service_id(svc), self.input(views, svc))).collect()
     }
 
-    fn input<'a>(&'a self, objects: &'a Store, svc: &'a Service) -> ServiceInput<'a> {
+    fn input<'a>(&'a self, views: &'a ServiceViews, svc: &'a ServiceView) -> ServiceInput<'a> {
         let id = service_id(svc);
-        let mut slices: Vec<Cow<'a, EndpointSlice>> =
-            self.slices_of.get(&id).into_iter().flatten().filter_map(|key| objects.endpoint_slices.get(key)).map(Cow::Borrowed).collect();
+        let mut slices: Vec<Cow<'a, SliceView>> = self
+            .slices_of
+            .get(&id)
+            .into_iter()
+            .flatten()
+            .filter_map(|key| views.endpoint_slices.get(key))
+            .map(|s| Cow::Borrowed(&**s))
+            .collect();
         slices.extend(self.derived.get(&id).into_iter().flatten().map(Cow::Borrowed));
         ServiceInput { service: svc, slices }
     }
@@ -112,28 +137,27 @@ impl Inputs {
         self.slices_of.clear();
         self.derived.clear();
         let mut ignored = BTreeSet::new();
-        for (key, slice) in objects.endpoint_slices.iter() {
+        let views = views(objects);
+        for (key, slice) in views.endpoint_slices.iter() {
             self.index(key, slice, &mut ignored);
         }
         let pods = pods_by_namespace(objects);
-        for svc in objects.services.values().filter(|s| is_selector(s)) {
-            let id = service_id(svc);
-            let slices = sluice_model::derive_endpoint_slices(svc, pods.get(id.0.as_str()).into_iter().flatten().copied());
-            self.derived.insert(id, slices);
+        for svc in views.services.values().filter(|s| s.derivable().is_some()) {
+            self.derived.insert(service_id(svc), derive(svc, &pods));
         }
     }
 
-    fn index(&mut self, key: &str, slice: &EndpointSlice, changed: &mut BTreeSet<ServiceId>) {
+    fn index(&mut self, key: &str, slice: &SliceView, changed: &mut BTreeSet<ServiceId>) {
         if let Some(id) = slice_service(slice) {
             self.slices_of.entry(id.clone()).or_default().insert(key.to_owned());
             changed.insert(id);
         }
     }
 
-    fn unindex(&mut self, key: &str, slice: &EndpointSlice, changed: &mut BTreeSet<ServiceId>) {
+    fn unindex(&mut self, key: &str, slice: &SliceView, changed: &mut BTreeSet<ServiceId>) {
         if let Some(id) = slice_service(slice) {
             if let Some(keys) = self.slices_of.get_mut(&id) {
-                keys.remove(key);
+                keys.remove(&key.to_owned());
                 if keys.is_empty() {
                     self.slices_of.remove(&id);
                 }
@@ -151,16 +175,25 @@ fn pods_by_namespace(objects: &Store) -> BTreeMap<&str, Vec<&Pod>> {
     m
 }
 
-fn is_selector(svc: &Service) -> bool {
-    svc.spec.as_ref().and_then(|s| s.selector.as_ref()).is_some_and(|s| !s.is_empty())
+/// The slices the endpoint-slice controller would make for `svc` from its namespace's pods.
+fn derive(svc: &ServiceView, pods: &BTreeMap<&str, Vec<&Pod>>) -> Vec<SliceView> {
+    let Some(service) = svc.derivable() else { return Vec::new() };
+    let namespace = service_id(svc).0;
+    let slices = sluice_model::derive_endpoint_slices(&service, pods.get(namespace.as_str()).into_iter().flatten().copied());
+    slices.iter().map(SliceView::of).collect()
 }
 
 /// The service a slice belongs to, by its service-name label.
-fn slice_service(slice: &EndpointSlice) -> Option<ServiceId> {
-    let name = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
-    Some((slice.metadata.namespace.clone().unwrap_or_else(|| "default".into()), name.clone()))
+fn slice_service(slice: &SliceView) -> Option<ServiceId> {
+    let name = slice.service.as_ref()?;
+    Some((or_default(&slice.namespace), name.clone()))
 }
 
-pub fn service_id(svc: &Service) -> ServiceId {
-    (svc.metadata.namespace.clone().unwrap_or_else(|| "default".into()), svc.metadata.name.clone().unwrap_or_default())
+pub fn service_id(svc: &ServiceView) -> ServiceId {
+    (or_default(&svc.namespace), svc.name.clone())
+}
+
+/// An object without a namespace is in `default`.
+fn or_default(namespace: &str) -> String {
+    if namespace.is_empty() { "default" } else { namespace }.to_owned()
 }

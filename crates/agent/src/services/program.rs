@@ -528,15 +528,7 @@ mod tests {
     }
 
     fn backend(last: u8) -> Backend {
-        Backend {
-            addr: IpAddr::from([198, 19, 0, last]),
-            port: 8080,
-            protocol: Protocol::Tcp,
-            node: Some("n1".into()),
-            local: true,
-            terminating: false,
-            pod: None,
-        }
+        Backend { addr: IpAddr::from([198, 19, 0, last]), port: 8080, protocol: Protocol::Tcp, local: true, terminating: false }
     }
 
     fn desired(services: &[(&str, u8, &[u8], bool)]) -> DesiredServices {
@@ -547,7 +539,7 @@ mod tests {
                 .insert(key, Frontend { kind: FrontendKind::ClusterIp, set: set_key(name), affinity_timeout: None, local_only: false });
             d.sets.insert(
                 set_key(name),
-                BackendSet { backends: backends.iter().map(|b| backend(*b)).collect(), terminating: vec![], maglev: *maglev },
+                BackendSet { backends: backends.iter().map(|b| backend(*b)).collect(), terminating: vec![], maglev: *maglev }.into(),
             );
         }
         d

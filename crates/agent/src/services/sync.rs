@@ -87,10 +87,11 @@ impl Services {
         let started = Instant::now();
         let mut state = lock(&self.state);
         let RoundState { inputs, cache } = &mut *state;
-        let changed = inputs.advance(&objects.objects);
+        let compact = super::inputs::compact(&objects.objects);
+        let changed = inputs.advance(&compact);
         let update = match (&changed, force) {
-            (Some(ids), false) => cache.update_changed(inputs.of(&objects.objects, ids)),
-            _ => cache.update(inputs.all(&objects.objects)),
+            (Some(ids), false) => cache.update_changed(inputs.of(&compact, ids)),
+            _ => cache.update(inputs.all(&compact)),
         };
         let computed = started.elapsed();
         let desired = cache.desired();

@@ -270,18 +270,16 @@ pub fn apply_put(keys: &Keys, store: &mut Store, key: &[u8], value: &[u8]) -> Re
         Key::Object(kind, k) => {
             let k = k.to_string();
             match kind {
-                ObjectKind::Namespaces => store.namespaces.insert(k, serde_json::from_slice(value).map_err(decode)?).map(drop),
-                ObjectKind::Pods => store.pods.insert(k, serde_json::from_slice(value).map_err(decode)?).map(drop),
-                ObjectKind::Services => store.services.insert(k, serde_json::from_slice(value).map_err(decode)?).map(drop),
-                ObjectKind::EndpointSlices => store.endpoint_slices.insert(k, serde_json::from_slice(value).map_err(decode)?).map(drop),
-                ObjectKind::NetworkPolicies => store.network_policies.insert(k, serde_json::from_slice(value).map_err(decode)?).map(drop),
-                ObjectKind::SluiceNetworkPolicies => {
-                    store.sluice_policies.insert(k, serde_json::from_slice(value).map_err(decode)?).map(drop)
-                }
+                ObjectKind::Namespaces => drop(store.namespaces.insert(k, serde_json::from_slice(value).map_err(decode)?)),
+                ObjectKind::Pods => drop(store.pods.insert(k, serde_json::from_slice(value).map_err(decode)?)),
+                ObjectKind::Services => store.put_service(k, serde_json::from_slice(value).map_err(decode)?),
+                ObjectKind::EndpointSlices => store.put_endpoint_slice(k, serde_json::from_slice(value).map_err(decode)?),
+                ObjectKind::NetworkPolicies => drop(store.network_policies.insert(k, serde_json::from_slice(value).map_err(decode)?)),
+                ObjectKind::SluiceNetworkPolicies => drop(store.sluice_policies.insert(k, serde_json::from_slice(value).map_err(decode)?)),
                 ObjectKind::SluiceClusterwideNetworkPolicies => {
-                    store.clusterwide_policies.insert(k, serde_json::from_slice(value).map_err(decode)?).map(drop)
+                    drop(store.clusterwide_policies.insert(k, serde_json::from_slice(value).map_err(decode)?))
                 }
-            };
+            }
         }
         Key::Node(name) => {
             let record: NodeRecord = serde_json::from_slice(value).map_err(decode)?;
@@ -309,8 +307,14 @@ pub fn apply_delete(keys: &Keys, store: &mut Store, key: &[u8]) {
         Key::Object(kind, k) => match kind {
             ObjectKind::Namespaces => store.namespaces.remove(k).map(drop),
             ObjectKind::Pods => store.pods.remove(k).map(drop),
-            ObjectKind::Services => store.services.remove(k).map(drop),
-            ObjectKind::EndpointSlices => store.endpoint_slices.remove(k).map(drop),
+            ObjectKind::Services => {
+                store.remove_service(k);
+                Some(())
+            }
+            ObjectKind::EndpointSlices => {
+                store.remove_endpoint_slice(k);
+                Some(())
+            }
             ObjectKind::NetworkPolicies => store.network_policies.remove(k).map(drop),
             ObjectKind::SluiceNetworkPolicies => store.sluice_policies.remove(k).map(drop),
             ObjectKind::SluiceClusterwideNetworkPolicies => store.clusterwide_policies.remove(k).map(drop),

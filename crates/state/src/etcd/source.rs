@@ -47,7 +47,16 @@ impl EtcdSource {
         let store = Arc::new(Mutex::new(None));
         let working = resume.map(|state| {
             publisher.publish(state.clone());
-            Working { objects: state.objects, revision: state.revision }
+            Working {
+                objects: if state.objects.is_compact() {
+                    state.objects
+                } else {
+                    let mut objects = Store::clone(&state.objects);
+                    objects.compact();
+                    Arc::new(objects)
+                },
+                revision: state.revision,
+            }
         });
         let task = tokio::spawn(run(config, publisher.clone(), store.clone(), working));
         Self { publisher, store, task }
@@ -135,7 +144,8 @@ async fn fail(publisher: &SnapshotPublisher, error: &EtcdError, backoff: &mut Du
 
 /// Reads the whole prefix and publishes it as a synced snapshot.
 async fn full_sync(store: &EtcdStore, publisher: &SnapshotPublisher) -> Result<Working, EtcdError> {
-    let objects = store.read_all().await?;
+    // Compact as it is read: an agent never holds every whole Service and slice at once.
+    let objects = store.read_all_into(Store::compacting()).await?;
     let revision = objects.generation;
     let objects = Arc::new(objects);
     // Health first: a reader woken by the snapshot sees the health that goes with it.

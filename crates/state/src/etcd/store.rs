@@ -160,10 +160,16 @@ impl EtcdStore {
     /// Everything under the prefix, decoded; `generation` is the revision read at. Values that
     /// do not decode are logged and skipped, so one bad key does not stop every reader.
     pub(crate) async fn read_all(&self) -> Result<Store, EtcdError> {
+        self.read_all_into(Store::default()).await
+    }
+
+    /// Everything under the root put into `store` (a [`Store::compacting`] one keeps services
+    /// and endpoint slices as views only), with the revision read at.
+    pub(crate) async fn read_all_into(&self, mut store: Store) -> Result<Store, EtcdError> {
         let root = self.keys.root().to_string();
         let end = keys::prefix_end(&root);
         let mut response = self.get(root, Some(GetOptions::new().with_range(end)), "reading everything").await?;
-        let mut store = Store { generation: header_revision(response.header()), ..Default::default() };
+        store.generation = header_revision(response.header());
         for kv in response.take_kvs() {
             if let Err(e) = keys::apply_put(&self.keys, &mut store, kv.key(), kv.value()) {
                 tracing::warn!(error = %e, "skipping a value that does not decode");
