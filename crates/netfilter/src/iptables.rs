@@ -2,7 +2,7 @@
 //! [`Ruleset`]. It understands what classification needs (addresses, interfaces, protocol,
 //! comment, addrtype, iprange, targets) and keeps every other option verbatim in the rule.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
 use ipnet::{IpNet, Ipv4Subnets, Ipv6Subnets};
@@ -164,13 +164,15 @@ impl Parser {
 
     fn commit(&mut self, table: OpenTable) -> Result<(), IptablesError> {
         let mut positions: HashMap<String, usize> = HashMap::new();
+        // A set, not a scan per rule: kube-proxy's tables hold tens of thousands of chains.
+        let declared: HashSet<&str> = table.chains.iter().map(|chain| chain.name.as_str()).collect();
         for pending in table.rules {
             let PendingRule { line, mut rule, target } = pending;
-            if !table.chains.iter().any(|chain| chain.name == rule.chain) {
+            if !declared.contains(rule.chain.as_str()) {
                 return Err(IptablesError::UnknownChain { line, table: table.name.clone(), chain: rule.chain });
             }
             if let Some((name, goto)) = target {
-                let declared = table.chains.iter().any(|chain| chain.name == name);
+                let declared = declared.contains(name.as_str());
                 let action = if goto {
                     if !declared {
                         return Err(IptablesError::UnknownChain { line, table: table.name.clone(), chain: name });

@@ -80,6 +80,9 @@ pub fn parse_value(document: &Value) -> Result<Ruleset, NftError> {
 #[derive(Default)]
 struct Document {
     chains: Vec<Chain>,
+    /// (family, table, name) of every chain, for the check of each rule's chain: a scan of
+    /// `chains` per rule is quadratic on kube-proxy's tens of thousands of chains.
+    chain_names: HashSet<(Family, String, String)>,
     /// Elements of named sets and maps, by (family, table, name).
     sets: HashMap<(Family, String, String), Vec<Value>>,
 }
@@ -121,6 +124,7 @@ impl Document {
             Some(Value::Array(devs)) => devs.iter().filter_map(Value::as_str).map(str::to_string).collect(),
             _ => Vec::new(),
         };
+        self.chain_names.insert((family, table.to_string(), name.to_string()));
         self.chains.push(Chain {
             family,
             backend: Backend::Nftables,
@@ -152,7 +156,7 @@ impl Document {
         };
         let table = str_field(body, index, "rule", "table")?;
         let chain = str_field(body, index, "rule", "chain")?;
-        if !self.chains.iter().any(|c| c.family == family && c.table == table && c.name == chain) {
+        if !self.chain_names.contains(&(family, table.to_string(), chain.to_string())) {
             return Err(NftError::UnknownChain { index, family: family.nft_name(), table: table.to_string(), chain: chain.to_string() });
         }
         let exprs = field(body, index, "rule", "expr")?.as_array().ok_or(NftError::MissingField { index, kind: "rule", field: "expr" })?;
