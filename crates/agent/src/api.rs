@@ -125,11 +125,8 @@ pub async fn serve_metrics(addr: std::net::SocketAddr, agent: Arc<Agent>) -> Res
         .await
         .map_err(|source| AgentError::Startup { action: format!("binding the metrics address {addr}"), source })?;
     let app = Router::new().route("/metrics", get(|State(a): Shared| async move { a.metrics_text() })).with_state(agent);
-    Ok(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!("metrics endpoint stopped: {e}");
-        }
-    }))
+    // The same limits as the API socket; it stops when the agent aborts the task.
+    Ok(tokio::spawn(crate::serve::serve(listener, app, std::future::pending())))
 }
 
 /// Binds the socket: its directory and the socket itself are root-only (0700 / 0600). A stale

@@ -200,7 +200,7 @@ pub async fn run(mut config: AgentConfig) -> Result<(), AgentError> {
         Some(addr) => Some(crate::api::serve_metrics(addr, agent.clone()).await?),
         None => None,
     };
-    let served = axum::serve(listener, crate::api::router(agent)).with_graceful_shutdown(shutdown_signal()).await;
+    crate::serve::serve(listener, crate::api::router(agent), shutdown_signal()).await;
     resync.abort();
     service_loop.abort();
     if let Some(task) = cluster_loop {
@@ -214,7 +214,7 @@ pub async fn run(mut config: AgentConfig) -> Result<(), AgentError> {
     }
     let _ = std::fs::remove_file(&config.socket);
     tracing::info!("agent stopped; the datapath keeps forwarding");
-    served.map_err(|source| AgentError::Startup { action: "serving the API".into(), source })
+    Ok(())
 }
 
 type Changes = Option<tokio::sync::watch::Receiver<sluice_state::ClusterState>>;

@@ -26,6 +26,7 @@ pub mod observer;
 pub mod plumber;
 pub mod policy;
 pub mod reconciler;
+pub mod serve;
 pub mod services;
 
 pub use config::AgentConfig;
