@@ -5,6 +5,8 @@
 mod config;
 mod env;
 mod error;
+#[cfg(test)]
+mod never_panic;
 mod result;
 mod run;
 
