@@ -47,7 +47,7 @@ enum sluice_drop_reason {
 	SLUICE_DROP_ARP_SPOOFED = 6,         /* ARP with a sender address that is not the pod's */
 	SLUICE_DROP_NO_SERVICE_BACKEND = 7,  /* service without backends: answered with ICMP unreachable */
 	SLUICE_DROP_NAT_NO_PORT = 8,         /* no free SNAT port for a NodePort flow to another node */
-	SLUICE_DROP_CT_FULL = 9,             /* the service conntrack table refused a new entry */
+	SLUICE_DROP_CT_FULL = 9,             /* a conntrack table (service or policy) refused a new entry */
 	SLUICE_DROP_POLICY_INGRESS = 10,     /* network policy of the receiving pod denied it */
 	SLUICE_DROP_POLICY_EGRESS = 11,      /* network policy of the sending pod denied it */
 	SLUICE_DROP_REASON_MAX = 12,

@@ -297,12 +297,18 @@ static __always_inline void pct_touch(struct policy_ct_entry *e, __u8 tcp_flags,
 		e->flags |= SLUICE_PCT_F_SEEN_REPLY;
 }
 
-static __always_inline void pct_create(const struct ct_key *k, __u8 origin)
+/* Track a new flow. The table is an LRU hash: when full, the kernel evicts the least recently
+ * used entry, so this fails only when no entry can be reclaimed at once (or when the pinned map
+ * is a plain hash). A flow that cannot be tracked is dropped as conntrack full: passed on
+ * untracked, its replies would meet the pod's policy as new flows. */
+static __always_inline int pct_create(struct __sk_buff *skb, const struct ct_key *k, __u8 origin)
 {
 	struct policy_ct_entry e = {};
 	e.last_seen_ns = bpf_ktime_get_ns();
 	e.flags = origin;
-	bpf_map_update_elem(&policy_ct, k, &e, BPF_ANY);
+	if (bpf_map_update_elem(&policy_ct, k, &e, BPF_ANY))
+		return drop(skb, SLUICE_DROP_CT_FULL);
+	return POLICY_CONTINUE;
 }
 
 /* A bare SYN opens a new connection even if an old entry of the tuple remains. */
@@ -364,7 +370,7 @@ static __noinline __attribute__((unused)) int policy_egress_end(struct __sk_buff
 			return v;
 	}
 	if (eg->state == 1)
-		pct_create(&eg->p.t, SLUICE_PCT_F_ORIGIN_EGRESS);
+		return pct_create(skb, &eg->p.t, SLUICE_PCT_F_ORIGIN_EGRESS);
 	return POLICY_CONTINUE;
 }
 
@@ -397,7 +403,7 @@ static __noinline int policy_ingress(struct __sk_buff *skb, const struct endpoin
 	if (e && !syn)
 		pct_touch(e, p->tcp_flags, 0);
 	else
-		pct_create(k, SLUICE_PCT_F_ORIGIN_INGRESS);
+		return pct_create(skb, k, SLUICE_PCT_F_ORIGIN_INGRESS);
 	return POLICY_CONTINUE;
 }
 

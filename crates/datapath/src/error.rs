@@ -27,6 +27,10 @@ pub enum DatapathError {
         #[source]
         source: Box<aya::maps::MapError>,
     },
+    /// A map of fixed capacity has no room for another key: every entry is in use. What it
+    /// holds is unchanged; an existing key can still be rewritten.
+    #[error("map {map} is full: all {capacity} entries are in use, nothing new can be written until entries are removed")]
+    MapFull { map: &'static str, capacity: usize },
     /// A link pin could not be created, opened or removed.
     #[error("link pin {path}: {message}")]
     LinkPin { path: PathBuf, message: String },
@@ -52,6 +56,17 @@ pub enum DatapathError {
 impl DatapathError {
     pub(crate) fn os(action: impl Into<String>, source: impl Into<std::io::Error>) -> Self {
         Self::Os { action: action.into(), source: source.into() }
+    }
+
+    /// The error of a write to `map`: a full map (hash maps answer E2BIG, LPM tries ENOSPC) says
+    /// so with its capacity; anything else is kept as it came.
+    pub(crate) fn map_write(map: &'static str, capacity: u32) -> impl Fn(aya::maps::MapError) -> Self {
+        move |source| match &source {
+            aya::maps::MapError::SyscallError(e) if matches!(e.io_error.raw_os_error(), Some(libc::E2BIG | libc::ENOSPC)) => {
+                Self::MapFull { map, capacity: capacity as usize }
+            }
+            _ => Self::Map { map, source: Box::new(source) },
+        }
     }
 
     pub(crate) fn netlink(action: impl Into<String>, source: rtnetlink::Error) -> Self {

@@ -315,11 +315,11 @@ impl DatapathTables for BpfDatapath {
         // The by-address entries first: once the interface entry exists the pod may send, and
         // replies must already find it.
         for key in entry.keys() {
-            self.endpoints.insert(Key(key), info, 0).map_err(|source| DatapathError::Map { map: "endpoints", source: Box::new(source) })?;
+            self.endpoints.insert(Key(key), info, 0).map_err(DatapathError::map_write("endpoints", sluice_abi::SLUICE_MAX_ENDPOINTS))?;
         }
         self.endpoint_ifaces
             .insert(entry.host_ifindex, info, 0)
-            .map_err(|source| DatapathError::Map { map: "endpoint_ifaces", source: Box::new(source) })
+            .map_err(DatapathError::map_write("endpoint_ifaces", sluice_abi::SLUICE_MAX_ENDPOINTS))
     }
 
     fn remove_endpoint(&mut self, entry: &EndpointEntry) -> Result<(), DatapathError> {

@@ -208,7 +208,9 @@ impl PolicyTables for PolicyMaps {
     }
     fn upsert_ipcache(&mut self, prefix: IpNet, identity: u32) -> Result<(), DatapathError> {
         let value = IpcacheValue(ipcache_entry { identity, pad: 0 });
-        self.ipcache.insert(&to_ipcache(&ipcache_key(prefix)), value, 0).map_err(map_err("ipcache"))
+        self.ipcache
+            .insert(&to_ipcache(&ipcache_key(prefix)), value, 0)
+            .map_err(DatapathError::map_write("ipcache", sluice_abi::SLUICE_IPCACHE_ENTRIES))
     }
     fn remove_ipcache(&mut self, prefix: IpNet) -> Result<(), DatapathError> {
         ignore_missing(self.ipcache.remove(&to_ipcache(&ipcache_key(prefix))), "ipcache")
@@ -218,7 +220,9 @@ impl PolicyTables for PolicyMaps {
     }
     fn upsert_ipblock(&mut self, prefix: IpNet, identity: u32) -> Result<(), DatapathError> {
         let value = IpcacheValue(ipcache_entry { identity, pad: 0 });
-        self.ipblocks.insert(&to_ipcache(&ipcache_key(prefix)), value, 0).map_err(map_err("ipblocks"))
+        self.ipblocks
+            .insert(&to_ipcache(&ipcache_key(prefix)), value, 0)
+            .map_err(DatapathError::map_write("ipblocks", sluice_abi::SLUICE_IPBLOCK_ENTRIES))
     }
     fn remove_ipblock(&mut self, prefix: IpNet) -> Result<(), DatapathError> {
         ignore_missing(self.ipblocks.remove(&to_ipcache(&ipcache_key(prefix))), "ipblocks")
@@ -227,7 +231,9 @@ impl PolicyTables for PolicyMaps {
         self.policy.iter().map(|r| r.map(|(k, v)| (from_policy(&k), v.0)).map_err(map_err("policy"))).collect()
     }
     fn upsert_policy_entry(&mut self, key: &policy_key, value: &policy_entry) -> Result<(), DatapathError> {
-        self.policy.insert(&to_policy(key), PolicyValue(*value), 0).map_err(map_err("policy"))
+        self.policy
+            .insert(&to_policy(key), PolicyValue(*value), 0)
+            .map_err(DatapathError::map_write("policy", sluice_abi::SLUICE_POLICY_ENTRIES))
     }
     fn remove_policy_entry(&mut self, key: &policy_key) -> Result<(), DatapathError> {
         ignore_missing(self.policy.remove(&to_policy(key)), "policy")
@@ -236,7 +242,9 @@ impl PolicyTables for PolicyMaps {
         self.endpoints.iter().map(|r| r.map(|(k, v)| (k, v.0)).map_err(map_err("policy_endpoints"))).collect()
     }
     fn upsert_policy_endpoint(&mut self, endpoint_id: u32, value: &policy_endpoint) -> Result<(), DatapathError> {
-        self.endpoints.insert(endpoint_id, EndpointValue(*value), 0).map_err(map_err("policy_endpoints"))
+        self.endpoints
+            .insert(endpoint_id, EndpointValue(*value), 0)
+            .map_err(DatapathError::map_write("policy_endpoints", sluice_abi::SLUICE_MAX_ENDPOINTS))
     }
     fn remove_policy_endpoint(&mut self, endpoint_id: u32) -> Result<(), DatapathError> {
         ignore_missing(self.endpoints.remove(&endpoint_id), "policy_endpoints")

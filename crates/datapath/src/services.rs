@@ -93,7 +93,9 @@ impl ServiceTables for ServiceMaps {
     }
 
     fn upsert_frontend(&mut self, key: &lb_frontend_key, value: &lb_frontend) -> Result<(), DatapathError> {
-        self.frontends.insert(FrontendKey(*key), Frontend(*value), 0).map_err(map_err("lb_frontends"))
+        self.frontends
+            .insert(FrontendKey(*key), Frontend(*value), 0)
+            .map_err(DatapathError::map_write("lb_frontends", sluice_abi::SLUICE_MAX_FRONTENDS))
     }
 
     fn remove_frontend(&mut self, key: &lb_frontend_key) -> Result<(), DatapathError> {
@@ -105,7 +107,7 @@ impl ServiceTables for ServiceMaps {
     }
 
     fn upsert_backend(&mut self, id: u32, value: &lb_backend) -> Result<(), DatapathError> {
-        self.backends.insert(id, Backend(*value), 0).map_err(map_err("lb_backends"))
+        self.backends.insert(id, Backend(*value), 0).map_err(DatapathError::map_write("lb_backends", sluice_abi::SLUICE_MAX_BACKENDS))
     }
 
     fn remove_backend(&mut self, id: u32) -> Result<(), DatapathError> {
@@ -117,7 +119,7 @@ impl ServiceTables for ServiceMaps {
     }
 
     fn upsert_slot(&mut self, key: &lb_slot_key, backend_id: u32) -> Result<(), DatapathError> {
-        self.slots.insert(SlotKey(*key), backend_id, 0).map_err(map_err("lb_slots"))
+        self.slots.insert(SlotKey(*key), backend_id, 0).map_err(DatapathError::map_write("lb_slots", sluice_abi::SLUICE_MAX_SLOTS))
     }
 
     fn remove_slot(&mut self, key: &lb_slot_key) -> Result<(), DatapathError> {
@@ -129,7 +131,9 @@ impl ServiceTables for ServiceMaps {
     }
 
     fn upsert_maglev(&mut self, key: &lb_maglev_key, chunk: &lb_maglev_chunk) -> Result<(), DatapathError> {
-        self.maglev.insert(MaglevKey(*key), MaglevChunk(*chunk), 0).map_err(map_err("lb_maglev"))
+        self.maglev
+            .insert(MaglevKey(*key), MaglevChunk(*chunk), 0)
+            .map_err(DatapathError::map_write("lb_maglev", sluice_abi::SLUICE_MAX_MAGLEV_CHUNKS))
     }
 
     fn remove_maglev(&mut self, key: &lb_maglev_key) -> Result<(), DatapathError> {
