@@ -88,6 +88,18 @@ impl prometheus_client::collector::Collector for SnapshotCollector {
             }
         }
         {
+            let mut m = encoder.encode_descriptor(
+                "bpf_map_fill_ratio",
+                "Entries in use over capacity of a BPF map; status warns from 0.9.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (map, entries, capacity) in &s.maps {
+                let ratio = if *capacity == 0 { 0.0 } else { *entries as f64 / *capacity as f64 };
+                ConstGauge::new(ratio).encode(m.encode_family(&[("map", map.as_str())])?)?;
+            }
+        }
+        {
             let mut m = encoder.encode_descriptor("events_lost", "Datapath events not delivered, by reason.", None, MetricType::Counter)?;
             for (reason, n) in &s.events_lost {
                 ConstCounter::new(*n).encode(m.encode_family(&[("reason", reason.as_str())])?)?;
@@ -138,7 +150,7 @@ mod tests {
         m.cni_add_seconds.observe(0.02);
         let snap = Snapshot {
             drops: vec![("invalid source IP".into(), "from-pod".into(), 7, 700)],
-            maps: vec![("endpoints".into(), 3, 65536)],
+            maps: vec![("endpoints".into(), 3, 65536), ("lb_ct".into(), 950, 1000)],
             events_lost: vec![("rate-limited".into(), 5)],
             endpoints: 2,
             ..Default::default()
@@ -146,6 +158,7 @@ mod tests {
         let text = render(&m, snap).unwrap();
         assert!(text.contains(r#"sluice_drop_packets_total{reason="invalid source IP",direction="from-pod"} 7"#), "{text}");
         assert!(text.contains(r#"sluice_bpf_map_capacity{map="endpoints"} 65536"#), "{text}");
+        assert!(text.contains(r#"sluice_bpf_map_fill_ratio{map="lb_ct"} 0.95"#), "{text}");
         assert!(text.contains(r#"sluice_events_lost_total{reason="rate-limited"} 5"#), "{text}");
         assert!(text.contains("sluice_cni_add_duration_seconds_count 1"), "{text}");
         assert!(text.contains("sluice_endpoints 2"), "{text}");

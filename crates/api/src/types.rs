@@ -119,6 +119,9 @@ pub struct Status {
     /// Entries in use against capacity of the datapath's maps (map pressure).
     #[serde(default)]
     pub maps: Vec<MapUsage>,
+    /// What needs attention: every map [`MAP_WARN_PERCENT`] full or more.
+    #[serde(default)]
+    pub warnings: Vec<String>,
     /// Service load balancing, when the agent programs services.
     #[serde(default)]
     pub services: Option<ServicesStatus>,
@@ -130,6 +133,32 @@ pub struct MapUsage {
     pub map: String,
     pub entries: usize,
     pub capacity: usize,
+}
+
+/// A map this full (percent of its capacity) or more is warned about.
+pub const MAP_WARN_PERCENT: usize = 90;
+
+impl MapUsage {
+    /// The warning for a map [`MAP_WARN_PERCENT`] full or more, naming the map, its fill and
+    /// what a full one does.
+    pub fn warning(&self) -> Option<String> {
+        if self.capacity == 0 || self.entries * 100 < self.capacity * MAP_WARN_PERCENT {
+            return None;
+        }
+        let state = if self.entries >= self.capacity { "full" } else { "nearly full" };
+        let consequence = match self.map.as_str() {
+            "lb_ct" | "policy_ct" => "idle flows are evicted to make room; raise services.conntrackEntries",
+            "trace_flows" | "lb_affinity" | "lb_sock_revnat" => "least recently used entries are evicted",
+            _ => "new entries will be refused",
+        };
+        Some(format!(
+            "map {} is {state}: {} of {} entries ({}%); {consequence}",
+            self.map,
+            self.entries,
+            self.capacity,
+            self.entries * 100 / self.capacity
+        ))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -238,4 +267,23 @@ pub struct Endpoint {
     pub identity: u32,
     /// Labels the identity was derived from (pod labels plus namespace labels).
     pub labels: std::collections::BTreeMap<String, String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn usage(map: &str, entries: usize, capacity: usize) -> MapUsage {
+        MapUsage { map: map.into(), entries, capacity }
+    }
+
+    #[test]
+    fn a_map_is_warned_about_from_ninety_percent() {
+        assert_eq!(usage("lb_backends", 89, 100).warning(), None, "below the threshold");
+        assert_eq!(usage("endpoints", 0, 0).warning(), None, "a map without capacity is not divided by");
+        let w = usage("lb_backends", 90, 100).warning().expect("at the threshold");
+        assert_eq!(w, "map lb_backends is nearly full: 90 of 100 entries (90%); new entries will be refused");
+        let w = usage("lb_ct", 1024, 1024).warning().expect("full");
+        assert!(w.starts_with("map lb_ct is full: 1024 of 1024 entries (100%); idle flows are evicted"), "{w}");
+    }
 }

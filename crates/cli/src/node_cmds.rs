@@ -67,6 +67,14 @@ pub async fn status(target: &Target, node: Option<&str>, output: Option<Output>)
             println!("  {:<24} {} packets, {} bytes", d.reason, d.packets, d.bytes);
         }
     }
+    if status.warnings.is_empty() {
+        println!("Warnings:      none");
+    } else {
+        println!("Warnings:");
+        for w in &status.warnings {
+            println!("  WARNING: {w}");
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -148,6 +148,10 @@ impl Agent {
         if let Some(c) = xdp_counts.get(sluice_abi::sluice_xdp_counter::SLUICE_XDP_DROPPED_NO_FRONTEND as usize) {
             drops.push(sluice_api::DropCount { reason: "xdp: NodePort without frontend".into(), packets: c.packets, bytes: c.bytes });
         }
+        let map_usage: Vec<_> = if maps { self.with_datapath(|dp| Ok(dp.map_pressure()))? } else { Vec::new() }
+            .into_iter()
+            .map(|m| sluice_api::MapUsage { map: m.map.into(), entries: m.entries, capacity: m.capacity })
+            .collect();
         Ok(sluice_api::Status {
             node_name: self.config.node_name.clone(),
             healthy: true,
@@ -163,10 +167,8 @@ impl Agent {
             drops,
             forwards,
             uptime_seconds: self.started.elapsed().as_secs(),
-            maps: if maps { self.with_datapath(|dp| Ok(dp.map_pressure()))? } else { Vec::new() }
-                .into_iter()
-                .map(|m| sluice_api::MapUsage { map: m.map.into(), entries: m.entries, capacity: m.capacity })
-                .collect(),
+            warnings: map_usage.iter().filter_map(sluice_api::MapUsage::warning).collect(),
+            maps: map_usage,
             services: self.services.as_ref().map(|s| {
                 let st = s.stats();
                 sluice_api::ServicesStatus {
