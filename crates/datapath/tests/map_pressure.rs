@@ -293,3 +293,21 @@ fn a_write_past_capacity_names_the_map_and_keeps_what_it_holds() {
     let out = from_pod(&lab, SVC4, 1000, 80, SYN);
     assert_eq!((out.verdict, destination(&out)), (TC_ACT_REDIRECT, (IpAddr::from(B4), 8080)), "the service still works");
 }
+
+/// The agent's `ipblocks` trie (`SLUICE_IPBLOCK_ENTRIES`) written to capacity, and once more: an
+/// LPM trie answers ENOSPC where a hash answers E2BIG; both are named the same way.
+#[test]
+fn a_full_prefix_trie_names_the_map_and_its_capacity() {
+    privileged!();
+    let mut lab = lab(64, |_| {});
+    let cap = sluice_abi::SLUICE_IPBLOCK_ENTRIES;
+    let prefix = |i: u32| ipnet::IpNet::from(ipnet::Ipv4Net::new(Ipv4Addr::from(0x0a00_0000 + i), 32).unwrap());
+    for i in 0..cap {
+        lab.dp.upsert_ipblock(prefix(i), 300).expect("prefixes up to capacity");
+    }
+    assert_eq!(entries(&lab, "ipblocks"), (cap as usize, cap as usize), "full");
+    let err = lab.dp.upsert_ipblock(prefix(cap), 300).expect_err("a prefix past capacity fails");
+    assert!(matches!(err, DatapathError::MapFull { map: "ipblocks", capacity } if capacity == cap as usize), "{err:?}");
+    lab.dp.upsert_ipblock(prefix(0), 301).expect("an existing prefix can be rewritten");
+    assert_eq!(entries(&lab, "ipblocks").0, cap as usize, "the trie holds what it held");
+}
