@@ -232,7 +232,19 @@ fn cluster_ips(spec: &ServiceSpec) -> Vec<(Family, IpAddr)> {
     families.into_iter().filter_map(|family| Some((family, *ips.iter().find(|ip| Family::of(**ip) == family)?))).collect()
 }
 
+impl From<&Service> for ServiceView {
+    fn from(service: &Service) -> Self {
+        Self::of(service)
+    }
+}
+
 // === impl SliceView ===
+
+impl From<&EndpointSlice> for SliceView {
+    fn from(slice: &EndpointSlice) -> Self {
+        Self::of(slice)
+    }
+}
 
 impl SliceView {
     pub fn of(slice: &EndpointSlice) -> Self {

@@ -236,6 +236,91 @@ impl Store {
     }
 }
 
+/// The store file as [`LocalStore::load_compact`] reads it: [`Store`]'s fields, services and
+/// endpoint slices parsed one at a time into their views.
+#[derive(Deserialize)]
+struct CompactFile {
+    #[serde(default)]
+    generation: u64,
+    #[serde(default)]
+    namespaces: ObjectMap<Namespace>,
+    #[serde(default)]
+    pods: ObjectMap<Pod>,
+    #[serde(default, deserialize_with = "views_of::<Service, ServiceView, _>")]
+    services: ObjectMap<Arc<ServiceView>>,
+    #[serde(default, deserialize_with = "views_of::<EndpointSlice, SliceView, _>")]
+    endpoint_slices: ObjectMap<Arc<SliceView>>,
+    #[serde(default)]
+    network_policies: ObjectMap<NetworkPolicy>,
+    #[serde(default)]
+    sluice_policies: ObjectMap<SluiceNetworkPolicy>,
+    #[serde(default)]
+    clusterwide_policies: ObjectMap<SluiceClusterwideNetworkPolicy>,
+    #[serde(default)]
+    nodes: ObjectMap<NodeRecord>,
+    #[serde(default)]
+    endpoints: ObjectMap<EndpointRecord>,
+    #[serde(default)]
+    identities: imbl::OrdMap<u32, IdentityRecord>,
+}
+
+impl CompactFile {
+    /// Every field named, so a field added to [`Store`] does not compile until it is read here.
+    fn into_store(self) -> Store {
+        let Self {
+            generation,
+            namespaces,
+            pods,
+            services,
+            endpoint_slices,
+            network_policies,
+            sluice_policies,
+            clusterwide_policies,
+            nodes,
+            endpoints,
+            identities,
+        } = self;
+        Store {
+            generation,
+            namespaces,
+            pods,
+            services: ObjectMap::new(),
+            endpoint_slices: ObjectMap::new(),
+            network_policies,
+            sluice_policies,
+            clusterwide_policies,
+            nodes,
+            endpoints,
+            identities,
+            views: Some(ServiceViews { services, endpoint_slices }),
+        }
+    }
+}
+
+/// A JSON object of `O`s read as the views of each, one object at a time.
+fn views_of<'de, O, V, D>(deserializer: D) -> Result<ObjectMap<Arc<V>>, D::Error>
+where
+    O: Deserialize<'de>,
+    V: for<'a> From<&'a O> + Clone,
+    D: serde::Deserializer<'de>,
+{
+    struct Visit<O, V>(std::marker::PhantomData<(O, V)>);
+    impl<'de, O: Deserialize<'de>, V: for<'a> From<&'a O> + Clone> serde::de::Visitor<'de> for Visit<O, V> {
+        type Value = ObjectMap<Arc<V>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a map of objects by key")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = ObjectMap::new();
+            while let Some((key, object)) = map.next_entry::<String, O>()? {
+                out.insert(key, Arc::new(V::from(&object)));
+            }
+            Ok(out)
+        }
+    }
+    deserializer.deserialize_map(Visit(std::marker::PhantomData))
+}
+
 /// A store file and its lock file beside it.
 #[derive(Debug, Clone)]
 pub struct LocalStore {
@@ -266,6 +351,19 @@ impl LocalStore {
         match std::fs::read(&self.path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| StoreError::Corrupt { path: self.path.clone(), source }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Store::default()),
+            Err(source) => Err(self.io("reading", source)),
+        }
+    }
+
+    /// The current objects with services and endpoint slices as views ([`Store::compact`]),
+    /// each object converted as it is parsed, so the whole objects never all exist at once:
+    /// what a source publishing for an agent reads.
+    pub fn load_compact(&self) -> Result<Store, StoreError> {
+        match std::fs::read(&self.path) {
+            Ok(bytes) => serde_json::from_slice::<CompactFile>(&bytes)
+                .map(CompactFile::into_store)
+                .map_err(|source| StoreError::Corrupt { path: self.path.clone(), source }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Store::compacting()),
             Err(source) => Err(self.io("reading", source)),
         }
     }
@@ -494,6 +592,49 @@ spec: {endpointSelector: {}, enforcementMode: audit, egress: [{toPorts: [{ports:
         let loaded = store.load().unwrap();
         assert!(loaded.services.contains_key("x/web"), "service stored under namespace/name");
         assert_eq!(loaded.endpoint_slices.get("x/web-1").map(|s| s.address_type.as_str()), Some("IPv4"), "slice stored");
+    }
+
+    #[test]
+    fn a_compact_load_reads_what_a_whole_load_compacted_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path().join("s.json"));
+        assert!(store.load_compact().unwrap().is_compact(), "no file: an empty compact store");
+        let meta = |name: &str| ObjectMeta { name: Some(name.into()), namespace: Some("x".into()), ..Default::default() };
+        let service: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"namespace": "x", "name": "web"},
+            "spec": {"clusterIP": "10.96.0.10", "ports": [{"port": 80, "targetPort": 8080}], "selector": {"app": "web"}},
+        }))
+        .unwrap();
+        let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
+            "metadata": {"namespace": "x", "name": "web-1", "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "ports": [{"port": 8080}],
+            "endpoints": [{"addresses": ["198.19.0.5"], "nodeName": "node0"}],
+        }))
+        .unwrap();
+        store
+            .update(|s| {
+                s.namespaces.insert("x".into(), Namespace { metadata: meta("x"), ..Default::default() });
+                s.pods.insert(Store::key("x", "a"), Pod { metadata: meta("a"), ..Default::default() });
+                s.services.insert(Store::key("x", "web"), service.clone());
+                s.endpoint_slices.insert(Store::key("x", "web-1"), slice.clone());
+                s.network_policies.insert(Store::key("x", "p"), NetworkPolicy { metadata: meta("p"), ..Default::default() });
+                Ok(())
+            })
+            .unwrap();
+        let compact = store.load_compact().unwrap();
+        let mut whole = store.load().unwrap();
+        whole.compact();
+        assert!(compact.is_compact(), "services and slices as views only");
+        assert_eq!(compact.generation, whole.generation);
+        assert_eq!(compact.namespaces, whole.namespaces);
+        assert_eq!(compact.pods, whole.pods);
+        assert_eq!(compact.network_policies, whole.network_policies);
+        let (c, w) = (compact.views.unwrap(), whole.views.unwrap());
+        assert_eq!(c.services, w.services, "the same service views");
+        assert_eq!(c.endpoint_slices, w.endpoint_slices, "the same slice views");
+        assert_eq!(c.services.get("x/web").map(|v| (**v).clone()), Some(ServiceView::of(&service)));
+        assert_eq!(c.endpoint_slices.get("x/web-1").map(|v| v.endpoints.len()), Some(1));
     }
 
     #[test]

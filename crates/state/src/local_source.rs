@@ -47,7 +47,7 @@ fn refresh(store: &LocalStore, publisher: &SnapshotPublisher, seen: &mut Option<
     if seen.as_ref() == Some(&stamp) {
         return;
     }
-    match store.load() {
+    match store.load_compact() {
         Ok(objects) => {
             // Generation 0 is an absent or never-written file: still a complete (empty) view.
             let revision = objects.generation;
