@@ -32,6 +32,9 @@ pub struct FakeDatapath {
     pub policy: BTreeMap<Vec<u8>, (policy_key, policy_entry)>,
     pub policy_endpoints: BTreeMap<u32, policy_endpoint>,
     pub policy_ct: BTreeMap<Vec<u8>, (ct_key, policy_ct_entry)>,
+    /// When set, `lb_backends` holds at most this many entries: a new one past it fails as a
+    /// full kernel map does.
+    pub lb_backends_capacity: Option<usize>,
 }
 
 /// The bytes of an ABI struct (explicitly padded, so every byte is initialised).
@@ -59,6 +62,9 @@ impl ServiceTables for FakeDatapath {
         Ok(self.lb_backends.iter().map(|(k, v)| (*k, *v)).collect())
     }
     fn upsert_backend(&mut self, id: u32, value: &lb_backend) -> Result<(), DatapathError> {
+        if let Some(capacity) = self.lb_backends_capacity.filter(|c| self.lb_backends.len() >= *c && !self.lb_backends.contains_key(&id)) {
+            return Err(DatapathError::MapFull { map: "lb_backends", capacity });
+        }
         self.writes += 1;
         self.lb_backends.insert(id, *value);
         Ok(())

@@ -47,6 +47,10 @@ pub struct Services {
 struct RoundState {
     inputs: Inputs,
     cache: DesiredCache,
+    /// The last round failed to program: the inputs have moved on, so the next round must
+    /// compare and program everything, not only what changes after (else the failure is
+    /// forgotten and what it left unprogrammed stays so until the periodic resync).
+    retry_all: bool,
 }
 
 // === impl Services ===
@@ -54,7 +58,7 @@ struct RoundState {
 impl Services {
     pub fn new(node: NodeInfo, config: ServicesConfig) -> Self {
         Self {
-            state: Mutex::new(RoundState { inputs: Inputs::default(), cache: DesiredCache::new(node.clone()) }),
+            state: Mutex::new(RoundState { inputs: Inputs::default(), cache: DesiredCache::new(node.clone()), retry_all: false }),
             node,
             config,
             programmer: Mutex::new(None),
@@ -81,12 +85,13 @@ impl Services {
             // A partial view would withdraw every service it has not seen yet.
             return Ok(None);
         }
+        let mut state = lock(&self.state);
+        let force = force || state.retry_all;
         if !force && *lock(&self.seen) == Some(objects.revision) {
             return Ok(None);
         }
         let started = Instant::now();
-        let mut state = lock(&self.state);
-        let RoundState { inputs, cache } = &mut *state;
+        let RoundState { inputs, cache, retry_all } = &mut *state;
         let compact = super::inputs::compact(&objects.objects);
         let changed = inputs.advance(&compact);
         let update = match (&changed, force) {
@@ -105,6 +110,7 @@ impl Services {
             _ => programmer.program(datapath, desired),
         };
         tracing::debug!(?computed, total = ?started.elapsed(), recomputed = update.recomputed, full = changed.is_none() || force, "service round");
+        *retry_all = result.is_err();
         let mut stats = lock(&self.stats);
         match &result {
             Ok(_) => {
@@ -302,6 +308,34 @@ mod tests {
         let mut p = ServiceProgrammer::adopt(&dp, 13).unwrap();
         p.program(&mut dp, &desired_services(&services, &slices, &node())).unwrap();
         (programmed(p.list()), dp.lb_frontends.len(), dp.lb_backends.len())
+    }
+
+    #[test]
+    fn a_failed_round_is_retried_whole_until_it_succeeds() {
+        let services = Services::new(node(), ServicesConfig { maglev_table_size: 13, ..Default::default() });
+        let mut dp = FakeDatapath { lb_backends_capacity: Some(3), ..Default::default() };
+        let mut store = Store::default();
+        store.services.insert(Store::key("default", "svc-1"), service(1, false));
+        store.endpoint_slices.insert(Store::key("default", "svc-1-1"), slice(1, &[1, 2, 3]));
+        let state = |revision, store: &Store| ClusterState { revision, synced: true, objects: Arc::new(store.clone()) };
+        services.sync(&mut dp, &state(1, &store), false).expect("three backends fit");
+
+        // A second service needs backends the full map cannot take: the round fails, says why.
+        store.services.insert(Store::key("default", "svc-2"), service(2, false));
+        store.endpoint_slices.insert(Store::key("default", "svc-2-1"), slice(2, &[4, 5]));
+        let err = services.sync(&mut dp, &state(2, &store), false).expect_err("no room for svc-2's backends");
+        assert!(err.to_string().contains("lb_backends"), "the error names the full map: {err}");
+        assert!(services.stats().last_error.is_some(), "status keeps the failure");
+
+        // Nothing changed since: the next round still fails rather than forgetting the failure.
+        services.sync(&mut dp, &state(2, &store), false).expect_err("still no room: the failure is not forgotten");
+        assert!(services.stats().last_error.is_some(), "the failure stays in status while svc-2 is unprogrammed");
+
+        // Room is made: the next round programs what the failed ones could not, with no change to the objects.
+        dp.lb_backends_capacity = None;
+        services.sync(&mut dp, &state(2, &store), false).expect("room: the retry programs everything");
+        assert!(services.stats().last_error.is_none(), "the failure is cleared once programmed");
+        assert_eq!(services.list().len(), 2, "both services programmed");
     }
 
     #[test]
