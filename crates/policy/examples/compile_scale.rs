@@ -22,7 +22,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let compiled = compile(&lowered, &view);
     let compiling = started.elapsed();
 
-    let entries: Vec<usize> = compiled.endpoints.values().map(|e| e.ingress.entries.len() + e.egress.entries.len()).collect();
+    let entries: Vec<usize> =
+        compiled.endpoints.values().map(|e| [&e.ingress, &e.egress].iter().map(|t| t.entries.len() + t.by_address.len()).sum()).collect();
     let total: usize = entries.iter().sum();
     let identities: std::collections::BTreeSet<u32> = view.endpoints.iter().map(|e| e.identity).collect();
     println!(

@@ -5,7 +5,7 @@
 //! become entries of the CIDR identities (for addresses outside the cluster, which the ipcache
 //! resolves to them) and entries by address (for every address, pods' and nodes' included).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::rc::Rc;
 
 use ipnet::IpNet;
@@ -120,8 +120,8 @@ fn ipcache(view: &ClusterView) -> BTreeMap<IpNet, u32> {
 /// The view's endpoints grouped by label set ("classes"), and selector results by selector.
 struct Index<'a> {
     view: &'a ClusterView,
-    /// The ipBlock prefixes and their identities.
-    ipblocks: &'a BTreeMap<IpNet, u32>,
+    /// The identities of the ipBlock prefixes (a subset of the CIDR identities).
+    ipblock_ids: HashSet<u32>,
     /// Distinct label sets, and the endpoints carrying each.
     classes: Vec<(&'a LabelSet, Vec<usize>)>,
     /// Endpoint index -> class.
@@ -163,7 +163,7 @@ struct Selection {
 }
 
 impl<'a> Index<'a> {
-    fn new(view: &'a ClusterView, ipblocks: &'a BTreeMap<IpNet, u32>) -> Self {
+    fn new(view: &'a ClusterView, ipblocks: &BTreeMap<IpNet, u32>) -> Self {
         let mut by_labels: HashMap<&LabelSet, usize> = HashMap::new();
         let mut classes: Vec<(&LabelSet, Vec<usize>)> = Vec::new();
         let mut class_of = Vec::with_capacity(view.endpoints.len());
@@ -175,7 +175,7 @@ impl<'a> Index<'a> {
             classes[class].1.push(i);
             class_of.push(class);
         }
-        Index { view, ipblocks, classes, class_of, selections: HashMap::new() }
+        Index { view, ipblock_ids: ipblocks.values().copied().collect(), classes, class_of, selections: HashMap::new() }
     }
 
     fn select(&mut self, selector: &'a Selector) -> Rc<Selection> {
@@ -210,12 +210,13 @@ impl<'a> Index<'a> {
             }
             Peer::Cidr { cidr, except } => PeerSet { identities: within(&view.cidr_identities, cidr, except), ..Default::default() },
             // The CIDR identities answer for addresses outside the cluster; the entries by
-            // address for every address, pods' and nodes' included.
-            Peer::IpBlock { cidr, except } => PeerSet {
-                identities: within(&view.cidr_identities, cidr, except),
-                endpoints: Vec::new(),
-                blocks: within(self.ipblocks, cidr, except),
-            },
+            // address, keyed by those of them that are ipBlock prefixes, for every address,
+            // pods' and nodes' included.
+            Peer::IpBlock { cidr, except } => {
+                let identities = within(&view.cidr_identities, cidr, except);
+                let blocks = identities.iter().copied().filter(|id| self.ipblock_ids.contains(id)).collect();
+                PeerSet { identities, endpoints: Vec::new(), blocks }
+            }
             Peer::Entity(Entity::Host) => identities(&[IDENTITY_HOST]),
             Peer::Entity(Entity::RemoteNode) => identities(&[IDENTITY_REMOTE_NODE]),
             Peer::Entity(Entity::World) => {
