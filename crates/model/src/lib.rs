@@ -30,12 +30,14 @@
 //! # Ok::<(), sluice_model::ManifestError>(())
 //! ```
 
+pub mod endpoint_slices;
 pub mod labels;
 pub mod manifest;
 pub mod object;
 pub mod policy;
 pub mod service;
 
+pub use endpoint_slices::{Batcher, DesiredEndpoint, Plan, SliceEndpoint, SliceWrite, SluiceEndpointSlice};
 pub use labels::LabelSet;
 pub use manifest::{parse_manifests, DocumentRef, ManifestError};
 pub use object::{Kind, Object};
