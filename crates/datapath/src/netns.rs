@@ -51,6 +51,7 @@ pub fn named_netns_path(name: &str) -> PathBuf {
 /// /run/netns/NAME so it outlives the thread that made it. Fails when it exists.
 pub fn create_named_netns(name: &str) -> Result<PathBuf, DatapathError> {
     std::fs::create_dir_all(NETNS_RUN_DIR).map_err(|e| DatapathError::os(format!("creating {NETNS_RUN_DIR}"), e))?;
+    share_run_dir()?;
     let path = named_netns_path(name);
     std::fs::OpenOptions::new()
         .write(true)
@@ -74,6 +75,26 @@ pub fn create_named_netns(name: &str) -> Result<PathBuf, DatapathError> {
         return Err(e);
     }
     Ok(path)
+}
+
+/// Makes /run/netns a shared mount point before a namespace is bound in it, as `ip netns add`
+/// does (make it shared; when it is not a mount point, bind it on itself first). Without this,
+/// a namespace bound while /run/netns is a plain directory sits on the parent mount; when
+/// `ip netns` (or anything) later bind-mounts /run/netns on itself, the binding is copied
+/// over it, and deleting the namespace unmounts the copy only: the file stays busy and the
+/// namespace leaks. On a fresh machine /run/netns starts as a plain directory.
+fn share_run_dir() -> Result<(), DatapathError> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let share = || mount(None::<&str>, NETNS_RUN_DIR, Some("none"), MsFlags::MS_SHARED | MsFlags::MS_REC, None::<&str>);
+    match share() {
+        Ok(()) => return Ok(()),
+        Err(nix::errno::Errno::EINVAL) => {}
+        Err(e) => return Err(DatapathError::os(format!("making {NETNS_RUN_DIR} a shared mount"), e)),
+    }
+    mount(Some(NETNS_RUN_DIR), NETNS_RUN_DIR, Some("none"), MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
+        .map_err(|e| DatapathError::os(format!("bind-mounting {NETNS_RUN_DIR} on itself"), e))?;
+    share().map_err(|e| DatapathError::os(format!("making {NETNS_RUN_DIR} a shared mount"), e))
 }
 
 /// Deletes a named namespace (`ip netns del NAME`); the namespace itself goes when its last
