@@ -16,7 +16,7 @@ use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 use sluice_model::labels::namespace_labels;
 use sluice_model::policy::{SluiceClusterwideNetworkPolicy, SluiceNetworkPolicy};
-use sluice_model::LabelSet;
+use sluice_model::{LabelSet, SluiceEndpointSlice};
 use sluice_services::view::{ServiceView, SliceView};
 
 use crate::cluster::{EndpointRecord, IdentityRecord, NodeRecord};
@@ -95,6 +95,10 @@ pub struct Store {
     /// Endpoints as the agents published them, by `namespace/name` (cluster datastores).
     #[serde(default)]
     pub endpoints: ObjectMap<EndpointRecord>,
+    /// Endpoints as the agents published them in slices, by `namespace/name` of the slice
+    /// (cluster datastores). Read both through [`Store::published_endpoints`].
+    #[serde(default)]
+    pub published_slices: ObjectMap<SluiceEndpointSlice>,
     /// Cluster-wide security identities by number (cluster datastores).
     #[serde(default)]
     pub identities: imbl::OrdMap<u32, IdentityRecord>,
@@ -137,6 +141,22 @@ impl<T: Clone> ObjectMapExt<T> for ObjectMap<T> {
 }
 
 impl Store {
+    /// Every endpoint the agents published, whether as a record of its own (`endpoints:
+    /// per-pod`) or in a slice (`endpoints: slices`), as records: what every reader of published
+    /// endpoints reads, so both modes look the same to them.
+    pub fn published_endpoints(&self) -> impl Iterator<Item = EndpointRecord> + '_ {
+        let from_slices = self.published_slices.values().flat_map(|slice| {
+            slice.endpoints.iter().map(move |e| EndpointRecord {
+                namespace: slice.namespace.clone(),
+                name: e.name.clone(),
+                node: slice.node.clone(),
+                ips: e.addresses.clone(),
+                identity: slice.identity,
+            })
+        });
+        self.endpoints.values().cloned().chain(from_slices)
+    }
+
     /// An empty store that keeps services and endpoint slices as views from the start, so a
     /// source filling it never holds the whole objects.
     pub fn compacting() -> Self {
@@ -261,6 +281,8 @@ struct CompactFile {
     #[serde(default)]
     endpoints: ObjectMap<EndpointRecord>,
     #[serde(default)]
+    published_slices: ObjectMap<SluiceEndpointSlice>,
+    #[serde(default)]
     identities: imbl::OrdMap<u32, IdentityRecord>,
 }
 
@@ -278,6 +300,7 @@ impl CompactFile {
             clusterwide_policies,
             nodes,
             endpoints,
+            published_slices,
             identities,
         } = self;
         Store {
@@ -291,6 +314,7 @@ impl CompactFile {
             clusterwide_policies,
             nodes,
             endpoints,
+            published_slices,
             identities,
             views: Some(ServiceViews { services, endpoint_slices }),
         }

@@ -6,6 +6,7 @@
 //! <prefix>/objects-written                 bumped by every `update`, so deletions conflict too
 //! <prefix>/nodes/<name>                    NodeRecord, bound to the node's lease
 //! <prefix>/endpoints/<ns>/<name>           EndpointRecord, bound to the publishing node's lease
+//! <prefix>/endpointslices/<ns>/<name>      SluiceEndpointSlice, bound to the writing node's lease
 //! <prefix>/identities/id/<number>          IdentityRecord (plus `unusedSince` while unreferenced)
 //! <prefix>/identities/labels/<sha256 hex>  the number, as text, of that canonical label string
 //! <prefix>/identities/refs/<number>/<node> a node's hold on an identity, bound to its lease
@@ -15,6 +16,7 @@
 use ipnet::IpNet;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use sluice_model::SluiceEndpointSlice;
 
 use super::EtcdError;
 use crate::cluster::{EndpointRecord, IdentityRecord, NodeRecord};
@@ -94,6 +96,8 @@ pub enum Key<'a> {
     Node(&'a str),
     /// An endpoint by `namespace/name`.
     Endpoint(&'a str),
+    /// A slice of endpoints by `namespace/name`.
+    EndpointSlice(&'a str),
     Identity(u32),
     /// The number of a label set, by the hash of its canonical string.
     IdentityLabels(&'a str),
@@ -146,6 +150,14 @@ impl Keys {
 
     pub fn endpoint(&self, namespace: &str, name: &str) -> String {
         format!("{}endpoints/{namespace}/{name}", self.root)
+    }
+
+    pub fn endpoint_slices(&self) -> String {
+        format!("{}endpointslices/", self.root)
+    }
+
+    pub fn endpoint_slice(&self, namespace: &str, name: &str) -> String {
+        format!("{}endpointslices/{namespace}/{name}", self.root)
     }
 
     pub fn identities(&self) -> String {
@@ -203,6 +215,10 @@ impl Keys {
             "endpoints" => {
                 let (ns, name) = rest.split_once('/')?;
                 (!ns.is_empty() && !name.is_empty() && !name.contains('/')).then_some(Key::Endpoint(rest))
+            }
+            "endpointslices" => {
+                let (ns, name) = rest.split_once('/')?;
+                (!ns.is_empty() && !name.is_empty() && !name.contains('/')).then_some(Key::EndpointSlice(rest))
             }
             "identities" => {
                 let (sub, rest) = rest.split_once('/')?;
@@ -289,6 +305,10 @@ pub fn apply_put(keys: &Keys, store: &mut Store, key: &[u8], value: &[u8]) -> Re
             let record: EndpointRecord = serde_json::from_slice(value).map_err(decode)?;
             store.endpoints.insert(k.to_string(), record);
         }
+        Key::EndpointSlice(k) => {
+            let slice: SluiceEndpointSlice = serde_json::from_slice(value).map_err(decode)?;
+            store.published_slices.insert(k.to_string(), slice);
+        }
         Key::Identity(id) => {
             let record: IdentityRecord = serde_json::from_slice(value).map_err(decode)?;
             store.identities.insert(id, record);
@@ -321,6 +341,7 @@ pub fn apply_delete(keys: &Keys, store: &mut Store, key: &[u8]) {
         },
         Key::Node(name) => store.nodes.remove(name).map(drop),
         Key::Endpoint(k) => store.endpoints.remove(k).map(drop),
+        Key::EndpointSlice(k) => store.published_slices.remove(k).map(drop),
         Key::Identity(id) => store.identities.remove(&id).map(drop),
         Key::ObjectsWritten | Key::IdentityLabels(_) | Key::IdentityRef(..) | Key::Ipam(..) => None,
     };
@@ -398,6 +419,7 @@ mod tests {
             (keys.objects_written(), Key::ObjectsWritten),
             (keys.node("n1"), Key::Node("n1")),
             (keys.endpoint("ns", "p"), Key::Endpoint("ns/p")),
+            (keys.endpoint_slice("ns", "n1-300-0"), Key::EndpointSlice("ns/n1-300-0")),
             (keys.identity(300), Key::Identity(300)),
             (keys.identity_ref(300, "n1"), Key::IdentityRef(300, "n1")),
             (keys.ipam_cidr(&cidr), Key::Ipam(Family::V4, cidr)),
@@ -442,6 +464,13 @@ mod tests {
         assert!(err.contains("/p/nodes/n1"), "the error names the key: {err}");
         apply_delete(&keys, &mut store, b"/p/objects/namespaces/x");
         assert!(store.namespaces.is_empty(), "namespace removed");
+        let slice =
+            br#"{"name":"n1-300-0","namespace":"x","identity":300,"node":"n1","endpoints":[{"name":"web","addresses":["198.19.1.5"]}]}"#;
+        apply_put(&keys, &mut store, b"/p/endpointslices/x/n1-300-0", slice).unwrap();
+        let published: Vec<_> = store.published_endpoints().map(|e| (e.namespace, e.name, e.node, e.identity)).collect();
+        assert_eq!(published, [("x".into(), "web".into(), "n1".into(), 300)], "a slice's endpoints read as records");
+        apply_delete(&keys, &mut store, b"/p/endpointslices/x/n1-300-0");
+        assert!(store.published_slices.is_empty(), "slice removed");
     }
 
     #[test]

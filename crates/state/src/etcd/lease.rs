@@ -1,14 +1,16 @@
-//! Node registration: a node agent's record, its published endpoints and its holds on identities
-//! are bound to one etcd lease that a task keeps alive. When the agent dies the lease expires
-//! and all of it vanishes at once; when the lease is lost while the agent lives (etcd was out of
-//! reach longer than the TTL) the task grants a new one and publishes everything it remembers.
+//! Node registration: a node agent's record, its published endpoints (records or slices) and its
+//! holds on identities are bound to one etcd lease that a task keeps alive. When the agent dies
+//! the lease expires and all of it vanishes at once; when the lease is lost while the agent lives
+//! (etcd was out of reach longer than the TTL) the task grants a new one and publishes everything
+//! it remembers. A plan of slice writes is applied in one transaction.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{PutOptions, Txn, TxnOp};
+use etcd_client::{GetOptions, PutOptions, Txn, TxnOp};
+use sluice_model::{Plan, SliceWrite, SluiceEndpointSlice};
 
 use super::keys::encode;
 use super::store::MAX_TXN_OPS;
@@ -38,6 +40,8 @@ struct Held {
     record: NodeRecord,
     /// By `namespace/name`.
     endpoints: BTreeMap<String, EndpointRecord>,
+    /// The node's endpoint slices as last written, by `namespace/name`.
+    slices: BTreeMap<String, SluiceEndpointSlice>,
     identities: BTreeSet<u32>,
     /// Keys whose deletion did not reach etcd yet.
     stale: BTreeSet<String>,
@@ -50,11 +54,22 @@ struct Held {
 impl EtcdStore {
     /// Grants a lease of `ttl_secs`, writes `nodes/<name>` bound to it and keeps it alive (a
     /// request every third of the TTL).
+    ///
+    /// The node's endpoint slices left by an earlier run of its agent (still bound to that
+    /// run's lease) are taken over: written again under the new lease in the same transaction,
+    /// and remembered as the slices the node's next plan starts from.
     pub async fn register_node(&self, record: &NodeRecord, ttl_secs: i64) -> Result<NodeLease, EtcdError> {
+        let slices = self.node_slices(&record.name).await?;
         let lease = grant(self, ttl_secs, &record.name).await?;
         let key = self.keys().node(&record.name);
         let value = encode(&key, record)?;
-        let put = Txn::new().and_then([TxnOp::put(key.clone(), value, Some(PutOptions::new().with_lease(lease)))]);
+        let with_lease = Some(PutOptions::new().with_lease(lease));
+        let mut ops = vec![TxnOp::put(key.clone(), value, with_lease.clone())];
+        for slice in slices.values().take(MAX_TXN_OPS - 1) {
+            let key = self.keys().endpoint_slice(&slice.namespace, &slice.name);
+            ops.push(TxnOp::put(key.clone(), encode(&key, slice)?, with_lease.clone()));
+        }
+        let put = Txn::new().and_then(ops);
         if let Err(e) = self.txn(put, &format!("registering node {}", record.name)).await {
             let _ = self.client().lease_revoke(lease).await;
             return Err(e);
@@ -68,13 +83,36 @@ impl EtcdStore {
                 lease,
                 record: record.clone(),
                 endpoints: BTreeMap::new(),
+                // More slices than one transaction holds are all written by the first republish.
+                dirty: slices.len() >= MAX_TXN_OPS,
+                slices,
                 identities: BTreeSet::new(),
                 stale: BTreeSet::new(),
-                dirty: false,
             }),
         });
         let task = tokio::spawn(keep_alive(shared.clone()));
         Ok(NodeLease { shared, task })
+    }
+
+    /// The endpoint slices `node` wrote, by `namespace/name`.
+    async fn node_slices(&self, node: &str) -> Result<BTreeMap<String, SluiceEndpointSlice>, EtcdError> {
+        let prefix = self.keys().endpoint_slices();
+        let response = self
+            .client()
+            .kv_client()
+            .get(prefix.clone(), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(|e| self.error(format!("reading the endpoint slices of node {node}"), e))?;
+        let mut out = BTreeMap::new();
+        for kv in response.kvs() {
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            let slice: SluiceEndpointSlice =
+                serde_json::from_slice(kv.value()).map_err(|source| EtcdError::Decode { key: key.clone(), source })?;
+            if slice.node == node {
+                out.insert(format!("{}/{}", slice.namespace, slice.name), slice);
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -121,6 +159,52 @@ impl NodeLease {
         held.endpoints.remove(&format!("{namespace}/{name}"));
         let key = self.shared.store.keys().endpoint(namespace, name);
         self.shared.delete(&mut held, key).await
+    }
+
+    /// The node's endpoint slices as last written (or taken over at registration): what the
+    /// next [`Plan`] starts from.
+    pub async fn slices(&self) -> Vec<SluiceEndpointSlice> {
+        self.shared.held.lock().await.slices.values().cloned().collect()
+    }
+
+    /// Applies `plan` to the node's endpoint slices in one etcd transaction, so no reader sees
+    /// it half applied (an endpoint changing identity leaves one slice and joins another in the
+    /// same revision). On failure nothing was written and the slices held are unchanged.
+    pub async fn apply_slices(&self, plan: &Plan) -> Result<(), EtcdError> {
+        if plan.writes.is_empty() {
+            return Ok(());
+        }
+        let mut held = self.shared.held.lock().await;
+        let keys = self.shared.store.keys();
+        if held.lease == 0 {
+            return Err(EtcdError::NoLease { endpoints: self.shared.store.endpoints().to_string(), node: self.shared.node.clone() });
+        }
+        if plan.writes.len() > MAX_TXN_OPS {
+            return Err(EtcdError::PlanTooLarge { node: self.shared.node.clone(), writes: plan.writes.len(), max: MAX_TXN_OPS });
+        }
+        let lease = Some(PutOptions::new().with_lease(held.lease));
+        let mut ops = Vec::with_capacity(plan.writes.len());
+        for write in &plan.writes {
+            match write {
+                SliceWrite::Create(slice) | SliceWrite::Update(slice) => {
+                    let key = keys.endpoint_slice(&slice.namespace, &slice.name);
+                    ops.push(TxnOp::put(key.clone(), encode(&key, slice)?, lease.clone()));
+                }
+                SliceWrite::Delete { namespace, name } => ops.push(TxnOp::delete(keys.endpoint_slice(namespace, name), None)),
+            }
+        }
+        let action = format!("writing the endpoint slices of node {} ({} writes)", self.shared.node, ops.len());
+        self.shared.store.txn(Txn::new().and_then(ops), &action).await?;
+        for write in &plan.writes {
+            match write {
+                SliceWrite::Create(slice) | SliceWrite::Update(slice) => {
+                    held.slices.insert(format!("{}/{}", slice.namespace, slice.name), slice.clone());
+                    held.stale.remove(&keys.endpoint_slice(&slice.namespace, &slice.name));
+                }
+                SliceWrite::Delete { namespace, name } => drop(held.slices.remove(&format!("{namespace}/{name}"))),
+            }
+        }
+        Ok(())
     }
 
     /// Records that this node uses identity `id`, so it is not collected.
@@ -209,6 +293,10 @@ impl Shared {
         for endpoint in held.endpoints.values() {
             let key = keys.endpoint(&endpoint.namespace, &endpoint.name);
             ops.push(TxnOp::put(key.clone(), encode(&key, endpoint)?, lease.clone()));
+        }
+        for slice in held.slices.values() {
+            let key = keys.endpoint_slice(&slice.namespace, &slice.name);
+            ops.push(TxnOp::put(key.clone(), encode(&key, slice)?, lease.clone()));
         }
         for id in &held.identities {
             ops.push(TxnOp::put(keys.identity_ref(*id, &self.node), self.node.clone(), lease.clone()));
