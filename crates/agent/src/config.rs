@@ -68,6 +68,24 @@ pub struct StateConfig {
     /// "try again later" (CNI code 11) in cluster mode.
     #[serde(default = "default_pod_wait")]
     pub pod_wait_seconds: u64,
+    /// Cluster mode: how the node publishes its endpoints, `slices` (batched, the default) or
+    /// `per-pod` (one record per pod).
+    #[serde(default)]
+    pub endpoints: EndpointsMode,
+    /// Cluster mode, `endpoints: slices`: most endpoints per slice.
+    #[serde(default = "default_endpoints_per_slice")]
+    pub endpoints_per_slice: usize,
+}
+
+/// How a node publishes its endpoints in the cluster datastore.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EndpointsMode {
+    /// Batched into endpoint slices of one namespace and identity.
+    #[default]
+    Slices,
+    /// One endpoint record per pod.
+    PerPod,
 }
 
 impl Default for StateConfig {
@@ -82,6 +100,8 @@ impl Default for StateConfig {
             node_mask_v6: default_node_mask_v6(),
             release_grace_seconds: default_release_grace(),
             pod_wait_seconds: default_pod_wait(),
+            endpoints: EndpointsMode::default(),
+            endpoints_per_slice: default_endpoints_per_slice(),
         }
     }
 }
@@ -107,6 +127,9 @@ fn default_release_grace() -> u64 {
 }
 fn default_pod_wait() -> u64 {
     5
+}
+fn default_endpoints_per_slice() -> usize {
+    sluice_model::endpoint_slices::DEFAULT_MAX_ENDPOINTS_PER_SLICE
 }
 
 fn default_source() -> String {
@@ -419,6 +442,9 @@ impl AgentConfig {
             },
             other => return invalid("state.source", format!("{other:?} is not supported (supported: local, etcd)")),
         }
+        if self.state.endpoints_per_slice == 0 {
+            return invalid("state.endpointsPerSlice", "0 is below the minimum 1".into());
+        }
         if self.events_buffer_bytes < 4096 || !self.events_buffer_bytes.is_power_of_two() {
             return invalid("eventsBufferBytes", format!("{} must be a power of two of at least 4096", self.events_buffer_bytes));
         }
@@ -483,6 +509,15 @@ mod tests {
         assert_eq!(c.mtu, 1500);
         assert_eq!(c.ipv4_cidr().unwrap().to_string(), "198.19.0.0/24");
         assert_eq!(c.ipv6_cidr().unwrap().to_string(), "2001:2::/64");
+        assert_eq!((c.state.endpoints, c.state.endpoints_per_slice), (EndpointsMode::Slices, 100), "endpoints in slices of 100");
+    }
+
+    #[test]
+    fn endpoints_can_be_published_per_pod() {
+        let c = parse(&format!("{GOOD}state: {{endpoints: per-pod, endpointsPerSlice: 7}}\n")).unwrap();
+        assert_eq!((c.state.endpoints, c.state.endpoints_per_slice), (EndpointsMode::PerPod, 7));
+        let err = parse(&format!("{GOOD}state: {{endpoints: batched}}\n")).unwrap_err().to_string();
+        assert!(err.contains("batched"), "an unknown mode is named: {err}");
     }
 
     #[test]
@@ -498,6 +533,7 @@ mod tests {
             ("nodeName: n\npodCIDRs: [198.19.0.0/24]\nsocket: rel/agent.sock\n", "socket"),
             ("nodeName: n\npodCIDRs: [198.19.0.0/24]\nbogus: 1\n", "bogus"),
             ("nodeName: n\npodCIDRs: [198.19.0.0/24]\nstate: {source: kube}\n", "state.source"),
+            ("nodeName: n\npodCIDRs: [198.19.0.0/24]\nstate: {endpointsPerSlice: 0}\n", "state.endpointsPerSlice"),
             ("nodeName: n\npodCIDRs: [198.19.0.0/24]\nstate: {source: etcd}\n", "state.etcd"),
             ("nodeName: n\npodCIDRs: []\nstate: {source: etcd, etcd: {endpoints: [\"http://127.0.0.1:2379\"]}}\n", "podCIDRs"),
             ("nodeName: n\npodCIDRs: []\nstate: {source: etcd, etcd: {endpoints: [\"http://127.0.0.1:2379\"]}, clusterPoolCIDRs: [198.19.0.0/16], nodeMaskIPv4: 8}\n", "state.nodeMaskIPv4"),

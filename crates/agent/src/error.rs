@@ -77,6 +77,9 @@ pub enum AgentError {
     /// `hostRouting: bpf` was asked for and the kernel cannot do it.
     #[error("host routing bpf was requested but is unavailable: {0}")]
     HostRoutingUnavailable(String),
+    /// The node's endpoint slices cannot be planned.
+    #[error("endpoint slices: {0}")]
+    EndpointSlices(#[from] sluice_model::endpoint_slices::BatchError),
 }
 
 impl AgentError {

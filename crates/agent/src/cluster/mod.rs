@@ -1,7 +1,8 @@
 //! Cluster mode (etcd): the node joins the cluster — its pod CIDRs come from the cluster pools,
 //! its record lives as long as its lease — and then keeps, level-triggered, what it shares
-//! with the other nodes in step: its published endpoints, the identities it holds, and its
-//! routes to the other nodes' pod CIDRs.
+//! with the other nodes in step: its published endpoints (one record per pod, or batched into
+//! the node's endpoint slices: each agent writes its own node's slices), the identities it
+//! holds, and its routes to the other nodes' pod CIDRs.
 
 pub mod numbering;
 pub mod routes;
@@ -13,16 +14,19 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use ipnet::IpNet;
+use sluice_model::{Batcher, DesiredEndpoint};
 use sluice_state::etcd::{EtcdStore, NodeLease};
 use sluice_state::{EndpointRecord, NodeRecord};
 
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, EndpointsMode};
 use crate::error::AgentError;
 
 /// This node's membership of the cluster.
 pub struct Cluster {
     store: EtcdStore,
     lease: NodeLease,
+    /// `Some` when endpoints are published in slices.
+    batcher: Option<Batcher>,
     record: Mutex<NodeRecord>,
     /// Endpoints published, by `namespace/name`.
     published: Mutex<BTreeMap<String, EndpointRecord>>,
@@ -47,6 +51,10 @@ impl Cluster {
                 action: "joining the cluster".into(),
                 source: std::io::Error::other("state.etcd is not set"),
             });
+        };
+        let batcher = match config.state.endpoints {
+            EndpointsMode::Slices => Some(Batcher::new(&config.node_name, config.state.endpoints_per_slice)?),
+            EndpointsMode::PerPod => None,
         };
         let store = EtcdStore::connect(etcd).await.map_err(sluice_state::StoreError::from)?;
         let pod_cidrs = if config.pod_cidrs.is_empty() {
@@ -76,6 +84,7 @@ impl Cluster {
         let cluster = Self {
             store,
             lease,
+            batcher,
             record: Mutex::new(record),
             published: Mutex::new(BTreeMap::new()),
             held: Mutex::new(BTreeSet::new()),
@@ -103,8 +112,23 @@ impl Cluster {
         Ok(())
     }
 
-    /// Publishes `wanted` (this node's endpoints) and withdraws what it no longer has.
+    /// Publishes `wanted` (this node's endpoints) and withdraws what it no longer has: in
+    /// slice mode as one plan over the node's slices as last written, applied in one
+    /// transaction; per pod, record by record.
     pub async fn publish_endpoints(&self, wanted: BTreeMap<String, EndpointRecord>) -> Result<(), AgentError> {
+        if let Some(batcher) = &self.batcher {
+            let desired: Vec<DesiredEndpoint> = wanted
+                .into_values()
+                .map(|r| DesiredEndpoint { namespace: r.namespace, name: r.name, identity: r.identity, addresses: r.ips })
+                .collect();
+            let existing = self.lease.slices().await;
+            let plan = batcher.plan(&existing, &desired)?;
+            if !plan.writes.is_empty() {
+                tracing::debug!(writes = plan.writes.len(), endpoints = desired.len(), "writing the node's endpoint slices");
+            }
+            self.lease.apply_slices(&plan).await.map_err(sluice_state::StoreError::from)?;
+            return Ok(());
+        }
         let published = lock(&self.published).clone();
         for (key, record) in &wanted {
             if published.get(key) != Some(record) {

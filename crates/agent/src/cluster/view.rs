@@ -1,7 +1,8 @@
 //! The cluster view the agent's loops read: pods as applied, with the addresses their nodes
 //! published. Where no kubelet reports a pod's status (a cluster on etcd alone), the status is
-//! taken from the pod's published endpoint record, so services and policy see every pod's
-//! addresses and node the same way on every node.
+//! taken from the pod's published endpoint (a record of its own or an entry of its node's
+//! slice, alike), so services and policy see every pod's addresses and node the same way on
+//! every node.
 
 use std::sync::Arc;
 
@@ -14,17 +15,19 @@ pub fn with_published_endpoints(state: ClusterState) -> ClusterState {
     let missing = |key: &String| {
         state.pods.get(key).is_some_and(|p| p.status.as_ref().and_then(|s| s.pod_ips.as_ref()).is_none_or(|ips| ips.is_empty()))
     };
-    if !state.endpoints.keys().any(missing) {
+    let published: Vec<(String, sluice_state::EndpointRecord)> =
+        state.published_endpoints().map(|r| (sluice_state::Store::key(&r.namespace, &r.name), r)).filter(|(k, _)| missing(k)).collect();
+    if published.is_empty() {
         return state;
     }
     let mut objects = (*state.objects).clone();
-    for (key, record) in &state.endpoints {
+    for (key, record) in &published {
         let host_ip = state
             .nodes
             .get(&record.node)
             .and_then(|n| n.addresses.iter().find(|a| a.is_ipv4()).or(n.addresses.first()))
             .map(|a| a.to_string());
-        let Some(pod) = objects.pods.get_mut(key) else { continue };
+        let Some(pod) = objects.pods.get_mut(key.as_str()) else { continue };
         let status = pod.status.get_or_insert_with(PodStatus::default);
         if status.pod_ips.as_ref().is_some_and(|ips| !ips.is_empty()) {
             continue;
