@@ -107,6 +107,10 @@ pub enum Command {
         /// and route between nodes themselves).
         #[arg(long, default_value = "local", value_parser = ["local", "etcd"])]
         datastore: String,
+        /// On etcd, how the agents publish endpoints: slices (batched per node, namespace and
+        /// identity) or per-pod (one record each).
+        #[arg(long, default_value = "slices", value_parser = ["slices", "per-pod"])]
+        endpoints: String,
     },
     /// Audit the node's netfilter rules: which would pod traffic skip under eBPF host routing?
     /// Exit code 0 when clean, 1 when a rule would be bypassed.

@@ -34,11 +34,22 @@ pub async fn up(
     node_port_range: &str,
     xdp: String,
     datastore: String,
+    endpoints: String,
 ) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let service_ranges = service_ranges(service_cidrs, node_port_range)?;
     eprintln!("Starting lab {lab:?} with {nodes} node(s)...");
-    let opts = UpOptions { nodes, host_routing, guard, monitor, service_ranges, xdp, datastore, ..UpOptions::new(lab, sluice_binary()?) };
+    let opts = UpOptions {
+        nodes,
+        host_routing,
+        guard,
+        monitor,
+        service_ranges,
+        xdp,
+        datastore,
+        endpoints,
+        ..UpOptions::new(lab, sluice_binary()?)
+    };
     Lab::up(opts, &mut |s| step(s)).await?;
     eprintln!("Lab {lab:?} is up in {:.1} s. Next: sluice apply -f <manifest>", started.elapsed().as_secs_f64());
     Ok(ExitCode::SUCCESS)

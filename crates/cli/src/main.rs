@@ -64,8 +64,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Policy { command: args::PolicyCommand::Get { pod, output } } => policy_cmds::get(&cli.lab, &pod, output).await,
             Command::Observe(args) => observe_cmds::observe(&target, args).await,
             Command::Metrics { node } => observe_cmds::metrics(&target, node.as_deref()).await,
-            Command::Up { nodes, host_routing, guard, monitor, service_cidrs, node_port_range, xdp, datastore } => {
-                lab_cmds::up(&cli.lab, nodes, host_routing, guard, monitor, &service_cidrs, &node_port_range, xdp, datastore).await
+            Command::Up { nodes, host_routing, guard, monitor, service_cidrs, node_port_range, xdp, datastore, endpoints } => {
+                lab_cmds::up(&cli.lab, nodes, host_routing, guard, monitor, &service_cidrs, &node_port_range, xdp, datastore, endpoints)
+                    .await
             }
             Command::Preflight { node, all, output, local, config, pod_cidrs, devices } => {
                 let local = local.then_some(node_cmds::LocalAudit { config, pod_cidrs, devices });

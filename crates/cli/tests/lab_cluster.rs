@@ -4,7 +4,8 @@
 //! and IPv6; a Service's ClusterIP and NodePort reach backends on other nodes; a NetworkPolicy
 //! and a SluiceNetworkPolicy are enforced across nodes; one label set has one identity number
 //! everywhere. Faults: etcd restarted under a live connection, a node cut off from etcd, an
-//! agent killed (its node withdrawn when its lease expires) and started again.
+//! agent killed (its node withdrawn when its lease expires) and started again. The cross-node
+//! checks run with endpoints published in slices (the default) and per pod.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a test fails loudly on what it did not expect
 
@@ -134,10 +135,28 @@ fn agent_routes(lab: &TestLab, node: &str) -> String {
 
 #[test]
 fn pods_services_and_policy_work_across_three_nodes_on_etcd() {
+    across_three_nodes("etc", "slices");
+}
+
+#[test]
+fn pods_services_and_policy_work_across_three_nodes_with_endpoints_per_pod() {
+    across_three_nodes("etp", "per-pod");
+}
+
+/// What the lab's etcd holds of published endpoints: (per-pod records, endpoints in slices).
+fn published(lab: &TestLab) -> (usize, usize) {
+    let opened = sluice_lab::Lab::open(&lab.name, sluice_bin()).expect("opening the lab");
+    let store = opened.store().load().expect("reading the lab's etcd");
+    (store.endpoints.len(), store.published_slices.values().map(|s| s.endpoints.len()).sum())
+}
+
+/// The cross-node checks with the agents publishing endpoints as `endpoints` (`slices` or
+/// `per-pod`): connectivity, services and policy must not tell the two apart.
+fn across_three_nodes(tag: &str, endpoints: &str) {
     if !privileged(module_path!()) {
         return;
     }
-    let lab = TestLab::up("etc", &["--nodes", "3", "--datastore", "etcd"]);
+    let lab = TestLab::up(tag, &["--nodes", "3", "--datastore", "etcd", "--endpoints", endpoints]);
 
     let listed = nodes(&lab);
     assert_eq!(listed.len(), 3, "three nodes registered: {listed:?}");
@@ -157,6 +176,14 @@ fn pods_services_and_policy_work_across_three_nodes_on_etcd() {
     let pods = echo_targets(&lab, &["echo-1", "echo-2"]);
     let v = probe_until(&lab, "client", &pods, true, CONVERGE);
     assert!(pods.iter().all(|t| v[t] == true), "client on node0 reaches pods on node1 and node2, TCP and UDP, IPv4 and IPv6: {v}");
+
+    // Four pods, published the configured way only.
+    let want = if endpoints == "slices" { (0, 4) } else { (4, 0) };
+    let deadline = Instant::now() + CONVERGE;
+    while published(&lab) != want && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(published(&lab), want, "(records, endpoints in slices) with endpoints: {endpoints}");
 
     let (id1, id2) = (identity(&lab, "node1", "echo-1"), identity(&lab, "node2", "echo-2"));
     assert_eq!(id1, id2, "one label set, one identity number on node1 and node2");

@@ -23,7 +23,7 @@ pub fn agent_config(node: &NodeState, lab_dir: &Path, opts: &crate::UpOptions) -
             "[]".to_string(),
             format!(
                 "state:\n  source: etcd\n  etcd:\n    endpoints: [\"{endpoint}\"]\n    caFile: {ca}\n    certFile: {cert}\n    keyFile: {key}\n  \
-                 clusterPoolCIDRs: [\"{pool4}\", \"{pool6}\"]\n  nodeMaskIPv4: 24\n  nodeMaskIPv6: 64\n  leaseSeconds: {lease}\n",
+                 clusterPoolCIDRs: [\"{pool4}\", \"{pool6}\"]\n  nodeMaskIPv4: 24\n  nodeMaskIPv6: 64\n  leaseSeconds: {lease}\n  endpoints: {endpoints}\n",
                 endpoint = etcd.endpoints.first().cloned().unwrap_or_default(),
                 ca = file(&etcd.ca_file),
                 cert = file(&etcd.cert_file),
@@ -31,6 +31,7 @@ pub fn agent_config(node: &NodeState, lab_dir: &Path, opts: &crate::UpOptions) -
                 pool4 = names::POD_POOL_V4,
                 pool6 = names::POD_POOL_V6,
                 lease = LAB_LEASE_SECONDS,
+                endpoints = opts.endpoints,
             ),
         )
     } else {

@@ -46,6 +46,8 @@ pub struct UpOptions {
     /// `local` (a store file, no server) or `etcd` (an etcd server for the lab; the agents
     /// take their pod CIDRs from cluster pools and route between nodes themselves).
     pub datastore: String,
+    /// `slices` or `per-pod`: how the agents publish endpoints on etcd (`state.endpoints`).
+    pub endpoints: String,
 }
 
 impl UpOptions {
@@ -61,6 +63,7 @@ impl UpOptions {
             service_ranges: ServiceRanges::default(),
             xdp: "off".into(),
             datastore: "local".into(),
+            endpoints: "slices".into(),
         }
     }
 }
