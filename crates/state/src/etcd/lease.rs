@@ -94,7 +94,8 @@ impl EtcdStore {
         Ok(NodeLease { shared, task })
     }
 
-    /// The endpoint slices `node` wrote, by `namespace/name`.
+    /// The endpoint slices `node` wrote, by `namespace/name`; slices that do not decode are
+    /// skipped.
     async fn node_slices(&self, node: &str) -> Result<BTreeMap<String, SluiceEndpointSlice>, EtcdError> {
         let prefix = self.keys().endpoint_slices();
         let response = self
@@ -106,8 +107,14 @@ impl EtcdStore {
         let mut out = BTreeMap::new();
         for kv in response.kvs() {
             let key = String::from_utf8_lossy(kv.key()).into_owned();
-            let slice: SluiceEndpointSlice =
-                serde_json::from_slice(kv.value()).map_err(|source| EtcdError::Decode { key: key.clone(), source })?;
+            let slice: SluiceEndpointSlice = match serde_json::from_slice(kv.value()) {
+                Ok(slice) => slice,
+                Err(e) => {
+                    // Another writer's bad slice must not keep this node out of the cluster.
+                    tracing::warn!(key, error = %e, "ignoring an endpoint slice that does not decode");
+                    continue;
+                }
+            };
             if slice.node == node {
                 out.insert(format!("{}/{}", slice.namespace, slice.name), slice);
             }
