@@ -130,3 +130,28 @@ async fn slices_are_published_again_under_a_new_lease_and_taken_over_by_a_new_re
     again.revoke().await.unwrap();
     assert!(store.load().await.unwrap().published_slices.is_empty(), "the new lease takes them away");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_larger_than_a_transaction_is_written_in_several() {
+    let Some(etcd) = TestEtcd::start().await else { return };
+    let store = etcd.store().await;
+    let lease = store.register_node(&node("n1"), 30).await.unwrap();
+    let batcher = Batcher::new("n1", 100).unwrap();
+
+    // 150 pods of 150 identities: 150 slices, more than one transaction holds.
+    let desired: Vec<DesiredEndpoint> = (0..150u32)
+        .map(|i| DesiredEndpoint {
+            namespace: "x".into(),
+            name: format!("pod-{i}"),
+            identity: 1000 + i,
+            addresses: vec![format!("198.19.{}.{}", 1 + i / 200, 1 + i % 200).parse().unwrap()],
+        })
+        .collect();
+    let plan = batcher.plan(&lease.slices().await, &desired).unwrap();
+    assert_eq!(plan.writes.len(), 150, "one slice per identity");
+    lease.apply_slices(&plan).await.expect("a large plan is written, not refused");
+    let loaded = store.load().await.unwrap();
+    assert_eq!(published(&loaded).len(), 150, "readers see every endpoint");
+    assert_eq!(lease.slices().await.len(), 150, "the lease holds every slice written");
+    assert!(batcher.plan(&lease.slices().await, &desired).unwrap().is_empty(), "nothing left to write");
+}

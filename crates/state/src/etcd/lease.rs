@@ -176,7 +176,11 @@ impl NodeLease {
 
     /// Applies `plan` to the node's endpoint slices in one etcd transaction, so no reader sees
     /// it half applied (an endpoint changing identity leaves one slice and joins another in the
-    /// same revision). On failure nothing was written and the slices held are unchanged.
+    /// same revision). A plan larger than a transaction holds (more than [`MAX_TXN_OPS`] slices
+    /// changed in one round: a node's first publication with that many identity groups) is
+    /// written in several, in plan order, rather than never: between them a reader may see an
+    /// identity change half applied, which the next revision completes. On failure the slices
+    /// held are those of the transactions that succeeded.
     pub async fn apply_slices(&self, plan: &Plan) -> Result<(), EtcdError> {
         if plan.writes.is_empty() {
             return Ok(());
@@ -187,28 +191,34 @@ impl NodeLease {
             return Err(EtcdError::NoLease { endpoints: self.shared.store.endpoints().to_string(), node: self.shared.node.clone() });
         }
         if plan.writes.len() > MAX_TXN_OPS {
-            return Err(EtcdError::PlanTooLarge { node: self.shared.node.clone(), writes: plan.writes.len(), max: MAX_TXN_OPS });
+            tracing::warn!(
+                node = %self.shared.node,
+                writes = plan.writes.len(),
+                "an endpoint slice plan larger than one etcd transaction is written in several"
+            );
         }
         let lease = Some(PutOptions::new().with_lease(held.lease));
-        let mut ops = Vec::with_capacity(plan.writes.len());
-        for write in &plan.writes {
-            match write {
-                SliceWrite::Create(slice) | SliceWrite::Update(slice) => {
-                    let key = keys.endpoint_slice(&slice.namespace, &slice.name);
-                    ops.push(TxnOp::put(key.clone(), encode(&key, slice)?, lease.clone()));
+        for chunk in plan.writes.chunks(MAX_TXN_OPS) {
+            let mut ops = Vec::with_capacity(chunk.len());
+            for write in chunk {
+                match write {
+                    SliceWrite::Create(slice) | SliceWrite::Update(slice) => {
+                        let key = keys.endpoint_slice(&slice.namespace, &slice.name);
+                        ops.push(TxnOp::put(key.clone(), encode(&key, slice)?, lease.clone()));
+                    }
+                    SliceWrite::Delete { namespace, name } => ops.push(TxnOp::delete(keys.endpoint_slice(namespace, name), None)),
                 }
-                SliceWrite::Delete { namespace, name } => ops.push(TxnOp::delete(keys.endpoint_slice(namespace, name), None)),
             }
-        }
-        let action = format!("writing the endpoint slices of node {} ({} writes)", self.shared.node, ops.len());
-        self.shared.store.txn(Txn::new().and_then(ops), &action).await?;
-        for write in &plan.writes {
-            match write {
-                SliceWrite::Create(slice) | SliceWrite::Update(slice) => {
-                    held.slices.insert(format!("{}/{}", slice.namespace, slice.name), slice.clone());
-                    held.stale.remove(&keys.endpoint_slice(&slice.namespace, &slice.name));
+            let action = format!("writing the endpoint slices of node {} ({} writes)", self.shared.node, ops.len());
+            self.shared.store.txn(Txn::new().and_then(ops), &action).await?;
+            for write in chunk {
+                match write {
+                    SliceWrite::Create(slice) | SliceWrite::Update(slice) => {
+                        held.slices.insert(format!("{}/{}", slice.namespace, slice.name), slice.clone());
+                        held.stale.remove(&keys.endpoint_slice(&slice.namespace, &slice.name));
+                    }
+                    SliceWrite::Delete { namespace, name } => drop(held.slices.remove(&format!("{namespace}/{name}"))),
                 }
-                SliceWrite::Delete { namespace, name } => drop(held.slices.remove(&format!("{namespace}/{name}"))),
             }
         }
         Ok(())

@@ -124,7 +124,4 @@ pub enum EtcdError {
     /// The node's lease is gone and was not granted anew yet.
     #[error("etcd {endpoints}: node {node} holds no lease now")]
     NoLease { endpoints: String, node: String },
-    /// A plan of endpoint slice writes does not fit one transaction.
-    #[error("node {node}: a plan of {writes} endpoint slice writes exceeds the {max} one etcd transaction holds; raise endpointsPerSlice")]
-    PlanTooLarge { node: String, writes: usize, max: usize },
 }
