@@ -110,7 +110,13 @@ fn containerd_runs_containers_on_sluice_and_del_frees_their_addresses() {
     // === they talk, over IPv4 and IPv6, through Sluice ===
     for url in [format!("http://{server_v4}:8080/"), format!("http://[{server_v6}]:8080/")] {
         // `timeout`, not wget's own -T: busybox 1.35's wget crashes with -T.
-        let out = runtime.exec_until_ok("client", &["timeout", "5", "wget", "-q", "-O", "-", &url], Duration::from_secs(15));
+        // Until the page arrives, not only until wget succeeds: on a loaded machine `ctr task
+        // exec` can lose the output of a process that exits at once (seen once in CI: wget
+        // succeeded, ctr printed nothing).
+        let fetch = ["timeout", "5", "wget", "-q", "-O", "-", url.as_str()];
+        let out = runtime.exec_until("client", &fetch, Duration::from_secs(15), |out| {
+            out.status.success() && String::from_utf8_lossy(&out.stdout) == PAGE
+        });
         assert!(out.status.success(), "the client fetches {url} from the server: {}", text(&out));
         assert_eq!(String::from_utf8_lossy(&out.stdout), PAGE, "the server's page over {url}");
     }
@@ -513,11 +519,13 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.a
         self.ctr(&[&["tasks", "exec", "--exec-id", &exec_id, id], argv].concat())
     }
 
-    fn exec_until_ok(&self, id: &str, argv: &[&str], within: Duration) -> Output {
+    /// Runs `argv` in the container until `done` says its output is what is wanted, at most
+    /// `within`; returns the last output.
+    fn exec_until(&self, id: &str, argv: &[&str], within: Duration, done: impl Fn(&Output) -> bool) -> Output {
         let deadline = Instant::now() + within;
         loop {
             let out = self.exec(id, argv);
-            if out.status.success() || Instant::now() > deadline {
+            if done(&out) || Instant::now() > deadline {
                 return out;
             }
             std::thread::sleep(Duration::from_millis(200));
