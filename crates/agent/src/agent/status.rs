@@ -25,6 +25,9 @@ impl Agent {
         }
         if let Some(p) = &self.policies {
             e.set_policy_rules(p.rule_names());
+            if let Some(live) = p.live_rule_names() {
+                e.set_live_policy_rules(live);
+            }
         }
         self.observer.set_enrichment(e);
     }

@@ -20,6 +20,9 @@ pub struct Enrichment {
     by_ifindex: HashMap<u32, Named>,
     /// Policy rule cookies -> the policies behind them.
     policy_rules: HashMap<u32, String>,
+    /// The policy programmer's names, filled as cookies are handed out: asked for a cookie
+    /// newer than `policy_rules` (a flow decided by an entry written since the last refresh).
+    live_rules: Option<crate::policy::program::RuleNames>,
 }
 
 impl Enrichment {
@@ -33,10 +36,15 @@ impl Enrichment {
         self.policy_rules = rules;
     }
 
+    pub fn set_live_policy_rules(&mut self, live: crate::policy::program::RuleNames) {
+        self.live_rules = Some(live);
+    }
+
     pub fn apply(&self, flow: &mut Flow) {
         if let Some(cookie) = flow.policy_rule {
-            flow.policy = Some(match self.policy_rules.get(&cookie) {
-                Some(names) => names.clone(),
+            let live = || self.live_rules.as_ref()?.read().ok()?.get(&cookie).cloned();
+            flow.policy = Some(match self.policy_rules.get(&cookie).cloned().or_else(live) {
+                Some(names) => names,
                 None if cookie == 0 => "default deny: selected by a policy, no rule allows it".into(),
                 None => format!("policy rule {cookie}"),
             });

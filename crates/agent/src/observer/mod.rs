@@ -236,4 +236,26 @@ mod tests {
         assert_eq!(f.source.identity, Some(257));
         assert_eq!(f.destination.pod, None, "198.19.0.2 is not known here");
     }
+
+    #[test]
+    fn a_rule_cookie_handed_out_after_the_last_refresh_is_named_from_the_live_names() {
+        let live: crate::policy::program::RuleNames = Default::default();
+        let mut e = Enrichment::default();
+        e.set_policy_rules([(1, "old".to_owned())].into());
+        e.set_live_policy_rules(live.clone());
+        // The programmer hands out cookie 2 and writes its entry: no refresh yet.
+        live.write().unwrap().insert(2, "SluiceNetworkPolicy x/deny (ingress rule 0)".to_owned());
+        let obs = Observer::new("n", 10);
+        obs.ingest(&record(5));
+        let template = obs.recent(&FlowFilter::default())[0].clone();
+        let named = |cookie| {
+            let mut flow = template.clone();
+            flow.policy_rule = Some(cookie);
+            e.apply(&mut flow);
+            flow.policy
+        };
+        assert_eq!(named(1).as_deref(), Some("old"));
+        assert_eq!(named(2).as_deref(), Some("SluiceNetworkPolicy x/deny (ingress rule 0)"), "named before any refresh");
+        assert_eq!(named(3).as_deref(), Some("policy rule 3"), "a cookie nobody handed out keeps its number");
+    }
 }

@@ -49,7 +49,13 @@ pub struct PolicyProgrammer {
     /// Rule cookies: the rules behind an entry, interned; 0 is "no rule" (the default).
     cookies: BTreeMap<Vec<RuleRef>, u32>,
     rules: BTreeMap<u32, Vec<RuleRef>>,
+    /// Each cookie's rules in words, filled as the cookie is handed out — before an entry
+    /// carrying it reaches the datapath — so a flow the entry decides is named at once.
+    names: RuleNames,
 }
+
+/// Rule cookies in words, shared with the flow observer.
+pub type RuleNames = std::sync::Arc<std::sync::RwLock<std::collections::HashMap<u32, String>>>;
 
 fn key_bytes(k: &policy_key) -> Vec<u8> {
     let mut out = Vec::with_capacity(20);
@@ -142,7 +148,13 @@ impl PolicyProgrammer {
         let c = self.cookies.len() as u32 + 1;
         self.cookies.insert(rules.to_vec(), c);
         self.rules.insert(c, rules.to_vec());
+        self.names.write().unwrap_or_else(std::sync::PoisonError::into_inner).insert(c, super::sync::describe(rules));
         c
+    }
+
+    /// The cookies' names as they are handed out (see [`RuleNames`]).
+    pub fn names(&self) -> RuleNames {
+        self.names.clone()
     }
 
     /// Every cookie handed out, with its rules.

@@ -97,6 +97,11 @@ impl Policies {
         Some(describe(guard.as_ref()?.rules_of(cookie)?))
     }
 
+    /// Rule cookies in words as they are handed out (empty before the first round).
+    pub fn live_rule_names(&self) -> Option<super::program::RuleNames> {
+        lock(&self.programmer).as_ref().map(|p| p.names())
+    }
+
     /// Every rule cookie in words, for naming flows.
     pub fn rule_names(&self) -> std::collections::HashMap<u32, String> {
         let guard = lock(&self.programmer);
@@ -292,7 +297,7 @@ pub fn rule_text(r: &sluice_policy::RuleRef) -> String {
 }
 
 /// The rules behind an entry, each once, in order.
-fn describe(rules: &[sluice_policy::RuleRef]) -> String {
+pub(crate) fn describe(rules: &[sluice_policy::RuleRef]) -> String {
     let names: BTreeSet<String> = rules.iter().map(rule_text).collect();
     names.into_iter().collect::<Vec<_>>().join(", ")
 }
