@@ -175,11 +175,6 @@ impl ServiceView {
         }
     }
 
-    /// The (namespace, name) the service's sets are named by.
-    pub fn id(&self) -> (String, String) {
-        (self.namespace.clone(), self.name.clone())
-    }
-
     /// The Service as far as deriving its endpoint slices from pods reads it, for a selector
     /// service with cluster IPs (the slices of one without are never programmed).
     pub fn derivable(&self) -> Option<Service> {

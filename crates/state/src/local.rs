@@ -2,7 +2,6 @@
 //! file, then rename) under an exclusive lock, so readers never see half a write and two
 //! writers never interleave.
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -179,19 +178,6 @@ impl Store {
     /// Whether the services and endpoint slices are views only.
     pub fn is_compact(&self) -> bool {
         self.views.is_some() && self.services.is_empty() && self.endpoint_slices.is_empty()
-    }
-
-    /// The services and endpoint slices as views: the kept ones of a compact store, else made
-    /// from the objects (a writer's store; costs a pass over them).
-    pub fn service_views(&self) -> Cow<'_, ServiceViews> {
-        match &self.views {
-            Some(views) if self.is_compact() => Cow::Borrowed(views),
-            _ => {
-                let mut copy = self.clone();
-                copy.compact();
-                Cow::Owned(copy.views.unwrap_or_default())
-            }
-        }
     }
 
     /// Puts a service, as a view in a compact store.

@@ -23,11 +23,8 @@ impl Agent {
                 e.insert(ip, r.host_ifindex, ns, pod, r.identity);
             }
         }
-        if let Some(p) = &self.policies {
-            e.set_policy_rules(p.rule_names());
-            if let Some(live) = p.live_rule_names() {
-                e.set_live_policy_rules(live);
-            }
+        if let Some(rules) = self.policies.as_ref().and_then(|p| p.rule_names()) {
+            e.set_policy_rules(rules);
         }
         self.observer.set_enrichment(e);
     }

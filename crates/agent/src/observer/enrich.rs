@@ -18,11 +18,10 @@ struct Named {
 pub struct Enrichment {
     by_ip: HashMap<IpAddr, Named>,
     by_ifindex: HashMap<u32, Named>,
-    /// Policy rule cookies -> the policies behind them.
-    policy_rules: HashMap<u32, String>,
-    /// The policy programmer's names, filled as cookies are handed out: asked for a cookie
-    /// newer than `policy_rules` (a flow decided by an entry written since the last refresh).
-    live_rules: Option<crate::policy::program::RuleNames>,
+    /// Policy rule cookies -> the policies behind them: the policy programmer's own table,
+    /// filled as each cookie is handed out, before an entry carrying it is written, so a flow
+    /// that entry decides is named at once.
+    policy_rules: Option<crate::policy::program::RuleNames>,
 }
 
 impl Enrichment {
@@ -32,18 +31,14 @@ impl Enrichment {
         self.by_ifindex.insert(host_ifindex, named);
     }
 
-    pub fn set_policy_rules(&mut self, rules: HashMap<u32, String>) {
-        self.policy_rules = rules;
-    }
-
-    pub fn set_live_policy_rules(&mut self, live: crate::policy::program::RuleNames) {
-        self.live_rules = Some(live);
+    pub fn set_policy_rules(&mut self, rules: crate::policy::program::RuleNames) {
+        self.policy_rules = Some(rules);
     }
 
     pub fn apply(&self, flow: &mut Flow) {
         if let Some(cookie) = flow.policy_rule {
-            let live = || self.live_rules.as_ref()?.read().ok()?.get(&cookie).cloned();
-            flow.policy = Some(match self.policy_rules.get(&cookie).cloned().or_else(live) {
+            let named = self.policy_rules.as_ref().and_then(|r| r.read().ok()?.get(&cookie).cloned());
+            flow.policy = Some(match named {
                 Some(names) => names,
                 None if cookie == 0 => "default deny: selected by a policy, no rule allows it".into(),
                 None => format!("policy rule {cookie}"),

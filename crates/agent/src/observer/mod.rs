@@ -240,9 +240,9 @@ mod tests {
     #[test]
     fn a_rule_cookie_handed_out_after_the_last_refresh_is_named_from_the_live_names() {
         let live: crate::policy::program::RuleNames = Default::default();
+        live.write().unwrap().insert(1, "old".to_owned());
         let mut e = Enrichment::default();
-        e.set_policy_rules([(1, "old".to_owned())].into());
-        e.set_live_policy_rules(live.clone());
+        e.set_policy_rules(live.clone());
         // The programmer hands out cookie 2 and writes its entry: no refresh yet.
         live.write().unwrap().insert(2, "SluiceNetworkPolicy x/deny (ingress rule 0)".to_owned());
         let obs = Observer::new("n", 10);

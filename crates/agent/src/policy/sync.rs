@@ -97,15 +97,9 @@ impl Policies {
         Some(describe(guard.as_ref()?.rules_of(cookie)?))
     }
 
-    /// Rule cookies in words as they are handed out (empty before the first round).
-    pub fn live_rule_names(&self) -> Option<super::program::RuleNames> {
+    /// Rule cookies in words, filled as they are handed out (`None` before the first round).
+    pub fn rule_names(&self) -> Option<super::program::RuleNames> {
         lock(&self.programmer).as_ref().map(|p| p.names())
-    }
-
-    /// Every rule cookie in words, for naming flows.
-    pub fn rule_names(&self) -> std::collections::HashMap<u32, String> {
-        let guard = lock(&self.programmer);
-        guard.as_ref().map(|p| p.cookies().map(|(c, r)| (c, describe(r))).collect()).unwrap_or_default()
     }
 
     /// One round; `None` when nothing changed.
