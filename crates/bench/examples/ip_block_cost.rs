@@ -66,13 +66,7 @@ fn main() -> Result<(), Error> {
     let by_address: Vec<Policy> = network_policies(&shape, 0).iter().map(sluice_policy::lower_network_policy).collect();
     let outside = outside_only(&by_address);
     let cluster = view(&shape, &by_address);
-    let locals: Vec<LocalEndpoint> = cluster
-        .endpoints
-        .iter()
-        .filter(|e| e.local)
-        .enumerate()
-        .map(|(i, e)| LocalEndpoint { id: i as u32 + 1, pod: e.key.clone(), ips: e.ips.clone() })
-        .collect();
+    let locals = sluice_bench::local_endpoints(&cluster);
     let variants = [("ipBlocks by address (upstream)", &by_address), ("ipBlocks as outside-only CIDRs", &outside)];
     let compiled: Vec<Compiled> = variants.iter().map(|(_, p)| sluice_policy::compile(p, &cluster)).collect();
     let (mut compile, mut program, mut entries) = (vec![Vec::new(), Vec::new()], vec![Vec::new(), Vec::new()], [0, 0]);

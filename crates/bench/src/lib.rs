@@ -32,7 +32,7 @@ pub use datapath::{datapath, DatapathOptions};
 pub use error::BenchError;
 pub use machine::Machine;
 pub use observer_rate::{observer_rate, ObserverRate, ObserverRun};
-pub use policy::{policy, PolicyOptions, PolicyReport, PolicyRun};
+pub use policy::{local_endpoints, policy, PolicyOptions, PolicyReport, PolicyRun};
 pub use policy_packet::PacketCost;
 pub use report::Report;
 pub use services::{remove_service_labs, services, ServicesOptions, ServicesPoint, ServicesResult, ServicesRun, MAX_DISTINCT_BACKENDS};

@@ -79,13 +79,7 @@ pub fn policy(opts: &PolicyOptions, progress: &mut dyn FnMut(&str)) -> Result<Po
             let cluster = view(&shape, &lowered);
             let compiled = sluice_policy::compile(&lowered, &cluster);
             let compile = started.elapsed();
-            let locals: Vec<LocalEndpoint> = cluster
-                .endpoints
-                .iter()
-                .filter(|e| e.local)
-                .enumerate()
-                .map(|(i, e)| LocalEndpoint { id: i as u32 + 1, pod: e.key.clone(), ips: e.ips.clone() })
-                .collect();
+            let locals = local_endpoints(&cluster);
             let started = Instant::now();
             let mut programmer = PolicyProgrammer::default();
             programmer.program(&mut dp, &compiled, &locals)?;
@@ -187,4 +181,15 @@ impl PolicyReport {
         }
         out
     }
+}
+
+/// The node's own endpoints of `cluster`, numbered as the agent would number them.
+pub fn local_endpoints(cluster: &sluice_policy::ClusterView) -> Vec<LocalEndpoint> {
+    cluster
+        .endpoints
+        .iter()
+        .filter(|e| e.local)
+        .enumerate()
+        .map(|(i, e)| LocalEndpoint { id: i as u32 + 1, pod: e.key.clone(), ips: e.ips.clone() })
+        .collect()
 }
