@@ -59,6 +59,9 @@ pub struct Agent {
     xdp: Option<Arc<Mutex<sluice_datapath::XdpNetdev>>>,
     /// Cluster mode: the node's membership (etcd).
     cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// Woken by every CNI ADD and DEL, so the cluster loop publishes the node's endpoints
+    /// after its debounce window instead of at the next tick.
+    endpoint_changes: Arc<tokio::sync::Notify>,
 }
 
 /// Everything [`Agent::new`] needs.
@@ -117,11 +120,17 @@ impl Agent {
             socket_lb: parts.socket_lb,
             xdp: parts.xdp,
             cluster: parts.cluster,
+            endpoint_changes: Arc::new(tokio::sync::Notify::new()),
         })
     }
 
     pub fn config(&self) -> &AgentConfig {
         &self.config
+    }
+
+    /// Notified after every CNI ADD and DEL (see the field).
+    pub fn endpoint_changes(&self) -> Arc<tokio::sync::Notify> {
+        self.endpoint_changes.clone()
     }
 
     /// The host routing mode in force and why.

@@ -75,6 +75,10 @@ pub struct StateConfig {
     /// Cluster mode, `endpoints: slices`: most endpoints per slice.
     #[serde(default = "default_endpoints_per_slice")]
     pub endpoints_per_slice: usize,
+    /// Cluster mode: milliseconds the node waits after a pod starts or stops before it
+    /// publishes its endpoints, so a burst of pod starts is one write per slice touched.
+    #[serde(default = "default_endpoints_debounce")]
+    pub endpoints_debounce_millis: u64,
 }
 
 /// How a node publishes its endpoints in the cluster datastore.
@@ -102,6 +106,7 @@ impl Default for StateConfig {
             pod_wait_seconds: default_pod_wait(),
             endpoints: EndpointsMode::default(),
             endpoints_per_slice: default_endpoints_per_slice(),
+            endpoints_debounce_millis: default_endpoints_debounce(),
         }
     }
 }
@@ -131,6 +136,14 @@ fn default_pod_wait() -> u64 {
 fn default_endpoints_per_slice() -> usize {
     sluice_model::endpoint_slices::DEFAULT_MAX_ENDPOINTS_PER_SLICE
 }
+
+fn default_endpoints_debounce() -> u64 {
+    100
+}
+
+/// Longest debounce accepted: beyond, pods would wait for their addresses to reach other nodes
+/// longer than the cluster round that heals a missed change anyway.
+pub const MAX_ENDPOINTS_DEBOUNCE_MILLIS: u64 = 1000;
 
 fn default_source() -> String {
     "local".into()
@@ -445,6 +458,12 @@ impl AgentConfig {
         if self.state.endpoints_per_slice == 0 {
             return invalid("state.endpointsPerSlice", "0 is below the minimum 1".into());
         }
+        if self.state.endpoints_debounce_millis > MAX_ENDPOINTS_DEBOUNCE_MILLIS {
+            return invalid(
+                "state.endpointsDebounceMillis",
+                format!("{} is above the maximum {MAX_ENDPOINTS_DEBOUNCE_MILLIS}", self.state.endpoints_debounce_millis),
+            );
+        }
         if self.events_buffer_bytes < 4096 || !self.events_buffer_bytes.is_power_of_two() {
             return invalid("eventsBufferBytes", format!("{} must be a power of two of at least 4096", self.events_buffer_bytes));
         }
@@ -510,6 +529,7 @@ mod tests {
         assert_eq!(c.ipv4_cidr().unwrap().to_string(), "198.19.0.0/24");
         assert_eq!(c.ipv6_cidr().unwrap().to_string(), "2001:2::/64");
         assert_eq!((c.state.endpoints, c.state.endpoints_per_slice), (EndpointsMode::Slices, 100), "endpoints in slices of 100");
+        assert_eq!(c.state.endpoints_debounce_millis, 100, "published 100 ms after a change");
     }
 
     #[test]
@@ -534,6 +554,7 @@ mod tests {
             ("nodeName: n\npodCIDRs: [198.19.0.0/24]\nbogus: 1\n", "bogus"),
             ("nodeName: n\npodCIDRs: [198.19.0.0/24]\nstate: {source: kube}\n", "state.source"),
             ("nodeName: n\npodCIDRs: [198.19.0.0/24]\nstate: {endpointsPerSlice: 0}\n", "state.endpointsPerSlice"),
+            ("nodeName: n\npodCIDRs: [198.19.0.0/24]\nstate: {endpointsDebounceMillis: 1001}\n", "state.endpointsDebounceMillis"),
             ("nodeName: n\npodCIDRs: [198.19.0.0/24]\nstate: {source: etcd}\n", "state.etcd"),
             ("nodeName: n\npodCIDRs: []\nstate: {source: etcd, etcd: {endpoints: [\"http://127.0.0.1:2379\"]}}\n", "podCIDRs"),
             ("nodeName: n\npodCIDRs: []\nstate: {source: etcd, etcd: {endpoints: [\"http://127.0.0.1:2379\"]}, clusterPoolCIDRs: [198.19.0.0/16], nodeMaskIPv4: 8}\n", "state.nodeMaskIPv4"),

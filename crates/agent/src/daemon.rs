@@ -195,7 +195,8 @@ pub async fn run(mut config: AgentConfig) -> Result<(), AgentError> {
         Duration::from_secs(config.resync_seconds),
         Duration::from_secs(config.services.conntrack_gc_seconds),
     ));
-    let cluster_loop = cluster.is_some().then(|| tokio::spawn(cluster_loop(agent.clone(), changes)));
+    let debounce = Duration::from_millis(config.state.endpoints_debounce_millis);
+    let cluster_loop = cluster.is_some().then(|| tokio::spawn(cluster_loop(agent.clone(), changes, debounce)));
     let metrics_server = match config.metrics_address {
         Some(addr) => Some(crate::api::serve_metrics(addr, agent.clone()).await?),
         None => None,
@@ -235,13 +236,31 @@ async fn wake(changes: &mut Changes, tick: &mut tokio::time::Interval) {
 
 /// Cluster mode: publishes endpoints, holds identities and routes the other nodes' pod CIDRs on
 /// every change of the view and at least every second; collects what vanished nodes left.
-async fn cluster_loop(agent: Arc<Agent>, mut changes: Changes) {
+///
+/// A pod started or stopped (a CNI ADD or DEL) opens a debounce window: the node's endpoints
+/// are published when it closes, with every change made meanwhile, so a burst of pod starts is
+/// one write per slice touched. Rounds that run inside the window (a change of the view, the
+/// tick) do everything but publish.
+async fn cluster_loop(agent: Arc<Agent>, mut changes: Changes, debounce: Duration) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let endpoint_changes = agent.endpoint_changes();
+    let mut publish_at: Option<tokio::time::Instant> = None;
     let mut last_collect = Instant::now();
     loop {
-        wake(&mut changes, &mut tick).await;
-        if let Err(e) = agent.sync_cluster().await {
+        tokio::select! {
+            _ = wake(&mut changes, &mut tick) => {}
+            _ = endpoint_changes.notified() => {
+                publish_at.get_or_insert_with(|| tokio::time::Instant::now() + debounce);
+                continue;
+            }
+            _ = tokio::time::sleep_until(publish_at.unwrap_or_else(tokio::time::Instant::now)), if publish_at.is_some() => {}
+        }
+        let publish = publish_at.is_none_or(|at| tokio::time::Instant::now() >= at);
+        if publish {
+            publish_at = None;
+        }
+        if let Err(e) = agent.sync_cluster(publish).await {
             tracing::warn!("cluster round: {e}");
         }
         if last_collect.elapsed() >= Duration::from_secs(30) {

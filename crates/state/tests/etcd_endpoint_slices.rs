@@ -52,7 +52,7 @@ async fn a_plan_lands_in_one_revision_and_the_slices_live_with_the_lease() {
 
     // Three pods of one identity: two slices, written together.
     let mut desired = vec![pod("web-0", 300, 10), pod("web-1", 300, 11), pod("web-2", 300, 12)];
-    let plan = batcher.plan(&lease.slices().await, &desired).unwrap();
+    let plan = batcher.plan(&lease.slices().await.unwrap(), &desired).unwrap();
     assert_eq!(plan.writes.len(), 2, "three endpoints in slices of two: {plan:?}");
     let before = store.load().await.unwrap().generation;
     lease.apply_slices(&plan).await.unwrap();
@@ -65,7 +65,7 @@ async fn a_plan_lands_in_one_revision_and_the_slices_live_with_the_lease() {
 
     // web-1 changes identity: it leaves its slice and joins a new one in the same revision.
     desired[1].identity = 301;
-    let plan = batcher.plan(&lease.slices().await, &desired).unwrap();
+    let plan = batcher.plan(&lease.slices().await.unwrap(), &desired).unwrap();
     let kinds: Vec<&str> = plan
         .writes
         .iter()
@@ -89,7 +89,7 @@ async fn a_plan_lands_in_one_revision_and_the_slices_live_with_the_lease() {
     );
     let web1: Vec<_> = published(&loaded).into_iter().filter(|(name, _, _)| name == "web-1").collect();
     assert_eq!(web1, [("web-1".to_string(), "n1".to_string(), 301)], "web-1 once, with its new identity");
-    assert!(batcher.plan(&lease.slices().await, &desired).unwrap().writes.is_empty(), "the held slices are what was written");
+    assert!(batcher.plan(&lease.slices().await.unwrap(), &desired).unwrap().writes.is_empty(), "the held slices are what was written");
 
     // The lease revoked: every slice of the node vanishes with its record, in one revision.
     let before = store.load().await.unwrap().generation;
@@ -121,8 +121,8 @@ async fn slices_are_published_again_under_a_new_lease_and_taken_over_by_a_new_re
     // node's slices over, so its first plan changes nothing and they outlive the old lease.
     lease.abandon();
     let again = store.register_node(&node("n1"), 30).await.unwrap();
-    assert_eq!(again.slices().await.len(), 2, "the node's slices are taken over");
-    assert!(batcher.plan(&again.slices().await, &desired).unwrap().writes.is_empty(), "nothing to write");
+    assert_eq!(again.slices().await.unwrap().len(), 2, "the node's slices are taken over");
+    assert!(batcher.plan(&again.slices().await.unwrap(), &desired).unwrap().writes.is_empty(), "nothing to write");
     tokio::time::sleep(Duration::from_secs(4)).await;
     let loaded = store.load().await.unwrap();
     assert_eq!(loaded.published_slices.len(), 2, "the slices outlive the old lease");
@@ -147,11 +147,54 @@ async fn a_plan_larger_than_a_transaction_is_written_in_several() {
             addresses: vec![format!("198.19.{}.{}", 1 + i / 200, 1 + i % 200).parse().unwrap()],
         })
         .collect();
-    let plan = batcher.plan(&lease.slices().await, &desired).unwrap();
+    let plan = batcher.plan(&lease.slices().await.unwrap(), &desired).unwrap();
     assert_eq!(plan.writes.len(), 150, "one slice per identity");
     lease.apply_slices(&plan).await.expect("a large plan is written, not refused");
     let loaded = store.load().await.unwrap();
     assert_eq!(published(&loaded).len(), 150, "readers see every endpoint");
-    assert_eq!(lease.slices().await.len(), 150, "the lease holds every slice written");
-    assert!(batcher.plan(&lease.slices().await, &desired).unwrap().is_empty(), "nothing left to write");
+    assert_eq!(lease.slices().await.unwrap().len(), 150, "the lease holds every slice written");
+    assert!(batcher.plan(&lease.slices().await.unwrap(), &desired).unwrap().is_empty(), "nothing left to write");
+}
+
+/// A slice write whose reply is lost may have committed. Such a write is stood in for here by a
+/// slice put behind the writer's back (as the lost transaction would have left it) and a failed
+/// write (etcd stopped): the next plan starts from what etcd holds, so the stray slice is
+/// planned away instead of left for every node to read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_failed_write_the_next_plan_starts_from_what_etcd_holds() {
+    let Some(mut etcd) = TestEtcd::start().await else { return };
+    let store = etcd.store().await;
+    let lease = store.register_node(&node("n1"), 30).await.unwrap();
+    let batcher = Batcher::new("n1", 100).unwrap();
+    let desired = vec![pod("web-0", 300, 10)];
+    lease.apply_slices(&batcher.plan(&[], &desired).unwrap()).await.unwrap();
+
+    // What a committed write with a lost reply leaves: a slice of this node the writer does not
+    // know about (pod db-0 started and left meanwhile).
+    let grown = vec![pod("web-0", 300, 10), pod("db-0", 302, 20)];
+    let plan = batcher.plan(&lease.slices().await.unwrap(), &grown).unwrap();
+    let SliceWrite::Create(stray) = plan.writes.iter().find(|w| matches!(w, SliceWrite::Create(_))).unwrap().clone() else {
+        unreachable!()
+    };
+    let key = store.keys().endpoint_slice(&stray.namespace, &stray.name);
+    let put = etcd_client::PutOptions::new().with_lease(lease.lease_id());
+    store.client().put(key.clone(), serde_json::to_vec(&stray).unwrap(), Some(put)).await.unwrap();
+
+    // The write itself fails: etcd is down.
+    etcd.server.stop().unwrap();
+    assert!(lease.apply_slices(&plan).await.is_err(), "a write to a stopped etcd fails");
+    etcd.server.restart().await.unwrap();
+
+    // The pod is gone again; the next plan must remove the stray slice.
+    let existing = lease.slices().await.unwrap();
+    assert_eq!(existing.len(), 2, "the slices are read back from etcd, the stray one with them: {existing:?}");
+    let plan = batcher.plan(&existing, &desired).unwrap();
+    assert!(
+        plan.writes.iter().any(|w| matches!(w, SliceWrite::Delete { name, .. } if *name == stray.name)),
+        "the stray slice is planned away: {plan:?}"
+    );
+    lease.apply_slices(&plan).await.unwrap();
+    let loaded = store.load().await.unwrap();
+    assert_eq!(published(&loaded), vec![("web-0".to_string(), "n1".to_string(), 300)], "only the pod that runs is published");
+    assert_eq!(lease.slices().await.unwrap().len(), 1, "and the writer knows it");
 }

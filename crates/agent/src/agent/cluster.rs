@@ -23,25 +23,15 @@ impl Agent {
         self.cluster.as_ref()
     }
 
-    /// Cluster mode, one round: publishes this node's endpoints, holds the identities it uses,
-    /// routes the other nodes' pod CIDRs. Level-triggered: each step compares what is with what
-    /// should be, so a missed change heals on the next round.
-    pub async fn sync_cluster(&self) -> Result<(), AgentError> {
+    /// Cluster mode, one round: publishes this node's endpoints (unless `publish` is false: a
+    /// debounce window is open), holds the identities it uses, routes the other nodes' pod
+    /// CIDRs. Level-triggered: each step compares what is with what should be, so a missed
+    /// change heals on the next round.
+    pub async fn sync_cluster(&self, publish: bool) -> Result<(), AgentError> {
         let Some(cluster) = &self.cluster else { return Ok(()) };
-        let mut endpoints = BTreeMap::new();
-        for e in self.endpoints.list()? {
-            let (Some(namespace), Some(name)) = (e.pod_namespace.clone(), e.pod_name.clone()) else { continue };
-            let ips: Vec<IpAddr> = e.ipv4.map(IpAddr::from).into_iter().chain(e.ipv6.map(IpAddr::from)).collect();
-            let record = sluice_state::EndpointRecord {
-                namespace: namespace.clone(),
-                name: name.clone(),
-                node: self.config.node_name.clone(),
-                ips,
-                identity: e.identity,
-            };
-            endpoints.insert(sluice_state::Store::key(&namespace, &name), record);
+        if publish {
+            self.publish_endpoints(cluster).await?;
         }
-        cluster.publish_endpoints(endpoints).await?;
         let held: BTreeSet<u32> = self.identities.list()?.into_iter().filter(|i| i.references > 0).map(|i| i.id).collect();
         cluster.hold_identities(held).await?;
         let snapshot = self.cluster_snapshot();
@@ -63,5 +53,23 @@ impl Agent {
         }
         cluster.set_health("ready", self.host_routing.mode.as_str()).await?;
         Ok(())
+    }
+
+    /// Publishes the node's endpoints as its records have them.
+    async fn publish_endpoints(&self, cluster: &crate::cluster::Cluster) -> Result<(), AgentError> {
+        let mut endpoints = BTreeMap::new();
+        for e in self.endpoints.list()? {
+            let (Some(namespace), Some(name)) = (e.pod_namespace.clone(), e.pod_name.clone()) else { continue };
+            let ips: Vec<IpAddr> = e.ipv4.map(IpAddr::from).into_iter().chain(e.ipv6.map(IpAddr::from)).collect();
+            let record = sluice_state::EndpointRecord {
+                namespace: namespace.clone(),
+                name: name.clone(),
+                node: self.config.node_name.clone(),
+                ips,
+                identity: e.identity,
+            };
+            endpoints.insert(sluice_state::Store::key(&namespace, &name), record);
+        }
+        cluster.publish_endpoints(endpoints).await
     }
 }

@@ -56,6 +56,7 @@ impl Agent {
             }
         };
         self.refresh_enrichment();
+        self.endpoint_changes.notify_one();
         self.metrics.cni_add_seconds.observe(started.elapsed().as_secs_f64());
         result
     }
@@ -162,6 +163,7 @@ impl Agent {
         let started = Instant::now();
         let result = self.del(req).await;
         self.refresh_enrichment();
+        self.endpoint_changes.notify_one();
         self.metrics.cni_del_seconds.observe(started.elapsed().as_secs_f64());
         result
     }

@@ -121,7 +121,7 @@ impl Cluster {
                 .into_values()
                 .map(|r| DesiredEndpoint { namespace: r.namespace, name: r.name, identity: r.identity, addresses: r.ips })
                 .collect();
-            let existing = self.lease.slices().await;
+            let existing = self.lease.slices().await.map_err(sluice_state::StoreError::from)?;
             let plan = batcher.plan(&existing, &desired)?;
             if !plan.writes.is_empty() {
                 tracing::debug!(writes = plan.writes.len(), endpoints = desired.len(), "writing the node's endpoint slices");

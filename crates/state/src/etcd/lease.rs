@@ -45,6 +45,9 @@ struct Held {
     identities: BTreeSet<u32>,
     /// Keys whose deletion did not reach etcd yet.
     stale: BTreeSet<String>,
+    /// A slice transaction failed without an answer saying whether it committed: the slices in
+    /// etcd may differ from `slices`, so the next plan starts from what etcd holds.
+    slices_uncertain: bool,
     /// A write failed: the keep-alive task publishes everything again.
     dirty: bool,
 }
@@ -88,6 +91,7 @@ impl EtcdStore {
                 slices,
                 identities: BTreeSet::new(),
                 stale: BTreeSet::new(),
+                slices_uncertain: false,
             }),
         });
         let task = tokio::spawn(keep_alive(shared.clone()));
@@ -170,8 +174,19 @@ impl NodeLease {
 
     /// The node's endpoint slices as last written (or taken over at registration): what the
     /// next [`Plan`] starts from.
-    pub async fn slices(&self) -> Vec<SluiceEndpointSlice> {
-        self.shared.held.lock().await.slices.values().cloned().collect()
+    ///
+    /// After a slice transaction failed, its outcome is unknown (a reply lost on the way may
+    /// hide a commit): the slices are then read back from etcd, so a slice the failed write
+    /// created is planned away and one it deleted is planned anew, rather than left behind or
+    /// forgotten.
+    pub async fn slices(&self) -> Result<Vec<SluiceEndpointSlice>, EtcdError> {
+        let mut held = self.shared.held.lock().await;
+        if held.slices_uncertain {
+            held.slices = self.shared.store.node_slices(&self.shared.node).await?;
+            held.slices_uncertain = false;
+            tracing::info!(node = %self.shared.node, slices = held.slices.len(), "read the node's endpoint slices back after a failed write");
+        }
+        Ok(held.slices.values().cloned().collect())
     }
 
     /// Applies `plan` to the node's endpoint slices in one etcd transaction, so no reader sees
@@ -210,7 +225,10 @@ impl NodeLease {
                 }
             }
             let action = format!("writing the endpoint slices of node {} ({} writes)", self.shared.node, ops.len());
-            self.shared.store.txn(Txn::new().and_then(ops), &action).await?;
+            if let Err(e) = self.shared.store.txn(Txn::new().and_then(ops), &action).await {
+                held.slices_uncertain = true;
+                return Err(e);
+            }
             for write in chunk {
                 match write {
                     SliceWrite::Create(slice) | SliceWrite::Update(slice) => {
