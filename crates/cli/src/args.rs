@@ -303,6 +303,10 @@ pub enum BenchCommand {
         #[arg(long, default_value = "results/services")]
         out: PathBuf,
     },
+    /// Control-plane scale: many simulated nodes (the agent's cluster code, a watch each, an
+    /// IP-to-identity cache each) against a real etcd while pods start, churn and stop, with
+    /// endpoints in slices and per pod, side by side.
+    Scale(ScaleArgs),
     /// How long a node takes to compile 1,000 NetworkPolicies over 1,000 pods and to program
     /// its local pods' entries into the kernel maps; then one policy's change.
     Policy {
@@ -497,4 +501,49 @@ mod tests {
         use clap::CommandFactory;
         Cli::command().debug_assert();
     }
+}
+
+/// `sluice bench scale`; unset options take the defaults of a full run, or of `--quick`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ScaleArgs {
+    /// Node counts, one measurement point each (default 100,500,1000; --quick: 4,8).
+    #[arg(long, value_delimiter = ',')]
+    pub nodes: Vec<usize>,
+    /// Pods on each node (default 20; --quick: 5).
+    #[arg(long)]
+    pub pods_per_node: Option<usize>,
+    /// Distinct workloads (namespace and identity) among a node's pods (default 4; --quick: 2).
+    #[arg(long)]
+    pub groups_per_node: Option<usize>,
+    /// How the scale-up's pods arrive: each node's together, nodes in turn (node-burst), or one
+    /// at a time round-robin over the nodes (spread).
+    #[arg(long, value_enum, default_value_t = ScaleArrival::NodeBurst)]
+    pub arrival: ScaleArrival,
+    /// Pods started or stopped per second, cluster-wide.
+    #[arg(long, default_value_t = 200.0)]
+    pub pod_rate: f64,
+    /// Share of each node's pods replaced, one at a time, after the scale-up.
+    #[arg(long, default_value_t = 10)]
+    pub churn_percent: usize,
+    /// Runs per mode and node count, modes interleaved (default 3; --quick: 1).
+    #[arg(long)]
+    pub runs: Option<usize>,
+    /// Only this mode (default: both).
+    #[arg(long, value_parser = ["slices", "per-pod"])]
+    pub mode: Option<String>,
+    /// The agents' debounce before publishing, milliseconds.
+    #[arg(long, default_value_t = 100)]
+    pub debounce_ms: u64,
+    /// A small run that checks the harness in CI; not a measurement.
+    #[arg(long)]
+    pub quick: bool,
+    /// Directory for results.json, results.md and results.png.
+    #[arg(long, default_value = "results/scale")]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ScaleArrival {
+    NodeBurst,
+    Spread,
 }

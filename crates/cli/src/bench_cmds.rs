@@ -1,6 +1,7 @@
 //! `sluice bench`: run a benchmark, print its table, write its results. Without a subcommand it
 //! runs the datapath comparison; `control-plane` measures the control plane; `services` how
-//! fast many services are programmed; `policy` how fast policy is compiled and programmed; the hidden
+//! fast many services are programmed; `policy` how fast policy is compiled and programmed; `scale`
+//! the control plane with many simulated nodes on etcd; the hidden
 //! `crr-server` / `crr-client` are the TCP_CRR load generator the datapath comparison starts.
 
 use std::path::Path;
@@ -8,7 +9,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use crate::args::{BenchCommand, DatapathBenchArgs};
+use crate::args::{BenchCommand, DatapathBenchArgs, ScaleArgs, ScaleArrival};
 
 pub async fn bench(command: Option<BenchCommand>, datapath: DatapathBenchArgs) -> anyhow::Result<ExitCode> {
     match command {
@@ -17,6 +18,7 @@ pub async fn bench(command: Option<BenchCommand>, datapath: DatapathBenchArgs) -
         Some(BenchCommand::Observer { runs, seconds, out }) => observer(runs, seconds, out.as_deref()).await,
         Some(BenchCommand::Services { counts, backends, runs, datastore, out }) => services(counts, backends, runs, datastore, &out).await,
         Some(BenchCommand::Policy { runs, out }) => policy(runs, &out),
+        Some(BenchCommand::Scale(args)) => scale(args).await,
         Some(BenchCommand::Cluster { nodes, pods, runs, out }) => cluster(nodes, pods, runs, &out).await,
         Some(BenchCommand::CrrServer { listen }) => {
             sluice_bench::workloads::crr::serve(listen).with_context(|| format!("serving TCP_CRR on {listen}"))?;
@@ -148,4 +150,45 @@ async fn services(counts: Vec<usize>, backends: usize, runs: usize, datastore: S
     let mut print = |line: &str| eprintln!("  {line}");
     let result = until_interrupted(sluice_bench::services(&opts, &mut print), &opts.lab_prefix).await?;
     report(&result.markdown(), |dir| result.write(dir), out)
+}
+
+async fn scale(args: ScaleArgs) -> anyhow::Result<ExitCode> {
+    // Thousands of etcd connections are closed when each run's etcd stops; a vectored write
+    // racing that close must fail with EPIPE, not kill the process as the CLI's default
+    // SIGPIPE disposition (for `| head`) would. This command streams nothing to a pipe.
+    // SAFETY: changing a signal's disposition is process-wide and has no other precondition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+    let mut opts = sluice_bench::ScaleOptions::new(args.quick);
+    if !args.nodes.is_empty() {
+        opts.nodes = args.nodes;
+    }
+    opts.pods_per_node = args.pods_per_node.unwrap_or(opts.pods_per_node);
+    opts.groups_per_node = args.groups_per_node.unwrap_or(opts.groups_per_node);
+    opts.runs = args.runs.unwrap_or(opts.runs);
+    opts.arrival = match args.arrival {
+        ScaleArrival::NodeBurst => sluice_bench::scale::workload::Arrival::NodeBurst,
+        ScaleArrival::Spread => sluice_bench::scale::workload::Arrival::Spread,
+    };
+    opts.pod_rate = args.pod_rate;
+    opts.churn_percent = args.churn_percent;
+    opts.debounce = std::time::Duration::from_millis(args.debounce_ms);
+    opts.modes = match args.mode.as_deref() {
+        Some("slices") => vec![sluice_agent::config::EndpointsMode::Slices],
+        Some(_) => vec![sluice_agent::config::EndpointsMode::PerPod],
+        None => opts.modes,
+    };
+    opts.command = std::env::args().collect::<Vec<_>>().join(" ");
+    eprintln!("scale benchmark: {:?} nodes x {} pods, {} run(s) per mode, a fresh etcd per run", opts.nodes, opts.pods_per_node, opts.runs);
+    // Ctrl-C drops the run: the simulated nodes' tasks stop and etcd is stopped with it.
+    let mut print = |line: &str| eprintln!("  {line}");
+    let result = tokio::select! {
+        result = sluice_bench::scale(&opts, &mut print) => result?,
+        _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted; the benchmark's etcd has been stopped"),
+    };
+    println!("{}", result.markdown());
+    result.write(&args.out).with_context(|| format!("writing results to {}", args.out.display()))?;
+    eprintln!("results written to {} (results.json, results.md, results.png)", args.out.display());
+    Ok(ExitCode::SUCCESS)
 }

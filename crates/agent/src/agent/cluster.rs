@@ -70,6 +70,6 @@ impl Agent {
             };
             endpoints.insert(sluice_state::Store::key(&namespace, &name), record);
         }
-        cluster.publish_endpoints(endpoints).await
+        cluster.publish_endpoints(endpoints).await.map(drop)
     }
 }

@@ -97,6 +97,11 @@ impl Cluster {
         &self.store
     }
 
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        self.lease.node()
+    }
+
     /// Updates the node's record: health and host routing as the agent now has them.
     pub async fn set_health(&self, health: &str, host_routing: &str) -> Result<(), AgentError> {
         let record = {
@@ -114,8 +119,8 @@ impl Cluster {
 
     /// Publishes `wanted` (this node's endpoints) and withdraws what it no longer has: in
     /// slice mode as one plan over the node's slices as last written, applied in one
-    /// transaction; per pod, record by record.
-    pub async fn publish_endpoints(&self, wanted: BTreeMap<String, EndpointRecord>) -> Result<(), AgentError> {
+    /// transaction; per pod, record by record. Returns how many keys were written or deleted.
+    pub async fn publish_endpoints(&self, wanted: BTreeMap<String, EndpointRecord>) -> Result<usize, AgentError> {
         if let Some(batcher) = &self.batcher {
             let desired: Vec<DesiredEndpoint> = wanted
                 .into_values()
@@ -127,20 +132,23 @@ impl Cluster {
                 tracing::debug!(writes = plan.writes.len(), endpoints = desired.len(), "writing the node's endpoint slices");
             }
             self.lease.apply_slices(&plan).await.map_err(sluice_state::StoreError::from)?;
-            return Ok(());
+            return Ok(plan.writes.len());
         }
         let published = lock(&self.published).clone();
+        let mut writes = 0;
         for (key, record) in &wanted {
             if published.get(key) != Some(record) {
                 self.lease.publish_endpoint(record).await.map_err(sluice_state::StoreError::from)?;
                 lock(&self.published).insert(key.clone(), record.clone());
+                writes += 1;
             }
         }
         for (key, record) in published.iter().filter(|(k, _)| !wanted.contains_key(*k)) {
             self.lease.withdraw_endpoint(&record.namespace, &record.name).await.map_err(sluice_state::StoreError::from)?;
             lock(&self.published).remove(key);
+            writes += 1;
         }
-        Ok(())
+        Ok(writes)
     }
 
     /// Holds a reference on each of `wanted` (the identities the node uses) and lets go of the

@@ -14,7 +14,7 @@ use crate::configurations::Configuration;
 use crate::workloads::{Metric, Workload};
 use crate::BenchError;
 
-const FONT: &str = "sans-serif";
+pub(crate) const FONT: &str = "sans-serif";
 const FONT_FILES: [&str; 3] = [
     "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
     "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
@@ -111,7 +111,7 @@ fn colour(c: Configuration) -> RGBColor {
 }
 
 /// Registers the first TrueType font found as "sans-serif", once per process.
-fn register_font() -> Result<(), BenchError> {
+pub(crate) fn register_font() -> Result<(), BenchError> {
     static REGISTERED: OnceLock<Result<(), String>> = OnceLock::new();
     REGISTERED
         .get_or_init(|| {
@@ -130,6 +130,6 @@ fn register_font() -> Result<(), BenchError> {
         .map_err(BenchError::Chart)
 }
 
-fn chart_error(e: impl std::fmt::Display) -> BenchError {
+pub(crate) fn chart_error(e: impl std::fmt::Display) -> BenchError {
     BenchError::Chart(e.to_string())
 }

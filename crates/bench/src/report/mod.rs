@@ -2,7 +2,7 @@
 //! configuration the samples with their median and min-max, ratios of medians against `limit`
 //! and `classic` from the same run, the targets, and the checks; JSON, Markdown, PNG.
 
-mod chart;
+pub(crate) mod chart;
 mod markdown;
 
 pub(crate) use markdown::number as markdown_number;
