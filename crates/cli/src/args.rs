@@ -534,6 +534,10 @@ pub struct ScaleArgs {
     /// The agents' debounce before publishing, milliseconds.
     #[arg(long, default_value_t = 100)]
     pub debounce_ms: u64,
+    /// The simulated nodes' lease TTL, seconds (longer than an agent's 10 s: their keep-alives
+    /// share this machine's cores with every other node's watch).
+    #[arg(long, default_value_t = 60)]
+    pub lease_seconds: u64,
     /// A small run that checks the harness in CI; not a measurement.
     #[arg(long)]
     pub quick: bool,

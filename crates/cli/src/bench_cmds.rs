@@ -174,6 +174,7 @@ async fn scale(args: ScaleArgs) -> anyhow::Result<ExitCode> {
     opts.pod_rate = args.pod_rate;
     opts.churn_percent = args.churn_percent;
     opts.debounce = std::time::Duration::from_millis(args.debounce_ms);
+    opts.lease_seconds = args.lease_seconds;
     opts.modes = match args.mode.as_deref() {
         Some("slices") => vec![sluice_agent::config::EndpointsMode::Slices],
         Some(_) => vec![sluice_agent::config::EndpointsMode::PerPod],

@@ -13,6 +13,8 @@ use crate::BenchError;
 pub struct Reading {
     pub etcd_cpu_seconds: f64,
     pub etcd_sent_bytes: f64,
+    /// Leases etcd revoked, expired ones included: a node's keep-alive that came too late.
+    pub leases_revoked: f64,
     pub simulator_cpu_seconds: f64,
 }
 
@@ -20,6 +22,7 @@ pub fn read(etcd_pid: u32, etcd_client: SocketAddr) -> Result<Reading, BenchErro
     Ok(Reading {
         etcd_cpu_seconds: process_cpu_seconds(etcd_pid)?,
         etcd_sent_bytes: metric(etcd_client, "etcd_network_client_grpc_sent_bytes_total")?,
+        leases_revoked: metric(etcd_client, "etcd_debugging_lease_revoked_total")?,
         simulator_cpu_seconds: own_cpu_seconds(),
     })
 }

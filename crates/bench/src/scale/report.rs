@@ -80,14 +80,18 @@ impl ScaleFigures {
 pub struct ScalePoint {
     pub nodes: usize,
     pub mode: EndpointsMode,
-    pub median: ScaleFigures,
+    /// Of the runs that completed; `None` when none did.
+    pub median: Option<ScaleFigures>,
     pub runs: Vec<ScaleRun>,
+    /// Why the other runs did not complete.
+    pub failures: Vec<String>,
 }
 
 impl ScalePoint {
-    pub fn new(nodes: usize, mode: EndpointsMode, runs: Vec<ScaleRun>) -> Self {
+    pub fn new(nodes: usize, mode: EndpointsMode, runs: Vec<ScaleRun>, failures: Vec<String>) -> Self {
         let figures: Vec<ScaleFigures> = runs.iter().map(ScaleFigures::of).collect();
-        Self { nodes, mode, median: ScaleFigures::median(&figures), runs }
+        let median = (!figures.is_empty()).then(|| ScaleFigures::median(&figures));
+        Self { nodes, mode, median, runs, failures }
     }
 }
 
@@ -157,8 +161,23 @@ impl ScaleResult {
         ));
         out.push_str("| nodes | mode | writes/pod | watch events/pod | etcd sent KiB/pod | LIST p50 / p99 ms | propagation p50 / p99 / max ms | etcd CPU s | etcd peak RSS MiB | simulator CPU s |\n");
         out.push_str("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+        let mut notes = Vec::new();
         for p in &self.points {
-            let f = &p.median;
+            for failure in &p.failures {
+                notes.push(format!("- {} nodes, {}: a run failed: {failure}", p.nodes, mode_name(p.mode)));
+            }
+            let revoked: f64 = p.runs.iter().map(|r| r.leases_revoked).sum();
+            if revoked > 0.0 {
+                notes.push(format!(
+                    "- {} nodes, {}: {revoked:.0} node leases expired during the runs (keep-alives too late); those nodes' keys vanished and were written again, which the figures include",
+                    p.nodes,
+                    mode_name(p.mode)
+                ));
+            }
+            let Some(f) = &p.median else {
+                out.push_str(&format!("| {} | {} | no run completed | | | | | | | |\n", p.nodes, mode_name(p.mode)));
+                continue;
+            };
             out.push_str(&format!(
                 "| {} | {} | {:.2} | {:.0} | {:.1} | {:.1} / {:.1} | {:.0} / {:.0} / {:.0} | {:.1} | {:.0} | {:.1} |\n",
                 p.nodes,
@@ -180,7 +199,7 @@ impl ScaleResult {
             .node_counts()
             .into_iter()
             .filter_map(|n| {
-                let (s, p) = (self.point(n, EndpointsMode::Slices)?.median, self.point(n, EndpointsMode::PerPod)?.median);
+                let (s, p) = (self.point(n, EndpointsMode::Slices)?.median?, self.point(n, EndpointsMode::PerPod)?.median?);
                 let r = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
                 Some(format!(
                     "| {n} | {:.1}x | {:.1}x | {:.1}x | {:.1}x | {:.1}x |\n",
@@ -195,6 +214,11 @@ impl ScaleResult {
         if !ratios.is_empty() {
             out.push_str("\nPer-pod over slices (above 1: slices do better):\n\n| nodes | writes | watch events | LIST p50 | etcd CPU | propagation p99 |\n|---:|---:|---:|---:|---:|---:|\n");
             out.extend(ratios);
+        }
+        if !notes.is_empty() {
+            out.push('\n');
+            out.push_str(&notes.join("\n"));
+            out.push('\n');
         }
         out
     }
@@ -229,7 +253,7 @@ impl ScaleResult {
         let counts = self.node_counts();
         let x_max = *counts.iter().max().unwrap_or(&1) as f64 * 1.05;
         for (area, (title, pick)) in body.split_evenly((3, 2)).iter().zip(panels) {
-            let top = self.points.iter().map(|p| pick(&p.median)).fold(0.0_f64, f64::max);
+            let top = self.points.iter().filter_map(|p| p.median.as_ref().map(pick)).fold(0.0_f64, f64::max);
             let top = if top > 0.0 { top * 1.15 } else { 1.0 };
             let mut chart = ChartBuilder::on(area)
                 .caption(format!("{title} (lower is better)"), (FONT, 18))
@@ -241,7 +265,7 @@ impl ScaleResult {
             chart.configure_mesh().x_desc("nodes").label_style((FONT, 14)).axis_desc_style((FONT, 14)).draw().map_err(chart_error)?;
             for (mode, colour) in [(EndpointsMode::Slices, RGBColor(31, 119, 180)), (EndpointsMode::PerPod, RGBColor(230, 140, 40))] {
                 let line: Vec<(f64, f64)> =
-                    counts.iter().filter_map(|&n| self.point(n, mode).map(|p| (n as f64, pick(&p.median)))).collect();
+                    counts.iter().filter_map(|&n| self.point(n, mode)?.median.as_ref().map(|m| (n as f64, pick(m)))).collect();
                 if line.is_empty() {
                     continue;
                 }

@@ -144,6 +144,7 @@ pub struct NodeSettings {
     pub mode: EndpointsMode,
     pub endpoints_per_slice: usize,
     pub debounce: Duration,
+    pub lease_seconds: u64,
 }
 
 impl SimNode {
@@ -190,9 +191,10 @@ fn agent_config(name: &str, cidr: ipnet::IpNet, settings: &NodeSettings) -> Resu
     };
     let etcd = serde_json::to_string(&settings.etcd).map_err(|e| BenchError::io("encoding the etcd configuration", e))?;
     let text = format!(
-        "nodeName: {name}\npodCIDRs: [{cidr}]\nstate: {{source: etcd, etcd: {etcd}, endpoints: {mode}, endpointsPerSlice: {}, endpointsDebounceMillis: {}}}\n",
+        "nodeName: {name}\npodCIDRs: [{cidr}]\nstate: {{source: etcd, etcd: {etcd}, endpoints: {mode}, endpointsPerSlice: {}, endpointsDebounceMillis: {}, leaseSeconds: {}}}\n",
         settings.endpoints_per_slice,
-        settings.debounce.as_millis()
+        settings.debounce.as_millis(),
+        settings.lease_seconds,
     );
     AgentConfig::parse(std::path::Path::new("simulated-node.yaml"), &text).map_err(|e| BenchError::Invalid(e.to_string()))
 }
