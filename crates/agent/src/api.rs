@@ -9,7 +9,7 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use sluice_api::{paths, CniGcRequest, CniRequest, FlowFilter, FlowMessage, LostEvents};
 use tokio::sync::broadcast;
 
@@ -22,6 +22,7 @@ struct StatusQuery {
     maps: Option<bool>,
 }
 use crate::error::AgentError;
+use crate::serve::PassedFd;
 
 impl IntoResponse for AgentError {
     fn into_response(self) -> Response {
@@ -45,14 +46,21 @@ pub fn router(agent: Arc<Agent>) -> Router {
             get(|State(a): Shared, Query(q): Query<StatusQuery>| async move { a.status_with(q.maps.unwrap_or(true)).map(Json) }),
         )
         .route(paths::ENDPOINTS, get(|State(a): Shared| async move { a.endpoints().map(Json) }))
-        .route(paths::CNI_ADD, post(|State(a): Shared, Json(r): Json<CniRequest>| async move { a.cni_add(r).await.map(Json) }))
+        .route(
+            paths::CNI_ADD,
+            post(|State(a): Shared, fd: Option<Extension<PassedFd>>, Json(r): Json<CniRequest>| async move {
+                a.cni_add_in(r, fd.map(|Extension(PassedFd(fd))| fd)).await.map(Json)
+            }),
+        )
         .route(
             paths::CNI_DEL,
             post(|State(a): Shared, Json(r): Json<CniRequest>| async move { a.cni_del(r).await.map(|()| Json(serde_json::json!({}))) }),
         )
         .route(
             paths::CNI_CHECK,
-            post(|State(a): Shared, Json(r): Json<CniRequest>| async move { a.cni_check(r).await.map(|()| Json(serde_json::json!({}))) }),
+            post(|State(a): Shared, fd: Option<Extension<PassedFd>>, Json(r): Json<CniRequest>| async move {
+                a.cni_check_in(r, fd.map(|Extension(PassedFd(fd))| fd)).await.map(|()| Json(serde_json::json!({})))
+            }),
         )
         .route(paths::CNI_GC, post(|State(a): Shared, Json(r): Json<CniGcRequest>| async move { a.cni_gc(r).await.map(Json) }))
         .route(paths::CNI_STATUS, get(|| async { Json(serde_json::json!({})) }))

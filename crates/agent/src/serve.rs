@@ -2,9 +2,15 @@
 //! answering when a client misbehaves — a connection that never sends a request, a request that
 //! never ends, a body or header block too large, more clients than the agent has descriptors
 //! to spare. Each limit is a constant below; the router behind it knows none of them.
+//!
+//! A client may hand the agent one descriptor before its first request (the CNI plugin hands
+//! over the pod's network namespace): a [`sluice_api::FD_PREAMBLE`] byte carrying it with
+//! SCM_RIGHTS. The loop peeks at each connection's first byte, takes the descriptor when it is
+//! there, and puts it in every request of the connection as a [`PassedFd`] extension.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,7 +51,11 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// Serves `app` on `listener` until `shutdown` completes, then lets open connections finish
 /// for up to [`SHUTDOWN_GRACE`]. Accept errors (out of descriptors) are logged and retried by
 /// the listener, so this only returns at shutdown.
-pub async fn serve<L: Listener>(mut listener: L, app: Router, shutdown: impl Future<Output = ()>) {
+pub async fn serve<L>(mut listener: L, app: Router, shutdown: impl Future<Output = ()>)
+where
+    L: Listener,
+    L::Io: Connection,
+{
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let (stop_tx, stop_rx) = watch::channel(());
     tokio::pin!(shutdown);
@@ -64,7 +74,17 @@ pub async fn serve<L: Listener>(mut listener: L, app: Router, shutdown: impl Fut
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            let service = hyper::service::service_fn(move |request| handle(app.clone(), request));
+            // The preamble's wait counts against the header timeout: a client that sends
+            // nothing is closed as if it had sent no request.
+            let passed = match tokio::time::timeout(HEADER_READ_TIMEOUT, io.take_fd()).await {
+                Ok(Ok(fd)) => fd.map(|fd| PassedFd(Arc::new(fd))),
+                Ok(Err(e)) => {
+                    tracing::debug!("API connection: reading a passed descriptor: {e}");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let service = hyper::service::service_fn(move |request| handle(app.clone(), request, passed.clone()));
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).max_buf_size(MAX_HEADER_BYTES);
             let connection = builder.serve_connection(TokioIo::new(io), service);
@@ -91,9 +111,70 @@ pub async fn serve<L: Listener>(mut listener: L, app: Router, shutdown: impl Fut
     }
 }
 
+/// A descriptor the client handed over before its request; shared by the connection's
+/// requests, closed when the last of them is done.
+#[derive(Debug, Clone)]
+pub struct PassedFd(pub Arc<OwnedFd>);
+
+/// A connection the API is served on: it may carry a descriptor before its first request.
+pub trait Connection: Send + 'static {
+    /// The descriptor handed over with the preamble byte, if the connection starts with one;
+    /// nothing is consumed otherwise.
+    fn take_fd(&self) -> impl Future<Output = std::io::Result<Option<OwnedFd>>> + Send;
+}
+
+impl Connection for tokio::net::UnixStream {
+    async fn take_fd(&self) -> std::io::Result<Option<OwnedFd>> {
+        loop {
+            self.readable().await?;
+            match self.try_io(tokio::io::Interest::READABLE, || receive_preamble(self.as_raw_fd())) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                other => return other,
+            }
+        }
+    }
+}
+
+impl Connection for tokio::net::TcpStream {
+    /// Descriptors travel only over unix sockets.
+    async fn take_fd(&self) -> std::io::Result<Option<OwnedFd>> {
+        Ok(None)
+    }
+}
+
+/// Peeks at the first byte; when it is the preamble, reads it with the descriptor attached.
+/// Descriptors beyond the first are closed.
+fn receive_preamble(socket: RawFd) -> std::io::Result<Option<OwnedFd>> {
+    use nix::sys::socket::{recv, recvmsg, ControlMessageOwned, MsgFlags};
+    let mut byte = [0u8; 1];
+    let peeked = recv(socket, &mut byte, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT)?;
+    if peeked == 0 || byte[0] != sluice_api::FD_PREAMBLE {
+        return Ok(None);
+    }
+    let mut iov = [std::io::IoSliceMut::new(&mut byte)];
+    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let message = recvmsg::<()>(socket, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT)?;
+    let mut passed = None;
+    for cmsg in message.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(fds) = cmsg {
+            for fd in fds {
+                // SAFETY: the kernel just installed `fd` in this process for us; nothing else owns it.
+                let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+                if passed.is_none() {
+                    passed = Some(owned);
+                }
+            }
+        }
+    }
+    Ok(passed)
+}
+
 /// Reads the whole body (bounded in size and time), then routes the request.
-async fn handle(app: Router, request: Request<Incoming>) -> Result<Response<Body>, Infallible> {
-    let (parts, body) = request.into_parts();
+async fn handle(app: Router, request: Request<Incoming>, passed: Option<PassedFd>) -> Result<Response<Body>, Infallible> {
+    let (mut parts, body) = request.into_parts();
+    if let Some(fd) = passed {
+        parts.extensions.insert(fd);
+    }
     // A Content-Length past the limit is refused before a byte of the body is read.
     if hyper::body::Body::size_hint(&body).lower() > MAX_BODY_BYTES as u64 {
         return Ok(refuse(StatusCode::PAYLOAD_TOO_LARGE, format!("the request body is larger than {MAX_BODY_BYTES} bytes")));

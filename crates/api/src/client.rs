@@ -1,6 +1,7 @@
 //! Client of the agent API: one HTTP/1.1 connection per call over the unix socket. Calls are few
 //! and small (a CNI ADD, a CLI query), so connection reuse is not worth its state.
 
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 
 use http_body_util::{BodyExt, Full};
@@ -28,6 +29,9 @@ pub enum ClientError {
     /// The agent answered with an error.
     #[error("agent refused ({status}): {}", .error.message)]
     Api { status: StatusCode, error: ApiError },
+    /// The file handed to the agent with the request could not be sent.
+    #[error("handing a descriptor to the agent: {0}")]
+    PassFd(#[source] std::io::Error),
     /// The agent's answer was not the JSON this client expects.
     #[error("agent answer could not be decoded: {0}")]
     Decode(#[from] serde_json::Error),
@@ -57,6 +61,27 @@ impl Client {
     pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
         let body = Bytes::from(serde_json::to_vec(body)?);
         self.call(Method::POST, path, body).await
+    }
+
+    /// A `POST` that hands the agent an open file (a pod's network namespace) along with the
+    /// request: before the request, one [`crate::FD_PREAMBLE`] byte carrying the descriptor
+    /// (SCM_RIGHTS). The agent then needs no path that only the caller's mount namespace can
+    /// resolve.
+    pub async fn post_with_fd<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+        fd: BorrowedFd<'_>,
+    ) -> Result<T, ClientError> {
+        let body = Bytes::from(serde_json::to_vec(body)?);
+        let response = self.send_with(Method::POST, path, body, Some(fd)).await?;
+        let status = response.status();
+        let bytes = response.into_body().collect().await?.to_bytes();
+        if status.is_success() {
+            Ok(serde_json::from_slice(&bytes)?)
+        } else {
+            Err(api_error(status, &bytes))
+        }
     }
 
     /// A `GET` whose answer is text (the metrics).
@@ -112,9 +137,22 @@ impl Client {
     }
 
     async fn send(&self, method: Method, path: &str, body: Bytes) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
+        self.send_with(method, path, body, None).await
+    }
+
+    async fn send_with(
+        &self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+        fd: Option<BorrowedFd<'_>>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
         let stream = tokio::net::UnixStream::connect(&self.socket)
             .await
             .map_err(|source| ClientError::Unreachable { path: self.socket.clone(), source })?;
+        if let Some(fd) = fd {
+            send_fd(&stream, fd).await.map_err(ClientError::PassFd)?;
+        }
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         let driver = tokio::spawn(conn);
         let request = Request::builder()
@@ -137,6 +175,26 @@ impl Client {
         // The connection task ends by itself when the response body is done or dropped.
         drop(driver);
         Ok(sender.send_request(request).await?)
+    }
+}
+
+/// Sends the preamble byte with `fd` attached.
+async fn send_fd(stream: &tokio::net::UnixStream, fd: BorrowedFd<'_>) -> std::io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let fds = [fd.as_raw_fd()];
+    loop {
+        stream.writable().await?;
+        let sent = stream.try_io(tokio::io::Interest::WRITABLE, || {
+            let iov = [std::io::IoSlice::new(&[crate::FD_PREAMBLE])];
+            sendmsg::<()>(stream.as_raw_fd(), &iov, &[ControlMessage::ScmRights(&fds)], MsgFlags::MSG_NOSIGNAL, None)
+                .map_err(std::io::Error::from)
+        });
+        match sent {
+            Ok(1) => return Ok(()),
+            Ok(_) => return Err(std::io::Error::other("the descriptor's preamble byte was not sent")),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
     }
 }
 

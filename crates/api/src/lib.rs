@@ -27,6 +27,11 @@ pub use policy::{
 };
 pub use types::*;
 
+/// The first byte of a connection that hands the agent a descriptor (SCM_RIGHTS attached to
+/// this byte) before its HTTP request, as the CNI plugin does with a pod's network namespace.
+/// No HTTP request starts with a NUL byte, so the agent tells the two apart by peeking.
+pub const FD_PREAMBLE: u8 = 0;
+
 /// The HTTP paths the agent serves.
 pub mod paths {
     /// `GET` → [`crate::Status`].

@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::io;
+use std::os::fd::AsFd;
 use std::path::Path;
 
 use sluice_api::{paths, Client, ClientError, CniAddResult, CniGcRequest, CniGcResult, CniRequest};
@@ -147,8 +148,18 @@ fn from_agent(error: AgentError) -> CniError {
             CniError::Agent { code: error.code, message: error.message, details: error.details }
         }
         AgentError::Client(e @ ClientError::Decode(_)) => CniError::UnexpectedAgentAnswer { details: e.to_string() },
+        // The connection broke while handing over the namespace: as transient as a broken call.
+        AgentError::Client(e @ ClientError::PassFd(_)) => CniError::AgentUnreachable { details: e.to_string() },
         AgentError::Runtime(e) => CniError::Runtime(e),
     }
+}
+
+/// Opens the pod's network namespace (`CNI_NETNS`) in this process's mount namespace, the
+/// runtime's, to hand it to the agent. A path that does not open is sent as it is, and the
+/// agent, the one validator of requests, says what is wrong with it (code 4) — or, when the
+/// agent is down, the runtime hears "try again later" (code 11) as for any call.
+fn open_netns(request: &CniRequest) -> Option<std::fs::File> {
+    std::fs::File::open(&request.netns).ok()
 }
 
 // === impl SocketAgent ===
@@ -165,8 +176,14 @@ impl SocketAgent {
 }
 
 impl Agent for SocketAgent {
+    /// Hands the agent the pod's network namespace as an open descriptor: the path is the
+    /// runtime's, resolvable in this process's mount namespace but not always in the agent's
+    /// (an agent in a DaemonSet pod sees another `/run/netns`).
     fn add(&self, request: &CniRequest) -> Result<CniAddResult, AgentError> {
-        self.block_on(self.client.post(paths::CNI_ADD, request))
+        match open_netns(request) {
+            Some(netns) => self.block_on(self.client.post_with_fd(paths::CNI_ADD, request, netns.as_fd())),
+            None => self.block_on(self.client.post(paths::CNI_ADD, request)),
+        }
     }
 
     fn del(&self, request: &CniRequest) -> Result<(), AgentError> {
@@ -174,7 +191,11 @@ impl Agent for SocketAgent {
     }
 
     fn check(&self, request: &CniRequest) -> Result<(), AgentError> {
-        self.block_on(self.client.post::<_, serde_json::Value>(paths::CNI_CHECK, request)).map(drop)
+        let answer = match open_netns(request) {
+            Some(netns) => self.block_on(self.client.post_with_fd::<_, serde_json::Value>(paths::CNI_CHECK, request, netns.as_fd())),
+            None => self.block_on(self.client.post::<_, serde_json::Value>(paths::CNI_CHECK, request)),
+        };
+        answer.map(drop)
     }
 
     fn gc(&self, request: &CniGcRequest) -> Result<CniGcResult, AgentError> {

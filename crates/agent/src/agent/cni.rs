@@ -4,7 +4,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 use ipnet::IpNet;
@@ -33,7 +35,17 @@ pub fn is_host_ifname(name: &str) -> bool {
 
 impl Agent {
     pub async fn cni_add(&self, req: CniRequest) -> Result<CniAddResult, AgentError> {
+        self.cni_add_in(req, None).await
+    }
+
+    /// ADD with the pod's network namespace handed over as an open descriptor (see
+    /// [`passed_netns`]); without one, `req.netns` is opened by path.
+    pub async fn cni_add_in(&self, mut req: CniRequest, netns: Option<Arc<OwnedFd>>) -> Result<CniAddResult, AgentError> {
         let started = Instant::now();
+        let runtime_path = req.netns.clone();
+        if let Some(fd) = &netns {
+            req.netns = passed_netns(fd)?;
+        }
         validate_attachment(&req, true)?;
         let _one = self.cni_lock.lock().await;
         let owner = Owner::new(req.container_id.clone(), req.ifname.clone());
@@ -41,7 +53,7 @@ impl Agent {
         // attachment holds, which for a refused repeat is the working pod's.
         self.refuse_existing(&owner).await?;
         let mut undo = Undo::default();
-        let result = match self.add_locked(&req, &owner, &mut undo).await {
+        let result = match self.add_locked(&req, &runtime_path, &owner, &mut undo).await {
             Ok(record) => {
                 // The pod's policy is in place before ADD returns, so before its processes run.
                 if let Err(e) = self.sync_policies_blocking(true) {
@@ -75,7 +87,9 @@ impl Agent {
         self.destroy(&old).await
     }
 
-    async fn add_locked(&self, req: &CniRequest, owner: &Owner, undo: &mut Undo) -> Result<EndpointRecord, AgentError> {
+    /// `req.netns` is where the namespace is opened; `runtime_path` what the record keeps (the
+    /// runtime's path, shown to users and handed back in results).
+    async fn add_locked(&self, req: &CniRequest, runtime_path: &str, owner: &Owner, undo: &mut Undo) -> Result<EndpointRecord, AgentError> {
         let host_ifname = host_ifname(owner);
         undo.host_ifname = Some(host_ifname.clone());
         let t = Instant::now();
@@ -97,7 +111,7 @@ impl Agent {
             id: self.endpoints.next_id()?,
             container_id: req.container_id.clone(),
             ifname: req.ifname.clone(),
-            netns: req.netns.clone(),
+            netns: runtime_path.to_string(),
             pod_namespace: req.pod_namespace.clone(),
             pod_name: req.pod_name.clone(),
             ipv4: alloc.ipv4,
@@ -191,6 +205,14 @@ impl Agent {
     }
 
     pub async fn cni_check(&self, req: CniRequest) -> Result<(), AgentError> {
+        self.cni_check_in(req, None).await
+    }
+
+    /// CHECK with the pod's network namespace handed over as a descriptor, as for ADD.
+    pub async fn cni_check_in(&self, mut req: CniRequest, netns: Option<Arc<OwnedFd>>) -> Result<(), AgentError> {
+        if let Some(fd) = &netns {
+            req.netns = passed_netns(fd)?;
+        }
         validate_attachment(&req, true)?;
         let _one = self.cni_lock.lock().await;
         let owner = Owner::new(req.container_id.clone(), req.ifname.clone());
@@ -306,6 +328,39 @@ struct Undo {
 
 /// The CNI specification's rules for container IDs and interface names, checked again here
 /// because the API is not only for the plugin.
+/// The path through which this process reaches a namespace handed over as a descriptor
+/// (`/proc/self/fd/<n>`, valid while the descriptor is held, whatever mount namespace the
+/// runtime's path lives in); refused unless the descriptor is a network namespace.
+pub fn passed_netns(fd: &OwnedFd) -> Result<String, AgentError> {
+    if !is_network_namespace(fd) {
+        let target = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).map(|t| t.to_string_lossy().into_owned());
+        return Err(AgentError::InvalidRequest {
+            code: 4,
+            message: format!(
+                "the descriptor handed over with the request is not a network namespace (it is {:?})",
+                target.unwrap_or_default()
+            ),
+        });
+    }
+    Ok(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+/// Whether `fd` is a namespace file (on nsfs, however it was reached: `/proc/<pid>/ns/net` or a
+/// bind mount of one) of a network namespace (`NS_GET_NSTYPE`).
+fn is_network_namespace(fd: &OwnedFd) -> bool {
+    const NSFS_MAGIC: i64 = 0x6e73_6673;
+    /// `_IO(0xb7, 0x3)` in linux/nsfs.h.
+    const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+    // SAFETY: fstatfs writes into the struct it is given; the descriptor is open.
+    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstatfs(fd.as_raw_fd(), &mut fs) } != 0 || fs.f_type as i64 != NSFS_MAGIC {
+        return false;
+    }
+    // SAFETY: NS_GET_NSTYPE takes no argument and only reads the descriptor.
+    let kind = unsafe { libc::ioctl(fd.as_raw_fd(), NS_GET_NSTYPE as _) };
+    kind == libc::CLONE_NEWNET
+}
+
 fn validate_attachment(req: &CniRequest, need_netns: bool) -> Result<(), AgentError> {
     let bad = |code, message: String| Err(AgentError::InvalidRequest { code, message });
     let cid = &req.container_id;
@@ -358,5 +413,33 @@ fn add_result(record: &EndpointRecord) -> CniAddResult {
         ],
         ips,
         routes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_network_namespace_is_taken_as_one() {
+        let own: OwnedFd = std::fs::File::open("/proc/self/ns/net").unwrap().into();
+        let path = passed_netns(&own).unwrap();
+        assert_eq!(path, format!("/proc/self/fd/{}", own.as_raw_fd()));
+        let same = std::fs::metadata(&path).unwrap();
+        let net = std::fs::metadata("/proc/self/ns/net").unwrap();
+        assert_eq!(
+            (std::os::unix::fs::MetadataExt::ino(&same)),
+            std::os::unix::fs::MetadataExt::ino(&net),
+            "the path reaches the namespace"
+        );
+
+        for other in ["/dev/null", "/proc/self/ns/mnt"] {
+            let fd: OwnedFd = std::fs::File::open(other).unwrap().into();
+            let error = passed_netns(&fd).unwrap_err();
+            assert!(
+                matches!(&error, AgentError::InvalidRequest { code: 4, message } if message.contains("not a network namespace")),
+                "{other}: {error}"
+            );
+        }
     }
 }
