@@ -50,6 +50,7 @@ fn quick_scale_benchmark_runs_both_modes_against_etcd_and_writes_its_results() {
             assert_eq!(run["podsStarted"], 7 * nodes, "{mode} at {nodes}: {run}");
             assert_eq!(run["writeErrors"], 0, "{mode} at {nodes}: {run}");
             assert_eq!(run["leasesRevoked"], 0.0, "no node lost its lease: {run}");
+            assert!(run["unsettled"].is_null(), "every phase settled: {run}");
             assert!(run["etcdCpuSeconds"].as_f64().unwrap() > 0.0, "etcd's CPU is read: {run}");
             assert!(run["etcdSentBytes"].as_f64().unwrap() > 0.0, "etcd's metrics are read: {run}");
         }

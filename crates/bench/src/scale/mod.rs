@@ -127,6 +127,8 @@ pub struct ScaleRun {
     pub scale_up_seconds: f64,
     pub churn_seconds: f64,
     pub teardown_seconds: f64,
+    /// Why a phase did not settle in time (the run ended there), if one did not.
+    pub unsettled: Option<String>,
 }
 
 /// Runs every mode at every node count, `runs` times each, modes interleaved.
@@ -192,35 +194,52 @@ async fn one_run(opts: &ScaleOptions, nodes: usize, mode: EndpointsMode, progres
     progress(&format!("{nodes} nodes joined and watching in {join_seconds:.1} s"));
     let before = probe::read(pid, client_addr)?;
 
+    // A phase that does not settle in time ends the run there: what was measured until then
+    // is kept, with the reason, rather than thrown away.
+    let live = (nodes * opts.pods_per_node) as i64 * nodes as i64;
+    let mut unsettled: Option<String> = None;
     let mut started: Vec<u32> = Vec::new();
     let t = Instant::now();
     drive(&sims, &tally, &shape, workload::scale_up(&shape, opts.arrival), opts.pod_rate, &mut started).await;
-    settle(&tally, &started, (nodes * opts.pods_per_node) as i64 * nodes as i64, opts.settle_timeout, "the scale-up").await?;
+    if let Err(e) = settle(&tally, &started, live, opts.settle_timeout, "the scale-up").await {
+        unsettled = Some(e.to_string());
+    }
     let scale_up_seconds = t.elapsed().as_secs_f64();
-    progress(&format!("scale-up: {} pods on every node in {scale_up_seconds:.1} s", started.len()));
+    progress(&format!("scale-up: {} pods started, settled after {scale_up_seconds:.1} s", started.len()));
 
     let (list_ms, list_keys, list_bytes) = list(&settings, mode, opts.list_reads).await?;
     let expected_keys = match mode {
         EndpointsMode::PerPod => nodes * opts.pods_per_node,
         EndpointsMode::Slices => 0,
     };
-    if expected_keys != 0 && list_keys != expected_keys {
+    if unsettled.is_none() && expected_keys != 0 && list_keys != expected_keys {
         return Err(BenchError::Check(format!("LIST returned {list_keys} endpoint records, {expected_keys} expected")));
     }
 
-    let t = Instant::now();
-    drive(&sims, &tally, &shape, workload::churn(&shape, opts.churn_percent), opts.pod_rate, &mut started).await;
-    settle(&tally, &started, (nodes * opts.pods_per_node) as i64 * nodes as i64, opts.settle_timeout, "the churn").await?;
-    let churn_seconds = t.elapsed().as_secs_f64();
-    let churned = (opts.pods_per_node * opts.churn_percent).div_ceil(100).min(opts.pods_per_node) as u32;
-    progress(&format!("churn: {} pods replaced in {churn_seconds:.1} s", churned as usize * nodes));
-
-    let t = Instant::now();
-    let mut none = Vec::new();
-    drive(&sims, &tally, &shape, workload::teardown(&shape, churned), opts.pod_rate, &mut none).await;
-    settle(&tally, &[], 0, opts.settle_timeout, "the teardown").await?;
-    let teardown_seconds = t.elapsed().as_secs_f64();
-    progress(&format!("teardown: every cache empty in {teardown_seconds:.1} s"));
+    let (mut churn_seconds, mut teardown_seconds) = (0.0, 0.0);
+    if unsettled.is_none() {
+        let t = Instant::now();
+        drive(&sims, &tally, &shape, workload::churn(&shape, opts.churn_percent), opts.pod_rate, &mut started).await;
+        if let Err(e) = settle(&tally, &started, live, opts.settle_timeout, "the churn").await {
+            unsettled = Some(e.to_string());
+        }
+        churn_seconds = t.elapsed().as_secs_f64();
+        progress(&format!("churn: settled after {churn_seconds:.1} s"));
+    }
+    if unsettled.is_none() {
+        let churned = (opts.pods_per_node * opts.churn_percent).div_ceil(100).min(opts.pods_per_node) as u32;
+        let t = Instant::now();
+        let mut none = Vec::new();
+        drive(&sims, &tally, &shape, workload::teardown(&shape, churned), opts.pod_rate, &mut none).await;
+        if let Err(e) = settle(&tally, &[], 0, opts.settle_timeout, "the teardown").await {
+            unsettled = Some(e.to_string());
+        }
+        teardown_seconds = t.elapsed().as_secs_f64();
+        progress(&format!("teardown: settled after {teardown_seconds:.1} s"));
+    }
+    if let Some(why) = &unsettled {
+        progress(&format!("did not settle: {why}"));
+    }
 
     let after = probe::read(pid, client_addr)?;
     let etcd_peak_rss_mib = probe::peak_rss_mib(pid)?;
@@ -253,6 +272,7 @@ async fn one_run(opts: &ScaleOptions, nodes: usize, mode: EndpointsMode, progres
         scale_up_seconds,
         churn_seconds,
         teardown_seconds,
+        unsettled,
     })
 }
 

@@ -166,6 +166,13 @@ impl ScaleResult {
             for failure in &p.failures {
                 notes.push(format!("- {} nodes, {}: a run failed: {failure}", p.nodes, mode_name(p.mode)));
             }
+            for why in p.runs.iter().filter_map(|r| r.unsettled.as_ref()) {
+                notes.push(format!(
+                    "- {} nodes, {}: a run did not settle and ended there; its figures cover the phases until then: {why}",
+                    p.nodes,
+                    mode_name(p.mode)
+                ));
+            }
             let revoked: f64 = p.runs.iter().map(|r| r.leases_revoked).sum();
             if revoked > 0.0 {
                 notes.push(format!(

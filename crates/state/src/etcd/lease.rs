@@ -45,9 +45,9 @@ struct Held {
     identities: BTreeSet<u32>,
     /// Keys whose deletion did not reach etcd yet.
     stale: BTreeSet<String>,
-    /// A slice transaction failed without an answer saying whether it committed: the slices in
-    /// etcd may differ from `slices`, so the next plan starts from what etcd holds.
-    slices_uncertain: bool,
+    /// Slices (`namespace/name`) a failed transaction wrote or deleted: whether it committed is
+    /// unknown, so the next plan reads them back from etcd first.
+    slices_uncertain: BTreeSet<(String, String)>,
     /// A write failed: the keep-alive task publishes everything again.
     dirty: bool,
 }
@@ -91,7 +91,7 @@ impl EtcdStore {
                 slices,
                 identities: BTreeSet::new(),
                 stale: BTreeSet::new(),
-                slices_uncertain: false,
+                slices_uncertain: BTreeSet::new(),
             }),
         });
         let task = tokio::spawn(keep_alive(shared.clone()));
@@ -176,15 +176,19 @@ impl NodeLease {
     /// next [`Plan`] starts from.
     ///
     /// After a slice transaction failed, its outcome is unknown (a reply lost on the way may
-    /// hide a commit): the slices are then read back from etcd, so a slice the failed write
-    /// created is planned away and one it deleted is planned anew, rather than left behind or
-    /// forgotten.
+    /// hide a commit): the slices it touched are then read back from etcd (one transaction of
+    /// reads, only those keys: a thousand nodes failing at once must not each read every slice),
+    /// so a slice the failed write created is planned away and one it deleted is planned anew,
+    /// rather than left behind or forgotten.
     pub async fn slices(&self) -> Result<Vec<SluiceEndpointSlice>, EtcdError> {
         let mut held = self.shared.held.lock().await;
-        if held.slices_uncertain {
-            held.slices = self.shared.store.node_slices(&self.shared.node).await?;
-            held.slices_uncertain = false;
-            tracing::info!(node = %self.shared.node, slices = held.slices.len(), "read the node's endpoint slices back after a failed write");
+        if !held.slices_uncertain.is_empty() {
+            let uncertain = std::mem::take(&mut held.slices_uncertain);
+            if let Err(e) = self.read_back(&mut held, &uncertain).await {
+                held.slices_uncertain = uncertain;
+                return Err(e);
+            }
+            tracing::info!(node = %self.shared.node, slices = uncertain.len(), "read slices back after a failed write");
         }
         Ok(held.slices.values().cloned().collect())
     }
@@ -226,7 +230,10 @@ impl NodeLease {
             }
             let action = format!("writing the endpoint slices of node {} ({} writes)", self.shared.node, ops.len());
             if let Err(e) = self.shared.store.txn(Txn::new().and_then(ops), &action).await {
-                held.slices_uncertain = true;
+                held.slices_uncertain.extend(chunk.iter().map(|w| match w {
+                    SliceWrite::Create(slice) | SliceWrite::Update(slice) => (slice.namespace.clone(), slice.name.clone()),
+                    SliceWrite::Delete { namespace, name } => (namespace.clone(), name.clone()),
+                }));
                 return Err(e);
             }
             for write in chunk {
@@ -236,6 +243,32 @@ impl NodeLease {
                         held.stale.remove(&keys.endpoint_slice(&slice.namespace, &slice.name));
                     }
                     SliceWrite::Delete { namespace, name } => drop(held.slices.remove(&format!("{namespace}/{name}"))),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Replaces what `held` remembers of `slices` with what etcd holds of them (this node's
+    /// only: a slice of that name another node wrote is not ours to plan from).
+    async fn read_back(&self, held: &mut Held, slices: &BTreeSet<(String, String)>) -> Result<(), EtcdError> {
+        let keys = self.shared.store.keys();
+        let slices: Vec<&(String, String)> = slices.iter().collect();
+        for chunk in slices.chunks(MAX_TXN_OPS) {
+            let ops: Vec<TxnOp> = chunk.iter().map(|(ns, name)| TxnOp::get(keys.endpoint_slice(ns, name), None)).collect();
+            let action = format!("reading back {} endpoint slices of node {}", ops.len(), self.shared.node);
+            let response = self.shared.store.txn(Txn::new().and_then(ops), &action).await?;
+            for ((namespace, name), op) in chunk.iter().zip(response.op_responses()) {
+                let id = format!("{namespace}/{name}");
+                let found = match op {
+                    etcd_client::TxnOpResponse::Get(get) => {
+                        get.kvs().first().and_then(|kv| serde_json::from_slice::<SluiceEndpointSlice>(kv.value()).ok())
+                    }
+                    _ => None,
+                };
+                match found {
+                    Some(slice) if slice.node == self.shared.node => drop(held.slices.insert(id, slice)),
+                    _ => drop(held.slices.remove(&id)),
                 }
             }
         }
