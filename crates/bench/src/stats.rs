@@ -1,8 +1,8 @@
 //! Summaries of repeated measurements: median and nearest-rank percentiles.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
     pub count: usize,
     pub min: f64,

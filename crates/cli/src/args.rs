@@ -541,6 +541,10 @@ pub struct ScaleArgs {
     /// A small run that checks the harness in CI; not a measurement.
     #[arg(long)]
     pub quick: bool,
+    /// Measure nothing: merge the results of earlier runs (their output directories, the same
+    /// workload settings) into one table and chart in `--out`.
+    #[arg(long, value_delimiter = ',')]
+    pub merge: Vec<PathBuf>,
     /// Directory for results.json, results.md and results.png.
     #[arg(long, default_value = "results/scale")]
     pub out: PathBuf,

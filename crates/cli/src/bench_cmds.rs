@@ -160,6 +160,21 @@ async fn scale(args: ScaleArgs) -> anyhow::Result<ExitCode> {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
     }
+    if !args.merge.is_empty() {
+        let mut results = Vec::new();
+        for dir in &args.merge {
+            let path = dir.join("results.json");
+            let text = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            let result: sluice_bench::ScaleResult =
+                serde_json::from_slice(&text).with_context(|| format!("{} is not a scale benchmark's results", path.display()))?;
+            results.push(result);
+        }
+        let merged = sluice_bench::ScaleResult::merge(results)?;
+        println!("{}", merged.markdown());
+        merged.write(&args.out).with_context(|| format!("writing results to {}", args.out.display()))?;
+        eprintln!("merged results written to {} (results.json, results.md, results.png)", args.out.display());
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut opts = sluice_bench::ScaleOptions::new(args.quick);
     if !args.nodes.is_empty() {
         opts.nodes = args.nodes;

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use etcd_client::GetOptions;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sluice_agent::config::EndpointsMode;
 use sluice_state::etcd::{EtcdServer, EtcdServerOptions};
 
@@ -99,7 +99,7 @@ impl ScaleOptions {
 }
 
 /// One run of one mode at one node count.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ScaleRun {
     pub pods_started: u64,

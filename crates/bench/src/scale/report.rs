@@ -3,7 +3,7 @@
 //! (one panel per figure, a line per mode against the node count).
 
 use plotters::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sluice_agent::config::EndpointsMode;
 
 use super::{mode_name, ScaleOptions, ScaleRun};
@@ -11,7 +11,7 @@ use crate::report::chart::{chart_error, register_font, FONT};
 use crate::{BenchError, Machine};
 
 /// One run's figures, per pod started where that is how they are compared.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ScaleFigures {
     pub writes_per_pod: f64,
@@ -75,7 +75,7 @@ impl ScaleFigures {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ScalePoint {
     pub nodes: usize,
@@ -95,7 +95,7 @@ impl ScalePoint {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ScaleResult {
     pub machine: Machine,
@@ -228,6 +228,38 @@ impl ScaleResult {
             out.push('\n');
         }
         out
+    }
+
+    /// Several results as one (node counts measured in separate invocations, say): their
+    /// points in node order, the first one's settings and machine, every command quoted; a
+    /// later result's point replaces an earlier one's at the same node count and mode. Refused
+    /// when they were not measured with the same workload settings.
+    pub fn merge(results: Vec<ScaleResult>) -> Result<ScaleResult, BenchError> {
+        let mut results = results.into_iter();
+        let Some(mut merged) = results.next() else { return Err(BenchError::Invalid("nothing to merge".into())) };
+        for r in results {
+            let same = (r.pods_per_node, r.groups_per_node, r.arrival, r.churn_percent, r.endpoints_per_slice, r.debounce_ms)
+                == (
+                    merged.pods_per_node,
+                    merged.groups_per_node,
+                    merged.arrival,
+                    merged.churn_percent,
+                    merged.endpoints_per_slice,
+                    merged.debounce_ms,
+                )
+                && r.pod_rate == merged.pod_rate;
+            if !same {
+                return Err(BenchError::Invalid(format!("`{}` ran another workload than `{}`", r.command, merged.command)));
+            }
+            merged.command = format!("{}` and `{}", merged.command, r.command);
+            merged.runs = merged.runs.min(r.runs);
+            merged.quick |= r.quick;
+            // A point measured again replaces the earlier one.
+            merged.points.retain(|p| !r.points.iter().any(|q| (q.nodes, q.mode) == (p.nodes, p.mode)));
+            merged.points.extend(r.points);
+        }
+        merged.points.sort_by_key(|p| (p.nodes, p.mode != EndpointsMode::Slices));
+        Ok(merged)
     }
 
     pub fn write(&self, dir: &std::path::Path) -> Result<(), BenchError> {

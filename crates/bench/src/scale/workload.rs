@@ -5,7 +5,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Address slots per node: a node's pods live in its /24 of 10.0.0.0/8.
 pub const SLOTS: u32 = 256;
@@ -18,7 +18,7 @@ const WORKLOADS: u32 = 200;
 const FIRST_ADDRESS: u32 = 0x0a00_0000;
 
 /// How the scale-up phase's pods arrive on the nodes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Arrival {
     /// Each node's pods start together, nodes one after the other (nodes joining a cluster
