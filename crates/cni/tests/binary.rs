@@ -88,3 +88,30 @@ fn status_without_agent_is_plugin_not_available() {
     let error: Value = serde_json::from_str(&stdout).expect("the error is JSON on stdout");
     assert_eq!(error["code"], 50, "STATUS without an agent: {stdout}");
 }
+
+#[test]
+fn install_puts_this_binary_and_its_configuration_in_place_and_uninstall_takes_them_away() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (bin_dir, conf_dir) = (dir.path().join("bin"), dir.path().join("net.d"));
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_sluice-cni"))
+            .args(args)
+            .args(["--bin-dir", bin_dir.to_str().expect("utf-8"), "--conf-dir", conf_dir.to_str().expect("utf-8")])
+            .output()
+            .expect("run sluice-cni")
+    };
+    let out = run(&["install", "--agent-socket", "/run/sluice/agent.sock"]);
+    assert!(out.status.success(), "install: {}", String::from_utf8_lossy(&out.stderr));
+    let built = std::fs::read(env!("CARGO_BIN_EXE_sluice-cni")).expect("read the built plugin");
+    assert!(std::fs::read(bin_dir.join("sluice-cni")).expect("installed plugin") == built, "the installed plugin is this binary");
+    let conf: Value = serde_json::from_slice(&std::fs::read(conf_dir.join("05-sluice.conflist")).expect("conflist")).expect("JSON");
+    assert_eq!(conf["plugins"][0], json!({"type": "sluice-cni", "agentSocket": "/run/sluice/agent.sock"}));
+
+    let out = run(&["uninstall"]);
+    assert!(out.status.success(), "uninstall: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(!bin_dir.join("sluice-cni").exists() && !conf_dir.join("05-sluice.conflist").exists(), "both removed");
+
+    let out = run(&["reinstall"]);
+    assert_eq!(out.status.code(), Some(2), "an unknown command is refused");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("install|uninstall"), "with the usage");
+}
