@@ -153,13 +153,6 @@ async fn services(counts: Vec<usize>, backends: usize, runs: usize, datastore: S
 }
 
 async fn scale(args: ScaleArgs) -> anyhow::Result<ExitCode> {
-    // Thousands of etcd connections are closed when each run's etcd stops; a vectored write
-    // racing that close must fail with EPIPE, not kill the process as the CLI's default
-    // SIGPIPE disposition (for `| head`) would. This command streams nothing to a pipe.
-    // SAFETY: changing a signal's disposition is process-wide and has no other precondition.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
-    }
     if !args.merge.is_empty() {
         let mut results = Vec::new();
         for dir in &args.merge {

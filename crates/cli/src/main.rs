@@ -18,12 +18,19 @@ use clap::Parser;
 use args::{Cli, Command};
 
 fn main() -> ExitCode {
-    // Die quietly on a closed pipe (`sluice observe | head`), as Unix tools do.
-    // SAFETY: setting a signal's disposition to its default before any thread starts.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
     let cli = Cli::parse();
+    // Commands that print die quietly on a closed pipe (`sluice observe | head`), as Unix tools
+    // do. The agent and the benchmarks must not: they hold sockets whose peers may hang up, and
+    // a vectored write (which hyper and tonic use) to such a socket raises SIGPIPE; ignored, it
+    // is the EPIPE error those connections already handle.
+    let disposition = match cli.command {
+        Command::Agent { .. } | Command::Bench { .. } => libc::SIG_IGN,
+        _ => libc::SIG_DFL,
+    };
+    // SAFETY: setting a signal's disposition before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, disposition);
+    }
     match run(cli) {
         Ok(code) => code,
         Err(e) => {

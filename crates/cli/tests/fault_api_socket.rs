@@ -419,3 +419,31 @@ fn hundreds_of_concurrent_clients_leave_the_agent_answering_with_bounded_memory(
     });
     assert!(alive(agent.pid), "the agent is still running");
 }
+
+/// Clients that hang up before their answer: the agent's write to the closed socket fails (a
+/// vectored write there raises SIGPIPE, which must not end the agent) and it answers the next
+/// client. A CNI plugin killed by its runtime's timeout is such a client.
+#[test]
+fn clients_that_hang_up_before_their_answer_leave_the_agent_running() {
+    if !privileged("clients_that_hang_up_before_their_answer_leave_the_agent_running") {
+        return;
+    }
+    let lab = TestLab::up("hup", &[]);
+    let agent = agent_of(&lab);
+    let rt = runtime();
+    rt.block_on(async {
+        for i in 0..200 {
+            let mut stream = UnixStream::connect(&agent.socket).await.expect("connect");
+            // The metrics answer is several kilobytes: written after the client is gone.
+            stream.write_all(b"GET /v1/metrics HTTP/1.1\r\nhost: sluice-agent\r\n\r\n").await.expect("send the request");
+            drop(stream);
+            if i % 50 == 49 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                assert!(alive(agent.pid), "the agent is alive after {} clients hung up", i + 1);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(alive(agent.pid), "the agent survives clients that hang up");
+        status(&agent.socket).await.expect("and answers the next client");
+    });
+}
