@@ -3,7 +3,8 @@
 //! connections that send nothing are closed after the header timeout while others are served,
 //! and one that never leaves does not keep the agent from stopping; hundreds of concurrent
 //! clients leave a normal client answered promptly and the agent's memory and descriptors
-//! bounded. The limits are `sluice_agent::serve`'s constants.
+//! bounded; clients that hang up before their answer leave it running. The limits are
+//! `sluice_agent::serve`'s constants.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a test fails loudly on what it did not expect
 
