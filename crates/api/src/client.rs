@@ -55,12 +55,12 @@ impl Client {
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
-        self.call(Method::GET, path, Bytes::new()).await
+        self.call(Method::GET, path, Bytes::new(), None).await
     }
 
     pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
         let body = Bytes::from(serde_json::to_vec(body)?);
-        self.call(Method::POST, path, body).await
+        self.call(Method::POST, path, body, None).await
     }
 
     /// A `POST` that hands the agent an open file (a pod's network namespace) along with the
@@ -74,19 +74,12 @@ impl Client {
         fd: BorrowedFd<'_>,
     ) -> Result<T, ClientError> {
         let body = Bytes::from(serde_json::to_vec(body)?);
-        let response = self.send_with(Method::POST, path, body, Some(fd)).await?;
-        let status = response.status();
-        let bytes = response.into_body().collect().await?.to_bytes();
-        if status.is_success() {
-            Ok(serde_json::from_slice(&bytes)?)
-        } else {
-            Err(api_error(status, &bytes))
-        }
+        self.call(Method::POST, path, body, Some(fd)).await
     }
 
     /// A `GET` whose answer is text (the metrics).
     pub async fn get_text(&self, path: &str) -> Result<String, ClientError> {
-        let (status, bytes) = self.exchange(Method::GET, path, Bytes::new()).await?;
+        let (status, bytes) = self.exchange(Method::GET, path, Bytes::new(), None).await?;
         if status.is_success() {
             Ok(String::from_utf8_lossy(&bytes).into_owned())
         } else {
@@ -97,7 +90,7 @@ impl Client {
     /// A `GET` whose answer is a stream of lines (a followed flow stream): `on_line` gets each
     /// line as it arrives and returns false to stop.
     pub async fn follow_lines(&self, path: &str, mut on_line: impl FnMut(&str) -> bool) -> Result<(), ClientError> {
-        let response = self.send(Method::GET, path, Bytes::new()).await?;
+        let response = self.send(Method::GET, path, Bytes::new(), None).await?;
         let status = response.status();
         let mut body = response.into_body();
         if !status.is_success() {
@@ -120,8 +113,14 @@ impl Client {
         Ok(())
     }
 
-    async fn call<T: DeserializeOwned>(&self, method: Method, path: &str, body: Bytes) -> Result<T, ClientError> {
-        let (status, bytes) = self.exchange(method, path, body).await?;
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+        fd: Option<BorrowedFd<'_>>,
+    ) -> Result<T, ClientError> {
+        let (status, bytes) = self.exchange(method, path, body, fd).await?;
         if status.is_success() {
             Ok(serde_json::from_slice(&bytes)?)
         } else {
@@ -129,18 +128,21 @@ impl Client {
         }
     }
 
-    async fn exchange(&self, method: Method, path: &str, body: Bytes) -> Result<(StatusCode, Bytes), ClientError> {
-        let response = self.send(method, path, body).await?;
+    async fn exchange(
+        &self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+        fd: Option<BorrowedFd<'_>>,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
+        let response = self.send(method, path, body, fd).await?;
         let status = response.status();
         let bytes = response.into_body().collect().await?.to_bytes();
         Ok((status, bytes))
     }
 
-    async fn send(&self, method: Method, path: &str, body: Bytes) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
-        self.send_with(method, path, body, None).await
-    }
-
-    async fn send_with(
+    /// One request on a new connection; `fd`, when given, is handed over before it.
+    async fn send(
         &self,
         method: Method,
         path: &str,

@@ -326,8 +326,6 @@ struct Undo {
     entry: Option<sluice_datapath::EndpointEntry>,
 }
 
-/// The CNI specification's rules for container IDs and interface names, checked again here
-/// because the API is not only for the plugin.
 /// The path through which this process reaches a namespace handed over as a descriptor
 /// (`/proc/self/fd/<n>`, valid while the descriptor is held, whatever mount namespace the
 /// runtime's path lives in); refused unless the descriptor is a network namespace.
@@ -361,6 +359,8 @@ fn is_network_namespace(fd: &OwnedFd) -> bool {
     kind == libc::CLONE_NEWNET
 }
 
+/// The CNI specification's rules for container IDs and interface names, checked again here
+/// because the API is not only for the plugin.
 fn validate_attachment(req: &CniRequest, need_netns: bool) -> Result<(), AgentError> {
     let bad = |code, message: String| Err(AgentError::InvalidRequest { code, message });
     let cid = &req.container_id;

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use etcd_client::GetOptions;
 use serde::{Deserialize, Serialize};
 use sluice_agent::config::EndpointsMode;
-use sluice_state::etcd::{EtcdServer, EtcdServerOptions};
+use sluice_state::etcd::{EtcdServer, EtcdServerOptions, EtcdStore};
 
 pub use report::{ScaleFigures, ScalePoint, ScaleResult};
 use sim::{Change, NodeSettings, SimNode, Tally};
@@ -162,10 +162,19 @@ pub async fn scale(opts: &ScaleOptions, progress: &mut dyn FnMut(&str)) -> Resul
     Ok(ScaleResult::new(opts, points))
 }
 
+/// The mode as the agent configuration and the CLI spell it.
 pub fn mode_name(mode: EndpointsMode) -> &'static str {
     match mode {
         EndpointsMode::Slices => "slices",
         EndpointsMode::PerPod => "per-pod",
+    }
+}
+
+/// The key prefix the mode's endpoints are published under.
+fn endpoint_prefix(keys: &sluice_state::etcd::Keys, mode: EndpointsMode) -> String {
+    match mode {
+        EndpointsMode::Slices => keys.endpoint_slices(),
+        EndpointsMode::PerPod => keys.endpoints(),
     }
 }
 
@@ -325,11 +334,9 @@ async fn settle(tally: &Tally, started: &[u32], entries: i64, timeout: Duration,
 /// `reads` range reads of the whole endpoint kind, as a node's first LIST: latencies, keys
 /// and bytes.
 async fn list(settings: &NodeSettings, mode: EndpointsMode, reads: usize) -> Result<(Summary, usize, usize), BenchError> {
-    let store = sim::list_client(&settings.etcd).await?;
-    let prefix = match mode {
-        EndpointsMode::Slices => store.keys().endpoint_slices(),
-        EndpointsMode::PerPod => store.keys().endpoints(),
-    };
+    // A connection of its own, as a node starting up would have.
+    let store = EtcdStore::connect(&settings.etcd).await.map_err(|e| BenchError::Check(format!("connecting for LIST: {e}")))?;
+    let prefix = endpoint_prefix(store.keys(), mode);
     let mut kv = store.client().kv_client().max_decoding_message_size(512 << 20);
     let (mut samples, mut keys, mut bytes) = (Vec::new(), 0, 0);
     for _ in 0..reads {

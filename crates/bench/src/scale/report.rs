@@ -8,7 +8,7 @@ use sluice_agent::config::EndpointsMode;
 
 use super::{mode_name, ScaleOptions, ScaleRun};
 use crate::report::chart::{chart_error, register_font, FONT};
-use crate::{BenchError, Machine};
+use crate::{BenchError, Machine, Summary};
 
 /// One run's figures, per pod started where that is how they are compared.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
@@ -48,17 +48,7 @@ impl ScaleFigures {
 
     /// Field by field, the median of the runs.
     fn median(runs: &[Self]) -> Self {
-        let m = |f: fn(&Self) -> f64| {
-            let mut v: Vec<f64> = runs.iter().map(f).collect();
-            v.sort_by(f64::total_cmp);
-            if v.is_empty() {
-                0.0
-            } else if v.len() % 2 == 1 {
-                v[v.len() / 2]
-            } else {
-                (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
-            }
-        };
+        let m = |f: fn(&Self) -> f64| Summary::of(&runs.iter().map(f).collect::<Vec<_>>()).map_or(0.0, |s| s.p50);
         Self {
             writes_per_pod: m(|f| f.writes_per_pod),
             events_per_pod: m(|f| f.events_per_pod),

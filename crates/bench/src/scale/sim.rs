@@ -18,7 +18,7 @@ use sluice_agent::cluster::Cluster;
 use sluice_agent::config::EndpointsMode;
 use sluice_agent::AgentConfig;
 use sluice_model::SluiceEndpointSlice;
-use sluice_state::etcd::{EtcdConfig, EtcdStore};
+use sluice_state::etcd::EtcdConfig;
 use sluice_state::EndpointRecord;
 use tokio::sync::mpsc;
 
@@ -157,11 +157,7 @@ impl SimNode {
         let (cluster, _) =
             Cluster::join(&config, vec![address]).await.map_err(|e| BenchError::Check(format!("node {name} joining: {e}")))?;
         let cluster = Arc::new(cluster);
-        let keys = cluster.store().keys().clone();
-        let prefix = match settings.mode {
-            EndpointsMode::Slices => keys.endpoint_slices(),
-            EndpointsMode::PerPod => keys.endpoints(),
-        };
+        let prefix = super::endpoint_prefix(cluster.store().keys(), settings.mode);
         let mut client = cluster.store().client();
         let stream = client
             .watch(prefix.clone(), Some(WatchOptions::new().with_prefix()))
@@ -185,10 +181,7 @@ impl SimNode {
 
 /// The agent configuration a simulated node joins with.
 fn agent_config(name: &str, cidr: ipnet::IpNet, settings: &NodeSettings) -> Result<AgentConfig, BenchError> {
-    let mode = match settings.mode {
-        EndpointsMode::Slices => "slices",
-        EndpointsMode::PerPod => "per-pod",
-    };
+    let mode = super::mode_name(settings.mode);
     let etcd = serde_json::to_string(&settings.etcd).map_err(|e| BenchError::io("encoding the etcd configuration", e))?;
     let text = format!(
         "nodeName: {name}\npodCIDRs: [{cidr}]\nstate: {{source: etcd, etcd: {etcd}, endpoints: {mode}, endpointsPerSlice: {}, endpointsDebounceMillis: {}, leaseSeconds: {}}}\n",
@@ -293,9 +286,4 @@ fn decode(mode: EndpointsMode, value: &[u8]) -> Option<(u32, Vec<IpAddr>)> {
             .ok()
             .map(|s| (s.identity, s.endpoints.into_iter().flat_map(|e| e.addresses).collect())),
     }
-}
-
-/// A store of its own (one more connection) for the LIST measurements.
-pub async fn list_client(etcd: &EtcdConfig) -> Result<EtcdStore, BenchError> {
-    EtcdStore::connect(etcd).await.map_err(|e| BenchError::Check(format!("connecting for LIST: {e}")))
 }

@@ -42,7 +42,6 @@ pub struct Shape {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pod {
     pub index: u32,
-    pub node: u32,
     pub namespace: String,
     pub name: String,
     pub identity: u32,
@@ -63,7 +62,6 @@ impl Shape {
         let index = node * SLOTS + slot;
         Pod {
             index,
-            node,
             namespace: format!("team-{}", workload % 20),
             name: format!("w{workload}-{node}-{slot}"),
             identity: 256 + workload,

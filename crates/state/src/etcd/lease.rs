@@ -230,9 +230,9 @@ impl NodeLease {
             }
             let action = format!("writing the endpoint slices of node {} ({} writes)", self.shared.node, ops.len());
             if let Err(e) = self.shared.store.txn(Txn::new().and_then(ops), &action).await {
-                held.slices_uncertain.extend(chunk.iter().map(|w| match w {
-                    SliceWrite::Create(slice) | SliceWrite::Update(slice) => (slice.namespace.clone(), slice.name.clone()),
-                    SliceWrite::Delete { namespace, name } => (namespace.clone(), name.clone()),
+                held.slices_uncertain.extend(chunk.iter().map(|w| {
+                    let (namespace, name) = w.key();
+                    (namespace.to_string(), name.to_string())
                 }));
                 return Err(e);
             }
