@@ -219,6 +219,13 @@ pub enum Command {
         #[command(flatten)]
         datapath: DatapathBenchArgs,
     },
+    /// Sluice's custom resource definitions for a Kubernetes cluster, as YAML: printed, or
+    /// written one file per definition into a directory (what `deploy/crds/` holds).
+    Crds {
+        /// Write `sluice.dev_<plural>.yaml` files here instead of printing.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
     /// A server that answers with its name and the peer it sees (service tests and the demo).
     #[command(hide = true)]
     SvcServer {

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 mod args;
 mod bench_cmds;
+mod kube_cmds;
 mod lab_cmds;
 mod node_cmds;
 mod observe_cmds;
@@ -42,6 +43,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
+        Command::Crds { out } => return kube_cmds::crds(out.as_deref()),
         Command::SvcServer { name, ports } => return probe_cmds::server(name, ports),
         Command::SvcProbe { timeout, targets } => return probe_cmds::probe(targets, *timeout),
         Command::SvcClient { target, hold: true, timeout, .. } => return probe_cmds::hold(*target, Duration::from_millis(200), *timeout),
@@ -92,9 +94,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 lab_cmds::exec(&cli.lab, pod.as_deref().filter(|_| !external), &namespace, &argv)
             }
             Command::Bench { bench, datapath } => bench_cmds::bench(bench, datapath).await,
-            Command::LabShim { .. } | Command::SvcServer { .. } | Command::SvcClient { .. } | Command::SvcProbe { .. } => {
-                Ok(ExitCode::SUCCESS)
-            }
+            Command::LabShim { .. }
+            | Command::Crds { .. }
+            | Command::SvcServer { .. }
+            | Command::SvcClient { .. }
+            | Command::SvcProbe { .. } => Ok(ExitCode::SUCCESS),
         }
     })
 }

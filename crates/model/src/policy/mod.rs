@@ -17,6 +17,7 @@ pub const API_VERSION: &str = "sluice.dev/v1";
 /// object serializes back to exactly the fields it was read with (what the unknown-field check
 /// compares against).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PolicySpec {
     /// The endpoints the policy applies to, over identity labels (`app` and `k8s:app` alike).
@@ -45,6 +46,7 @@ pub struct PolicySpec {
 
 /// What a policy does with the traffic its rules do not allow.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum EnforcementMode {
     /// Drop it.
@@ -56,6 +58,7 @@ pub enum EnforcementMode {
 
 /// `enableDefaultDeny`: per direction, `None` means "true when the direction has rules".
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DefaultDeny {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -67,6 +70,7 @@ pub struct DefaultDeny {
 /// One ingress rule: traffic from any of its peers on any of its ports. Several peer fields
 /// are a union; a rule with ports but no peer field speaks of every peer.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct IngressRule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -85,6 +89,7 @@ pub struct IngressRule {
 
 /// One egress rule: traffic to any of its peers on any of its ports.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EgressRule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -103,6 +108,7 @@ pub struct EgressRule {
 
 /// A reserved group of peers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum Entity {
     /// The local node.
@@ -119,6 +125,7 @@ pub enum Entity {
 
 /// `fromCIDRSet`/`toCIDRSet` entry: addresses in `cidr` but in none of `except`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CidrRule {
     pub cidr: String,
@@ -128,6 +135,7 @@ pub struct CidrRule {
 
 /// `toPorts` entry.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PortRule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -136,14 +144,17 @@ pub struct PortRule {
 
 /// A port, a port range or a named port, of one protocol.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PortProtocol {
     /// A number (`"0"` or absent: every port) or a named container port. Written as a string
     /// (as Cilium does); a bare number is read too.
     #[serde(default, deserialize_with = "string_or_number", skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(schema_with = "int_or_string"))]
     pub port: Option<String>,
     /// Last port of a range starting at `port`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(range(min = 1, max = 65535)))]
     pub end_port: Option<i32>,
     /// Defaults to `ANY`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -152,6 +163,7 @@ pub struct PortProtocol {
 
 /// Layer 4 protocol of a port.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "UPPERCASE")]
 pub enum PortProtocolName {
     Tcp,
@@ -164,6 +176,7 @@ pub enum PortProtocolName {
 
 /// `icmps` entry.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct IcmpRule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -172,10 +185,12 @@ pub struct IcmpRule {
 
 /// One ICMP or ICMPv6 type.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct IcmpField {
     /// 0 to 255.
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(range(min = 0, max = 255)))]
     pub icmp_type: Option<i64>,
     /// Defaults to `IPv4`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -184,6 +199,7 @@ pub struct IcmpField {
 
 /// ICMP (`IPv4`) or ICMPv6 (`IPv6`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum IcmpFamily {
     #[default]
     IPv4,
@@ -273,6 +289,14 @@ fn string_or_number<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option
         Port::Number(n) => n.to_string(),
         Port::Text(s) => s,
     }))
+}
+
+/// `port`'s schema: a number or a string, as the API server's `IntOrString`.
+#[cfg(feature = "schema")]
+fn int_or_string(_: &mut schemars::gen::SchemaGenerator) -> schemars::schema::Schema {
+    let mut schema = schemars::schema::SchemaObject::default();
+    schema.extensions.insert("x-kubernetes-int-or-string".into(), serde_json::Value::Bool(true));
+    schema.into()
 }
 
 /// The wire form of both kinds: `apiVersion` and `kind` are checked when read and written

@@ -1,0 +1,4 @@
+//! Sluice on the Kubernetes API: the custom resource definitions of Sluice's kinds, generated
+//! from Rust types ([`crds`]), and the API server as a state source.
+
+pub mod crds;
