@@ -106,6 +106,10 @@ pub struct Store {
     /// store, which keeps the objects whole. Never written.
     #[serde(skip)]
     pub views: Option<ServiceViews>,
+    /// True when the cluster's endpoint-slice controller writes the slices of selector
+    /// services (the Kubernetes source): none is derived from pods then. Never written.
+    #[serde(skip)]
+    pub slices_from_api: bool,
 }
 
 /// What the service tables are computed from, by the same keys as the objects.
@@ -303,6 +307,7 @@ impl CompactFile {
             published_slices,
             identities,
             views: Some(ServiceViews { services, endpoint_slices }),
+            slices_from_api: false,
         }
     }
 }

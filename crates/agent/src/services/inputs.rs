@@ -167,8 +167,12 @@ impl Inputs {
     }
 }
 
+/// The pods slices are derived from: none where the cluster's controller writes the slices.
 fn pods_by_namespace(objects: &Store) -> BTreeMap<&str, Vec<&Pod>> {
     let mut m: BTreeMap<&str, Vec<&Pod>> = BTreeMap::new();
+    if objects.slices_from_api {
+        return m;
+    }
     for pod in objects.pods.values() {
         m.entry(pod.metadata.namespace.as_deref().unwrap_or("default")).or_default().push(pod);
     }
