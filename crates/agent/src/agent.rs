@@ -93,10 +93,7 @@ impl Agent {
     pub fn new(parts: AgentParts) -> Result<Self, AgentError> {
         let ipam = Ipam::new(parts.db.clone(), parts.config.ipv4_cidr(), parts.config.ipv6_cidr())?;
         let identities = match &parts.cluster {
-            Some(c) => Identities::with_numbering(
-                parts.db.clone(),
-                Arc::new(crate::cluster::numbering::ClusterNumbering::new(c.store().clone(), tokio::runtime::Handle::current())),
-            )?,
+            Some(c) => Identities::with_numbering(parts.db.clone(), c.numbering(tokio::runtime::Handle::current()))?,
             None => Identities::new(parts.db.clone())?,
         };
         let endpoints = EndpointStore::new(parts.db)?;

@@ -39,7 +39,7 @@ impl HostRoutingRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct StateConfig {
-    /// `local` (a store file, one machine) or `etcd` (a cluster).
+    /// `local` (a store file, one machine), `etcd` or `kubernetes` (a cluster).
     #[serde(default = "default_source")]
     pub source: String,
     /// Path of the local store file (`local`).
@@ -47,6 +47,9 @@ pub struct StateConfig {
     /// The etcd cluster (`etcd`): endpoints, TLS files, key prefix.
     #[serde(default)]
     pub etcd: Option<sluice_state::etcd::EtcdConfig>,
+    /// The API server (`kubernetes`): a kubeconfig, or inferred (in-cluster) when unset.
+    #[serde(default)]
+    pub kubernetes: Option<sluice_kube::KubeAccess>,
     /// Cluster mode: seconds the node's registration outlives its agent (the etcd lease TTL).
     #[serde(default = "default_lease_seconds")]
     pub lease_seconds: i64,
@@ -98,6 +101,7 @@ impl Default for StateConfig {
             source: default_source(),
             path: None,
             etcd: None,
+            kubernetes: None,
             lease_seconds: default_lease_seconds(),
             cluster_pool_cidrs: Vec::new(),
             node_mask_v4: default_node_mask_v4(),
@@ -112,9 +116,15 @@ impl Default for StateConfig {
 }
 
 impl StateConfig {
-    /// Whether the agent is one node of a cluster (etcd) rather than a machine on its own.
+    /// Whether the agent is one node of a cluster (etcd, Kubernetes) rather than a machine on
+    /// its own.
     pub fn is_cluster(&self) -> bool {
-        self.source == "etcd"
+        self.source == "etcd" || self.is_kubernetes()
+    }
+
+    /// Whether the cluster is run by Kubernetes.
+    pub fn is_kubernetes(&self) -> bool {
+        self.source == "kubernetes"
     }
 }
 
@@ -164,8 +174,9 @@ pub struct AgentConfig {
     /// lies on one.
     #[serde(default = "default_bpffs")]
     pub bpffs: PathBuf,
-    /// Pod CIDRs of this node: at most one IPv4 and one IPv6.
-    #[serde(rename = "podCIDRs")]
+    /// Pod CIDRs of this node: at most one IPv4 and one IPv6. Required unless the cluster hands
+    /// them out (etcd with `state.clusterPoolCIDRs`; Kubernetes, from the Node).
+    #[serde(default, rename = "podCIDRs")]
     pub pod_cidrs: Vec<IpNet>,
     #[serde(default)]
     pub host_routing: HostRoutingRequest,
@@ -413,9 +424,13 @@ impl AgentConfig {
         if let Err(e) = sluice_model::labels::validate_dns1123_label(&self.node_name) {
             return invalid("nodeName", e);
         }
-        let from_pools = self.state.is_cluster() && !self.state.cluster_pool_cidrs.is_empty();
-        if self.pod_cidrs.is_empty() && !from_pools {
-            return invalid("podCIDRs", "at least one pod CIDR is required (or, with state.source etcd, state.clusterPoolCIDRs)".into());
+        let from_pools = self.state.source == "etcd" && !self.state.cluster_pool_cidrs.is_empty();
+        if self.pod_cidrs.is_empty() && !from_pools && !self.state.is_kubernetes() {
+            return invalid(
+                "podCIDRs",
+                "at least one pod CIDR is required (or, with state.source etcd, state.clusterPoolCIDRs; with kubernetes, the Node's)"
+                    .into(),
+            );
         }
         for (field, cidrs) in [("podCIDRs", &self.pod_cidrs), ("state.clusterPoolCIDRs", &self.state.cluster_pool_cidrs)] {
             let v4 = cidrs.iter().filter(|c| matches!(c, IpNet::V4(_))).count();
@@ -453,7 +468,14 @@ impl AgentConfig {
                 }
                 Some(_) => {}
             },
-            other => return invalid("state.source", format!("{other:?} is not supported (supported: local, etcd)")),
+            "kubernetes" => {
+                if let Some(path) = self.state.kubernetes.as_ref().and_then(|k| k.kubeconfig.as_ref()) {
+                    if !path.is_absolute() {
+                        return invalid("state.kubernetes.kubeconfig", format!("{} must be an absolute path", path.display()));
+                    }
+                }
+            }
+            other => return invalid("state.source", format!("{other:?} is not supported (supported: local, etcd, kubernetes)")),
         }
         if self.state.endpoints_per_slice == 0 {
             return invalid("state.endpointsPerSlice", "0 is below the minimum 1".into());
@@ -541,6 +563,19 @@ mod tests {
     }
 
     #[test]
+    fn on_kubernetes_the_pod_cidrs_may_come_from_the_node() {
+        let c = parse("nodeName: node0\npodCIDRs: []\nstate: {source: kubernetes}\n").unwrap();
+        assert!(c.state.is_cluster() && c.state.is_kubernetes());
+        assert!(c.state.kubernetes.is_none(), "inferred (in-cluster) access by default");
+        let c = parse(
+            "nodeName: node0\nstate: {source: kubernetes, kubernetes: {kubeconfig: /etc/sluice/kubeconfig, podCidrWaitSeconds: 5}}\n",
+        )
+        .unwrap();
+        let access = c.state.kubernetes.unwrap();
+        assert_eq!((access.kubeconfig.unwrap(), access.pod_cidr_wait_seconds), (PathBuf::from("/etc/sluice/kubeconfig"), 5));
+    }
+
+    #[test]
     fn errors_name_the_file_and_the_field() {
         let cases = [
             ("nodeName: Node_0\npodCIDRs: [198.19.0.0/24]\n", "nodeName"),
@@ -556,6 +591,8 @@ mod tests {
             ("nodeName: n\npodCIDRs: [198.19.0.0/24]\nstate: {endpointsPerSlice: 0}\n", "state.endpointsPerSlice"),
             ("nodeName: n\npodCIDRs: [198.19.0.0/24]\nstate: {endpointsDebounceMillis: 1001}\n", "state.endpointsDebounceMillis"),
             ("nodeName: n\npodCIDRs: [198.19.0.0/24]\nstate: {source: etcd}\n", "state.etcd"),
+            ("nodeName: n\npodCIDRs: []\nstate: {source: kubernetes, kubernetes: {kubeconfig: admin.conf}}\n", "state.kubernetes.kubeconfig"),
+            ("nodeName: n\npodCIDRs: []\nstate: {source: kubernetes, kubernetes: {context: x}}\n", "context"),
             ("nodeName: n\npodCIDRs: []\nstate: {source: etcd, etcd: {endpoints: [\"http://127.0.0.1:2379\"]}}\n", "podCIDRs"),
             ("nodeName: n\npodCIDRs: []\nstate: {source: etcd, etcd: {endpoints: [\"http://127.0.0.1:2379\"]}, clusterPoolCIDRs: [198.19.0.0/16], nodeMaskIPv4: 8}\n", "state.nodeMaskIPv4"),
         ];

@@ -28,7 +28,7 @@ pub async fn run(mut config: AgentConfig) -> Result<(), AgentError> {
     } else {
         None
     };
-    let state = state_source(&config);
+    let state = state_source(&config, cluster.as_deref());
     // The database first: a damaged or unwritable one stops the start before anything is made.
     let db = AgentDb::open(&config.state_dir)?;
     if let Err(source) = sluice_datapath::ensure_bpffs(&config.bpffs) {
@@ -266,7 +266,7 @@ async fn cluster_loop(agent: Arc<Agent>, mut changes: Changes, debounce: Duratio
         if last_collect.elapsed() >= Duration::from_secs(30) {
             last_collect = Instant::now();
             if let Some(cluster) = agent.cluster() {
-                match cluster.collect().await {
+                match cluster.collect(&agent.cluster_snapshot()).await {
                     Ok((cidrs, ids)) if !cidrs.is_empty() || !ids.is_empty() => {
                         tracing::info!(?cidrs, ?ids, "released what vanished nodes left")
                     }
@@ -289,13 +289,14 @@ async fn resync_loop(agent: Arc<Agent>, every: Duration) {
     }
 }
 
-/// The state source the configuration names: the local store file, or etcd.
-fn state_source(config: &AgentConfig) -> Option<Arc<dyn sluice_state::StateSource>> {
-    match (&config.state.etcd, &config.state.path) {
-        (Some(etcd), _) if config.state.is_cluster() => Some(Arc::new(sluice_state::etcd::EtcdSource::spawn(etcd.clone()))),
-        (_, Some(path)) => {
-            Some(Arc::new(sluice_state::LocalSource::spawn(sluice_state::LocalStore::new(path), sluice_state::DEFAULT_POLL)))
-        }
+/// The state source the configuration names: the cluster's (etcd, the Kubernetes API), or the
+/// local store file.
+fn state_source(config: &AgentConfig, cluster: Option<&crate::cluster::Cluster>) -> Option<Arc<dyn sluice_state::StateSource>> {
+    if let Some(cluster) = cluster {
+        return cluster.state_source(config);
+    }
+    match &config.state.path {
+        Some(path) => Some(Arc::new(sluice_state::LocalSource::spawn(sluice_state::LocalStore::new(path), sluice_state::DEFAULT_POLL))),
         _ => None,
     }
 }

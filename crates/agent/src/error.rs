@@ -34,6 +34,9 @@ pub enum AgentError {
     Datapath(#[from] sluice_datapath::DatapathError),
     #[error("state source: {0}")]
     State(#[from] sluice_state::StoreError),
+    /// A read or write of the Kubernetes API failed.
+    #[error("kubernetes: {0}")]
+    Kubernetes(#[from] sluice_kube::cluster::KubeError),
     /// Cluster mode: the pod is not in the agent's view of the cluster (yet); the runtime
     /// should try again later (CNI code 11).
     #[error("pod {namespace}/{name} is unknown to the agent after waiting {waited:?} for the {source_kind} state source (connected: {connected}); try again later")]

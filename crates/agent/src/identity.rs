@@ -86,6 +86,9 @@ pub enum IdentityError {
     /// The cluster's allocator (etcd) could not number a label set.
     #[error("cluster identity allocation: {0}")]
     Cluster(#[source] sluice_state::StoreError),
+    /// The cluster's allocator (the Kubernetes API) could not number a label set.
+    #[error("cluster identity allocation: {0}")]
+    Kubernetes(#[source] sluice_kube::cluster::KubeError),
 }
 
 /// Where numbers for label sets new to this node come from when not from the node's own

@@ -2,9 +2,11 @@
 //! from Rust types ([`crds`]), the API server as a state source ([`source`]), and what a
 //! node's agent writes there ([`cluster`]).
 
+pub mod access;
 pub mod cluster;
 pub mod crds;
 pub mod source;
 
+pub use access::{connect, KubeAccess};
 pub use cluster::KubeCluster;
 pub use source::KubeSource;

@@ -1,5 +1,5 @@
 //! A simulated node: the agent's own cluster membership and endpoint publication
-//! ([`sluice_agent::cluster::Cluster`], in the mode under test, with the agent's debounce),
+//! ([`sluice_agent::cluster::etcd::EtcdMember`], in the mode under test, with the agent's debounce),
 //! and a watch of the endpoint kind on the node's own etcd connection that keeps the
 //! IP-to-identity cache a real node keeps. No datapath: what is measured is the control plane.
 //!
@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use etcd_client::{EventType, WatchOptions};
-use sluice_agent::cluster::Cluster;
+use sluice_agent::cluster::etcd::EtcdMember;
 use sluice_agent::config::EndpointsMode;
 use sluice_agent::AgentConfig;
 use sluice_model::SluiceEndpointSlice;
@@ -155,7 +155,7 @@ impl SimNode {
         let config = agent_config(&name, tally.shape.node_cidr(node), settings)?;
         let address = IpAddr::from([198, 18, (node >> 8) as u8, node as u8]);
         let (cluster, _) =
-            Cluster::join(&config, vec![address]).await.map_err(|e| BenchError::Check(format!("node {name} joining: {e}")))?;
+            EtcdMember::join(&config, vec![address]).await.map_err(|e| BenchError::Check(format!("node {name} joining: {e}")))?;
         let cluster = Arc::new(cluster);
         let prefix = super::endpoint_prefix(cluster.store().keys(), settings.mode);
         let mut client = cluster.store().client();
@@ -194,7 +194,7 @@ fn agent_config(name: &str, cidr: ipnet::IpNet, settings: &NodeSettings) -> Resu
 
 /// The agent's publication: a change opens a debounce window; when it closes, the node's
 /// endpoints as they are then are published in one call (retried until it succeeds).
-async fn write_loop(cluster: Arc<Cluster>, mut changes: mpsc::UnboundedReceiver<Change>, debounce: Duration, tally: Arc<Tally>) {
+async fn write_loop(cluster: Arc<EtcdMember>, mut changes: mpsc::UnboundedReceiver<Change>, debounce: Duration, tally: Arc<Tally>) {
     let mut running: BTreeMap<String, EndpointRecord> = BTreeMap::new();
     let node = cluster.node().to_string();
     let apply = |change: Change, running: &mut BTreeMap<String, EndpointRecord>| match change {
