@@ -127,12 +127,26 @@ async fn follow_events(State(agent): Shared) -> Response {
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
-/// The Prometheus endpoint (`GET /metrics`) on a TCP address of the agent's namespace.
+/// The Prometheus endpoint (`GET /metrics`) and the probes (`GET /healthz`: the agent answers;
+/// `GET /readyz`: its state source has synced, else 503 with the reason) on a TCP address of
+/// the agent's namespace.
 pub async fn serve_metrics(addr: std::net::SocketAddr, agent: Arc<Agent>) -> Result<tokio::task::JoinHandle<()>, AgentError> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| AgentError::Startup { action: format!("binding the metrics address {addr}"), source })?;
-    let app = Router::new().route("/metrics", get(|State(a): Shared| async move { a.metrics_text() })).with_state(agent);
+    let app = Router::new()
+        .route("/metrics", get(|State(a): Shared| async move { a.metrics_text() }))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(|State(a): Shared| async move {
+                match a.readiness() {
+                    Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
+                    Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
+                }
+            }),
+        )
+        .with_state(agent);
     // The same limits as the API socket; it stops when the agent aborts the task.
     Ok(tokio::spawn(crate::serve::serve(listener, app, std::future::pending())))
 }

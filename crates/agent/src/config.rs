@@ -162,7 +162,8 @@ fn default_source() -> String {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AgentConfig {
-    /// This node's name (a DNS-1123 label).
+    /// This node's name (a DNS-1123 label); `sluice agent --node-name` overrides it.
+    #[serde(default)]
     pub node_name: String,
     /// Directory of the agent's database.
     #[serde(default = "default_state_dir")]
@@ -401,11 +402,22 @@ pub enum ConfigError {
 
 impl AgentConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_for_node(path, None)
+    }
+
+    /// Reads the file with `nodeName` replaced by `node_name` when given (a DaemonSet passes
+    /// the node's name from the downward API, so one ConfigMap serves every node).
+    pub fn load_for_node(path: &Path, node_name: Option<&str>) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        Self::parse(path, &text)
+        Self::parse_for_node(path, &text, node_name)
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        Self::parse_for_node(path, text, None)
+    }
+
+    /// [`AgentConfig::parse`] with `nodeName` replaced by `node_name` when given.
+    pub fn parse_for_node(path: &Path, text: &str, node_name: Option<&str>) -> Result<Self, ConfigError> {
         let de = serde_yaml_ng::Deserializer::from_str(text);
         let config: AgentConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let field = e.path().to_string();
@@ -415,12 +427,19 @@ impl AgentConfig {
                 message: e.into_inner().to_string(),
             }
         })?;
+        let mut config = config;
+        if let Some(name) = node_name {
+            config.node_name = name.to_owned();
+        }
         config.validate(path)?;
         Ok(config)
     }
 
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
         let invalid = |field, message: String| Err(ConfigError::Invalid { path: path.into(), field, message });
+        if self.node_name.is_empty() {
+            return invalid("nodeName", "required (in the file, or sluice agent --node-name)".into());
+        }
         if let Err(e) = sluice_model::labels::validate_dns1123_label(&self.node_name) {
             return invalid("nodeName", e);
         }
@@ -560,6 +579,18 @@ mod tests {
         assert_eq!((c.state.endpoints, c.state.endpoints_per_slice), (EndpointsMode::PerPod, 7));
         let err = parse(&format!("{GOOD}state: {{endpoints: batched}}\n")).unwrap_err().to_string();
         assert!(err.contains("batched"), "an unknown mode is named: {err}");
+    }
+
+    #[test]
+    fn the_node_name_may_come_from_the_command_line() {
+        let path = Path::new("agent.yaml");
+        let text = "podCIDRs: [198.19.0.0/24]\n";
+        let err = AgentConfig::parse(path, text).unwrap_err().to_string();
+        assert!(err.contains("nodeName") && err.contains("--node-name"), "{err}");
+        assert_eq!(AgentConfig::parse_for_node(path, text, Some("worker-3")).unwrap().node_name, "worker-3");
+        let replaced = AgentConfig::parse_for_node(path, &format!("nodeName: old\n{text}"), Some("new")).unwrap();
+        assert_eq!(replaced.node_name, "new");
+        assert!(AgentConfig::parse_for_node(path, text, Some("Bad_Name")).is_err(), "the given name is validated too");
     }
 
     #[test]

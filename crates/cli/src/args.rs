@@ -46,6 +46,10 @@ pub enum Command {
     Agent {
         #[arg(long)]
         config: PathBuf,
+        /// This node's name, in place of the file's `nodeName` (a DaemonSet passes
+        /// `$(NODE_NAME)` from the downward API).
+        #[arg(long)]
+        node_name: Option<String>,
     },
     /// Agent health, host routing mode and why, endpoints and attached programs.
     Status {

@@ -12,12 +12,12 @@ use sluice_api::{paths, Client, Endpoint, PreflightResponse, Status};
 use crate::args::{Output, Target};
 use crate::output::{print_structured, Table};
 
-pub async fn agent(config: &Path) -> anyhow::Result<ExitCode> {
+pub async fn agent(config: &Path, node_name: Option<&str>) -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_target(false)
         .init();
-    let config = sluice_agent::AgentConfig::load(config)?;
+    let config = sluice_agent::AgentConfig::load_for_node(config, node_name)?;
     sluice_agent::run(config).await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -135,6 +135,22 @@ fn a_flood_of_drops_stays_bounded_and_losses_are_counted() {
 }
 
 #[test]
+fn the_agent_answers_its_liveness_and_readiness_probes() {
+    if !privileged("the_agent_answers_its_liveness_and_readiness_probes") {
+        return;
+    }
+    let lab = TestLab::up("prb", &[]);
+    for (path, body) in [("/healthz", "ok"), ("/readyz", "ready")] {
+        let out = lab.in_node("node0", &["curl", "-s", "--max-time", "5", "-w", " %{http_code}", &format!("http://127.0.0.1:9962{path}")]);
+        let answer = String::from_utf8_lossy(&out.stdout).to_string();
+        assert_eq!(answer.split_whitespace().collect::<Vec<_>>(), [body, "200"], "{path}: {}", text(&out));
+    }
+    let missing =
+        lab.in_node("node0", &["curl", "-s", "--max-time", "5", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:9962/nothing"]);
+    assert_eq!(String::from_utf8_lossy(&missing.stdout), "404");
+}
+
+#[test]
 fn prometheus_scrapes_the_agent_and_sees_a_drop_counter_move() {
     if !privileged("prometheus_scrapes_the_agent_and_sees_a_drop_counter_move") {
         return;

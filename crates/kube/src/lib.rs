@@ -5,6 +5,7 @@
 pub mod access;
 pub mod cluster;
 pub mod crds;
+pub mod rbac;
 pub mod source;
 
 pub use access::{connect, KubeAccess};

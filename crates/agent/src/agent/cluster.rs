@@ -19,6 +19,22 @@ impl Agent {
         snapshot
     }
 
+    /// Whether the agent is ready to serve pods (the readiness probe): its state source, if it
+    /// has one, has read everything once. A source that loses its store later keeps the agent
+    /// ready: the datapath goes on forwarding with the view it has.
+    pub fn readiness(&self) -> Result<(), String> {
+        let Some(state) = &self.state else { return Ok(()) };
+        if state.snapshot().synced {
+            return Ok(());
+        }
+        let health = state.health();
+        Err(format!(
+            "the {} state source has not read the cluster yet: {}",
+            health.kind,
+            health.last_error.unwrap_or_else(|| "no error reported".into())
+        ))
+    }
+
     pub fn cluster(&self) -> Option<&Arc<crate::cluster::Cluster>> {
         self.cluster.as_ref()
     }
