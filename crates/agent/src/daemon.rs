@@ -40,6 +40,11 @@ pub async fn run(mut config: AgentConfig) -> Result<(), AgentError> {
     }
     let db = Arc::new(db);
     let events = Arc::new(Events::new(db.clone(), &config.node_name, config.event_history)?);
+    // On Kubernetes every event from now on is posted about the Node as well.
+    let event_poster = match cluster.as_deref() {
+        Some(crate::cluster::Cluster::Kubernetes(member)) => Some(tokio::spawn(post_events(member.cluster().clone(), events.subscribe()))),
+        _ => None,
+    };
     events.record(Reason::AgentStarted, format!("sluice agent {} started", env!("CARGO_PKG_VERSION")))?;
     let audit_ctx = firewall::AuditContext { pod_cidrs: config.pod_cidrs.clone(), devices: config.devices.clone() };
     let host_routing = decide_host_routing(config.host_routing, || firewall::audit(&audit_ctx, None), &events)?;
@@ -197,6 +202,7 @@ pub async fn run(mut config: AgentConfig) -> Result<(), AgentError> {
     ));
     let debounce = Duration::from_millis(config.state.endpoints_debounce_millis);
     let cluster_loop = cluster.is_some().then(|| tokio::spawn(cluster_loop(agent.clone(), changes, debounce)));
+    let _event_poster = AbortOnDrop(event_poster);
     let metrics_server = match config.metrics_address {
         Some(addr) => Some(crate::api::serve_metrics(addr, agent.clone()).await?),
         None => None,
@@ -274,6 +280,33 @@ async fn cluster_loop(agent: Arc<Agent>, mut changes: Changes, debounce: Duratio
                     Err(e) => tracing::warn!("collecting released CIDRs and identities: {e}"),
                 }
             }
+        }
+    }
+}
+
+/// Posts the node's events to the Kubernetes API as they are recorded; one that cannot be
+/// posted is logged and left (the agent's own log keeps it).
+async fn post_events(cluster: Arc<sluice_kube::KubeCluster>, mut rx: tokio::sync::broadcast::Receiver<k8s_openapi::api::core::v1::Event>) {
+    loop {
+        match rx.recv().await {
+            Ok(event) => {
+                if let Err(e) = cluster.post_event(&event).await {
+                    tracing::warn!("posting an event to the Kubernetes API: {e}");
+                }
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => tracing::warn!(missed = n, "events recorded faster than posted"),
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Aborts the task when the agent stops.
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(task) = &self.0 {
+            task.abort();
         }
     }
 }

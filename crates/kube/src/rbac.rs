@@ -9,6 +9,8 @@ use std::collections::BTreeSet;
 pub const WRITES: &[(&str, &str, &[&str])] = &[
     // Joining reads the node's own Node (its pod CIDRs, its uid for the owner reference).
     ("", "nodes", &["get"]),
+    // The agent's events, posted about its Node.
+    ("", "events", &["create"]),
     // The NetworkUnavailable condition, once the agent is ready.
     ("", "nodes/status", &["patch"]),
     // Identity numbering (get, create; a 409 settles races), reuse and collection (patch:

@@ -1,7 +1,7 @@
 //! [`KubeCluster`]: what one node's agent writes to the Kubernetes API — its `SluiceNode`, its
 //! endpoints (slices or one object per pod), and cluster-wide identity numbers — and the
 //! collection of identities no endpoint uses any more. Every object a node writes is owned by
-//! its SluiceNode, and the SluiceNode by the Node: deleting the Node lets the API server's
+//! its SluiceNode, and the SluiceNode by the Node (its events are posted about the Node too): deleting the Node lets the API server's
 //! garbage collector take all of them, which withdraws the node's routes and endpoints on
 //! every other node.
 //!
@@ -9,6 +9,7 @@
 //! create conflicts (`409 AlreadyExists`) and resourceVersion preconditions.
 
 mod endpoints;
+mod events;
 mod identity;
 mod node;
 

@@ -252,3 +252,25 @@ async fn publishing_before_joining_is_refused() {
     let error = cluster.publish_endpoints(BTreeMap::new()).await.unwrap_err();
     assert!(error.to_string().contains("has not joined"), "{error}");
 }
+
+#[tokio::test]
+async fn events_are_posted_about_the_node_once() {
+    let mut fake = FakeApi::default();
+    fake.insert(("nodes".into(), None, "node-1".into()), node_object("node-1", &["198.19.1.0/24"]));
+    let (client, fake) = start(fake);
+    let cluster = KubeCluster::new(client, "node-1", None);
+    cluster.join(vec![], &[], Duration::ZERO).await.unwrap();
+    let event: k8s_openapi::api::core::v1::Event = serde_json::from_value(json!({
+        "metadata": {"name": "node-1.0000000000000001", "namespace": "default"},
+        "involvedObject": {"kind": "Node", "name": "node-1", "apiVersion": "v1"},
+        "reason": "HostRoutingEnabled", "message": "bpf host routing is on", "type": "Normal"
+    }))
+    .unwrap();
+    cluster.post_event(&event).await.unwrap();
+    cluster.post_event(&event).await.expect("an event already posted is not an error");
+    let f = lock(&fake);
+    let posted = f.of("events");
+    assert_eq!(posted.len(), 1);
+    assert_eq!(posted[0]["involvedObject"]["uid"], "node-uid-node-1", "listed with the Node");
+    assert_eq!(posted[0]["reason"], "HostRoutingEnabled");
+}
