@@ -194,11 +194,22 @@ async fn rounds(
                     sluice: opts.sluice.clone(),
                     log_dir: env.work_dir.clone(),
                 };
-                tokio::time::sleep(SETTLE).await;
-                let before = b.counters().await?;
-                let measurement = w.run(&run).await.map_err(|e| with_context(e, round, c, w))?;
-                let after = b.counters().await?;
-                let evidence = b.verify(w, &before, &after).map_err(|why| BenchError::Check(format!("round {round}, {w}: {why}")))?;
+                // A measurement whose counters do not show the configuration's path (too little
+                // traffic moved: the run stalled while the machine was busy) is taken once more;
+                // a second failure ends the benchmark.
+                let mut attempt = 0;
+                let (measurement, evidence) = loop {
+                    attempt += 1;
+                    tokio::time::sleep(SETTLE).await;
+                    let before = b.counters().await?;
+                    let measurement = w.run(&run).await.map_err(|e| with_context(e, round, c, w))?;
+                    let after = b.counters().await?;
+                    match b.verify(w, &before, &after) {
+                        Ok(evidence) => break (measurement, evidence),
+                        Err(why) if attempt == 1 => progress(&format!("round {round}/{}  {c:<13} {w:<12} measured again: {why}", opts.rounds)),
+                        Err(why) => return Err(BenchError::Check(format!("round {round}, {w}: {why} (twice)"))),
+                    }
+                };
                 let figures: Vec<String> =
                     measurement.iter().map(|(m, v)| format!("{} {} {}", m.label(), markdown_number(*m, *v), m.unit())).collect();
                 let moved: Vec<String> = evidence.deltas.iter().map(|(k, v)| format!("{k} +{v}")).collect();
