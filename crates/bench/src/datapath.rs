@@ -206,7 +206,9 @@ async fn rounds(
                     let after = b.counters().await?;
                     match b.verify(w, &before, &after) {
                         Ok(evidence) => break (measurement, evidence),
-                        Err(why) if attempt == 1 => progress(&format!("round {round}/{}  {c:<13} {w:<12} measured again: {why}", opts.rounds)),
+                        Err(why) if attempt == 1 => {
+                            progress(&format!("round {round}/{}  {c:<13} {w:<12} measured again: {why}", opts.rounds))
+                        }
                         Err(why) => return Err(BenchError::Check(format!("round {round}, {w}: {why} (twice)"))),
                     }
                 };
@@ -309,7 +311,7 @@ fn preflight(configurations: &[Configuration], workloads: &[Workload]) -> Result
     if workloads.iter().any(|w| matches!(w, Workload::TcpStream1 | Workload::TcpStream4 | Workload::TcpStreamCrossNode)) {
         tools.push(("iperf3", "iperf3"));
     }
-    if workloads.contains(&Workload::TcpRr) {
+    if workloads.iter().any(|w| matches!(w, Workload::TcpRr | Workload::TcpRrCrossNode)) {
         tools.push(("sockperf", "sockperf"));
     }
     if configurations.contains(&Configuration::Classic) {

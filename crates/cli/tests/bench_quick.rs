@@ -20,7 +20,9 @@ const WORKLOADS: [&str; 4] = ["tcp-stream-1", "tcp-stream-4", "tcp-rr", "tcp-crr
 const SERVICE_CONFIGURATIONS: [&str; 3] = ["sluice-bpf", "classic", "classic-nft"];
 const SERVICE_WORKLOAD: &str = "tcp-crr-svc-10";
 const CROSS_NODE_CONFIGURATIONS: [&str; 5] = ["limit", "sluice-bpf", "sluice-legacy", "classic", "classic-nft"];
-const CROSS_NODE_WORKLOAD: &str = "tcp-stream-xnode";
+/// The cross-node workloads and the metrics each reports.
+const CROSS_NODE_WORKLOADS: [(&str, &[&str]); 2] =
+    [("tcp-stream-xnode", &["throughput", "cpuMsPerGbit"]), ("tcp-rr-xnode", &["transactionsPerSecond", "latencyP50", "latencyP99"])];
 
 #[test]
 fn quick_datapath_benchmark_measures_every_configuration_and_writes_its_results() {
@@ -75,17 +77,19 @@ fn quick_datapath_benchmark_measures_every_configuration_and_writes_its_results(
             assert!(s["vsClassic"].as_f64().is_some(), "ratio against classic computed for {config} {SERVICE_WORKLOAD}: {s}");
         }
     }
-    for config in CROSS_NODE_CONFIGURATIONS {
-        let metrics: Vec<&str> = results
-            .iter()
-            .filter(|s| s["configuration"] == config && s["workload"] == CROSS_NODE_WORKLOAD)
-            .inspect(|s| assert!(s["median"].as_f64().expect("median") > 0.0, "{CROSS_NODE_WORKLOAD} in {config} is positive: {s}"))
-            .map(|s| s["metric"].as_str().unwrap())
-            .collect();
-        assert_eq!(metrics, ["throughput", "cpuMsPerGbit"], "{CROSS_NODE_WORKLOAD} gave throughput and CPU per gigabit in {config}");
+    for (workload, want) in CROSS_NODE_WORKLOADS {
+        for config in CROSS_NODE_CONFIGURATIONS {
+            let metrics: Vec<&str> = results
+                .iter()
+                .filter(|s| s["configuration"] == config && s["workload"] == workload)
+                .inspect(|s| assert!(s["median"].as_f64().expect("median") > 0.0, "{workload} in {config} is positive: {s}"))
+                .map(|s| s["metric"].as_str().unwrap())
+                .collect();
+            assert_eq!(metrics, want, "{workload} gave {want:?} in {config}");
+        }
+        let runs = results.iter().filter(|s| s["workload"] == workload).count();
+        assert_eq!(runs, CROSS_NODE_CONFIGURATIONS.len() * want.len(), "only configurations with a second node run {workload}");
     }
-    let cross_node_runs = results.iter().filter(|s| s["workload"] == CROSS_NODE_WORKLOAD).count();
-    assert_eq!(cross_node_runs, CROSS_NODE_CONFIGURATIONS.len() * 2, "only configurations with a second node run {CROSS_NODE_WORKLOAD}");
     for workload in ["tcp-stream-1", "tcp-stream-4"] {
         let with_cpu = results.iter().filter(|s| s["workload"] == workload && s["metric"] == "cpuMsPerGbit").count();
         assert_eq!(with_cpu, CONFIGURATIONS.len(), "{workload} reports CPU per gigabit in every configuration");
@@ -102,7 +106,9 @@ fn quick_datapath_benchmark_measures_every_configuration_and_writes_its_results(
     let checks = json["checks"].as_array().expect("checks");
     assert_eq!(
         checks.len(),
-        CONFIGURATIONS.len() * WORKLOADS.len() + SERVICE_CONFIGURATIONS.len() + CROSS_NODE_CONFIGURATIONS.len(),
+        CONFIGURATIONS.len() * WORKLOADS.len()
+            + SERVICE_CONFIGURATIONS.len()
+            + CROSS_NODE_CONFIGURATIONS.len() * CROSS_NODE_WORKLOADS.len(),
         "one passed check per run: {checks:?}"
     );
     let targets = json["targets"].as_array().expect("targets");

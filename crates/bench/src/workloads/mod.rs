@@ -23,6 +23,8 @@ pub enum Workload {
     /// TCP_STREAM, 1 stream, from a pod on node0 to a pod on node1.
     TcpStreamCrossNode,
     TcpRr,
+    /// TCP_RR from a pod on node0 to a pod on node1.
+    TcpRrCrossNode,
     TcpCrr,
     /// TCP_CRR to the ClusterIP of one of this many services.
     TcpCrrService(usize),
@@ -70,7 +72,8 @@ pub const MESSAGE_BYTES: usize = 64;
 
 impl Workload {
     /// The pod-to-pod workloads.
-    pub const ALL: [Self; 5] = [Self::TcpStream1, Self::TcpStream4, Self::TcpStreamCrossNode, Self::TcpRr, Self::TcpCrr];
+    pub const ALL: [Self; 6] =
+        [Self::TcpStream1, Self::TcpStream4, Self::TcpStreamCrossNode, Self::TcpRr, Self::TcpRrCrossNode, Self::TcpCrr];
 
     /// `--only` name of TCP_CRR to a ClusterIP, run once per service count (`--services`).
     pub const SERVICE_FAMILY: &'static str = "tcp-crr-svc";
@@ -81,6 +84,7 @@ impl Workload {
             Self::TcpStream4 => "tcp-stream-4".into(),
             Self::TcpStreamCrossNode => "tcp-stream-xnode".into(),
             Self::TcpRr => "tcp-rr".into(),
+            Self::TcpRrCrossNode => "tcp-rr-xnode".into(),
             Self::TcpCrr => "tcp-crr".into(),
             Self::TcpCrrService(n) => format!("{}-{n}", Self::SERVICE_FAMILY),
         }
@@ -104,7 +108,7 @@ impl Workload {
 
     /// Whether the server is on the other node.
     pub fn cross_node(self) -> bool {
-        self == Self::TcpStreamCrossNode
+        matches!(self, Self::TcpStreamCrossNode | Self::TcpRrCrossNode)
     }
 
     /// The name people in the field use.
@@ -114,6 +118,7 @@ impl Workload {
             Self::TcpStream4 => "TCP_STREAM, 4 streams".into(),
             Self::TcpStreamCrossNode => "TCP_STREAM across nodes, 1 stream".into(),
             Self::TcpRr => "TCP_RR".into(),
+            Self::TcpRrCrossNode => "TCP_RR across nodes".into(),
             Self::TcpCrr => "TCP_CRR".into(),
             Self::TcpCrrService(n) => format!("TCP_CRR to a ClusterIP, {} services", crate::report::thousands(n as u64)),
         }
@@ -126,6 +131,9 @@ impl Workload {
             Self::TcpStream4 => "iperf3 -c SERVER -P 4 -O 1 -J (first second omitted)".into(),
             Self::TcpStreamCrossNode => "iperf3 -c SERVER -P 1 -O 1 -J to a server pod on node1 (limit: its one pair, the same as tcp-stream-1)".into(),
             Self::TcpRr => format!("sockperf ping-pong --tcp -m {MESSAGE_BYTES} --full-rtt (one connection, one transaction in flight)"),
+            Self::TcpRrCrossNode => format!(
+                "sockperf ping-pong --tcp -m {MESSAGE_BYTES} --full-rtt to a server pod on node1 (limit: its one pair, the same as tcp-rr)"
+            ),
             Self::TcpCrr => format!(
                 "sluice bench crr-client: connect, {MESSAGE_BYTES}-byte request, {MESSAGE_BYTES}-byte response, close; one connection at a time"
             ),
@@ -140,7 +148,9 @@ impl Workload {
     pub fn metrics(self) -> &'static [Metric] {
         match self {
             Self::TcpStream1 | Self::TcpStream4 | Self::TcpStreamCrossNode => &[Metric::Throughput, Metric::CpuPerGbit],
-            Self::TcpRr | Self::TcpCrr | Self::TcpCrrService(_) => &[Metric::TransactionsPerSecond, Metric::LatencyP50, Metric::LatencyP99],
+            Self::TcpRr | Self::TcpRrCrossNode | Self::TcpCrr | Self::TcpCrrService(_) => {
+                &[Metric::TransactionsPerSecond, Metric::LatencyP50, Metric::LatencyP99]
+            }
         }
     }
 
@@ -149,7 +159,7 @@ impl Workload {
         match self {
             Self::TcpStream1 | Self::TcpStreamCrossNode => iperf::stream(run, 1).await,
             Self::TcpStream4 => iperf::stream(run, 4).await,
-            Self::TcpRr => sockperf::ping_pong(run).await,
+            Self::TcpRr | Self::TcpRrCrossNode => sockperf::ping_pong(run).await,
             Self::TcpCrr => crr::measure(run).await,
             Self::TcpCrrService(_) => {
                 let service =
