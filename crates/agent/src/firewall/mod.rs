@@ -60,6 +60,15 @@ pub struct AuditContext {
     pub devices: Vec<String>,
 }
 
+/// Whether the calling thread's network namespace has any iptables-legacy table (IPv4 or
+/// IPv6), as the kernel lists them in `/proc/net/ip{,6}_tables_names` (what `iptables-legacy-save`
+/// reads too). A kernel without legacy iptables has neither file: none.
+pub fn legacy_tables_present() -> bool {
+    ["/proc/thread-self/net/ip_tables_names", "/proc/thread-self/net/ip6_tables_names"]
+        .iter()
+        .any(|path| std::fs::read_to_string(path).is_ok_and(|names| !names.trim().is_empty()))
+}
+
 /// Reads every available source (`only`: restrict to these commands) and classifies the rules.
 /// A tool that is not installed is skipped silently: that backend cannot hold rules.
 pub fn audit(ctx: &AuditContext, only: Option<&[&str]>) -> Audit {

@@ -2,7 +2,7 @@
 //! noticed within two seconds. nftables (and iptables-nft, which is nftables underneath) tell
 //! of every change on the nfnetlink NFNLGRP_NFTABLES multicast group (subscribed through the
 //! datapath crate, the only one that talks to the kernel); iptables-legacy tells
-//! nobody, so its tables are audited every second.
+//! nobody, so its tables are audited every second while the namespace has any.
 
 use std::time::Duration;
 
@@ -40,7 +40,12 @@ pub fn spawn_guard(ctx: super::AuditContext, events: std::sync::Arc<crate::event
                 }
             };
             // A notification means nftables changed: audit everything. Otherwise only the
-            // legacy tables, which nobody announces.
+            // legacy tables, which nobody announces — and only when there are any: with no
+            // legacy table in the namespace (none instantiated, the usual case on an nftables
+            // node) and none known, nothing can have changed, and no program is started.
+            if !changed && legacy_known.is_empty() && !super::legacy_tables_present() {
+                continue;
+            }
             let (now, scope): (BTreeMap<String, String>, &BTreeMap<String, String>) = if changed {
                 (bypassed(&super::audit(&ctx, None)), &known)
             } else {
