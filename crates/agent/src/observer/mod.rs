@@ -1,14 +1,17 @@
-//! The flow observer: reads datapath events from the ring buffer, decodes them, names their
-//! pods, keeps a bounded ring of recent flows and fans new ones out to followers. Memory is
-//! bounded everywhere: the kernel ring, the recent ring and each follower's queue; what does not
-//! fit is counted as lost and the client is told.
+//! The flow observer: reads datapath events from the ring buffer, keeps a bounded ring of the
+//! recent ones and fans new ones out to followers as flows (decoded, their pods named). Events
+//! are kept raw, with the pod names known when they arrived, and decoded only when someone
+//! asks: by a reader of the recent ring, or at once while a follower listens. A busy node pays
+//! a copy per event, not a decode with its allocations (TCP_CRR makes four events a
+//! connection). Memory is bounded everywhere: the kernel ring, the recent ring and each
+//! follower's queue; what does not fit is counted as lost and the client is told.
 
 pub mod decode;
 mod enrich;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use sluice_api::{Flow, FlowFilter};
 use tokio::sync::broadcast;
@@ -22,9 +25,9 @@ pub struct Observer {
     node: String,
     capacity: usize,
     clock_offset: i128,
-    recent: Mutex<VecDeque<Flow>>,
+    recent: Mutex<VecDeque<Raw>>,
     tx: broadcast::Sender<Flow>,
-    enrichment: RwLock<Enrichment>,
+    enrichment: RwLock<Arc<Enrichment>>,
     decoded: AtomicU64,
     undecodable: AtomicU64,
 }
@@ -41,7 +44,7 @@ impl Observer {
             clock_offset: clock_offset(),
             recent: Mutex::new(VecDeque::with_capacity(capacity.min(65536))),
             tx,
-            enrichment: RwLock::new(Enrichment::default()),
+            enrichment: RwLock::new(Arc::new(Enrichment::default())),
             decoded: AtomicU64::new(0),
             undecodable: AtomicU64::new(0),
         }
@@ -49,37 +52,52 @@ impl Observer {
 
     /// Replaces what the observer knows about local endpoints (after every change).
     pub fn set_enrichment(&self, enrichment: Enrichment) {
-        *self.enrichment.write().unwrap_or_else(|p| p.into_inner()) = enrichment;
+        *self.enrichment.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(enrichment);
     }
 
-    /// Takes one ring-buffer record.
+    /// Takes one ring-buffer record: kept raw; decoded now only for followers.
     pub fn ingest(&self, bytes: &[u8]) {
-        let flow = decode::read_event(bytes).and_then(|ev| decode::decode(&ev, &self.node, self.clock_offset));
-        let mut flow = match flow {
-            Ok(f) => f,
+        let event = match decode::read_event(bytes) {
+            Ok(ev) => ev,
             Err(e) => {
                 self.undecodable.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!("undecodable event: {e}");
                 return;
             }
         };
-        self.enrichment.read().unwrap_or_else(|p| p.into_inner()).apply(&mut flow);
+        let raw = Raw { event, enrichment: self.enrichment.read().unwrap_or_else(|p| p.into_inner()).clone() };
         self.decoded.fetch_add(1, Ordering::Relaxed);
+        let followed = self.tx.receiver_count() > 0;
+        let flow = followed.then(|| self.flow(&raw));
         {
             let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
             if recent.len() == self.capacity {
                 recent.pop_front();
             }
-            recent.push_back(flow.clone());
+            recent.push_back(raw);
         }
-        // No follower is not an error.
-        let _ = self.tx.send(flow);
+        match flow {
+            Some(Ok(flow)) => {
+                // A follower that just left is not an error.
+                let _ = self.tx.send(flow);
+            }
+            Some(Err(e)) => tracing::debug!("undecodable event: {e}"),
+            None => {}
+        }
     }
 
-    /// The last flows matching `filter` (all of the ring when `filter.last` is unset).
+    /// A raw event as a flow, its pods named as they were known when it arrived.
+    fn flow(&self, raw: &Raw) -> Result<Flow, decode::DecodeError> {
+        let mut flow = decode::decode(&raw.event, &self.node, self.clock_offset)?;
+        raw.enrichment.apply(&mut flow);
+        Ok(flow)
+    }
+
+    /// The last flows matching `filter` (all of the ring when `filter.last` is unset). Events
+    /// are decoded here, outside the ring's lock.
     pub fn recent(&self, filter: &FlowFilter) -> Vec<Flow> {
-        let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-        let mut out: Vec<Flow> = recent.iter().filter(|f| filter.matches(f)).cloned().collect();
+        let raws: Vec<Raw> = self.recent.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect();
+        let mut out: Vec<Flow> = raws.iter().filter_map(|raw| self.flow(raw).ok()).filter(|f| filter.matches(f)).collect();
         if let Some(n) = filter.last {
             let skip = out.len().saturating_sub(n);
             out.drain(..skip);
@@ -91,7 +109,7 @@ impl Observer {
         self.tx.subscribe()
     }
 
-    /// Events decoded since start.
+    /// Events taken from the ring since start (each decodes when read).
     pub fn decoded(&self) -> u64 {
         self.decoded.load(Ordering::Relaxed)
     }
@@ -104,6 +122,13 @@ impl Observer {
     pub fn held(&self) -> usize {
         self.recent.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
+}
+
+/// One event as the datapath wrote it, with the pod names known when it arrived.
+#[derive(Clone)]
+struct Raw {
+    event: sluice_abi::datapath_event,
+    enrichment: Arc<Enrichment>,
 }
 
 /// How often the ring is drained without a wake-up: the datapath wakes the agent for drops at
@@ -235,6 +260,22 @@ mod tests {
         assert_eq!(f.source.namespace.as_deref(), Some("demo"));
         assert_eq!(f.source.identity, Some(257));
         assert_eq!(f.destination.pod, None, "198.19.0.2 is not known here");
+    }
+
+    #[test]
+    fn a_flow_read_later_keeps_the_names_known_when_it_arrived() {
+        let obs = Observer::new("n", 10);
+        let mut e = Enrichment::default();
+        e.insert("198.19.0.5".parse().unwrap(), 3, "demo", "client", 257);
+        obs.set_enrichment(e);
+        obs.ingest(&record(5));
+        // The pod is gone (its names with it) before anyone reads the flow.
+        obs.set_enrichment(Enrichment::default());
+        obs.ingest(&record(6));
+        let flows = obs.recent(&FlowFilter::default());
+        assert_eq!(flows[0].source.pod.as_deref(), Some("client"), "decoded on read, named as on arrival");
+        assert_eq!(flows[1].source.pod, None);
+        assert_eq!(obs.decoded(), 2);
     }
 
     #[test]
