@@ -29,6 +29,18 @@ pub fn read_event(bytes: &[u8]) -> Result<datapath_event, DecodeError> {
 }
 
 /// A flow from an event; `time_unix_nanos` is the event's monotonic time plus `clock_offset`.
+/// Whether `ev` is of a type [`decode`] knows (the only way a read event fails to decode):
+/// checked when the observer takes an event, which it decodes only later.
+pub fn check_type(ev: &datapath_event) -> Result<(), DecodeError> {
+    use sluice_abi::sluice_event_type::{SLUICE_EVENT_DROP, SLUICE_EVENT_POLICY_AUDIT, SLUICE_EVENT_TRACE};
+    let known = [SLUICE_EVENT_DROP as u32, SLUICE_EVENT_TRACE as u32, SLUICE_EVENT_POLICY_AUDIT as u32];
+    if known.contains(&(ev.type_ as u32)) {
+        Ok(())
+    } else {
+        Err(DecodeError::UnknownType(ev.type_))
+    }
+}
+
 pub fn decode(ev: &datapath_event, node: &str, clock_offset: i128) -> Result<Flow, DecodeError> {
     let (verdict, event_type, drop_reason, forward) = match ev.type_ as u32 {
         t if t == sluice_abi::sluice_event_type::SLUICE_EVENT_DROP as u32 => {

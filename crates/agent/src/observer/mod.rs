@@ -57,7 +57,7 @@ impl Observer {
 
     /// Takes one ring-buffer record: kept raw; decoded now only for followers.
     pub fn ingest(&self, bytes: &[u8]) {
-        let event = match decode::read_event(bytes) {
+        let event = match decode::read_event(bytes).and_then(|ev| decode::check_type(&ev).map(|()| ev)) {
             Ok(ev) => ev,
             Err(e) => {
                 self.undecodable.fetch_add(1, Ordering::Relaxed);
