@@ -162,7 +162,8 @@ fn default_source() -> String {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AgentConfig {
-    /// This node's name (a DNS-1123 label); `sluice agent --node-name` overrides it.
+    /// This node's name (a DNS-1123 subdomain, as Kubernetes names nodes); `sluice agent
+    /// --node-name` overrides it.
     #[serde(default)]
     pub node_name: String,
     /// Directory of the agent's database.
@@ -440,7 +441,8 @@ impl AgentConfig {
         if self.node_name.is_empty() {
             return invalid("nodeName", "required (in the file, or sluice agent --node-name)".into());
         }
-        if let Err(e) = sluice_model::labels::validate_dns1123_label(&self.node_name) {
+        // Kubernetes' rule for Node names: clouds name nodes like `ip-10-0-0-1.ec2.internal`.
+        if let Err(e) = sluice_model::labels::validate_dns1123_subdomain(&self.node_name) {
             return invalid("nodeName", e);
         }
         let from_pools = self.state.source == "etcd" && !self.state.cluster_pool_cidrs.is_empty();
@@ -591,6 +593,8 @@ mod tests {
         let replaced = AgentConfig::parse_for_node(path, &format!("nodeName: old\n{text}"), Some("new")).unwrap();
         assert_eq!(replaced.node_name, "new");
         assert!(AgentConfig::parse_for_node(path, text, Some("Bad_Name")).is_err(), "the given name is validated too");
+        let cloud = AgentConfig::parse_for_node(path, text, Some("ip-10-0-0-1.ec2.internal")).unwrap();
+        assert_eq!(cloud.node_name, "ip-10-0-0-1.ec2.internal", "dotted node names, as clouds give them");
     }
 
     #[test]
