@@ -40,7 +40,7 @@ impl KubeCluster {
                             let api: Api<SluiceEndpointSlice> = Api::namespaced(self.client.clone(), &slice.namespace);
                             api.patch(&slice.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&object))
                                 .await
-                                .map_err(api_err(format!("writing SluiceEndpointSlice {}/{}", slice.namespace, slice.name)))?;
+                                .map_err(failed(format!("writing SluiceEndpointSlice {}/{}", slice.namespace, slice.name)))?;
                         }
                         SliceWrite::Delete { namespace, name } => {
                             let api: Api<SluiceEndpointSlice> = Api::namespaced(self.client.clone(), &namespace);
@@ -62,7 +62,7 @@ impl KubeCluster {
                     let api: Api<SluiceEndpoint> = Api::namespaced(self.client.clone(), &record.namespace);
                     api.patch(&record.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&object))
                         .await
-                        .map_err(api_err(format!("writing SluiceEndpoint {key}")))?;
+                        .map_err(failed(format!("writing SluiceEndpoint {key}")))?;
                     published.insert(key.clone(), record.clone());
                     count += 1;
                 }
@@ -83,7 +83,7 @@ impl KubeCluster {
     async fn node_slices(&self) -> Result<Vec<sluice_model::SluiceEndpointSlice>, KubeError> {
         let api: Api<SluiceEndpointSlice> = Api::all(self.client.clone());
         let params = ListParams::default().labels(&format!("{NODE_LABEL}={}", self.node));
-        let list = api.list(&params).await.map_err(api_err("listing the node's endpoint slices".into()))?;
+        let list = api.list(&params).await.map_err(failed("listing the node's endpoint slices"))?;
         list.items
             .iter()
             .map(|s| {
@@ -123,8 +123,4 @@ where
         Err(e) if status(&e) == Some(404) => Ok(()),
         Err(e) => Err(failed(action)(e)),
     }
-}
-
-fn api_err(action: String) -> impl FnOnce(kube::Error) -> KubeError {
-    failed(action)
 }

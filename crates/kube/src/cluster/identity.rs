@@ -52,7 +52,7 @@ impl KubeCluster {
         let mut id = identity_candidate(canonical);
         let mut probes = 0;
         while probes < PROBES {
-            match api.get_opt(&id.to_string()).await.map_err(api_err(&action))? {
+            match api.get_opt(&id.to_string()).await.map_err(failed(&action))? {
                 Some(existing) if existing.spec.labels == *labels => {
                     if existing.annotations().contains_key(UNUSED_SINCE) {
                         self.mark_used(&api, &existing).await?;
@@ -86,7 +86,7 @@ impl KubeCluster {
             Err(e) if matches!(status(&e), Some(404 | 409)) => {
                 Err(KubeError::Invalid { action: "reusing an identity".into(), what: "it changed while being reused; try again".into() })
             }
-            Err(e) => Err(api_err("clearing an identity's unused mark")(e)),
+            Err(e) => Err(failed("clearing an identity's unused mark")(e)),
         }
     }
 
@@ -94,7 +94,7 @@ impl KubeCluster {
     /// and unmarks those used again. Any node may run it. Returns the numbers deleted.
     pub async fn collect_identities(&self, in_use: &BTreeSet<u32>, grace: Duration) -> Result<Vec<u32>, KubeError> {
         let api: Api<SluiceIdentity> = Api::all(self.client.clone());
-        let all = api.list(&Default::default()).await.map_err(api_err("listing identities"))?;
+        let all = api.list(&Default::default()).await.map_err(failed("listing identities"))?;
         let now = chrono::Utc::now();
         let mut deleted = Vec::new();
         for identity in all.items {
@@ -110,7 +110,7 @@ impl KubeCluster {
                     api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
                         .await
                         .map(drop)
-                        .map_err(api_err("marking an identity unused"))
+                        .map_err(failed("marking an identity unused"))
                 }
                 (false, Some(since)) => {
                     let expired = chrono::DateTime::parse_from_rfc3339(&since)
@@ -126,7 +126,7 @@ impl KubeCluster {
                             deleted.push(id);
                             Ok(())
                         }
-                        Err(e) => Err(api_err("deleting an unused identity")(e)),
+                        Err(e) => Err(failed("deleting an unused identity")(e)),
                     }
                 }
             };
@@ -140,8 +140,4 @@ impl KubeCluster {
         }
         Ok(deleted)
     }
-}
-
-fn api_err(action: &str) -> impl FnOnce(kube::Error) -> KubeError + '_ {
-    move |source| KubeError::Api { action: action.to_owned(), source: Box::new(source) }
 }

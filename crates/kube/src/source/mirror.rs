@@ -126,53 +126,38 @@ pub fn compact_pod(pod: Pod) -> Pod {
     }
 }
 
-impl Mirror for Service {
-    const PLURAL: &'static str = "services";
+/// A kind the agent keeps as a compact view (`views.<field>`), put and removed through the
+/// store's own methods, which keep either form.
+macro_rules! view {
+    ($ty:ty, $plural:literal, $view:ty, $field:ident, $put:ident, $remove:ident) => {
+        impl Mirror for $ty {
+            const PLURAL: &'static str = $plural;
 
-    fn put(store: &mut Store, obj: Self, _node: &str) -> Result<bool, ConvertError> {
-        let key = Self::key(&obj);
-        let view = ServiceView::of(&obj);
-        let same = store.views.as_ref().and_then(|v| v.services.get(&key)).is_some_and(|old| **old == view);
-        if !same {
-            store.put_service(key, obj);
+            fn put(store: &mut Store, obj: Self, _node: &str) -> Result<bool, ConvertError> {
+                let key = Self::key(&obj);
+                let view = <$view>::of(&obj);
+                let same = store.views.as_ref().and_then(|v| v.$field.get(&key)).is_some_and(|old| **old == view);
+                if !same {
+                    store.$put(key, obj);
+                }
+                Ok(!same)
+            }
+
+            fn remove(store: &mut Store, key: &str) -> bool {
+                let had = store.views.as_ref().is_some_and(|v| v.$field.contains_key(key));
+                store.$remove(key);
+                had
+            }
+
+            fn keys(store: &Store) -> Vec<String> {
+                store.views.as_ref().map(|v| v.$field.keys().cloned().collect()).unwrap_or_default()
+            }
         }
-        Ok(!same)
-    }
-
-    fn remove(store: &mut Store, key: &str) -> bool {
-        let had = store.views.as_ref().is_some_and(|v| v.services.contains_key(key));
-        store.remove_service(key);
-        had
-    }
-
-    fn keys(store: &Store) -> Vec<String> {
-        store.views.as_ref().map(|v| v.services.keys().cloned().collect()).unwrap_or_default()
-    }
+    };
 }
 
-impl Mirror for EndpointSlice {
-    const PLURAL: &'static str = "endpointslices";
-
-    fn put(store: &mut Store, obj: Self, _node: &str) -> Result<bool, ConvertError> {
-        let key = Self::key(&obj);
-        let view = SliceView::of(&obj);
-        let same = store.views.as_ref().and_then(|v| v.endpoint_slices.get(&key)).is_some_and(|old| **old == view);
-        if !same {
-            store.put_endpoint_slice(key, obj);
-        }
-        Ok(!same)
-    }
-
-    fn remove(store: &mut Store, key: &str) -> bool {
-        let had = store.views.as_ref().is_some_and(|v| v.endpoint_slices.contains_key(key));
-        store.remove_endpoint_slice(key);
-        had
-    }
-
-    fn keys(store: &Store) -> Vec<String> {
-        store.views.as_ref().map(|v| v.endpoint_slices.keys().cloned().collect()).unwrap_or_default()
-    }
-}
+view!(Service, "services", ServiceView, services, put_service, remove_service);
+view!(EndpointSlice, "endpointslices", SliceView, endpoint_slices, put_endpoint_slice, remove_endpoint_slice);
 
 macro_rules! record {
     ($ty:ty, $plural:literal, $field:ident) => {
