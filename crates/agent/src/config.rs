@@ -420,7 +420,7 @@ impl AgentConfig {
     /// [`AgentConfig::parse`] with `nodeName` replaced by `node_name` when given.
     pub fn parse_for_node(path: &Path, text: &str, node_name: Option<&str>) -> Result<Self, ConfigError> {
         let de = serde_yaml_ng::Deserializer::from_str(text);
-        let config: AgentConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+        let mut config: AgentConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let field = e.path().to_string();
             ConfigError::Parse {
                 path: path.into(),
@@ -428,7 +428,6 @@ impl AgentConfig {
                 message: e.into_inner().to_string(),
             }
         })?;
-        let mut config = config;
         if let Some(name) = node_name {
             config.node_name = name.to_owned();
         }

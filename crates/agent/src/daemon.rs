@@ -202,7 +202,6 @@ pub async fn run(mut config: AgentConfig) -> Result<(), AgentError> {
     ));
     let debounce = Duration::from_millis(config.state.endpoints_debounce_millis);
     let cluster_loop = cluster.is_some().then(|| tokio::spawn(cluster_loop(agent.clone(), changes, debounce)));
-    let _event_poster = AbortOnDrop(event_poster);
     let metrics_server = match config.metrics_address {
         Some(addr) => Some(crate::api::serve_metrics(addr, agent.clone()).await?),
         None => None,
@@ -214,6 +213,9 @@ pub async fn run(mut config: AgentConfig) -> Result<(), AgentError> {
         task.abort();
     }
     if let Some(task) = reader {
+        task.abort();
+    }
+    if let Some(task) = event_poster {
         task.abort();
     }
     if let Some(task) = metrics_server {
@@ -296,17 +298,6 @@ async fn post_events(cluster: Arc<sluice_kube::KubeCluster>, mut rx: tokio::sync
             }
             Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => tracing::warn!(missed = n, "events recorded faster than posted"),
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-        }
-    }
-}
-
-/// Aborts the task when the agent stops.
-struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        if let Some(task) = &self.0 {
-            task.abort();
         }
     }
 }
