@@ -419,7 +419,8 @@ struct policy_key {
 
 struct policy_entry {
 	__u8 verdict; /* SLUICE_POLICY_ALLOW / _AUDIT / _DENY */
-	__u8 pad[3];
+	__u8 pad;
+	__be16 proxy_port; /* an allow whose rules all carry layer-7 rules: the node proxy's port */
 	__u32 rule;   /* cookie naming the policy rules behind the entry (agent's table) */
 };
 
@@ -450,11 +451,25 @@ struct policy_endpoint {
 #define SLUICE_PCT_F_ORIGIN_INGRESS (1 << 1)
 #define SLUICE_PCT_F_CLOSING (1 << 2)
 #define SLUICE_PCT_F_SEEN_REPLY (1 << 3)
+/* Written by the node's proxy for each upstream connection it opens from a local pod's address
+ * (oriented from that pod): packets of the tuple towards the pod belong to the proxy. */
+#define SLUICE_PCT_F_PROXY (1 << 4)
 
 struct policy_ct_entry {
 	__u64 last_seen_ns;
 	__u8 flags; /* SLUICE_PCT_F_* */
 	__u8 pad[7];
 };
+
+/*
+ * The layer-7 proxy. A connection that policy redirects gets its packets marked TO_PROXY and
+ * assigned to the proxy's listener (127.0.0.1 / ::1 at the port in the policy entry); the
+ * node's policy routing delivers packets with that mark locally, whatever their destination.
+ * The proxy marks its upstream sockets FROM_PROXY: the datapath lets such packets past the
+ * policy redirect that sent their client to the proxy.
+ */
+#define SLUICE_MARK_MASK 0x0000ff00
+#define SLUICE_MARK_TO_PROXY 0x00005100
+#define SLUICE_MARK_FROM_PROXY 0x00005200
 
 #endif /* SLUICE_ABI_H */

@@ -37,6 +37,7 @@ mod entries;
 pub mod eval;
 pub mod ir;
 pub mod k8s;
+pub mod l7;
 pub mod output;
 pub mod ports;
 pub mod select;

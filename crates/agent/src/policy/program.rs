@@ -177,7 +177,7 @@ impl PolicyProgrammer {
             for (dir, entries) in [(dir, &table.entries), (dir | by_address, &table.by_address)] {
                 for (k, e) in entries {
                     let key = entry_key(id, dir, revision, k);
-                    let value = policy_entry { verdict: verdict_value(e.verdict), pad: [0; 3], rule: self.cookie(&e.rules) };
+                    let value = policy_entry { verdict: verdict_value(e.verdict), pad: 0, proxy_port: 0, rule: self.cookie(&e.rules) };
                     out.insert(key_bytes(&key), (key, value));
                 }
             }
