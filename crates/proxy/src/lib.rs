@@ -1,0 +1,1 @@
+//! The node's layer-7 proxy (work in progress).
