@@ -129,7 +129,7 @@ fn endpoints(dp: &mut BpfDatapath) -> Result<(), BenchError> {
             port: port.to_be(),
             pad2: [0; 2],
         };
-        dp.upsert_policy_entry(&key, &policy_entry { verdict: sluice_abi::SLUICE_POLICY_ALLOW as u8, pad: [0; 3], rule: 1 })?;
+        dp.upsert_policy_entry(&key, &policy_entry { verdict: sluice_abi::SLUICE_POLICY_ALLOW as u8, pad: 0, proxy_port: 0, rule: 1 })?;
     }
     Ok(())
 }

@@ -168,7 +168,7 @@ fn entry(lab: &mut Lab, ep: u32, dir: u8, identity: u32, proto: Option<u8>, port
         port: port.to_be(),
         pad2: [0; 2],
     };
-    lab.dp.upsert_policy_entry(&key, &policy_entry { verdict, pad: [0; 3], rule }).expect("policy entry");
+    lab.dp.upsert_policy_entry(&key, &policy_entry { verdict, pad: 0, proxy_port: 0, rule }).expect("policy entry");
 }
 
 /// The aligned prefixes covering first..=last: (start, bits).
@@ -444,7 +444,7 @@ fn the_entries_of_the_current_revision_are_the_ones_read() {
         port: 80u16.to_be(),
         pad2: [0; 2],
     };
-    lab.dp.upsert_policy_entry(&key, &policy_entry { verdict: ALLOW, pad: [0; 3], rule: 1 }).unwrap();
+    lab.dp.upsert_policy_entry(&key, &policy_entry { verdict: ALLOW, pad: 0, proxy_port: 0, rule: 1 }).unwrap();
     let syn = tcp(A_MAC, A4.into(), B4.into(), 45000, 80, SYN);
     assert_eq!(from_pod(&lab, &syn).verdict, TC_ACT_SHOT, "revision 1 is not visible yet");
     lab.dp.upsert_policy_endpoint(B_EP, &policy_endpoint { ingress_mode: ENFORCE, egress_mode: NONE, revision: 1, flags: 0 }).unwrap();

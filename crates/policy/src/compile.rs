@@ -12,7 +12,8 @@ use ipnet::IpNet;
 use sluice_model::LabelSet;
 
 use crate::entries::{self, Atom, Class};
-use crate::ir::{Action, Entity, Peer, Policy, PortMatch, Rule, Selector};
+use crate::ir::{Action, Entity, HttpRule, Peer, Policy, PortMatch, Rule, Selector};
+use crate::l7::L7Grant;
 use crate::output::{
     ClusterView, Compiled, DirectionTable, EndpointPolicy, EntryKey, Mode, RuleRef, IDENTITY_ANY, IDENTITY_HOST, IDENTITY_REMOTE_NODE,
     IDENTITY_WORLD,
@@ -56,7 +57,8 @@ pub fn compile(policies: &[Policy], view: &ClusterView) -> Compiled {
         view.cidr_identities.iter().map(|(cidr, id)| (cidr.trunc(), *id)).filter(|(cidr, _)| blocks.contains(cidr)).collect();
     let mut index = Index::new(view, &ipblocks);
     let mut refs = Vec::new();
-    let resolved: Vec<Resolved> = policies.iter().map(|p| Resolved::new(p, &mut index, &mut refs)).collect();
+    let mut http = Vec::new();
+    let resolved: Vec<Resolved> = policies.iter().map(|p| Resolved::new(p, &mut index, &mut refs, &mut http)).collect();
     // Per label class, the policies selecting it.
     let mut selecting: Vec<Vec<usize>> = vec![Vec::new(); index.classes.len()];
     for (i, r) in resolved.iter().enumerate() {
@@ -64,7 +66,7 @@ pub fn compile(policies: &[Policy], view: &ClusterView) -> Compiled {
             selecting[*class].push(i);
         }
     }
-    let ctx = Ctx { policies, resolved: &resolved, refs: &refs };
+    let ctx = Ctx { policies, resolved: &resolved, refs: &refs, http: &http };
     // Local endpoints that share tables: same labels (egress), and the same named ports
     // too when a selecting policy names an ingress port.
     let mut ingress_groups: HashMap<(usize, Option<&NamedPorts>), Vec<usize>> = HashMap::new();
@@ -264,7 +266,8 @@ struct NamedIngress {
 }
 
 impl Resolved {
-    fn new<'a>(policy: &'a Policy, index: &mut Index<'a>, refs: &mut Vec<RuleRef>) -> Self {
+    /// `http` grows with `refs`: each rule's layer-7 rules.
+    fn new<'a>(policy: &'a Policy, index: &mut Index<'a>, refs: &mut Vec<RuleRef>, http: &mut Vec<Option<&'a [HttpRule]>>) -> Self {
         let subject = index.select(&policy.subject).classes.clone();
         let mut direction = |rules: &'a Option<crate::ir::DirectionRules>, ingress: bool| {
             rules.as_ref().map(|d| {
@@ -272,6 +275,7 @@ impl Resolved {
                     ResolvedDirection { default_deny: d.default_deny, atoms: Vec::new(), by_address: Vec::new(), named: Vec::new() };
                 for (i, rule) in d.rules.iter().enumerate() {
                     refs.push(RuleRef { policy: policy.id.clone(), ingress, index: i });
+                    http.push(rule.http.as_deref());
                     resolve_rule(rule, policy.audit, ingress, refs.len() - 1, index, &mut out);
                 }
                 out
@@ -307,7 +311,9 @@ fn resolve_rule<'a>(rule: &'a Rule, audit: bool, ingress: bool, rule_ref: usize,
     // Entries by address are allows only: the datapath asks them when the lookups by identity
     // miss, which gives the union of the allows but would let a deny there lose to an allow.
     let blocks = if class == Class::Allow { peers.blocks } else { BTreeSet::new() };
-    let atom = |identity, (proto, port, port_prefix)| Atom { key: EntryKey { identity, proto, port, port_prefix }, class, rule: rule_ref };
+    let layer7 = rule.http.is_some();
+    let atom =
+        |identity, (proto, port, port_prefix)| Atom { key: EntryKey { identity, proto, port, port_prefix }, class, rule: rule_ref, layer7 };
     if rule.ports.is_empty() {
         out.atoms.extend(peers.identities.iter().map(|id| atom(*id, (None, 0, 0))));
         out.by_address.extend(blocks.iter().map(|id| atom(*id, (None, 0, 0))));
@@ -351,6 +357,8 @@ struct Ctx<'a> {
     policies: &'a [Policy],
     resolved: &'a [Resolved],
     refs: &'a [RuleRef],
+    /// Parallel to `refs`: each rule's layer-7 rules.
+    http: &'a [Option<&'a [HttpRule]>],
 }
 
 impl Ctx<'_> {
@@ -393,6 +401,7 @@ impl Ctx<'_> {
                     key: EntryKey { identity: *id, proto: Some(*proto), port: *number, port_prefix: 16 },
                     class: named.class,
                     rule: named.rule,
+                    layer7: false,
                 };
                 atoms.extend(named.identities.iter().map(atom).filter(|a| keep(a)));
                 by_address.extend(named.blocks.iter().map(atom).filter(|a| keep(a)));
@@ -400,9 +409,26 @@ impl Ctx<'_> {
         }
         DirectionTable {
             mode,
+            layer7: self.grants(&atoms),
             entries: entries::build(&atoms, mode, self.refs),
             by_address: entries::build(&by_address, mode, self.refs),
             policies: dirs.iter().map(|(i, _)| self.policies[*i].id.clone()).collect(),
         }
+    }
+
+    /// The proxy's grants: one per layer-7 allow atom (a single TCP port, by validation).
+    fn grants(&self, atoms: &[Atom]) -> Vec<L7Grant> {
+        let mut grants: Vec<L7Grant> = atoms
+            .iter()
+            .filter(|a| a.layer7 && a.class == Class::Allow && a.key.port_prefix == 16)
+            .filter_map(|a| {
+                let http = self.http.get(a.rule).copied().flatten()?;
+                let policy = self.refs.get(a.rule)?.policy.to_string();
+                Some(L7Grant { identity: a.key.identity, port: a.key.port, http: http.to_vec(), policy })
+            })
+            .collect();
+        grants.sort_by(|a, b| (a.identity, a.port, &a.policy).cmp(&(b.identity, b.port, &b.policy)));
+        grants.dedup();
+        grants
     }
 }

@@ -25,12 +25,16 @@ pub(crate) struct Atom {
     pub class: Class,
     /// Index into the compilation's rule references.
     pub rule: usize,
+    /// An allow of a rule with layer-7 rules: it allows through the proxy.
+    pub layer7: bool,
 }
 
 /// What the atoms of one exact key say.
 #[derive(Default)]
 struct Said {
     allow: bool,
+    /// Allowed by a rule without layer-7 rules.
+    allow_plain: bool,
     audit_deny: bool,
     deny: bool,
     /// Each rule with what it says, so an entry can name the rules behind its verdict.
@@ -77,7 +81,10 @@ pub(crate) fn build(atoms: &[Atom], mode: Mode, refs: &[RuleRef]) -> BTreeMap<En
     for atom in atoms {
         let s = said.entry(pack(atom.key)).or_default();
         match atom.class {
-            Class::Allow => s.allow = true,
+            Class::Allow => {
+                s.allow = true;
+                s.allow_plain |= !atom.layer7;
+            }
             Class::AuditDeny => s.audit_deny = true,
             Class::Deny => s.deny = true,
         }
@@ -95,11 +102,12 @@ pub(crate) fn build(atoms: &[Atom], mode: Mode, refs: &[RuleRef]) -> BTreeMap<En
     let mut entries = BTreeMap::new();
     let mut rules: Vec<(Class, usize)> = Vec::new();
     for key in keys {
-        let (mut allow, mut audit_deny, mut deny) = (false, false, false);
+        let (mut allow, mut allow_plain, mut audit_deny, mut deny) = (false, false, false, false);
         rules.clear();
         for covering in covering_keys(key, lengths) {
             if let Some(s) = said.get(&pack(covering)) {
                 allow |= s.allow;
+                allow_plain |= s.allow_plain;
                 audit_deny |= s.audit_deny;
                 deny |= s.deny;
                 rules.extend(&s.rules);
@@ -125,7 +133,10 @@ pub(crate) fn build(atoms: &[Atom], mode: Mode, refs: &[RuleRef]) -> BTreeMap<En
         named.sort_unstable();
         named.dedup();
         let rules = named.iter().filter_map(|i| refs.get(*i).cloned()).collect();
-        entries.insert(key, Entry { verdict, rules });
+        // Through the proxy when every allow behind the verdict has layer-7 rules: one without
+        // allows all of the traffic, as in Cilium.
+        let proxy = verdict != Verdict::Deny && allow && !allow_plain;
+        entries.insert(key, Entry { verdict, rules, proxy });
     }
     entries
 }
@@ -203,8 +214,8 @@ mod tests {
     #[test]
     fn wider_deny_covers_narrower_allow() {
         let atoms = [
-            Atom { key: key(7, Some(6), 80, 16), class: Class::Allow, rule: 0 },
-            Atom { key: key(7, Some(6), 0, 0), class: Class::Deny, rule: 1 },
+            Atom { key: key(7, Some(6), 80, 16), class: Class::Allow, rule: 0, layer7: false },
+            Atom { key: key(7, Some(6), 0, 0), class: Class::Deny, rule: 1, layer7: false },
         ];
         let entries = build(&atoms, Mode::Enforce, &[]);
         assert_eq!(entries.len(), 2, "both keys kept");
@@ -222,9 +233,9 @@ mod tests {
             })
             .collect();
         let atoms = [
-            Atom { key: key(IDENTITY_ANY, None, 0, 0), class: Class::Allow, rule: 0 },
-            Atom { key: key(7, None, 0, 0), class: Class::Deny, rule: 1 },
-            Atom { key: key(8, None, 0, 0), class: Class::AuditDeny, rule: 2 },
+            Atom { key: key(IDENTITY_ANY, None, 0, 0), class: Class::Allow, rule: 0, layer7: false },
+            Atom { key: key(7, None, 0, 0), class: Class::Deny, rule: 1, layer7: false },
+            Atom { key: key(8, None, 0, 0), class: Class::AuditDeny, rule: 2, layer7: false },
         ];
         let entries = build(&atoms, Mode::Enforce, &refs);
         let named = |identity| {
@@ -238,7 +249,7 @@ mod tests {
 
     #[test]
     fn audit_deny_alone_opens_nothing_under_enforce() {
-        let atoms = [Atom { key: key(7, Some(6), 80, 16), class: Class::AuditDeny, rule: 0 }];
+        let atoms = [Atom { key: key(7, Some(6), 80, 16), class: Class::AuditDeny, rule: 0, layer7: false }];
         assert!(build(&atoms, Mode::Enforce, &[]).is_empty(), "no entry under Enforce");
         let audit = build(&atoms, Mode::Audit, &[]);
         assert_eq!(audit.len(), 1, "an entry under Audit");
@@ -288,7 +299,7 @@ mod tests {
                         }
                     };
                     let class = [Class::Allow, Class::Allow, Class::AuditDeny, Class::Deny][next(4) as usize];
-                    Atom { key, class, rule: rule as usize }
+                    Atom { key, class, rule: rule as usize, layer7: false }
                 })
                 .collect();
             for mode in [Mode::Enforce, Mode::Audit, Mode::DefaultAllow] {

@@ -54,6 +54,14 @@ pub fn lookup(table: &DirectionTable, peer: PeerIds, proto: u8, port: u16) -> (V
     (verdict, matched)
 }
 
+/// The entry whose verdict a lookup took, as the datapath picks it: the first of the strongest
+/// (the peer identity's before IDENTITY_ANY's). Its `proxy` says whether the traffic goes
+/// through the node's layer-7 proxy.
+pub fn deciding(matched: &[Matched]) -> Option<&Matched> {
+    let strongest = matched.iter().map(|m| m.entry.verdict).max()?;
+    matched.iter().find(|m| m.entry.verdict == strongest)
+}
+
 fn longest_match(entries: &BTreeMap<EntryKey, Entry>, identity: u32, proto: u8, port: u16) -> Option<(EntryKey, Entry)> {
     let specific = (0..=16u8).rev().map(|len| EntryKey { identity, proto: Some(proto), port: mask(port, len), port_prefix: len });
     let any_proto = EntryKey { identity, proto: None, port: 0, port_prefix: 0 };

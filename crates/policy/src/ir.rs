@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+pub use crate::l7::{HeaderMatch, HttpRule};
+
 /// Which policy object a rule came from, for `policy trace` and flows.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct PolicyRef {
@@ -130,6 +132,10 @@ pub struct Rule {
     pub peers: Option<Vec<Peer>>,
     /// Empty: every protocol and port.
     pub ports: Vec<PortMatch>,
+    /// Layer-7 rules (allow rules only): of the traffic on `ports`, only the HTTP requests
+    /// these describe are allowed, by the node's proxy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<Vec<HttpRule>>,
 }
 
 /// The rules of one direction of a policy.

@@ -59,7 +59,7 @@ fn lower_rule(peers: Option<&[NetworkPolicyPeer]>, ports: Option<&[NetworkPolicy
     if ports.is_empty() && !given.is_empty() {
         return None;
     }
-    Some(Rule { action: Action::Allow, peers, ports })
+    Some(Rule { action: Action::Allow, peers, ports, http: None })
 }
 
 /// podSelector alone: pods of the policy's namespace; namespaceSelector alone: every pod of

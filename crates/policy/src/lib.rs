@@ -46,7 +46,7 @@ pub mod synthetic;
 pub mod trace;
 
 pub use compile::{compile, required_cidrs};
-pub use eval::{connection, identity_of, ip_block_of, lookup, peer_ids, Matched, PeerIds};
+pub use eval::{connection, deciding, identity_of, ip_block_of, lookup, peer_ids, Matched, PeerIds};
 pub use ir::*;
 pub use k8s::lower_network_policy;
 pub use output::*;

@@ -95,6 +95,9 @@ pub struct EntryKey {
 pub struct Entry {
     pub verdict: Verdict,
     pub rules: Vec<RuleRef>,
+    /// Allowed only through the node's layer-7 proxy: every allowing rule has layer-7 rules.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub proxy: bool,
 }
 
 /// A rule of a policy: `ingress`/`egress` rule `index` of policy `policy`.
@@ -118,6 +121,9 @@ pub struct DirectionTable {
     pub by_address: BTreeMap<EntryKey, Entry>,
     /// The policies selecting the endpoint in this direction.
     pub policies: Vec<PolicyRef>,
+    /// The HTTP requests allowed on the entries with `proxy`, for the proxy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layer7: Vec<crate::l7::L7Grant>,
 }
 
 /// The compiled policy of one local endpoint.

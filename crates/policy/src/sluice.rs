@@ -26,7 +26,10 @@ use sluice_model::labels::{NAMESPACE_LABEL, NAMESPACE_LABELS_PREFIX};
 use sluice_model::policy::{self as model, EnforcementMode, IcmpFamily, PolicySpec, PortProtocolName, RuleView};
 use sluice_model::policy::{SluiceClusterwideNetworkPolicy, SluiceNetworkPolicy};
 
-use crate::ir::{Action, DirectionRules, Entity, Operator, Peer, Policy, PolicyRef, PortMatch, Protocol, Requirement, Rule, Selector};
+use crate::ir::{
+    Action, DirectionRules, Entity, HeaderMatch, HttpRule, Operator, Peer, Policy, PolicyRef, PortMatch, Protocol, Requirement, Rule,
+    Selector,
+};
 
 /// The source prefix of Kubernetes-derived identity labels.
 const K8S_PREFIX: &str = "k8s:";
@@ -123,9 +126,10 @@ impl Lowering<'_> {
         Ok(Some(DirectionRules { rules, default_deny: default_deny.unwrap_or(true) }))
     }
 
-    /// One rule; `None` for a rule with neither peers nor ports (`{}`), which, as in Cilium,
+    /// One rule, split in one per `toPorts` entry with layer-7 rules; none for a rule with
+    /// neither peers nor ports (`{}`), which, as in Cilium,
     /// only makes its direction selected (default deny) and allows or denies nothing itself.
-    fn rule(&self, at: &str, view: &RuleView<'_>, action: Action) -> Result<Option<Rule>, LowerError> {
+    fn rule(&self, at: &str, view: &RuleView<'_>, action: Action) -> Result<Vec<Rule>, LowerError> {
         let mut peers = Vec::new();
         let (field, selectors) = view.endpoints;
         for (i, selector) in selectors.into_iter().flatten().enumerate() {
@@ -154,18 +158,31 @@ impl Lowering<'_> {
                 .collect::<Result<_, _>>()?;
             peers.push(Peer::Cidr { cidr: self.cidr(&format!("{at}.cidr"), &set.cidr)?, except });
         }
-        let ports = self.ports(at, view)?;
-        match (view.has_no_peer_field(), ports.is_empty()) {
-            (true, true) => Ok(None),
-            (true, false) => Ok(Some(Rule { action, peers: None, ports })),
-            (false, _) => Ok(Some(Rule { action, peers: Some(peers), ports })),
+        let peers = if view.has_no_peer_field() { None } else { Some(peers) };
+        let (ports, layer7) = self.ports(at, view)?;
+        if peers.is_none() && ports.is_empty() && layer7.is_empty() {
+            return Ok(Vec::new());
         }
+        let mut rules = Vec::new();
+        // Ports with layer-7 rules are rules of their own; the rest keep the plain rule, which
+        // exists unless every port of the rule has layer-7 rules (without ports it would allow
+        // every port).
+        if !ports.is_empty() || layer7.is_empty() {
+            rules.push(Rule { action, peers: peers.clone(), ports, http: None });
+        }
+        for (ports, http) in layer7 {
+            rules.push(Rule { action, peers: peers.clone(), ports, http: Some(http) });
+        }
+        Ok(rules)
     }
 
-    /// Every `toPorts` port and every `icmps` type of a rule, in order.
-    fn ports(&self, at: &str, view: &RuleView<'_>) -> Result<Vec<PortMatch>, LowerError> {
+    /// The `toPorts` ports without layer-7 rules and every `icmps` type of a rule, in order;
+    /// then each `toPorts` entry with layer-7 rules, with its HTTP rules.
+    fn ports(&self, at: &str, view: &RuleView<'_>) -> Result<(Vec<PortMatch>, Vec<(Vec<PortMatch>, Vec<HttpRule>)>), LowerError> {
         let mut out = Vec::new();
+        let mut layer7 = Vec::new();
         for (i, rule) in view.to_ports.into_iter().flatten().enumerate() {
+            let mut ports = Vec::new();
             for (j, port) in rule.ports.iter().flatten().enumerate() {
                 let at = format!("{at}.toPorts[{i}].ports[{j}]");
                 let protocol = lower_protocol(port.protocol.unwrap_or_default());
@@ -185,7 +202,15 @@ impl Lowering<'_> {
                     Err(_) if text.starts_with(|c: char| c.is_ascii_lowercase()) => PortMatch::Named { protocol, name: text.to_owned() },
                     Err(_) => return Err(self.invalid(&format!("{at}.port"), text)),
                 };
-                out.push(matched);
+                ports.push(matched);
+            }
+            match rule.rules.as_ref().and_then(|r| r.http.as_deref()) {
+                Some(http) => {
+                    let at = format!("{at}.toPorts[{i}].rules.http");
+                    let http = http.iter().enumerate().map(|(j, r)| self.http_rule(&format!("{at}[{j}]"), r)).collect::<Result<_, _>>()?;
+                    layer7.push((ports, http));
+                }
+                None => out.extend(ports),
             }
         }
         for (i, rule) in view.icmps.into_iter().flatten().enumerate() {
@@ -196,7 +221,16 @@ impl Lowering<'_> {
                 out.push(PortMatch::Icmp { ipv6: field.family == Some(IcmpFamily::IPv6), icmp_type: Some(icmp_type) });
             }
         }
-        Ok(out)
+        Ok((out, layer7))
+    }
+
+    fn http_rule(&self, at: &str, rule: &model::HttpRule) -> Result<HttpRule, LowerError> {
+        let mut headers = Vec::new();
+        for (k, text) in rule.headers.iter().flatten().enumerate() {
+            let (name, value) = model::parse_header_match(text).map_err(|_| self.invalid(&format!("{at}.headers[{k}]"), text))?;
+            headers.push(HeaderMatch { name, value });
+        }
+        Ok(HttpRule { method: rule.method.clone(), path: rule.path.clone(), host: rule.host.clone(), headers })
     }
 
     /// A selector with its keys in identity label form: `k8s:` dropped from pod label keys,

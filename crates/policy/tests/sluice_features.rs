@@ -34,7 +34,7 @@ fn peers(keys: &[&str]) -> Option<Vec<Peer>> {
 }
 
 fn rule(action: Action, peers: Option<Vec<Peer>>, ports: Vec<PortMatch>) -> Rule {
-    Rule { action, peers, ports }
+    Rule { action, peers, ports, http: None }
 }
 
 fn tcp(first: u16, last: u16) -> PortMatch {

@@ -311,7 +311,7 @@ mod tests {
             };
             table.entries.insert(
                 EntryKey { identity: 300, proto: Some(6), port: *p, port_prefix: 16 },
-                Entry { verdict: Verdict::Allow, rules: vec![rule] },
+                Entry { verdict: Verdict::Allow, rules: vec![rule], proxy: false },
             );
         }
         let mut c = Compiled::default();

@@ -12,7 +12,9 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use super::path;
 use super::rules::{check_labels, invalid, FieldError, Rules};
 use crate::labels::{validate_iana_svc_name, validate_label_key, validate_label_value};
-use crate::policy::{CidrRule, PolicySpec, RuleView, SluiceClusterwideNetworkPolicy, SluiceNetworkPolicy};
+use crate::policy::{
+    CidrRule, EnforcementMode, PolicySpec, PortProtocolName, RuleView, SluiceClusterwideNetworkPolicy, SluiceNetworkPolicy,
+};
 
 /// The source prefix Cilium writes before Kubernetes-derived identity labels.
 pub const K8S_SOURCE_PREFIX: &str = "k8s:";
@@ -228,17 +230,76 @@ fn check_sluice_spec(spec: Option<&PolicySpec>) -> Result<(), FieldError> {
         return Err(FieldError::Missing("spec.endpointSelector".to_owned()));
     };
     check_selector("spec.endpointSelector", selector, Keys::Identity)?;
-    for (field, rules, _) in spec.ingress_lists() {
+    let audit = spec.enforcement_mode == Some(EnforcementMode::Audit);
+    for (field, rules, deny) in spec.ingress_lists() {
         for (i, rule) in rules.iter().enumerate() {
-            check_sluice_rule(&format!("spec.{field}[{i}]"), rule.view())?;
+            let at = format!("spec.{field}[{i}]");
+            check_sluice_rule(&at, rule.view())?;
+            check_layer7(&at, rule.view(), deny, audit)?;
         }
     }
-    for (field, rules, _) in spec.egress_lists() {
+    for (field, rules, deny) in spec.egress_lists() {
         for (i, rule) in rules.iter().enumerate() {
-            check_sluice_rule(&format!("spec.{field}[{i}]"), rule.view())?;
+            let at = format!("spec.{field}[{i}]");
+            check_sluice_rule(&at, rule.view())?;
+            check_layer7(&at, rule.view(), deny, audit)?;
         }
     }
     Ok(())
+}
+
+/// `toPorts[].rules`: only in allow rules of enforcing policies (the proxy answers what they
+/// do not allow; a deny or an audit has no request to answer), only on single TCP ports, and
+/// with expressions and header names the proxy can use.
+fn check_layer7(at: &str, rule: RuleView<'_>, deny: bool, audit: bool) -> Result<(), FieldError> {
+    for (i, port_rule) in rule.to_ports.into_iter().flatten().enumerate() {
+        let Some(l7) = &port_rule.rules else { continue };
+        let at = format!("{at}.toPorts[{i}]");
+        if deny {
+            return Err(reject(format!("{at}.rules"), "layer-7 rules are allowed only in allow rules (ingress, egress)"));
+        }
+        if audit {
+            return Err(reject(format!("{at}.rules"), "layer-7 rules are not supported with enforcementMode: audit"));
+        }
+        for (j, port) in port_rule.ports.iter().flatten().enumerate() {
+            let at = format!("{at}.ports[{j}]");
+            if port.protocol != Some(PortProtocolName::Tcp) {
+                return Err(reject(format!("{at}.protocol"), "must be TCP on a port with layer-7 rules"));
+            }
+            let number = port.port.as_deref().and_then(|p| p.parse::<u16>().ok()).unwrap_or(0);
+            if number == 0 {
+                return Err(reject(format!("{at}.port"), "must be a port number from 1 to 65535 on a port with layer-7 rules"));
+            }
+            if port.end_port.is_some() {
+                return Err(reject(format!("{at}.endPort"), "may not be specified on a port with layer-7 rules"));
+            }
+        }
+        let http = l7.http.as_deref().unwrap_or_default();
+        if http.is_empty() {
+            return Err(FieldError::Missing(format!("{at}.rules.http")));
+        }
+        for (j, request) in http.iter().enumerate() {
+            let at = format!("{at}.rules.http[{j}]");
+            for (field, value) in [("method", &request.method), ("path", &request.path), ("host", &request.host)] {
+                if let Some(value) = value {
+                    check_expression(&format!("{at}.{field}"), value)?;
+                }
+            }
+            for (k, header) in request.headers.iter().flatten().enumerate() {
+                crate::policy::parse_header_match(header).map_err(|reason| invalid(&format!("{at}.headers[{k}]"), header, reason))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A regular expression the proxy can compile, with a bound on its compiled size.
+fn check_expression(at: &str, value: &str) -> Result<(), FieldError> {
+    regex::RegexBuilder::new(value)
+        .size_limit(crate::policy::HTTP_REGEX_SIZE_LIMIT)
+        .build()
+        .map(|_| ())
+        .map_err(|e| invalid(at, value, format!("must be a valid regular expression: {}", e.to_string().lines().last().unwrap_or("invalid"))))
 }
 
 fn check_sluice_rule(at: &str, rule: RuleView<'_>) -> Result<(), FieldError> {

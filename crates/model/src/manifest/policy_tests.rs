@@ -409,6 +409,56 @@ fn bad_sluice_policies_name_the_field() {
             "spec.ingress[0].icmps[0].fields[0].family: unknown variant `IPv5`",
         ),
         (
+            "http rules in a deny rule",
+            egress_deny("{toPorts: [{ports: [{port: '80', protocol: TCP}], rules: {http: [{}]}}]}"),
+            "spec.egressDeny[1].toPorts[0].rules: layer-7 rules are allowed only in allow rules",
+        ),
+        (
+            "http rules in an audit policy",
+            snp("{endpointSelector: {}, enforcementMode: audit, ingress: [{toPorts: [{ports: [{port: '80', protocol: TCP}], rules: {http: [{}]}}]}]}"),
+            "spec.ingress[0].toPorts[0].rules: layer-7 rules are not supported with enforcementMode: audit",
+        ),
+        (
+            "http rules on protocol ANY",
+            ingress("{toPorts: [{ports: [{port: '80'}], rules: {http: [{}]}}]}"),
+            "spec.ingress[0].toPorts[0].ports[0].protocol: must be TCP on a port with layer-7 rules",
+        ),
+        (
+            "http rules on every port",
+            ingress("{toPorts: [{ports: [{port: '0', protocol: TCP}], rules: {http: [{}]}}]}"),
+            "spec.ingress[0].toPorts[0].ports[0].port: must be a port number from 1 to 65535",
+        ),
+        (
+            "http rules on a named port",
+            ingress("{toPorts: [{ports: [{port: http, protocol: TCP}], rules: {http: [{}]}}]}"),
+            "spec.ingress[0].toPorts[0].ports[0].port: must be a port number from 1 to 65535",
+        ),
+        (
+            "http rules on a range",
+            ingress("{toPorts: [{ports: [{port: '80', endPort: 90, protocol: TCP}], rules: {http: [{}]}}]}"),
+            "spec.ingress[0].toPorts[0].ports[0].endPort: may not be specified on a port with layer-7 rules",
+        ),
+        (
+            "empty rules",
+            ingress("{toPorts: [{ports: [{port: '80', protocol: TCP}], rules: {}}]}"),
+            "spec.ingress[0].toPorts[0].rules.http: required value is missing",
+        ),
+        (
+            "bad path expression",
+            ingress("{toPorts: [{ports: [{port: '80', protocol: TCP}], rules: {http: [{method: GET}, {path: '/a/(b'}]}}]}"),
+            "spec.ingress[0].toPorts[0].rules.http[1].path: \"/a/(b\" is invalid: must be a valid regular expression: error: unclosed group",
+        ),
+        (
+            "bad header",
+            ingress("{toPorts: [{ports: [{port: '80', protocol: TCP}], rules: {http: [{headers: ['X-Ok', 'bad name: 1']}]}}]}"),
+            "spec.ingress[0].toPorts[0].rules.http[0].headers[1]: \"bad name: 1\" is invalid: must be a header name",
+        ),
+        (
+            "unknown http field",
+            ingress("{toPorts: [{ports: [{port: '80', protocol: TCP}], rules: {http: [{verb: GET}]}}]}"),
+            "unknown field `verb`",
+        ),
+        (
             "wrong apiVersion",
             SCNP.replace("sluice.dev/v1", "cilium.io/v2"),
             "SluiceClusterwideNetworkPolicy must have apiVersion \"sluice.dev/v1\"",
@@ -425,6 +475,15 @@ fn expect_errors(cases: Vec<(&str, String, &str)>) {
         };
         assert!(message.contains(fragment), "{case}: expected {fragment:?} in {message:?}");
     }
+}
+
+#[test]
+fn http_rules_are_accepted() {
+    let text = SCNP.replace(
+        "egressDeny: [{toEntities: [world]}]",
+        "egress: [{toPorts: [{ports: [{port: '8080', protocol: TCP}], rules: {http: [{method: 'GET|HEAD', path: '/api/v[12]/.*', host: 'api\\.example\\.test', headers: ['X-Token', 'X-Env: prod']}]}}]}]",
+    );
+    assert!(parse(&text).is_ok(), "a full HTTP rule: {:?}", parse(&text).err());
 }
 
 #[test]

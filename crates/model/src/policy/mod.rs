@@ -140,6 +140,39 @@ pub struct CidrRule {
 pub struct PortRule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ports: Option<Vec<PortProtocol>>,
+    /// Layer-7 rules: only what they allow passes on these ports (the node's proxy answers
+    /// anything else with `403 Forbidden`). Allow rules of enforcing policies only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rules: Option<L7Rules>,
+}
+
+/// `toPorts[].rules`: the layer-7 protocol rules of a port.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct L7Rules {
+    /// HTTP requests allowed; a request matching any entry passes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<Vec<HttpRule>>,
+}
+
+/// One allowed HTTP request shape; every field present must match.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpRule {
+    /// Regular expression over the method, matched whole (`GET|HEAD`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// Regular expression over the path without its query, matched whole (`/api/.*`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Regular expression over the requested host without its port, matched whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Headers the request must carry: `Name` (present) or `Name: value` (with that value).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<Vec<String>>,
 }
 
 /// A port, a port range or a named port, of one protocol.
@@ -276,6 +309,27 @@ impl PolicySpec {
             ("egressDeny", self.egress_deny.as_deref().unwrap_or_default(), true),
         ]
     }
+}
+
+/// The compiled-size bound of a regular expression in an HTTP rule, checked when a policy is
+/// applied and again by the proxy.
+pub const HTTP_REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+/// `Name` or `Name: value` of an HTTP rule's `headers`: the name (an HTTP token) and the value,
+/// if any, with the blanks around it removed.
+pub fn parse_header_match(text: &str) -> Result<(String, Option<String>), String> {
+    let (name, value) = match text.split_once(':') {
+        Some((name, value)) => (name.trim(), Some(value.trim().to_owned())),
+        None => (text.trim(), None),
+    };
+    let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    if name.is_empty() || !name.chars().all(token) {
+        return Err("must be a header name (an HTTP token), optionally followed by `: value`".to_owned());
+    }
+    if value.as_deref().is_some_and(|v| v.chars().any(|c| c.is_control())) {
+        return Err("a header value may not contain control characters".to_owned());
+    }
+    Ok((name.to_owned(), value))
 }
 
 fn string_or_number<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
