@@ -50,7 +50,8 @@ enum sluice_drop_reason {
 	SLUICE_DROP_CT_FULL = 9,             /* a conntrack table (service or policy) refused a new entry */
 	SLUICE_DROP_POLICY_INGRESS = 10,     /* network policy of the receiving pod denied it */
 	SLUICE_DROP_POLICY_EGRESS = 11,      /* network policy of the sending pod denied it */
-	SLUICE_DROP_REASON_MAX = 12,
+	SLUICE_DROP_PROXY = 12,              /* layer-7 policy applies but the proxy is not listening, or the packet arrived where it cannot be redirected */
+	SLUICE_DROP_REASON_MAX = 13,
 };
 
 /* What the datapath did with a packet it did not drop; index of the forward counters. */

@@ -59,6 +59,10 @@ struct {
 
 #define PCT_REFRESH_NS 1000000000ULL
 #define POLICY_CONTINUE (-1)
+/* Allowed through the node's layer-7 proxy (port in the scratch's proxy_port). */
+#define POLICY_PROXY (-2)
+/* A packet for a local pod's address that belongs to one of the proxy's upstream connections. */
+#define POLICY_PROXY_REPLY (-3)
 
 /* A packet as policy sees it: its tuple (ICMP echo: the identifier as both ports), the port
  * the lookup uses (ICMP: the type), and TCP flags. */
@@ -161,6 +165,7 @@ struct policy_scratch {
 	struct ct_key key;
 	struct policy_key pkey;
 	struct ipcache_key ikey;
+	__be16 proxy_port; /* of the entry that decided the last lookup; 0 when not proxied */
 };
 
 struct {
@@ -220,12 +225,14 @@ static __always_inline __u8 policy_lookup(struct policy_scratch *sc, __u32 endpo
 	if (e) {
 		verdict = e->verdict;
 		*rule = e->rule;
+		sc->proxy_port = e->proxy_port;
 	}
 	k->identity = SLUICE_IDENTITY_ANY;
 	e = bpf_map_lookup_elem(&policy, k);
 	if (e && e->verdict > verdict) {
 		verdict = e->verdict;
 		*rule = e->rule;
+		sc->proxy_port = e->proxy_port;
 	}
 	return verdict;
 }
@@ -252,12 +259,14 @@ static __always_inline __u8 policy_lookup_by_address(struct policy_scratch *sc, 
 	if (!e)
 		return 0;
 	*rule = e->rule;
+	sc->proxy_port = e->proxy_port;
 	return e->verdict;
 }
 
 /* Decide a packet in one direction of an endpoint that its mode subjects to policy: returns
- * POLICY_CONTINUE to let it pass (audit verdicts reported), or the drop verdict. `peer` is the
- * other end's address (the source for ingress, the destination for egress). */
+ * POLICY_CONTINUE to let it pass (audit verdicts reported), POLICY_PROXY to let it pass
+ * through the proxy, or the drop verdict. `peer` is the other end's address (the source for
+ * ingress, the destination for egress). */
 static __always_inline int policy_decide(struct __sk_buff *skb, struct policy_scratch *sc, const struct policy_endpoint *pe,
 					 __u32 endpoint_id, __u8 direction, __u32 identity, const struct policy_pkt *p,
 					 const __u8 *peer)
@@ -266,6 +275,7 @@ static __always_inline int policy_decide(struct __sk_buff *skb, struct policy_sc
 	if (mode == SLUICE_POLICY_MODE_NONE)
 		return POLICY_CONTINUE;
 	__u32 rule = 0;
+	sc->proxy_port = 0;
 	__u8 verdict = policy_lookup(sc, endpoint_id, direction, pe->revision, identity, p->t.proto, p->port, &rule);
 	__u8 by_address = direction == SLUICE_POLICY_INGRESS ? SLUICE_POLICY_F_INGRESS_BY_ADDRESS : SLUICE_POLICY_F_EGRESS_BY_ADDRESS;
 	if (!verdict && (pe->flags & by_address))
@@ -283,7 +293,7 @@ static __always_inline int policy_decide(struct __sk_buff *skb, struct policy_sc
 	}
 	if (verdict == SLUICE_POLICY_AUDIT && drop_event_allowed())
 		emit_event_ext(skb, SLUICE_EVENT_POLICY_AUDIT, reason, rule, identity);
-	return POLICY_CONTINUE;
+	return sc->proxy_port ? POLICY_PROXY : POLICY_CONTINUE;
 }
 
 static __always_inline void pct_touch(struct policy_ct_entry *e, __u8 tcp_flags, int reply)
@@ -320,6 +330,64 @@ static __always_inline int is_bare_syn(const struct policy_pkt *p)
 static __always_inline void pkt_clear(struct policy_pkt *p)
 {
 	__builtin_memset(p, 0, sizeof(*p));
+}
+
+/* Up the node's stack to a socket of the proxy: the mark makes the node's policy routing
+ * deliver the packet locally whatever its destination. */
+static __always_inline int to_proxy_stack(struct __sk_buff *skb)
+{
+	/* The whole mark, written as one 32-bit store (the context allows no narrower write). */
+	__u32 mark = SLUICE_MARK_TO_PROXY;
+	asm volatile("" : "+r"(mark));
+	skb->mark = mark;
+	return TC_ACT_OK;
+}
+
+/* Assign a packet redirected to the proxy to the proxy's socket for its flow: the connection
+ * the proxy accepted for it, else (a new flow) the listener at loopback:port. The accepted
+ * connection keeps the packet's addresses, so the proxy learns the original destination as
+ * its local address. Valid at tc ingress only. */
+static __noinline __attribute__((unused)) int redirect_to_proxy(struct __sk_buff *skb, const struct policy_pkt *p, __be16 port)
+{
+	struct bpf_sock_tuple tuple = {};
+	__u32 len;
+	int v4 = p->t.family == SLUICE_AF_INET;
+	if (v4) {
+		__builtin_memcpy(&tuple.ipv4.saddr, p->t.saddr, 4);
+		__builtin_memcpy(&tuple.ipv4.daddr, p->t.daddr, 4);
+		tuple.ipv4.sport = p->t.sport;
+		tuple.ipv4.dport = p->t.dport;
+		len = sizeof(tuple.ipv4);
+	} else {
+		__builtin_memcpy(tuple.ipv6.saddr, p->t.saddr, 16);
+		__builtin_memcpy(tuple.ipv6.daddr, p->t.daddr, 16);
+		tuple.ipv6.sport = p->t.sport;
+		tuple.ipv6.dport = p->t.dport;
+		len = sizeof(tuple.ipv6);
+	}
+	struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &tuple, len, BPF_F_CURRENT_NETNS, 0);
+	if (sk && (sk->state == BPF_TCP_LISTEN || sk->state == BPF_TCP_TIME_WAIT)) {
+		bpf_sk_release(sk);
+		sk = 0;
+	}
+	if (!sk) {
+		if (v4) {
+			tuple.ipv4.daddr = bpf_htonl(0x7f000001);
+			tuple.ipv4.dport = port;
+		} else {
+			__builtin_memset(tuple.ipv6.daddr, 0, 16);
+			tuple.ipv6.daddr[3] = bpf_htonl(1);
+			tuple.ipv6.dport = port;
+		}
+		sk = bpf_skc_lookup_tcp(skb, &tuple, len, BPF_F_CURRENT_NETNS, 0);
+		if (!sk)
+			return drop(skb, SLUICE_DROP_PROXY);
+	}
+	long err = bpf_sk_assign(skb, sk, 0);
+	bpf_sk_release(sk);
+	if (err)
+		return drop(skb, SLUICE_DROP_PROXY);
+	return to_proxy_stack(skb);
 }
 
 static __noinline __attribute__((unused)) void policy_egress_begin(struct __sk_buff *skb)
@@ -366,6 +434,11 @@ static __noinline __attribute__((unused)) int policy_egress_end(struct __sk_buff
 		}
 		__u32 id = identity_of(sc, now->t.family, now->t.daddr);
 		int v = policy_decide(skb, sc, pe, endpoint_id, SLUICE_POLICY_EGRESS, id, now, now->t.daddr);
+		if (v == POLICY_PROXY) {
+			if (eg->state == 1 && pct_create(skb, &eg->p.t, SLUICE_PCT_F_ORIGIN_EGRESS) != POLICY_CONTINUE)
+				return TC_ACT_SHOT;
+			return redirect_to_proxy(skb, now, sc->proxy_port);
+		}
 		if (v != POLICY_CONTINUE)
 			return v;
 	}
@@ -388,17 +461,36 @@ static __noinline int policy_ingress(struct __sk_buff *skb, const struct endpoin
 	ct_reverse(k, &p->t); /* oriented from the pod */
 	struct policy_ct_entry *e = bpf_map_lookup_elem(&policy_ct, k);
 	int syn = is_bare_syn(p);
+	if (e && (e->flags & SLUICE_PCT_F_PROXY)) {
+		pct_touch(e, p->tcp_flags, 1);
+		return POLICY_PROXY_REPLY;
+	}
 	if (e && !syn && (e->flags & SLUICE_PCT_F_ORIGIN_EGRESS)) {
 		pct_touch(e, p->tcp_flags, 1);
 		return POLICY_CONTINUE;
 	}
 	__u32 endpoint_id = ep->endpoint_id;
 	struct policy_endpoint *pe = bpf_map_lookup_elem(&policy_endpoints, &endpoint_id);
+	int proxy = 0;
 	if (pe && pe->ingress_mode != SLUICE_POLICY_MODE_NONE) {
 		__u32 id = identity_of(sc, p->t.family, p->t.saddr);
 		int v = policy_decide(skb, sc, pe, endpoint_id, SLUICE_POLICY_INGRESS, id, p, p->t.saddr);
-		if (v != POLICY_CONTINUE)
+		/* The proxy's own upstream connection passes: its client went through the proxy. */
+		if (v == POLICY_PROXY && (skb->mark & SLUICE_MARK_MASK) != SLUICE_MARK_FROM_PROXY)
+			proxy = 1;
+		else if (v != POLICY_CONTINUE && v != POLICY_PROXY)
 			return v;
+	}
+	if (proxy) {
+		/* The pod never sees this flow (the proxy answers it); tracked all the same, so that
+		 * its later packets are decided and redirected like the first. */
+		if (!e || syn) {
+			if (pct_create(skb, k, SLUICE_PCT_F_ORIGIN_INGRESS) != POLICY_CONTINUE)
+				return TC_ACT_SHOT;
+		} else {
+			pct_touch(e, p->tcp_flags, 0);
+		}
+		return POLICY_PROXY;
 	}
 	if (e && !syn)
 		pct_touch(e, p->tcp_flags, 0);
@@ -407,10 +499,19 @@ static __noinline int policy_ingress(struct __sk_buff *skb, const struct endpoin
 	return POLICY_CONTINUE;
 }
 
-/* Hand a packet to a pod on this node if the pod's ingress policy lets it in. */
+/* Hand a packet to a pod on this node if the pod's ingress policy lets it in; to the node's
+ * proxy if it must pass through it or belongs to one of the proxy's upstream connections. */
 static __always_inline int deliver_to_endpoint(struct __sk_buff *skb, struct ethhdr *unused, const struct endpoint_info *ep)
 {
 	int v = policy_ingress(skb, ep);
+	if (v == POLICY_PROXY) {
+		struct policy_scratch *sc = scratch();
+		if (!sc)
+			return TC_ACT_SHOT;
+		return redirect_to_proxy(skb, &sc->pkt, sc->proxy_port);
+	}
+	if (v == POLICY_PROXY_REPLY)
+		return to_proxy_stack(skb);
 	if (v != POLICY_CONTINUE)
 		return v;
 	struct ethhdr *eth = skb_data(skb);

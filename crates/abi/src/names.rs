@@ -3,7 +3,7 @@
 use crate::{sluice_drop_reason as D, sluice_event_loss as L, sluice_forward_kind as F};
 
 /// Every drop reason the datapath can report, in number order.
-pub const DROP_REASONS: [D; 11] = [
+pub const DROP_REASONS: [D; 12] = [
     D::SLUICE_DROP_INVALID_SOURCE_MAC,
     D::SLUICE_DROP_INVALID_SOURCE_IP,
     D::SLUICE_DROP_UNKNOWN_ENDPOINT,
@@ -15,6 +15,7 @@ pub const DROP_REASONS: [D; 11] = [
     D::SLUICE_DROP_CT_FULL,
     D::SLUICE_DROP_POLICY_INGRESS,
     D::SLUICE_DROP_POLICY_EGRESS,
+    D::SLUICE_DROP_PROXY,
 ];
 
 /// Every forwarding decision the datapath counts, in number order.
@@ -42,6 +43,7 @@ pub fn drop_reason_name(reason: D) -> &'static str {
         D::SLUICE_DROP_CT_FULL => "conntrack table full",
         D::SLUICE_DROP_POLICY_INGRESS => "policy denied ingress",
         D::SLUICE_DROP_POLICY_EGRESS => "policy denied egress",
+        D::SLUICE_DROP_PROXY => "layer-7 proxy unavailable",
         D::SLUICE_DROP_REASON_MAX => "invalid",
     }
 }
