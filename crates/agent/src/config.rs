@@ -225,6 +225,31 @@ pub struct AgentConfig {
     /// Service load balancing settings.
     #[serde(default)]
     pub services: ServicesConfig,
+    /// The node's layer-7 proxy (`sluice proxy`, a process of its own).
+    #[serde(default)]
+    pub proxy: ProxyConfig,
+}
+
+/// The layer-7 proxy (`proxy:` in the agent configuration). The agent writes the rules the
+/// proxy enforces to `<stateDir>/proxy/rules.json`; `sluice proxy --config` reads the same
+/// configuration file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// TCP port of the proxy's listeners on 127.0.0.1 and ::1, where the datapath hands it
+    /// the connections that layer-7 rules cover.
+    #[serde(default = "default_proxy_port")]
+    pub port: u16,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self { port: default_proxy_port() }
+    }
+}
+
+fn default_proxy_port() -> u16 {
+    15080
 }
 
 /// Service load balancing (`services:` in the agent configuration).
@@ -435,6 +460,11 @@ impl AgentConfig {
         Ok(config)
     }
 
+    /// Where the agent writes the layer-7 proxy's rules, and the proxy reads them.
+    pub fn proxy_rules_path(&self) -> PathBuf {
+        self.state_dir.join("proxy").join("rules.json")
+    }
+
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
         let invalid = |field, message: String| Err(ConfigError::Invalid { path: path.into(), field, message });
         if self.node_name.is_empty() {
@@ -469,6 +499,9 @@ impl AgentConfig {
             if c.trunc() != *c {
                 return invalid("podCIDRs", format!("{c} has host bits set; did you mean {}?", c.trunc()));
             }
+        }
+        if self.proxy.port == 0 {
+            return invalid("proxy.port", "must be a port number from 1 to 65535".into());
         }
         if !(1280..=65535).contains(&self.mtu) {
             return invalid("mtu", format!("{} is outside 1280..=65535 (IPv6 needs at least 1280)", self.mtu));

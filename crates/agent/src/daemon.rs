@@ -75,6 +75,8 @@ pub async fn run(mut config: AgentConfig) -> Result<(), AgentError> {
     for dev in &config.devices {
         datapath.attach_netdev(dev)?;
     }
+    // Connections that layer-7 rules cover reach the proxy through the node's policy routing.
+    sluice_datapath::netlink::Netlink::current()?.ensure_proxy_routing().await?;
     events.record(
         Reason::DatapathLoaded,
         format!("datapath loaded: host routing {}, monitor aggregation {:?}", host_routing.mode.as_str(), config.monitor_aggregation),
@@ -148,7 +150,10 @@ pub async fn run(mut config: AgentConfig) -> Result<(), AgentError> {
         },
         config.services.clone(),
     ));
-    let policies = Arc::new(crate::policy::sync::Policies::new(node_addresses.iter().copied().filter(|a| !is_link_local(a)).collect()));
+    let policies = Arc::new(
+        crate::policy::sync::Policies::new(node_addresses.iter().copied().filter(|a| !is_link_local(a)).collect())
+            .with_proxy(config.proxy.port, config.proxy_rules_path()),
+    );
     let observer = Arc::new(Observer::new(&config.node_name, config.flow_buffer));
     let reader = datapath.take_events().map(|ring| tokio::spawn(crate::observer::read_events(observer.clone(), ring)));
     if let Some(source) = &state {

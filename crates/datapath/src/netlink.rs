@@ -9,7 +9,8 @@ use ipnet::IpNet;
 use netlink_packet_route::address::{AddressAttribute, AddressFlag};
 use netlink_packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkInfo as NlLinkInfo, LinkMessage};
 use netlink_packet_route::neighbour::NeighbourState;
-use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType};
+use netlink_packet_route::rule::{RuleAction, RuleAttribute};
 use rtnetlink::Handle;
 
 use crate::netns::NetnsGuard;
@@ -249,6 +250,48 @@ impl Netlink {
         Ok(())
     }
 
+    /// The node's policy routing for the layer-7 proxy, both families: packets marked
+    /// `SLUICE_MARK_TO_PROXY` are delivered locally whatever their destination (a rule to
+    /// [`PROXY_ROUTE_TABLE`], which holds one `local` default route on the loopback device).
+    /// Idempotent: what is already there is left as it is.
+    pub async fn ensure_proxy_routing(&self) -> Result<(), DatapathError> {
+        let lo = self.link("lo").await?.index;
+        let mark = sluice_abi::SLUICE_MARK_TO_PROXY;
+        let mask = sluice_abi::SLUICE_MARK_MASK;
+        for version in [rtnetlink::IpVersion::V4, rtnetlink::IpVersion::V6] {
+            let v6 = version == rtnetlink::IpVersion::V6;
+            let family = if v6 { "IPv6" } else { "IPv4" };
+            let mut present = false;
+            let mut rules = self.handle.rule().get(version.clone()).execute();
+            while let Some(rule) = rules.try_next().await.map_err(|e| DatapathError::netlink(format!("listing {family} rules"), e))? {
+                let has = |a: &RuleAttribute| rule.attributes.contains(a);
+                present |= has(&RuleAttribute::FwMark(mark)) && has(&RuleAttribute::FwMask(mask)) && has(&RuleAttribute::Table(PROXY_ROUTE_TABLE));
+            }
+            if !present {
+                let base =
+                    self.handle.rule().add().fw_mark(mark).table_id(PROXY_ROUTE_TABLE).priority(PROXY_RULE_PRIORITY).action(RuleAction::ToTable);
+                let result = if v6 {
+                    let mut rule = base.v6();
+                    rule.message_mut().attributes.push(RuleAttribute::FwMask(mask));
+                    rule.execute().await
+                } else {
+                    let mut rule = base.v4();
+                    rule.message_mut().attributes.push(RuleAttribute::FwMask(mask));
+                    rule.execute().await
+                };
+                result.map_err(|e| DatapathError::netlink(format!("adding the proxy's {family} rule"), e))?;
+            }
+            let route = self.handle.route().add().output_interface(lo).table_id(PROXY_ROUTE_TABLE).kind(RouteType::Local).scope(RouteScope::Host).replace();
+            let result = if v6 {
+                route.v6().destination_prefix(std::net::Ipv6Addr::UNSPECIFIED, 0).execute().await
+            } else {
+                route.v4().destination_prefix(std::net::Ipv4Addr::UNSPECIFIED, 0).execute().await
+            };
+            result.map_err(|e| DatapathError::netlink(format!("adding the proxy's {family} local route"), e))?;
+        }
+        Ok(())
+    }
+
     /// A permanent neighbour entry: the node knows the pod's MAC without asking.
     pub async fn add_neighbour(&self, index: u32, ip: IpAddr, mac: Mac) -> Result<(), DatapathError> {
         self.handle
@@ -300,6 +343,12 @@ impl Netlink {
 /// The route protocol number that marks routes the agent owns (`ip route show proto 197`);
 /// above the kernel's and routing daemons' numbers.
 pub const SLUICE_ROUTE_PROTOCOL: u8 = 197;
+
+/// The routing table of the layer-7 proxy's `local` default routes (the mark's value).
+pub const PROXY_ROUTE_TABLE: u32 = 0x5100;
+/// Priority of the rule that sends marked packets there: after the `local` table's rule (0),
+/// long before `main` (32766).
+pub const PROXY_RULE_PRIORITY: u32 = 100;
 
 /// A route to another node's pod CIDR via that node's address.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]

@@ -4,4 +4,5 @@
 
 pub mod api;
 pub mod program;
+pub mod proxy;
 pub mod sync;

@@ -52,6 +52,8 @@ pub struct PolicyProgrammer {
     /// Each cookie's rules in words, filled as the cookie is handed out — before an entry
     /// carrying it reaches the datapath — so a flow the entry decides is named at once.
     names: RuleNames,
+    /// The node proxy's port, written into entries that allow only through it.
+    proxy_port: u16,
 }
 
 /// Rule cookies in words, shared with the flow observer.
@@ -119,9 +121,10 @@ pub fn entry_key(endpoint_id: u32, direction: u8, revision: u8, k: &EntryKey) ->
 // === impl PolicyProgrammer ===
 
 impl PolicyProgrammer {
-    /// Starts from what the maps hold (an agent restart keeps every endpoint's revision).
-    pub fn adopt(dp: &dyn PolicyTables) -> Result<Self, DatapathError> {
-        let mut me = Self::default();
+    /// Starts from what the maps hold (an agent restart keeps every endpoint's revision);
+    /// entries allowed only through the layer-7 proxy name `proxy_port`.
+    pub fn adopt(dp: &dyn PolicyTables, proxy_port: u16) -> Result<Self, DatapathError> {
+        let mut me = Self { proxy_port, ..Self::default() };
         for (id, pe) in dp.policy_endpoints()? {
             me.endpoints.insert(id, (pe, BTreeMap::new()));
         }
@@ -177,7 +180,8 @@ impl PolicyProgrammer {
             for (dir, entries) in [(dir, &table.entries), (dir | by_address, &table.by_address)] {
                 for (k, e) in entries {
                     let key = entry_key(id, dir, revision, k);
-                    let value = policy_entry { verdict: verdict_value(e.verdict), pad: 0, proxy_port: 0, rule: self.cookie(&e.rules) };
+                    let proxy_port = if e.proxy { self.proxy_port.to_be() } else { 0 };
+                    let value = policy_entry { verdict: verdict_value(e.verdict), pad: 0, proxy_port, rule: self.cookie(&e.rules) };
                     out.insert(key_bytes(&key), (key, value));
                 }
             }
@@ -347,7 +351,7 @@ mod tests {
         assert_eq!(r, PolicyReport::default());
         assert_eq!(dp.writes, writes);
         // A restarted agent adopts the maps and writes nothing either.
-        let mut adopted = PolicyProgrammer::adopt(&dp).unwrap();
+        let mut adopted = PolicyProgrammer::adopt(&dp, 15080).unwrap();
         // Cookies are per process: the same rules get the same first cookie again.
         adopted.program(&mut dp, &compiled("x/a", &[80]), &ep()).unwrap();
         assert_eq!(dp.writes, writes, "adoption keeps what is programmed");
@@ -382,7 +386,7 @@ mod tests {
         p.program(&mut dp, &with_block, &ep()).unwrap();
         assert_eq!(dp.writes, writes, "a converged round writes nothing");
         let writes = dp.writes;
-        PolicyProgrammer::adopt(&dp).unwrap().program(&mut dp, &with_block, &ep()).unwrap();
+        PolicyProgrammer::adopt(&dp, 15080).unwrap().program(&mut dp, &with_block, &ep()).unwrap();
         assert_eq!(dp.writes, writes, "a restarted agent adopts the entries by address and ipblocks");
 
         let r = p.program(&mut dp, &compiled("x/a", &[80]), &ep()).unwrap();

@@ -15,6 +15,7 @@ use sluice_model::LabelSet;
 use sluice_policy::{ClusterView, Compiled, EndpointView, Policy};
 
 use super::program::{LocalEndpoint, PolicyProgrammer, PolicyReport};
+use super::proxy::ProxyRulesWriter;
 use crate::identity::Identities;
 use sluice_state::ClusterState;
 
@@ -42,6 +43,9 @@ type Labels = BTreeMap<String, String>;
 
 pub struct Policies {
     node_addresses: Vec<IpAddr>,
+    proxy_port: u16,
+    /// The layer-7 proxy's rules file, written before the maps that redirect to the proxy.
+    proxy_rules: Mutex<Option<ProxyRulesWriter>>,
     programmer: Mutex<Option<PolicyProgrammer>>,
     /// What the last good round was computed from.
     seen: Mutex<Option<Seen>>,
@@ -67,6 +71,9 @@ pub enum PolicyError {
     Identity(#[from] crate::identity::IdentityError),
     #[error("programming the policy maps: {0}")]
     Datapath(#[from] sluice_datapath::DatapathError),
+    /// The layer-7 proxy's rules could not be written; the maps are left as they were.
+    #[error("writing the layer-7 proxy's rules to {path}: {source}")]
+    ProxyRules { path: std::path::PathBuf, source: std::io::Error },
 }
 
 // === impl Policies ===
@@ -75,12 +82,22 @@ impl Policies {
     pub fn new(node_addresses: Vec<IpAddr>) -> Self {
         Self {
             node_addresses,
+            proxy_port: 0,
+            proxy_rules: Mutex::new(None),
             programmer: Mutex::new(None),
             seen: Mutex::new(None),
             held: Mutex::new(BTreeMap::new()),
             snapshot: Mutex::new(Arc::new(PolicySnapshot::default())),
             stats: Mutex::new(PolicyStats::default()),
         }
+    }
+
+    /// Entries allowed only through the layer-7 proxy send connections to `port`; its rules
+    /// are written to `rules_path`.
+    pub fn with_proxy(mut self, port: u16, rules_path: std::path::PathBuf) -> Self {
+        self.proxy_port = port;
+        self.proxy_rules = Mutex::new(Some(ProxyRulesWriter::new(rules_path)));
+        self
     }
 
     pub fn snapshot(&self) -> Arc<PolicySnapshot> {
@@ -210,9 +227,12 @@ impl Policies {
         let compiled = sluice_policy::compile(&policies, &view);
         let compile_micros = started.elapsed().as_micros() as u64;
 
+        if let Some(writer) = lock(&self.proxy_rules).as_mut() {
+            writer.write(&compiled, &view).map_err(|source| PolicyError::ProxyRules { path: writer.path().to_owned(), source })?;
+        }
         let mut guard = lock(&self.programmer);
         if guard.is_none() {
-            *guard = Some(PolicyProgrammer::adopt(datapath)?);
+            *guard = Some(PolicyProgrammer::adopt(datapath, self.proxy_port)?);
         }
         let Some(programmer) = guard.as_mut() else { return Ok(PolicyReport::default()) };
         let report = programmer.program(datapath, &compiled, local)?;

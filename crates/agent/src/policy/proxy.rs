@@ -1,0 +1,128 @@
+//! The rules of the node's layer-7 proxy: taken from each round's compiled tables (the grants
+//! of local endpoints) and written atomically to a file the proxy watches, before the maps
+//! that redirect connections to it are programmed. The proxy keeps the last version it read,
+//! so it enforces the same rules while the agent restarts.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use sluice_policy::l7::{ProxyEndpoint, ProxyRules};
+use sluice_policy::{ClusterView, Compiled};
+
+/// Writes the proxy's rules file when what it says changes.
+#[derive(Debug)]
+pub struct ProxyRulesWriter {
+    path: PathBuf,
+    /// The last rules written (or found at start), with their generation.
+    last: Option<ProxyRules>,
+}
+
+// === impl ProxyRulesWriter ===
+
+impl ProxyRulesWriter {
+    /// Continues from the file a previous agent left, so generations keep growing.
+    pub fn new(path: PathBuf) -> Self {
+        let last = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice::<ProxyRules>(&b).ok());
+        Self { path, last }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes the rules of `compiled` if they differ from the last written; true when written.
+    pub fn write(&mut self, compiled: &Compiled, view: &ClusterView) -> std::io::Result<bool> {
+        let endpoints = rules_of(compiled, view);
+        if self.last.as_ref().is_some_and(|last| last.endpoints == endpoints) {
+            return Ok(false);
+        }
+        let generation = self.last.as_ref().map_or(1, |l| l.generation + 1);
+        let rules = ProxyRules { generation, endpoints };
+        write_atomically(&self.path, &serde_json::to_vec_pretty(&rules).map_err(std::io::Error::other)?)?;
+        self.last = Some(rules);
+        Ok(true)
+    }
+}
+
+/// The local endpoints with layer-7 grants, in key order.
+fn rules_of(compiled: &Compiled, view: &ClusterView) -> Vec<ProxyEndpoint> {
+    compiled
+        .endpoints
+        .iter()
+        .filter(|(_, p)| !p.ingress.layer7.is_empty() || !p.egress.layer7.is_empty())
+        .map(|(key, p)| ProxyEndpoint {
+            key: key.clone(),
+            ips: view.endpoints.iter().find(|e| e.local && &e.key == key).map(|e| e.ips.clone()).unwrap_or_default(),
+            ingress: p.ingress.layer7.clone(),
+            egress: p.egress.layer7.clone(),
+        })
+        .collect()
+}
+
+/// Write to a temporary file beside `path`, flush it to disk, rename it over `path`: a reader
+/// sees the old file or the new one, never a part.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let staged = path.with_extension("json.new");
+    let mut file = std::fs::File::create(&staged)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&staged, path)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use sluice_policy::l7::L7Grant;
+    use sluice_policy::{DirectionTable, EndpointPolicy, EndpointView, HttpRule};
+
+    fn compiled_with(grant: Option<L7Grant>) -> (Compiled, ClusterView) {
+        let mut compiled = Compiled::default();
+        let ingress = DirectionTable { layer7: grant.into_iter().collect(), ..Default::default() };
+        compiled.endpoints.insert("x/web".into(), EndpointPolicy { ingress, ..Default::default() });
+        compiled.endpoints.insert("x/other".into(), EndpointPolicy::default());
+        let view = ClusterView {
+            endpoints: vec![EndpointView {
+                key: "x/web".into(),
+                namespace: "x".into(),
+                labels: Default::default(),
+                identity: 300,
+                ips: vec!["10.0.0.5".parse().unwrap(), "fd00::5".parse().unwrap()],
+                local: true,
+                named_ports: Default::default(),
+            }],
+            ..Default::default()
+        };
+        (compiled, view)
+    }
+
+    fn grant(path: &str) -> L7Grant {
+        L7Grant { identity: 0, port: 80, http: vec![HttpRule { path: Some(path.into()), ..Default::default() }], policy: "p".into() }
+    }
+
+    #[test]
+    fn a_change_is_written_with_a_new_generation_and_an_unchanged_round_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("proxy/rules.json");
+        let mut writer = ProxyRulesWriter::new(path.clone());
+        let (compiled, view) = compiled_with(Some(grant("/a")));
+        assert!(writer.write(&compiled, &view).unwrap(), "the first rules are written");
+        let first: ProxyRules = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(first.generation, 1);
+        assert_eq!(first.endpoints.len(), 1, "only the endpoint with grants: {first:?}");
+        assert_eq!(first.endpoints[0].ips.len(), 2, "with both its addresses");
+        assert!(!writer.write(&compiled, &view).unwrap(), "the same rules again: nothing written");
+
+        let (changed, view) = compiled_with(Some(grant("/b")));
+        assert!(writer.write(&changed, &view).unwrap());
+        // A new agent continues the generations of the file it finds.
+        let mut restarted = ProxyRulesWriter::new(path.clone());
+        let (none, view) = compiled_with(None);
+        assert!(restarted.write(&none, &view).unwrap());
+        let last: ProxyRules = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(last.generation, 3, "generations keep growing across agents");
+        assert!(last.endpoints.is_empty(), "no grants left: {last:?}");
+    }
+}
