@@ -391,3 +391,257 @@ impl RulesWatcher {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+    use sluice_policy::l7::{HeaderMatch, ProxyEndpoint};
+
+    const CLIENT: &str = "10.244.0.5:40000";
+    const SERVER: &str = "10.244.1.7:80";
+    const CLIENT_ID: u32 = 1001;
+    const SERVER_ID: u32 = 2002;
+
+    fn rule(method: Option<&str>, path: Option<&str>) -> HttpRule {
+        HttpRule { method: method.map(Into::into), path: path.map(Into::into), ..Default::default() }
+    }
+
+    fn grant(identity: u32, port: u16, http: Vec<HttpRule>) -> L7Grant {
+        L7Grant { identity, port, http, policy: "SluiceNetworkPolicy shop/web".into() }
+    }
+
+    /// The server endpoint with `ingress` grants, the client endpoint with `egress` grants.
+    fn rules(ingress: Vec<L7Grant>, egress: Vec<L7Grant>) -> CompiledRules {
+        let file = ProxyRules {
+            generation: 1,
+            endpoints: vec![
+                ProxyEndpoint { key: "shop/web".into(), ips: vec!["10.244.1.7".parse().unwrap()], ingress, egress: vec![] },
+                ProxyEndpoint { key: "shop/client".into(), ips: vec!["10.244.0.5".parse().unwrap()], ingress: vec![], egress },
+            ],
+        };
+        let (compiled, warnings) = CompiledRules::compile(&file);
+        assert!(warnings.is_empty(), "fixture rules compile: {warnings:?}");
+        compiled
+    }
+
+    fn peers() -> Peers {
+        Peers { client: CLIENT.parse().unwrap(), server: SERVER.parse().unwrap(), client_identity: Some(CLIENT_ID), server_identity: Some(SERVER_ID) }
+    }
+
+    struct Req {
+        method: &'static str,
+        path: &'static str,
+        host: Option<&'static str>,
+        headers: HeaderMap,
+    }
+
+    fn req(method: &'static str, path: &'static str) -> Req {
+        Req { method, path, host: Some("web"), headers: HeaderMap::new() }
+    }
+
+    fn allowed(rules: &CompiledRules, r: &Req) -> bool {
+        rules.decide(&peers(), &RequestView { method: r.method, path: r.path, host: r.host, headers: &r.headers }).allowed
+    }
+
+    #[test]
+    fn method_and_path_match_whole() {
+        let r = rules(vec![grant(0, 80, vec![rule(Some("GET|HEAD"), Some("/public"))])], vec![]);
+        assert!(allowed(&r, &req("GET", "/public")), "GET /public is allowed");
+        assert!(allowed(&r, &req("HEAD", "/public")), "alternation covers HEAD");
+        assert!(!allowed(&r, &req("POST", "/public")), "POST is not in GET|HEAD");
+        assert!(!allowed(&r, &req("GETX", "/public")), "the method regex is anchored at the end");
+        assert!(!allowed(&r, &req("GET", "/publicity")), "/public must not match /publicity");
+        assert!(!allowed(&r, &req("GET", "/x/public")), "/public must not match /x/public");
+    }
+
+    #[test]
+    fn path_regex_with_wildcard() {
+        let r = rules(vec![grant(0, 80, vec![rule(None, Some("/api/v[0-9]+/.*"))])], vec![]);
+        assert!(allowed(&r, &req("DELETE", "/api/v2/items/3")), "an absent method matches any");
+        assert!(!allowed(&r, &req("GET", "/api/vx/items")), "v[0-9]+ needs a digit");
+    }
+
+    #[test]
+    fn host_rule_and_port_removal() {
+        let r = rules(vec![grant(0, 80, vec![HttpRule { host: Some("web\\.shop\\.svc".into()), ..Default::default() }])], vec![]);
+        let mut q = req("GET", "/");
+        q.host = Some(strip_port("web.shop.svc:80"));
+        assert!(allowed(&r, &q), "the Host header's port is removed before matching");
+        q.host = Some("web.shop.svc.evil");
+        assert!(!allowed(&r, &q), "the host regex is anchored");
+        q.host = None;
+        assert!(!allowed(&r, &q), "a host rule does not match a request without a host");
+        assert_eq!(strip_port("[fd00::7]:8080"), "[fd00::7]");
+        assert_eq!(strip_port("[fd00::7]"), "[fd00::7]");
+        assert_eq!(strip_port("web"), "web");
+    }
+
+    #[test]
+    fn headers_presence_and_exact_value() {
+        let headers = vec![
+            HeaderMatch { name: "X-Token".into(), value: None },
+            HeaderMatch { name: "x-role".into(), value: Some("admin".into()) },
+        ];
+        let r = rules(vec![grant(0, 80, vec![HttpRule { headers, ..Default::default() }])], vec![]);
+        let mut q = req("GET", "/");
+        assert!(!allowed(&r, &q), "required headers missing");
+        q.headers.insert("x-token", HeaderValue::from_static(""));
+        q.headers.append("x-role", HeaderValue::from_static("reader"));
+        assert!(!allowed(&r, &q), "x-role has no value equal to admin");
+        q.headers.append("x-role", HeaderValue::from_static("admin"));
+        assert!(allowed(&r, &q), "one of x-role's values is admin, x-token is present (names case-insensitive)");
+        q.headers.remove("x-role");
+        q.headers.insert("x-role", HeaderValue::from_static("Admin"));
+        assert!(!allowed(&r, &q), "values compare exactly");
+    }
+
+    #[test]
+    fn empty_rule_allows_everything_and_query_is_not_in_the_path() {
+        let r = rules(vec![grant(0, 80, vec![HttpRule::default()])], vec![]);
+        assert!(allowed(&r, &req("PATCH", "/anything")), "an empty rule matches every request");
+        let uri: &'static http::Uri = Box::leak(Box::new("/public?x=1".parse().unwrap()));
+        let r = rules(vec![grant(0, 80, vec![rule(None, Some("/public"))])], vec![]);
+        assert!(allowed(&r, &Req { method: "GET", path: uri.path(), host: None, headers: HeaderMap::new() }), "the query is not matched");
+    }
+
+    #[test]
+    fn union_over_grants_of_the_port() {
+        let r = rules(
+            vec![grant(0, 80, vec![rule(Some("GET"), None)]), grant(CLIENT_ID, 80, vec![rule(Some("POST"), None)]), grant(0, 8080, vec![rule(Some("PUT"), None)])],
+            vec![],
+        );
+        assert!(allowed(&r, &req("GET", "/")), "first grant");
+        assert!(allowed(&r, &req("POST", "/")), "second grant, same port");
+        assert!(!allowed(&r, &req("PUT", "/")), "a grant on another port is not in the union");
+    }
+
+    #[test]
+    fn identity_zero_or_exact() {
+        let exact = rules(vec![grant(CLIENT_ID, 80, vec![HttpRule::default()])], vec![]);
+        assert!(allowed(&exact, &req("GET", "/")), "the client's identity matches the grant");
+        let other = rules(vec![grant(CLIENT_ID + 1, 80, vec![HttpRule::default()])], vec![]);
+        let d = other.decide(&peers(), &RequestView { method: "GET", path: "/", host: None, headers: &HeaderMap::new() });
+        assert!(d.directions.is_empty(), "a grant for another identity does not apply");
+        assert!(!d.allowed, "and nothing else applies: denied");
+        let mut unknown = peers();
+        unknown.client_identity = None;
+        let any = rules(vec![grant(0, 80, vec![HttpRule::default()])], vec![]);
+        let view = RequestView { method: "GET", path: "/", host: None, headers: &HeaderMap::new() };
+        assert!(any.decide(&unknown, &view).allowed, "identity 0 applies even when the identity is unknown");
+        assert!(!exact.decide(&unknown, &view).allowed, "an exact grant does not apply to an unknown identity");
+    }
+
+    #[test]
+    fn egress_uses_the_server_identity() {
+        let r = rules(vec![], vec![grant(SERVER_ID, 80, vec![rule(Some("GET"), None)])]);
+        let view = RequestView { method: "GET", path: "/", host: None, headers: &HeaderMap::new() };
+        let d = r.decide(&peers(), &view);
+        assert_eq!(d.directions, vec![Direction::Egress]);
+        assert!(d.allowed, "egress grant for the server's identity allows GET");
+        let r = rules(vec![], vec![grant(CLIENT_ID, 80, vec![rule(Some("GET"), None)])]);
+        assert!(r.decide(&peers(), &view).directions.is_empty(), "egress grants match the server's identity, not the client's");
+    }
+
+    #[test]
+    fn both_directions_must_allow() {
+        let r = rules(vec![grant(0, 80, vec![rule(None, Some("/a|/b"))])], vec![grant(0, 80, vec![rule(None, Some("/b|/c"))])]);
+        let d = r.decide(&peers(), &RequestView { method: "GET", path: "/b", host: None, headers: &HeaderMap::new() });
+        assert_eq!(d.directions, vec![Direction::Egress, Direction::Ingress]);
+        assert!(d.allowed, "/b passes both");
+        assert!(!allowed(&r, &req("GET", "/a")), "/a passes ingress only");
+        assert!(!allowed(&r, &req("GET", "/c")), "/c passes egress only");
+    }
+
+    #[test]
+    fn no_direction_denies() {
+        let r = CompiledRules::default();
+        let d = r.decide(&peers(), &RequestView { method: "GET", path: "/", host: None, headers: &HeaderMap::new() });
+        assert!(d.directions.is_empty() && !d.allowed, "no rules: fail closed");
+    }
+
+    #[test]
+    fn invalid_regex_allows_nothing() {
+        let file = ProxyRules {
+            generation: 3,
+            endpoints: vec![ProxyEndpoint {
+                key: "shop/web".into(),
+                ips: vec!["10.244.1.7".parse().unwrap()],
+                ingress: vec![grant(0, 80, vec![rule(None, Some("/("))]), grant(0, 80, vec![rule(Some("GET"), Some("/ok"))])],
+                egress: vec![],
+            }],
+        };
+        let (r, warnings) = CompiledRules::compile(&file);
+        assert_eq!(warnings.len(), 1, "one warning for the invalid rule: {warnings:?}");
+        assert!(warnings[0].contains("shop/web") && warnings[0].contains("/("), "the warning names the endpoint and pattern: {}", warnings[0]);
+        assert!(!allowed(&r, &req("GET", "/(")), "the invalid rule allows nothing");
+        assert!(!allowed(&r, &req("POST", "/x")), "nor anything else");
+        assert!(allowed(&r, &req("GET", "/ok")), "the valid rule of the other grant still applies");
+    }
+
+    #[test]
+    fn v4_mapped_addresses_match_v4_ips() {
+        let r = rules(vec![grant(0, 80, vec![HttpRule::default()])], vec![]);
+        let mut p = peers();
+        p.server = "[::ffff:10.244.1.7]:80".parse().unwrap();
+        assert!(r.decide(&p, &RequestView { method: "GET", path: "/", host: None, headers: &HeaderMap::new() }).allowed);
+    }
+
+    fn write_atomically(dir: &Path, name: &str, text: &str) {
+        let tmp = dir.join(".tmp");
+        fs::write(&tmp, text).unwrap();
+        fs::rename(&tmp, dir.join(name)).unwrap();
+    }
+
+    fn file(generation: u64) -> String {
+        serde_json::to_string(&ProxyRules { generation, endpoints: vec![] }).unwrap()
+    }
+
+    #[tokio::test]
+    async fn reload_on_change_and_keep_on_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rules.json");
+        let store = Arc::new(RulesStore::default());
+        let watcher = RulesWatcher::load(path.clone(), store.clone());
+        assert_eq!(store.current().generation(), 0, "a missing file is no rules");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(watcher.run(async move {
+            let _ = stopped.await;
+        }));
+
+        async fn wait_for(store: &RulesStore, generation: u64) -> bool {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+            while tokio::time::Instant::now() < deadline {
+                if store.current().generation() == generation {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            false
+        }
+
+        write_atomically(dir.path(), "rules.json", &file(5));
+        assert!(wait_for(&store, 5).await, "generation 5 is loaded within 1 s");
+        write_atomically(dir.path(), "rules.json", &file(6));
+        assert!(wait_for(&store, 6).await, "generation 6 replaces it within 1 s");
+        write_atomically(dir.path(), "rules.json", "{\"generation\": 7, \"endpoints\": [");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(store.current().generation(), 6, "a corrupt file leaves the previous rules in force");
+        write_atomically(dir.path(), "rules.json", &file(8));
+        assert!(wait_for(&store, 8).await, "a good file after a corrupt one is loaded");
+        let _ = stop.send(());
+        task.await.unwrap();
+    }
+
+    #[test]
+    fn load_reads_an_existing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        write_atomically(dir.path(), "rules.json", &file(9));
+        let store = Arc::new(RulesStore::default());
+        let _watcher = RulesWatcher::load(dir.path().join("rules.json"), store.clone());
+        assert_eq!(store.current().generation(), 9);
+        assert!(matches!(read_rules(&dir.path().join("missing.json")), Ok(None)), "missing is not an error");
+        write_atomically(dir.path(), "bad.json", "{}");
+        assert!(matches!(read_rules(&dir.path().join("bad.json")), Err(RulesError::Parse { .. })), "a document without generation is a parse error");
+    }
+}
