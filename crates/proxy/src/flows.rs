@@ -54,7 +54,8 @@ pub trait FlowTable: Send + Sync {
 /// The `policy_ct` key of an upstream connection from `local` (the client's address and the
 /// port the proxy bound) to `remote` (the original destination), oriented from the pod.
 pub fn proxy_ct_key(local: SocketAddr, remote: SocketAddr) -> Result<ct_key, FlowError> {
-    let mut key = ct_key { sport: local.port().to_be(), dport: remote.port().to_be(), proto: libc::IPPROTO_TCP as u8, ..Default::default() };
+    let mut key =
+        ct_key { sport: local.port().to_be(), dport: remote.port().to_be(), proto: libc::IPPROTO_TCP as u8, ..Default::default() };
     match (canonical(local.ip()), canonical(remote.ip())) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
             key.family = sluice_abi::SLUICE_AF_INET as u8;

@@ -93,7 +93,9 @@ impl Proxy {
             Some(dir) => (Arc::new(identity::Ipcache::open(dir)?), Arc::new(flows::PolicyConntrack::open(dir)?)),
             None => {
                 if config.upstream == UpstreamMode::Transparent {
-                    tracing::warn!("no bpffs given: transparent upstream connections get no conntrack entry, their replies will not reach the proxy");
+                    tracing::warn!(
+                        "no bpffs given: transparent upstream connections get no conntrack entry, their replies will not reach the proxy"
+                    );
                 }
                 (Arc::new(identity::World), Arc::new(flows::NoFlowTable))
             }

@@ -78,8 +78,12 @@ enum MainError {
 async fn run(args: &Args) -> Result<(), MainError> {
     let mut term = signal(SignalKind::terminate()).map_err(|source| MainError::Signal { signal: "SIGTERM", source })?;
     let mut int = signal(SignalKind::interrupt()).map_err(|source| MainError::Signal { signal: "SIGINT", source })?;
-    let config =
-        ProxyConfig { port: args.port, rules_path: args.rules.clone(), bpffs: Some(args.bpffs.clone()), upstream: UpstreamMode::Transparent };
+    let config = ProxyConfig {
+        port: args.port,
+        rules_path: args.rules.clone(),
+        bpffs: Some(args.bpffs.clone()),
+        upstream: UpstreamMode::Transparent,
+    };
     let proxy = sluice_proxy::Proxy::bind(config)?;
     if let Some(path) = &args.pid_file {
         std::fs::write(path, format!("{}\n", std::process::id())).map_err(|source| MainError::PidFile { path: path.clone(), source })?;

@@ -426,7 +426,12 @@ mod tests {
     }
 
     fn peers() -> Peers {
-        Peers { client: CLIENT.parse().unwrap(), server: SERVER.parse().unwrap(), client_identity: Some(CLIENT_ID), server_identity: Some(SERVER_ID) }
+        Peers {
+            client: CLIENT.parse().unwrap(),
+            server: SERVER.parse().unwrap(),
+            client_identity: Some(CLIENT_ID),
+            server_identity: Some(SERVER_ID),
+        }
     }
 
     struct Req {
@@ -479,10 +484,8 @@ mod tests {
 
     #[test]
     fn headers_presence_and_exact_value() {
-        let headers = vec![
-            HeaderMatch { name: "X-Token".into(), value: None },
-            HeaderMatch { name: "x-role".into(), value: Some("admin".into()) },
-        ];
+        let headers =
+            vec![HeaderMatch { name: "X-Token".into(), value: None }, HeaderMatch { name: "x-role".into(), value: Some("admin".into()) }];
         let r = rules(vec![grant(0, 80, vec![HttpRule { headers, ..Default::default() }])], vec![]);
         let mut q = req("GET", "/");
         assert!(!allowed(&r, &q), "required headers missing");
@@ -508,7 +511,11 @@ mod tests {
     #[test]
     fn union_over_grants_of_the_port() {
         let r = rules(
-            vec![grant(0, 80, vec![rule(Some("GET"), None)]), grant(CLIENT_ID, 80, vec![rule(Some("POST"), None)]), grant(0, 8080, vec![rule(Some("PUT"), None)])],
+            vec![
+                grant(0, 80, vec![rule(Some("GET"), None)]),
+                grant(CLIENT_ID, 80, vec![rule(Some("POST"), None)]),
+                grant(0, 8080, vec![rule(Some("PUT"), None)]),
+            ],
             vec![],
         );
         assert!(allowed(&r, &req("GET", "/")), "first grant");
@@ -573,7 +580,11 @@ mod tests {
         };
         let (r, warnings) = CompiledRules::compile(&file);
         assert_eq!(warnings.len(), 1, "one warning for the invalid rule: {warnings:?}");
-        assert!(warnings[0].contains("shop/web") && warnings[0].contains("/("), "the warning names the endpoint and pattern: {}", warnings[0]);
+        assert!(
+            warnings[0].contains("shop/web") && warnings[0].contains("/("),
+            "the warning names the endpoint and pattern: {}",
+            warnings[0]
+        );
         assert!(!allowed(&r, &req("GET", "/(")), "the invalid rule allows nothing");
         assert!(!allowed(&r, &req("POST", "/x")), "nor anything else");
         assert!(allowed(&r, &req("GET", "/ok")), "the valid rule of the other grant still applies");
@@ -642,6 +653,9 @@ mod tests {
         assert_eq!(store.current().generation(), 9);
         assert!(matches!(read_rules(&dir.path().join("missing.json")), Ok(None)), "missing is not an error");
         write_atomically(dir.path(), "bad.json", "{}");
-        assert!(matches!(read_rules(&dir.path().join("bad.json")), Err(RulesError::Parse { .. })), "a document without generation is a parse error");
+        assert!(
+            matches!(read_rules(&dir.path().join("bad.json")), Err(RulesError::Parse { .. })),
+            "a document without generation is a parse error"
+        );
     }
 }

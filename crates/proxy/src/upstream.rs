@@ -204,7 +204,8 @@ impl Upstream {
         let err = |step: &'static str| move |source| UpstreamError::Socket { client, server, step, source };
         let server_ip = canonical(server.ip());
         let local = SocketAddr::new(canonical(client.ip()), 0);
-        let socket = Socket::new(Domain::for_address(SocketAddr::new(server_ip, 0)), Type::STREAM, Some(Protocol::TCP)).map_err(err("socket"))?;
+        let socket =
+            Socket::new(Domain::for_address(SocketAddr::new(server_ip, 0)), Type::STREAM, Some(Protocol::TCP)).map_err(err("socket"))?;
         if server_ip.is_ipv4() {
             socket.set_ip_transparent_v4(true).map_err(err("IP_TRANSPARENT"))?;
         } else {

@@ -3,6 +3,9 @@
 //! streaming of a large body, h2c, an unreachable upstream, and the transparent upstream
 //! socket's conntrack entry (the last as root only).
 
+// Helpers outside #[test] functions panic on purpose too: a failed set-up is a failed test.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -121,7 +124,12 @@ fn context(server: SocketAddr, mode: UpstreamMode, flows: Arc<FakeFlows>) -> Arc
         endpoints: vec![ProxyEndpoint {
             key: "shop/web".into(),
             ips: vec![server.ip()],
-            ingress: vec![L7Grant { identity: CLIENT_IDENTITY, port: server.port(), http: vec![get("/public"), get("/big")], policy: "test".into() }],
+            ingress: vec![L7Grant {
+                identity: CLIENT_IDENTITY,
+                port: server.port(),
+                http: vec![get("/public"), get("/big")],
+                policy: "test".into(),
+            }],
             egress: vec![],
         }],
     };
@@ -148,7 +156,11 @@ async fn h1_client(stream: TcpStream) -> hyper::client::conn::http1::SendRequest
     sender
 }
 
-async fn get(sender: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>, method: &str, path: &str) -> (StatusCode, String, Option<String>) {
+async fn get(
+    sender: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+    method: &str,
+    path: &str,
+) -> (StatusCode, String, Option<String>) {
     sender.ready().await.unwrap();
     let request = Request::builder()
         .method(method)
@@ -263,8 +275,11 @@ async fn h2c_prior_knowledge() {
     let stream = connect_through(ctx, CLIENT.parse().unwrap(), server).await;
     let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.unwrap();
     tokio::spawn(conn);
-    let request = |method: &str, path: &str| Request::builder().method(method).uri(format!("http://web.shop:80{path}")).body(Empty::<Bytes>::new()).unwrap();
-    let (allowed, denied) = tokio::join!(sender.clone().send_request(request("GET", "/public")), sender.send_request(request("DELETE", "/public")));
+    let request = |method: &str, path: &str| {
+        Request::builder().method(method).uri(format!("http://web.shop:80{path}")).body(Empty::<Bytes>::new()).unwrap()
+    };
+    let (allowed, denied) =
+        tokio::join!(sender.clone().send_request(request("GET", "/public")), sender.send_request(request("DELETE", "/public")));
     let allowed = allowed.unwrap();
     assert_eq!(allowed.status(), StatusCode::OK, "GET over h2c is forwarded");
     assert_eq!(allowed.version(), http::Version::HTTP_2);
