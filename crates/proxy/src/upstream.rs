@@ -140,25 +140,24 @@ impl Upstream {
         let request_err = move |source| UpstreamError::Request { server, source };
         let mut slot = self.sender.lock().await;
         // A kept-alive upstream may have closed since the last request: open another.
-        if slot.as_ref().is_none_or(Sender::is_closed) {
-            *slot = Some(self.open(h2).await?);
-        }
-        match slot.as_mut() {
-            Some(Sender::Http2(s)) => {
+        let sender = match slot.take() {
+            Some(s) if !s.is_closed() => slot.insert(s),
+            _ => slot.insert(self.open(h2).await?),
+        };
+        match sender {
+            Sender::Http2(s) => {
                 // h2 multiplexes: let other streams of the client's connection go at once.
                 let mut s = s.clone();
                 drop(slot);
                 s.ready().await.map_err(request_err)?;
                 s.send_request(request).await.map_err(request_err)
             }
-            Some(Sender::Http1(s)) => {
+            Sender::Http1(s) => {
                 s.ready().await.map_err(request_err)?;
                 let response = s.send_request(request);
                 drop(slot);
                 response.await.map_err(request_err)
             }
-            // Set just above.
-            None => Err(UpstreamError::ConnectTimeout { server }),
         }
     }
 
