@@ -51,6 +51,12 @@ pub enum Command {
         #[arg(long)]
         node_name: Option<String>,
     },
+    /// Run the node's layer-7 proxy, on the agent's configuration (`proxy.port`, `stateDir`,
+    /// `bpffs`). A process of its own: restarting the agent leaves it and its connections alone.
+    Proxy {
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Agent health, host routing mode and why, endpoints and attached programs.
     Status {
         /// Lab node to ask (default: the first).

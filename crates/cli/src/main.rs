@@ -25,7 +25,7 @@ fn main() -> ExitCode {
     // a vectored write (which hyper and tonic use) to such a socket raises SIGPIPE; ignored, it
     // is the EPIPE error those connections already handle.
     let disposition = match cli.command {
-        Command::Agent { .. } | Command::Bench { .. } => libc::SIG_IGN,
+        Command::Agent { .. } | Command::Proxy { .. } | Command::Bench { .. } => libc::SIG_IGN,
         _ => libc::SIG_DFL,
     };
     // SAFETY: setting a signal's disposition before any thread starts.
@@ -60,6 +60,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     runtime.block_on(async move {
         match cli.command {
             Command::Agent { config, node_name } => node_cmds::agent(&config, node_name.as_deref()).await,
+            Command::Proxy { config } => node_cmds::proxy(&config).await,
             Command::Status { node, output } => node_cmds::status(&target, node.as_deref(), output).await,
             Command::Endpoint { command: args::EndpointCommand::List { node, output } } => {
                 node_cmds::endpoint_list(&target, node.as_deref(), output).await

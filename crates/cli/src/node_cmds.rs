@@ -22,6 +22,34 @@ pub async fn agent(config: &Path, node_name: Option<&str>) -> anyhow::Result<Exi
     Ok(ExitCode::SUCCESS)
 }
 
+/// `sluice proxy`: binds the listeners, says so in the log, serves until SIGTERM or SIGINT.
+pub async fn proxy(config: &Path) -> anyhow::Result<ExitCode> {
+    use tokio::signal::unix::{signal, SignalKind};
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_target(false)
+        .init();
+    let config = sluice_agent::AgentConfig::load(config)?;
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let proxy = sluice_proxy::Proxy::bind(sluice_proxy::ProxyConfig {
+        port: config.proxy.port,
+        rules_path: config.proxy_rules_path(),
+        bpffs: Some(config.bpffs.clone()),
+        upstream: sluice_proxy::UpstreamMode::Transparent,
+    })?;
+    tracing::info!(addresses = ?proxy.local_addrs(), rules = %config.proxy_rules_path().display(), "{}", sluice_lab::PROXY_READY_LINE);
+    proxy
+        .serve(async move {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+                _ = int.recv() => tracing::info!("SIGINT: stopping"),
+            }
+        })
+        .await?;
+    Ok(ExitCode::SUCCESS)
+}
+
 fn socket(target: &Target, node: Option<&str>) -> anyhow::Result<PathBuf> {
     match target {
         Target::Socket(s) => Ok(s.clone()),

@@ -84,16 +84,30 @@ pub fn cni_config(node: &NodeState) -> String {
 
 /// Starts the agent of `node` from binary `sluice` and returns its pid.
 pub fn start_agent(sluice: &Path, node: &NodeState, names: &LabNames) -> Result<i32, LabError> {
+    start_node_process(sluice, node, names, "agent")
+}
+
+/// Starts the layer-7 proxy of `node` (`sluice proxy`, on the agent's configuration) and
+/// returns its pid. A process of its own, as in a cluster: restarting the agent leaves it and
+/// its connections alone.
+pub fn start_proxy(sluice: &Path, node: &NodeState, names: &LabNames) -> Result<i32, LabError> {
+    start_node_process(sluice, node, names, "proxy")
+}
+
+/// `sluice <command> --config agent.yaml` in the node's namespace and in the cgroup
+/// `<node>/<command>`, logging to `<command>.log`, in a session of its own.
+fn start_node_process(sluice: &Path, node: &NodeState, names: &LabNames, command: &str) -> Result<i32, LabError> {
     let config = node.dir.join("agent.yaml");
-    let log = std::fs::File::create(node.dir.join("agent.log")).map_err(|e| LabError::io("creating agent.log", e))?;
-    let log2 = log.try_clone().map_err(|e| LabError::io("opening agent.log", e))?;
-    let agent_cgroup = node.cgroup.join("agent");
-    crate::cgroup::create(&agent_cgroup)?;
+    let log_name = format!("{command}.log");
+    let log = std::fs::File::create(node.dir.join(&log_name)).map_err(|e| LabError::io(format!("creating {log_name}"), e))?;
+    let log2 = log.try_clone().map_err(|e| LabError::io(format!("opening {log_name}"), e))?;
+    let cgroup = node.cgroup.join(command);
+    crate::cgroup::create(&cgroup)?;
     let mut cmd = Command::new(sluice);
-    cmd.arg("agent").arg("--config").arg(&config).stdin(Stdio::null()).stdout(log).stderr(log2);
+    cmd.arg(command).arg("--config").arg(&config).stdin(Stdio::null()).stdout(log).stderr(log2);
     cmd.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
-    enter_on_exec(&mut cmd, &sluice_datapath::netns::named_netns_path(&names.node_netns(&node.name)), Some(&agent_cgroup), true)?;
-    let child = cmd.spawn().map_err(|e| LabError::io(format!("starting {}", sluice.display()), e))?;
+    enter_on_exec(&mut cmd, &sluice_datapath::netns::named_netns_path(&names.node_netns(&node.name)), Some(&cgroup), true)?;
+    let child = cmd.spawn().map_err(|e| LabError::io(format!("starting {} {command}", sluice.display()), e))?;
     Ok(child.id() as i32)
 }
 
@@ -119,6 +133,7 @@ pub async fn wait_ready(node: &NodeState, pid: i32, timeout: Duration) -> Result
     }
 }
 
+/// Stops an agent or a proxy (its process group).
 pub fn stop_agent(pid: i32) {
     stop_group(pid, Duration::from_secs(5));
 }

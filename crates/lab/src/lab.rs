@@ -221,6 +221,7 @@ impl Lab {
                 dir,
                 name,
                 agent_pid: None,
+                proxy_pid: None,
             };
             self.state.nodes.push(node.clone());
             self.save()?;
@@ -231,6 +232,7 @@ impl Lab {
             std::fs::write(node.dir.join("agent.yaml"), config).map_err(|e| LabError::io("writing agent.yaml", e))?;
             let pid = agents::start_agent(&self.bins.sluice, &node, &self.names)?;
             self.state.nodes[index].agent_pid = Some(pid);
+            self.state.nodes[index].proxy_pid = Some(agents::start_proxy(&self.bins.sluice, &node, &self.names)?);
             self.save()?;
             if !etcd {
                 let status = agents::wait_ready(&node, pid, opts.agent_timeout).await?;
@@ -291,6 +293,9 @@ impl Lab {
             progress(&format!("pod {key} removed"));
         }
         for node in self.state.nodes.clone() {
+            if let Some(pid) = node.proxy_pid {
+                agents::stop_agent(pid);
+            }
             if let Some(pid) = node.agent_pid {
                 agents::stop_agent(pid);
             }
@@ -589,6 +594,36 @@ impl Lab {
         self.save()?;
         let status = agents::wait_ready(&node_state, pid, timeout).await?;
         Ok((status, started.elapsed()))
+    }
+
+    /// Stops a node's layer-7 proxy and starts it again; returns once the new one listens on
+    /// `port` (the node's `proxy.port`) or after `timeout`.
+    pub async fn restart_proxy(&mut self, node: &str, timeout: Duration) -> Result<Duration, LabError> {
+        let index = self
+            .state
+            .nodes
+            .iter()
+            .position(|n| n.name == node)
+            .ok_or_else(|| LabError::Invalid(format!("no node {node:?} in lab {}", self.state.name)))?;
+        if let Some(pid) = self.state.nodes[index].proxy_pid {
+            agents::stop_agent(pid);
+        }
+        let node_state = self.state.nodes[index].clone();
+        let started = std::time::Instant::now();
+        let pid = agents::start_proxy(&self.bins.sluice, &node_state, &self.names)?;
+        self.state.nodes[index].proxy_pid = Some(pid);
+        self.save()?;
+        let log = node_state.dir.join("proxy.log");
+        while started.elapsed() < timeout {
+            if std::fs::read_to_string(&log).is_ok_and(|l| l.contains(crate::PROXY_READY_LINE)) {
+                return Ok(started.elapsed());
+            }
+            if !crate::process::alive(pid) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Err(LabError::Invalid(format!("{node}: the proxy did not start within {timeout:?}; see {}", log.display())))
     }
 
     /// The lab's nodes. On etcd, as their agents registered them (a node whose agent died

@@ -26,4 +26,7 @@ pub mod state;
 mod topology;
 
 pub use error::LabError;
+
+/// What `sluice proxy` writes to its log once its listeners are bound.
+pub const PROXY_READY_LINE: &str = "proxy listening";
 pub use lab::{AppliedObject, Lab, UpOptions};

@@ -82,6 +82,9 @@ pub struct NodeState {
     pub bpffs: PathBuf,
     pub cgroup: PathBuf,
     pub agent_pid: Option<i32>,
+    /// The node's layer-7 proxy.
+    #[serde(default)]
+    pub proxy_pid: Option<i32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -287,20 +287,12 @@ async fn h2c_prior_knowledge() {
     assert_eq!(denied.unwrap().status(), StatusCode::FORBIDDEN, "DELETE over h2c is denied on a concurrent stream");
 }
 
-fn require_root(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    assert!(std::env::var("CI").map(|v| v != "true" && v != "1").unwrap_or(true), "{test} needs root and CI=true is set");
-    eprintln!("SKIPPED {test}: needs root");
-    false
-}
 
 /// The transparent upstream binds the client's address (127.0.0.2 here: local, so no routing
 /// is needed) and writes its conntrack entry before connecting, removed when it closes.
 #[tokio::test]
 async fn transparent_upstream_writes_and_removes_its_conntrack_entry() {
-    if !require_root("transparent_upstream_writes_and_removes_its_conntrack_entry") {
+    if !sluice_datapath::testing::require_root("transparent_upstream_writes_and_removes_its_conntrack_entry") {
         return;
     }
     let server = backend().await;

@@ -1,23 +1,14 @@
-//! The listener path and the binary: connections that did not come through the datapath are
+//! The listener path: connections that did not come through the datapath are
 //! closed, shutdown ends `serve`, and start-up errors name what failed.
 
 // A failed expect is a failed test, and its message says what was expected.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
-use std::process::Command;
 use std::time::Duration;
 
 use sluice_proxy::{Proxy, ProxyConfig, ProxyError, UpstreamMode};
 use tokio::io::AsyncReadExt;
 
-fn require_root(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    assert!(std::env::var("CI").map(|v| v != "true" && v != "1").unwrap_or(true), "{test} needs root and CI=true is set");
-    eprintln!("SKIPPED {test}: needs root");
-    false
-}
 
 fn config(port: u16, dir: &std::path::Path) -> ProxyConfig {
     ProxyConfig { port, rules_path: dir.join("rules.json"), bpffs: None, upstream: UpstreamMode::Plain }
@@ -25,7 +16,7 @@ fn config(port: u16, dir: &std::path::Path) -> ProxyConfig {
 
 #[tokio::test]
 async fn loopback_connections_are_closed_and_shutdown_stops_serving() {
-    if !require_root("loopback_connections_are_closed_and_shutdown_stops_serving") {
+    if !sluice_datapath::testing::require_root("loopback_connections_are_closed_and_shutdown_stops_serving") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -52,7 +43,7 @@ async fn loopback_connections_are_closed_and_shutdown_stops_serving() {
 
 #[tokio::test]
 async fn a_taken_port_is_named_in_the_error() {
-    if !require_root("a_taken_port_is_named_in_the_error") {
+    if !sluice_datapath::testing::require_root("a_taken_port_is_named_in_the_error") {
         return;
     }
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -64,21 +55,3 @@ async fn a_taken_port_is_named_in_the_error() {
     assert!(message.starts_with(&format!("bind 127.0.0.1:{port}: ")), "the error names the address: {message}");
 }
 
-#[test]
-fn binary_names_a_missing_map() {
-    let dir = tempfile::tempdir().unwrap();
-    let pid_file = dir.path().join("proxy.pid");
-    let output = Command::new(env!("CARGO_BIN_EXE_sluice-proxy"))
-        .args(["--port", "15001", "--rules"])
-        .arg(dir.path().join("rules.json"))
-        .arg("--bpffs")
-        .arg(dir.path().join("no-bpffs"))
-        .arg("--pid-file")
-        .arg(&pid_file)
-        .output()
-        .unwrap();
-    assert!(!output.status.success(), "the proxy cannot start without its maps");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("no-bpffs/ipcache"), "the error names the map it could not open: {stderr}");
-    assert!(!pid_file.exists(), "no pid file is left behind");
-}

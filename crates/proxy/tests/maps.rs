@@ -1,6 +1,6 @@
 //! The proxy against real maps (root only): an `ipcache` LPM trie and a `policy_ct` LRU hash of
 //! the ABI's sizes, created and pinned in a bpffs of the test's own, read and written through
-//! the proxy's map types; and the binary started on them and stopped by SIGTERM.
+//! the proxy's map types.
 
 // A failed expect is a failed test, and its message says what was expected.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
@@ -8,8 +8,6 @@
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::process::Command;
-use std::time::Duration;
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Map, MapData};
@@ -17,14 +15,6 @@ use sluice_proxy::flows::{proxy_ct_entry, proxy_ct_key, PolicyConntrack};
 use sluice_proxy::identity::{ipcache_key, Ipcache};
 use sluice_proxy::{FlowTable, IdentitySource};
 
-fn require_root(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    assert!(std::env::var("CI").map(|v| v != "true" && v != "1").unwrap_or(true), "{test} needs root and CI=true is set");
-    eprintln!("SKIPPED {test}: needs root");
-    false
-}
 
 /// A bpffs mounted on a temporary directory, unmounted on drop.
 struct Bpffs(tempfile::TempDir);
@@ -79,7 +69,7 @@ fn make_maps(dir: &Path) {
 
 #[test]
 fn ipcache_lookups_and_policy_ct_writes_on_real_maps() {
-    if !require_root("ipcache_lookups_and_policy_ct_writes_on_real_maps") {
+    if !sluice_datapath::testing::require_root("ipcache_lookups_and_policy_ct_writes_on_real_maps") {
         return;
     }
     let fs = Bpffs::mount();
@@ -118,47 +108,3 @@ fn ipcache_lookups_and_policy_ct_writes_on_real_maps() {
     ct.remove(&key).unwrap();
 }
 
-/// The proxy process, killed if the test fails before stopping it.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-#[test]
-fn binary_serves_and_stops_on_sigterm() {
-    if !require_root("binary_serves_and_stops_on_sigterm") {
-        return;
-    }
-    let fs = Bpffs::mount();
-    make_maps(fs.0.path());
-    let dir = tempfile::tempdir().unwrap();
-    let pid_file = dir.path().join("proxy.pid");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut child = KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_sluice-proxy"))
-            .args(["--port", &port.to_string(), "--rules"])
-            .arg(dir.path().join("rules.json"))
-            .arg("--bpffs")
-            .arg(fs.0.path())
-            .arg("--pid-file")
-            .arg(&pid_file)
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !pid_file.exists() && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let pid = std::fs::read_to_string(&pid_file).unwrap_or_default();
-    assert_eq!(pid.trim(), child.0.id().to_string(), "the pid file holds the process id");
-    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(), "the proxy listens on 127.0.0.1:{port}");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.0.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
-    let status = child.0.wait().unwrap();
-    assert!(status.success(), "SIGTERM is a clean exit: {status}");
-    assert!(!pid_file.exists(), "the pid file is removed on exit");
-}
