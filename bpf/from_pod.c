@@ -57,6 +57,8 @@ static __noinline int from_pod_ip4(struct __sk_buff *skb, const struct endpoint_
 	if (lb == LB_VERDICT)
 		return verdict;
 	verdict = policy_egress_end(skb, ep, lb != LB_NONE);
+	if (verdict == POLICY_PROXY_REPLY)
+		return to_proxy_stack(skb);
 	if (verdict != POLICY_CONTINUE)
 		return verdict;
 	return route_ip4(skb, lb == LB_NODE_SOURCE);
@@ -119,6 +121,8 @@ static __noinline int from_pod_ip6(struct __sk_buff *skb, const struct endpoint_
 	if (lb == LB_VERDICT)
 		return verdict;
 	verdict = policy_egress_end(skb, ep, lb != LB_NONE);
+	if (verdict == POLICY_PROXY_REPLY)
+		return to_proxy_stack(skb);
 	if (verdict != POLICY_CONTINUE)
 		return verdict;
 	return route_ip6(skb, lb == LB_NODE_SOURCE);

@@ -455,6 +455,9 @@ struct policy_endpoint {
 /* Written by the node's proxy for each upstream connection it opens from a local pod's address
  * (oriented from that pod): packets of the tuple towards the pod belong to the proxy. */
 #define SLUICE_PCT_F_PROXY (1 << 4)
+/* Set on a local pod's entry for a connection the proxy opened to it (FROM_PROXY): the pod's
+ * replies belong to the proxy, whichever node the client's address is on. */
+#define SLUICE_PCT_F_PROXY_UPSTREAM (1 << 5)
 
 struct policy_ct_entry {
 	__u64 last_seen_ns;

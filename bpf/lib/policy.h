@@ -150,7 +150,8 @@ static __always_inline int policy_parse(struct __sk_buff *skb, struct policy_pkt
 }
 
 /* Egress, first half (before service translation): what the pod sent, against its conntrack.
- * `state`: 0 not IP or not subject, 1 new, 2 established (re-checked), 3 reply. */
+ * `state`: 0 not IP or not subject, 1 new, 2 established (re-checked), 3 reply, 4 reply to a
+ * connection the proxy opened (for the proxy). */
 struct policy_egress {
 	struct policy_pkt p;
 	__u8 state;
@@ -407,7 +408,7 @@ static __noinline __attribute__((unused)) void policy_egress_begin(struct __sk_b
 	}
 	int reply = !!(e->flags & SLUICE_PCT_F_ORIGIN_INGRESS);
 	pct_touch(e, eg->p.tcp_flags, reply);
-	eg->state = reply ? 3 : 2;
+	eg->state = reply ? ((e->flags & SLUICE_PCT_F_PROXY_UPSTREAM) ? 4 : 3) : 2;
 }
 
 /* Egress, second half (after service translation): the policy of the sending endpoint for
@@ -419,6 +420,8 @@ static __noinline __attribute__((unused)) int policy_egress_end(struct __sk_buff
 	if (!sc)
 		return POLICY_CONTINUE;
 	struct policy_egress *eg = &sc->eg;
+	if (eg->state == 4)
+		return POLICY_PROXY_REPLY;
 	if (eg->state == 0 || eg->state == 3)
 		return POLICY_CONTINUE;
 	__u32 endpoint_id = ep->endpoint_id;
@@ -472,11 +475,12 @@ static __noinline int policy_ingress(struct __sk_buff *skb, const struct endpoin
 	__u32 endpoint_id = ep->endpoint_id;
 	struct policy_endpoint *pe = bpf_map_lookup_elem(&policy_endpoints, &endpoint_id);
 	int proxy = 0;
+	int from_proxy = (skb->mark & SLUICE_MARK_MASK) == SLUICE_MARK_FROM_PROXY;
 	if (pe && pe->ingress_mode != SLUICE_POLICY_MODE_NONE) {
 		__u32 id = identity_of(sc, p->t.family, p->t.saddr);
 		int v = policy_decide(skb, sc, pe, endpoint_id, SLUICE_POLICY_INGRESS, id, p, p->t.saddr);
 		/* The proxy's own upstream connection passes: its client went through the proxy. */
-		if (v == POLICY_PROXY && (skb->mark & SLUICE_MARK_MASK) != SLUICE_MARK_FROM_PROXY)
+		if (v == POLICY_PROXY && !from_proxy)
 			proxy = 1;
 		else if (v != POLICY_CONTINUE && v != POLICY_PROXY)
 			return v;
@@ -495,7 +499,7 @@ static __noinline int policy_ingress(struct __sk_buff *skb, const struct endpoin
 	if (e && !syn)
 		pct_touch(e, p->tcp_flags, 0);
 	else
-		return pct_create(skb, k, SLUICE_PCT_F_ORIGIN_INGRESS);
+		return pct_create(skb, k, SLUICE_PCT_F_ORIGIN_INGRESS | (from_proxy ? SLUICE_PCT_F_PROXY_UPSTREAM : 0));
 	return POLICY_CONTINUE;
 }
 

@@ -32,6 +32,22 @@ pub async fn proxy(config: &Path) -> anyhow::Result<ExitCode> {
     let config = sluice_agent::AgentConfig::load(config)?;
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    // The agent creates the maps; the proxy may start first (a DaemonSet starts containers in
+    // no particular order).
+    let maps = [config.bpffs.join("ipcache"), config.bpffs.join("policy_ct")];
+    let waiting = std::time::Instant::now();
+    let mut told = std::time::Duration::ZERO;
+    while !maps.iter().all(|m| m.exists()) {
+        if waiting.elapsed() >= told {
+            tracing::info!("waiting for the agent to create the datapath's maps in {}", config.bpffs.display());
+            told += std::time::Duration::from_secs(10);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
+            _ = term.recv() => return Ok(ExitCode::SUCCESS),
+            _ = int.recv() => return Ok(ExitCode::SUCCESS),
+        }
+    }
     let proxy = sluice_proxy::Proxy::bind(sluice_proxy::ProxyConfig {
         port: config.proxy.port,
         rules_path: config.proxy_rules_path(),

@@ -185,18 +185,19 @@ impl Netlink {
     /// Adds (or replaces) a route to `dst` out of `oif`, via `gateway` or directly on the link.
     pub async fn add_route(&self, dst: IpNet, gateway: Option<IpAddr>, oif: u32) -> Result<(), DatapathError> {
         let action = format!("adding route {dst} via {gateway:?} dev {oif}");
-        let base = self.handle.route().add().output_interface(oif).replace();
+        let base = self.handle.route().add().output_interface(oif);
         let base = if gateway.is_none() { base.scope(RouteScope::Link) } else { base };
+        // `replace` after the family: choosing one starts a new request without it.
         let result = match (dst, gateway) {
             (IpNet::V4(d), gw) => {
-                let mut r = base.v4().destination_prefix(d.addr(), d.prefix_len());
+                let mut r = base.v4().replace().destination_prefix(d.addr(), d.prefix_len());
                 if let Some(IpAddr::V4(g)) = gw {
                     r = r.gateway(g);
                 }
                 r.execute().await
             }
             (IpNet::V6(d), gw) => {
-                let mut r = base.v6().destination_prefix(d.addr(), d.prefix_len());
+                let mut r = base.v6().replace().destination_prefix(d.addr(), d.prefix_len());
                 if let Some(IpAddr::V6(g)) = gw {
                     r = r.gateway(g);
                 }
@@ -210,10 +211,11 @@ impl Netlink {
     /// so that [`Netlink::sluice_routes`] finds exactly the routes the agent owns.
     pub async fn add_sluice_route(&self, route: &NodeRoute) -> Result<(), DatapathError> {
         let action = format!("adding route {} via {} dev {}", route.destination, route.gateway, route.oif);
-        let base = self.handle.route().add().output_interface(route.oif).protocol(RouteProtocol::Other(SLUICE_ROUTE_PROTOCOL)).replace();
+        let base = self.handle.route().add().output_interface(route.oif).protocol(RouteProtocol::Other(SLUICE_ROUTE_PROTOCOL));
+        // `replace` after the family: choosing one starts a new request without it.
         let result = match (route.destination, route.gateway) {
-            (IpNet::V4(d), IpAddr::V4(g)) => base.v4().destination_prefix(d.addr(), d.prefix_len()).gateway(g).execute().await,
-            (IpNet::V6(d), IpAddr::V6(g)) => base.v6().destination_prefix(d.addr(), d.prefix_len()).gateway(g).execute().await,
+            (IpNet::V4(d), IpAddr::V4(g)) => base.v4().replace().destination_prefix(d.addr(), d.prefix_len()).gateway(g).execute().await,
+            (IpNet::V6(d), IpAddr::V6(g)) => base.v6().replace().destination_prefix(d.addr(), d.prefix_len()).gateway(g).execute().await,
             _ => return Err(DatapathError::netlink(action, rtnetlink::Error::RequestFailed)),
         };
         result.map_err(|e| DatapathError::netlink(action, e))
@@ -281,11 +283,12 @@ impl Netlink {
                 };
                 result.map_err(|e| DatapathError::netlink(format!("adding the proxy's {family} rule"), e))?;
             }
-            let route = self.handle.route().add().output_interface(lo).table_id(PROXY_ROUTE_TABLE).kind(RouteType::Local).scope(RouteScope::Host).replace();
+            let route = self.handle.route().add().output_interface(lo).table_id(PROXY_ROUTE_TABLE).kind(RouteType::Local).scope(RouteScope::Host);
+            // `replace` after the family: choosing one starts a new request without it.
             let result = if v6 {
-                route.v6().destination_prefix(std::net::Ipv6Addr::UNSPECIFIED, 0).execute().await
+                route.v6().replace().destination_prefix(std::net::Ipv6Addr::UNSPECIFIED, 0).execute().await
             } else {
-                route.v4().destination_prefix(std::net::Ipv4Addr::UNSPECIFIED, 0).execute().await
+                route.v4().replace().destination_prefix(std::net::Ipv4Addr::UNSPECIFIED, 0).execute().await
             };
             result.map_err(|e| DatapathError::netlink(format!("adding the proxy's {family} local route"), e))?;
         }
