@@ -171,6 +171,12 @@ pub enum Command {
         #[arg(long, default_value = "node0")]
         node: String,
     },
+    /// Restart a lab node's layer-7 proxy; connections that do not pass through it are not
+    /// touched, and it enforces the rules the agent left it.
+    RestartProxy {
+        #[arg(long, default_value = "node0")]
+        node: String,
+    },
     /// Stop the lab's etcd and start it again on the same data (a control-plane outage);
     /// pods keep their connections.
     RestartEtcd,

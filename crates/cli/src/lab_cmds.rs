@@ -87,6 +87,13 @@ pub async fn restart_agent(lab: &str, node: &str) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+pub async fn restart_proxy(lab: &str, node: &str) -> anyhow::Result<ExitCode> {
+    let mut lab = Lab::open_locked(lab, sluice_binary()?)?;
+    let took = lab.restart_proxy(node, Duration::from_secs(20)).await?;
+    eprintln!("{node}: proxy restarted and listening in {:.0} ms", took.as_secs_f64() * 1000.0);
+    Ok(ExitCode::SUCCESS)
+}
+
 pub async fn restart_etcd(lab: &str) -> anyhow::Result<ExitCode> {
     let mut lab = Lab::open_locked(lab, sluice_binary()?)?;
     let took = lab.restart_etcd(Duration::from_secs(20)).await?;

@@ -85,6 +85,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Events { node, follow, output } => node_cmds::events(&target, node.as_deref(), follow, output).await,
             Command::Down => lab_cmds::down(&cli.lab).await,
             Command::RestartAgent { node } => lab_cmds::restart_agent(&cli.lab, &node).await,
+            Command::RestartProxy { node } => lab_cmds::restart_proxy(&cli.lab, &node).await,
             Command::RestartEtcd => lab_cmds::restart_etcd(&cli.lab).await,
             Command::Apply { file, timeout } => lab_cmds::apply(&cli.lab, &file, timeout).await,
             Command::Get { resource, name, namespace, all_namespaces, output } => {

@@ -2,8 +2,9 @@
 //! with HTTP rules, and a real HTTP client (curl) in pods on the server's node and on another
 //! node, over IPv4 and IPv6. Allowed requests get the server's answer; every other request on
 //! the port gets `403 Forbidden` from the node's proxy (never a silent drop); a peer the rule
-//! does not name is dropped at layer 3/4 as before. Then the same from the client's side with
-//! an egress rule, and the proxy's own restart.
+//! does not name is dropped at layer 3/4 as before. Then a long download through the proxy
+//! that both agents' restarts do not break; the proxy's own restart, after which it enforces
+//! the same rules; and the client's side, with an egress rule.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a test fails loudly on what it did not expect
 
@@ -15,6 +16,8 @@ use std::time::{Duration, Instant};
 use common::{privileged, TestLab};
 
 const SNP: &str = "apiVersion: sluice.dev/v1\nkind: SluiceNetworkPolicy\n";
+/// The file the long download fetches: 24 MiB at 4 MiB/s, about six seconds.
+const BIG_BYTES: usize = 24 << 20;
 
 /// The pods: the server `web` on node0; clients `near` (node0) and `far` (node1) labelled
 /// `app: client`; `stranger` (node1) labelled `app: other`.
@@ -46,11 +49,7 @@ fn which(cmd: &str) -> String {
 
 /// `curl` from a pod: (status code, body); status 0 when no HTTP answer came.
 fn request(lab: &TestLab, pod: &str, method: &str, url: &str) -> (u16, String) {
-    let out = lab.exec(
-        "shop",
-        pod,
-        &["curl", "-g", "-s", "-X", method, "--max-time", "3", "-w", "\n%{http_code}", url],
-    );
+    let out = lab.exec("shop", pod, &["curl", "-g", "-s", "-X", method, "--max-time", "3", "-w", "\n%{http_code}", url]);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let (body, code) = stdout.rsplit_once('\n').unwrap_or(("", stdout.as_str()));
     (code.trim().parse().unwrap_or(0), body.to_owned())
@@ -83,6 +82,8 @@ fn http_rules_allow_what_they_name_and_the_proxy_answers_403_to_the_rest() {
         std::fs::create_dir_all(docroot.path().join(dir)).unwrap();
         std::fs::write(docroot.path().join(dir).join(file), body).unwrap();
     }
+    let big: Vec<u8> = (0..BIG_BYTES).map(|i| (i % 251) as u8).collect();
+    std::fs::write(docroot.path().join("public/big.bin"), &big).unwrap();
     let lab = TestLab::up("l7", &["--nodes", "2"]);
     lab.apply_ok(&manifest(docroot.path()));
 
@@ -111,5 +112,65 @@ fn http_rules_allow_what_they_name_and_the_proxy_answers_403_to_the_rest() {
     for url in urls(&lab, "/public/hello.txt") {
         let (code, body) = request(&lab, "stranger", "GET", &url);
         assert_eq!(code, 0, "stranger is no peer of the rule: dropped at layer 3/4, no HTTP answer (got {code} {body:?})");
+    }
+
+    // A long download through node0's proxy keeps flowing while both agents restart: the
+    // proxy is a process of its own and the maps stay pinned.
+    let [big_v4, _] = urls(&lab, "/public/big.bin");
+    let download = lab
+        .cmd(&[
+            "exec",
+            "far",
+            "-n",
+            "shop",
+            "--",
+            "curl",
+            "-s",
+            "--limit-rate",
+            "4M",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{size_download}",
+            &big_v4,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    for node in ["node0", "node1"] {
+        let out = lab.run(&["restart-agent", "--node", node]);
+        assert!(out.status.success(), "restart-agent {node}: {}", common::text(&out));
+    }
+    let out = download.wait_with_output().unwrap();
+    let summary = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "the download survives the agents' restarts (curl: {summary})");
+    assert_eq!(summary, format!("200 {BIG_BYTES}"), "all of it arrived");
+
+    // The proxy's own restart: it reads the rules the agent left and enforces them again.
+    let out = lab.run(&["restart-proxy", "--node", "node0"]);
+    assert!(out.status.success(), "restart-proxy: {}", common::text(&out));
+    for (public, admin) in urls(&lab, "/public/hello.txt").into_iter().zip(urls(&lab, "/admin/secret.txt")) {
+        assert_eq!(request_until(&lab, "far", "GET", &public, 200).0, 200, "after the proxy's restart: GET {public}");
+        assert_eq!(request(&lab, "far", "GET", &admin).0, 403, "after the proxy's restart: GET {admin}");
+    }
+
+    // The client's side: egress rules, enforced by the client's own node's proxy.
+    let out = lab.run(&["delete", "sluicenetworkpolicy", "web-http", "-n", "shop"]);
+    assert!(out.status.success(), "delete: {}", common::text(&out));
+    lab.apply_ok(&format!(
+        "{SNP}metadata: {{name: client-http, namespace: shop}}\nspec:\n  endpointSelector: {{matchLabels: {{app: client}}}}\n  egress:\n  \
+         - toEndpoints: [{{matchLabels: {{app: web}}}}]\n    toPorts:\n    - ports: [{{port: '80', protocol: TCP}}]\n      \
+         rules: {{http: [{{method: GET, path: '/admin/.*', headers: ['X-Role: admin']}}]}}\n"
+    ));
+    for client in ["near", "far"] {
+        for (public, admin) in urls(&lab, "/public/hello.txt").into_iter().zip(urls(&lab, "/admin/secret.txt")) {
+            let (code, body) = request_until(&lab, client, "GET", &public, 403);
+            assert_eq!((code, body.as_str()), (403, "Access denied\n"), "{client}: egress rule: GET {public} is outside it");
+            let (code, _) = request(&lab, client, "GET", &admin);
+            assert_eq!(code, 403, "{client}: GET {admin} without the header the rule asks for");
+            let out = lab.exec("shop", client, &["curl", "-g", "-s", "--max-time", "3", "-H", "X-Role: admin", &admin]);
+            assert_eq!(String::from_utf8_lossy(&out.stdout), "the secret\n", "{client}: GET {admin} with X-Role: admin is allowed");
+        }
     }
 }

@@ -267,11 +267,18 @@ impl Netlink {
             let mut rules = self.handle.rule().get(version.clone()).execute();
             while let Some(rule) = rules.try_next().await.map_err(|e| DatapathError::netlink(format!("listing {family} rules"), e))? {
                 let has = |a: &RuleAttribute| rule.attributes.contains(a);
-                present |= has(&RuleAttribute::FwMark(mark)) && has(&RuleAttribute::FwMask(mask)) && has(&RuleAttribute::Table(PROXY_ROUTE_TABLE));
+                present |=
+                    has(&RuleAttribute::FwMark(mark)) && has(&RuleAttribute::FwMask(mask)) && has(&RuleAttribute::Table(PROXY_ROUTE_TABLE));
             }
             if !present {
-                let base =
-                    self.handle.rule().add().fw_mark(mark).table_id(PROXY_ROUTE_TABLE).priority(PROXY_RULE_PRIORITY).action(RuleAction::ToTable);
+                let base = self
+                    .handle
+                    .rule()
+                    .add()
+                    .fw_mark(mark)
+                    .table_id(PROXY_ROUTE_TABLE)
+                    .priority(PROXY_RULE_PRIORITY)
+                    .action(RuleAction::ToTable);
                 let result = if v6 {
                     let mut rule = base.v6();
                     rule.message_mut().attributes.push(RuleAttribute::FwMask(mask));
@@ -283,7 +290,8 @@ impl Netlink {
                 };
                 result.map_err(|e| DatapathError::netlink(format!("adding the proxy's {family} rule"), e))?;
             }
-            let route = self.handle.route().add().output_interface(lo).table_id(PROXY_ROUTE_TABLE).kind(RouteType::Local).scope(RouteScope::Host);
+            let route =
+                self.handle.route().add().output_interface(lo).table_id(PROXY_ROUTE_TABLE).kind(RouteType::Local).scope(RouteScope::Host);
             // `replace` after the family: choosing one starts a new request without it.
             let result = if v6 {
                 route.v6().replace().destination_prefix(std::net::Ipv6Addr::UNSPECIFIED, 0).execute().await

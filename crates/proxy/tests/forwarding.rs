@@ -287,7 +287,6 @@ async fn h2c_prior_knowledge() {
     assert_eq!(denied.unwrap().status(), StatusCode::FORBIDDEN, "DELETE over h2c is denied on a concurrent stream");
 }
 
-
 /// The transparent upstream binds the client's address (127.0.0.2 here: local, so no routing
 /// is needed) and writes its conntrack entry before connecting, removed when it closes.
 #[tokio::test]

@@ -9,7 +9,6 @@ use std::time::Duration;
 use sluice_proxy::{Proxy, ProxyConfig, ProxyError, UpstreamMode};
 use tokio::io::AsyncReadExt;
 
-
 fn config(port: u16, dir: &std::path::Path) -> ProxyConfig {
     ProxyConfig { port, rules_path: dir.join("rules.json"), bpffs: None, upstream: UpstreamMode::Plain }
 }
@@ -54,4 +53,3 @@ async fn a_taken_port_is_named_in_the_error() {
     let message = err.to_string();
     assert!(message.starts_with(&format!("bind 127.0.0.1:{port}: ")), "the error names the address: {message}");
 }
-

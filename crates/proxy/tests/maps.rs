@@ -15,7 +15,6 @@ use sluice_proxy::flows::{proxy_ct_entry, proxy_ct_key, PolicyConntrack};
 use sluice_proxy::identity::{ipcache_key, Ipcache};
 use sluice_proxy::{FlowTable, IdentitySource};
 
-
 /// A bpffs mounted on a temporary directory, unmounted on drop.
 struct Bpffs(tempfile::TempDir);
 
@@ -107,4 +106,3 @@ fn ipcache_lookups_and_policy_ct_writes_on_real_maps() {
     assert_eq!(raw.keys().count(), 0, "the entry is removed");
     ct.remove(&key).unwrap();
 }
-

@@ -295,11 +295,9 @@ fn check_layer7(at: &str, rule: RuleView<'_>, deny: bool, audit: bool) -> Result
 
 /// A regular expression the proxy can compile, with a bound on its compiled size.
 fn check_expression(at: &str, value: &str) -> Result<(), FieldError> {
-    regex::RegexBuilder::new(value)
-        .size_limit(crate::policy::HTTP_REGEX_SIZE_LIMIT)
-        .build()
-        .map(|_| ())
-        .map_err(|e| invalid(at, value, format!("must be a valid regular expression: {}", e.to_string().lines().last().unwrap_or("invalid"))))
+    regex::RegexBuilder::new(value).size_limit(crate::policy::HTTP_REGEX_SIZE_LIMIT).build().map(|_| ()).map_err(|e| {
+        invalid(at, value, format!("must be a valid regular expression: {}", e.to_string().lines().last().unwrap_or("invalid")))
+    })
 }
 
 fn check_sluice_rule(at: &str, rule: RuleView<'_>) -> Result<(), FieldError> {
