@@ -56,6 +56,9 @@ pub enum Command {
     Proxy {
         #[arg(long)]
         config: PathBuf,
+        /// This node's name, in place of the file's `nodeName`, as for `sluice agent`.
+        #[arg(long)]
+        node_name: Option<String>,
     },
     /// Agent health, host routing mode and why, endpoints and attached programs.
     Status {

@@ -60,7 +60,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     runtime.block_on(async move {
         match cli.command {
             Command::Agent { config, node_name } => node_cmds::agent(&config, node_name.as_deref()).await,
-            Command::Proxy { config } => node_cmds::proxy(&config).await,
+            Command::Proxy { config, node_name } => node_cmds::proxy(&config, node_name.as_deref()).await,
             Command::Status { node, output } => node_cmds::status(&target, node.as_deref(), output).await,
             Command::Endpoint { command: args::EndpointCommand::List { node, output } } => {
                 node_cmds::endpoint_list(&target, node.as_deref(), output).await

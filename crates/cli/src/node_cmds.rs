@@ -23,13 +23,13 @@ pub async fn agent(config: &Path, node_name: Option<&str>) -> anyhow::Result<Exi
 }
 
 /// `sluice proxy`: binds the listeners, says so in the log, serves until SIGTERM or SIGINT.
-pub async fn proxy(config: &Path) -> anyhow::Result<ExitCode> {
+pub async fn proxy(config: &Path, node_name: Option<&str>) -> anyhow::Result<ExitCode> {
     use tokio::signal::unix::{signal, SignalKind};
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_target(false)
         .init();
-    let config = sluice_agent::AgentConfig::load(config)?;
+    let config = sluice_agent::AgentConfig::load_for_node(config, node_name)?;
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     // The agent creates the maps; the proxy may start first (a DaemonSet starts containers in

@@ -201,4 +201,21 @@ fn the_daemonset_runs_the_configured_agent_with_what_it_needs_of_the_host() {
     assert!(args.contains(&"--node-name=$(NODE_NAME)".to_owned()), "{args:?}");
     assert!(args.contains(&"--config=/etc/sluice/agent.yaml".to_owned()));
     assert!(mounts.iter().any(|m| m.mount_path == "/etc/sluice" && m.read_only == Some(true)));
+
+    // The layer-7 proxy: the same configuration, the agent's maps and rules, no privilege.
+    let proxy = pod.containers.iter().find(|c| c.name == "proxy").expect("a proxy container");
+    assert_eq!(proxy.image, agent.image, "one image");
+    let args = proxy.command.clone().unwrap();
+    assert_eq!(&args[..2], ["sluice", "proxy"]);
+    assert!(args.contains(&"--config=/etc/sluice/agent.yaml".to_owned()) && args.contains(&"--node-name=$(NODE_NAME)".to_owned()));
+    let security = proxy.security_context.clone().unwrap();
+    assert_eq!(security.privileged, None, "the proxy is not privileged");
+    let added = security.capabilities.and_then(|c| c.add).unwrap_or_default();
+    assert_eq!(added, ["NET_ADMIN", "BPF"]);
+    let proxy_mounts = proxy.volume_mounts.clone().unwrap_or_default();
+    for dir in [&config.bpffs, &config.state_dir] {
+        let m = proxy_mounts.iter().find(|m| Path::new(&m.mount_path) == dir.as_path());
+        let m = m.unwrap_or_else(|| panic!("the proxy needs {}", dir.display()));
+        assert_eq!(host_path(&m.name), host_path(&mount(dir).name), "the proxy sees the agent's {}", dir.display());
+    }
 }
