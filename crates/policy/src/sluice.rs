@@ -55,6 +55,9 @@ pub enum LowerError {
     },
 }
 
+/// Ports of a `toPorts` entry with layer-7 rules, and its HTTP rules.
+type Layer7Ports = (Vec<PortMatch>, Vec<HttpRule>);
+
 /// Lowers a `SluiceNetworkPolicy`; its namespace defaults to `default` when unset.
 pub fn lower_namespaced(policy: &SluiceNetworkPolicy) -> Result<Policy, LowerError> {
     let namespace = policy.metadata.namespace.as_deref().unwrap_or("default");
@@ -178,7 +181,7 @@ impl Lowering<'_> {
 
     /// The `toPorts` ports without layer-7 rules and every `icmps` type of a rule, in order;
     /// then each `toPorts` entry with layer-7 rules, with its HTTP rules.
-    fn ports(&self, at: &str, view: &RuleView<'_>) -> Result<(Vec<PortMatch>, Vec<(Vec<PortMatch>, Vec<HttpRule>)>), LowerError> {
+    fn ports(&self, at: &str, view: &RuleView<'_>) -> Result<(Vec<PortMatch>, Vec<Layer7Ports>), LowerError> {
         let mut out = Vec::new();
         let mut layer7 = Vec::new();
         for (i, rule) in view.to_ports.into_iter().flatten().enumerate() {
