@@ -465,6 +465,11 @@ impl AgentConfig {
         self.state_dir.join("proxy").join("rules.json")
     }
 
+    /// Where the layer-7 proxy streams its flows (one JSON flow per line) to the agent.
+    pub fn proxy_flows_path(&self) -> PathBuf {
+        self.state_dir.join("proxy").join("flows.sock")
+    }
+
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
         let invalid = |field, message: String| Err(ConfigError::Invalid { path: path.into(), field, message });
         if self.node_name.is_empty() {

@@ -156,6 +156,7 @@ pub async fn run(mut config: AgentConfig) -> Result<(), AgentError> {
     );
     let observer = Arc::new(Observer::new(&config.node_name, config.flow_buffer));
     let reader = datapath.take_events().map(|ring| tokio::spawn(crate::observer::read_events(observer.clone(), ring)));
+    let proxy_flows = tokio::spawn(crate::observer::proxy_flows::follow(observer.clone(), config.proxy_flows_path()));
     if let Some(source) = &state {
         // Services and policy wait for a complete view: a partial one would withdraw what it
         // has not read yet. Without one the datapath keeps forwarding on what is pinned.
@@ -220,6 +221,7 @@ pub async fn run(mut config: AgentConfig) -> Result<(), AgentError> {
     if let Some(task) = reader {
         task.abort();
     }
+    proxy_flows.abort();
     if let Some(task) = event_poster {
         task.abort();
     }

@@ -39,6 +39,8 @@ pub struct Snapshot {
     /// (reason, count)
     pub events_lost: Vec<(String, u64)>,
     pub flows_observed: u64,
+    /// (verdict, status class, requests): HTTP requests through the node's proxy.
+    pub l7_requests: Vec<(String, String, u64)>,
     pub endpoints: u64,
     pub identities: u64,
 }
@@ -111,6 +113,17 @@ impl prometheus_client::collector::Collector for SnapshotCollector {
             None,
             MetricType::Counter,
         )?)?;
+        {
+            let mut m = encoder.encode_descriptor(
+                "l7_requests",
+                "HTTP requests through the node's layer-7 proxy, by verdict and status class.",
+                None,
+                MetricType::Counter,
+            )?;
+            for (verdict, status, n) in &s.l7_requests {
+                ConstCounter::new(*n).encode(m.encode_family(&[("verdict", verdict.as_str()), ("status", status.as_str())])?)?;
+            }
+        }
         ConstGauge::new(s.endpoints as i64).encode(encoder.encode_descriptor(
             "endpoints",
             "Endpoints on this node.",
@@ -152,6 +165,7 @@ mod tests {
             drops: vec![("invalid source IP".into(), "from-pod".into(), 7, 700)],
             maps: vec![("endpoints".into(), 3, 65536), ("lb_ct".into(), 950, 1000)],
             events_lost: vec![("rate-limited".into(), 5)],
+            l7_requests: vec![("DROPPED".into(), "4xx".into(), 3)],
             endpoints: 2,
             ..Default::default()
         };
@@ -162,5 +176,6 @@ mod tests {
         assert!(text.contains(r#"sluice_events_lost_total{reason="rate-limited"} 5"#), "{text}");
         assert!(text.contains("sluice_cni_add_duration_seconds_count 1"), "{text}");
         assert!(text.contains("sluice_endpoints 2"), "{text}");
+        assert!(text.contains(r#"sluice_l7_requests_total{verdict="DROPPED",status="4xx"} 3"#), "{text}");
     }
 }

@@ -53,6 +53,26 @@ pub struct Flow {
     /// Policy verdicts: the policies behind the entry, or why the default decided.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<String>,
+    /// Layer-7 flows (`l7`, seen by the node's proxy): the HTTP request and its answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpFlow>,
+}
+
+/// One HTTP request through the node's proxy.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpFlow {
+    pub method: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// The path and query as requested.
+    pub path: String,
+    /// The status answered (403: denied by the rules; 502/503: the server failed).
+    pub status: u16,
+    /// From the request's arrival to the answer's head, in microseconds.
+    pub latency_micros: u64,
+    /// The policy directions whose rules judged it: `ingress`, `egress` or both.
+    pub directions: Vec<String>,
 }
 
 /// One side of a flow.
@@ -89,9 +109,13 @@ pub struct FlowFilter {
     pub protocol: Option<String>,
     /// FORWARDED, DROPPED, ...
     pub verdict: Option<String>,
-    /// drop, trace, policy-verdict, translation.
+    /// drop, trace, policy-verdict, translation, l7.
     #[serde(rename = "type")]
     pub event_type: Option<String>,
+    /// Layer-7 flows with this HTTP method (any case).
+    pub http_method: Option<String>,
+    /// Layer-7 flows whose path starts with this.
+    pub http_path: Option<String>,
     /// Only flows at or after this Unix time (nanoseconds).
     pub since_unix_nanos: Option<u64>,
     /// Only the last N matching flows (for a listing).
@@ -173,6 +197,13 @@ impl FlowFilter {
         if self.since_unix_nanos.is_some_and(|since| flow.time_unix_nanos < since) {
             return false;
         }
+        let http = flow.http.as_ref();
+        if self.http_method.as_ref().is_some_and(|m| !http.is_some_and(|h| h.method.eq_ignore_ascii_case(m))) {
+            return false;
+        }
+        if self.http_path.as_ref().is_some_and(|p| !http.is_some_and(|h| h.path.starts_with(p.as_str()))) {
+            return false;
+        }
         true
     }
 
@@ -193,6 +224,8 @@ impl FlowFilter {
         add("protocol", self.protocol.clone());
         add("verdict", self.verdict.clone());
         add("type", self.event_type.clone());
+        add("httpMethod", self.http_method.clone());
+        add("httpPath", self.http_path.clone());
         add("sinceUnixNanos", self.since_unix_nanos.map(|s| s.to_string()));
         add("last", self.last.map(|l| l.to_string()));
         if parts.is_empty() {
@@ -258,6 +291,7 @@ mod tests {
             truncated: false,
             summary: None,
             policy_rule: None,
+            http: None,
             peer_identity: None,
             policy: None,
         }
@@ -288,10 +322,30 @@ mod tests {
             (FlowFilter { event_type: Some("trace".into()), ..Default::default() }, false),
             (FlowFilter { since_unix_nanos: Some(999), ..Default::default() }, true),
             (FlowFilter { since_unix_nanos: Some(1_001), ..Default::default() }, false),
+            (FlowFilter { http_method: Some("GET".into()), ..Default::default() }, false),
         ];
         for (filter, expected) in cases {
             assert_eq!(filter.matches(&f), expected, "{filter:?}");
         }
+    }
+
+    #[test]
+    fn http_conditions_filter_layer7_flows() {
+        let mut f = flow();
+        f.event_type = "l7".into();
+        f.http = Some(HttpFlow { method: "POST".into(), path: "/admin/users?id=1".into(), status: 403, ..Default::default() });
+        let cases: Vec<(FlowFilter, bool)> = vec![
+            (FlowFilter { http_method: Some("post".into()), ..Default::default() }, true),
+            (FlowFilter { http_method: Some("GET".into()), ..Default::default() }, false),
+            (FlowFilter { http_path: Some("/admin".into()), ..Default::default() }, true),
+            (FlowFilter { http_path: Some("/public".into()), ..Default::default() }, false),
+            (FlowFilter { event_type: Some("l7".into()), http_path: Some("/admin/users".into()), ..Default::default() }, true),
+        ];
+        for (filter, expected) in cases {
+            assert_eq!(filter.matches(&f), expected, "{filter:?}");
+        }
+        let query = FlowFilter { http_method: Some("GET".into()), http_path: Some("/a b".into()), ..Default::default() }.to_query();
+        assert_eq!(query, "?httpMethod=GET&httpPath=%2Fa%20b");
     }
 
     #[test]

@@ -20,7 +20,7 @@ mod types;
 
 pub use client::{Client, ClientError};
 pub use firewall::{FirewallReport, PreflightResponse};
-pub use flows::{Flow, FlowFilter, FlowMessage, FlowPeer, FlowsResponse, LostEvents};
+pub use flows::{Flow, FlowFilter, FlowMessage, FlowPeer, FlowsResponse, HttpFlow, LostEvents};
 pub use policy::{
     EndpointPolicyResponse, PolicyDirection, PolicyEntry, PolicyEntryKey, PolicyMatchedEntry, PolicyMode, PolicyRef, PolicyRuleRef,
     PolicyTrace, PolicyTraceIpBlock, PolicyTracePeer, PolicyTraceResponse, PolicyTraceSide, PolicyVerdict,

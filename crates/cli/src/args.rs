@@ -424,9 +424,15 @@ pub struct ObserveArgs {
     /// FORWARDED, DROPPED, ...
     #[arg(long)]
     pub verdict: Option<String>,
-    /// drop, trace, policy-verdict, translation.
+    /// drop, trace, policy-verdict, translation, l7 (HTTP requests through the node's proxy).
     #[arg(long = "type")]
     pub event_type: Option<String>,
+    /// Layer-7 flows with this HTTP method.
+    #[arg(long)]
+    pub http_method: Option<String>,
+    /// Layer-7 flows whose path starts with this (`/api`).
+    #[arg(long)]
+    pub http_path: Option<String>,
     /// Only flows of the last DURATION (e.g. 30s, 5m).
     #[arg(long, value_parser = parse_duration)]
     pub since: Option<Duration>,

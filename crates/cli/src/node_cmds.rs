@@ -53,6 +53,7 @@ pub async fn proxy(config: &Path, node_name: Option<&str>) -> anyhow::Result<Exi
         rules_path: config.proxy_rules_path(),
         bpffs: Some(config.bpffs.clone()),
         upstream: sluice_proxy::UpstreamMode::Transparent,
+        flows_socket: Some(config.proxy_flows_path()),
     })?;
     tracing::info!(addresses = ?proxy.local_addrs(), rules = %config.proxy_rules_path().display(), "{}", sluice_lab::PROXY_READY_LINE);
     proxy

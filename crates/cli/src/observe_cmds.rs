@@ -74,6 +74,8 @@ pub async fn observe(target: &Target, args: ObserveArgs) -> anyhow::Result<ExitC
         protocol: args.protocol.clone(),
         verdict: args.verdict.clone(),
         event_type: args.event_type.clone(),
+        http_method: args.http_method.clone(),
+        http_path: args.http_path.clone(),
         since_unix_nanos: args.since.map(|d| unix_nanos_now().saturating_sub(d.as_nanos() as u64)),
         last: args.last,
     };
@@ -150,7 +152,8 @@ fn print_flow(flow: &Flow, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `Nov 21 16:30:01.123 node0 demo/client:40000 (ID:257) -> demo/web:80 (ID:256) TCP Flags: SYN FORWARDED (local endpoint)`
+/// `Nov 21 16:30:01.123 node0 demo/client:40000 (ID:257) -> demo/web:80 (ID:256) TCP Flags: SYN FORWARDED (local endpoint)`;
+/// a layer-7 flow: `... -> demo/web:80 HTTP GET /admin => 403 (0.2 ms) DROPPED (layer-7 policy denied)`.
 pub fn flow_line(f: &Flow) -> String {
     let time = chrono::DateTime::from_timestamp((f.time_unix_nanos / 1_000_000_000) as i64, (f.time_unix_nanos % 1_000_000_000) as u32)
         .map(|t| t.format("%b %d %H:%M:%S%.3f").to_string())
@@ -164,6 +167,10 @@ pub fn flow_line(f: &Flow) -> String {
     }
     if let Some(s) = &f.summary {
         line.push_str(&format!(" ({s})"));
+    }
+    if let Some(h) = &f.http {
+        let host = h.host.as_deref().map(|h| format!(" {h}")).unwrap_or_default();
+        line.push_str(&format!(" {}{host} {} => {} ({:.1} ms)", h.method, h.path, h.status, h.latency_micros as f64 / 1000.0));
     }
     let why = f.drop_reason.as_deref().or(f.forward.as_deref()).unwrap_or("");
     line.push_str(&format!(" {} ({why})", f.verdict));

@@ -114,6 +114,23 @@ fn http_rules_allow_what_they_name_and_the_proxy_answers_403_to_the_rest() {
         assert_eq!(code, 0, "stranger is no peer of the rule: dropped at layer 3/4, no HTTP answer (got {code} {body:?})");
     }
 
+    // The proxy's requests are flows of node0, with method, path, status and verdict.
+    let out = lab.run(&["observe", "--node", "node0", "--type", "l7", "--http-path", "/admin", "-o", "json"]);
+    assert!(out.status.success(), "observe: {}", common::text(&out));
+    let flows: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("one JSON flow per line")).collect();
+    let denied = flows.iter().find(|f| f["http"]["method"] == "GET" && f["http"]["status"] == 403);
+    let denied = denied.unwrap_or_else(|| panic!("a denied GET /admin/... among the layer-7 flows: {flows:?}"));
+    assert_eq!(denied["verdict"], "DROPPED", "{denied}");
+    assert_eq!(denied["http"]["path"], "/admin/secret.txt", "{denied}");
+    assert_eq!(denied["destination"]["pod"], "web", "the local server is named: {denied}");
+    assert_eq!(denied["http"]["directions"], serde_json::json!(["ingress"]), "{denied}");
+    assert!(flows.iter().all(|f| f["http"]["path"].as_str().is_some_and(|p| p.starts_with("/admin"))), "--http-path filters: {flows:?}");
+    let metrics = lab.run(&["metrics", "--node", "node0"]);
+    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    assert!(metrics.contains(r#"sluice_l7_requests_total{verdict="DROPPED",status="4xx"}"#), "denied requests are counted: {metrics}");
+    assert!(metrics.contains(r#"sluice_l7_requests_total{verdict="FORWARDED",status="2xx"}"#), "forwarded requests are counted");
+
     // A long download through node0's proxy keeps flowing while both agents restart: the
     // proxy is a process of its own and the maps stay pinned.
     let [big_v4, _] = urls(&lab, "/public/big.bin");

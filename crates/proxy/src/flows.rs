@@ -227,6 +227,47 @@ pub struct L7Flow {
     pub verdict: FlowVerdict,
 }
 
+impl L7Flow {
+    /// The flow as `sluice observe` shows it (its pods are named by the agent).
+    pub fn to_flow(&self) -> sluice_api::Flow {
+        let peer = |addr: &SocketAddr| sluice_api::FlowPeer { ip: Some(addr.ip()), port: Some(addr.port()), ..Default::default() };
+        let (verdict, drop_reason) = match self.verdict {
+            FlowVerdict::Forwarded => ("FORWARDED", None),
+            FlowVerdict::Denied => ("DROPPED", Some("layer-7 policy denied".to_owned())),
+            FlowVerdict::Error => ("ERROR", Some("upstream unavailable".to_owned())),
+        };
+        sluice_api::Flow {
+            time_unix_nanos: self.time_unix_ns,
+            node: String::new(),
+            verdict: verdict.to_owned(),
+            event_type: "l7".to_owned(),
+            drop_reason,
+            forward: None,
+            point: "proxy".to_owned(),
+            ifindex: 0,
+            protocol: "HTTP".to_owned(),
+            source: peer(&self.client),
+            destination: peer(&self.server),
+            tcp_flags: None,
+            icmp: None,
+            length: 0,
+            truncated: false,
+            summary: None,
+            policy_rule: None,
+            peer_identity: None,
+            policy: None,
+            http: Some(sluice_api::HttpFlow {
+                method: self.method.clone(),
+                host: self.host.clone(),
+                path: self.path.clone(),
+                status: self.status,
+                latency_micros: self.latency_us,
+                directions: self.directions.iter().map(|d| d.as_str().to_owned()).collect(),
+            }),
+        }
+    }
+}
+
 pub fn unix_now_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }

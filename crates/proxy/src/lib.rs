@@ -11,6 +11,7 @@
 //!     rules_path: "/run/sluice/proxy-rules.json".into(),
 //!     bpffs: Some("/sys/fs/bpf/sluice".into()),
 //!     upstream: UpstreamMode::Transparent,
+//!     flows_socket: None,
 //! };
 //! let proxy = Proxy::bind(config)?;
 //! let mut flows = proxy.subscribe();
@@ -19,6 +20,7 @@
 //! # }
 //! ```
 
+pub mod flow_socket;
 pub mod flows;
 pub mod identity;
 pub mod rules;
@@ -60,6 +62,13 @@ pub enum ProxyError {
         #[source]
         source: io::Error,
     },
+    /// The socket the agent reads flows from could not be made.
+    #[error("flow socket {path}: {source}")]
+    FlowSocket {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error(transparent)]
     Identity(#[from] IdentityError),
     #[error(transparent)]
@@ -77,6 +86,8 @@ pub struct ProxyConfig {
     /// world and no conntrack entries are written (only useful with [`UpstreamMode::Plain`]).
     pub bpffs: Option<PathBuf>,
     pub upstream: UpstreamMode,
+    /// A unix socket to stream the flows on, for the agent (see [`flow_socket`]).
+    pub flows_socket: Option<PathBuf>,
 }
 
 /// A proxy whose listeners are bound, ready to [`serve`](Proxy::serve).
@@ -84,6 +95,7 @@ pub struct Proxy {
     listeners: Vec<TcpListener>,
     ctx: Arc<ProxyContext>,
     watcher: rules::RulesWatcher,
+    flows_socket: Option<(tokio::net::UnixListener, PathBuf)>,
 }
 
 impl Proxy {
@@ -110,7 +122,13 @@ impl Proxy {
             Err(e) if server::family_unavailable(&e) => tracing::warn!("{e}; serving IPv4 only"),
             Err(e) => return Err(e),
         }
-        Ok(Proxy { listeners, ctx, watcher })
+        let flows_socket = match &config.flows_socket {
+            Some(path) => {
+                Some((flow_socket::bind(path).map_err(|source| ProxyError::FlowSocket { path: path.clone(), source })?, path.clone()))
+            }
+            None => None,
+        };
+        Ok(Proxy { listeners, ctx, watcher, flows_socket })
     }
 
     /// The bound listener addresses.
@@ -130,12 +148,15 @@ impl Proxy {
 
     /// Serves until `shutdown` completes, then stops accepting and closes every connection.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), ProxyError> {
-        let Proxy { listeners, ctx, watcher } = self;
+        let Proxy { listeners, ctx, watcher, flows_socket } = self;
         let (stop_tx, mut stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
         tasks.spawn(watcher.run(async move {
             let _ = stop_rx.wait_for(|stop| *stop).await;
         }));
+        if let Some((listener, path)) = flows_socket {
+            tasks.spawn(flow_socket::serve(listener, path, ctx.events.clone()));
+        }
         let (accepted_tx, mut accepted) = mpsc::channel(64);
         for listener in listeners {
             if let Ok(addr) = listener.local_addr() {

@@ -51,6 +51,15 @@ pub enum Direction {
     Egress,
 }
 
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Ingress => "ingress",
+            Direction::Egress => "egress",
+        }
+    }
+}
+
 /// The two ends of a proxied connection with their security identities. An identity of `None`
 /// could not be looked up: it matches only grants for any peer (identity 0).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

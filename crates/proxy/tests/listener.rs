@@ -10,7 +10,7 @@ use sluice_proxy::{Proxy, ProxyConfig, ProxyError, UpstreamMode};
 use tokio::io::AsyncReadExt;
 
 fn config(port: u16, dir: &std::path::Path) -> ProxyConfig {
-    ProxyConfig { port, rules_path: dir.join("rules.json"), bpffs: None, upstream: UpstreamMode::Plain }
+    ProxyConfig { port, rules_path: dir.join("rules.json"), bpffs: None, upstream: UpstreamMode::Plain, flows_socket: None }
 }
 
 #[tokio::test]

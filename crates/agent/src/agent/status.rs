@@ -72,6 +72,7 @@ impl Agent {
         snapshot.maps = maps.into_iter().map(|m| (m.map.to_owned(), m.entries as u64, m.capacity as u64)).collect();
         snapshot.events_lost = self.datapath_losses()?.into_iter().map(|l| (l.reason, l.count)).collect();
         snapshot.flows_observed = self.observer.decoded();
+        snapshot.l7_requests = self.observer.l7_requests();
         let records = self.endpoints.list()?;
         snapshot.endpoints = records.len() as u64;
         snapshot.identities = records.iter().map(|r| r.identity).collect::<BTreeSet<_>>().len() as u64;

@@ -87,6 +87,7 @@ pub fn decode(ev: &datapath_event, node: &str, clock_offset: i128) -> Result<Flo
         policy_rule: policy_verdict.map(|(rule, _)| rule),
         peer_identity: policy_verdict.map(|(_, id)| id),
         policy: None,
+        http: None,
     })
 }
 

@@ -8,6 +8,7 @@
 
 pub mod decode;
 mod enrich;
+pub mod proxy_flows;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,6 +31,8 @@ pub struct Observer {
     enrichment: RwLock<Arc<Enrichment>>,
     decoded: AtomicU64,
     undecodable: AtomicU64,
+    /// Layer-7 requests by (verdict, status class), for metrics.
+    l7_requests: Mutex<std::collections::BTreeMap<(String, String), u64>>,
 }
 
 // === impl Observer ===
@@ -47,6 +50,7 @@ impl Observer {
             enrichment: RwLock::new(Arc::new(Enrichment::default())),
             decoded: AtomicU64::new(0),
             undecodable: AtomicU64::new(0),
+            l7_requests: Mutex::new(Default::default()),
         }
     }
 
@@ -65,17 +69,11 @@ impl Observer {
                 return;
             }
         };
-        let raw = Raw { event, enrichment: self.enrichment.read().unwrap_or_else(|p| p.into_inner()).clone() };
+        let raw = Raw::Datapath { event, enrichment: self.enrichment.read().unwrap_or_else(|p| p.into_inner()).clone() };
         self.decoded.fetch_add(1, Ordering::Relaxed);
         let followed = self.tx.receiver_count() > 0;
         let flow = followed.then(|| self.flow(&raw));
-        {
-            let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-            if recent.len() == self.capacity {
-                recent.pop_front();
-            }
-            recent.push_back(raw);
-        }
+        self.keep(raw);
         match flow {
             Some(Ok(flow)) => {
                 // A follower that just left is not an error.
@@ -86,11 +84,39 @@ impl Observer {
         }
     }
 
+    /// Takes a flow the node's proxy reported (a layer-7 request), naming its pods.
+    pub fn ingest_flow(&self, mut flow: Flow) {
+        flow.node.clone_from(&self.node);
+        if let Some(http) = &flow.http {
+            let class = format!("{}xx", http.status / 100);
+            *self.l7_requests.lock().unwrap_or_else(|p| p.into_inner()).entry((flow.verdict.clone(), class)).or_default() += 1;
+        }
+        self.enrichment.read().unwrap_or_else(|p| p.into_inner()).apply(&mut flow);
+        let flow = Arc::new(flow);
+        self.keep(Raw::Decoded(flow.clone()));
+        if self.tx.receiver_count() > 0 {
+            let _ = self.tx.send(Flow::clone(&flow));
+        }
+    }
+
+    fn keep(&self, raw: Raw) {
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        if recent.len() == self.capacity {
+            recent.pop_front();
+        }
+        recent.push_back(raw);
+    }
+
     /// A raw event as a flow, its pods named as they were known when it arrived.
     fn flow(&self, raw: &Raw) -> Result<Flow, decode::DecodeError> {
-        let mut flow = decode::decode(&raw.event, &self.node, self.clock_offset)?;
-        raw.enrichment.apply(&mut flow);
-        Ok(flow)
+        match raw {
+            Raw::Datapath { event, enrichment } => {
+                let mut flow = decode::decode(event, &self.node, self.clock_offset)?;
+                enrichment.apply(&mut flow);
+                Ok(flow)
+            }
+            Raw::Decoded(flow) => Ok(Flow::clone(flow)),
+        }
     }
 
     /// The last flows matching `filter` (all of the ring when `filter.last` is unset). Events
@@ -114,6 +140,11 @@ impl Observer {
         self.decoded.load(Ordering::Relaxed)
     }
 
+    /// (verdict, status class, requests) of the proxy's flows since the agent started.
+    pub fn l7_requests(&self) -> Vec<(String, String, u64)> {
+        self.l7_requests.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|((v, c), n)| (v.clone(), c.clone(), *n)).collect()
+    }
+
     pub fn undecodable(&self) -> u64 {
         self.undecodable.load(Ordering::Relaxed)
     }
@@ -124,11 +155,12 @@ impl Observer {
     }
 }
 
-/// One event as the datapath wrote it, with the pod names known when it arrived.
+/// One event as the datapath wrote it, with the pod names known when it arrived; or a flow
+/// that came decoded (from the proxy).
 #[derive(Clone)]
-struct Raw {
-    event: sluice_abi::datapath_event,
-    enrichment: Arc<Enrichment>,
+enum Raw {
+    Datapath { event: sluice_abi::datapath_event, enrichment: Arc<Enrichment> },
+    Decoded(Arc<Flow>),
 }
 
 /// How often the ring is drained without a wake-up: the datapath wakes the agent for drops at
