@@ -10,7 +10,7 @@ have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok
 # command -> Debian package
 for pair in clang:clang llvm-strip:llvm ip:iproute2 iperf3:iperf3 iptables:iptables nft:nftables ping:iputils-ping \
             nc:netcat-openbsd ps:procps curl:curl prometheus:prometheus sockperf:sockperf \
-            etcd:etcd-server protoc:protobuf-compiler containerd:containerd; do
+            etcd:etcd-server protoc:protobuf-compiler containerd:containerd wrk:wrk; do
   cmd=${pair%%:*}; pkg=${pair#*:}
   have_cmd "$cmd" || need+=("$pkg")
 done

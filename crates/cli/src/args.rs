@@ -356,6 +356,24 @@ pub enum BenchCommand {
         #[arg(long, default_value = "results/cluster")]
         out: PathBuf,
     },
+    /// HTTP requests per second and latency (wrk) between two pods of one node: no policy, a
+    /// layer-4 policy, and HTTP rules through the node's proxy, in interleaved rounds.
+    L7 {
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Seconds per wrk run.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Directory for results.json and results.md.
+        #[arg(long, default_value = "results/l7")]
+        out: PathBuf,
+    },
+    /// The HTTP server of the layer-7 benchmark (started in the server pod).
+    #[command(hide = true)]
+    HttpServer {
+        #[arg(long)]
+        listen: Vec<std::net::SocketAddr>,
+    },
     /// The TCP_CRR server (started by the datapath benchmark in the server pod).
     #[command(hide = true)]
     CrrServer {

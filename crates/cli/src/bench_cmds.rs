@@ -20,6 +20,11 @@ pub async fn bench(command: Option<BenchCommand>, datapath: DatapathBenchArgs) -
         Some(BenchCommand::Policy { runs, out }) => policy(runs, &out),
         Some(BenchCommand::Scale(args)) => scale(args).await,
         Some(BenchCommand::Cluster { nodes, pods, runs, out }) => cluster(nodes, pods, runs, &out).await,
+        Some(BenchCommand::L7 { runs, seconds, out }) => l7(runs, seconds, &out).await,
+        Some(BenchCommand::HttpServer { listen }) => {
+            sluice_bench::workloads::http::serve(&listen).await.context("serving HTTP")?;
+            Ok(ExitCode::SUCCESS)
+        }
         Some(BenchCommand::CrrServer { listen }) => {
             sluice_bench::workloads::crr::serve(listen).with_context(|| format!("serving TCP_CRR on {listen}"))?;
             Ok(ExitCode::SUCCESS)
@@ -80,6 +85,14 @@ async fn observer(runs: usize, seconds: u64, out: Option<&Path>) -> anyhow::Resu
     eprintln!("observer benchmark: {runs} runs of {seconds} s, every forwarded packet an event");
     let result = sluice_bench::observer_rate(sluice, runs, seconds, &mut |line| eprintln!("  {line}")).await?;
     write_results(out, &result, &result.markdown())
+}
+
+async fn l7(runs: usize, seconds: u64, out: &Path) -> anyhow::Result<ExitCode> {
+    let sluice = std::env::current_exe().context("finding the sluice binary")?;
+    let opts = sluice_bench::L7Options { runs, seconds, command: std::env::args().collect::<Vec<_>>().join(" ") };
+    eprintln!("layer-7 benchmark: {runs} round(s), {seconds} s per wrk run");
+    let result = sluice_bench::l7(sluice, &opts, &mut |line| eprintln!("  {line}")).await?;
+    write_results(Some(out), &result, &result.markdown())
 }
 
 fn policy(runs: usize, out: &Path) -> anyhow::Result<ExitCode> {

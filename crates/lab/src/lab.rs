@@ -741,6 +741,13 @@ impl Lab {
         runtime::exec(rt, argv)
     }
 
+    /// Runs `argv` in a pod; its exit code and standard output.
+    pub fn exec_output(&self, namespace: &str, name: &str, argv: &[String]) -> Result<(i32, String), LabError> {
+        let key = Store::pod_key(namespace, name);
+        let rt = self.state.pods.get(&key).ok_or_else(|| LabError::PodNotFound { namespace: namespace.into(), name: name.into() })?;
+        runtime::exec_output(rt, argv)
+    }
+
     /// Runs `argv` in the external client's namespace (outside every node, on the underlay).
     pub fn exec_external(&self, argv: &[String]) -> Result<i32, LabError> {
         let ns = self

@@ -205,6 +205,17 @@ pub fn phase(runtime: &PodRuntime) -> (&'static str, Option<String>) {
 
 /// Runs a command in a pod's network namespace and cgroup with the caller's stdio; returns
 /// its exit code.
+/// Runs `argv` in the pod and returns its exit code and what it wrote to stdout.
+pub fn exec_output(runtime: &PodRuntime, argv: &[String]) -> Result<(i32, String), LabError> {
+    let Some((program, args)) = argv.split_first() else { return Err(LabError::Invalid("exec needs a command".into())) };
+    let mut cmd = Command::new(program);
+    cmd.args(args).stdin(std::process::Stdio::null());
+    enter_on_exec(&mut cmd, &runtime.netns_path, Some(&runtime.cgroup), false)?;
+    let out = cmd.output().map_err(|e| LabError::io(format!("running {program} in the pod"), e))?;
+    let code = out.status.code().unwrap_or_else(|| 128 + std::os::unix::process::ExitStatusExt::signal(&out.status).unwrap_or(0));
+    Ok((code, String::from_utf8_lossy(&out.stdout).into_owned()))
+}
+
 pub fn exec(runtime: &PodRuntime, argv: &[String]) -> Result<i32, LabError> {
     let Some((program, args)) = argv.split_first() else { return Err(LabError::Invalid("exec needs a command".into())) };
     let mut cmd = Command::new(program);

@@ -38,6 +38,12 @@ pub struct HeaderMatch {
     pub value: Option<String>,
 }
 
+/// The file in which the proxy acknowledges a version of the rules: the generation it loaded
+/// last (decimal), written atomically beside the rules file (`rules.json` -> `rules.loaded`).
+pub fn loaded_path(rules: &std::path::Path) -> std::path::PathBuf {
+    rules.with_extension("loaded")
+}
+
 /// What one node's proxy enforces: written by the agent (atomically, as JSON), read by the
 /// proxy, which keeps the last good version when a new one cannot be read.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

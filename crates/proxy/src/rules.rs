@@ -19,7 +19,7 @@ use sluice_policy::l7::{HttpRule, L7Grant, ProxyRules};
 use thiserror::Error;
 
 /// How often the rules file is checked for a new version.
-pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
+pub const POLL_INTERVAL: Duration = Duration::from_millis(10);
 
 /// Failures reading the rules file.
 #[derive(Debug, Error)]
@@ -344,6 +344,14 @@ pub struct RulesWatcher {
     loaded: Option<u64>,
 }
 
+/// Writes `generation` to the acknowledgement file beside the rules, atomically.
+fn acknowledge(rules: &std::path::Path, generation: u64) -> std::io::Result<()> {
+    let ack = sluice_policy::l7::loaded_path(rules);
+    let staged = ack.with_extension("loaded.new");
+    std::fs::write(&staged, generation.to_string())?;
+    std::fs::rename(&staged, &ack)
+}
+
 impl RulesWatcher {
     /// Loads the file once (a missing file is no rules) and returns the watcher.
     pub fn load(path: PathBuf, store: Arc<RulesStore>) -> RulesWatcher {
@@ -382,6 +390,10 @@ impl RulesWatcher {
                 }
                 tracing::info!(generation = rules.generation, endpoints = rules.endpoints.len(), "rules loaded");
                 self.store.replace(compiled);
+                // The agent waits for this before it sends connections these rules cover here.
+                if let Err(e) = acknowledge(&self.path, rules.generation) {
+                    tracing::warn!(file = %self.path.display(), "acknowledging generation {}: {e}", rules.generation);
+                }
             }
             Err(e) => tracing::warn!("{e}; keeping the rules of generation {}", self.store.current().generation()),
         }
@@ -644,6 +656,8 @@ mod tests {
         assert!(wait_for(&store, 5).await, "generation 5 is loaded within 1 s");
         write_atomically(dir.path(), "rules.json", &file(6));
         assert!(wait_for(&store, 6).await, "generation 6 replaces it within 1 s");
+        let ack = std::fs::read_to_string(dir.path().join("rules.loaded")).unwrap_or_default();
+        assert_eq!(ack, "6", "the loaded generation is acknowledged for the agent");
         write_atomically(dir.path(), "rules.json", "{\"generation\": 7, \"endpoints\": [");
         tokio::time::sleep(Duration::from_millis(400)).await;
         assert_eq!(store.current().generation(), 6, "a corrupt file leaves the previous rules in force");

@@ -1,10 +1,13 @@
 //! The rules of the node's layer-7 proxy: taken from each round's compiled tables (the grants
-//! of local endpoints) and written atomically to a file the proxy watches, before the maps
-//! that redirect connections to it are programmed. The proxy keeps the last version it read,
-//! so it enforces the same rules while the agent restarts.
+//! of local endpoints) and written atomically to a file the proxy watches. A round first writes
+//! the old rules and the new together and waits until the proxy acknowledges them, then
+//! programs the maps that redirect connections to it, then writes the new rules alone: no
+//! request is judged by rules that do not yet, or no longer, cover it. The proxy keeps the last
+//! version it read, so it enforces the same rules while the agent restarts.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use sluice_policy::l7::{ProxyEndpoint, ProxyRules};
 use sluice_policy::{ClusterView, Compiled};
@@ -30,17 +33,66 @@ impl ProxyRulesWriter {
         &self.path
     }
 
-    /// Writes the rules of `compiled` if they differ from the last written; true when written.
-    pub fn write(&mut self, compiled: &Compiled, view: &ClusterView) -> std::io::Result<bool> {
-        let endpoints = rules_of(compiled, view);
+    /// Writes the rules of `compiled` if they differ from the last written; the generation
+    /// written, if any.
+    pub fn write(&mut self, compiled: &Compiled, view: &ClusterView) -> std::io::Result<Option<u64>> {
+        self.write_endpoints(rules_of(compiled, view))
+    }
+
+    /// Writes the last rules and those of `compiled` together (before the maps change), if
+    /// that differs from the last written; the generation written, if any.
+    pub fn write_union(&mut self, compiled: &Compiled, view: &ClusterView) -> std::io::Result<Option<u64>> {
+        let mut endpoints = self.last.as_ref().map(|l| l.endpoints.clone()).unwrap_or_default();
+        for new in rules_of(compiled, view) {
+            match endpoints.iter_mut().find(|e| e.key == new.key) {
+                Some(old) => {
+                    for ip in new.ips {
+                        if !old.ips.contains(&ip) {
+                            old.ips.push(ip);
+                        }
+                    }
+                    for (mine, theirs) in [(&mut old.ingress, new.ingress), (&mut old.egress, new.egress)] {
+                        for grant in theirs {
+                            if !mine.contains(&grant) {
+                                mine.push(grant);
+                            }
+                        }
+                    }
+                }
+                None => endpoints.push(new),
+            }
+        }
+        endpoints.sort_by(|a, b| a.key.cmp(&b.key));
+        self.write_endpoints(endpoints)
+    }
+
+    fn write_endpoints(&mut self, endpoints: Vec<ProxyEndpoint>) -> std::io::Result<Option<u64>> {
         if self.last.as_ref().is_some_and(|last| last.endpoints == endpoints) {
-            return Ok(false);
+            return Ok(None);
         }
         let generation = self.last.as_ref().map_or(1, |l| l.generation + 1);
         let rules = ProxyRules { generation, endpoints };
         write_atomically(&self.path, &serde_json::to_vec_pretty(&rules).map_err(std::io::Error::other)?)?;
         self.last = Some(rules);
-        Ok(true)
+        Ok(Some(generation))
+    }
+
+    /// Waits until the proxy has loaded `generation` (or a later one), at most `timeout`;
+    /// whether it did. A proxy that is not running never does: connections its rules cover
+    /// are dropped by the datapath until it runs.
+    pub fn wait_loaded(&self, generation: u64, timeout: Duration) -> bool {
+        let ack = sluice_policy::l7::loaded_path(&self.path);
+        let deadline = Instant::now() + timeout;
+        loop {
+            let loaded = std::fs::read_to_string(&ack).ok().and_then(|t| t.trim().parse::<u64>().ok());
+            if loaded.is_some_and(|g| g >= generation) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
 }
 
@@ -108,21 +160,36 @@ mod tests {
         let path = dir.path().join("proxy/rules.json");
         let mut writer = ProxyRulesWriter::new(path.clone());
         let (compiled, view) = compiled_with(Some(grant("/a")));
-        assert!(writer.write(&compiled, &view).unwrap(), "the first rules are written");
+        assert_eq!(writer.write(&compiled, &view).unwrap(), Some(1), "the first rules are written");
         let first: ProxyRules = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
         assert_eq!(first.generation, 1);
         assert_eq!(first.endpoints.len(), 1, "only the endpoint with grants: {first:?}");
         assert_eq!(first.endpoints[0].ips.len(), 2, "with both its addresses");
-        assert!(!writer.write(&compiled, &view).unwrap(), "the same rules again: nothing written");
+        assert_eq!(writer.write(&compiled, &view).unwrap(), None, "the same rules again: nothing written");
 
+        // A change: first the old and the new grants together, then the new alone.
         let (changed, view) = compiled_with(Some(grant("/b")));
-        assert!(writer.write(&changed, &view).unwrap());
+        assert_eq!(writer.write_union(&changed, &view).unwrap(), Some(2));
+        let union: ProxyRules = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(union.endpoints[0].ingress.len(), 2, "both grants while the maps change: {union:?}");
+        assert_eq!(writer.write(&changed, &view).unwrap(), Some(3));
         // A new agent continues the generations of the file it finds.
         let mut restarted = ProxyRulesWriter::new(path.clone());
         let (none, view) = compiled_with(None);
-        assert!(restarted.write(&none, &view).unwrap());
+        assert_eq!(restarted.write(&none, &view).unwrap(), Some(4), "generations keep growing across agents");
         let last: ProxyRules = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-        assert_eq!(last.generation, 3, "generations keep growing across agents");
         assert!(last.endpoints.is_empty(), "no grants left: {last:?}");
+    }
+
+    #[test]
+    fn waiting_for_the_proxy_ends_with_its_acknowledgement_or_the_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rules.json");
+        let writer = ProxyRulesWriter::new(path.clone());
+        assert!(!writer.wait_loaded(1, Duration::from_millis(20)), "no proxy: the wait times out");
+        std::fs::write(sluice_policy::l7::loaded_path(&path), "5").unwrap();
+        assert!(writer.wait_loaded(5, Duration::from_millis(20)), "generation 5 acknowledged");
+        assert!(writer.wait_loaded(4, Duration::from_millis(20)), "a later generation acknowledges an earlier one");
+        assert!(!writer.wait_loaded(6, Duration::from_millis(20)), "6 is not acknowledged yet");
     }
 }

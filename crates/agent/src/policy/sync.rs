@@ -38,6 +38,10 @@ pub struct PolicyStats {
     pub conntrack_collected: u64,
 }
 
+/// How long a round waits for the layer-7 proxy to load new rules before it programs the maps
+/// that send it connections they cover.
+const PROXY_ACK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A label set as the identity allocator takes it.
 type Labels = BTreeMap<String, String>;
 
@@ -227,8 +231,19 @@ impl Policies {
         let compiled = sluice_policy::compile(&policies, &view);
         let compile_micros = started.elapsed().as_micros() as u64;
 
-        if let Some(writer) = lock(&self.proxy_rules).as_mut() {
-            writer.write(&compiled, &view).map_err(|source| PolicyError::ProxyRules { path: writer.path().to_owned(), source })?;
+        // The proxy learns new grants before connections they cover reach it, and loses old
+        // ones only after the maps stop sending such connections.
+        let mut proxy = lock(&self.proxy_rules);
+        if let Some(writer) = proxy.as_mut() {
+            let path = writer.path().to_owned();
+            if let Some(generation) = writer.write_union(&compiled, &view).map_err(|source| PolicyError::ProxyRules { path, source })? {
+                if !writer.wait_loaded(generation, PROXY_ACK_TIMEOUT) {
+                    tracing::warn!(
+                        "the layer-7 proxy has not loaded rules generation {generation} within {PROXY_ACK_TIMEOUT:?}: is it running? \
+                         Connections its rules cover are dropped until it is"
+                    );
+                }
+            }
         }
         let mut guard = lock(&self.programmer);
         if guard.is_none() {
@@ -236,6 +251,10 @@ impl Policies {
         }
         let Some(programmer) = guard.as_mut() else { return Ok(PolicyReport::default()) };
         let report = programmer.program(datapath, &compiled, local)?;
+        if let Some(writer) = proxy.as_mut() {
+            writer.write(&compiled, &view).map_err(|source| PolicyError::ProxyRules { path: writer.path().to_owned(), source })?;
+        }
+        drop(proxy);
         let mut stats = lock(&self.stats);
         stats.policies = policies.len();
         stats.entries = programmer.entry_count();

@@ -4,6 +4,7 @@
 //! generator against a service address while N services exist on the node.
 
 pub mod crr;
+pub mod http;
 mod iperf;
 mod sockperf;
 
