@@ -55,7 +55,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         let code = sluice_lab::shim::run(status, argv);
         return Ok(ExitCode::from(code.clamp(0, 255) as u8));
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    // The proxy relays each request between two sockets: one thread keeps both ends' wake-ups
+    // on one CPU instead of handing work across threads (measured in docs/benchmarks.md).
+    let runtime = match &cli.command {
+        Command::Proxy { .. } => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
+        _ => tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?,
+    };
     let target = cli.target();
     runtime.block_on(async move {
         match cli.command {
