@@ -89,7 +89,9 @@ async fn observer(runs: usize, seconds: u64, out: Option<&Path>) -> anyhow::Resu
 
 async fn l7(runs: usize, seconds: u64, out: &Path) -> anyhow::Result<ExitCode> {
     let sluice = std::env::current_exe().context("finding the sluice binary")?;
-    let opts = sluice_bench::L7Options { runs, seconds, command: std::env::args().collect::<Vec<_>>().join(" ") };
+    // The command as a user types it, whatever path the binary was run from.
+    let command = std::iter::once("sluice".to_owned()).chain(std::env::args().skip(1)).collect::<Vec<_>>().join(" ");
+    let opts = sluice_bench::L7Options { runs, seconds, command };
     eprintln!("layer-7 benchmark: {runs} round(s), {seconds} s per wrk run");
     let result = sluice_bench::l7(sluice, &opts, &mut |line| eprintln!("  {line}")).await?;
     write_results(Some(out), &result, &result.markdown())
