@@ -46,6 +46,17 @@ pub struct SideTrace {
     pub matched: Vec<MatchedEntry>,
     pub verdict: Verdict,
     pub reason: String,
+    /// Allowed only through the node's layer-7 proxy: the HTTP rules it judges each request
+    /// by (any of them allows a request; the proxy answers the others with 403).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http: Option<Vec<HttpGrantTrace>>,
+}
+
+/// The HTTP rules of one policy that apply to this peer and port.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HttpGrantTrace {
+    pub policy: String,
+    pub rules: Vec<crate::l7::HttpRule>,
 }
 
 /// The other end of the connection as this side sees it.
@@ -86,6 +97,15 @@ pub fn trace(policies: &[Policy], view: &ClusterView, compiled: &Compiled, src: 
         let peer = describe_peer(view, compiled, peer);
         let ids = PeerIds { identity: peer.identity, ip_block: peer.ip_block.as_ref().map(|b| b.identity) };
         let (verdict, matched) = lookup(table, ids, proto, dport);
+        let proxied = crate::eval::deciding(&matched).is_some_and(|m| m.entry.proxy);
+        let http = proxied.then(|| {
+            table
+                .layer7
+                .iter()
+                .filter(|g| g.port == dport && (g.identity == IDENTITY_ANY || g.identity == peer.identity))
+                .map(|g| HttpGrantTrace { policy: g.policy.clone(), rules: g.http.clone() })
+                .collect::<Vec<_>>()
+        });
         let matched: Vec<MatchedEntry> = matched
             .into_iter()
             .map(|m| MatchedEntry { key: m.key, verdict: m.entry.verdict, rules: m.entry.rules, by_address: m.by_address })
@@ -99,7 +119,12 @@ pub fn trace(policies: &[Policy], view: &ClusterView, compiled: &Compiled, src: 
         let reason = match (table.mode, matched.iter().find(|m| m.verdict == verdict)) {
             (Mode::None, _) => format!("allowed: no policy selects {} for {direction}", ep.key),
             (_, Some(m)) => {
-                format!("{} by {}", verdict_word(verdict), m.rules.iter().map(|r| rule_name(policies, r)).collect::<Vec<_>>().join(", "))
+                let through = if proxied { " through the layer-7 proxy (HTTP rules below; other requests get 403)" } else { "" };
+                format!(
+                    "{}{through} by {}",
+                    verdict_word(verdict),
+                    m.rules.iter().map(|r| rule_name(policies, r)).collect::<Vec<_>>().join(", ")
+                )
             }
             (mode, None) => format!(
                 "{} by default: selected by {}, no rule {} identity {}{address} on {service}",
@@ -119,6 +144,7 @@ pub fn trace(policies: &[Policy], view: &ClusterView, compiled: &Compiled, src: 
             matched,
             verdict,
             reason,
+            http,
         })
     };
     let egress = side(src, dst, false);
@@ -183,6 +209,32 @@ fn proto_name(proto: u8) -> String {
     }
 }
 
+/// `GET /public/.* host api\.example\.test headers [X-Role: admin]`; `any request` for an
+/// empty rule.
+fn http_rule_text(r: &crate::l7::HttpRule) -> String {
+    let mut parts = Vec::new();
+    if let Some(m) = &r.method {
+        parts.push(format!("method {m}"));
+    }
+    if let Some(p) = &r.path {
+        parts.push(format!("path {p}"));
+    }
+    if let Some(h) = &r.host {
+        parts.push(format!("host {h}"));
+    }
+    for h in &r.headers {
+        parts.push(match &h.value {
+            Some(v) => format!("header {}: {v}", h.name),
+            None => format!("header {}", h.name),
+        });
+    }
+    if parts.is_empty() {
+        "any request".to_owned()
+    } else {
+        parts.join(", ")
+    }
+}
+
 fn key_text(k: &EntryKey) -> String {
     let identity = match k.identity {
         IDENTITY_ANY => "any".to_owned(),
@@ -224,6 +276,12 @@ impl fmt::Display for Trace {
                 }
             }
             writeln!(f, "    => {:?}: {}", s.verdict, s.reason)?;
+            for grant in s.http.iter().flatten() {
+                writeln!(f, "    HTTP rules of {}:", grant.policy)?;
+                for r in &grant.rules {
+                    writeln!(f, "      {}", http_rule_text(r))?;
+                }
+            }
         }
         Ok(())
     }

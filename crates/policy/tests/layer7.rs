@@ -109,3 +109,26 @@ spec:
     assert_eq!(grants[0].identity, IDENTITY_ANY);
     assert_eq!(grants[0].http, vec![HttpRule { path: Some("/api/.*".into()), ..Default::default() }]);
 }
+
+#[test]
+fn policy_trace_names_the_proxy_and_the_http_rules_it_judges_by() {
+    let policies = sluice(WEB_HTTP);
+    let view = Cluster::new().view(&policies);
+    let compiled = compile(&policies, &view);
+    let (b, a) = (pod_addr("x/b", false), pod_addr("x/a", false));
+    let t = sluice_policy::trace(&policies, &view, &compiled, b, a, PROTO_TCP, 80);
+    let side = t.ingress.as_ref().expect("x/a is local");
+    assert!(side.reason.contains("through the layer-7 proxy"), "{}", side.reason);
+    let http = side.http.as_ref().expect("the HTTP rules of a proxied verdict");
+    assert_eq!(http.len(), 1);
+    assert_eq!(http[0].policy, "SluiceNetworkPolicy x/web-http");
+    assert_eq!(http[0].rules.len(), 2);
+    let text = t.to_string();
+    assert!(text.contains("method GET, path /public/.*"), "{text}");
+    assert!(text.contains("method HEAD, header X-Probe: yes"), "{text}");
+
+    let plain = sluice_policy::trace(&policies, &view, &compiled, b, a, PROTO_TCP, 81);
+    let side = plain.ingress.as_ref().expect("x/a is local");
+    assert!(side.http.is_none(), "port 81 is not proxied: {side:?}");
+    assert!(!side.reason.contains("proxy"), "{}", side.reason);
+}
