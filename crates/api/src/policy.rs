@@ -112,6 +112,10 @@ pub struct PolicyTraceSide {
     pub matched: Vec<PolicyMatchedEntry>,
     pub verdict: PolicyVerdict,
     pub reason: String,
+    /// Allowed only through the node's layer-7 proxy: the HTTP rules its requests are judged
+    /// by, one line each (`SluiceNetworkPolicy x/web: method GET, path /public/.*`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<Vec<String>>,
 }
 
 /// The other end of a traced connection as one side sees it.

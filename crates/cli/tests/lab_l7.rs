@@ -3,8 +3,8 @@
 //! node, over IPv4 and IPv6. Allowed requests get the server's answer; every other request on
 //! the port gets `403 Forbidden` from the node's proxy (never a silent drop); a peer the rule
 //! does not name is dropped at layer 3/4 as before. Then a long download through the proxy
-//! that both agents' restarts do not break; the proxy's own restart, after which it enforces
-//! the same rules; and the client's side, with an egress rule.
+//! that neither both agents' restarts nor the proxy's own restart break, the new proxy
+//! enforcing the same rules at once; and the client's side, with an egress rule.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a test fails loudly on what it did not expect
 
@@ -114,6 +114,13 @@ fn http_rules_allow_what_they_name_and_the_proxy_answers_403_to_the_rest() {
         assert_eq!(code, 0, "stranger is no peer of the rule: dropped at layer 3/4, no HTTP answer (got {code} {body:?})");
     }
 
+    // policy trace says the connection goes through the proxy, and by which HTTP rules.
+    let trace = lab.json(&["policy", "trace", "--from", "shop/far", "--to", "shop/web", "--port", "80", "-o", "json"]);
+    let side =
+        &trace["nodes"].as_array().unwrap().iter().find(|n| n["trace"]["ingress"].is_object()).expect("node0 answers")["trace"]["ingress"];
+    assert!(side["reason"].as_str().unwrap_or_default().contains("through the layer-7 proxy"), "{side}");
+    assert_eq!(side["http"], serde_json::json!(["SluiceNetworkPolicy shop/web-http: method GET, path /public/.*"]), "{side}");
+
     // The proxy's requests are flows of node0, with method, path, status and verdict.
     let out = lab.run(&["observe", "--node", "node0", "--type", "l7", "--http-path", "/admin", "-o", "json"]);
     assert!(out.status.success(), "observe: {}", common::text(&out));
@@ -131,8 +138,9 @@ fn http_rules_allow_what_they_name_and_the_proxy_answers_403_to_the_rest() {
     assert!(metrics.contains(r#"sluice_l7_requests_total{verdict="DROPPED",status="4xx"}"#), "denied requests are counted: {metrics}");
     assert!(metrics.contains(r#"sluice_l7_requests_total{verdict="FORWARDED",status="2xx"}"#), "forwarded requests are counted");
 
-    // A long download through node0's proxy keeps flowing while both agents restart: the
-    // proxy is a process of its own and the maps stay pinned.
+    // A long download through node0's proxy keeps flowing while both agents and then the
+    // proxy itself restart: the proxy is a process of its own, the maps stay pinned, and a
+    // replaced proxy closes only its listeners and finishes its connections.
     let [big_v4, _] = urls(&lab, "/public/big.bin");
     let download = lab
         .cmd(&[
@@ -159,18 +167,17 @@ fn http_rules_allow_what_they_name_and_the_proxy_answers_403_to_the_rest() {
         let out = lab.run(&["restart-agent", "--node", node]);
         assert!(out.status.success(), "restart-agent {node}: {}", common::text(&out));
     }
-    let out = download.wait_with_output().unwrap();
-    let summary = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "the download survives the agents' restarts (curl: {summary})");
-    assert_eq!(summary, format!("200 {BIG_BYTES}"), "all of it arrived");
-
-    // The proxy's own restart: it reads the rules the agent left and enforces them again.
     let out = lab.run(&["restart-proxy", "--node", "node0"]);
     assert!(out.status.success(), "restart-proxy: {}", common::text(&out));
+    // The new proxy takes new connections at once and enforces the rules the agent left.
     for (public, admin) in urls(&lab, "/public/hello.txt").into_iter().zip(urls(&lab, "/admin/secret.txt")) {
-        assert_eq!(request_until(&lab, "far", "GET", &public, 200).0, 200, "after the proxy's restart: GET {public}");
-        assert_eq!(request(&lab, "far", "GET", &admin).0, 403, "after the proxy's restart: GET {admin}");
+        assert_eq!(request(&lab, "near", "GET", &public).0, 200, "during the old proxy's drain: GET {public}");
+        assert_eq!(request(&lab, "near", "GET", &admin).0, 403, "during the old proxy's drain: GET {admin}");
     }
+    let out = download.wait_with_output().unwrap();
+    let summary = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "the download survives the agents' and the proxy's restarts (curl: {summary})");
+    assert_eq!(summary, format!("200 {BIG_BYTES}"), "all of it arrived");
 
     // The client's side: egress rules, enforced by the client's own node's proxy.
     let out = lab.run(&["delete", "sluicenetworkpolicy", "web-http", "-n", "shop"]);

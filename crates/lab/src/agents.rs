@@ -99,7 +99,12 @@ pub fn start_proxy(sluice: &Path, node: &NodeState, names: &LabNames) -> Result<
 fn start_node_process(sluice: &Path, node: &NodeState, names: &LabNames, command: &str) -> Result<i32, LabError> {
     let config = node.dir.join("agent.yaml");
     let log_name = format!("{command}.log");
-    let log = std::fs::File::create(node.dir.join(&log_name)).map_err(|e| LabError::io(format!("creating {log_name}"), e))?;
+    // Appended to: a proxy starts while the one it replaces still writes its last lines.
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(node.dir.join(&log_name))
+        .map_err(|e| LabError::io(format!("opening {log_name}"), e))?;
     let log2 = log.try_clone().map_err(|e| LabError::io(format!("opening {log_name}"), e))?;
     let cgroup = node.cgroup.join(command);
     crate::cgroup::create(&cgroup)?;

@@ -222,6 +222,7 @@ impl Lab {
                 name,
                 agent_pid: None,
                 proxy_pid: None,
+                draining_proxy_pids: Vec::new(),
             };
             self.state.nodes.push(node.clone());
             self.save()?;
@@ -293,8 +294,8 @@ impl Lab {
             progress(&format!("pod {key} removed"));
         }
         for node in self.state.nodes.clone() {
-            if let Some(pid) = node.proxy_pid {
-                agents::stop_agent(pid);
+            for pid in node.proxy_pid.iter().chain(&node.draining_proxy_pids) {
+                agents::stop_agent(*pid);
             }
             if let Some(pid) = node.agent_pid {
                 agents::stop_agent(pid);
@@ -596,8 +597,10 @@ impl Lab {
         Ok((status, started.elapsed()))
     }
 
-    /// Stops a node's layer-7 proxy and starts it again; returns once the new one listens on
-    /// `port` (the node's `proxy.port`) or after `timeout`.
+    /// Replaces a node's layer-7 proxy: starts a new one beside it, and once the new one
+    /// listens (on the same port: both listeners are reuseport), stops the old one, which
+    /// closes its listeners and lets its open connections finish (up to 25 s) on its own.
+    /// Returns how long the new one took to listen.
     pub async fn restart_proxy(&mut self, node: &str, timeout: Duration) -> Result<Duration, LabError> {
         let index = self
             .state
@@ -605,25 +608,31 @@ impl Lab {
             .iter()
             .position(|n| n.name == node)
             .ok_or_else(|| LabError::Invalid(format!("no node {node:?} in lab {}", self.state.name)))?;
-        if let Some(pid) = self.state.nodes[index].proxy_pid {
-            agents::stop_agent(pid);
-        }
         let node_state = self.state.nodes[index].clone();
+        let log = node_state.dir.join("proxy.log");
+        let from = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
         let started = std::time::Instant::now();
         let pid = agents::start_proxy(&self.bins.sluice, &node_state, &self.names)?;
-        self.state.nodes[index].proxy_pid = Some(pid);
+        let old = self.state.nodes[index].proxy_pid.replace(pid);
+        self.state.nodes[index].draining_proxy_pids.retain(|p| crate::process::alive(*p));
         self.save()?;
-        let log = node_state.dir.join("proxy.log");
-        while started.elapsed() < timeout {
-            if std::fs::read_to_string(&log).is_ok_and(|l| l.contains(crate::PROXY_READY_LINE)) {
-                return Ok(started.elapsed());
+        let ready = loop {
+            let text = std::fs::read(&log).unwrap_or_default();
+            let new = String::from_utf8_lossy(text.get(from as usize..).unwrap_or_default()).into_owned();
+            if new.contains(crate::PROXY_READY_LINE) {
+                break started.elapsed();
             }
-            if !crate::process::alive(pid) {
-                break;
+            if !crate::process::alive(pid) || started.elapsed() > timeout {
+                return Err(LabError::Invalid(format!("{node}: the new proxy did not start within {timeout:?}; see {}", log.display())));
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        if let Some(old) = old.filter(|p| crate::process::alive(*p)) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(old), nix::sys::signal::Signal::SIGTERM);
+            self.state.nodes[index].draining_proxy_pids.push(old);
+            self.save()?;
         }
-        Err(LabError::Invalid(format!("{node}: the proxy did not start within {timeout:?}; see {}", log.display())))
+        Ok(ready)
     }
 
     /// The lab's nodes. On etcd, as their agents registered them (a node whose agent died

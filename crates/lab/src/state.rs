@@ -85,6 +85,9 @@ pub struct NodeState {
     /// The node's layer-7 proxy.
     #[serde(default)]
     pub proxy_pid: Option<i32>,
+    /// Proxies replaced by a restart that still finish their connections.
+    #[serde(default)]
+    pub draining_proxy_pids: Vec<i32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

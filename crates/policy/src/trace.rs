@@ -211,7 +211,7 @@ fn proto_name(proto: u8) -> String {
 
 /// `GET /public/.* host api\.example\.test headers [X-Role: admin]`; `any request` for an
 /// empty rule.
-fn http_rule_text(r: &crate::l7::HttpRule) -> String {
+pub fn http_rule_text(r: &crate::l7::HttpRule) -> String {
     let mut parts = Vec::new();
     if let Some(m) = &r.method {
         parts.push(format!("method {m}"));

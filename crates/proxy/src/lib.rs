@@ -44,6 +44,10 @@ pub use rules::{CompiledRules, Direction, RulesStore};
 pub use server::{serve_connection, ProxyContext};
 pub use upstream::UpstreamMode;
 
+/// How long a stopping proxy lets open connections finish: under Kubernetes' default grace
+/// period of 30 s, so that a container stop drains rather than kills.
+pub const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(25);
+
 /// Failures starting the proxy.
 #[derive(Debug, Error)]
 pub enum ProxyError {
@@ -146,7 +150,10 @@ impl Proxy {
         self.ctx.events.subscribe()
     }
 
-    /// Serves until `shutdown` completes, then stops accepting and closes every connection.
+    /// Serves until `shutdown` completes; then closes the listeners (a new proxy listening
+    /// beside this one takes the new connections), lets the open connections finish their
+    /// requests for up to [`DRAIN_TIMEOUT`] (idle keep-alive connections are closed at once),
+    /// and closes what is left.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), ProxyError> {
         let Proxy { listeners, ctx, watcher, flows_socket } = self;
         let (stop_tx, mut stop_rx) = watch::channel(false);
@@ -158,11 +165,12 @@ impl Proxy {
             tasks.spawn(flow_socket::serve(listener, path, ctx.events.clone()));
         }
         let (accepted_tx, mut accepted) = mpsc::channel(64);
+        let mut accepting = JoinSet::new();
         for listener in listeners {
             if let Ok(addr) = listener.local_addr() {
                 tracing::info!(%addr, "listening");
             }
-            tasks.spawn(server::accept_loop(listener, ctx.clone(), accepted_tx.clone()));
+            accepting.spawn(server::accept_loop(listener, ctx.clone(), accepted_tx.clone()));
         }
         drop(accepted_tx);
         let mut connections = JoinSet::new();
@@ -175,6 +183,17 @@ impl Proxy {
                 }
                 // Reap finished connections so the set does not grow.
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            }
+        }
+        accepting.abort_all();
+        while accepting.join_next().await.is_some() {}
+        let open = connections.len();
+        if open > 0 {
+            tracing::info!(connections = open, "listeners closed; draining for up to {DRAIN_TIMEOUT:?}");
+            let _ = ctx.drain.send(true);
+            let drained = tokio::time::timeout(DRAIN_TIMEOUT, async { while connections.join_next().await.is_some() {} }).await;
+            if drained.is_err() {
+                tracing::info!(connections = connections.len(), "drain timed out: closing what is left");
             }
         }
         let _ = stop_tx.send(true);

@@ -41,12 +41,15 @@ pub struct ProxyContext {
     pub upstream: UpstreamMode,
     pub stats: Arc<Stats>,
     pub events: broadcast::Sender<L7Flow>,
+    /// Set when the proxy stops: connections finish their request in flight and close.
+    pub drain: tokio::sync::watch::Sender<bool>,
 }
 
 impl ProxyContext {
     pub fn new(rules: Arc<RulesStore>, identities: Arc<dyn IdentitySource>, flows: Arc<dyn FlowTable>, upstream: UpstreamMode) -> Self {
         let (events, _) = broadcast::channel(FLOW_CHANNEL);
-        ProxyContext { rules, identities, flows, upstream, stats: Arc::new(Stats::default()), events }
+        let (drain, _) = tokio::sync::watch::channel(false);
+        ProxyContext { rules, identities, flows, upstream, stats: Arc::new(Stats::default()), events, drain }
     }
 }
 
@@ -71,6 +74,9 @@ pub fn listen(addr: SocketAddr) -> Result<TcpListener, ProxyError> {
     }
     // A restart must not wait for the old connections' TIME_WAIT.
     socket.set_reuse_address(true).map_err(err("SO_REUSEADDR"))?;
+    // A new proxy listens beside a draining one (bpf_sk_assign takes reuseport sockets from
+    // Linux 6.5; the stack picks one of the group).
+    socket.set_reuse_port(true).map_err(err("SO_REUSEPORT"))?;
     socket.bind(&addr.into()).map_err(|source| ProxyError::Bind { addr, source })?;
     socket.listen(1024).map_err(err("listen"))?;
     socket.set_nonblocking(true).map_err(err("O_NONBLOCK"))?;
@@ -104,11 +110,27 @@ where
         upstream: Upstream::new(ctx.upstream, client, server, ctx.flows.clone()),
         warned: AtomicBool::new(false),
     });
+    let mut drain = ctx.drain.subscribe();
     let service = service_fn(move |request| {
         let (ctx, conn) = (ctx.clone(), conn.clone());
         async move { Ok::<_, Infallible>(handle(&ctx, &conn, request).await) }
     });
-    if let Err(e) = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(io), service).await {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let connection = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    // The watch's guard must not live across an await: the connection future is Send.
+    let draining = async move {
+        let _ = drain.wait_for(|d| *d).await.map(|_| ());
+    };
+    let ended = tokio::select! {
+        ended = connection.as_mut() => ended,
+        () = draining => {
+            // Stopping: the request in flight is answered, then the connection closes.
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = ended {
         tracing::debug!(%client, %server, "client connection ended: {e}");
     }
 }

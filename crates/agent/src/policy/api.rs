@@ -142,7 +142,7 @@ fn entry_key(k: &EntryKey) -> api::PolicyEntryKey {
 }
 
 fn trace_side(s: &SideTrace) -> api::PolicyTraceSide {
-    let SideTrace { endpoint, identity, labels, mode: m, policies, peer, matched, verdict: v, reason } = s;
+    let SideTrace { endpoint, identity, labels, mode: m, policies, peer, matched, verdict: v, reason, http } = s;
     let PeerTrace { ip, identity: peer_identity, what, ip_block } = peer;
     api::PolicyTraceSide {
         endpoint: endpoint.clone(),
@@ -173,6 +173,12 @@ fn trace_side(s: &SideTrace) -> api::PolicyTraceSide {
             .collect(),
         verdict: verdict(*v),
         reason: reason.clone(),
+        http: http.as_ref().map(|grants| {
+            grants
+                .iter()
+                .flat_map(|g| g.rules.iter().map(move |r| format!("{}: {}", g.policy, sluice_policy::trace::http_rule_text(r))))
+                .collect()
+        }),
     }
 }
 
@@ -252,6 +258,7 @@ mod tests {
             ],
             verdict: Verdict::Deny,
             reason: "denied by default".into(),
+            http: None,
         }
     }
 
