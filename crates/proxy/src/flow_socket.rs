@@ -42,20 +42,92 @@ pub async fn serve(listener: UnixListener, path: PathBuf, events: broadcast::Sen
 }
 
 async fn stream_to(mut stream: UnixStream, mut flows: broadcast::Receiver<L7Flow>) {
+    let mut batch = Vec::new();
     loop {
-        let flow = match flows.recv().await {
-            Ok(flow) => flow,
-            // A reader that fell behind loses the oldest flows, not its stream.
-            Err(broadcast::error::RecvError::Lagged(n)) => {
-                tracing::debug!("a flow reader lagged: {n} flows lost");
-                continue;
-            }
+        // One flow, waited for; then whatever else is already queued, in the same write: under
+        // load the reader wakes once per batch, not once per request.
+        match flows.recv().await {
+            Ok(flow) => push(&mut batch, &flow),
+            Err(broadcast::error::RecvError::Lagged(n)) => tracing::debug!("a flow reader lagged: {n} flows lost"),
             Err(broadcast::error::RecvError::Closed) => return,
-        };
-        let Ok(mut line) = serde_json::to_vec(&flow.to_flow()) else { continue };
-        line.push(b'\n');
-        if stream.write_all(&line).await.is_err() {
+        }
+        while batch.len() < MAX_BATCH_BYTES {
+            match flows.try_recv() {
+                Ok(flow) => push(&mut batch, &flow),
+                // A reader that fell behind loses the oldest flows, not its stream.
+                Err(broadcast::error::TryRecvError::Lagged(n)) => tracing::debug!("a flow reader lagged: {n} flows lost"),
+                Err(_) => break,
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        if stream.write_all(&batch).await.is_err() {
             return;
         }
+        batch.clear();
+    }
+}
+
+/// Bytes of flows written at once at most.
+const MAX_BATCH_BYTES: usize = 64 * 1024;
+
+/// Appends one flow as a JSON line.
+fn push(batch: &mut Vec<u8>, flow: &L7Flow) {
+    let at = batch.len();
+    match serde_json::to_writer(&mut *batch, &flow.to_flow()) {
+        Ok(()) => batch.push(b'\n'),
+        Err(_) => batch.truncate(at),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::flows::FlowVerdict;
+    use tokio::io::AsyncBufReadExt;
+
+    fn flow(path: &str) -> L7Flow {
+        L7Flow {
+            time_unix_ns: 1,
+            client: "10.0.0.1:40000".parse().unwrap(),
+            server: "10.0.0.2:80".parse().unwrap(),
+            directions: vec![crate::rules::Direction::Ingress],
+            method: "GET".into(),
+            host: None,
+            path: path.into(),
+            status: 403,
+            latency_us: 7,
+            verdict: FlowVerdict::Denied,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reader_gets_every_flow_as_a_json_line_of_the_api_and_only_root_may_connect() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("proxy/flows.sock");
+        let listener = bind(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the socket is root-only");
+        let (events, _) = broadcast::channel(64);
+        let server = tokio::spawn(serve(listener, path.clone(), events.clone()));
+        let reader = UnixStream::connect(&path).await.unwrap();
+        // The reader is subscribed once its connection is accepted.
+        while events.receiver_count() == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        for p in ["/a", "/b", "/c"] {
+            events.send(flow(p)).unwrap();
+        }
+        let mut lines = tokio::io::BufReader::new(reader).lines();
+        for want in ["/a", "/b", "/c"] {
+            let line = lines.next_line().await.unwrap().expect("a line per flow");
+            let f: sluice_api::Flow = serde_json::from_str(&line).expect("an API flow");
+            let http = f.http.expect("an HTTP flow");
+            assert_eq!((http.path.as_str(), http.status, f.verdict.as_str()), (want, 403, "DROPPED"));
+            assert_eq!(f.event_type, "l7");
+        }
+        server.abort();
     }
 }
