@@ -65,6 +65,14 @@ if sluice exec bulk -n demo -- nc -z -w 1 "$server4" 8080; then echo "bulk -> we
 sluice policy trace --from demo/bulk --to demo/web --port 8080
 sluice observe --verdict DROPPED --last 1
 echo
+echo "==> HTTP rules (examples/http-policy.yaml) in place of that policy: GET / only, through the node's proxy"
+sluice delete networkpolicy web-from-client -n demo
+sluice apply -f examples/http-policy.yaml
+sleep 0.5
+sluice exec client -n demo -- sh -c "printf 'GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n' | nc -w 2 $server4 8080 | tail -n 1"
+sluice exec client -n demo -- sh -c "printf 'GET /admin HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n' | nc -w 2 $server4 8080 | head -n 1"
+sluice observe --type l7 --last 2
+echo
 sluice status
 if [ $keep = 1 ]; then
   echo

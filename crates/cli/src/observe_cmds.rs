@@ -172,8 +172,10 @@ pub fn flow_line(f: &Flow) -> String {
         let host = h.host.as_deref().map(|h| format!(" {h}")).unwrap_or_default();
         line.push_str(&format!(" {}{host} {} => {} ({:.1} ms)", h.method, h.path, h.status, h.latency_micros as f64 / 1000.0));
     }
-    let why = f.drop_reason.as_deref().or(f.forward.as_deref()).unwrap_or("");
-    line.push_str(&format!(" {} ({why})", f.verdict));
+    match f.drop_reason.as_deref().or(f.forward.as_deref()) {
+        Some(why) => line.push_str(&format!(" {} ({why})", f.verdict)),
+        None => line.push_str(&format!(" {}", f.verdict)),
+    }
     line
 }
 
