@@ -108,7 +108,12 @@ fn seeds() -> Vec<Vec<u8>> {
     // checkout's files.
     let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
     let dir = std::path::Path::new(&dir);
-    let files = [dir.join("tests/fixtures/every-kind.yaml"), dir.join("../../examples/demo.yaml"), dir.join("../../examples/policy.yaml")];
+    let files = [
+        dir.join("tests/fixtures/every-kind.yaml"),
+        dir.join("../../examples/demo.yaml"),
+        dir.join("../../examples/policy.yaml"),
+        dir.join("../../examples/http-policy.yaml"),
+    ];
     files.iter().map(|p| std::fs::read(p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()))).collect()
 }
 
