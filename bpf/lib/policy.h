@@ -353,6 +353,9 @@ static __noinline __attribute__((unused)) int redirect_to_proxy(struct __sk_buff
 	struct bpf_sock_tuple tuple = {};
 	__u32 len;
 	int v4 = p->t.family == SLUICE_AF_INET;
+	/* Only TCP ports carry layer-7 rules (validation); anything else is never let past them. */
+	if (p->t.proto != IPPROTO_TCP)
+		return drop(skb, SLUICE_DROP_PROXY);
 	if (v4) {
 		__builtin_memcpy(&tuple.ipv4.saddr, p->t.saddr, 4);
 		__builtin_memcpy(&tuple.ipv4.daddr, p->t.daddr, 4);

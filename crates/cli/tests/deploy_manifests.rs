@@ -218,4 +218,6 @@ fn the_daemonset_runs_the_configured_agent_with_what_it_needs_of_the_host() {
         let m = m.unwrap_or_else(|| panic!("the proxy needs {}", dir.display()));
         assert_eq!(host_path(&m.name), host_path(&mount(dir).name), "the proxy sees the agent's {}", dir.display());
     }
+    let state = proxy_mounts.iter().find(|m| Path::new(&m.mount_path) == config.state_dir.as_path()).unwrap();
+    assert_ne!(state.read_only, Some(true), "the proxy writes its acknowledgement and flow socket in the state directory");
 }

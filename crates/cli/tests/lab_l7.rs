@@ -110,8 +110,15 @@ fn http_rules_allow_what_they_name_and_the_proxy_answers_403_to_the_rest() {
         }
     }
     for url in urls(&lab, "/public/hello.txt") {
-        let (code, body) = request(&lab, "stranger", "GET", &url);
-        assert_eq!(code, 0, "stranger is no peer of the rule: dropped at layer 3/4, no HTTP answer (got {code} {body:?})");
+        let out = lab.exec("shop", "stranger", &["curl", "-g", "-s", "--max-time", "2", &url]);
+        // curl's 28: the operation timed out (a drop), not 7 (refused) nor a missing curl.
+        assert_eq!(out.status.code(), Some(28), "stranger is no peer of the rule: dropped at layer 3/4: {}", common::text(&out));
+    }
+    // A path a server would resolve past the rule is refused, not judged.
+    for url in urls(&lab, "/public/../admin/secret.txt") {
+        let out = lab.exec("shop", "near", &["curl", "-g", "-s", "--path-as-is", "--max-time", "3", "-w", "\n%{http_code}", &url]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.ends_with("\n400"), "{url}: dot-segments get 400 from the proxy: {stdout:?}");
     }
 
     // policy trace says the connection goes through the proxy, and by which HTTP rules.

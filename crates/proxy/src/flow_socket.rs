@@ -2,7 +2,7 @@
 //! connected reader gets one JSON [`sluice_api::Flow`] per HTTP request, from the moment it
 //! connects. The agent follows it so that `sluice observe` shows requests beside packets.
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use tokio::io::AsyncWriteExt;
@@ -14,7 +14,9 @@ use crate::flows::L7Flow;
 /// Binds the socket: a stale one is replaced; only root may connect.
 pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+        // Root's only: the socket is connectable for the moment between bind and chmod.
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
     }
     match std::fs::remove_file(path) {
         Ok(()) => {}
@@ -110,6 +112,8 @@ mod tests {
         let listener = bind(&path).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "the socket is root-only");
+        let dir_mode = std::fs::metadata(path.parent().unwrap()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(dir_mode, 0o700, "and so is its directory");
         let (events, _) = broadcast::channel(64);
         let server = tokio::spawn(serve(listener, path.clone(), events.clone()));
         let reader = UnixStream::connect(&path).await.unwrap();

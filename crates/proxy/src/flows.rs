@@ -47,9 +47,13 @@ pub enum FlowError {
 
 /// Where the proxy writes the conntrack entries of its upstream connections.
 pub trait FlowTable: Send + Sync {
+    /// Adds the entry; fails when the tuple already has one (a pod's own flow).
     fn insert(&self, key: &ct_key, value: &policy_ct_entry) -> Result<(), FlowError>;
     fn remove(&self, key: &ct_key) -> Result<(), FlowError>;
 }
+
+/// `bpf(BPF_MAP_UPDATE_ELEM)` flag: fail when the key exists (linux/bpf.h).
+const BPF_NOEXIST: u64 = 1;
 
 /// The `policy_ct` key of an upstream connection from `local` (the client's address and the
 /// port the proxy bound) to `remote` (the original destination), oriented from the pod.
@@ -139,7 +143,8 @@ fn key_addrs(key: &ct_key) -> (SocketAddr, SocketAddr) {
 impl FlowTable for PolicyConntrack {
     fn insert(&self, key: &ct_key, value: &policy_ct_entry) -> Result<(), FlowError> {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        map.insert(CtKey(*key), CtValue(*value), 0).map_err(|e| {
+        // BPF_NOEXIST: a tuple a pod already uses is never taken over (the caller binds again).
+        map.insert(CtKey(*key), CtValue(*value), BPF_NOEXIST).map_err(|e| {
             let (local, remote) = key_addrs(key);
             FlowError::Insert { local, remote, source: Box::new(e) }
         })

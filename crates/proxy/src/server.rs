@@ -145,6 +145,27 @@ async fn handle(ctx: &ProxyContext, conn: &Connection, mut request: Request<Inco
         Some(a) => Some(a.host().to_owned()),
         None => request.headers().get(HOST).and_then(|v| v.to_str().ok()).map(|h| strip_port(h).to_owned()),
     };
+    // A request the rules could read one way and the server another is refused, not judged.
+    if let Some(refusal) = ambiguous(&request, host.as_deref()) {
+        ctx.stats.requests_denied.fetch_add(1, Ordering::Relaxed);
+        let (status, body) = refusal;
+        let response = text(status, body);
+        ctx.stats.count_status(status.as_u16());
+        let peers = conn.peers;
+        let _ = ctx.events.send(L7Flow {
+            time_unix_ns,
+            client: peers.client,
+            server: peers.server,
+            directions: Vec::new(),
+            method,
+            host,
+            path,
+            status: status.as_u16(),
+            latency_us: u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX),
+            verdict: FlowVerdict::Denied,
+        });
+        return response;
+    }
     let rules = ctx.rules.current();
     let decision =
         rules.decide(&conn.peers, &RequestView { method: &method, path: &path, host: host.as_deref(), headers: request.headers() });
@@ -195,6 +216,38 @@ async fn handle(ctx: &ProxyContext, conn: &Connection, mut request: Request<Inco
     response
 }
 
+/// Why a request cannot be judged safely, if it cannot: a path with dot-segments, empty
+/// segments, backslashes or encoded dots and slashes (which servers may resolve to a path the
+/// rules did not see: `/public/../admin`), more than one Host, a Host that disagrees with the
+/// authority, or a tunnel (CONNECT).
+pub(crate) fn ambiguous<B>(request: &Request<B>, host: Option<&str>) -> Option<(StatusCode, &'static str)> {
+    if request.method() == http::Method::CONNECT {
+        return Some((StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not allowed through the proxy\n"));
+    }
+    let path = request.uri().path();
+    let lower = path.to_ascii_lowercase();
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    let empty_inside = segments.iter().rev().skip(1).any(|s| s.is_empty());
+    if path.contains('\\')
+        || ["%2e", "%2f", "%5c"].iter().any(|e| lower.contains(e))
+        || segments.iter().any(|s| *s == "." || *s == "..")
+        || empty_inside
+    {
+        return Some((StatusCode::BAD_REQUEST, "Bad request: the path must be normalized\n"));
+    }
+    let hosts = request.headers().get_all(HOST).iter().count();
+    if hosts > 1 {
+        return Some((StatusCode::BAD_REQUEST, "Bad request: more than one Host\n"));
+    }
+    if let (Some(_), Some(header)) = (request.uri().authority(), request.headers().get(HOST)) {
+        let header = header.to_str().ok().map(strip_port);
+        if header.map(str::to_ascii_lowercase) != host.map(str::to_ascii_lowercase) {
+            return Some((StatusCode::BAD_REQUEST, "Bad request: Host and the request's authority differ\n"));
+        }
+    }
+    None
+}
+
 fn text(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
     let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())).map_err(|never| match never {}).boxed());
     *response.status_mut() = status;
@@ -243,4 +296,48 @@ pub(crate) fn family_unavailable(e: &ProxyError) -> bool {
         _ => return false,
     };
     matches!(source.raw_os_error(), Some(libc::EADDRNOTAVAIL | libc::EAFNOSUPPORT)) || source.kind() == io::ErrorKind::AddrNotAvailable
+}
+
+#[cfg(test)]
+mod ambiguity_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn request(method: &str, uri: &str, hosts: &[&str]) -> Request<()> {
+        let mut b = Request::builder().method(method).uri(uri);
+        for h in hosts {
+            b = b.header(HOST, *h);
+        }
+        b.body(()).unwrap()
+    }
+
+    fn judged_host(r: &Request<()>) -> Option<String> {
+        match r.uri().authority() {
+            Some(a) => Some(a.host().to_owned()),
+            None => r.headers().get(HOST).and_then(|v| v.to_str().ok()).map(|h| strip_port(h).to_owned()),
+        }
+    }
+
+    #[test]
+    fn requests_a_server_could_read_otherwise_are_refused() {
+        let cases = [
+            ("GET", "/public/a.txt", vec!["web"], None),
+            ("GET", "/public/", vec!["web"], None),
+            ("GET", "/public/../admin/secret", vec!["web"], Some(StatusCode::BAD_REQUEST)),
+            ("GET", "/public/./a", vec!["web"], Some(StatusCode::BAD_REQUEST)),
+            ("GET", "/public/%2e%2e/admin", vec!["web"], Some(StatusCode::BAD_REQUEST)),
+            ("GET", "/public/%2E%2E%2Fadmin", vec!["web"], Some(StatusCode::BAD_REQUEST)),
+            ("GET", "/public//admin", vec!["web"], Some(StatusCode::BAD_REQUEST)),
+            ("GET", "/public/..", vec!["web"], Some(StatusCode::BAD_REQUEST)),
+            ("GET", "/", vec!["a", "b"], Some(StatusCode::BAD_REQUEST)),
+            ("GET", "http://allowed.example/x", vec!["other.example"], Some(StatusCode::BAD_REQUEST)),
+            ("GET", "http://allowed.example/x", vec!["Allowed.Example:80"], None),
+            ("CONNECT", "allowed.example:443", vec!["allowed.example:443"], Some(StatusCode::METHOD_NOT_ALLOWED)),
+        ];
+        for (method, uri, hosts, want) in cases {
+            let r = request(method, uri, &hosts);
+            let host = judged_host(&r);
+            assert_eq!(ambiguous(&r, host.as_deref()).map(|(s, _)| s), want, "{method} {uri} Host {hosts:?}");
+        }
+    }
 }

@@ -197,8 +197,32 @@ impl Upstream {
     }
 
     /// A socket bound to the client's address with its conntrack entry in place, not yet
-    /// connected: the entry must exist before the SYN, or the SYN-ACK goes to the pod.
+    /// connected: the entry must exist before the SYN, or the SYN-ACK goes to the pod. The
+    /// kernel picks the port among the node's, not the pod's: a port the client itself uses
+    /// towards this server (its own conntrack entry) is never taken; the socket binds again.
     fn transparent_socket(&self) -> Result<(TcpSocket, FlowGuard), UpstreamError> {
+        let mut last = None;
+        for _ in 0..BIND_ATTEMPTS {
+            match self.try_transparent_socket() {
+                Ok(Some(made)) => return Ok(made),
+                Ok(None) => {}
+                Err(UpstreamError::Flow(e)) => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(match last {
+            Some(e) => UpstreamError::Flow(e),
+            None => UpstreamError::Socket {
+                client: self.client,
+                server: self.server,
+                step: "bind to the client's address",
+                source: io::Error::new(io::ErrorKind::AddrInUse, "every port the kernel offered is the client's own"),
+            },
+        })
+    }
+
+    /// One attempt: `None` when the kernel gave the client's own port.
+    fn try_transparent_socket(&self) -> Result<Option<(TcpSocket, FlowGuard)>, UpstreamError> {
         let (client, server) = (self.client, self.server);
         let err = |step: &'static str| move |source| UpstreamError::Socket { client, server, step, source };
         let server_ip = canonical(server.ip());
@@ -218,12 +242,18 @@ impl Upstream {
             .as_socket()
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "not an IP socket"))
             .map_err(err("getsockname"))?;
+        if bound.port() == client.port() {
+            return Ok(None);
+        }
         let guard = FlowGuard::insert(self.flows.clone(), proxy_ct_key(bound, SocketAddr::new(server_ip, server.port()))?)?;
         socket.set_nonblocking(true).map_err(err("O_NONBLOCK"))?;
         let socket = TcpSocket::from_std_stream(std::net::TcpStream::from(socket));
-        Ok((socket, guard))
+        Ok(Some((socket, guard)))
     }
 }
+
+/// How many times a transparent upstream socket is bound before giving up.
+const BIND_ATTEMPTS: usize = 8;
 
 /// Runs an upstream client connection until it closes, then drops its conntrack entry.
 async fn drive<C>(conn: C, guard: Option<FlowGuard>, server: SocketAddr)

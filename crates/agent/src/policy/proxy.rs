@@ -6,6 +6,7 @@
 //! version it read, so it enforces the same rules while the agent restarts.
 
 use std::io::Write;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -16,17 +17,25 @@ use sluice_policy::{ClusterView, Compiled};
 #[derive(Debug)]
 pub struct ProxyRulesWriter {
     path: PathBuf,
-    /// The last rules written (or found at start), with their generation.
-    last: Option<ProxyRules>,
+    /// The endpoints last written (or found at start); `None`: unknown, write on the next round.
+    last: Option<Vec<ProxyEndpoint>>,
+    /// The generation last written, found or acknowledged.
+    generation: u64,
 }
 
 // === impl ProxyRulesWriter ===
 
 impl ProxyRulesWriter {
     /// Continues from the file a previous agent left, so generations keep growing.
+    /// Continues from the file a previous agent left, so generations keep growing, and above
+    /// the one the proxy last acknowledged too: a rules file lost or unreadable must not let an
+    /// old acknowledgement pass for a new version.
     pub fn new(path: PathBuf) -> Self {
-        let last = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice::<ProxyRules>(&b).ok());
-        Self { path, last }
+        let found = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice::<ProxyRules>(&b).ok());
+        let acknowledged =
+            std::fs::read_to_string(sluice_policy::l7::loaded_path(&path)).ok().and_then(|t| t.trim().parse::<u64>().ok()).unwrap_or(0);
+        let generation = found.as_ref().map_or(0, |f| f.generation).max(acknowledged);
+        Self { path, last: found.map(|f| f.endpoints), generation }
     }
 
     pub fn path(&self) -> &Path {
@@ -42,7 +51,7 @@ impl ProxyRulesWriter {
     /// Writes the last rules and those of `compiled` together (before the maps change), if
     /// that differs from the last written; the generation written, if any.
     pub fn write_union(&mut self, compiled: &Compiled, view: &ClusterView) -> std::io::Result<Option<u64>> {
-        let mut endpoints = self.last.as_ref().map(|l| l.endpoints.clone()).unwrap_or_default();
+        let mut endpoints = self.last.clone().unwrap_or_default();
         for new in rules_of(compiled, view) {
             match endpoints.iter_mut().find(|e| e.key == new.key) {
                 Some(old) => {
@@ -67,13 +76,14 @@ impl ProxyRulesWriter {
     }
 
     fn write_endpoints(&mut self, endpoints: Vec<ProxyEndpoint>) -> std::io::Result<Option<u64>> {
-        if self.last.as_ref().is_some_and(|last| last.endpoints == endpoints) {
+        if self.last.as_ref() == Some(&endpoints) {
             return Ok(None);
         }
-        let generation = self.last.as_ref().map_or(1, |l| l.generation + 1);
+        let generation = self.generation + 1;
         let rules = ProxyRules { generation, endpoints };
         write_atomically(&self.path, &serde_json::to_vec_pretty(&rules).map_err(std::io::Error::other)?)?;
-        self.last = Some(rules);
+        self.generation = generation;
+        self.last = Some(rules.endpoints);
         Ok(Some(generation))
     }
 
@@ -115,7 +125,8 @@ fn rules_of(compiled: &Compiled, view: &ClusterView) -> Vec<ProxyEndpoint> {
 /// sees the old file or the new one, never a part.
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or_else(|| Path::new("."));
-    std::fs::create_dir_all(dir)?;
+    // Root's only, as the proxy makes it: it holds the flow socket too.
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
     let staged = path.with_extension("json.new");
     let mut file = std::fs::File::create(&staged)?;
     file.write_all(bytes)?;
@@ -179,6 +190,16 @@ mod tests {
         assert_eq!(restarted.write(&none, &view).unwrap(), Some(4), "generations keep growing across agents");
         let last: ProxyRules = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
         assert!(last.endpoints.is_empty(), "no grants left: {last:?}");
+    }
+
+    #[test]
+    fn a_lost_rules_file_does_not_reuse_acknowledged_generations() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rules.json");
+        std::fs::write(sluice_policy::l7::loaded_path(&path), "7").unwrap();
+        let mut writer = ProxyRulesWriter::new(path.clone());
+        let (none, view) = compiled_with(None);
+        assert_eq!(writer.write(&none, &view).unwrap(), Some(8), "above the acknowledged 7, and written even though empty");
     }
 
     #[test]
