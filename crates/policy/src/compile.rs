@@ -13,10 +13,10 @@ use sluice_model::LabelSet;
 
 use crate::entries::{self, Atom, Class};
 use crate::ir::{Action, Entity, HttpRule, Peer, Policy, PortMatch, Rule, Selector};
-use crate::l7::L7Grant;
+use crate::l7::{L7Grant, ProxiedPort};
 use crate::output::{
     ClusterView, Compiled, DirectionTable, EndpointPolicy, EntryKey, Mode, RuleRef, IDENTITY_ANY, IDENTITY_HOST, IDENTITY_REMOTE_NODE,
-    IDENTITY_WORLD,
+    IDENTITY_WORLD, PROTO_TCP,
 };
 use crate::ports::{port_keys, protocol_numbers};
 
@@ -352,6 +352,24 @@ fn resolve_rule<'a>(rule: &'a Rule, audit: bool, ingress: bool, rule_ref: usize,
     }
 }
 
+/// For each port with grants, what the datapath's lookups decide for every identity that has
+/// entries of its own, and for all others (the wildcard's entries alone).
+fn proxied_ports(table: &DirectionTable) -> Vec<ProxiedPort> {
+    let ports: BTreeSet<u16> = table.layer7.iter().map(|g| g.port).collect();
+    let identities: BTreeSet<u32> = table.entries.keys().map(|k| k.identity).filter(|i| *i != IDENTITY_ANY).collect();
+    let proxies = |identity: u32, port: u16| {
+        let (_, matched) = crate::eval::lookup(table, crate::eval::PeerIds { identity, ip_block: None }, PROTO_TCP, port);
+        crate::eval::deciding(&matched).is_some_and(|m| m.entry.proxy)
+    };
+    ports
+        .into_iter()
+        .map(|port| {
+            let (proxied, plain): (Vec<u32>, Vec<u32>) = identities.iter().partition(|id| proxies(**id, port));
+            ProxiedPort { port, proxied, plain, others: proxies(IDENTITY_ANY, port) }
+        })
+        .collect()
+}
+
 /// What building a table needs.
 struct Ctx<'a> {
     policies: &'a [Policy],
@@ -407,13 +425,16 @@ impl Ctx<'_> {
                 by_address.extend(named.blocks.iter().map(atom).filter(|a| keep(a)));
             }
         }
-        DirectionTable {
+        let mut table = DirectionTable {
             mode,
             layer7: self.grants(&atoms),
             entries: entries::build(&atoms, mode, self.refs),
             by_address: entries::build(&by_address, mode, self.refs),
             policies: dirs.iter().map(|(i, _)| self.policies[*i].id.clone()).collect(),
-        }
+            proxied: Vec::new(),
+        };
+        table.proxied = proxied_ports(&table);
+        table
     }
 
     /// The proxy's grants: one per layer-7 allow atom (a single TCP port, by validation).

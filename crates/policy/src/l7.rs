@@ -68,6 +68,38 @@ pub struct ProxyEndpoint {
     /// Requests the endpoint may send: grants over the server's identity.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub egress: Vec<L7Grant>,
+    /// For each port of `ingress`, which clients the ingress rules send through the proxy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ingress_proxied: Vec<ProxiedPort>,
+    /// For each port of `egress`, which servers the egress rules send through the proxy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub egress_proxied: Vec<ProxiedPort>,
+}
+
+/// Which peers a direction of an endpoint sends through the proxy on one TCP port, as the
+/// datapath's lookups decide: a listed identity as listed, every other one as `others`. A
+/// direction whose rules let a peer through whole does not judge that peer's requests, even
+/// when the other direction sent the connection to the proxy.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxiedPort {
+    pub port: u16,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub proxied: Vec<u32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plain: Vec<u32>,
+    pub others: bool,
+}
+
+impl ProxiedPort {
+    /// Whether the direction sends `identity` (unknown: `None`) through the proxy on this port.
+    pub fn proxies(&self, identity: Option<u32>) -> bool {
+        match identity {
+            Some(id) if self.proxied.contains(&id) => true,
+            Some(id) if self.plain.contains(&id) => false,
+            _ => self.others,
+        }
+    }
 }
 
 /// The HTTP requests allowed to or from peers of `identity` (0: any peer) on TCP `port`.

@@ -124,6 +124,9 @@ pub struct DirectionTable {
     /// The HTTP requests allowed on the entries with `proxy`, for the proxy.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub layer7: Vec<crate::l7::L7Grant>,
+    /// For each port of `layer7`, which peers these entries send through the proxy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub proxied: Vec<crate::l7::ProxiedPort>,
 }
 
 /// The compiled policy of one local endpoint.

@@ -132,3 +132,41 @@ fn policy_trace_names_the_proxy_and_the_http_rules_it_judges_by() {
     assert!(side.http.is_none(), "port 81 is not proxied: {side:?}");
     assert!(!side.reason.contains("proxy"), "{}", side.reason);
 }
+
+#[test]
+fn the_proxy_is_told_which_peers_a_direction_lets_through_whole() {
+    let plain_for_b = r#"
+apiVersion: sluice.dev/v1
+kind: SluiceNetworkPolicy
+metadata: {name: b-whole, namespace: x}
+spec:
+  endpointSelector: {matchLabels: {pod: a}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {pod: b}}]
+    toPorts: [{ports: [{port: "80", protocol: TCP}]}]
+"#;
+    let http_for_all = r#"
+apiVersion: sluice.dev/v1
+kind: SluiceNetworkPolicy
+metadata: {name: all-http, namespace: x}
+spec:
+  endpointSelector: {matchLabels: {pod: a}}
+  ingress:
+  - toPorts:
+    - ports: [{port: "80", protocol: TCP}]
+      rules: {http: [{method: GET}]}
+"#;
+    let policies = sluice(&format!("{plain_for_b}---{http_for_all}"));
+    let view = Cluster::new().view(&policies);
+    let compiled = compile(&policies, &view);
+    let b = view.endpoints.iter().find(|e| e.key == "x/b").unwrap().identity;
+    assert_eq!(ingress(&compiled, "x/b", "x/a", 80), (Verdict::Allow, false), "x/b is allowed whole");
+    assert_eq!(ingress(&compiled, "x/c", "x/a", 80), (Verdict::Allow, true), "everyone else through the proxy");
+    let proxied = &compiled.endpoints["x/a"].ingress.proxied;
+    assert_eq!(proxied.len(), 1, "one port with grants: {proxied:?}");
+    assert_eq!(proxied[0].port, 80);
+    assert!(proxied[0].plain.contains(&b), "x/b's identity is let through whole: {proxied:?}");
+    assert!(!proxied[0].proxies(Some(b)), "so the proxy does not judge x/b by these rules");
+    assert!(proxied[0].proxies(Some(99_999)), "an identity without entries of its own is judged (the wildcard's entry)");
+    assert!(proxied[0].proxies(None), "and so is an unknown one");
+}

@@ -15,7 +15,7 @@ use http::header::HeaderName;
 use http::HeaderMap;
 use regex::Regex;
 use serde::Serialize;
-use sluice_policy::l7::{HttpRule, L7Grant, ProxyRules};
+use sluice_policy::l7::{HttpRule, L7Grant, ProxiedPort, ProxyRules};
 use thiserror::Error;
 
 /// How often the rules file is checked for a new version.
@@ -111,6 +111,9 @@ struct CompiledEndpoint {
     ips: HashSet<IpAddr>,
     ingress: Vec<CompiledGrant>,
     egress: Vec<CompiledGrant>,
+    /// Per port, which peers each direction sends through the proxy (absent: all of them).
+    ingress_proxied: Vec<ProxiedPort>,
+    egress_proxied: Vec<ProxiedPort>,
 }
 
 /// A rules file compiled for matching. The empty value (generation 0) denies everything.
@@ -157,6 +160,8 @@ impl CompiledRules {
                 ips: e.ips.iter().copied().collect(),
                 ingress: grants(&e.key, "ingress", &e.ingress),
                 egress: grants(&e.key, "egress", &e.egress),
+                ingress_proxied: e.ingress_proxied.clone(),
+                egress_proxied: e.egress_proxied.clone(),
             })
             .collect();
         (CompiledRules { generation: rules.generation, endpoints }, warnings)
@@ -177,10 +182,14 @@ impl CompiledRules {
         let mut found = false;
         let mut rules = Vec::new();
         for endpoint in self.endpoints.iter().filter(|e| e.ips.contains(&canonical(local))) {
-            let grants = match direction {
-                Direction::Egress => &endpoint.egress,
-                Direction::Ingress => &endpoint.ingress,
+            let (grants, proxied) = match direction {
+                Direction::Egress => (&endpoint.egress, &endpoint.egress_proxied),
+                Direction::Ingress => (&endpoint.ingress, &endpoint.ingress_proxied),
             };
+            // This direction lets the peer through whole: the other one sent it here.
+            if proxied.iter().find(|p| p.port == port).is_some_and(|p| !p.proxies(peer_identity)) {
+                continue;
+            }
             for grant in grants {
                 let identity_matches = grant.identity == sluice_abi::SLUICE_IDENTITY_ANY || Some(grant.identity) == peer_identity;
                 if grant.port == port && identity_matches {
@@ -437,8 +446,20 @@ mod tests {
         let file = ProxyRules {
             generation: 1,
             endpoints: vec![
-                ProxyEndpoint { key: "shop/web".into(), ips: vec!["10.244.1.7".parse().unwrap()], ingress, egress: vec![] },
-                ProxyEndpoint { key: "shop/client".into(), ips: vec!["10.244.0.5".parse().unwrap()], ingress: vec![], egress },
+                ProxyEndpoint {
+                    key: "shop/web".into(),
+                    ips: vec!["10.244.1.7".parse().unwrap()],
+                    ingress,
+                    egress: vec![],
+                    ..Default::default()
+                },
+                ProxyEndpoint {
+                    key: "shop/client".into(),
+                    ips: vec!["10.244.0.5".parse().unwrap()],
+                    ingress: vec![],
+                    egress,
+                    ..Default::default()
+                },
             ],
         };
         let (compiled, warnings) = CompiledRules::compile(&file);
@@ -589,6 +610,32 @@ mod tests {
     }
 
     #[test]
+    fn a_direction_that_lets_the_peer_through_whole_does_not_judge_it() {
+        use sluice_policy::l7::ProxiedPort;
+        // The server's ingress has HTTP rules for any peer but lets CLIENT_ID through whole
+        // on 80; the client's egress HTTP rules sent the connection here.
+        let server_ep = ProxyEndpoint {
+            key: "shop/web".into(),
+            ips: vec!["10.244.1.7".parse().unwrap()],
+            ingress: vec![grant(0, 80, vec![rule(Some("GET"), Some("/only"))])],
+            ingress_proxied: vec![ProxiedPort { port: 80, proxied: vec![], plain: vec![CLIENT_ID], others: true }],
+            ..Default::default()
+        };
+        let client_ep = ProxyEndpoint {
+            key: "shop/client".into(),
+            ips: vec!["10.244.0.5".parse().unwrap()],
+            egress: vec![grant(SERVER_ID, 80, vec![rule(Some("POST"), None)])],
+            ..Default::default()
+        };
+        let (r, _) = CompiledRules::compile(&ProxyRules { generation: 1, endpoints: vec![server_ep, client_ep] });
+        let headers = HeaderMap::new();
+        let post = RequestView { method: "POST", path: "/anything", host: None, headers: &headers };
+        let d = r.decide(&peers(), &post);
+        assert_eq!(d.directions, vec![Direction::Egress], "the ingress side lets this client through whole");
+        assert!(d.allowed, "the egress rules alone judge it");
+    }
+
+    #[test]
     fn invalid_regex_allows_nothing() {
         let file = ProxyRules {
             generation: 3,
@@ -597,6 +644,7 @@ mod tests {
                 ips: vec!["10.244.1.7".parse().unwrap()],
                 ingress: vec![grant(0, 80, vec![rule(None, Some("/("))]), grant(0, 80, vec![rule(Some("GET"), Some("/ok"))])],
                 egress: vec![],
+                ..Default::default()
             }],
         };
         let (r, warnings) = CompiledRules::compile(&file);

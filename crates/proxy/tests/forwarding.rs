@@ -131,6 +131,7 @@ fn context(server: SocketAddr, mode: UpstreamMode, flows: Arc<FakeFlows>) -> Arc
                 policy: "test".into(),
             }],
             egress: vec![],
+            ..Default::default()
         }],
     };
     let (compiled, warnings) = CompiledRules::compile(&rules);

@@ -67,6 +67,20 @@ impl ProxyRulesWriter {
                             }
                         }
                     }
+                    // While the maps change either decision may be in force: a peer is judged
+                    // where either version sends it through the proxy.
+                    for (mine, theirs) in [(&mut old.ingress_proxied, new.ingress_proxied), (&mut old.egress_proxied, new.egress_proxied)] {
+                        for port in theirs {
+                            match mine.iter_mut().find(|p| p.port == port.port) {
+                                Some(p) => {
+                                    p.proxied.extend(port.proxied.iter().filter(|i| !p.proxied.contains(i)).copied().collect::<Vec<_>>());
+                                    p.plain.retain(|i| !p.proxied.contains(i));
+                                    p.others |= port.others;
+                                }
+                                None => mine.push(port),
+                            }
+                        }
+                    }
                 }
                 None => endpoints.push(new),
             }
@@ -117,6 +131,8 @@ fn rules_of(compiled: &Compiled, view: &ClusterView) -> Vec<ProxyEndpoint> {
             ips: view.endpoints.iter().find(|e| e.local && &e.key == key).map(|e| e.ips.clone()).unwrap_or_default(),
             ingress: p.ingress.layer7.clone(),
             egress: p.egress.layer7.clone(),
+            ingress_proxied: p.ingress.proxied.clone(),
+            egress_proxied: p.egress.proxied.clone(),
         })
         .collect()
 }
