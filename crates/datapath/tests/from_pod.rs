@@ -113,14 +113,9 @@ fn icmp6_checksum(src: &Ipv6Addr, dst: &Ipv6Addr, body: &[u8]) -> u16 {
 // === harness ===
 
 struct Lab {
-    dir: tempfile::TempDir,
     dp: BpfDatapath,
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = sluice_datapath::unmount_bpffs(self.dir.path());
-    }
+    /// After `dp`: the maps and programs are closed before the bpffs goes.
+    _dir: sluice_datapath::testing::BpffsDir,
 }
 
 fn endpoint(id: u32, ifindex: u32, v4: Ipv4Addr, v6: Ipv6Addr, mac: Mac, node_mac: Mac) -> EndpointEntry {
@@ -139,12 +134,11 @@ fn endpoint(id: u32, ifindex: u32, v4: Ipv4Addr, v6: Ipv6Addr, mac: Mac, node_ma
 /// Loads the datapath in `mode` with pods A (on the test skb's device, ifindex 1) and B.
 fn lab(mode: HostRouting) -> Lab {
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("a private netns for the test thread");
-    let dir = tempfile::tempdir().expect("tempdir");
-    sluice_datapath::ensure_bpffs(dir.path()).expect("bpffs on the tempdir");
+    let dir = sluice_datapath::testing::BpffsDir::new();
     let mut dp = BpfDatapath::load(dir.path(), mode).expect("datapath loads and passes the verifier");
     dp.upsert_endpoint(&endpoint(1, 1, A4, A6, POD_A_MAC, NODE_A_MAC)).expect("endpoint A");
     dp.upsert_endpoint(&endpoint(2, B_IFINDEX, B4, B6, POD_B_MAC, NODE_B_MAC)).expect("endpoint B");
-    Lab { dir, dp }
+    Lab { dp, _dir: dir }
 }
 
 fn from_pod(lab: &Lab, packet: &[u8]) -> TestRun {

@@ -39,22 +39,16 @@ const PCT_ENTRY_SIZE: u32 = std::mem::size_of::<sluice_abi::policy_ct_entry>() a
 // === harness ===
 
 struct Lab {
-    dir: tempfile::TempDir,
     dp: BpfDatapath,
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = sluice_datapath::unmount_bpffs(self.dir.path());
-    }
+    /// After `dp`: the maps and programs are closed before the bpffs goes.
+    _dir: sluice_datapath::testing::BpffsDir,
 }
 
 /// A datapath with tables of `ct_entries`; `prepin` runs on the bpffs before the load (to pin
 /// maps the load then reuses).
 fn lab(ct_entries: u32, prepin: impl FnOnce(&Path)) -> Lab {
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("a private netns for the test thread");
-    let dir = tempfile::tempdir().expect("tempdir");
-    sluice_datapath::ensure_bpffs(dir.path()).expect("bpffs on the tempdir");
+    let dir = sluice_datapath::testing::BpffsDir::new();
     prepin(dir.path());
     let mut opts = LoadOptions::new(HostRouting::Bpf);
     opts.conntrack_entries = ct_entries;
@@ -73,7 +67,7 @@ fn lab(ct_entries: u32, prepin: impl FnOnce(&Path)) -> Lab {
         })
         .expect("endpoint");
     }
-    let mut lab = Lab { dir, dp };
+    let mut lab = Lab { dp, _dir: dir };
     cluster_ip_to_b(&mut lab);
     lab
 }

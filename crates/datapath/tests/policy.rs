@@ -94,14 +94,9 @@ fn icmp4(src: Ipv4Addr, dst: Ipv4Addr, icmp_type: u8) -> Vec<u8> {
 // === harness ===
 
 struct Lab {
-    dir: tempfile::TempDir,
     dp: BpfDatapath,
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = sluice_datapath::unmount_bpffs(self.dir.path());
-    }
+    /// After `dp`: the maps and programs are closed before the bpffs goes.
+    _dir: sluice_datapath::testing::BpffsDir,
 }
 
 fn endpoint(id: u32, ifindex: u32, v4: Ipv4Addr, v6: Ipv6Addr, mac: Mac) -> EndpointEntry {
@@ -120,15 +115,14 @@ fn endpoint(id: u32, ifindex: u32, v4: Ipv4Addr, v6: Ipv6Addr, mac: Mac) -> Endp
 /// Pod A on the test skb's device (ifindex 1), pod B elsewhere; both in the ipcache.
 fn lab() -> Lab {
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("a private netns for the test thread");
-    let dir = tempfile::tempdir().expect("tempdir");
-    sluice_datapath::ensure_bpffs(dir.path()).expect("bpffs on the tempdir");
+    let dir = sluice_datapath::testing::BpffsDir::new();
     let mut dp = BpfDatapath::load(dir.path(), HostRouting::Bpf).expect("datapath loads and passes the verifier");
     dp.upsert_endpoint(&endpoint(A_EP, 1, A4, A6, A_MAC)).expect("endpoint A");
     dp.upsert_endpoint(&endpoint(B_EP, 77, B4, B6, B_MAC)).expect("endpoint B");
     for (ip, id) in [(IpAddr::from(A4), A_ID), (A6.into(), A_ID), (B4.into(), B_ID), (B6.into(), B_ID)] {
         dp.upsert_ipcache(ipnet::IpNet::from(ip), id).expect("ipcache");
     }
-    Lab { dir, dp }
+    Lab { dp, _dir: dir }
 }
 
 const INGRESS: u8 = sluice_abi::SLUICE_POLICY_INGRESS as u8;

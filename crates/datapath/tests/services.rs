@@ -160,14 +160,9 @@ fn seen(src: impl Into<IpAddr>, sport: u16, dst: impl Into<IpAddr>, dport: u16, 
 // === harness ===
 
 struct Lab {
-    dir: tempfile::TempDir,
     dp: BpfDatapath,
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = sluice_datapath::unmount_bpffs(self.dir.path());
-    }
+    /// After `dp`: the maps and programs are closed before the bpffs goes.
+    dir: sluice_datapath::testing::BpffsDir,
 }
 
 fn lab() -> Lab {
@@ -177,8 +172,7 @@ fn lab() -> Lab {
     // machine's IPv4 setting, which a fresh machine has off.
     sluice_datapath::netns::write_sysctl("net/ipv4/conf/all/forwarding", "1").expect("IPv4 forwarding in the test's namespace");
     sluice_datapath::netns::write_sysctl("net/ipv6/conf/all/forwarding", "1").expect("IPv6 forwarding in the test's namespace");
-    let dir = tempfile::tempdir().expect("tempdir");
-    sluice_datapath::ensure_bpffs(dir.path()).expect("bpffs on the tempdir");
+    let dir = sluice_datapath::testing::BpffsDir::new();
     let mut opts = LoadOptions::new(HostRouting::Bpf);
     opts.node_ipv4 = Some(NODE4);
     opts.node_ipv6 = Some(NODE6);
@@ -196,7 +190,7 @@ fn lab() -> Lab {
         })
         .expect("endpoint");
     }
-    Lab { dir, dp }
+    Lab { dp, dir }
 }
 
 fn addr16(a: IpAddr) -> ([u8; 16], u8) {
