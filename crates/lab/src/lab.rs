@@ -575,16 +575,20 @@ impl Lab {
         Ok(())
     }
 
+    /// The position of `node` among the lab's nodes.
+    fn node_index(&self, node: &str) -> Result<usize, LabError> {
+        self.state
+            .nodes
+            .iter()
+            .position(|n| n.name == node)
+            .ok_or_else(|| LabError::Invalid(format!("no node {node:?} in lab {}", self.state.name)))
+    }
+
     /// Stops a node's agent and starts it again (as an upgrade or a crash and restart would);
     /// returns when the new agent is ready. Pod traffic keeps flowing meanwhile: programs and
     /// maps stay pinned.
     pub async fn restart_agent(&mut self, node: &str, timeout: Duration) -> Result<(sluice_api::Status, Duration), LabError> {
-        let index = self
-            .state
-            .nodes
-            .iter()
-            .position(|n| n.name == node)
-            .ok_or_else(|| LabError::Invalid(format!("no node {node:?} in lab {}", self.state.name)))?;
+        let index = self.node_index(node)?;
         if let Some(pid) = self.state.nodes[index].agent_pid {
             agents::stop_agent(pid);
         }
@@ -602,12 +606,7 @@ impl Lab {
     /// closes its listeners and lets its open connections finish (up to 25 s) on its own.
     /// Returns how long the new one took to listen.
     pub async fn restart_proxy(&mut self, node: &str, timeout: Duration) -> Result<Duration, LabError> {
-        let index = self
-            .state
-            .nodes
-            .iter()
-            .position(|n| n.name == node)
-            .ok_or_else(|| LabError::Invalid(format!("no node {node:?} in lab {}", self.state.name)))?;
+        let index = self.node_index(node)?;
         let node_state = self.state.nodes[index].clone();
         let log = node_state.dir.join("proxy.log");
         let from = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
