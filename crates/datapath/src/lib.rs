@@ -38,7 +38,7 @@ pub use error::DatapathError;
 pub use guard::{cgroup2_mount, decode_guard_event, Guard, GuardEvent};
 pub use loader::{BpfDatapath, HostRouting, LoadOptions, MapPressure, MonitorAggregation, Objects};
 pub use nfnetlink::NftablesNotifications;
-pub use policy::{PolicyMaps, PolicyTables};
+pub use policy::{PinnedIpcache, PinnedPolicyConntrack, PolicyMaps, PolicyTables};
 pub use probe::{probe_host_routing, HostRoutingProbe};
 pub use services::{ServiceMaps, ServiceTables, SocketLb};
 pub use tables::{CounterValue, DatapathTables};

@@ -164,6 +164,54 @@ fn read_ipcache(trie: &LpmTrie<MapData, IpcacheData, IpcacheValue>, map: &'stati
     Ok(out)
 }
 
+/// The pinned `ipcache` opened from outside the agent, for lookups by address (the layer-7
+/// proxy's view of identities).
+pub struct PinnedIpcache {
+    trie: LpmTrie<MapData, IpcacheData, IpcacheValue>,
+}
+
+impl PinnedIpcache {
+    pub fn open(pin_dir: &std::path::Path) -> Result<Self, DatapathError> {
+        let data = MapData::from_pin(pin_dir.join("ipcache")).map_err(map_err("ipcache"))?;
+        let trie = LpmTrie::try_from(aya::maps::Map::LpmTrie(data)).map_err(map_err("ipcache"))?;
+        Ok(Self { trie })
+    }
+
+    /// The identity of the longest prefix holding `addr`; `None` under no prefix (world).
+    pub fn identity(&self, addr: IpAddr) -> Result<Option<u32>, DatapathError> {
+        match self.trie.get(&to_ipcache(&ipcache_key(IpNet::from(addr))), 0) {
+            Ok(v) => Ok(Some(v.0.identity)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(DatapathError::Map { map: "ipcache", source: Box::new(source) }),
+        }
+    }
+}
+
+/// The pinned `policy_ct` opened from outside the agent: the layer-7 proxy adds the entries of
+/// its upstream connections and removes them when they close.
+pub struct PinnedPolicyConntrack {
+    map: HashMap<MapData, CtKey, CtValue>,
+}
+
+impl PinnedPolicyConntrack {
+    pub fn open(pin_dir: &std::path::Path) -> Result<Self, DatapathError> {
+        let data = MapData::from_pin(pin_dir.join("policy_ct")).map_err(map_err("policy_ct"))?;
+        let map = HashMap::try_from(aya::maps::Map::LruHashMap(data)).map_err(map_err("policy_ct"))?;
+        Ok(Self { map })
+    }
+
+    /// Adds an entry; fails when the tuple already has one (BPF_NOEXIST).
+    pub fn insert_new(&mut self, key: &ct_key, value: &policy_ct_entry) -> Result<(), DatapathError> {
+        const BPF_NOEXIST: u64 = 1;
+        self.map.insert(CtKey(*key), CtValue(*value), BPF_NOEXIST).map_err(map_err("policy_ct"))
+    }
+
+    /// Removes an entry; one already gone (evicted, collected) is not an error.
+    pub fn remove(&mut self, key: &ct_key) -> Result<(), DatapathError> {
+        ignore_missing(self.map.remove(&CtKey(*key)), "policy_ct")
+    }
+}
+
 /// Each endpoint's policy modes and revision as pinned under `pin_dir` (`policy_endpoints`),
 /// read from outside the agent.
 pub fn pinned_policy_endpoints(pin_dir: &std::path::Path) -> Result<Vec<(u32, policy_endpoint)>, DatapathError> {
@@ -267,5 +315,23 @@ impl PolicyTables for PolicyMaps {
             },
             MapPressure { map: "policy_ct", entries: self.conntrack.keys().count(), capacity: self.conntrack_capacity },
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipcache_key_of_v4_and_v6_hosts() {
+        let k = ipcache_key("10.244.1.7/32".parse().expect("prefix"));
+        assert_eq!(k.prefixlen, 64, "an IPv4 host key covers family, pad and 32 bits");
+        assert_eq!(u32::from(k.family), sluice_abi::SLUICE_AF_INET);
+        assert_eq!(&k.addr[..4], &[10, 244, 1, 7]);
+        assert_eq!(&k.addr[4..], &[0; 12], "the rest of an IPv4 key is zero");
+        let k = ipcache_key("fd00::7/128".parse().expect("prefix"));
+        assert_eq!(k.prefixlen, 160);
+        assert_eq!(u32::from(k.family), sluice_abi::SLUICE_AF_INET6);
+        assert_eq!(ipcache_prefix(&k), Some("fd00::7/128".parse().expect("prefix")), "and back");
     }
 }

@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use aya::maps::{HashMap, Map, MapData, MapError};
 use serde::Serialize;
 use sluice_abi::{ct_key, policy_ct_entry};
 use thiserror::Error;
@@ -23,7 +22,7 @@ pub enum FlowError {
     Open {
         path: String,
         #[source]
-        source: Box<MapError>,
+        source: Box<sluice_datapath::DatapathError>,
     },
     /// Inserting the entry of an upstream connection failed (map full, map gone).
     #[error("writing the policy conntrack entry of {local} -> {remote}: {source}")]
@@ -31,14 +30,14 @@ pub enum FlowError {
         local: SocketAddr,
         remote: SocketAddr,
         #[source]
-        source: Box<MapError>,
+        source: Box<sluice_datapath::DatapathError>,
     },
     #[error("removing the policy conntrack entry of {local} -> {remote}: {source}")]
     Remove {
         local: SocketAddr,
         remote: SocketAddr,
         #[source]
-        source: Box<MapError>,
+        source: Box<sluice_datapath::DatapathError>,
     },
     /// The upstream's source and destination are of different families.
     #[error("upstream {local} -> {remote} mixes address families")]
@@ -51,9 +50,6 @@ pub trait FlowTable: Send + Sync {
     fn insert(&self, key: &ct_key, value: &policy_ct_entry) -> Result<(), FlowError>;
     fn remove(&self, key: &ct_key) -> Result<(), FlowError>;
 }
-
-/// `bpf(BPF_MAP_UPDATE_ELEM)` flag: fail when the key exists (linux/bpf.h).
-const BPF_NOEXIST: u64 = 1;
 
 /// The `policy_ct` key of an upstream connection from `local` (the client's address and the
 /// port the proxy bound) to `remote` (the original destination), oriented from the pod.
@@ -99,32 +95,17 @@ pub fn monotonic_ns() -> u64 {
     }
 }
 
-#[repr(transparent)]
-#[derive(Clone, Copy)]
-struct CtKey(ct_key);
-// SAFETY: a plain C struct from the ABI header: byte arrays and integers with explicit padding,
-// so every bit pattern is valid and no byte is uninitialised.
-unsafe impl aya::Pod for CtKey {}
-
-#[repr(transparent)]
-#[derive(Clone, Copy)]
-struct CtValue(policy_ct_entry);
-// SAFETY: as CtKey: an ABI struct with explicit padding.
-unsafe impl aya::Pod for CtValue {}
-
 /// The datapath's pinned `policy_ct` (an LRU hash).
 pub struct PolicyConntrack {
-    // aya's insert takes `&mut self`; upstream connections are opened from many tasks.
-    map: Mutex<HashMap<MapData, CtKey, CtValue>>,
+    // Writes take `&mut`; upstream connections are opened from many tasks.
+    map: Mutex<sluice_datapath::PinnedPolicyConntrack>,
 }
 
 impl PolicyConntrack {
     /// Opens `{bpffs}/policy_ct`.
     pub fn open(bpffs: &Path) -> Result<PolicyConntrack, FlowError> {
-        let path = bpffs.join("policy_ct");
-        let open_err = |source| FlowError::Open { path: path.display().to_string(), source: Box::new(source) };
-        let data = MapData::from_pin(&path).map_err(open_err)?;
-        let map = HashMap::try_from(Map::LruHashMap(data)).map_err(open_err)?;
+        let map = sluice_datapath::PinnedPolicyConntrack::open(bpffs)
+            .map_err(|source| FlowError::Open { path: bpffs.join("policy_ct").display().to_string(), source: Box::new(source) })?;
         Ok(PolicyConntrack { map: Mutex::new(map) })
     }
 }
@@ -142,25 +123,20 @@ fn key_addrs(key: &ct_key) -> (SocketAddr, SocketAddr) {
 
 impl FlowTable for PolicyConntrack {
     fn insert(&self, key: &ct_key, value: &policy_ct_entry) -> Result<(), FlowError> {
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        // BPF_NOEXIST: a tuple a pod already uses is never taken over (the caller binds again).
-        map.insert(CtKey(*key), CtValue(*value), BPF_NOEXIST).map_err(|e| {
+        // Only where no entry exists: a tuple a pod already uses is never taken over (the
+        // caller binds again).
+        self.map.lock().unwrap_or_else(|e| e.into_inner()).insert_new(key, value).map_err(|e| {
             let (local, remote) = key_addrs(key);
             FlowError::Insert { local, remote, source: Box::new(e) }
         })
     }
 
     fn remove(&self, key: &ct_key) -> Result<(), FlowError> {
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        match map.remove(&CtKey(*key)) {
-            // The LRU may have evicted it, or the agent's GC removed it: gone either way.
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-            Err(e) => {
-                let (local, remote) = key_addrs(key);
-                Err(FlowError::Remove { local, remote, source: Box::new(e) })
-            }
-        }
+        // The LRU may have evicted it, or the agent's GC removed it: gone either way.
+        self.map.lock().unwrap_or_else(|e| e.into_inner()).remove(key).map_err(|e| {
+            let (local, remote) = key_addrs(key);
+            FlowError::Remove { local, remote, source: Box::new(e) }
+        })
     }
 }
 

@@ -11,8 +11,9 @@ use std::path::Path;
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Map, MapData};
+use sluice_datapath::policy::ipcache_key;
 use sluice_proxy::flows::{proxy_ct_entry, proxy_ct_key, PolicyConntrack};
-use sluice_proxy::identity::{ipcache_key, Ipcache};
+use sluice_proxy::identity::Ipcache;
 use sluice_proxy::{FlowTable, IdentitySource};
 
 /// A bpffs mounted on a temporary directory, unmounted on drop.
@@ -75,8 +76,7 @@ fn ipcache_lookups_and_policy_ct_writes_on_real_maps() {
     make_maps(fs.0.path());
 
     // 10.244.0.0/16 -> 777, written as the agent does: prefixlen counts family and pad.
-    let mut key = ipcache_key("10.244.0.0".parse().unwrap());
-    key.prefixlen = 32 + 16;
+    let key = ipcache_key("10.244.0.0/16".parse().unwrap());
     let mut trie: LpmTrie<MapData, [u8; 20], [u8; 8]> =
         LpmTrie::try_from(Map::LpmTrie(MapData::from_pin(fs.0.path().join("ipcache")).unwrap())).unwrap();
     let mut data = [0u8; 20];
@@ -90,6 +90,7 @@ fn ipcache_lookups_and_policy_ct_writes_on_real_maps() {
     assert_eq!(ipcache.identity("10.244.1.7".parse().unwrap()).unwrap(), 777, "an address under the prefix has its identity");
     assert_eq!(ipcache.identity("10.245.0.1".parse().unwrap()).unwrap(), sluice_abi::SLUICE_IDENTITY_WORLD, "a miss is world");
     assert_eq!(ipcache.identity("fd00::1".parse().unwrap()).unwrap(), sluice_abi::SLUICE_IDENTITY_WORLD, "IPv6 lookups work too");
+    assert_eq!(ipcache.identity("::ffff:10.244.1.7".parse().unwrap()).unwrap(), 777, "a v4-mapped address is looked up as IPv4");
 
     let ct = PolicyConntrack::open(fs.0.path()).unwrap();
     let key = proxy_ct_key("10.244.0.5:40000".parse().unwrap(), "10.244.1.7:80".parse().unwrap()).unwrap();
